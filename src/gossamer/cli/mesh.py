@@ -1,0 +1,178 @@
+"""``gossamer up``, ``down``, ``status`` and ``run``: the local mesh from the command line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gossamer.cli.common import (
+    ControlUrlOption,
+    DataDirOption,
+    connect,
+    data_dir_of,
+    expected_errors,
+    stream_addr_of,
+)
+from gossamer.cli.output import (
+    PROXY_HEADERS,
+    console,
+    err_console,
+    error,
+    format_age,
+    print_table,
+    proxy_rows,
+)
+from gossamer.local.client import ControlError
+from gossamer.local.join import JoinSpec, run_joined
+from gossamer.local.meshfile import load_mesh_file
+from gossamer.local.paths import DataDir
+from gossamer.local.state import MeshState, read_state
+from gossamer.local.up import serve, start_detached, stop_mesh
+
+__all__ = ["down", "register", "run", "status", "up"]
+
+
+def _log(message: str) -> None:
+    err_console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False,
+                      markup=True, emoji=False)
+
+
+def _supervisor_log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+
+
+def _ports(ports: dict[str, int]) -> str:
+    return " ".join(f"{k}={v}" for k, v in ports.items()) or "-"
+
+
+def print_summary(state: MeshState) -> None:
+    rows = [[c.name, c.role, str(c.pid), _ports(c.ports), c.admin_address or "-", c.log_path]
+            for c in state.children]
+    print_table(("NAME", "ROLE", "PID", "PORTS", "ADMIN", "LOG"), rows,
+                title=f"mesh {state.mesh} (supervisor pid {state.supervisor_pid})")
+    console.print(f"control plane: {state.control_url}", markup=False)
+    if state.ingress_url:
+        console.print(f"storefront ready: {state.ingress_url}" if state.mesh == "storefront"
+                      else f"ingress: {state.ingress_url}", markup=False)
+
+
+def up(
+    file: Annotated[Path, typer.Option("--filename", "-f", help="Mesh file (YAML)")],
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background")] = False,
+    data_dir: DataDirOption = None,
+    foreground_supervisor: Annotated[bool, typer.Option(hidden=True)] = False,
+) -> None:
+    """Start a local mesh (control plane, sidecars, apps, ingress) from a mesh file."""
+    root = data_dir_of(data_dir)
+    with expected_errors():
+        mesh = load_mesh_file(file)
+        if foreground_supervisor:
+            raise typer.Exit(serve(mesh, root, on_ready=lambda s: _supervisor_log("ready"),
+                                   log=_supervisor_log))
+        if detach:
+            state = start_detached(file, root, log=_log)
+            print_summary(state)
+            console.print("stop it with: gossamer down"
+                          + ("" if data_dir is None else f" --data-dir {root}"), markup=False)
+            return
+
+        def on_ready(state: MeshState) -> None:
+            print_summary(state)
+            console.print("press Ctrl-C to stop", markup=False)
+
+        code = serve(mesh, root, on_ready=on_ready, log=_log)
+    if code:
+        raise typer.Exit(code)
+
+
+def down(data_dir: DataDirOption = None) -> None:
+    """Stop the local mesh started by `gossamer up`."""
+    root = data_dir_of(data_dir)
+    with expected_errors():
+        result = stop_mesh(root)
+    if not result.was_running:
+        console.print("no mesh running", markup=False)
+        return
+    note = f" ({result.killed} killed after the grace period)" if result.killed else ""
+    console.print(f"mesh stopped: {result.stopped} process(es){note}", markup=False)
+
+
+def status(
+    data_dir: DataDirOption = None,
+    control_url: ControlUrlOption = None,
+) -> None:
+    """Show the local mesh's processes and the proxies connected to the control plane."""
+    root = data_dir_of(data_dir)
+    with expected_errors():
+        state = read_state(DataDir(root).state_file)
+    if state is None:
+        console.print("no mesh running", markup=False)
+        return
+    now = time.time()
+    supervisor_alive = state.supervisor.pid and state.supervisor_start_time is not None
+    rows = [["supervisor", "supervisor", str(state.supervisor_pid),
+             "yes" if supervisor_alive and _alive(state) else "NO", "-", "-", "-"]]
+    for child in state.children:
+        rows.append([child.name, child.role, str(child.pid), "yes" if child.alive() else "NO",
+                     str(child.restarts) + (f" (last exit {child.last_exit})"
+                                            if child.last_exit is not None else ""),
+                     format_age(now - child.started_at), _ports(child.ports)])
+    print_table(("NAME", "ROLE", "PID", "ALIVE", "RESTARTS", "UP", "PORTS"), rows,
+                title=f"mesh {state.mesh}: {state.status}")
+    if state.error:
+        error(state.error)
+    try:
+        with connect(control_url or state.control_url, root) as client:
+            proxies = client.proxies()
+    except ControlError as exc:
+        error(str(exc))
+        raise typer.Exit(1) from None
+    if proxies:
+        print_table(PROXY_HEADERS, proxy_rows(proxies), title="proxies")
+    else:
+        console.print("no proxies connected", markup=False)
+
+
+def _alive(state: MeshState) -> bool:
+    from gossamer.local.procs import is_running
+
+    return is_running(state.supervisor)
+
+
+def run(
+    command: Annotated[list[str], typer.Argument(help="Command to run (after --)")],
+    service: Annotated[str, typer.Option("--service", help="Service name of this process")],
+    port: Annotated[int, typer.Option("--port", help="Port the command listens on (PORT)")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
+    label: Annotated[list[str] | None, typer.Option("--label", "-l", help="k=v")] = None,
+    stream_addr: Annotated[str | None, typer.Option(
+        "--stream-addr", help="Control plane stream address [default: the local mesh's]",
+        show_default=False)] = None,
+    control_url: ControlUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Run a command beside a sidecar joined to a running mesh; exit with its exit code."""
+    labels: dict[str, str] = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            error(f"--label: expected k=v, got {item!r}")
+            raise typer.Exit(2)
+        labels[key] = value
+    root = data_dir_of(data_dir)
+    spec = JoinSpec(service=service, app_port=port, command=tuple(command),
+                    namespace=namespace, labels=labels)
+    with expected_errors(), connect(control_url, root) as client:
+        code = run_joined(spec, client=client, data_dir=root,
+                          stream_addr=stream_addr_of(stream_addr, root), log=_log)
+    raise typer.Exit(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(up)
+    app.command()(down)
+    app.command()(status)
+    app.command(context_settings={"allow_interspersed_args": False})(run)

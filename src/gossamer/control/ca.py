@@ -1,0 +1,272 @@
+"""The mesh's certificate authority: root key and certificate, and signing workload certs.
+
+Owns ``<data-dir>/ca/root.key`` (ECDSA P-256, PKCS#8 PEM, mode 0600) and ``ca/root.crt`` (the
+trust bundle). Leaves carry the workload's SPIFFE ID as their only URI SAN; only a CSR's public
+key is used, never its subject or extensions.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from gossamer.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
+
+__all__ = ["CertificateAuthority", "check_csr", "generate_csr", "leaf_expiry"]
+
+ROOT_LIFETIME = timedelta(days=3650)
+BACKDATE = timedelta(seconds=60)
+_MIN_RSA_BITS = 2048
+_ALLOWED_CURVES = (ec.SECP256R1, ec.SECP384R1)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` with mode 0600 from the first byte (atomic rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _write_public(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _check_public_key(key: object) -> None:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, _ALLOWED_CURVES):
+            raise ValueError(f"unsupported elliptic curve {key.curve.name}")
+    elif isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < _MIN_RSA_BITS:
+            raise ValueError(f"RSA key of {key.key_size} bits is too small (min 2048)")
+    elif not isinstance(key, ed25519.Ed25519PublicKey):
+        raise ValueError(f"unsupported key type {type(key).__name__}")
+
+
+def check_csr(csr_pem: bytes) -> CertificatePublicKeyTypes:
+    """Parse a PEM CSR, verify its self-signature and key type; return its public key.
+
+    Raises ``ValueError`` saying what is wrong.
+    """
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise ValueError(f"cannot parse CSR: {exc}") from exc
+    try:
+        valid = csr.is_signature_valid
+    except (InvalidSignature, ValueError, TypeError) as exc:
+        raise ValueError(f"cannot verify CSR signature: {exc}") from exc
+    if not valid:
+        raise ValueError("CSR signature does not verify")
+    public = csr.public_key()
+    _check_public_key(public)
+    return public
+
+
+def leaf_expiry(cert_pem: bytes) -> datetime:
+    """The not-after time (UTC) of a PEM certificate."""
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
+class CertificateAuthority:
+    """The mesh CA. Create with :meth:`load_or_create`."""
+
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, trust_domain: str
+    ) -> None:
+        self._key = key
+        self._cert = cert
+        self._trust_domain = trust_domain
+        self._root_pem = cert.public_bytes(serialization.Encoding.PEM)
+        self._ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+
+    @classmethod
+    def load_or_create(
+        cls, directory: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN
+    ) -> CertificateAuthority:
+        """Load ``directory/ca/root.{key,crt}``, creating them on first use."""
+        ca_dir = Path(directory) / "ca"
+        key_path, cert_path = ca_dir / "root.key", ca_dir / "root.crt"
+        if key_path.exists() and cert_path.exists():
+            loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"{key_path}: expected an ECDSA private key")
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            if cert.public_key() != loaded.public_key():
+                raise ValueError(f"{cert_path} does not match {key_path}")
+            return cls(loaded, cert, trust_domain)
+        ca_dir.mkdir(parents=True, exist_ok=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = cls._self_signed_root(key, trust_domain)
+        _write_private(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        return cls(key, cert, trust_domain)
+
+    @staticmethod
+    def _self_signed_root(key: ec.EllipticCurvePrivateKey, trust_domain: str) -> x509.Certificate:
+        now = datetime.now(UTC)
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Gossamer"),
+                x509.NameAttribute(NameOID.COMMON_NAME, f"Gossamer root CA {trust_domain}"),
+            ]
+        )
+        public = key.public_key()
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + ROOT_LIFETIME)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+
+    @property
+    def root_pem(self) -> bytes:
+        return self._root_pem
+
+    @property
+    def trust_domain(self) -> str:
+        return self._trust_domain
+
+    def sign_csr(self, csr_pem: bytes, identity: SpiffeId, lifetime: timedelta) -> bytes:
+        """Issue a leaf for ``identity`` over the CSR's public key; ``ValueError`` if bad CSR."""
+        public = check_csr(csr_pem)
+        cert = self._issue(public, identity, lifetime, (), ())
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue_keypair(
+        self,
+        identity: SpiffeId,
+        lifetime: timedelta,
+        dns_names: Sequence[str] = (),
+        ips: Sequence[str] = (),
+    ) -> tuple[bytes, bytes]:
+        """A new P-256 key and a leaf for it: ``(cert PEM, key PEM)``."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._issue(key.public_key(), identity, lifetime, dns_names, ips)
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+    def _issue(
+        self,
+        public: CertificatePublicKeyTypes,
+        identity: SpiffeId,
+        lifetime: timedelta,
+        dns_names: Sequence[str],
+        ips: Sequence[str],
+    ) -> x509.Certificate:
+        if lifetime <= timedelta(0):
+            raise ValueError("certificate lifetime must be positive")
+        now = datetime.now(UTC)
+        # A CN is at most 64 characters; long SPIFFE IDs fall back to the service account.
+        common_name = identity.uri if len(identity.uri) <= 64 else identity.service_account
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]
+        sans += [x509.DNSName(name) for name in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self._cert.subject)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(now + lifetime)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(self._ski),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+
+
+def generate_csr(identity_hint: str) -> tuple[bytes, bytes]:
+    """A fresh P-256 key and a CSR for it: ``(key PEM, CSR PEM)`` (for tests and tools)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity_hint)]))
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return key_pem, csr.public_bytes(serialization.Encoding.PEM)

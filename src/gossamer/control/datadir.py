@@ -1,0 +1,95 @@
+"""The control plane's data directory: layout, permissions, admin token, serving cert.
+
+``<data-dir>`` (mode 0700) holds ``store.db``, ``admin.token`` (0600), ``ca/`` and
+``control/tls.{crt,key}``; see docs/internals.md §2.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from gossamer.control.ca import CertificateAuthority
+from gossamer.identity.spiffe import SpiffeId
+
+__all__ = [
+    "CONTROL_NAMESPACE",
+    "CONTROL_SERVICE_ACCOUNT",
+    "SERVING_CERT_LIFETIME",
+    "ensure_serving_cert",
+    "load_or_create_admin_token",
+    "prepare_data_dir",
+]
+
+CONTROL_NAMESPACE = "gossamer-system"
+CONTROL_SERVICE_ACCOUNT = "control-plane"
+SERVING_CERT_LIFETIME = timedelta(days=30)
+
+
+def prepare_data_dir(data_dir: Path) -> Path:
+    """Create the data directory (mode 0700) if needed; tighten its mode; return it."""
+    path = Path(data_dir).expanduser()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def load_or_create_admin_token(data_dir: Path) -> str:
+    """Read ``admin.token``, writing a new random one (mode 0600) on first start."""
+    path = Path(data_dir) / "admin.token"
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, (token + "\n").encode())
+    finally:
+        os.close(fd)
+    os.chmod(path, 0o600)
+    return token
+
+
+def _still_fresh(cert_path: Path, key_path: Path, ca: CertificateAuthority) -> bool:
+    if not (cert_path.exists() and key_path.exists()):
+        return False
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except ValueError:
+        return False
+    root = x509.load_pem_x509_certificate(ca.root_pem)
+    if cert.issuer != root.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(root)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    now = datetime.now(UTC)
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    return cert.not_valid_after_utc - now > lifetime / 2
+
+
+def ensure_serving_cert(data_dir: Path, ca: CertificateAuthority) -> tuple[Path, Path]:
+    """``control/tls.{crt,key}``; re-issued when missing, foreign or past half its life."""
+    directory = Path(data_dir) / "control"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cert_path, key_path = directory / "tls.crt", directory / "tls.key"
+    if not _still_fresh(cert_path, key_path, ca):
+        identity = SpiffeId(ca.trust_domain, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT)
+        cert_pem, key_pem = ca.issue_keypair(
+            identity, SERVING_CERT_LIFETIME, dns_names=["localhost"], ips=["127.0.0.1", "::1"]
+        )
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, key_pem)
+        finally:
+            os.close(fd)
+        os.chmod(key_path, 0o600)
+        cert_path.write_bytes(cert_pem)
+    return cert_path, key_path

@@ -1,0 +1,417 @@
+"""The control plane's core: resources, identities, proxy sessions and snapshot pushes.
+
+:class:`ControlPlane` ties the store, the CA and the registry together. The config API and the
+stream server call into it; it never does network I/O itself. Pushes are coalesced: changes
+mark proxies dirty and one background task recomputes their snapshots on the next loop turn,
+sending a new version only to proxies whose snapshot content changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from gossamer.config.base import Resource, ResourceKey, check_dns_label
+from gossamer.config.duration import parse_duration
+from gossamer.control.ca import CertificateAuthority, check_csr, leaf_expiry
+from gossamer.control.registry import ProxyRecord, Registry, Session, Workload
+from gossamer.control.settings import ControlSettings
+from gossamer.control.snapshots import (
+    MeshView,
+    ServiceInfo,
+    build_snapshot,
+    normalize_service_name,
+    with_version,
+)
+from gossamer.control.store import ApplyResult, Store
+from gossamer.identity.spiffe import SpiffeId
+
+__all__ = ["ControlPlane", "Refusal"]
+
+log = logging.getLogger("gossamer.control")
+
+ServiceKey = tuple[str, str]
+MESH_CONFIG_KEY = ResourceKey("MeshConfig", "default", "default")
+MAX_SUBSCRIPTIONS = 1024
+MAX_NAME = 253
+
+
+class Refusal(Exception):
+    """A request on the stream is refused: ``code`` and ``message`` go back to the peer."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_json(self) -> dict[str, str]:
+        return {"type": "error", "code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class _ResourceView:
+    services: Mapping[ServiceKey, ServiceInfo]
+    mtls_mode: str
+    cert_lifetime: timedelta | None
+
+
+def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
+    metadata, spec = document["metadata"], document.get("spec") or {}
+    ports = spec.get("ports") or [{}]
+    return ServiceInfo(
+        name=metadata["name"],
+        namespace=metadata["namespace"],
+        service_account=spec.get("serviceAccount") or metadata["name"],
+        protocol=ports[0].get("protocol", "http"),
+        calls=tuple(spec.get("calls") or ()),
+    )
+
+
+def _field(message: Mapping[str, Any], name: str, kind: type) -> Any:
+    value = message.get(name)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise Refusal("bad-request", f"field {name!r} is missing or has the wrong type")
+    return value
+
+
+def _optional_port(workload: Mapping[str, Any], name: str) -> int | None:
+    value = workload.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise Refusal("bad-request", f"workload.{name} must be a port number or null")
+    return value
+
+
+def _names(values: Any, what: str) -> list[str]:
+    if values is None:
+        return []
+    if (
+        not isinstance(values, list)
+        or len(values) > MAX_SUBSCRIPTIONS
+        or not all(isinstance(v, str) and 0 < len(v) <= MAX_NAME for v in values)
+    ):
+        raise Refusal("bad-request", f"{what} must be a list of service names")
+    return list(values)
+
+
+def _parse_workload(message: Mapping[str, Any]) -> Workload:
+    raw = _field(message, "workload", dict)
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise Refusal("bad-request", "workload.labels must map strings to strings")
+    try:
+        service = check_dns_label(_field(raw, "service", str))
+        namespace = check_dns_label(raw.get("namespace") or "default")
+    except ValueError as exc:
+        raise Refusal("bad-request", f"workload: {exc}") from exc
+    address = raw.get("address") or "127.0.0.1"
+    if not isinstance(address, str) or len(address) > MAX_NAME:
+        raise Refusal("bad-request", "workload.address must be a host address")
+    return Workload(
+        service=service,
+        namespace=namespace,
+        address=address,
+        inbound_port=_optional_port(raw, "inbound_port"),
+        admin_port=_optional_port(raw, "admin_port"),
+        labels=dict(labels),
+    )
+
+
+def _optional_time(message: Mapping[str, Any], name: str) -> float | None:
+    value = message.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise Refusal("bad-request", f"{name} must be unix seconds")
+    return float(value)
+
+
+class ControlPlane:
+    """State and behaviour of one control plane process (one event loop)."""
+
+    def __init__(
+        self, settings: ControlSettings, store: Store, ca: CertificateAuthority
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.ca = ca
+        self.registry = Registry()
+        self._view = self._read_resources()
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._push_task: asyncio.Task[None] | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self._push_task = asyncio.create_task(self._push_loop(), name="control-push")
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        return self._stopping
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self._push_task is not None:
+            self._push_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._push_task
+
+    # ----------------------------------------------------------------- resources
+    def _read_resources(self) -> _ResourceView:
+        services = {
+            (info.namespace, info.name): info
+            for info in map(_service_info, self.store.list_resources("Service"))
+        }
+        mesh = self.store.get(MESH_CONFIG_KEY) or {}
+        spec = mesh.get("spec") or {}
+        lifetime = (spec.get("certificates") or {}).get("lifetime")
+        return _ResourceView(
+            services=services,
+            mtls_mode=(spec.get("mtls") or {}).get("mode", "STRICT"),
+            cert_lifetime=parse_duration(lifetime) if lifetime else None,
+        )
+
+    def _resources_changed(self) -> None:
+        self._view = self._read_resources()
+        self._dirty.update(record.proxy_id for record in self.registry)
+        self._wake.set()
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def apply(self, resources: Sequence[Resource]) -> list[ApplyResult]:
+        """Store all resources in one transaction and push what changed."""
+        results = self.store.apply(resources)
+        if any(result.action != "unchanged" for result in results):
+            self._resources_changed()
+        return results
+
+    def delete(self, key: ResourceKey) -> dict[str, Any] | None:
+        deleted = self.store.delete(key)
+        if deleted is not None:
+            self._resources_changed()
+        return deleted
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return after the next resource change, on stop, or after ``timeout`` seconds."""
+        changed = asyncio.ensure_future(self._changed.wait())
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({changed, stopping}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            stopping.cancel()
+
+    # ----------------------------------------------------------------- identity
+    def service_account(self, namespace: str, service: str) -> str:
+        info = self._view.services.get((namespace, service))
+        return info.service_account if info is not None else service
+
+    def identity_for(self, namespace: str, service: str) -> SpiffeId:
+        return SpiffeId(self.ca.trust_domain, namespace, self.service_account(namespace, service))
+
+    def cert_lifetime(self) -> timedelta:
+        return self._view.cert_lifetime or self.settings.cert_lifetime
+
+    def _certificate_message(self, csr_pem: bytes, identity: SpiffeId) -> dict[str, Any]:
+        try:
+            cert = self.ca.sign_csr(csr_pem, identity, self.cert_lifetime())
+        except ValueError as exc:
+            raise Refusal("bad-csr", str(exc)) from exc
+        return {
+            "type": "certificate",
+            "certificate": cert.decode(),
+            "ca": self.ca.root_pem.decode(),
+            "expires": int(leaf_expiry(cert).timestamp()),
+        }
+
+    def create_join_token(self, service: str, namespace: str, ttl: float) -> tuple[str, float]:
+        return self.store.create_join_token(service, namespace, ttl)
+
+    def join(self, message: Mapping[str, Any]) -> dict[str, Any]:
+        """Handle a ``join``: check the CSR, use the token once, sign for its identity."""
+        token = _field(message, "token", str)
+        csr = _field(message, "csr", str).encode()
+        try:
+            check_csr(csr)
+        except ValueError as exc:
+            raise Refusal("bad-csr", str(exc)) from exc
+        grant = self.store.consume_join_token(token)
+        if grant is None:
+            raise Refusal("invalid-token", "join token is unknown, expired or already used")
+        identity = self.identity_for(grant.namespace, grant.service)
+        log.info("joined %s", identity)
+        return self._certificate_message(csr, identity)
+
+    # ----------------------------------------------------------------- sessions
+    def hello(
+        self, session: Session, peer: SpiffeId | None, message: Mapping[str, Any]
+    ) -> ProxyRecord:
+        """Register a proxy after checking its certificate identity matches its workload."""
+        if peer is None:
+            raise Refusal("unauthenticated", "hello needs a client certificate from join")
+        proxy_id = _field(message, "proxy_id", str)
+        if not 0 < len(proxy_id) <= MAX_NAME:
+            raise Refusal("bad-request", "proxy_id must be 1 to 253 characters")
+        workload = _parse_workload(message)
+        subscriptions = _names(message.get("subscriptions"), "subscriptions")
+        expected = self.identity_for(workload.namespace, workload.service)
+        if peer != expected:
+            raise Refusal(
+                "identity-mismatch",
+                f"certificate identity {peer} does not match workload "
+                f"{workload.namespace}/{workload.service} (expected {expected})",
+            )
+        existing = self.registry.get(proxy_id)
+        if existing is not None and existing.connected and existing.identity != peer:
+            raise Refusal("proxy-id-conflict", f"proxy_id {proxy_id!r} is in use by another")
+        record, previous = self.registry.connect(proxy_id, peer, workload, session)
+        record.subscriptions.update(subscriptions)
+        record.cert_expiry = _optional_time(message, "cert_expiry")
+        timer = self._timers.pop(proxy_id, None)
+        if timer is not None:
+            timer.cancel()
+        if previous is not None and previous.session is not None:
+            previous.session.close()
+        self._mark_service(workload.key)
+        if previous is not None:
+            self._mark_service(previous.workload.key)
+        self._dirty.add(proxy_id)
+        self._wake.set()
+        log.info("proxy %s connected as %s", proxy_id, peer)
+        return record
+
+    def handle(self, record: ProxyRecord, message: Mapping[str, Any]) -> None:
+        """One message on an established stream (after hello)."""
+        kind = message.get("type")
+        if kind == "ack":
+            version = _field(message, "version", int)
+            record.acked_version = max(record.acked_version, version)
+            if version == record.config_version:
+                record.ack_state, record.nack_error = "ACK", None
+        elif kind == "nack":
+            version = _field(message, "version", int)
+            if version == record.config_version:
+                error = message.get("error")
+                record.ack_state = "NACK"
+                record.nack_error = str(error)[:4096] if error is not None else "unspecified"
+                log.warning("proxy %s refused version %d: %s", record.proxy_id, version,
+                            record.nack_error)
+        elif kind == "subscribe":
+            names = _names(message.get("services"), "services")
+            record.subscriptions.update(names)
+            if len(record.subscriptions) > MAX_SUBSCRIPTIONS:
+                raise Refusal("bad-request", "too many subscriptions")
+            if not self._push(record, self._mesh_view()) and record.last_content is not None:
+                self._send_snapshot(record, record.last_content)  # answer even if unchanged
+        elif kind == "health":
+            healthy = _field(message, "healthy", bool)
+            if healthy != record.healthy:
+                record.healthy = healthy
+                self._mark_service(record.workload.key)
+        elif kind == "status":
+            record.cert_expiry = _optional_time(message, "cert_expiry")
+        elif kind == "csr":
+            reply = self._certificate_message(_field(message, "csr", str).encode(),
+                                              record.identity)
+            record.cert_expiry = float(reply["expires"])
+            if record.session is not None:
+                record.session.send(reply)
+        else:
+            raise Refusal("bad-request", f"unknown message type {kind!r}")
+
+    def closed(self, record: ProxyRecord) -> None:
+        """The stream of ``record`` ended; its endpoint stays for the grace period."""
+        if not self.registry.disconnect(record):
+            return
+        log.info("proxy %s disconnected", record.proxy_id)
+        loop = asyncio.get_running_loop()
+        self._timers[record.proxy_id] = loop.call_later(
+            self.settings.endpoint_grace, self._expire, record.proxy_id, record.epoch
+        )
+
+    def _expire(self, proxy_id: str, epoch: int) -> None:
+        self._timers.pop(proxy_id, None)
+        record = self.registry.expire(proxy_id, epoch)
+        if record is not None:
+            log.info("proxy %s expired", proxy_id)
+            self._mark_service(record.workload.key)
+
+    # ----------------------------------------------------------------- pushes
+    def _mark_service(self, key: ServiceKey) -> None:
+        self._dirty.update(r.proxy_id for r in self.registry if key in r.watched)
+        self._wake.set()
+
+    def _mesh_view(self) -> MeshView:
+        return MeshView(
+            trust_domain=self.ca.trust_domain,
+            mtls_mode=self._view.mtls_mode,
+            services=self._view.services,
+            endpoints=self.registry.healthy_endpoints(),
+            workload_services=self.registry.workload_services(),
+        )
+
+    def _send_snapshot(self, record: ProxyRecord, content: Mapping[str, Any]) -> None:
+        if record.session is not None:
+            record.session.send(
+                {
+                    "type": "snapshot",
+                    "version": record.config_version,
+                    "snapshot": with_version(content, record.config_version),
+                }
+            )
+
+    def _push(self, record: ProxyRecord, view: MeshView) -> bool:
+        """Recompute one proxy's snapshot; send it if it changed. True if sent."""
+        if not record.connected or record.session is None:
+            return False
+        workload = record.workload
+        names = list(record.subscriptions)
+        own = view.services.get(workload.key)
+        if own is not None:
+            names.extend(own.calls)
+        watched = {normalize_service_name(n, workload.namespace) for n in names}
+        record.watched = frozenset(key for key in watched if key is not None)
+        content = build_snapshot(workload.namespace, workload.service, record.subscriptions, view)
+        if content == record.last_content:
+            return False
+        record.last_content = content
+        self.registry.bump_version(record)
+        record.ack_state, record.nack_error = "PENDING", None
+        self._send_snapshot(record, content)
+        return True
+
+    async def _push_loop(self) -> None:
+        while not self._stopping.is_set():
+            await self._wake.wait()
+            self._wake.clear()
+            dirty, self._dirty = self._dirty, set()
+            if not dirty:
+                continue
+            view = self._mesh_view()
+            started = time.perf_counter()
+            for proxy_id in dirty:
+                record = self.registry.get(proxy_id)
+                if record is not None:
+                    try:
+                        self._push(record, view)
+                    except Exception:
+                        log.exception("building the snapshot of %s failed", proxy_id)
+            log.debug("recomputed %d snapshots in %.1f ms", len(dirty),
+                      (time.perf_counter() - started) * 1000)

@@ -1,0 +1,237 @@
+"""The sidecar stream server: TLS, newline-delimited JSON (docs/internals.md §4).
+
+Owns the listening socket, the per-connection read loop (line limit, dead-peer timeout,
+malformed input answered with an error instead of a crash), the peer certificate's SPIFFE ID,
+and the writer side of each session. What messages mean is decided by
+:class:`~gossamer.control.plane.ControlPlane`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gossamer.control.plane import ControlPlane, Refusal
+from gossamer.control.registry import ProxyRecord
+from gossamer.identity.spiffe import SpiffeId
+
+__all__ = ["MAX_LINE", "StreamServer", "StreamSession", "peer_spiffe_id", "server_ssl_context"]
+
+log = logging.getLogger("gossamer.control.stream")
+
+MAX_LINE = 16 * 1024 * 1024
+HANDSHAKE_TIMEOUT = 10.0
+_CLOSE = object()
+
+
+def server_ssl_context(cert: Path, key: Path, root: Path) -> ssl.SSLContext:
+    """TLS server context: our serving cert; client certs requested, optional, checked."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(cafile=root)
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def peer_spiffe_id(peercert: Mapping[str, Any] | None) -> SpiffeId | None:
+    """The SPIFFE ID from a verified peer cert (``getpeercert()``); None without exactly one."""
+    if not peercert:
+        return None
+    uris = [value for kind, value in peercert.get("subjectAltName", ()) if kind == "URI"]
+    if len(uris) != 1:
+        return None
+    try:
+        return SpiffeId.parse(uris[0])
+    except ValueError:
+        return None
+
+
+def _encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+class StreamSession:
+    """The writing half of one connection; messages are queued and written in order."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._closed = False
+        self._task = asyncio.create_task(self._run(), name="control-stream-writer")
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        if not self._closed:
+            self._queue.put_nowait(message)
+
+    def close(self) -> None:
+        """Flush what is queued, then close the connection."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put_nowait(_CLOSE)
+
+    async def finish(self) -> None:
+        """Close after flushing and wait until done (bounded)."""
+        self.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=5.0)
+        except (TimeoutError, asyncio.CancelledError):
+            self._task.cancel()
+        self._writer.close()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                message = await self._queue.get()
+                if message is _CLOSE:
+                    break
+                assert isinstance(message, Mapping)
+                self._writer.write(_encode(message))
+                await self._writer.drain()
+        except (ConnectionError, ssl.SSLError, RuntimeError) as exc:
+            log.debug("stream write failed: %s", exc)
+        finally:
+            self._closed = True
+            self._writer.close()
+
+
+class _Malformed(Exception):
+    pass
+
+
+class StreamServer:
+    """Accepts sidecar streams and feeds their messages to the control plane."""
+
+    def __init__(
+        self, plane: ControlPlane, host: str, port: int, context: ssl.SSLContext
+    ) -> None:
+        self._plane = plane
+        self._host, self._port = host, port
+        self._context = context
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> tuple[str, int]:
+        """Listen; return the bound (host, port)."""
+        self._server = await asyncio.start_server(
+            self._accept,
+            self._host,
+            self._port,
+            ssl=self._context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            limit=MAX_LINE,
+        )
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.wait(self._connections, timeout=5.0)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        session = StreamSession(writer)
+        try:
+            await self._serve(reader, session, peer_spiffe_id(writer.get_extra_info("peercert")))
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("stream connection failed")
+        finally:
+            self._connections.discard(task)
+            await session.finish()
+
+    async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any] | None:
+        """The next message; None at EOF or when the peer was silent too long."""
+        try:
+            line = await asyncio.wait_for(
+                reader.readuntil(b"\n"), timeout=self._plane.settings.peer_timeout
+            )
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            return None
+        except TimeoutError:
+            log.info("closing a stream silent for %.0f s", self._plane.settings.peer_timeout)
+            return None
+        except asyncio.LimitOverrunError as exc:
+            raise Refusal("line-too-long", f"lines are limited to {MAX_LINE} bytes") from exc
+        try:
+            message = json.loads(line)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _Malformed(f"malformed JSON: {exc}") from exc
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise _Malformed("each line must be a JSON object with a string 'type'")
+        return message
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, session: StreamSession, peer: SpiffeId | None
+    ) -> None:
+        try:
+            first = await self._read(reader)
+        except _Malformed as exc:
+            session.send(Refusal("bad-request", str(exc)).to_json())
+            return
+        except Refusal as refusal:
+            session.send(refusal.to_json())
+            return
+        if first is None:
+            return
+        try:
+            if first["type"] == "join":
+                session.send(self._plane.join(first))
+                return
+            if first["type"] != "hello":
+                raise Refusal("bad-request", "the first message must be join or hello")
+            record = self._plane.hello(session, peer, first)
+        except Refusal as refusal:
+            log.info("refused %s: %s %s", peer, refusal.code, refusal.message)
+            session.send(refusal.to_json())
+            return
+        pinger = asyncio.create_task(self._ping(session), name="control-stream-ping")
+        try:
+            await self._established(reader, session, record)
+        finally:
+            pinger.cancel()
+            self._plane.closed(record)
+
+    async def _established(
+        self, reader: asyncio.StreamReader, session: StreamSession, record: ProxyRecord
+    ) -> None:
+        while record.session is session:
+            try:
+                message = await self._read(reader)
+            except _Malformed as exc:
+                session.send(Refusal("bad-request", str(exc)).to_json())
+                continue
+            except Refusal as refusal:
+                session.send(refusal.to_json())
+                return
+            if message is None:
+                return
+            kind = message["type"]
+            if kind == "ping":
+                session.send({"type": "pong"})
+            elif kind == "pong":
+                continue
+            else:
+                try:
+                    self._plane.handle(record, message)
+                except Refusal as refusal:
+                    session.send(refusal.to_json())
+
+    async def _ping(self, session: StreamSession) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(self._plane.settings.ping_interval)
+                session.send({"type": "ping"})

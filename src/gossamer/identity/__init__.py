@@ -1,0 +1,1 @@
+"""Workload identity: SPIFFE IDs, keys and CSRs, credentials and their renewal."""

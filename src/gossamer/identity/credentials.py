@@ -1,0 +1,391 @@
+"""The workload's credentials: its current key, certificate and trust bundle, and the TLS contexts
+built from them.
+
+``Credentials`` owns the sidecar's private workdir (mode 0700) and three ``ssl.SSLContext``
+objects that live as long as the process: ``server_context`` (the inbound mTLS port),
+``client_context`` (mTLS to other sidecars) and ``control_context`` (the control-plane stream).
+``install`` writes a new certificate to disk and loads it into those same contexts in place, so
+new handshakes present the new certificate while open connections carry on undisturbed.
+
+This module must stay free of ``cryptography`` (DESIGN §3): keys and CSRs come from the
+``gossamer.identity.keygen`` child process, and the few certificate fields the sidecar needs
+(URI SAN, notAfter) are read with a tiny DER walk or from ``getpeercert()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import calendar
+import logging
+import os
+import re
+import secrets
+import ssl
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gossamer.identity.spiffe import SpiffeId
+
+__all__ = [
+    "CONTROL_PLANE_NAMESPACE",
+    "CONTROL_PLANE_SERVICE_ACCOUNT",
+    "CertificateInfo",
+    "Credentials",
+    "CredentialsError",
+    "KeygenError",
+    "generate_key_and_csr",
+    "is_control_plane_id",
+    "parse_certificate",
+    "peer_spiffe_id",
+    "write_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+CONTROL_PLANE_NAMESPACE = "gossamer-system"
+CONTROL_PLANE_SERVICE_ACCOUNT = "control-plane"
+
+CERT_FILE = "tls.crt"
+KEY_FILE = "tls.key"
+BUNDLE_FILE = "bundle.pem"
+PENDING_KEY_PREFIX = "pending-"
+
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\s*(.+?)\s*-----END CERTIFICATE-----", re.DOTALL
+)
+_SAN_OID = bytes.fromhex("0603551d11")  # OBJECT IDENTIFIER 2.5.29.17 (subjectAltName)
+
+
+class CredentialsError(Exception):
+    """A certificate, key or bundle could not be read, parsed or installed."""
+
+
+class KeygenError(CredentialsError):
+    """The keygen child process failed; the message carries its stderr."""
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` via a temporary file (created with ``mode``) and a rename."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- certificate fields
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """The fields of a leaf certificate the sidecar cares about."""
+
+    not_after: float  # unix seconds
+    uris: tuple[str, ...]  # URI SANs, in certificate order
+
+    @property
+    def spiffe_id(self) -> SpiffeId | None:
+        for uri in self.uris:
+            if uri.startswith("spiffe://"):
+                try:
+                    return SpiffeId.parse(uri)
+                except ValueError:
+                    return None
+        return None
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """Read one DER tag-length header at ``pos``; return (tag, content start, content end)."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if count == 0 or count > 4 or pos + count > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    end = pos + length
+    if end > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, end
+
+
+def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
+    out = []
+    while start < end:
+        tag, cstart, cend = _tlv(data, start)
+        out.append((tag, cstart, cend))
+        start = cend
+    return out
+
+
+def _der_time(tag: int, text: bytes) -> float:
+    value = text.decode("ascii")
+    if not value.endswith("Z"):
+        raise ValueError("certificate time is not UTC")
+    if tag == 0x17:  # UTCTime YYMMDDHHMMSSZ
+        year = int(value[0:2])
+        year += 1900 if year >= 50 else 2000
+        rest = value[2:-1]
+    elif tag == 0x18:  # GeneralizedTime YYYYMMDDHHMMSSZ
+        year, rest = int(value[0:4]), value[4:-1]
+    else:
+        raise ValueError("unexpected time tag")
+    parts = (int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]), int(rest[8:10]))
+    return float(calendar.timegm((year, *parts, 0, 0, 0)))
+
+
+def parse_certificate(pem: bytes) -> CertificateInfo:
+    """Read notAfter and the URI SANs of the first certificate in ``pem`` (no cryptography)."""
+    match = _PEM_CERT.search(pem)
+    if match is None:
+        raise CredentialsError("no PEM certificate found")
+    try:
+        der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
+        _, cstart, _ = _tlv(der, 0)
+        _, tstart, tend = _tlv(der, cstart)  # tbsCertificate
+        fields = _children(der, tstart, tend)
+        if fields and fields[0][0] == 0xA0:  # explicit version
+            fields = fields[1:]
+        # serial, signature, issuer, validity, subject, spki, [1], [2], [3] extensions
+        vstart, vend = fields[3][1], fields[3][2]
+        times = _children(der, vstart, vend)
+        not_after = _der_time(times[1][0], der[times[1][1] : times[1][2]])
+        uris: list[str] = []
+        for tag, estart, _ in fields[6:]:
+            if tag != 0xA3:
+                continue
+            _, sstart, send = _tlv(der, estart)
+            for _, xstart, xend in _children(der, sstart, send):
+                if der[xstart : xstart + len(_SAN_OID)] != _SAN_OID:
+                    continue
+                ostart = _children(der, xstart, xend)[-1][1]  # extnValue OCTET STRING
+                _, nstart, nend = _tlv(der, ostart)
+                for ntag, gstart, gend in _children(der, nstart, nend):
+                    if ntag == 0x86:  # [6] uniformResourceIdentifier
+                        uris.append(der[gstart:gend].decode("ascii"))
+        return CertificateInfo(not_after=not_after, uris=tuple(uris))
+    except (ValueError, IndexError) as exc:
+        raise CredentialsError(f"cannot parse certificate: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- peer identities
+
+
+def peer_spiffe_id(peer: ssl.SSLObject | ssl.SSLSocket | Mapping[str, Any] | None) -> str | None:
+    """The first ``spiffe://`` URI SAN of a verified peer (an SSL object or ``getpeercert()``)."""
+    if peer is None:
+        return None
+    cert = peer.getpeercert() if isinstance(peer, ssl.SSLObject | ssl.SSLSocket) else peer
+    if not cert:
+        return None
+    for entry in cert.get("subjectAltName", ()):
+        value = entry[1]
+        if entry[0] == "URI" and isinstance(value, str) and value.startswith("spiffe://"):
+            return value
+    return None
+
+
+def is_control_plane_id(uri: str | None, trust_domain: str | None = None) -> bool:
+    """True when ``uri`` names the control plane (in ``trust_domain`` when one is given)."""
+    if uri is None:
+        return False
+    try:
+        sid = SpiffeId.parse(uri)
+    except ValueError:
+        return False
+    return (
+        sid.namespace == CONTROL_PLANE_NAMESPACE
+        and sid.service_account == CONTROL_PLANE_SERVICE_ACCOUNT
+        and (trust_domain is None or sid.trust_domain == trust_domain)
+    )
+
+
+# --------------------------------------------------------------------------- key generation
+
+
+async def generate_key_and_csr(
+    workdir: Path, hint: str, *, timeout: float = 30.0
+) -> tuple[Path, bytes]:
+    """Run the keygen child; return (path of the new key in ``workdir``, PEM CSR)."""
+    key_path = workdir / f"{PENDING_KEY_PREFIX}{secrets.token_hex(6)}.key"
+    env = dict(os.environ)
+    src_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gossamer.identity.keygen",
+        "--key-out",
+        str(key_path),
+        "--identity-hint",
+        hint,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        key_path.unlink(missing_ok=True)
+        raise KeygenError(f"keygen did not finish within {timeout:g} s") from None
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0 or b"BEGIN CERTIFICATE REQUEST" not in out:
+        key_path.unlink(missing_ok=True)
+        message = err.decode("utf-8", "replace").strip() or f"exit status {proc.returncode}"
+        raise KeygenError(f"keygen failed: {message}")
+    return key_path, out
+
+
+# --------------------------------------------------------------------------- credentials
+
+
+def _client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False  # peers are checked by SPIFFE URI SAN, not host name
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class Credentials:
+    """The current key/certificate/bundle in ``workdir`` and the long-lived TLS contexts."""
+
+    def __init__(self, workdir: Path, bundle_file: Path | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(workdir, 0o700)
+        self.server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.server_context.verify_mode = ssl.CERT_REQUIRED
+        self.client_context = _client_context()
+        self.control_context = _client_context()
+        self._info: CertificateInfo | None = None
+        self._expires_override: float | None = None
+        self._has_bundle = False
+        if bundle_file is not None:
+            try:
+                self._add_bundle(bundle_file.read_bytes())
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise CredentialsError(f"cannot load trust bundle {bundle_file}: {exc}") from exc
+        self._load_existing()
+        for stale in workdir.glob(f"{PENDING_KEY_PREFIX}*"):
+            stale.unlink(missing_ok=True)
+
+    @property
+    def contexts(self) -> tuple[ssl.SSLContext, ...]:
+        return (self.server_context, self.client_context, self.control_context)
+
+    @property
+    def cert_path(self) -> Path:
+        return self.workdir / CERT_FILE
+
+    @property
+    def key_path(self) -> Path:
+        return self.workdir / KEY_FILE
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.workdir / BUNDLE_FILE
+
+    @property
+    def identity(self) -> SpiffeId | None:
+        """The SPIFFE ID in our current certificate (None before the first install)."""
+        return None if self._info is None else self._info.spiffe_id
+
+    @property
+    def expires_at(self) -> float | None:
+        """When our current certificate expires (unix seconds), None without one."""
+        if self._info is None:
+            return None
+        return self._expires_override or self._info.not_after
+
+    @property
+    def has_certificate(self) -> bool:
+        return self._info is not None
+
+    @property
+    def has_bundle(self) -> bool:
+        return self._has_bundle
+
+    @property
+    def ready(self) -> bool:
+        """A certificate is loaded, has not expired, and a trust bundle is present."""
+        expires = self.expires_at
+        return expires is not None and self._has_bundle and time.time() < expires
+
+    def install(
+        self, cert_pem: bytes, key_path: Path, ca_pem: bytes, *, expires: float | None = None
+    ) -> None:
+        """Adopt a new certificate (and its key file and CA bundle) without dropping connections.
+
+        The pair is checked on a scratch context first; only then are the files moved into
+        place and loaded into the live contexts. ``key_path`` is renamed to ``tls.key``.
+        ``expires`` (the control plane's figure) is used only if it is earlier than notAfter.
+        """
+        info = parse_certificate(cert_pem)
+        pending_cert = self.workdir / f"{PENDING_KEY_PREFIX}{secrets.token_hex(6)}.crt"
+        write_atomic(pending_cert, cert_pem)
+        try:
+            scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            scratch.load_cert_chain(pending_cert, key_path)
+            if ca_pem.strip():
+                scratch.load_verify_locations(cadata=ca_pem.decode("ascii"))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            pending_cert.unlink(missing_ok=True)
+            raise CredentialsError(f"new certificate does not load: {exc}") from exc
+        if ca_pem.strip():
+            write_atomic(self.bundle_path, ca_pem)
+            self._add_bundle(ca_pem)
+        os.chmod(key_path, 0o600)
+        os.replace(key_path, self.key_path)
+        os.replace(pending_cert, self.cert_path)
+        for ctx in self.contexts:
+            ctx.load_cert_chain(self.cert_path, self.key_path)
+        self._info = info
+        earlier = expires is not None and expires < info.not_after
+        self._expires_override = expires if earlier else None
+        log.info("installed certificate for %s, expires %.0f", self.identity, info.not_after)
+
+    def _add_bundle(self, ca_pem: bytes) -> None:
+        # Roots are added, never removed: an SSLContext's store only grows.
+        text = ca_pem.decode("ascii")
+        for ctx in self.contexts:
+            ctx.load_verify_locations(cadata=text)
+        self._has_bundle = True
+
+    def _load_existing(self) -> None:
+        """Pick up a still-valid certificate left by an earlier run of this sidecar."""
+        if not (self.cert_path.exists() and self.key_path.exists()):
+            return
+        try:
+            cert_pem = self.cert_path.read_bytes()
+            info = parse_certificate(cert_pem)
+            if info.not_after <= time.time():
+                log.warning("stored certificate in %s has expired; ignoring it", self.workdir)
+                return
+            if self.bundle_path.exists():
+                self._add_bundle(self.bundle_path.read_bytes())
+            for ctx in self.contexts:
+                ctx.load_cert_chain(self.cert_path, self.key_path)
+        except (OSError, ssl.SSLError, ValueError, CredentialsError) as exc:
+            log.warning("cannot reuse stored certificate in %s: %s", self.workdir, exc)
+            return
+        self._info = info

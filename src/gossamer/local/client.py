@@ -1,0 +1,222 @@
+"""A small synchronous client of the control plane's config API (docs/internals.md §3).
+
+Used by the CLI and by the local runner. Expected failures become ``ControlError`` subclasses
+with messages meant for people: ``ControlUnreachable``, ``Unauthorized``, ``NotFound``,
+``BadDocument``, ``InvalidResources`` (with the per-field errors) and ``ApiError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+__all__ = [
+    "ApiError",
+    "BadDocument",
+    "ControlClient",
+    "ControlError",
+    "ControlUnreachable",
+    "FieldError",
+    "InvalidResources",
+    "NotFound",
+    "Unauthorized",
+]
+
+
+class ControlError(Exception):
+    """An expected failure talking to the control plane."""
+
+
+class ControlUnreachable(ControlError):
+    def __init__(self, url: str, detail: str) -> None:
+        self.url = url
+        super().__init__(
+            f"control plane not reachable at {url} ({detail}); "
+            "start it with `gossamer up` or `gossamer control`"
+        )
+
+
+class Unauthorized(ControlError):
+    def __init__(self, message: str) -> None:
+        super().__init__(
+            f"unauthorized: {message} (set GOSSAMER_TOKEN or point --data-dir at the "
+            "control plane's data directory)"
+        )
+
+
+class NotFound(ControlError):
+    pass
+
+
+class BadDocument(ControlError):
+    pass
+
+
+class ApiError(ControlError):
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(f"control plane answered {status}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    """One validation error of one document, as the API reports it."""
+
+    document: int
+    kind: str
+    name: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"document {self.document} ({self.kind}/{self.name})"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class InvalidResources(ControlError):
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+def _error_message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or body)
+    return str(body)
+
+
+class ControlClient:
+    """Calls the config API at ``base_url`` with the admin ``token``."""
+
+    def __init__(self, base_url: str, token: str | None, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, trust_env=False
+        )
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content: str | None = None,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        try:
+            response = self._http.request(
+                method, path, content=content, json=json, params=params, headers=headers
+            )
+        except httpx.TransportError as exc:
+            raise ControlUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
+        if response.status_code == 401:
+            raise Unauthorized(_error_message(response))
+        return response
+
+    def _json(self, response: httpx.Response) -> Any:
+        if response.status_code == 404:
+            raise NotFound(_error_message(response))
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _error_message(response))
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(response.status_code, "answer is not JSON") from exc
+
+    def healthy(self) -> bool:
+        """True when ``GET /healthz`` answers 200; never raises."""
+        try:
+            return self._http.get("/healthz", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def apply(self, text: str, *, content_type: str) -> list[dict[str, Any]]:
+        """POST documents; return the ``applied`` entries."""
+        response = self._request(
+            "POST", "/v1/resources", content=text, headers={"Content-Type": content_type}
+        )
+        if response.status_code == 400:
+            raise BadDocument(f"bad document: {_error_message(response)}")
+        if response.status_code == 422:
+            raise InvalidResources(_field_errors(response))
+        return list(self._json(response).get("applied", []))
+
+    def list_resources(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        params = {"namespace": namespace} if namespace else None
+        response = self._request("GET", f"/v1/resources/{kind}", params=params)
+        return list(self._json(response).get("items", []))
+
+    def get_resource(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        response = self._request("GET", f"/v1/resources/{kind}/{namespace}/{name}")
+        return dict(self._json(response))
+
+    def delete_resource(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        response = self._request("DELETE", f"/v1/resources/{kind}/{namespace}/{name}")
+        return dict(self._json(response).get("deleted") or {})
+
+    def proxies(self) -> list[dict[str, Any]]:
+        return list(self._json(self._request("GET", "/v1/proxies")).get("items", []))
+
+    def endpoints(self, namespace: str, service: str) -> list[dict[str, Any]]:
+        response = self._request("GET", f"/v1/endpoints/{namespace}/{service}")
+        return list(self._json(response).get("items", []))
+
+    def join_token(self, service: str, namespace: str = "default") -> str:
+        """A single-use join token for one sidecar of ``service``."""
+        body = {"service": service, "namespace": namespace}
+        answer = self._json(self._request("POST", "/v1/join-tokens", json=body))
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ApiError(200, "join-token answer has no token")
+        return token
+
+    def trust_bundle(self) -> str:
+        response = self._request("GET", "/v1/trust-bundle")
+        if response.status_code != 200:
+            raise ApiError(response.status_code, _error_message(response))
+        return response.text
+
+
+def _field_errors(response: httpx.Response) -> list[FieldError]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    raw = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(raw, list) or not raw:
+        return [FieldError(0, "?", "?", "", _error_message(response))]
+    return [
+        FieldError(
+            document=int(item.get("document", 0)),
+            kind=str(item.get("kind") or "?"),
+            name=str(item.get("name") or "?"),
+            path=str(item.get("path") or ""),
+            message=str(item.get("message") or ""),
+        )
+        for item in raw
+        if isinstance(item, dict)
+    ]

@@ -1,0 +1,173 @@
+"""How each kind of process is started: command lines, environments, readiness probes.
+
+The sidecar's environment follows ``gossamer.proxy.settings`` (``GOSSAMER_PROXY_*``); apps get
+``PORT`` and ``HTTP_PROXY`` pointing at their sidecar's outbound port, with ``NO_PROXY`` empty so
+that plain service names (``http://catalog/...``) go through the mesh.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "Probe",
+    "SidecarConfig",
+    "app_env",
+    "base_env",
+    "control_argv",
+    "http_ok",
+    "sidecar_argv",
+    "sidecar_env",
+    "tcp_open",
+    "wait_for",
+]
+
+_PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+               "all_proxy", "NO_PROXY", "no_proxy")
+
+
+def base_env(parent: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The parent's environment without sidecar settings and proxy variables."""
+    env = dict(os.environ if parent is None else parent)
+    for key in list(env):
+        if key.startswith("GOSSAMER_PROXY_") or key in _PROXY_VARS:
+            del env[key]
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def control_argv(data_dir: Path, api_port: int, stream_port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "gossamer.control",
+        "--data-dir", str(data_dir),
+        "--api-addr", f"127.0.0.1:{api_port}",
+        "--stream-addr", f"127.0.0.1:{stream_port}",
+    ]
+
+
+def sidecar_argv() -> list[str]:
+    return [sys.executable, "-m", "gossamer.proxy"]
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    """What one sidecar needs besides its join token."""
+
+    service: str
+    namespace: str
+    admin_port: int
+    control_addr: str
+    ca_file: Path
+    workdir: Path
+    app_port: int | None = None
+    outbound_port: int | None = None
+    inbound_port: int | None = None  # None: no inbound listener (a gateway)
+    default_service: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+
+def sidecar_env(
+    config: SidecarConfig, join_token: str, parent: Mapping[str, str]
+) -> dict[str, str]:
+    env = base_env(parent)
+    p = "GOSSAMER_PROXY_"
+    env[p + "SERVICE"] = config.service
+    env[p + "NAMESPACE"] = config.namespace
+    env[p + "ADMIN_ADDR"] = config.admin_address
+    env[p + "CONTROL_ADDR"] = config.control_addr
+    env[p + "CA_FILE"] = str(config.ca_file)
+    env[p + "JOIN_TOKEN"] = join_token
+    env[p + "WORKDIR"] = str(config.workdir)
+    env[p + "LABELS"] = ",".join(f"{k}={v}" for k, v in sorted(config.labels.items()))
+    env[p + "OUTBOUND_ADDR"] = (
+        f"127.0.0.1:{config.outbound_port}" if config.outbound_port is not None else "off"
+    )
+    env[p + "INBOUND_ADDR"] = (
+        f"127.0.0.1:{config.inbound_port}" if config.inbound_port is not None else "off"
+    )
+    if config.app_port is not None:
+        env[p + "APP_ADDR"] = f"127.0.0.1:{config.app_port}"
+    if config.default_service:
+        env[p + "DEFAULT_SERVICE"] = config.default_service
+    return env
+
+
+def app_env(
+    *,
+    port: int,
+    outbound_port: int,
+    parent: Mapping[str, str],
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    env = base_env(parent)
+    env.update(extra or {})
+    proxy = f"http://127.0.0.1:{outbound_port}"
+    env.update(PORT=str(port), HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="", no_proxy="")
+    return env
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when GET ``url`` answers 200 (no proxies from the environment)."""
+    try:
+        with httpx.Client(trust_env=False, timeout=timeout) as client:
+            return client.get(url).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def tcp_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
+    """True when something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A named readiness check; ``alive`` says whether waiting still makes sense."""
+
+    name: str
+    check: Callable[[], bool]
+    alive: Callable[[], bool]
+
+
+def wait_for(
+    probes: list[Probe],
+    *,
+    timeout: float,
+    stop: threading.Event | None = None,
+    interval: float = 0.2,
+) -> tuple[list[Probe], list[Probe]]:
+    """Poll until every probe passes, one dies, ``stop`` is set or ``timeout`` passes.
+
+    Returns ``(not_ready, dead)``; both empty means everything is ready.
+    """
+    pending = list(probes)
+    deadline = time.monotonic() + timeout
+    while pending:
+        dead = [probe for probe in pending if not probe.alive()]
+        if dead:
+            return pending, dead
+        pending = [probe for probe in pending if not probe.check()]
+        if not pending or time.monotonic() >= deadline:
+            break
+        if stop is not None and stop.wait(interval):
+            break
+        if stop is None:
+            time.sleep(interval)
+    return pending, []

@@ -1,0 +1,7 @@
+"""``python -m gossamer.proxy``: run a sidecar from GOSSAMER_PROXY_* settings."""
+
+import sys
+
+from gossamer.proxy.main import main
+
+sys.exit(main())

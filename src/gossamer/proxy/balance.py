@@ -1,0 +1,110 @@
+"""Concrete stage of the outbound path: choose one endpoint of a service for a request.
+
+Default: power-of-two-choices over peak-EWMA latency (the cost of an endpoint is its
+peak-sensitive moving average of response latency, scaled by its requests in flight);
+round-robin is selectable. Endpoint load state survives config updates, because endpoints are
+reused by address when a new snapshot arrives.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Balancer", "EndpointAddr", "EndpointState", "PeakEwmaBalancer", "RoundRobinBalancer"]
+
+DECAY_NS = 10_000_000_000  # 10 s: how fast the average forgets
+DEFAULT_RTT_NS = 1_000_000  # 1 ms: an endpoint with no history is assumed neither fast nor slow
+FAILURE_PENALTY_NS = 1_000_000_000  # a connect failure counts as a 1 s response
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointAddr:
+    """Where an endpoint listens (for mesh endpoints: the destination sidecar's inbound port)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class EndpointState:
+    """One endpoint and its load: requests in flight and peak-EWMA latency."""
+
+    __slots__ = ("addr", "ewma_ns", "labels", "last_ns", "pending")
+
+    def __init__(self, addr: EndpointAddr, labels: Mapping[str, str]) -> None:
+        self.addr = addr
+        self.labels = dict(labels)
+        self.pending = 0
+        self.ewma_ns = float(DEFAULT_RTT_NS)
+        self.last_ns = time.monotonic_ns()
+
+    def cost(self, now_ns: int) -> float:
+        # Decay toward zero with time since the last observation, so an endpoint penalised long
+        # ago gets traffic again; scale by load so a busy endpoint looks slower.
+        elapsed = now_ns - self.last_ns
+        ewma = self.ewma_ns * math.exp(-elapsed / DECAY_NS) if elapsed > 0 else self.ewma_ns
+        return max(ewma, 1.0) * (self.pending + 1)
+
+    def observe(self, rtt_ns: int, now_ns: int) -> None:
+        """Fold one response latency into the average (peaks are taken at once)."""
+        if rtt_ns > self.ewma_ns:
+            self.ewma_ns = float(rtt_ns)
+        else:
+            elapsed = max(now_ns - self.last_ns, 0)
+            weight = math.exp(-elapsed / DECAY_NS)
+            self.ewma_ns = self.ewma_ns * weight + rtt_ns * (1.0 - weight)
+        self.last_ns = now_ns
+
+    def penalise(self, now_ns: int) -> None:
+        self.observe(FAILURE_PENALTY_NS, now_ns)
+
+
+class Balancer:
+    """Base: holds the endpoints of one service (or subset)."""
+
+    def __init__(self, endpoints: Sequence[EndpointState]) -> None:
+        self.endpoints: tuple[EndpointState, ...] = tuple(endpoints)
+
+    def pick(self) -> EndpointState | None:
+        raise TypeError("use a concrete balancer")
+
+
+class PeakEwmaBalancer(Balancer):
+    """Power of two choices by peak-EWMA cost."""
+
+    def __init__(self, endpoints: Sequence[EndpointState], rng: random.Random | None = None):
+        super().__init__(endpoints)
+        self._rng = rng or random.Random()
+
+    def pick(self) -> EndpointState | None:
+        endpoints = self.endpoints
+        n = len(endpoints)
+        if n < 2:
+            return endpoints[0] if n else None
+        i = int(self._rng.random() * n)
+        j = int(self._rng.random() * (n - 1))
+        if j >= i:
+            j += 1
+        a, b = endpoints[i], endpoints[j]
+        now = time.monotonic_ns()
+        return a if a.cost(now) <= b.cost(now) else b
+
+
+class RoundRobinBalancer(Balancer):
+    def __init__(self, endpoints: Sequence[EndpointState]) -> None:
+        super().__init__(endpoints)
+        self._next = 0
+
+    def pick(self) -> EndpointState | None:
+        endpoints = self.endpoints
+        if not endpoints:
+            return None
+        i = self._next % len(endpoints)
+        self._next = i + 1
+        return endpoints[i]

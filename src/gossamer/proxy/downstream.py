@@ -1,0 +1,334 @@
+"""Downstream side of an HTTP/1.1 proxy hop: a connection accepted by a sidecar listener.
+
+This module owns parsing requests with httptools, limits (header block, URI), pipelining (one
+exchange in flight, later ones queued with reading paused), body buffering until an upstream is
+attached, backpressure in both directions, and the proxy's own error responses. What is
+direction-specific (how the request head is rewritten, where it goes) is left to the
+``OutboundConnection`` and ``InboundConnection`` subclasses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from gossamer.protocol.http1 import (
+    LAST_CHUNK,
+    HeadScan,
+    ProxyError,
+    encode_chunk,
+    error_response,
+    scan_headers,
+)
+from gossamer.proxy.exchange import Exchange
+
+if TYPE_CHECKING:
+    from gossamer.proxy.state import ProxyState
+    from gossamer.proxy.upstream import UpstreamConnection
+
+__all__ = ["DownstreamConnection"]
+
+log = logging.getLogger("gossamer.proxy")
+
+MAX_HEADER_BYTES = 64 * 1024
+MAX_URI_BYTES = 16 * 1024
+MAX_BUFFERED_BODY = 256 * 1024
+
+# Why reading from the downstream is paused (a bit each; reading resumes when none is left).
+PAUSE_PIPELINE = 1
+PAUSE_UPSTREAM = 2
+PAUSE_BUFFER = 4
+
+
+class DownstreamConnection(asyncio.Protocol):
+    direction = "outbound"
+    drop_headers: frozenset[bytes] = frozenset()
+
+    def __init__(self, proxy: ProxyState) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()
+        self.parsing: Exchange | None = None
+        self.header_bytes = 0
+        self.paused = 0
+        self.write_paused = False
+        self.closed = False
+        self.last_active = time.monotonic()
+
+    # === asyncio callbacks ===
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        metrics = self.proxy.metrics
+        metrics.connections_opened[self.direction] += 1
+        metrics.connections_open[self.direction] += 1
+        self.proxy.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(501, "upgrade-not-supported", "protocol upgrades are not supported yet")
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProxyError):
+                self._refuse(cause.status, cause.cause, cause.detail)
+            else:
+                log.exception("internal error while parsing a request", exc_info=cause)
+                self._refuse(500, "proxy-internal-error", type(cause).__name__)
+        except httptools.HttpParserError as exc:
+            self._refuse(400, "bad-request", str(exc) or type(exc).__name__)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        metrics = self.proxy.metrics
+        metrics.connections_open[self.direction] -= 1
+        connections = self.proxy.connections
+        connections.discard(self)
+        if not connections:
+            self.proxy.all_closed.set()
+        for ex in self.queue:
+            upstream = ex.upstream
+            if upstream is not None:
+                upstream.exchange = None
+                upstream.downstream = None
+                upstream.close()  # mid-exchange: the connection cannot be reused
+            if ex.endpoint is not None:
+                ex.endpoint.pending -= 1
+                ex.endpoint = None
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.queue:
+            upstream = self.queue[0].upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.queue:
+            upstream = self.queue[0].upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.resume_reading()
+
+    # === httptools callbacks ===
+
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(time.monotonic_ns())
+        self.header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.target += url
+        if len(ex.target) > MAX_URI_BYTES:
+            raise ProxyError(414, "uri-too-long", f"request target over {MAX_URI_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.headers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise ProxyError(
+                431, "headers-too-large", f"header block over {MAX_HEADER_BYTES} bytes"
+            )
+
+    def on_headers_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        parser = self.parser
+        ex.method = parser.get_method()
+        ex.http10 = parser.get_http_version() == "1.0"
+        ex.keep_alive = parser.should_keep_alive()
+        ex.is_head = ex.method == b"HEAD"
+        scan = scan_headers(ex.headers, self.drop_headers)
+        ex.headers = []
+        ex.chunked = scan.chunked
+        ex.has_body = scan.chunked or (
+            scan.content_length is not None and scan.content_length.strip() != b"0"
+        )
+        ex.body_done = not ex.has_body
+        ex.head = self.request_head(ex, scan)
+        queue = self.queue
+        queue.append(ex)
+        if len(queue) == 1:
+            self.dispatch(ex)
+        else:
+            self._pause(PAUSE_PIPELINE)
+
+    def on_body(self, data: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self._forward_body(ex, encode_chunk(data) if ex.chunked else data)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        assert ex is not None
+        self.parsing = None
+        if ex.chunked:
+            self._forward_body(ex, LAST_CHUNK)
+        ex.body_done = True
+
+    # === what subclasses provide ===
+
+    def request_head(self, ex: Exchange, scan: HeadScan) -> bytes:
+        """The request head to send upstream (raise ``ProxyError`` to refuse the request)."""
+        raise TypeError("subclass responsibility")
+
+    def dispatch(self, ex: Exchange) -> None:
+        """Find an upstream for ``ex`` and start it there (or answer with an error)."""
+        raise TypeError("subclass responsibility")
+
+    # === called by the upstream connection ===
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def response_head(self, ex: Exchange, head: bytes) -> None:
+        ex.response_started = True
+        endpoint = ex.endpoint
+        if endpoint is not None:
+            now = time.monotonic_ns()
+            endpoint.observe(now - ex.sent_ns, now)
+        self.write(head)
+        if self.write_paused and ex.upstream is not None and ex.upstream.transport is not None:
+            ex.upstream.transport.pause_reading()
+
+    def response_complete(self, ex: Exchange) -> None:
+        stats = ex.stats
+        if stats is not None:
+            stats.record(ex.status, time.monotonic_ns() - ex.start_ns)
+        endpoint = ex.endpoint
+        if endpoint is not None:
+            endpoint.pending -= 1
+            ex.endpoint = None
+        queue = self.queue
+        if queue and queue[0] is ex:
+            queue.popleft()
+        self.last_active = time.monotonic()
+        if not ex.keep_alive or not ex.body_done or self.proxy.draining:
+            self.close()
+            return
+        if queue:
+            self.dispatch(queue[0])
+        if len(queue) <= 1:
+            self._resume(PAUSE_PIPELINE)
+
+    def upstream_failed(self, ex: Exchange, cause: str, detail: str, *, reused: bool) -> None:
+        """The upstream went away before answering: retry a reused idle connection once."""
+        if reused and not ex.has_body and not self.closed:
+            ex.body = None
+            self.retry(ex)
+            return
+        if ex.endpoint is not None:
+            ex.endpoint.penalise(time.monotonic_ns())
+        self.respond_error(ex, 502, cause, detail)
+
+    def retry(self, ex: Exchange) -> None:
+        """Start ``ex`` again on a fresh connection to the same endpoint."""
+        self.respond_error(ex, 502, "upstream-reset", "connection lost before a response")
+
+    def abort_response(self, ex: Exchange, cause: str) -> None:
+        """The upstream failed mid-response: the only honest signal left is to cut the stream."""
+        self.proxy.metrics.error(self.direction, cause)
+        ex.status = 502
+        if ex.stats is not None:
+            ex.stats.record(502, time.monotonic_ns() - ex.start_ns)
+            ex.stats = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_for_upstream(self) -> None:
+        self._pause(PAUSE_UPSTREAM)
+
+    def resume_for_upstream(self) -> None:
+        self._resume(PAUSE_UPSTREAM)
+
+    # === errors and lifecycle ===
+
+    def respond_error(self, ex: Exchange, status: int, cause: str, detail: str = "") -> None:
+        """Answer ``ex`` with a response the proxy generates, naming the cause."""
+        self.proxy.metrics.error(self.direction, cause)
+        if self.closed:
+            return
+        if ex.response_started:
+            self.abort_response(ex, cause)
+            return
+        ex.status = status
+        ex.response_started = True
+        if not ex.body_done:
+            ex.keep_alive = False  # the rest of the request body would be read as a new request
+        self.write(
+            error_response(
+                status,
+                cause,
+                detail,
+                request_id=ex.request_id or None,
+                close=not ex.keep_alive,
+                head_only=ex.is_head,
+            )
+        )
+        self.response_complete(ex)
+
+    def attach(self, ex: Exchange, upstream: UpstreamConnection) -> None:
+        """``ex`` got its upstream connection: send it (if it is still wanted)."""
+        if self.closed or not self.queue or self.queue[0] is not ex:
+            upstream.pool.release(upstream)
+            return
+        upstream.send(ex, self)
+        self._resume(PAUSE_BUFFER)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def _refuse(self, status: int, cause: str, detail: str) -> None:
+        """A request we cannot parse: answer (if nothing else is being answered) and close."""
+        self.proxy.metrics.error(self.direction, cause)
+        if self.closed or self.transport is None:
+            return
+        active = self.queue[0] if self.queue else None
+        if active is None or not active.response_started:
+            for ex in self.queue:
+                if ex.upstream is not None:
+                    ex.upstream.close()
+            self.transport.write(error_response(status, cause, detail, close=True))
+            self.transport.close()
+        else:
+            self.transport.abort()
+
+    def _forward_body(self, ex: Exchange, payload: bytes) -> None:
+        upstream = ex.upstream
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.write(payload)
+            return
+        if ex.response_started:
+            return  # already answered (e.g. an error): the body is discarded
+        if ex.body is None:
+            ex.body = [payload]
+        else:
+            ex.body.append(payload)
+        ex.body_size += len(payload)
+        if ex.body_size > MAX_BUFFERED_BODY:
+            self._pause(PAUSE_BUFFER)
+
+    def _pause(self, reason: int) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        if self.paused & reason:
+            self.paused &= ~reason
+            if not self.paused and self.transport is not None and not self.closed:
+                self.transport.resume_reading()

@@ -1,0 +1,205 @@
+"""Inbound direction: requests from other sidecars to the local app.
+
+Accept → detect → TLS terminate → forward. The listener accepts raw sockets and peeks at the
+first bytes without consuming them: a TLS ClientHello is handed to the TLS server (which
+requires and verifies a client certificate from the mesh CA); plaintext is refused while mTLS
+is STRICT, with a 400 naming the cause when it looks like HTTP. The caller's SPIFFE ID is
+passed to the app in ``x-gossamer-peer-identity``; any such header from outside is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+
+from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
+from gossamer.protocol.http1 import HeadScan, ProxyError, error_response, render_headers
+from gossamer.proxy.downstream import DownstreamConnection
+from gossamer.proxy.exchange import Exchange
+from gossamer.proxy.metrics import RouteStats
+from gossamer.proxy.settings import Address
+from gossamer.proxy.state import ProxyState
+from gossamer.proxy.tasks import spawn
+
+__all__ = ["InboundConnection", "InboundListener"]
+
+log = logging.getLogger("gossamer.proxy")
+
+PEER_HEADER = b"x-gossamer-peer-identity"
+HANDSHAKE_TIMEOUT = 10.0
+DETECT_TIMEOUT = 10.0
+_HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", b"CONN", b"TRAC")
+
+
+class InboundConnection(DownstreamConnection):
+    direction = "inbound"
+    drop_headers = frozenset({PEER_HEADER})
+
+    def __init__(self, proxy: ProxyState) -> None:
+        super().__init__(proxy)
+        self.peer = b""
+        self.stats: RouteStats | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sans = peer_uri_sans(transport.get_extra_info("peercert"))
+        peer = sans[0] if sans else ""
+        self.peer = peer.encode()
+        try:
+            source = SpiffeId.parse(peer).service_account if peer else "unknown"
+        except ValueError:
+            source = "unknown"
+        self.stats = self.proxy.metrics.route(
+            "inbound", source, self.proxy.settings.workload.service, peer or "none"
+        )
+
+    def request_head(self, ex: Exchange, scan: HeadScan) -> bytes:
+        headers = scan.kept
+        if self.peer:
+            headers.append((PEER_HEADER, self.peer))
+        rid = scan.request_id
+        if rid is None:
+            rid = self.proxy.new_request_id()
+            headers.append((b"x-request-id", rid))
+        ex.request_id = rid
+        te = b"transfer-encoding: chunked\r\n" if ex.chunked else b""
+        return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (ex.method, ex.target, render_headers(headers), te)
+
+    def dispatch(self, ex: Exchange) -> None:
+        ex.stats = self.stats
+        app = self.proxy.settings.workload.app
+        if app is None:
+            self.respond_error(ex, 503, "no-local-app", "this sidecar has no local application")
+            return
+        key = (app.host, app.port)
+        upstream = self.proxy.app_pool.take(key)
+        if upstream is not None:
+            upstream.send(ex, self)
+        else:
+            spawn(self._connect(ex, key), name="connect app")
+
+    def retry(self, ex: Exchange) -> None:
+        app = self.proxy.settings.workload.app
+        assert app is not None
+        spawn(self._connect(ex, (app.host, app.port)), name="reconnect app")
+
+    async def _connect(self, ex: Exchange, key: tuple[str, int]) -> None:
+        try:
+            upstream = await self.proxy.app_pool.connect(key)
+        except ProxyError as exc:
+            self.respond_error(ex, exc.status, exc.cause, f"local app {exc.detail}")
+            return
+        self.attach(ex, upstream)
+
+
+class InboundListener:
+    """Accepts inbound connections, detects TLS vs plaintext, and terminates mTLS."""
+
+    def __init__(self, proxy: ProxyState, address: Address, context: ssl.SSLContext) -> None:
+        self.proxy = proxy
+        self.address = address
+        self.context = context
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
+
+    def start(self) -> Address:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.address.host, self.address.port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self._sock = sock
+        loop.add_reader(sock.fileno(), self._on_accept)
+        host, port = sock.getsockname()[:2]
+        return Address(host, port)
+
+    def close(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            self._sock = None
+        for fd, (conn, timer) in list(self._pending.items()):
+            timer.cancel()
+            if self._loop is not None:
+                self._loop.remove_reader(fd)
+            conn.close()
+        self._pending.clear()
+
+    def _on_accept(self) -> None:
+        sock = self._sock
+        loop = self._loop
+        if sock is None or loop is None:
+            return
+        for _ in range(64):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("inbound accept failed: %s", exc)
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            fd = conn.fileno()
+            timer = loop.call_later(DETECT_TIMEOUT, self._give_up, fd)
+            self._pending[fd] = (conn, timer)
+            loop.add_reader(fd, self._on_first_bytes, fd)
+
+    def _give_up(self, fd: int) -> None:
+        entry = self._pending.pop(fd, None)
+        if entry is not None and self._loop is not None:
+            self._loop.remove_reader(fd)
+            entry[0].close()
+
+    def _on_first_bytes(self, fd: int) -> None:
+        entry = self._pending.get(fd)
+        loop = self._loop
+        if entry is None or loop is None:
+            return
+        conn, timer = entry
+        try:
+            head = conn.recv(8, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            head = b""
+        del self._pending[fd]
+        timer.cancel()
+        loop.remove_reader(fd)
+        if not head:
+            conn.close()
+            return
+        if head[0] == 0x16:  # TLS handshake record
+            spawn(self._accept_tls(conn), name="inbound tls handshake")
+            return
+        self.proxy.metrics.error("inbound", "mtls-required")
+        if head[:4] in _HTTP_METHODS:
+            with contextlib.suppress(OSError):
+                conn.send(
+                    error_response(
+                        400, "mtls-required", "this port accepts only mutual TLS from the mesh",
+                        close=True,
+                    )
+                )
+        conn.close()
+
+    async def _accept_tls(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                lambda: InboundConnection(self.proxy),
+                conn,
+                ssl=self.context,
+                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+            )
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+            self.proxy.metrics.tls_handshake_failures += 1
+            log.info("inbound TLS handshake failed: %s", exc)
+            conn.close()

@@ -1,0 +1,145 @@
+"""Entry point of the sidecar: wire settings, identity, listeners, admin and the control client.
+
+``python -m gossamer.proxy`` (or ``gossamer proxy``) reads ``GOSSAMER_PROXY_*`` settings, runs
+on uvloop, and on SIGTERM/SIGINT stops accepting, lets in-flight requests finish (bounded), and
+exits 0. Only what the data path needs is imported here: no pydantic, no web framework, no
+cryptography (keys and CSRs are made by a short-lived child process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+import uvloop
+
+from gossamer.identity.credentials import Credentials, CredentialsError
+from gossamer.proxy.admin import AdminServer
+from gossamer.proxy.control_client import ControlClient
+from gossamer.proxy.inbound import InboundListener
+from gossamer.proxy.outbound import OutboundConnection
+from gossamer.proxy.settings import Address, ProxySettings, SettingsError
+from gossamer.proxy.state import ProxyState
+from gossamer.proxy.tasks import spawn
+
+__all__ = ["main", "serve"]
+
+log = logging.getLogger("gossamer.proxy")
+
+DRAIN_SECONDS = 5.0
+
+
+async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> None:
+    """Run one sidecar until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_exception_handler)
+    credentials = Credentials(settings.identity.workdir, settings.control.ca_file)
+    state = ProxyState(settings, client_context=credentials.client_context)
+    state.cert_ready = lambda: credentials.ready
+
+    admin = AdminServer(settings.listen.admin, state)
+    admin_addr = await admin.start()
+    listener: InboundListener | None = None
+    inbound_addr: Address | None = None
+    if settings.listen.inbound is not None:
+        listener = InboundListener(state, settings.listen.inbound, credentials.server_context)
+        inbound_addr = listener.start()
+    outbound_server: asyncio.Server | None = None
+    outbound_addr: Address | None = None
+    if settings.listen.outbound is not None:
+        outbound_server = await loop.create_server(
+            lambda: OutboundConnection(state),
+            settings.listen.outbound.host,
+            settings.listen.outbound.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        host, port = outbound_server.sockets[0].getsockname()[:2]
+        outbound_addr = Address(host, port)
+
+    def workload() -> dict[str, object]:
+        return {
+            "service": settings.workload.service,
+            "namespace": settings.workload.namespace,
+            "address": settings.workload.advertise_host,
+            "inbound_port": inbound_addr.port if inbound_addr else None,
+            "admin_port": admin_addr.port,
+            "labels": dict(settings.workload.labels),
+        }
+
+    client = ControlClient(settings, credentials, state, workload)
+    state.subscribe_hook = client.subscribe
+    client_task = spawn(client.run(), name="control-plane client")
+    log.info(
+        "gossamer proxy started service=%s.%s outbound=%s inbound=%s admin=%s",
+        settings.workload.service,
+        settings.workload.namespace,
+        outbound_addr or "off",
+        inbound_addr or "off",
+        admin_addr,
+    )
+
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Drain: stop accepting, finish what is in flight (bounded), then close everything.
+    state.draining = True
+    if outbound_server is not None:
+        outbound_server.close()
+    if listener is not None:
+        listener.close()
+    for conn in list(state.connections):
+        if not conn.queue:
+            conn.close()
+    if state.connections:
+        state.all_closed.clear()
+        try:
+            await asyncio.wait_for(state.all_closed.wait(), DRAIN_SECONDS)
+        except TimeoutError:
+            log.warning("drain deadline passed with %d connections open", len(state.connections))
+            for conn in list(state.connections):
+                if conn.transport is not None:
+                    conn.transport.abort()
+    state.outbound_pool.close_all()
+    state.app_pool.close_all()
+    await client.close()
+    client_task.cancel()
+    await admin.close()
+
+
+def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """Peers that vanish mid-handshake are routine for a proxy: log them at debug level."""
+    exc = context.get("exception")
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        log.debug("connection error: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sidecar from ``GOSSAMER_PROXY_*`` settings; exit code 2 for bad settings."""
+    logging.basicConfig(
+        level=os.environ.get("GOSSAMER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = ProxySettings.from_env()
+    except SettingsError as exc:
+        print(f"gossamer proxy: {exc}", file=sys.stderr)
+        return 2
+    try:
+        uvloop.run(serve(settings))
+    except CredentialsError as exc:
+        print(f"gossamer proxy: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"gossamer proxy: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0

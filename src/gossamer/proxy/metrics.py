@@ -1,0 +1,125 @@
+"""Golden metrics of one sidecar: request counts and latency histograms, rendered at scrape time.
+
+The hot path only does integer arithmetic on preallocated slots: a ``RouteStats`` is looked up
+once per route (outbound service) or per inbound connection (peer identity), and each finished
+request adds to the slot of its status code. Rendering to the Prometheus text format happens
+only when ``/metrics`` is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+
+__all__ = ["LATENCY_BUCKETS_MS", "Metrics", "RouteStats"]
+
+# Upper bounds in milliseconds (Linkerd-like spread from sub-millisecond to tens of seconds).
+LATENCY_BUCKETS_MS: tuple[float, ...] = (
+    0.5, 1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 5000, 10000, 30000,
+)  # fmt: skip
+_BOUNDS_NS: tuple[int, ...] = tuple(int(ms * 1_000_000) for ms in LATENCY_BUCKETS_MS)
+_NBUCKETS = len(_BOUNDS_NS) + 1  # the last one is +Inf
+_BUCKET = "gossamer_request_duration_seconds_bucket"
+# slot layout: [count, sum_ns, bucket_0, ..., bucket_inf]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class RouteStats:
+    """Counters for one (direction, source, destination, peer identity) label set."""
+
+    __slots__ = ("by_code", "labels")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels  # pre-rendered label text, e.g. 'direction="outbound",...'
+        self.by_code: dict[int, list[int]] = {}
+
+    def record(self, code: int, elapsed_ns: int) -> None:
+        slot = self.by_code.get(code)
+        if slot is None:
+            slot = self.by_code[code] = [0] * (2 + _NBUCKETS)
+        slot[0] += 1
+        slot[1] += elapsed_ns
+        slot[2 + bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
+
+
+class Metrics:
+    """All metrics of one proxy process."""
+
+    def __init__(self, service: str, namespace: str) -> None:
+        self.service = service
+        self.namespace = namespace
+        self._routes: dict[tuple[str, str, str, str], RouteStats] = {}
+        self.errors: dict[tuple[str, str], int] = {}
+        self.connections_opened: dict[str, int] = {"inbound": 0, "outbound": 0}
+        self.connections_open: dict[str, int] = {"inbound": 0, "outbound": 0}
+        self.tls_handshake_failures = 0
+
+    def route(self, direction: str, src: str, dst: str, peer_identity: str) -> RouteStats:
+        """The stats object for a label set; callers keep it and call ``record`` per request."""
+        key = (direction, src, dst, peer_identity)
+        stats = self._routes.get(key)
+        if stats is None:
+            labels = (
+                f'direction="{direction}",src_service="{_escape(src)}",'
+                f'dst_service="{_escape(dst)}",peer_identity="{_escape(peer_identity)}"'
+            )
+            stats = self._routes[key] = RouteStats(labels)
+        return stats
+
+    def error(self, direction: str, cause: str) -> None:
+        key = (direction, cause)
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (version 0.0.4) of everything recorded so far."""
+        out: list[str] = [
+            "# HELP gossamer_requests_total HTTP requests handled, by response status code.",
+            "# TYPE gossamer_requests_total counter",
+        ]
+        routes = list(self._routes.values())
+        for stats in routes:
+            for code, slot in sorted(stats.by_code.items()):
+                out.append(f'gossamer_requests_total{{{stats.labels},code="{code}"}} {slot[0]}')
+        out += [
+            "# HELP gossamer_request_duration_seconds Time from request head to response head.",
+            "# TYPE gossamer_request_duration_seconds histogram",
+        ]
+        for stats in routes:
+            for code, slot in sorted(stats.by_code.items()):
+                labels = f'{stats.labels},code="{code}"'
+                cumulative = 0
+                for i, bound_ms in enumerate(LATENCY_BUCKETS_MS):
+                    cumulative += slot[2 + i]
+                    le = f"{bound_ms / 1000:g}"
+                    out.append(f'{_BUCKET}{{{labels},le="{le}"}} {cumulative}')
+                out.append(f'{_BUCKET}{{{labels},le="+Inf"}} {slot[0]}')
+                out.append(f"gossamer_request_duration_seconds_sum{{{labels}}} {slot[1] / 1e9:.9f}")
+                out.append(f"gossamer_request_duration_seconds_count{{{labels}}} {slot[0]}")
+        out += [
+            "# HELP gossamer_proxy_errors_total Responses the proxy generated itself, by cause.",
+            "# TYPE gossamer_proxy_errors_total counter",
+        ]
+        for (direction, cause), count in sorted(self.errors.items()):
+            out.append(
+                f'gossamer_proxy_errors_total{{direction="{direction}",cause="{cause}"}} {count}'
+            )
+        out += [
+            "# HELP gossamer_tcp_connections_opened_total Downstream connections accepted.",
+            "# TYPE gossamer_tcp_connections_opened_total counter",
+        ]
+        for direction, count in sorted(self.connections_opened.items()):
+            out.append(f'gossamer_tcp_connections_opened_total{{direction="{direction}"}} {count}')
+        out += [
+            "# HELP gossamer_tcp_connections_open Downstream connections currently open.",
+            "# TYPE gossamer_tcp_connections_open gauge",
+        ]
+        for direction, count in sorted(self.connections_open.items()):
+            out.append(f'gossamer_tcp_connections_open{{direction="{direction}"}} {count}')
+        out += [
+            "# HELP gossamer_tls_handshake_failures_total Inbound TLS handshakes that failed.",
+            "# TYPE gossamer_tls_handshake_failures_total counter",
+            f"gossamer_tls_handshake_failures_total {self.tls_handshake_failures}",
+        ]
+        return ("\n".join(out) + "\n").encode()

@@ -1,0 +1,117 @@
+"""Outbound direction: requests from the local app to other mesh services.
+
+The app sends plain HTTP/1.1 to the sidecar's outbound port, directly or as ``HTTP_PROXY``
+(absolute-form targets). The sidecar finds the service from the target or ``Host``
+(``catalog``, ``catalog.default``, ``catalog.default.svc``), discovers it on demand from the
+control plane when it is not yet in the route table, picks an endpoint, and sends the request
+over a pooled mTLS connection that was checked to carry the service's SPIFFE ID.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gossamer.protocol.http1 import HeadScan, ProxyError, render_headers, split_absolute_target
+from gossamer.proxy.downstream import DownstreamConnection
+from gossamer.proxy.exchange import Exchange
+from gossamer.proxy.routing import OutboundService, service_key
+from gossamer.proxy.tasks import spawn
+
+__all__ = ["OutboundConnection"]
+
+
+class OutboundConnection(DownstreamConnection):
+    direction = "outbound"
+    drop_headers = frozenset({b"x-gossamer-peer-identity"})
+
+    def request_head(self, ex: Exchange, scan: HeadScan) -> bytes:
+        authority, path = split_absolute_target(ex.target)
+        headers = scan.kept
+        if authority is not None:
+            if scan.host is not None:
+                headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+            headers.append((b"host", authority))
+            scan.host = authority
+        elif scan.host is None:
+            if not ex.http10:
+                raise ProxyError(400, "bad-request", "missing Host header")
+            scan.host = b""
+        ex.target = scan.host  # from here on, target holds the authority used for routing
+        rid = scan.request_id
+        if rid is None:
+            rid = self.proxy.new_request_id()
+            headers.append((b"x-request-id", rid))
+        ex.request_id = rid
+        te = b"transfer-encoding: chunked\r\n" if ex.chunked else b""
+        return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (ex.method, path, render_headers(headers), te)
+
+    def dispatch(self, ex: Exchange) -> None:
+        table = self.proxy.table
+        if table is None:
+            self.respond_error(
+                ex, 503, "proxy-not-ready", "no configuration from the control plane yet"
+            )
+            return
+        service = table.resolve(ex.target)
+        if service is not None:
+            self.send_to(ex, service)
+            return
+        key = service_key(ex.target.decode("latin-1"), table.namespace)
+        if key is None or key in table.unknown:
+            self.respond_error(
+                ex, 404, "unknown-service", f"{ex.target.decode('latin-1')} is not a mesh service"
+            )
+            return
+        spawn(self._discover(ex, key), name=f"discover {key}")
+
+    async def _discover(self, ex: Exchange, key: str) -> None:
+        try:
+            service = await self.proxy.discover(key)
+        except ProxyError as exc:
+            self.respond_error(ex, exc.status, exc.cause, exc.detail)
+            return
+        if self.closed:
+            return
+        if service is None:
+            self.respond_error(ex, 404, "unknown-service", f"{key} is not a mesh service")
+        else:
+            self.send_to(ex, service)
+
+    def send_to(self, ex: Exchange, service: OutboundService) -> None:
+        endpoint = service.balancer.pick()
+        ex.stats = service.stats
+        if endpoint is None:
+            self.respond_error(
+                ex, 503, "no-healthy-endpoints", f"{service.key} has no healthy endpoints"
+            )
+            return
+        endpoint.pending += 1
+        ex.endpoint = endpoint
+        key = (endpoint.addr.host, endpoint.addr.port)
+        pool = self.proxy.outbound_pool
+        upstream = pool.take(key)
+        if upstream is not None:
+            upstream.send(ex, self)
+        else:
+            spawn(self._connect(ex, service, key), name=f"connect {service.key}")
+
+    def retry(self, ex: Exchange) -> None:
+        endpoint = ex.endpoint
+        service = self.proxy.table.resolve(ex.target) if self.proxy.table else None
+        if endpoint is None or service is None:
+            self.respond_error(ex, 502, "upstream-reset", "connection lost before a response")
+            return
+        key = (endpoint.addr.host, endpoint.addr.port)
+        spawn(self._connect(ex, service, key), name=f"reconnect {service.key}")
+
+    async def _connect(self, ex: Exchange, service: OutboundService, key: tuple[str, int]) -> None:
+        try:
+            upstream = await self.proxy.outbound_pool.connect(
+                key, sni=service.sni, identity=service.identity
+            )
+        except ProxyError as exc:
+            if ex.endpoint is not None:
+                ex.endpoint.penalise(time.monotonic_ns())
+            self.respond_error(ex, exc.status, exc.cause, exc.detail)
+            return
+        self.attach(ex, upstream)

@@ -1,0 +1,158 @@
+"""The one place that reads a sidecar's settings.
+
+Settings come from ``GOSSAMER_PROXY_*`` environment variables (flags of ``gossamer proxy`` are
+turned into the same names) and are parsed into frozen, grouped dataclasses. Nothing else in
+the proxy reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "Address",
+    "ControlSettings",
+    "IdentitySettings",
+    "ListenSettings",
+    "ProxySettings",
+    "SettingsError",
+    "WorkloadSettings",
+]
+
+PREFIX = "GOSSAMER_PROXY_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port to listen on or connect to."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, what: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit():
+            raise SettingsError(f"{what}: expected HOST:PORT, got {text!r}")
+        host = host.strip("[]") or "127.0.0.1"
+        value = int(port)
+        if not 0 <= value <= 65535:
+            raise SettingsError(f"{what}: port out of range in {text!r}")
+        return cls(host, value)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSettings:
+    """Who this sidecar stands beside."""
+
+    service: str
+    namespace: str = "default"
+    app: Address | None = None  # the local application (None for a gateway)
+    labels: Mapping[str, str] = field(default_factory=dict)
+    advertise_host: str = "127.0.0.1"  # address other sidecars use to reach our inbound port
+
+
+@dataclass(frozen=True, slots=True)
+class ListenSettings:
+    """Where the sidecar listens. Port 0 means "pick a free port"."""
+
+    outbound: Address | None = Address("127.0.0.1", 15001)
+    inbound: Address | None = Address("127.0.0.1", 15006)
+    admin: Address = Address("127.0.0.1", 15000)
+    # A gateway sends requests whose Host is not a mesh service to this service.
+    default_service: str | None = None
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ControlSettings:
+    """How to reach the control plane's sidecar stream."""
+
+    address: Address = Address("127.0.0.1", 15012)
+    ca_file: Path | None = None  # trust bundle (root certificate, PEM)
+    join_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdentitySettings:
+    """Where this sidecar keeps its key and certificate (a private directory, mode 0700)."""
+
+    workdir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    workload: WorkloadSettings
+    listen: ListenSettings
+    control: ControlSettings
+    identity: IdentitySettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ProxySettings:
+        """Build settings from ``GOSSAMER_PROXY_*`` variables; raise ``SettingsError``."""
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(PREFIX + name)
+            return default if value is None or value == "" else value
+
+        def addr(name: str, default: str | None) -> Address | None:
+            text = get(name, default)
+            if text is None or text == "off":
+                return None
+            return Address.parse(text, what=PREFIX + name)
+
+        service = get("SERVICE")
+        if not service:
+            raise SettingsError(f"{PREFIX}SERVICE is required")
+        labels: dict[str, str] = {}
+        for item in (get("LABELS", "") or "").split(","):
+            if not item.strip():
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise SettingsError(f"{PREFIX}LABELS: expected k=v[,k=v], got {item!r}")
+            labels[key.strip()] = value.strip()
+        workers_text = get("WORKERS", "1") or "1"
+        if not workers_text.isdigit() or int(workers_text) < 1:
+            raise SettingsError(f"{PREFIX}WORKERS: expected a positive integer")
+        workdir = get("WORKDIR")
+        if not workdir:
+            raise SettingsError(f"{PREFIX}WORKDIR is required")
+        ca_file = get("CA_FILE")
+        admin = addr("ADMIN_ADDR", "127.0.0.1:15000")
+        assert admin is not None
+        control = addr("CONTROL_ADDR", "127.0.0.1:15012")
+        assert control is not None
+        return cls(
+            workload=WorkloadSettings(
+                service=service,
+                namespace=get("NAMESPACE", "default") or "default",
+                app=addr("APP_ADDR", None),
+                labels=labels,
+                advertise_host=get("ADVERTISE_HOST", "127.0.0.1") or "127.0.0.1",
+            ),
+            listen=ListenSettings(
+                outbound=addr("OUTBOUND_ADDR", "127.0.0.1:15001"),
+                inbound=addr("INBOUND_ADDR", "127.0.0.1:15006"),
+                admin=admin,
+                default_service=get("DEFAULT_SERVICE"),
+                workers=int(workers_text),
+            ),
+            control=ControlSettings(
+                address=control,
+                ca_file=Path(ca_file) if ca_file else None,
+                join_token=get("JOIN_TOKEN"),
+            ),
+            identity=IdentitySettings(workdir=Path(workdir)),
+        )

@@ -1,0 +1,140 @@
+"""The state of one sidecar process: the config in force and what every connection shares.
+
+``ProxyState`` owns the compiled route table (swapped whole when a snapshot compiles, kept
+when one does not), the upstream pools, metrics, request-id generation and on-demand discovery
+of services the app calls for the first time. It is the snapshot handler of the control-plane
+client and the state behind the admin server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.metrics import Metrics
+from gossamer.proxy.routing import OutboundService, RouteTable, compile_snapshot, service_key
+from gossamer.proxy.settings import ProxySettings
+from gossamer.proxy.upstream import Pool
+
+if TYPE_CHECKING:
+    import ssl
+
+    from gossamer.proxy.downstream import DownstreamConnection
+
+__all__ = ["ProxyState"]
+
+log = logging.getLogger("gossamer.proxy")
+
+DISCOVERY_TIMEOUT = 3.0
+
+
+class ProxyState:
+    def __init__(self, settings: ProxySettings, *, client_context: ssl.SSLContext | None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(settings.workload.service, settings.workload.namespace)
+        self.table: RouteTable | None = None
+        self.snapshot: Mapping[str, Any] | None = None
+        self.last_error: str | None = None
+        self.outbound_pool = Pool(ssl_context=client_context)
+        self.app_pool = Pool()
+        self.connections: set[DownstreamConnection] = set()
+        self._subscriptions: set[str] = set()
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._rid_prefix = os.urandom(4).hex().encode()
+        self._rid_counter = itertools.count(1)
+        self.subscribe_hook: Any = None  # set by main: callable(list[str]) -> None
+        self.cert_ready: Any = lambda: True  # set by main: callable() -> bool
+        self.started_at = time.time()
+        self.draining = False
+        self.all_closed = asyncio.Event()  # set when the last downstream connection closes
+        if settings.listen.default_service:
+            key = service_key(settings.listen.default_service, settings.workload.namespace)
+            if key:
+                self._subscriptions.add(key)
+
+    # === request path helpers ===
+
+    def new_request_id(self) -> bytes:
+        return b"%b-%x" % (self._rid_prefix, next(self._rid_counter))
+
+    async def discover(self, key: str) -> OutboundService | None:
+        """Ask the control plane for a service we have not seen; None when it does not exist.
+
+        Raises ``ProxyError`` (503) when the control plane does not answer in time.
+        """
+        waiter = self._waiters.get(key)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[key] = waiter
+            self._subscriptions.add(key)
+            if self.subscribe_hook is not None:
+                self.subscribe_hook([key])
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), DISCOVERY_TIMEOUT)
+        except TimeoutError:
+            self._waiters.pop(key, None)
+            raise ProxyError(
+                503, "discovery-timeout", f"the control plane did not resolve {key} in time"
+            ) from None
+        table = self.table
+        return table.services.get(key) if table is not None else None
+
+    # === SnapshotHandler (called by the control-plane client) ===
+
+    def subscriptions(self) -> list[str]:
+        return sorted(self._subscriptions)
+
+    def apply_snapshot(self, version: int, snapshot: dict[str, Any]) -> None:
+        """Compile and install a snapshot; raise to NACK (the old table stays in force)."""
+        try:
+            table = compile_snapshot(
+                snapshot,
+                metrics=self.metrics,
+                previous=self.table,
+                default_service=self.settings.listen.default_service,
+            )
+        except Exception as exc:
+            self.last_error = f"version {version}: {exc}"
+            log.warning("refusing config version %s: %s", version, exc)
+            raise
+        self.table = table
+        self.snapshot = snapshot
+        self.last_error = None
+        for key in list(self._waiters):
+            if key in table.services or key in table.unknown:
+                waiter = self._waiters.pop(key)
+                if not waiter.done():
+                    waiter.set_result(None)
+        for name in table.services:
+            self._subscriptions.add(name)
+
+    # === AdminState (called by the admin server) ===
+
+    def is_live(self) -> bool:
+        return True
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.draining:
+            return False, "draining"
+        if not self.cert_ready():
+            return False, "no workload certificate yet"
+        if self.table is None:
+            return False, "no configuration from the control plane yet"
+        return True, "ready"
+
+    def render_metrics(self) -> bytes:
+        return self.metrics.render()
+
+    def config_json(self) -> dict[str, Any]:
+        return {
+            "version": self.table.version if self.table else None,
+            "snapshot": self.snapshot,
+            "last_error": self.last_error,
+            "subscriptions": self.subscriptions(),
+        }

@@ -1,0 +1,317 @@
+"""Endpoint stage: connections from the proxy to an upstream, and the pool that reuses them.
+
+``UpstreamConnection`` writes one request at a time and parses the response with httptools,
+streaming the response head and body to the downstream connection that owns the exchange.
+Response framing toward the downstream is decided here, once, from the upstream's headers:
+Content-Length passes through, everything else is re-chunked (or close-delimited for an
+HTTP/1.0 client). ``Pool`` keeps idle keep-alive connections per endpoint and opens new ones,
+verifying the peer's SPIFFE identity when the connection is mTLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from gossamer.identity.spiffe import peer_uri_sans
+from gossamer.protocol.http1 import LAST_CHUNK, ProxyError, encode_chunk, scan_headers
+
+if TYPE_CHECKING:
+    from gossamer.proxy.downstream import DownstreamConnection
+    from gossamer.proxy.exchange import Exchange
+
+__all__ = ["Pool", "UpstreamConnection"]
+
+CONNECT_TIMEOUT = 5.0
+MAX_IDLE_PER_ENDPOINT = 128
+_NO_BODY_STATUS = frozenset({204, 304})
+
+PoolKey = tuple[str, int]
+
+
+class _HeadResponseDone(Exception):
+    """Raised from the parser callback to stop parsing after the head of a HEAD response."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "closed",
+        "downstream",
+        "eof_framed",
+        "exchange",
+        "headers",
+        "interim",
+        "key",
+        "out_chunked",
+        "parser",
+        "pool",
+        "reason",
+        "reused",
+        "transport",
+        "upstream_keep_alive",
+    )
+
+    def __init__(self, pool: Pool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.downstream: DownstreamConnection | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.interim = False
+        self.reused = False
+        self.closed = False
+        self.out_chunked = False
+        self.eof_framed = False
+        self.upstream_keep_alive = True
+
+    # === asyncio callbacks ===
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadResponseDone):
+                self.parser = httptools.HttpResponseParser(self)
+                self._finish(self.upstream_keep_alive)
+            else:
+                self._broken("upstream-protocol-error", f"{exc.__context__ or exc}")
+        except httptools.HttpParserError as exc:
+            self._broken("upstream-protocol-error", str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.discard(self)
+        ex = self.exchange
+        if ex is None:
+            return
+        downstream = self.downstream
+        assert downstream is not None
+        if ex.response_started and self.eof_framed:
+            self._finish(False)  # a read-until-close body ends with the connection
+            return
+        self.exchange = None
+        self.downstream = None
+        ex.upstream = None
+        if ex.response_started:
+            downstream.abort_response(ex, "upstream-reset")
+        else:
+            downstream.upstream_failed(ex, "upstream-reset", "upstream closed the connection "
+                                       "before responding", reused=self.reused)
+
+    def pause_writing(self) -> None:
+        if self.downstream is not None:
+            self.downstream.pause_for_upstream()
+
+    def resume_writing(self) -> None:
+        if self.downstream is not None:
+            self.downstream.resume_for_upstream()
+
+    # === requests ===
+
+    def send(self, ex: Exchange, downstream: DownstreamConnection) -> None:
+        """Start ``ex`` on this connection: write its head and whatever body is buffered."""
+        transport = self.transport
+        assert transport is not None
+        self.exchange = ex
+        self.downstream = downstream
+        ex.upstream = self
+        self.headers = []
+        self.reason = b""
+        body = ex.body
+        if body:
+            body.insert(0, ex.head)
+            transport.write(b"".join(body))
+            ex.body = None
+        else:
+            transport.write(ex.head)
+        ex.sent_ns = time.monotonic_ns()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # === httptools callbacks ===
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        downstream = self.downstream
+        if ex is None or downstream is None:
+            raise ProxyError(502, "upstream-protocol-error", "response without a request")
+        status = self.parser.get_status_code()
+        scan = scan_headers(self.headers)
+        self.headers = []
+        if status < 200:
+            # 1xx interim responses go to HTTP/1.1 clients as they are; the final one follows.
+            self.interim = True
+            if not ex.http10 and status != 101:
+                downstream.write(_status_line(status, self.reason) + _join(scan.kept) + b"\r\n")
+            self.reason = b""
+            return
+        ex.status = status
+        self.upstream_keep_alive = self.parser.should_keep_alive()
+        parts = [_status_line(status, self.reason), _join(scan.kept)]
+        self.reason = b""
+        no_body = ex.is_head or status in _NO_BODY_STATUS
+        self.out_chunked = False
+        self.eof_framed = False
+        if not no_body and not scan.chunked and scan.content_length is None:
+            self.eof_framed = True
+        if not no_body and scan.content_length is None:
+            if ex.http10:
+                ex.keep_alive = False  # the body ends when we close
+            else:
+                self.out_chunked = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+        if not ex.keep_alive:
+            parts.append(b"connection: close\r\n")
+        elif ex.http10:
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        downstream.response_head(ex, b"".join(parts))
+        if ex.is_head:
+            raise _HeadResponseDone
+
+    def on_body(self, data: bytes) -> None:
+        downstream = self.downstream
+        if downstream is not None:
+            downstream.write(encode_chunk(data) if self.out_chunked else data)
+
+    def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
+        self._finish(self.parser.should_keep_alive())
+
+    # === internals ===
+
+    def _finish(self, keep_alive: bool) -> None:
+        ex = self.exchange
+        downstream = self.downstream
+        if ex is None or downstream is None:
+            return
+        self.exchange = None
+        self.downstream = None
+        ex.upstream = None
+        if self.out_chunked:
+            downstream.write(LAST_CHUNK)
+            self.out_chunked = False
+        reusable = keep_alive and ex.body_done and not self.closed and not self.eof_framed
+        self.eof_framed = False
+        downstream.response_complete(ex)
+        if reusable:
+            self.reused = True
+            self.pool.release(self)
+        else:
+            self.close()
+
+    def _broken(self, cause: str, detail: str) -> None:
+        ex = self.exchange
+        downstream = self.downstream
+        self.exchange = None
+        self.downstream = None
+        self.close()
+        if ex is None or downstream is None:
+            return
+        ex.upstream = None
+        if ex.response_started:
+            downstream.abort_response(ex, cause)
+        else:
+            downstream.upstream_failed(ex, cause, detail, reused=False)
+
+
+def _status_line(status: int, reason: bytes) -> bytes:
+    return b"HTTP/1.1 %d %b\r\n" % (status, reason or b"-")
+
+
+def _join(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join([b"%b: %b\r\n" % pair for pair in headers])
+
+
+class Pool:
+    """Idle keep-alive connections per endpoint; opens new ones on demand."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        self.opened = 0
+
+    def take(self, key: PoolKey) -> UpstreamConnection | None:
+        stack = self._idle.get(key)
+        while stack:
+            conn = stack.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        stack = self._idle.setdefault(conn.key, [])
+        if len(stack) >= MAX_IDLE_PER_ENDPOINT:
+            conn.close()
+        else:
+            stack.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        stack = self._idle.get(conn.key)
+        if stack and conn in stack:
+            stack.remove(conn)
+
+    def idle_count(self) -> int:
+        return sum(len(stack) for stack in self._idle.values())
+
+    def close_all(self) -> None:
+        for stack in self._idle.values():
+            for conn in stack:
+                conn.close()
+        self._idle.clear()
+
+    async def connect(
+        self, key: PoolKey, *, sni: str | None = None, identity: str | None = None
+    ) -> UpstreamConnection:
+        """Open a new connection; with TLS, verify the peer carries ``identity``.
+
+        Raises ``ProxyError`` (502 ``connect-failed`` or ``upstream-identity-mismatch``).
+        """
+        loop = asyncio.get_running_loop()
+        host, port = key
+        kwargs: dict[str, Any] = {}
+        if self.ssl_context is not None:
+            kwargs = {"ssl": self.ssl_context, "server_hostname": sni or host}
+        try:
+            transport, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self, key), host, port, **kwargs),
+                CONNECT_TIMEOUT,
+            )
+        except TimeoutError:
+            raise ProxyError(502, "connect-failed", f"{host}:{port}: timed out") from None
+        except ssl.SSLError as exc:
+            raise ProxyError(502, "connect-failed", f"{host}:{port}: TLS: {exc}") from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ProxyError(502, "connect-failed", f"{host}:{port}: {reason}") from None
+        self.opened += 1
+        if identity is not None and self.ssl_context is not None:
+            sans = peer_uri_sans(transport.get_extra_info("peercert"))
+            if identity not in sans:
+                conn.close()
+                got = ", ".join(sans) or "no SPIFFE ID"
+                raise ProxyError(
+                    502, "upstream-identity-mismatch", f"expected {identity}, got {got}"
+                )
+        return conn
