@@ -13,9 +13,13 @@ import typer
 from gossamer.cli.output import error
 from gossamer.local.client import ControlClient, ControlError
 from gossamer.local.meshfile import MeshFileError
-from gossamer.local.paths import DEFAULT_CONTROL_URL, DEFAULT_STREAM_ADDR, DataDir
-from gossamer.local.paths import default_data_dir as _default_data_dir
-from gossamer.local.paths import resolve_token
+from gossamer.local.paths import (
+    DEFAULT_CONTROL_URL,
+    DEFAULT_STREAM_ADDR,
+    DataDir,
+    default_data_dir,
+    resolve_token,
+)
 from gossamer.local.procs import is_running
 from gossamer.local.runner import StartupError
 from gossamer.local.state import MeshState, StateError, read_state
@@ -56,7 +60,7 @@ NamespaceOption = Annotated[
 
 
 def data_dir_of(data_dir: Path | None) -> Path:
-    return (data_dir or _default_data_dir()).expanduser()
+    return (data_dir or default_data_dir()).expanduser()
 
 
 def running_state(data_dir: Path) -> MeshState | None:

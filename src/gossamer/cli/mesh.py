@@ -29,6 +29,7 @@ from gossamer.local.client import ControlError
 from gossamer.local.join import JoinSpec, run_joined
 from gossamer.local.meshfile import load_mesh_file
 from gossamer.local.paths import DataDir
+from gossamer.local.procs import is_running
 from gossamer.local.state import MeshState, read_state
 from gossamer.local.up import serve, start_detached, stop_mesh
 
@@ -112,9 +113,8 @@ def status(
         console.print("no mesh running", markup=False)
         return
     now = time.time()
-    supervisor_alive = state.supervisor.pid and state.supervisor_start_time is not None
     rows = [["supervisor", "supervisor", str(state.supervisor_pid),
-             "yes" if supervisor_alive and _alive(state) else "NO", "-", "-", "-"]]
+             "yes" if is_running(state.supervisor) else "NO", "-", "-", "-"]]
     for child in state.children:
         rows.append([child.name, child.role, str(child.pid), "yes" if child.alive() else "NO",
                      str(child.restarts) + (f" (last exit {child.last_exit})"
@@ -134,12 +134,6 @@ def status(
         print_table(PROXY_HEADERS, proxy_rows(proxies), title="proxies")
     else:
         console.print("no proxies connected", markup=False)
-
-
-def _alive(state: MeshState) -> bool:
-    from gossamer.local.procs import is_running
-
-    return is_running(state.supervisor)
 
 
 def run(

@@ -64,8 +64,8 @@ def apply(
         try:
             applied = client.apply(text, content_type=content_type)
         except InvalidResources as exc:
-            for item in exc.errors:
-                err_console.print(str(item), markup=False)
+            for field_error in exc.errors:
+                err_console.print(str(field_error), markup=False)
             raise typer.Exit(1) from None
     for item in applied:
         line = f"{str(item.get('kind', '?')).lower()}/{item.get('name')} {item.get('action')}"

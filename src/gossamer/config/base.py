@@ -70,9 +70,7 @@ class ResourceKey:
 class SpecModel(BaseModel):
     """Base of spec models: strict types, unknown fields refused, camelCase names."""
 
-    model_config = ConfigDict(
-        extra="forbid", strict=True, frozen=True, alias_generator=to_camel
-    )
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, alias_generator=to_camel)
 
 
 class Metadata(BaseModel):
@@ -82,9 +80,7 @@ class Metadata(BaseModel):
 
     name: DnsLabel
     namespace: DnsLabel = "default"
-    labels: Annotated[dict[str, str], AfterValidator(_check_labels)] = Field(
-        default_factory=dict
-    )
+    labels: Annotated[dict[str, str], AfterValidator(_check_labels)] = Field(default_factory=dict)
     revision: int | None = Field(default=None, ge=0)
     generation: int | None = Field(default=None, ge=0)
 

@@ -15,7 +15,8 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip()) if text else None
     if not text or match is None or not any(match.groups()):
         raise ValueError(
-            f"invalid duration {text!r}: expected a number with unit d, h, m or s, like 24h or 1h30m"
+            f"invalid duration {text!r}: expected a number with unit d, h, m or s "
+            "(like 24h or 1h30m)"
         )
     days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
     return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)

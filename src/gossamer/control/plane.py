@@ -138,9 +138,7 @@ def _optional_time(message: Mapping[str, Any], name: str) -> float | None:
 class ControlPlane:
     """State and behaviour of one control plane process (one event loop)."""
 
-    def __init__(
-        self, settings: ControlSettings, store: Store, ca: CertificateAuthority
-    ) -> None:
+    def __init__(self, settings: ControlSettings, store: Store, ca: CertificateAuthority) -> None:
         self.settings = settings
         self.store = store
         self.ca = ca
@@ -212,8 +210,9 @@ class ControlPlane:
         changed = asyncio.ensure_future(self._changed.wait())
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait({changed, stopping}, timeout=timeout,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {changed, stopping}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             changed.cancel()
             stopping.cancel()
@@ -311,8 +310,9 @@ class ControlPlane:
                 error = message.get("error")
                 record.ack_state = "NACK"
                 record.nack_error = str(error)[:4096] if error is not None else "unspecified"
-                log.warning("proxy %s refused version %d: %s", record.proxy_id, version,
-                            record.nack_error)
+                log.warning(
+                    "proxy %s refused version %d: %s", record.proxy_id, version, record.nack_error
+                )
         elif kind == "subscribe":
             names = _names(message.get("services"), "services")
             record.subscriptions.update(names)
@@ -328,8 +328,7 @@ class ControlPlane:
         elif kind == "status":
             record.cert_expiry = _optional_time(message, "cert_expiry")
         elif kind == "csr":
-            reply = self._certificate_message(_field(message, "csr", str).encode(),
-                                              record.identity)
+            reply = self._certificate_message(_field(message, "csr", str).encode(), record.identity)
             record.cert_expiry = float(reply["expires"])
             if record.session is not None:
                 record.session.send(reply)
@@ -413,5 +412,8 @@ class ControlPlane:
                         self._push(record, view)
                     except Exception:
                         log.exception("building the snapshot of %s failed", proxy_id)
-            log.debug("recomputed %d snapshots in %.1f ms", len(dirty),
-                      (time.perf_counter() - started) * 1000)
+            log.debug(
+                "recomputed %d snapshots in %.1f ms",
+                len(dirty),
+                (time.perf_counter() - started) * 1000,
+            )

@@ -122,9 +122,7 @@ def build_snapshot(
     services: list[dict[str, Any]] = []
     for key in known:
         info = view.services.get(key)
-        endpoints = sorted(
-            view.endpoints.get(key, ()), key=lambda e: (e.address, e.port)
-        )
+        endpoints = sorted(view.endpoints.get(key, ()), key=lambda e: (e.address, e.port))
         services.append(
             {
                 "name": key[1],

@@ -108,9 +108,7 @@ class _Malformed(Exception):
 class StreamServer:
     """Accepts sidecar streams and feeds their messages to the control plane."""
 
-    def __init__(
-        self, plane: ControlPlane, host: str, port: int, context: ssl.SSLContext
-    ) -> None:
+    def __init__(self, plane: ControlPlane, host: str, port: int, context: ssl.SSLContext) -> None:
         self._plane = plane
         self._host, self._port = host, port
         self._context = context

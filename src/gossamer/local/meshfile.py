@@ -78,10 +78,12 @@ class MeshServiceSpec(_Model):
 class MeshSpec(_Model):
     control_plane: ControlPlaneSpec = Field(default_factory=ControlPlaneSpec, alias="controlPlane")
     ingress: IngressSpec | None = None
-    services: tuple[MeshServiceSpec, ...] = Field(min_length=1)
+    services: tuple[MeshServiceSpec, ...]
 
     @model_validator(mode="after")
     def _check_consistency(self) -> MeshSpec:
+        if not self.services:
+            raise ValueError("services: at least one service is required")
         names = [service.name for service in self.services]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:

@@ -1,0 +1,238 @@
+"""The config API (docs/internals.md §3): a Starlette app over the control plane.
+
+Owns HTTP concerns only: bearer-token auth, request parsing, status codes and JSON error
+bodies. Validation is :mod:`gossamer.config`; state changes go through
+:class:`~gossamer.control.plane.ControlPlane`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gossamer.config import (
+    DocumentParseError,
+    ResourceKey,
+    ValidationFailed,
+    kind_for,
+    parse_documents,
+    validate_documents,
+)
+from gossamer.config.base import Resource, check_dns_label
+from gossamer.control.plane import ControlPlane
+
+__all__ = ["MAX_BODY", "create_app"]
+
+MAX_BODY = 16 * 1024 * 1024
+DEFAULT_TOKEN_TTL = 600.0
+MAX_TOKEN_TTL = 7 * 86400.0
+WATCH_IDLE = 15.0
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message, **extra}, status_code=status)
+
+
+def _not_found(message: str) -> JSONResponse:
+    return _error(404, "not-found", message)
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
+    """The ASGI app serving the config API for ``plane``, guarded by ``admin_token``."""
+    expected = f"Bearer {admin_token}".encode()
+
+    def authed(handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _error(401, "unauthorized", "missing or wrong admin bearer token")
+            return await handler(request)
+
+        guarded.__name__ = handler.__name__
+        return guarded
+
+    def resource_kind(request: Request) -> type[Resource] | None:
+        return kind_for(str(request.path_params["kind"]))
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def trust_bundle(request: Request) -> Response:
+        return Response(plane.ca.root_pem, media_type="application/x-pem-file")
+
+    async def apply(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return _error(413, "too-large", f"request body is limited to {MAX_BODY} bytes")
+        try:
+            text = body.decode("utf-8")
+            docs = parse_documents(text, request.headers.get("content-type", "application/yaml"))
+        except UnicodeDecodeError as exc:
+            return _error(400, "bad-document", f"body is not UTF-8: {exc}")
+        except DocumentParseError as exc:
+            return _error(400, "bad-document", str(exc))
+        try:
+            resources = validate_documents(docs)
+        except ValidationFailed as exc:
+            return JSONResponse(
+                {
+                    "error": "invalid",
+                    "message": f"{len(exc.problems)} problem(s); nothing was applied",
+                    "errors": [problem.to_json() for problem in exc.problems],
+                },
+                status_code=422,
+            )
+        results = plane.apply(resources)
+        return JSONResponse({"applied": [result.to_json() for result in results]})
+
+    async def list_resources(request: Request) -> Response:
+        kind = resource_kind(request)
+        if kind is None:
+            return _not_found(f"unknown kind {request.path_params['kind']!r}")
+        namespace = request.query_params.get("namespace") or None
+        return JSONResponse({"items": plane.store.list_resources(kind.KIND, namespace)})
+
+    def key_of(request: Request) -> ResourceKey | None:
+        kind = resource_kind(request)
+        if kind is None:
+            return None
+        namespace = kind.FIXED_NAMESPACE or str(request.path_params["namespace"])
+        return ResourceKey(kind.KIND, namespace, str(request.path_params["name"]))
+
+    async def get_resource(request: Request) -> Response:
+        key = key_of(request)
+        document = plane.store.get(key) if key is not None else None
+        if document is None:
+            return _not_found(f"no such resource: {request.url.path}")
+        return JSONResponse(document)
+
+    async def delete_resource(request: Request) -> Response:
+        key = key_of(request)
+        document = plane.delete(key) if key is not None else None
+        if document is None:
+            return _not_found(f"no such resource: {request.url.path}")
+        return JSONResponse({"deleted": document})
+
+    async def watch(request: Request) -> Response:
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            return _error(400, "bad-request", "since must be an integer revision")
+        follow = request.query_params.get("follow", "true").lower() not in ("0", "false", "no")
+
+        async def lines() -> AsyncIterator[bytes]:
+            revision = since
+            while not plane.stopping.is_set():
+                changes = plane.store.changes_since(revision)
+                for change in changes:
+                    revision = change.revision
+                    yield json.dumps(change.to_json()).encode() + b"\n"
+                if changes:
+                    continue
+                if not follow:
+                    return
+                await plane.wait_for_change(WATCH_IDLE)
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+    async def proxies(request: Request) -> Response:
+        items = sorted((r.to_json() for r in plane.registry), key=lambda r: r["proxy_id"])
+        return JSONResponse({"items": items})
+
+    async def endpoints(request: Request) -> Response:
+        records = plane.registry.endpoints_of(
+            str(request.path_params["namespace"]), str(request.path_params["service"])
+        )
+        items = [
+            {
+                "address": r.workload.address,
+                "port": r.workload.inbound_port,
+                "labels": dict(r.workload.labels),
+                "healthy": r.healthy,
+                "proxy_id": r.proxy_id,
+            }
+            for r in records
+        ]
+        return JSONResponse({"items": items})
+
+    async def join_token(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return _error(400, "bad-document", f"invalid JSON: {exc}")
+        if not isinstance(body, dict):
+            return _error(400, "bad-document", "expected a JSON object")
+        problems: list[dict[str, str]] = []
+        service = body.get("service")
+        namespace = body.get("namespace", "default")
+        ttl = body.get("ttl_seconds", DEFAULT_TOKEN_TTL)
+        for field, value in (("service", service), ("namespace", namespace)):
+            try:
+                if not isinstance(value, str):
+                    raise ValueError("required, must be a string")
+                check_dns_label(value)
+            except ValueError as exc:
+                problems.append({"path": field, "message": str(exc)})
+        if (
+            not isinstance(ttl, int | float)
+            or isinstance(ttl, bool)
+            or not math.isfinite(ttl)
+            or not 1 <= ttl <= MAX_TOKEN_TTL
+        ):
+            problems.append(
+                {"path": "ttl_seconds", "message": f"must be a number in 1..{MAX_TOKEN_TTL:.0f}"}
+            )
+        unknown = sorted(set(body) - {"service", "namespace", "ttl_seconds"})
+        problems += [{"path": name, "message": "unknown field"} for name in unknown]
+        if problems:
+            return JSONResponse(
+                {"error": "invalid", "message": "invalid join-token request", "errors": problems},
+                status_code=422,
+            )
+        assert isinstance(service, str) and isinstance(namespace, str)
+        token, expires = plane.create_join_token(service, namespace, float(ttl))
+        return JSONResponse(
+            {
+                "token": token,
+                "service": service,
+                "namespace": namespace,
+                "expires": _rfc3339(expires),
+            }
+        )
+
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/trust-bundle", trust_bundle, methods=["GET"]),
+        Route("/v1/resources", authed(apply), methods=["POST"]),
+        Route("/v1/resources/{kind}", authed(list_resources), methods=["GET"]),
+        Route("/v1/resources/{kind}/{namespace}/{name}", authed(get_resource), methods=["GET"]),
+        Route(
+            "/v1/resources/{kind}/{namespace}/{name}",
+            authed(delete_resource),
+            methods=["DELETE"],
+        ),
+        Route("/v1/watch", authed(watch), methods=["GET"]),
+        Route("/v1/proxies", authed(proxies), methods=["GET"]),
+        Route("/v1/endpoints/{namespace}/{service}", authed(endpoints), methods=["GET"]),
+        Route("/v1/join-tokens", authed(join_token), methods=["POST"]),
+    ]
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return _error(500, "internal", f"{type(exc).__name__}: {exc}")
+
+    return Starlette(routes=routes, exception_handlers={Exception: internal_error})

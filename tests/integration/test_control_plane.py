@@ -1,0 +1,306 @@
+"""The control plane as a real process: config API, join over TLS, the sidecar stream."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from tests.integration.control_helpers import (
+    ControlPlaneProcess,
+    StreamClient,
+    connect_proxy,
+    join,
+    join_with_token,
+    running_control_plane,
+)
+
+GRACE = 1.0
+
+SERVICE_YAML = """
+apiVersion: gossamer.dev/v1alpha1
+kind: Service
+metadata: {name: %(name)s}
+spec:
+  ports: [{port: 8080, protocol: http}]
+"""
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
+    data_dir = tmp_path_factory.mktemp("cp") / "data"
+    with running_control_plane(data_dir, "--endpoint-grace", str(GRACE)) as process:
+        yield process
+
+
+def apply_yaml(cp: ControlPlaneProcess, text: str) -> Any:
+    with cp.client() as client:
+        return client.post(
+            "/v1/resources", content=text, headers={"Content-Type": "application/yaml"}
+        )
+
+
+def proxy_status(cp: ControlPlaneProcess, proxy_id: str) -> dict[str, Any]:
+    with cp.client() as client:
+        items = client.get("/v1/proxies").json()["items"]
+    matches = [item for item in items if item["proxy_id"] == proxy_id]
+    assert matches, f"{proxy_id} not in /v1/proxies"
+    return dict(matches[0])
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def outbound(snapshot_message: dict[str, Any], name: str) -> dict[str, Any] | None:
+    for service in snapshot_message["snapshot"]["outbound"]["services"]:
+        if service["name"] == name:
+            return dict(service)
+    return None
+
+
+def test_health_and_trust_bundle_need_no_token(cp: ControlPlaneProcess) -> None:
+    """/healthz and /v1/trust-bundle answer without the admin token."""
+    with cp.client(authenticated=False) as client:
+        assert client.get("/healthz").text == "ok"
+        bundle = client.get("/v1/trust-bundle")
+    assert bundle.status_code == 200
+    assert bundle.content == cp.root_pem
+
+
+def test_apply_creates_then_reports_unchanged(cp: ControlPlaneProcess) -> None:
+    """Applying a Service answers created, the same again unchanged, and it can be read."""
+    first = apply_yaml(cp, SERVICE_YAML % {"name": "apply-one"})
+    assert first.status_code == 200, first.text
+    assert first.json()["applied"][0]["action"] == "created"
+    second = apply_yaml(cp, SERVICE_YAML % {"name": "apply-one"})
+    assert second.json()["applied"][0]["action"] == "unchanged"
+    with cp.client() as client:
+        doc = client.get("/v1/resources/services/default/apply-one").json()
+    assert doc["spec"]["ports"][0]["port"] == 8080
+    assert doc["metadata"]["generation"] == 1
+
+
+def test_invalid_batch_is_refused_whole_with_field_path(cp: ControlPlaneProcess) -> None:
+    """A batch with one bad document answers 422 naming the path, and applies nothing."""
+    text = (SERVICE_YAML % {"name": "batch-good"}) + "---\n" + (
+        "apiVersion: gossamer.dev/v1alpha1\nkind: Service\nmetadata: {name: batch-bad}\n"
+        "spec: {ports: [{port: 70000}]}\n"
+    )
+    response = apply_yaml(cp, text)
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert [(e["document"], e["path"]) for e in errors] == [(1, "spec.ports[0].port")]
+    with cp.client() as client:
+        missing = client.get("/v1/resources/service/default/batch-good")
+    assert missing.status_code == 404
+
+
+def test_unparseable_body_is_400(cp: ControlPlaneProcess) -> None:
+    """Text that is not YAML answers 400 bad-document."""
+    response = apply_yaml(cp, "kind: [unclosed")
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad-document"
+
+
+def test_write_without_token_is_401(cp: ControlPlaneProcess) -> None:
+    """POST /v1/resources with no or a wrong token is refused with 401."""
+    with cp.client(authenticated=False) as client:
+        response = client.post("/v1/resources", content=SERVICE_YAML % {"name": "nope"})
+        wrong = client.post(
+            "/v1/resources",
+            content=SERVICE_YAML % {"name": "nope"},
+            headers={"Authorization": "Bearer wrong"},
+        )
+    assert response.status_code == 401
+    assert wrong.status_code == 401
+    assert response.json()["error"] == "unauthorized"
+
+
+def test_join_issues_spiffe_cert_and_token_is_single_use(cp: ControlPlaneProcess) -> None:
+    """A join token buys one certificate for the service identity; reuse is refused."""
+    with cp.client() as client:
+        token = client.post("/v1/join-tokens", json={"service": "joiner"}).json()["token"]
+    reply = join_with_token(cp, token)
+    assert reply["type"] == "certificate"
+    cert = x509.load_pem_x509_certificate(reply["certificate"].encode())
+    uris = cert.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    assert uris == ["spiffe://gossamer.local/ns/default/sa/joiner"]
+    again = join_with_token(cp, token)
+    assert again["type"] == "error"
+    assert again["code"] == "invalid-token"
+
+
+def test_stream_hello_snapshot_ack_and_nack(cp: ControlPlaneProcess) -> None:
+    """hello → snapshot; ACK and NACK of it show in /v1/proxies."""
+    creds = join(cp, "acker")
+    client = connect_proxy(cp, creds, "acker-1", "acker")
+    try:
+        first = client.recv_type("snapshot")
+        assert first["snapshot"]["proxy"]["identity"].endswith("/ns/default/sa/acker")
+        assert first["snapshot"]["version"] == first["version"]
+        client.send({"type": "ack", "version": first["version"]})
+        assert wait_for(lambda: proxy_status(cp, "acker-1")["ack_state"] == "ACK")
+        client.send({"type": "subscribe", "services": ["nosuch"]})
+        second = client.recv_type("snapshot")
+        assert second["version"] > first["version"]
+        assert second["snapshot"]["outbound"]["unknown"] == ["nosuch.default"]
+        client.send({"type": "nack", "version": second["version"], "error": "bad route"})
+        assert wait_for(lambda: proxy_status(cp, "acker-1")["ack_state"] == "NACK")
+        assert proxy_status(cp, "acker-1")["nack_error"] == "bad route"
+    finally:
+        client.close()
+
+
+def test_registered_endpoint_reaches_subscriber_and_apply_is_pushed_fast(
+    cp: ControlPlaneProcess,
+) -> None:
+    """A catalog proxy shows up in a subscriber's snapshot; a Service apply arrives < 1 s."""
+    front = connect_proxy(cp, join(cp, "front"), "front-1", "front")
+    back = connect_proxy(cp, join(cp, "catalog"), "catalog-1", "catalog", inbound_port=41234)
+    try:
+        front.recv_type("snapshot")
+        back.recv_type("snapshot")
+        front.send({"type": "subscribe", "services": ["catalog"]})
+        snap = front.recv_type("snapshot")
+        catalog = outbound(snap, "catalog")
+        assert catalog is not None
+        assert catalog["endpoints"] == [{"address": "127.0.0.1", "port": 41234, "labels": {}}]
+        assert catalog["identity"] == "spiffe://gossamer.local/ns/default/sa/catalog"
+        started = time.monotonic()
+        applied = apply_yaml(
+            cp,
+            "apiVersion: gossamer.dev/v1alpha1\nkind: Service\nmetadata: {name: catalog}\n"
+            "spec: {ports: [{port: 9000, protocol: grpc}]}\n",
+        )
+        assert applied.status_code == 200
+        pushed = front.recv_type("snapshot", timeout=1.0)
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.0
+        pushed_catalog = outbound(pushed, "catalog")
+        assert pushed_catalog is not None and pushed_catalog["protocol"] == "grpc"
+    finally:
+        front.close()
+        back.close()
+
+
+def test_endpoint_gone_after_grace_when_stream_closes(cp: ControlPlaneProcess) -> None:
+    """Closing a proxy's stream removes its endpoint after the grace period."""
+    watcher = connect_proxy(cp, join(cp, "watcher"), "watcher-1", "watcher",
+                            subscriptions=["leaver"])  # fmt: skip
+    leaver = connect_proxy(cp, join(cp, "leaver"), "leaver-1", "leaver", inbound_port=41999)
+    try:
+        leaver.recv_type("snapshot")
+        deadline = time.monotonic() + 5
+        snap = watcher.recv_type("snapshot")
+        while outbound(snap, "leaver") is None or not outbound(snap, "leaver")["endpoints"]:  # type: ignore[index]
+            snap = watcher.recv_type("snapshot", timeout=max(0.1, deadline - time.monotonic()))
+        closed_at = time.monotonic()
+        leaver.close()
+        snap = watcher.recv_type("snapshot", timeout=GRACE + 3)
+        gone_after = time.monotonic() - closed_at
+        assert outbound(snap, "leaver") is None or outbound(snap, "leaver")["endpoints"] == []  # type: ignore[index]
+        assert gone_after >= GRACE * 0.8
+        with cp.client() as client:
+            assert client.get("/v1/endpoints/default/leaver").json()["items"] == []
+    finally:
+        watcher.close()
+        leaver.close()
+
+
+def test_identity_mismatch_is_refused(cp: ControlPlaneProcess) -> None:
+    """A cert for one service cannot say hello as another."""
+    client = connect_proxy(cp, join(cp, "honest"), "liar-1", "payments")
+    try:
+        reply = client.recv()
+        assert reply is not None
+        assert reply["type"] == "error"
+        assert reply["code"] == "identity-mismatch"
+        assert client.recv() is None
+    finally:
+        client.close()
+
+
+def test_hello_without_client_cert_is_refused(cp: ControlPlaneProcess) -> None:
+    """A stream without a client certificate may only join."""
+    from tests.integration.control_helpers import client_ssl_context
+
+    client = StreamClient(cp.stream_host, cp.stream_port, client_ssl_context(cp.root_pem))
+    try:
+        client.send({"type": "hello", "proxy_id": "x", "workload": {"service": "x"}})
+        reply = client.recv()
+        assert reply is not None and reply["code"] == "unauthenticated"
+    finally:
+        client.close()
+
+
+def test_malformed_line_gets_error_and_stream_survives(cp: ControlPlaneProcess) -> None:
+    """A malformed JSON line is answered with an error; the stream keeps working."""
+    client = connect_proxy(cp, join(cp, "sloppy"), "sloppy-1", "sloppy")
+    try:
+        client.recv_type("snapshot")
+        client.send_raw(b"{not json\n")
+        error = client.recv_type("error")
+        assert error["code"] == "bad-request"
+        client.send({"type": "ping"})
+        assert client.recv_type("pong")["type"] == "pong"
+    finally:
+        client.close()
+
+
+def test_renewal_csr_is_signed_for_the_stream_identity(cp: ControlPlaneProcess) -> None:
+    """A csr on the stream returns a certificate for the connection's own identity."""
+    from gossamer.control.ca import generate_csr
+
+    client = connect_proxy(cp, join(cp, "renewer"), "renewer-1", "renewer")
+    try:
+        client.recv_type("snapshot")
+        _key, csr = generate_csr("spiffe://gossamer.local/ns/default/sa/admin")
+        client.send({"type": "csr", "csr": csr.decode()})
+        reply = client.recv_type("certificate")
+        cert = x509.load_pem_x509_certificate(reply["certificate"].encode())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+            "spiffe://gossamer.local/ns/default/sa/renewer"
+        ]
+    finally:
+        client.close()
+
+
+def test_watch_streams_changes_since_revision(cp: ControlPlaneProcess) -> None:
+    """/v1/watch?since=REV lists later changes as NDJSON."""
+    created = apply_yaml(cp, SERVICE_YAML % {"name": "watched"}).json()["applied"][0]
+    with cp.client() as client:
+        response = client.get(
+            "/v1/watch", params={"since": created["revision"] - 1, "follow": "false"}
+        )
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    assert lines[0]["revision"] == created["revision"]
+    assert lines[0]["resource"]["metadata"]["name"] == "watched"
+
+
+def test_restart_keeps_resources(tmp_path: Path) -> None:
+    """Resources and the CA survive a control plane restart; SIGTERM exits 0."""
+    data_dir = tmp_path / "data"
+    with running_control_plane(data_dir) as first:
+        assert apply_yaml(first, SERVICE_YAML % {"name": "durable"}).status_code == 200
+        root = first.root_pem
+        status = first.stop()
+    assert status == 0
+    with running_control_plane(data_dir) as second:
+        with second.client() as client:
+            doc = client.get("/v1/resources/services/default/durable")
+        assert doc.status_code == 200
+        assert second.root_pem == root

@@ -1,0 +1,427 @@
+"""The HTTP/1.1 data path across two real sidecars over real mTLS, with a real app behind.
+
+client socket → client sidecar (outbound) → mTLS → server sidecar (inbound) → app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossamer.control.ca import CertificateAuthority
+from gossamer.proxy.settings import Address
+from tests.sidecar_harness import (
+    LoopThread,
+    Sidecar,
+    free_port,
+    identity,
+    recv_response,
+    snapshot,
+    start_sidecar,
+)
+
+
+@dataclass
+class AppRecord:
+    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    connections: int = 0
+
+
+class App:
+    """A small HTTP/1.1 app whose behaviour is chosen by the request path."""
+
+    def __init__(self, lt: LoopThread) -> None:
+        self.record = AppRecord()
+        self.lt = lt
+        self.server: asyncio.Server = lt.run(
+            asyncio.start_server(self._serve, "127.0.0.1", 0)
+        )
+        self.address = Address("127.0.0.1", self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.record.connections += 1
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        k, _, v = line.partition(":")
+                        headers[k.strip().lower()] = v.strip()
+                body = b""
+                if "content-length" in headers:
+                    body = await reader.readexactly(int(headers["content-length"]))
+                elif headers.get("transfer-encoding") == "chunked":
+                    while True:
+                        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                        data = await reader.readexactly(size + 2)
+                        body += data[:-2]
+                        if size == 0:
+                            break
+                self.record.requests.append((method, path, headers, body))
+                if not await self._respond(method, path, headers, body, writer):
+                    return
+        finally:
+            writer.close()
+
+    async def _respond(
+        self, method: str, path: str, headers: dict[str, str], body: bytes,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        if path == "/reset":
+            return False
+        if path == "/chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+                         b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
+            return True
+        if path == "/close-delimited":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close")
+            await writer.drain()
+            return False
+        if path == "/head":
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+            return True
+        if path == "/nocontent":
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            return True
+        if path.startswith("/big/"):
+            n = int(path.split("/")[2])
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
+            writer.write(bytes(i % 251 for i in range(n)))
+            await writer.drain()
+            return True
+        peer = headers.get("x-gossamer-peer-identity", "")
+        out = body if path == "/echo" else f"{method} {path}".encode()
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nx-seen-peer: %b\r\n"
+            b"x-seen-request-id: %b\r\n\r\n%b"
+            % (len(out), peer.encode(), headers.get("x-request-id", "").encode(), out)
+        )
+        return True
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@dataclass
+class Mesh:
+    lt: LoopThread
+    ca: CertificateAuthority
+    app: App
+    client: Sidecar
+    server: Sidecar
+    tmp: Path
+
+    def connect(self) -> socket.socket:
+        assert self.client.outbound is not None
+        sock = socket.create_connection(("127.0.0.1", self.client.outbound.port), timeout=10)
+        return sock
+
+    def request(self, raw: bytes, **kw: Any) -> tuple[int, dict[str, str], bytes]:
+        with self.connect() as sock:
+            sock.sendall(raw)
+            return recv_response(sock, **kw)
+
+    def install(self, snap: dict[str, Any]) -> None:
+        async def apply() -> None:
+            self.client.state.apply_snapshot(snap["version"], snap)
+
+        self.lt.run(apply())
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    lt = LoopThread()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    app = App(lt)
+    server = lt.run(start_sidecar(ca, tmp_path / "server", "catalog", app.address))
+    client = lt.run(start_sidecar(ca, tmp_path / "client", "frontend", None))
+    m = Mesh(lt, ca, app, client, server, tmp_path)
+    assert server.inbound is not None
+    m.install(snapshot(1, {"catalog": [server.inbound.port]}, source="frontend"))
+    try:
+        yield m
+    finally:
+        async def shutdown() -> None:
+            for sc in (client, server):
+                if sc.listener:
+                    sc.listener.close()
+                if sc.server:
+                    sc.server.close()
+                for conn in list(sc.state.connections):
+                    conn.close()
+                sc.state.outbound_pool.close_all()
+                sc.state.app_pool.close_all()
+            app.close()
+            await asyncio.sleep(0.05)
+
+        lt.run(shutdown())
+        lt.stop()
+
+
+class TestForwarding:
+    def test_request_crosses_with_mtls_and_app_sees_caller_identity(self, mesh: Mesh) -> None:
+        """The app behind the server sidecar sees the caller's SPIFFE ID in a header."""
+        status, headers, body = mesh.request(b"GET /hello HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert status == 200
+        assert body == b"GET /hello"
+        assert headers["x-seen-peer"] == identity("frontend").uri
+
+    def test_forged_identity_header_from_outside_is_replaced(self, mesh: Mesh) -> None:
+        """A caller cannot claim another identity by sending the header itself."""
+        status, headers, _ = mesh.request(
+            b"GET / HTTP/1.1\r\nHost: catalog\r\n"
+            b"x-gossamer-peer-identity: spiffe://gossamer.local/ns/default/sa/admin\r\n\r\n"
+        )
+        assert status == 200
+        assert headers["x-seen-peer"] == identity("frontend").uri
+
+    def test_absolute_form_target_as_http_proxy(self, mesh: Mesh) -> None:
+        """Apps using the sidecar as HTTP_PROXY send absolute-form targets."""
+        status, _, body = mesh.request(
+            b"GET http://catalog.default.svc/items?x=1 HTTP/1.1\r\nHost: catalog.default.svc\r\n\r\n"
+        )
+        assert status == 200
+        assert body == b"GET /items?x=1"
+
+    def test_request_id_is_generated_and_passed_on(self, mesh: Mesh) -> None:
+        """A request without x-request-id gets one; an existing one is kept."""
+        _, headers, _ = mesh.request(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert headers["x-seen-request-id"]
+        _, headers, _ = mesh.request(
+            b"GET / HTTP/1.1\r\nHost: catalog\r\nx-request-id: abc-123\r\n\r\n"
+        )
+        assert headers["x-seen-request-id"] == "abc-123"
+
+    def test_content_length_body_is_forwarded(self, mesh: Mesh) -> None:
+        """A request body with Content-Length arrives whole."""
+        payload = b"x" * 100_000
+        status, _, body = mesh.request(
+            b"POST /echo HTTP/1.1\r\nHost: catalog\r\ncontent-length: %d\r\n\r\n%b"
+            % (len(payload), payload)
+        )
+        assert status == 200
+        assert body == payload
+
+    def test_chunked_request_body_is_forwarded(self, mesh: Mesh) -> None:
+        """A chunked request body arrives whole (re-framed as chunks)."""
+        status, _, body = mesh.request(
+            b"POST /echo HTTP/1.1\r\nHost: catalog\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+        )
+        assert status == 200
+        assert body == b"abcdefg"
+
+    def test_chunked_response_is_streamed(self, mesh: Mesh) -> None:
+        status, headers, body = mesh.request(b"GET /chunked HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert status == 200
+        assert headers["transfer-encoding"] == "chunked"
+        assert body == b"hello world"
+
+    def test_read_until_close_response_is_rechunked(self, mesh: Mesh) -> None:
+        """A body delimited by connection close reaches an HTTP/1.1 client as chunks."""
+        status, headers, body = mesh.request(
+            b"GET /close-delimited HTTP/1.1\r\nHost: catalog\r\n\r\n"
+        )
+        assert status == 200
+        assert headers["transfer-encoding"] == "chunked"
+        assert body == b"until close"
+
+    def test_head_response_has_no_body_and_connection_stays_usable(self, mesh: Mesh) -> None:
+        with mesh.connect() as sock:
+            sock.sendall(b"HEAD /head HTTP/1.1\r\nHost: catalog\r\n\r\n")
+            status, headers, _ = recv_response(sock, head_request=True)
+            assert status == 200
+            assert headers["content-length"] == "1000"
+            sock.sendall(b"GET /after HTTP/1.1\r\nHost: catalog\r\n\r\n")
+            status, _, body = recv_response(sock)
+            assert (status, body) == (200, b"GET /after")
+
+    def test_204_has_no_body(self, mesh: Mesh) -> None:
+        with mesh.connect() as sock:
+            sock.sendall(b"GET /nocontent HTTP/1.1\r\nHost: catalog\r\n\r\n")
+            status, _, _ = recv_response(sock)
+            assert status == 204
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: catalog\r\n\r\n")
+            assert recv_response(sock)[0] == 200
+
+    def test_keep_alive_and_upstream_connection_reuse(self, mesh: Mesh) -> None:
+        """Ten requests on one client connection use one connection to the app."""
+        with mesh.connect() as sock:
+            for i in range(10):
+                sock.sendall(b"GET /n/%d HTTP/1.1\r\nHost: catalog\r\n\r\n" % i)
+                status, _, body = recv_response(sock)
+                assert (status, body) == (200, b"GET /n/%d" % i)
+        assert mesh.app.record.connections == 1
+        assert mesh.client.state.outbound_pool.opened == 1
+
+    def test_pipelined_requests_are_answered_in_order(self, mesh: Mesh) -> None:
+        with mesh.connect() as sock:
+            sock.sendall(b"".join(
+                b"GET /p/%d HTTP/1.1\r\nHost: catalog\r\n\r\n" % i for i in range(5)
+            ))
+            for i in range(5):
+                status, _, body = recv_response(sock)
+                assert (status, body) == (200, b"GET /p/%d" % i)
+
+    def test_large_response_streams_intact(self, mesh: Mesh) -> None:
+        """A 20 MB response arrives byte-exact (backpressure paths exercised)."""
+        n = 20_000_000
+        status, _, body = mesh.request(b"GET /big/%d HTTP/1.1\r\nHost: catalog\r\n\r\n" % n)
+        assert status == 200
+        assert body == bytes(i % 251 for i in range(n))
+
+    def test_http10_client_gets_close_delimited_body(self, mesh: Mesh) -> None:
+        status, headers, body = mesh.request(b"GET /chunked HTTP/1.0\r\nHost: catalog\r\n\r\n")
+        assert status == 200
+        assert "transfer-encoding" not in headers
+        assert body == b"hello world"
+
+
+class TestErrors:
+    def test_unknown_service(self, mesh: Mesh) -> None:
+        mesh.install(snapshot(
+            2, {"catalog": [mesh.server.inbound.port]},  # type: ignore[union-attr]
+            unknown=["nosuch.default"], source="frontend",
+        ))
+        status, headers, _ = mesh.request(b"GET / HTTP/1.1\r\nHost: nosuch\r\n\r\n")
+        assert status == 404
+        assert headers["x-gossamer-error"] == "unknown-service"
+
+    def test_non_mesh_host_is_unknown(self, mesh: Mesh) -> None:
+        """A name that cannot be a mesh service is refused without asking anyone."""
+        status, headers, _ = mesh.request(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        assert status == 404
+        assert headers["x-gossamer-error"] == "unknown-service"
+
+    def test_service_discovered_on_first_use(self, mesh: Mesh) -> None:
+        """A service missing from the table is asked for, and the request waits for the answer."""
+        asked: list[list[str]] = []
+        port = mesh.server.inbound.port  # type: ignore[union-attr]
+
+        def control_plane_answers(names: list[str]) -> None:
+            asked.append(names)
+            snap = snapshot(
+                3, {"catalog": [port], "orders": [port]}, source="frontend",
+                identities={"orders": identity("catalog").uri},
+            )
+            mesh.lt.loop.call_later(0.05, mesh.client.state.apply_snapshot, 3, snap)
+
+        mesh.client.state.subscribe_hook = control_plane_answers
+        status, _, body = mesh.request(b"GET /o HTTP/1.1\r\nHost: orders\r\n\r\n")
+        assert asked == [["orders.default"]]
+        assert (status, body) == (200, b"GET /o")
+        assert "orders.default" in mesh.client.state.subscriptions()
+
+    def test_discovery_timeout_is_explained(self, mesh: Mesh) -> None:
+        """With no control plane answering, the caller learns why instead of hanging."""
+        status, headers, _ = mesh.request(b"GET / HTTP/1.1\r\nHost: orders\r\n\r\n")
+        assert status == 503
+        assert headers["x-gossamer-error"] == "discovery-timeout"
+
+    def test_no_endpoints(self, mesh: Mesh) -> None:
+        mesh.install(snapshot(2, {"catalog": []}, source="frontend"))
+        status, headers, _ = mesh.request(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert status == 503
+        assert headers["x-gossamer-error"] == "no-healthy-endpoints"
+
+    def test_connect_failure(self, mesh: Mesh) -> None:
+        mesh.install(snapshot(2, {"catalog": [free_port()]}, source="frontend"))
+        status, headers, body = mesh.request(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert status == 502
+        assert headers["x-gossamer-error"] == "connect-failed"
+        assert b"connect-failed" in body
+
+    def test_upstream_reset_before_response(self, mesh: Mesh) -> None:
+        status, headers, _ = mesh.request(b"GET /reset HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert status == 502
+        assert headers["x-gossamer-error"] == "upstream-reset"
+
+    def test_wrong_upstream_identity_is_refused(self, mesh: Mesh) -> None:
+        """The client sidecar checks the destination's SPIFFE ID, not just the CA."""
+        mesh.install(snapshot(
+            2, {"catalog": [mesh.server.inbound.port]},  # type: ignore[union-attr]
+            identities={"catalog": identity("payments").uri}, source="frontend",
+        ))
+        status, headers, _ = mesh.request(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert status == 502
+        assert headers["x-gossamer-error"] == "upstream-identity-mismatch"
+        assert mesh.app.record.requests == []
+
+    @pytest.mark.parametrize(
+        "raw",
+        [
+            b"GARBAGE\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: catalog\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"POST / HTTP/1.1\r\nHost: catalog\r\ncontent-length: 3\r\n"
+            b"transfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost catalog\r\n\r\n",
+        ],
+        ids=["bad-request-line", "bad-chunk-size", "cl-and-te", "header-without-colon"],
+    )
+    def test_malformed_request_gets_400_and_close(self, mesh: Mesh, raw: bytes) -> None:
+        with mesh.connect() as sock:
+            sock.sendall(raw)
+            status, headers, _ = recv_response(sock)
+            assert status == 400
+            assert headers["x-gossamer-error"] == "bad-request"
+            assert headers["connection"] == "close"
+            assert sock.recv(1) == b""
+        # the sidecar survives
+        assert mesh.request(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")[0] == 200
+
+    def test_too_large_headers_get_431(self, mesh: Mesh) -> None:
+        raw = b"GET / HTTP/1.1\r\nHost: catalog\r\n" + b"x-big: " + b"a" * 70_000 + b"\r\n\r\n"
+        status, headers, _ = mesh.request(raw)
+        assert status == 431
+        assert headers["x-gossamer-error"] == "headers-too-large"
+
+    def test_plaintext_to_inbound_is_refused(self, mesh: Mesh) -> None:
+        """STRICT mTLS: plain HTTP to the inbound port gets 400 mtls-required and a close."""
+        assert mesh.server.inbound is not None
+        with socket.create_connection(("127.0.0.1", mesh.server.inbound.port), timeout=5) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+            status, headers, _ = recv_response(s)
+            assert status == 400
+            assert headers["x-gossamer-error"] == "mtls-required"
+        assert mesh.app.record.requests == []
+
+    def test_tls_without_mesh_certificate_is_refused(self, mesh: Mesh) -> None:
+        """A TLS client without a client certificate from the mesh CA cannot get in."""
+        assert mesh.server.inbound is not None
+        ctx = ssl.create_default_context(cadata=mesh.ca.root_pem.decode())
+        ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", mesh.server.inbound.port), timeout=5) as raw:
+            with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+                with ctx.wrap_socket(raw) as tls:
+                    tls.sendall(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+                    if not tls.recv(1):
+                        raise ConnectionError("closed")
+        assert mesh.app.record.requests == []
+
+
+class TestMetrics:
+    def test_requests_are_counted_by_direction_and_code(self, mesh: Mesh) -> None:
+        for _ in range(3):
+            assert mesh.request(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")[0] == 200
+        out = mesh.client.state.metrics.render().decode()
+        assert (
+            'gossamer_requests_total{direction="outbound",src_service="frontend",'
+            'dst_service="catalog",peer_identity="spiffe://gossamer.local/ns/default/sa/catalog",'
+            'code="200"} 3'
+        ) in out
+        inbound = mesh.server.state.metrics.render().decode()
+        assert 'direction="inbound",src_service="frontend",dst_service="catalog"' in inbound
+        assert 'le="+Inf"} 3' in inbound

@@ -1,0 +1,200 @@
+"""Validation of resource documents: each refusal reason, with its document and field path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gossamer.config import (
+    MeshConfig,
+    Problem,
+    Service,
+    ValidationFailed,
+    kind_for,
+    validate_documents,
+)
+
+API = "gossamer.dev/v1alpha1"
+
+
+def service(name: str = "catalog", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "Service", "metadata": {"name": name}, "spec": spec}
+
+
+def mesh(name: str = "default", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "MeshConfig", "metadata": {"name": name}, "spec": spec}
+
+
+def problems(*docs: dict[str, Any]) -> list[Problem]:
+    with pytest.raises(ValidationFailed) as caught:
+        validate_documents(list(docs))
+    return caught.value.problems
+
+
+def only(*docs: dict[str, Any]) -> Problem:
+    found = problems(*docs)
+    assert len(found) == 1, found
+    return found[0]
+
+
+class TestRefusals:
+    def test_unknown_kind(self) -> None:
+        """An unknown kind is refused at path 'kind' naming the known kinds."""
+        problem = only({"apiVersion": API, "kind": "Gadget", "metadata": {"name": "x"}})
+        assert (problem.path, problem.kind, problem.name) == ("kind", "Gadget", "x")
+        assert "unknown kind" in problem.message and "Service" in problem.message
+
+    def test_wrong_api_version(self) -> None:
+        """Another apiVersion is refused at path 'apiVersion'."""
+        doc = service()
+        doc["apiVersion"] = "v1"
+        problem = only(doc)
+        assert problem.path == "apiVersion"
+        assert "unsupported apiVersion 'v1'" in problem.message
+
+    def test_missing_api_version(self) -> None:
+        """A document without apiVersion is refused at 'apiVersion'."""
+        doc = service()
+        del doc["apiVersion"]
+        assert only(doc).path == "apiVersion"
+
+    def test_missing_kind(self) -> None:
+        """A document without kind is refused at 'kind'."""
+        problem = only({"apiVersion": API, "metadata": {"name": "x"}})
+        assert (problem.path, problem.message) == ("kind", "required field is missing")
+
+    def test_missing_name(self) -> None:
+        """metadata.name is required."""
+        doc = service()
+        doc["metadata"] = {}
+        problem = only(doc)
+        assert (problem.path, problem.message) == ("metadata.name", "required field is missing")
+
+    def test_wrong_type(self) -> None:
+        """A port given as a string is a type error at spec.ports[0].port."""
+        problem = only(service(ports=[{"port": "80"}]))
+        assert problem.path == "spec.ports[0].port"
+        assert "valid integer" in problem.message and "'80'" in problem.message
+
+    @pytest.mark.parametrize("port", [0, 65536])
+    def test_port_out_of_range(self, port: int) -> None:
+        """Ports outside 1..65535 are refused with their exact path."""
+        problem = only(service(ports=[{"port": 80}, {"port": port}]))
+        assert problem.path == "spec.ports[1].port"
+        assert str(port) in problem.message
+
+    def test_unknown_spec_field(self) -> None:
+        """An unknown field in spec is refused at its own path."""
+        problem = only(service(replicas=3))
+        assert (problem.path, problem.message) == ("spec.replicas", "unknown field")
+
+    def test_unknown_nested_field(self) -> None:
+        """An unknown field inside a list item is refused with the item index."""
+        problem = only(service(ports=[{"port": 80, "targetPort": 8080}]))
+        assert problem.path == "spec.ports[0].targetPort"
+
+    def test_snake_case_field_is_unknown(self) -> None:
+        """Fields are camelCase; service_account is not accepted for serviceAccount."""
+        assert only(service(service_account="x")).path == "spec.service_account"
+
+    def test_unknown_protocol(self) -> None:
+        """Only http, http2, grpc and tcp are protocols."""
+        problem = only(service(ports=[{"port": 53, "protocol": "udp"}]))
+        assert problem.path == "spec.ports[0].protocol"
+
+    def test_bad_name(self) -> None:
+        """Names must be DNS labels."""
+        problem = only(service(name="Bad_Name"))
+        assert problem.path == "metadata.name"
+        assert "not a DNS label" in problem.message
+
+    def test_bad_call_reference(self) -> None:
+        """spec.calls entries must be 'name' or 'name.namespace'."""
+        problem = only(service(calls=["orders", "a.b.c"]))
+        assert problem.path == "spec.calls[1]"
+
+    def test_duplicate_port(self) -> None:
+        """The same port twice in one Service is refused at the second."""
+        problem = only(service(ports=[{"port": 80}, {"port": 80}]))
+        assert problem.path == "spec.ports[1].port"
+
+    def test_duplicate_resource_in_one_apply(self) -> None:
+        """Two documents for the same kind/namespace/name are refused at the second."""
+        problem = only(service(), service())
+        assert (problem.document, problem.path) == (1, "metadata.name")
+        assert "duplicate" in problem.message
+
+    def test_bad_duration(self) -> None:
+        """A certificate lifetime that is not a duration is refused with its path."""
+        problem = only(mesh(certificates={"lifetime": "24x"}))
+        assert problem.path == "spec.certificates.lifetime"
+        assert "invalid duration" in problem.message
+
+    @pytest.mark.parametrize("lifetime", ["5s", "91d"])
+    def test_duration_out_of_range(self, lifetime: str) -> None:
+        """Certificate lifetimes must be within 10s..90d."""
+        problem = only(mesh(certificates={"lifetime": lifetime}))
+        assert problem.path == "spec.certificates.lifetime"
+
+    def test_bad_mtls_mode(self) -> None:
+        """mTLS mode is STRICT or PERMISSIVE."""
+        assert only(mesh(mtls={"mode": "OFF"})).path == "spec.mtls.mode"
+
+    def test_mesh_config_must_be_named_default(self) -> None:
+        """There is one MeshConfig, named default."""
+        assert only(mesh(name="prod")).path == "metadata.name"
+
+    def test_document_that_is_not_a_mapping_spec(self) -> None:
+        """A spec that is a list is a type error at 'spec'."""
+        doc = service()
+        doc["spec"] = [1]
+        assert only(doc).path == "spec"
+
+    def test_every_problem_is_reported_at_once(self) -> None:
+        """Problems from several documents come back together, in document order."""
+        found = problems(service(ports=[{"port": 0}]), mesh(mtls={"mode": "x"}), service("ok"))
+        assert [(p.document, p.path) for p in found] == [
+            (0, "spec.ports[0].port"),
+            (1, "spec.mtls.mode"),
+        ]
+
+
+class TestAccepted:
+    def test_service_defaults(self) -> None:
+        """A bare Service gets one http port 80 and its own name as service account."""
+        (resource,) = validate_documents(
+            [{"apiVersion": API, "kind": "Service", "metadata": {"name": "web"}}]
+        )
+        assert isinstance(resource, Service)
+        assert [(p.port, p.protocol) for p in resource.spec.ports] == [(80, "http")]
+        assert resource.service_account == "web"
+        assert resource.key.namespace == "default"
+
+    def test_service_account_override(self) -> None:
+        """spec.serviceAccount sets the identity's account."""
+        (resource,) = validate_documents([service(serviceAccount="shop")])
+        assert isinstance(resource, Service)
+        assert resource.service_account == "shop"
+
+    def test_mesh_config_namespace_is_forced_to_default(self) -> None:
+        """MeshConfig is cluster-wide: any namespace is stored as default."""
+        doc = mesh(certificates={"lifetime": "30m"})
+        doc["metadata"]["namespace"] = "prod"
+        (resource,) = validate_documents([doc])
+        assert isinstance(resource, MeshConfig)
+        assert resource.key.namespace == "default"
+        assert resource.certificate_lifetime is not None
+        assert resource.certificate_lifetime.total_seconds() == 1800
+
+    def test_store_bookkeeping_fields_are_accepted_and_dropped(self) -> None:
+        """A document read back from the store (revision, generation) can be re-applied."""
+        doc = service()
+        doc["metadata"].update(revision=4, generation=2)
+        (resource,) = validate_documents([doc])
+        assert "revision" not in resource.to_document()["metadata"]
+
+    @pytest.mark.parametrize("spelling", ["Service", "service", "SERVICES"])
+    def test_kind_lookup_is_case_insensitive(self, spelling: str) -> None:
+        """Kinds are found by singular or plural in any case."""
+        assert kind_for(spelling) is Service

@@ -1,0 +1,66 @@
+"""Environments of the processes the runner starts (sidecar settings, app proxy variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gossamer.local.launch import SidecarConfig, app_env, base_env, sidecar_env
+from gossamer.proxy.settings import ProxySettings
+
+
+def _config(**changes: object) -> SidecarConfig:
+    values: dict[str, object] = dict(
+        service="catalog", namespace="default", admin_port=4001, control_addr="127.0.0.1:15012",
+        ca_file=Path("/d/ca/root.crt"), workdir=Path("/d/run/proxies/catalog-0"),
+        app_port=4002, outbound_port=4003, inbound_port=4004, labels={"version": "v1"},
+    )
+    values.update(changes)
+    return SidecarConfig(**values)  # type: ignore[arg-type]
+
+
+def test_sidecar_env_is_understood_by_the_proxy_settings() -> None:
+    """The proxy's own settings parser reads back what the runner wrote."""
+    env = sidecar_env(_config(), "tok-1", {"PATH": "/bin"})
+    settings = ProxySettings.from_env(env)
+    assert settings.workload.service == "catalog"
+    assert str(settings.workload.app) == "127.0.0.1:4002"
+    assert str(settings.listen.outbound) == "127.0.0.1:4003"
+    assert str(settings.listen.inbound) == "127.0.0.1:4004"
+    assert str(settings.listen.admin) == "127.0.0.1:4001"
+    assert settings.control.join_token == "tok-1"
+    assert settings.control.ca_file == Path("/d/ca/root.crt")
+    assert dict(settings.workload.labels) == {"version": "v1"}
+
+
+def test_gateway_env_has_no_app_and_no_inbound() -> None:
+    """The ingress gateway: outbound on its port, inbound off, a default service, no app."""
+    env = sidecar_env(_config(service="ingress", app_port=None, inbound_port=None,
+                              outbound_port=8089, default_service="frontend", labels={}),
+                      "tok", {})
+    settings = ProxySettings.from_env(env)
+    assert settings.workload.app is None
+    assert settings.listen.inbound is None
+    assert settings.listen.default_service == "frontend"
+    assert str(settings.listen.outbound) == "127.0.0.1:8089"
+
+
+def test_sidecar_env_drops_inherited_proxy_settings() -> None:
+    """Settings of some other sidecar in the parent's environment do not leak in."""
+    env = sidecar_env(_config(), "tok", {"GOSSAMER_PROXY_DEFAULT_SERVICE": "x",
+                                         "HTTP_PROXY": "http://elsewhere"})
+    assert "GOSSAMER_PROXY_DEFAULT_SERVICE" not in env and "HTTP_PROXY" not in env
+
+
+def test_app_env_points_http_proxy_at_the_sidecar() -> None:
+    """Apps get PORT, HTTP_PROXY (both spellings) and an empty NO_PROXY."""
+    env = app_env(port=5000, outbound_port=5001, parent={"NO_PROXY": "*", "KEEP": "1"},
+                  extra={"GOSSAMER_INSTANCE": "catalog-0"})
+    assert env["PORT"] == "5000"
+    assert env["HTTP_PROXY"] == env["http_proxy"] == "http://127.0.0.1:5001"
+    assert env["NO_PROXY"] == env["no_proxy"] == ""
+    assert env["KEEP"] == "1" and env["GOSSAMER_INSTANCE"] == "catalog-0"
+
+
+def test_base_env_makes_python_unbuffered() -> None:
+    """Children write their logs line by line."""
+    assert base_env({})["PYTHONUNBUFFERED"] == "1"

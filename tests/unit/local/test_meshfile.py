@@ -1,0 +1,136 @@
+"""The mesh file model: what is accepted, and how refusals name the field."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from gossamer.local.meshfile import (
+    MeshFileError,
+    expand_command,
+    format_loc,
+    load_mesh_file,
+    parse_mesh_text,
+)
+
+REPO = Path(__file__).resolve().parents[3]
+
+MINIMAL = """
+apiVersion: gossamer.dev/v1alpha1
+kind: Mesh
+metadata: {name: shop}
+spec:
+  services:
+    - name: web
+      command: ["{python}", "-m", "http.server", "{port}"]
+"""
+
+
+def _errors(text: str) -> list[str]:
+    with pytest.raises(MeshFileError) as info:
+        parse_mesh_text(text)
+    return list(info.value.errors)
+
+
+def test_storefront_example_is_valid() -> None:
+    """The shipped storefront mesh file loads: four services, catalog with two replicas."""
+    mesh = load_mesh_file(REPO / "examples/storefront/mesh.yaml")
+    services = {s.name: s for s in mesh.mesh.spec.services}
+    assert set(services) == {"frontend", "catalog", "orders", "payments"}
+    assert services["catalog"].replicas == 2
+    assert mesh.mesh.spec.ingress is not None and mesh.mesh.spec.ingress.service == "frontend"
+    assert [r["kind"] for r in mesh.resources] == ["Service"] * 4
+
+
+def test_defaults_fill_control_plane_ports_and_replicas() -> None:
+    """A minimal mesh gets the default control plane ports, one replica and no ingress."""
+    mesh = parse_mesh_text(MINIMAL)
+    assert mesh.mesh.spec.control_plane.api_port == 15010
+    assert mesh.mesh.spec.control_plane.stream_port == 15012
+    assert mesh.mesh.spec.services[0].replicas == 1
+    assert mesh.mesh.spec.ingress is None
+    assert mesh.namespace_of(mesh.mesh.spec.services[0]) == "default"
+
+
+def test_unknown_field_is_refused_with_its_path() -> None:
+    """An unknown key inside a service is named with the document and its full path."""
+    errors = _errors(MINIMAL + "      replica: 3\n")
+    assert len(errors) == 1
+    assert errors[0].startswith("document 0 (Mesh/shop): spec.services[0].replica: ")
+
+
+def test_bad_replicas_names_the_field() -> None:
+    """replicas: 0 is refused at spec.services[0].replicas."""
+    errors = _errors(MINIMAL + "      replicas: 0\n")
+    assert any("spec.services[0].replicas:" in line for line in errors)
+
+
+def test_ingress_must_point_at_a_known_service() -> None:
+    """The ingress default service must be one of the mesh's services."""
+    errors = _errors(MINIMAL.replace("spec:\n", "spec:\n  ingress: {port: 9000, service: nope}\n"))
+    assert any("spec.ingress.service:" in line and "'nope'" in line for line in errors)
+
+
+def test_duplicate_service_names_are_refused() -> None:
+    """Two services with one name are refused."""
+    text = MINIMAL + "    - name: web\n      command: [x]\n"
+    assert any("duplicate service name(s): web" in line for line in _errors(text))
+
+
+def test_port_clash_between_ingress_and_api_is_refused() -> None:
+    """The ingress cannot listen on the control plane's API port."""
+    text = MINIMAL.replace("spec:\n", "spec:\n  ingress: {port: 15010, service: web}\n")
+    assert any("ingress.port: port 15010" in line for line in _errors(text))
+
+
+def test_empty_service_list_is_refused() -> None:
+    """A mesh needs at least one service."""
+    text = MINIMAL.split("  services:")[0] + "  services: []\n"
+    assert _errors(text) == [
+        "document 0 (Mesh/shop): spec.services: at least one service is required"]
+
+
+def test_first_document_must_be_a_mesh() -> None:
+    """A file that starts with another kind is refused."""
+    errors = _errors("apiVersion: gossamer.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\n")
+    assert errors == ["document 0 (Service/a): the first document must be `kind: Mesh`"]
+
+
+def test_extra_documents_become_resources() -> None:
+    """Documents after the Mesh are kept as resources, in order."""
+    text = MINIMAL + (
+        "---\napiVersion: gossamer.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\n"
+    )
+    mesh = parse_mesh_text(text)
+    assert mesh.resources == ({"apiVersion": "gossamer.dev/v1alpha1", "kind": "Service",
+                               "metadata": {"name": "web"}},)
+
+
+def test_extra_document_without_kind_is_refused() -> None:
+    """A later document needs a kind."""
+    errors = _errors(MINIMAL + "---\nmetadata: {name: x}\n")
+    assert errors == ["document 1 (?/x): kind: field required"]
+
+
+def test_invalid_yaml_is_reported() -> None:
+    """Broken YAML is reported as such, not as a traceback."""
+    assert "not valid YAML" in _errors("kind: [unclosed\n")[0]
+
+
+def test_missing_file_is_reported(tmp_path: Path) -> None:
+    """A missing file is a MeshFileError naming the path."""
+    with pytest.raises(MeshFileError, match="cannot read"):
+        load_mesh_file(tmp_path / "nope.yaml")
+
+
+def test_expand_command_replaces_python_and_port() -> None:
+    """{python} is this interpreter, {port} the app port."""
+    assert expand_command(["{python}", "-m", "x", "--port={port}"], port=4242) == [
+        sys.executable, "-m", "x", "--port=4242"]
+
+
+def test_format_loc_mixes_names_and_indexes() -> None:
+    """Locations read like field paths."""
+    assert format_loc(("spec", "services", 1, "replicas")) == "spec.services[1].replicas"
