@@ -69,6 +69,11 @@ def outbound(snapshot_message: dict[str, Any], name: str) -> dict[str, Any] | No
     return None
 
 
+def endpoints_of(snapshot_message: dict[str, Any], name: str) -> list[Any]:
+    service = outbound(snapshot_message, name)
+    return list(service["endpoints"]) if service is not None else []
+
+
 def test_health_and_trust_bundle_need_no_token(cp: ControlPlaneProcess) -> None:
     """/healthz and /v1/trust-bundle answer without the admin token."""
     with cp.client(authenticated=False) as client:
@@ -93,9 +98,13 @@ def test_apply_creates_then_reports_unchanged(cp: ControlPlaneProcess) -> None:
 
 def test_invalid_batch_is_refused_whole_with_field_path(cp: ControlPlaneProcess) -> None:
     """A batch with one bad document answers 422 naming the path, and applies nothing."""
-    text = (SERVICE_YAML % {"name": "batch-good"}) + "---\n" + (
-        "apiVersion: gossamer.dev/v1alpha1\nkind: Service\nmetadata: {name: batch-bad}\n"
-        "spec: {ports: [{port: 70000}]}\n"
+    text = (
+        (SERVICE_YAML % {"name": "batch-good"})
+        + "---\n"
+        + (
+            "apiVersion: gossamer.dev/v1alpha1\nkind: Service\nmetadata: {name: batch-bad}\n"
+            "spec: {ports: [{port: 70000}]}\n"
+        )
     )
     response = apply_yaml(cp, text)
     assert response.status_code == 422
@@ -205,13 +214,13 @@ def test_endpoint_gone_after_grace_when_stream_closes(cp: ControlPlaneProcess) -
         leaver.recv_type("snapshot")
         deadline = time.monotonic() + 5
         snap = watcher.recv_type("snapshot")
-        while outbound(snap, "leaver") is None or not outbound(snap, "leaver")["endpoints"]:  # type: ignore[index]
+        while not endpoints_of(snap, "leaver"):
             snap = watcher.recv_type("snapshot", timeout=max(0.1, deadline - time.monotonic()))
         closed_at = time.monotonic()
         leaver.close()
         snap = watcher.recv_type("snapshot", timeout=GRACE + 3)
         gone_after = time.monotonic() - closed_at
-        assert outbound(snap, "leaver") is None or outbound(snap, "leaver")["endpoints"] == []  # type: ignore[index]
+        assert endpoints_of(snap, "leaver") == []
         assert gone_after >= GRACE * 0.8
         with cp.client() as client:
             assert client.get("/v1/endpoints/default/leaver").json()["items"] == []
@@ -304,3 +313,45 @@ def test_restart_keeps_resources(tmp_path: Path) -> None:
             doc = client.get("/v1/resources/services/default/durable")
         assert doc.status_code == 200
         assert second.root_pem == root
+
+
+def test_watch_follows_new_changes(cp: ControlPlaneProcess) -> None:
+    """An open watch receives a change applied after it started."""
+    with cp.client() as client:
+        since = client.get("/v1/watch", params={"since": 0, "follow": "false"}).text
+        last = json.loads(since.splitlines()[-1])["revision"] if since else 0
+        with client.stream("GET", "/v1/watch", params={"since": last}) as response:
+            assert apply_yaml(cp, SERVICE_YAML % {"name": "followed"}).status_code == 200
+            line = next(response.iter_lines())
+    change = json.loads(line)
+    assert change["type"] == "applied"
+    assert change["resource"]["metadata"]["name"] == "followed"
+
+
+def test_overlong_line_is_refused_and_closed(cp: ControlPlaneProcess) -> None:
+    """A line over 16 MiB gets a line-too-long error and the stream is closed."""
+    client = connect_proxy(cp, join(cp, "chatty"), "chatty-1", "chatty")
+    try:
+        client.recv_type("snapshot")
+        client.send_raw(b'{"type":"status","pad":"' + b"x" * (17 * 1024 * 1024))
+        error = client.recv_type("error", timeout=10)
+        assert error["code"] == "line-too-long"
+        assert client.recv(timeout=5) is None
+    finally:
+        client.close()
+
+
+def test_silent_peer_is_dropped(tmp_path: Path) -> None:
+    """A stream silent for longer than the peer timeout is closed by the server."""
+    from tests.integration.control_helpers import client_ssl_context
+
+    with running_control_plane(tmp_path / "data", "--peer-timeout", "0.5") as quick:
+        client = StreamClient(
+            quick.stream_host, quick.stream_port, client_ssl_context(quick.root_pem)
+        )
+        try:
+            started = time.monotonic()
+            assert client.recv(timeout=5) is None
+            assert 0.4 <= time.monotonic() - started < 4
+        finally:
+            client.close()

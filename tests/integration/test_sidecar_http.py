@@ -344,6 +344,14 @@ class TestErrors:
         assert headers["x-gossamer-error"] == "connect-failed"
         assert b"connect-failed" in body
 
+    def test_connect_failure_moves_to_another_endpoint(self, mesh: Mesh) -> None:
+        """A dead endpoint costs nothing: nothing was sent, so another endpoint takes it."""
+        live = mesh.server.inbound.port  # type: ignore[union-attr]
+        mesh.install(snapshot(2, {"catalog": [free_port(), live]}, source="frontend"))
+        for _ in range(20):
+            status, _, _ = mesh.request(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+            assert status == 200
+
     def test_upstream_reset_before_response(self, mesh: Mesh) -> None:
         status, headers, _ = mesh.request(b"GET /reset HTTP/1.1\r\nHost: catalog\r\n\r\n")
         assert status == 502

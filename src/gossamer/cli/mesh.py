@@ -18,12 +18,12 @@ from gossamer.cli.common import (
 )
 from gossamer.cli.output import (
     PROXY_HEADERS,
-    console,
     err_console,
     error,
     format_age,
     print_table,
     proxy_rows,
+    say,
 )
 from gossamer.local.client import ControlError
 from gossamer.local.join import JoinSpec, run_joined
@@ -45,19 +45,25 @@ def _supervisor_log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
 
 
+_PORT_NAMES = {"app": "app", "outbound": "out", "inbound": "in", "admin": "admin",
+               "api": "api", "stream": "stream"}
+
+
 def _ports(ports: dict[str, int]) -> str:
-    return " ".join(f"{k}={v}" for k, v in ports.items()) or "-"
+    order = list(_PORT_NAMES)
+    keys = sorted(ports, key=lambda k: order.index(k) if k in order else len(order))
+    return " ".join(f"{_PORT_NAMES.get(k, k)} {ports[k]}" for k in keys) or "-"
 
 
 def print_summary(state: MeshState) -> None:
-    rows = [[c.name, c.role, str(c.pid), _ports(c.ports), c.admin_address or "-", c.log_path]
-            for c in state.children]
-    print_table(("NAME", "ROLE", "PID", "PORTS", "ADMIN", "LOG"), rows,
+    rows = [[c.name, c.role, str(c.pid), _ports(c.ports)] for c in state.children]
+    print_table(("NAME", "ROLE", "PID", "PORTS"), rows,
                 title=f"mesh {state.mesh} (supervisor pid {state.supervisor_pid})")
-    console.print(f"control plane: {state.control_url}", markup=False)
+    say(f"logs: {DataDir(Path(state.data_dir)).logs_dir}/<name>.log")
+    say(f"control plane: {state.control_url}")
     if state.ingress_url:
-        console.print(f"storefront ready: {state.ingress_url}" if state.mesh == "storefront"
-                      else f"ingress: {state.ingress_url}", markup=False)
+        say(f"storefront ready: {state.ingress_url}" if state.mesh == "storefront"
+            else f"ingress: {state.ingress_url}")
 
 
 def up(
@@ -76,13 +82,12 @@ def up(
         if detach:
             state = start_detached(file, root, log=_log)
             print_summary(state)
-            console.print("stop it with: gossamer down"
-                          + ("" if data_dir is None else f" --data-dir {root}"), markup=False)
+            say("stop it with: gossamer down" + ("" if data_dir is None else f" --data-dir {root}"))
             return
 
         def on_ready(state: MeshState) -> None:
             print_summary(state)
-            console.print("press Ctrl-C to stop", markup=False)
+            say("press Ctrl-C to stop")
 
         code = serve(mesh, root, on_ready=on_ready, log=_log)
     if code:
@@ -95,10 +100,10 @@ def down(data_dir: DataDirOption = None) -> None:
     with expected_errors():
         result = stop_mesh(root)
     if not result.was_running:
-        console.print("no mesh running", markup=False)
+        say("no mesh running")
         return
     note = f" ({result.killed} killed after the grace period)" if result.killed else ""
-    console.print(f"mesh stopped: {result.stopped} process(es){note}", markup=False)
+    say(f"mesh stopped: {result.stopped} process(es){note}")
 
 
 def status(
@@ -110,7 +115,7 @@ def status(
     with expected_errors():
         state = read_state(DataDir(root).state_file)
     if state is None:
-        console.print("no mesh running", markup=False)
+        say("no mesh running")
         return
     now = time.time()
     rows = [["supervisor", "supervisor", str(state.supervisor_pid),
@@ -133,7 +138,7 @@ def status(
     if proxies:
         print_table(PROXY_HEADERS, proxy_rows(proxies), title="proxies")
     else:
-        console.print("no proxies connected", markup=False)
+        say("no proxies connected")
 
 
 def run(

@@ -16,7 +16,6 @@ from rich.table import Table
 
 __all__ = [
     "Format",
-    "console",
     "err_console",
     "error",
     "format_age",
@@ -24,10 +23,17 @@ __all__ = [
     "print_table",
     "proxy_rows",
     "resource_rows",
+    "say",
 ]
 
-console = Console(highlight=False, soft_wrap=False)
 err_console = Console(stderr=True, highlight=False)
+PIPE_WIDTH = 250  # tables written to a pipe or file are not wrapped at 80 columns
+
+
+def _console() -> Console:
+    """A console on the current stdout; wide when it is not a terminal."""
+    terminal = sys.stdout.isatty()
+    return Console(highlight=False, width=None if terminal else PIPE_WIDTH)
 
 
 class Format(StrEnum):
@@ -37,8 +43,15 @@ class Format(StrEnum):
 
 
 def error(message: str) -> None:
-    """Print ``error: message`` on stderr (no markup interpretation)."""
-    err_console.print(f"error: {message}", markup=False, style="red")
+    """Print ``error: message`` on stderr (plain: no markup, no wrapping)."""
+    say(f"error: {message}", err=True)
+
+
+def say(line: str, *, err: bool = False) -> None:
+    """Print one plain line (no markup, no wrapping) on stdout or stderr."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def print_data(data: Any, fmt: Format) -> None:
@@ -52,12 +65,13 @@ def print_data(data: Any, fmt: Format) -> None:
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
                 title: str | None = None) -> None:
-    table = Table(title=title, show_edge=False, box=None, pad_edge=False, header_style="bold")
+    table = Table(title=title, show_edge=False, box=None, pad_edge=False, header_style="bold",
+                  title_justify="left")
     for header in headers:
         table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    console.print(table)
+    _console().print(table)
 
 
 def format_age(seconds: float) -> str:

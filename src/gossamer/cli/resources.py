@@ -19,13 +19,12 @@ from gossamer.cli.output import (
     PROXY_HEADERS,
     RESOURCE_HEADERS,
     Format,
-    console,
-    err_console,
     error,
     print_data,
     print_table,
     proxy_rows,
     resource_rows,
+    say,
 )
 from gossamer.local.client import InvalidResources, NotFound
 
@@ -65,14 +64,14 @@ def apply(
             applied = client.apply(text, content_type=content_type)
         except InvalidResources as exc:
             for field_error in exc.errors:
-                err_console.print(str(field_error), markup=False)
+                say(str(field_error), err=True)
             raise typer.Exit(1) from None
     for item in applied:
         line = f"{str(item.get('kind', '?')).lower()}/{item.get('name')} {item.get('action')}"
         namespace = item.get("namespace")
         if namespace and namespace != "default":
             line += f" (namespace {namespace})"
-        console.print(line, markup=False)
+        say(line)
 
 
 def _print_items(items: list[dict[str, Any]], output: Format, headers: tuple[str, ...],
@@ -80,7 +79,7 @@ def _print_items(items: list[dict[str, Any]], output: Format, headers: tuple[str
     if output is not Format.table:
         print_data({"items": items}, output)
     elif not items:
-        err_console.print(empty, markup=False)
+        say(empty, err=True)
     else:
         print_table(headers, rows)
 
@@ -145,7 +144,7 @@ def delete(
         except NotFound:
             error(f"{lowered}/{name} not found in namespace {namespace or 'default'}")
             raise typer.Exit(1) from None
-    console.print(f"{lowered.removesuffix('s')}/{name} deleted", markup=False)
+    say(f"{lowered.removesuffix('s')}/{name} deleted")
 
 
 def register(app: typer.Typer) -> None:

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="default workload certificate lifetime (MeshConfig overrides)",
     )
     parser.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=15.0,
+        help="seconds of silence after which a sidecar stream is dropped",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     return parser
@@ -159,6 +165,8 @@ def parse_settings(argv: list[str] | None = None) -> ControlSettings:
         parser.error(str(exc))
     if args.endpoint_grace < 0:
         parser.error("--endpoint-grace must not be negative")
+    if args.peer_timeout <= 0:
+        parser.error("--peer-timeout must be positive")
     return ControlSettings(
         data_dir=args.data_dir or default_data_dir(),
         api_addr=api_addr,
@@ -167,6 +175,8 @@ def parse_settings(argv: list[str] | None = None) -> ControlSettings:
         endpoint_grace=args.endpoint_grace,
         cert_lifetime=lifetime or DEFAULT_CERT_LIFETIME,
         log_level=args.log_level,
+        peer_timeout=args.peer_timeout,
+        ping_interval=min(5.0, args.peer_timeout / 3),
     )
 
 

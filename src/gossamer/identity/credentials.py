@@ -354,8 +354,12 @@ class Credentials:
         if ca_pem.strip():
             write_atomic(self.bundle_path, ca_pem)
             self._add_bundle(ca_pem)
-        os.chmod(key_path, 0o600)
-        os.replace(key_path, self.key_path)
+        try:
+            os.chmod(key_path, 0o600)
+            os.replace(key_path, self.key_path)
+        except OSError:  # e.g. another file system: copy privately instead of renaming
+            write_atomic(self.key_path, key_path.read_bytes(), mode=0o600)
+            key_path.unlink(missing_ok=True)
         os.replace(pending_cert, self.cert_path)
         for ctx in self.contexts:
             ctx.load_cert_chain(self.cert_path, self.key_path)

@@ -380,8 +380,8 @@ class Supervisor:
         if code is None:
             return
         if child.restart_at is None:
-            child.backoff = 1.0 if now - child.started > 60 else min(child.backoff * 2,
-                                                                      MAX_BACKOFF)
+            first = child.restarts == 0 or now - child.started > 60
+            child.backoff = 1.0 if first else min(child.backoff * 2, MAX_BACKOFF)
             child.restart_at = now + child.backoff
             child.record = replace(child.record, last_exit=code)
             self.state = self.state.with_child(child.record)

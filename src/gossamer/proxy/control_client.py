@@ -112,6 +112,7 @@ class ControlClient:
         self._pending_cert: asyncio.Future[dict[str, Any]] | None = None
         self._healthy: bool | None = None
         self._renewals = 0
+        self._join_material: tuple[Path, bytes] | None = None
 
     # ------------------------------------------------------------------ state for admin/ready
 
@@ -156,6 +157,9 @@ class ControlClient:
         finally:
             await cancel_and_wait(tasks)
             self._close_writer()
+            if self._join_material is not None:
+                self._join_material[0].unlink(missing_ok=True)
+                self._join_material = None
             self._stopped.set()
 
     async def close(self) -> None:
@@ -219,27 +223,37 @@ class ControlClient:
         token = self._settings.control.join_token
         if not token:
             raise JoinError("no-token", "no certificate and no join token configured")
-        key_path, csr = await generate_key_and_csr(self._credentials.workdir, self._hint())
+        # One key and CSR serve every join attempt until one succeeds.
+        if self._join_material is None or not self._join_material[0].exists():
+            self._join_material = await generate_key_and_csr(
+                self._credentials.workdir, self._hint()
+            )
+        key_path, csr = self._join_material
+        reader, writer = await self._open()
         try:
-            reader, writer = await self._open()
-            try:
-                writer.write(_encode({"type": "join", "token": token, "csr": csr.decode()}))
-                await writer.drain()
-                line = await asyncio.wait_for(reader.readline(), DEAD_AFTER)
-            finally:
-                writer.close()
-            msg = self._decode(line)
-            if msg.get("type") == "error":
-                raise JoinError(str(msg.get("code")), str(msg.get("message")))
-            if msg.get("type") != "certificate":
-                raise ControlError(f"unexpected answer to join: {msg.get('type')!r}")
-            self._install(msg, key_path)
+            writer.write(_encode({"type": "join", "token": token, "csr": csr.decode()}))
+            await writer.drain()
+            line = await asyncio.wait_for(reader.readline(), DEAD_AFTER)
         finally:
-            key_path.unlink(missing_ok=True)
+            writer.close()
+        msg = self._decode(line)
+        if msg.get("type") == "error":
+            raise JoinError(str(msg.get("code")), str(msg.get("message")))
+        if msg.get("type") != "certificate":
+            raise ControlError(f"unexpected answer to join: {msg.get('type')!r}")
+        self._install(msg, key_path)
+        self._join_material = None
         log.info("joined the mesh as %s", self._credentials.identity)
 
     async def _session(self) -> bool:
         """One stream; returns whether it got as far as hearing from the server."""
+        expires = self._credentials.expires_at
+        if expires is not None and expires <= time.time():
+            log.error(
+                "certificate expired at %.0f and could not be renewed; the control plane will "
+                "refuse it; restart this sidecar with a new join token",
+                expires,
+            )
         reader, writer = await self._open()
         heard = False
         self._writer = writer
@@ -251,7 +265,7 @@ class ControlClient:
                     "proxy_id": self.proxy_id,
                     "workload": self._workload(),
                     "subscriptions": list(self._handler.subscriptions()),
-                    "cert_expiry": self._credentials.expires_at,
+                    "cert_expiry": self._expiry_seconds(),
                 }
             )
             await writer.drain()
@@ -279,8 +293,8 @@ class ControlClient:
             writer.close()
             if self._pending_cert is not None and not self._pending_cert.done():
                 self._pending_cert.set_exception(ControlError("stream closed during renewal"))
-            if heard:
-                log.info("control plane stream down; keeping the last config")
+            if not self._stop.is_set():
+                log.info("control plane stream down; the proxy keeps its last config")
         return heard
 
     async def _ping_loop(self, writer: asyncio.StreamWriter) -> None:
@@ -362,6 +376,10 @@ class ControlClient:
         self._credentials.install(cert.encode(), key_path, ca.encode(), expires=exp)
         self._schedule_renewal()
 
+    def _expiry_seconds(self) -> int | None:
+        expires = self._credentials.expires_at
+        return None if expires is None else int(expires)
+
     def _hint(self) -> str:
         """Identity hint for a CSR (the control plane decides the real identity)."""
         if self._credentials.identity is not None:
@@ -416,7 +434,7 @@ class ControlClient:
             self._pending_cert = None
             key_path.unlink(missing_ok=True)
         self._renewals += 1
-        self._send({"type": "status", "cert_expiry": self._credentials.expires_at})
+        self._send({"type": "status", "cert_expiry": self._expiry_seconds()})
         log.info("renewed certificate; new expiry %.0f", self._credentials.expires_at or 0)
 
     # ------------------------------------------------------------------ health of the app

@@ -3,7 +3,8 @@
 Accept → detect → TLS terminate → forward. The listener accepts raw sockets and peeks at the
 first bytes without consuming them: a TLS ClientHello is handed to the TLS server (which
 requires and verifies a client certificate from the mesh CA); plaintext is refused while mTLS
-is STRICT, with a 400 naming the cause when it looks like HTTP. The caller's SPIFFE ID is
+is STRICT, with a 400 naming the cause when it looks like HTTP, and accepted (with no peer
+identity) while it is PERMISSIVE. The caller's SPIFFE ID is
 passed to the app in ``x-gossamer-peer-identity``; any such header from outside is removed.
 """
 
@@ -179,6 +180,10 @@ class InboundListener:
         if head[0] == 0x16:  # TLS handshake record
             spawn(self._accept_tls(conn), name="inbound tls handshake")
             return
+        table = self.proxy.table
+        if table is not None and table.mtls == "PERMISSIVE":
+            spawn(self._accept_plain(conn), name="inbound plaintext")
+            return
         self.proxy.metrics.error("inbound", "mtls-required")
         if head[:4] in _HTTP_METHODS:
             with contextlib.suppress(OSError):
@@ -189,6 +194,13 @@ class InboundListener:
                     )
                 )
         conn.close()
+
+    async def _accept_plain(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(lambda: InboundConnection(self.proxy), conn)
+        except OSError:
+            conn.close()
 
     async def _accept_tls(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()

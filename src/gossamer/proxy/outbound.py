@@ -19,6 +19,8 @@ from gossamer.proxy.tasks import spawn
 
 __all__ = ["OutboundConnection"]
 
+MAX_CONNECT_ATTEMPTS = 3
+
 
 class OutboundConnection(DownstreamConnection):
     direction = "outbound"
@@ -77,7 +79,7 @@ class OutboundConnection(DownstreamConnection):
         else:
             self.send_to(ex, service)
 
-    def send_to(self, ex: Exchange, service: OutboundService) -> None:
+    def send_to(self, ex: Exchange, service: OutboundService, attempt: int = 0) -> None:
         endpoint = service.balancer.pick()
         ex.stats = service.stats
         if endpoint is None:
@@ -88,12 +90,11 @@ class OutboundConnection(DownstreamConnection):
         endpoint.pending += 1
         ex.endpoint = endpoint
         key = (endpoint.addr.host, endpoint.addr.port)
-        pool = self.proxy.outbound_pool
-        upstream = pool.take(key)
+        upstream = self.proxy.outbound_pool.take(key)
         if upstream is not None:
             upstream.send(ex, self)
         else:
-            spawn(self._connect(ex, service, key), name=f"connect {service.key}")
+            spawn(self._connect(ex, service, key, attempt), name=f"connect {service.key}")
 
     def retry(self, ex: Exchange) -> None:
         endpoint = ex.endpoint
@@ -102,16 +103,30 @@ class OutboundConnection(DownstreamConnection):
             self.respond_error(ex, 502, "upstream-reset", "connection lost before a response")
             return
         key = (endpoint.addr.host, endpoint.addr.port)
-        spawn(self._connect(ex, service, key), name=f"reconnect {service.key}")
+        spawn(self._connect(ex, service, key, 1), name=f"reconnect {service.key}")
 
-    async def _connect(self, ex: Exchange, service: OutboundService, key: tuple[str, int]) -> None:
+    async def _connect(
+        self, ex: Exchange, service: OutboundService, key: tuple[str, int], attempt: int = 0
+    ) -> None:
         try:
             upstream = await self.proxy.outbound_pool.connect(
                 key, sni=service.sni, identity=service.identity
             )
         except ProxyError as exc:
-            if ex.endpoint is not None:
-                ex.endpoint.penalise(time.monotonic_ns())
+            endpoint = ex.endpoint
+            if endpoint is not None:
+                endpoint.penalise(time.monotonic_ns())
+                endpoint.pending -= 1
+                ex.endpoint = None
+            # Nothing was sent: another endpoint can take the request safely.
+            if (
+                exc.cause == "connect-failed"
+                and attempt < MAX_CONNECT_ATTEMPTS - 1
+                and len(service.balancer.endpoints) > 1
+                and not self.closed
+            ):
+                self.send_to(ex, service, attempt + 1)
+                return
             self.respond_error(ex, exc.status, exc.cause, exc.detail)
             return
         self.attach(ex, upstream)

@@ -83,8 +83,10 @@ class RouteTable:
         unknown: frozenset[str],
         namespace: str,
         default_service: OutboundService | None = None,
+        mtls: str = "STRICT",
     ) -> None:
         self.version = version
+        self.mtls = mtls  # inbound mode: STRICT refuses plaintext, PERMISSIVE accepts it
         self.services = dict(services)  # by key "name.ns"
         self.unknown = unknown
         self.namespace = namespace
@@ -140,6 +142,10 @@ def compile_snapshot(
     source = _require(proxy, "service", str, "snapshot.proxy")
     outbound = _require(snapshot, "outbound", Mapping, "snapshot")
     raw_services = _require(outbound, "services", list, "snapshot.outbound")
+    inbound = snapshot.get("inbound") or {}
+    mtls = inbound.get("mtls", "STRICT") if isinstance(inbound, Mapping) else None
+    if mtls not in ("STRICT", "PERMISSIVE"):
+        raise SnapshotError(f"snapshot.inbound.mtls: expected STRICT or PERMISSIVE, got {mtls!r}")
     unknown_raw = outbound.get("unknown", [])
     if not isinstance(unknown_raw, list) or not all(isinstance(u, str) for u in unknown_raw):
         raise SnapshotError("snapshot.outbound.unknown: expected a list of strings")
@@ -187,4 +193,4 @@ def compile_snapshot(
     if default_service is not None:
         default_key = service_key(default_service, namespace)
         default = services.get(default_key) if default_key else None
-    return RouteTable(version, services, frozenset(unknown_raw), namespace, default)
+    return RouteTable(version, services, frozenset(unknown_raw), namespace, default, mtls)

@@ -48,7 +48,8 @@ class FakeMesh:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
+                                       daemon=True)
 
     @property
     def url(self) -> str:
@@ -122,7 +123,7 @@ def test_fetch_json_reports_the_proxy_error_header(mesh: FakeMesh) -> None:
 def test_server_answers_healthz_and_404() -> None:
     """Every app answers /healthz; unknown paths are a JSON 404."""
     server = make_server(catalog.ROUTES, 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -50,9 +50,7 @@ class Response:
 async def read_response(reader: asyncio.StreamReader) -> Response:
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     resp = Response(head)
-    resp.body = await asyncio.wait_for(
-        reader.readexactly(int(resp.headers["content-length"])), 5
-    )
+    resp.body = await asyncio.wait_for(reader.readexactly(int(resp.headers["content-length"])), 5)
     return resp
 
 

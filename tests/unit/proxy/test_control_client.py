@@ -59,6 +59,7 @@ class FakeControlPlane:
         self.tokens = dict(tokens or {"tok-1": "frontend"})
         self.lifetime = lifetime
         self.answer_pings = True
+        self.refuse = False  # close every new connection at once (a control plane "down")
         self.snapshot_on_hello = True
         self.version = 0
         self.log: list[tuple[str | None, dict[str, Any]]] = []
@@ -128,6 +129,9 @@ class FakeControlPlane:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = peer_spiffe_id(writer.get_extra_info("ssl_object"))
+        if self.refuse:
+            writer.close()
+            return
         self.writers.append(writer)
 
         def send(msg: dict[str, Any]) -> None:
@@ -423,6 +427,43 @@ def test_renewal_sends_csr_and_installs_new_cert(tmp_path: Path) -> None:
             assert h.client.renewals >= 1
             assert h.client.connected  # renewal does not drop the stream
             assert fake.count("hello") == 1
+
+    run(scenario())
+
+
+def test_renewal_due_while_disconnected_happens_on_reconnect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal that falls due while the stream is down is done right after reconnecting."""
+    monkeypatch.setattr(control_client, "BACKOFF_MAX", 0.3)
+
+    async def scenario() -> None:
+        async with running(tmp_path, fake_kw={"lifetime": 6.0}) as (fake, h):
+            await fake.expect("ack")
+            first_expiry = h.credentials.expires_at
+            assert first_expiry is not None
+            fake.refuse = True
+            fake.drop_all()
+            await asyncio.sleep(max(0.0, (first_expiry - time.time()) / 2 + 0.7))
+            assert fake.count("csr") == 0
+            fake.refuse = False
+            await fake.expect("hello", timeout=5)
+            await fake.expect("csr", timeout=5)
+            _, status = await fake.expect("status")
+            assert status["cert_expiry"] > first_expiry
+            assert h.credentials.expires_at == status["cert_expiry"]
+
+    run(scenario())
+
+
+def test_join_retries_reuse_one_key(tmp_path: Path) -> None:
+    """Failed joins are retried with the same CSR instead of a new key each time."""
+
+    async def scenario() -> None:
+        async with running(tmp_path, token="wrong") as (fake, _h):
+            _, first = await fake.expect("join")
+            _, second = await fake.expect("join")
+            assert first["csr"] == second["csr"]
 
     run(scenario())
 

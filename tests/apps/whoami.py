@@ -1,0 +1,45 @@
+"""A tiny app for tests: answers every GET with JSON naming itself and who called it.
+
+Usage: python tests/apps/whoami.py PORT NAME
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    name = "app"
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
+        body = json.dumps(
+            {
+                "instance": self.name,
+                "path": self.path,
+                "peer": self.headers.get("x-gossamer-peer-identity", ""),
+                "request_id": self.headers.get("x-request-id", ""),
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+def main() -> None:
+    port, name = int(sys.argv[1]), sys.argv[2]
+    Handler.name = name
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The storefront story, end to end: `gossamer up --detach`, traffic through the mesh, `down`.
+
+Runs the real CLI as subprocesses with a temporary data dir and a copy of the example mesh
+file on free ports. Every PID the mesh records is killed in teardown if the test failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+pytestmark = pytest.mark.timeout(120)
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "storefront" / "mesh.yaml"
+SERVICES = {"frontend", "catalog", "orders", "payments", "ingress"}
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+@dataclass
+class Mesh:
+    data_dir: Path
+    mesh_file: Path
+    ingress_port: int
+    env: dict[str, str]
+    recorded: dict[int, int | None]  # pid → start time, every process the mesh ever had
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gossamer.cli", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def state(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.data_dir / "run" / "mesh.json").read_text())
+        self.recorded[data["supervisor_pid"]] = data["supervisor_start_time"]
+        for child in data["children"]:
+            self.recorded[child["pid"]] = child["start_time"]
+        return data
+
+    def alive(self) -> list[int]:
+        return [pid for pid, start in self.recorded.items()
+                if start is not None and _start_time(pid) == start]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    root = tmp_path_factory.mktemp("storefront")
+    api, stream, ingress = _free_ports(3)
+    docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
+    docs[0]["spec"]["controlPlane"] = {"apiPort": api, "streamPort": stream}
+    docs[0]["spec"]["ingress"]["port"] = ingress
+    mesh_file = root / "mesh.yaml"
+    mesh_file.write_text(yaml.safe_dump_all(docs))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("GOSSAMER_") and k.lower() not in ("http_proxy", "no_proxy")}
+    env["GOSSAMER_DATA_DIR"] = str(root / "data")
+    running = Mesh(root / "data", mesh_file, ingress, env, {})
+    try:
+        result = running.cli("up", "-f", str(mesh_file), "--detach", timeout=100)
+        if (running.data_dir / "run" / "mesh.json").exists():
+            running.state()
+        assert result.returncode == 0, result.stdout + result.stderr
+        yield running
+    finally:
+        if running.data_dir.joinpath("run", "mesh.json").exists():
+            running.state()
+            running.cli("down", timeout=30)
+        for pid in running.alive():
+            os.kill(pid, signal.SIGKILL)
+
+
+def _get_page(mesh: Mesh) -> httpx.Response:
+    """The ingress page, retried briefly while the first on-demand discovery settles."""
+    deadline = time.monotonic() + 15
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        while True:
+            response = client.get(f"http://127.0.0.1:{mesh.ingress_port}/")
+            if response.status_code == 200 and "x-demo-degraded" not in response.headers:
+                return response
+            if time.monotonic() > deadline:
+                return response
+            time.sleep(0.3)
+
+
+def test_up_records_every_process_as_ready(mesh: Mesh) -> None:
+    """The state file lists control plane, 5 sidecars, 5 apps and the ingress, all alive."""
+    state = mesh.state()
+    assert state["status"] == "ready"
+    roles = [child["role"] for child in state["children"]]
+    assert roles.count("sidecar") == 5 and roles.count("app") == 5
+    assert roles.count("ingress") == 1 and roles.count("control-plane") == 1
+    assert len(mesh.alive()) == 13
+
+
+def test_ingress_page_has_catalog_orders_and_payments(mesh: Mesh) -> None:
+    """GET / through the ingress gateway assembles all three services."""
+    response = _get_page(mesh)
+    assert response.status_code == 200, response.text
+    page = response.text
+    assert "Spider-silk scarf" in page  # catalog
+    assert "ord-1001" in page  # orders
+    assert "accepting payments" in page  # payments, called by orders
+    assert "spiffe://gossamer.local/ns/default/sa/frontend" in page  # identity seen by catalog
+
+
+def test_frontend_sidecar_counts_outbound_requests(mesh: Mesh) -> None:
+    """The frontend sidecar's /metrics has outbound request lines to catalog and orders."""
+    _get_page(mesh)
+    admin = next(c["admin_address"] for c in mesh.state()["children"]
+                 if c["name"] == "frontend-0-proxy")
+    metrics = httpx.get(f"http://{admin}/metrics", trust_env=False, timeout=5).text
+    outbound = [line for line in metrics.splitlines()
+                if not line.startswith("#") and 'direction="outbound"' in line]
+    assert any('dst_service="catalog"' in line for line in outbound), metrics
+    assert any('dst_service="orders"' in line for line in outbound), metrics
+
+
+def test_get_proxies_lists_every_sidecar_acked(mesh: Mesh) -> None:
+    """`gossamer get proxies -o json`: six proxies (catalog twice), every one ACK."""
+    deadline = time.monotonic() + 15
+    while True:
+        result = mesh.cli("get", "proxies", "-o", "json")
+        assert result.returncode == 0, result.stderr
+        items = json.loads(result.stdout)["items"]
+        if all(item["ack_state"] == "ACK" for item in items) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert sorted(item["service"] for item in items) == sorted([*SERVICES, "catalog"])
+    assert [item["ack_state"] for item in items] == ["ACK"] * 6
+    admins = {c["admin_address"] for c in mesh.state()["children"] if c["admin_address"]}
+    assert {item["admin_address"] for item in items} == admins
+
+
+def test_status_shows_processes_and_proxies(mesh: Mesh) -> None:
+    """`gossamer status` lists the processes as alive and the connected proxies."""
+    result = mesh.cli("status")
+    assert result.returncode == 0, result.stderr
+    assert "mesh storefront: ready" in result.stdout
+    assert " NO " not in result.stdout
+    assert "spiffe://gossamer.local/ns/default/sa/catalog" in result.stdout
+
+
+def test_run_joins_a_batch_job_and_returns_its_exit_code(mesh: Mesh) -> None:
+    """`gossamer run` gives a command a sidecar: it reaches catalog by name; its code is kept."""
+    job = mesh.data_dir.parent / "job.py"
+    job.write_text(
+        "import json, urllib.request\n"
+        "data = json.load(urllib.request.urlopen('http://catalog/items', timeout=5))\n"
+        "print('caller', data['caller_identity'])\n"
+        "raise SystemExit(3)\n"
+    )
+    result = mesh.cli("run", "--service", "batch", "--port", str(_free_ports(1)[0]), "--",
+                      sys.executable, str(job))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "caller spiffe://gossamer.local/ns/default/sa/batch" in result.stdout
+
+
+def test_down_stops_every_process(mesh: Mesh) -> None:
+    """`gossamer down` ends every recorded PID and removes the state (keep this test last)."""
+    mesh.state()
+    result = mesh.cli("down", timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "mesh stopped" in result.stdout
+    assert mesh.alive() == []
+    assert not (mesh.data_dir / "run" / "mesh.json").exists()
+    again = mesh.cli("down")
+    assert again.returncode == 0 and "no mesh running" in again.stdout

