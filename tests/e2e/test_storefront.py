@@ -188,6 +188,21 @@ def test_run_joins_a_batch_job_and_returns_its_exit_code(mesh: Mesh) -> None:
     assert "caller spiffe://gossamer.local/ns/default/sa/batch" in result.stdout
 
 
+def test_crashed_app_is_restarted(mesh: Mesh) -> None:
+    """An app killed from outside is started again by the supervisor and recorded."""
+    before = next(c for c in mesh.state()["children"] if c["name"] == "catalog-0")
+    os.kill(before["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        after = next(c for c in mesh.state()["children"] if c["name"] == "catalog-0")
+        if after["pid"] != before["pid"] and _start_time(after["pid"]) == after["start_time"]:
+            break
+        time.sleep(0.2)
+    assert after["pid"] != before["pid"]
+    assert after["restarts"] == before["restarts"] + 1
+    assert after["last_exit"] == -signal.SIGKILL
+
+
 def test_down_stops_every_process(mesh: Mesh) -> None:
     """`gossamer down` ends every recorded PID and removes the state (keep this test last)."""
     mesh.state()

@@ -184,7 +184,8 @@ def test_certificates_renew_under_load_without_failures(tmp_path: Path) -> None:
     connections) sees no failed request across several renewals."""
     for mesh in start_mesh(tmp_path, "--cert-lifetime", "12s"):
         with mesh.cp.client() as api:
-            first = {p["proxy_id"]: p["cert_expiry"] for p in api.get("/v1/proxies").json()["items"]}
+            items = api.get("/v1/proxies").json()["items"]
+            first = {p["proxy_id"]: p["cert_expiry"] for p in items}
         proxy = f"http://127.0.0.1:{mesh.frontend.ports['outbound']}"
         ok = failed = 0
         deadline = time.monotonic() + 14.0
@@ -200,7 +201,8 @@ def test_certificates_renew_under_load_without_failures(tmp_path: Path) -> None:
                     ok, failed = (ok + 1, failed) if r.status_code == 200 else (ok, failed + 1)
                 time.sleep(0.01)
         with mesh.cp.client() as api:
-            after = {p["proxy_id"]: p["cert_expiry"] for p in api.get("/v1/proxies").json()["items"]}
+            items = api.get("/v1/proxies").json()["items"]
+            after = {p["proxy_id"]: p["cert_expiry"] for p in items}
         assert failed == 0, errors[:5]
         assert ok > 100
         renewed = [pid for pid in first if after.get(pid) and after[pid] != first[pid]]

@@ -191,7 +191,8 @@ class TestForwarding:
     def test_absolute_form_target_as_http_proxy(self, mesh: Mesh) -> None:
         """Apps using the sidecar as HTTP_PROXY send absolute-form targets."""
         status, _, body = mesh.request(
-            b"GET http://catalog.default.svc/items?x=1 HTTP/1.1\r\nHost: catalog.default.svc\r\n\r\n"
+            b"GET http://catalog.default.svc/items?x=1 HTTP/1.1\r\n"
+            b"Host: catalog.default.svc\r\n\r\n"
         )
         assert status == 200
         assert body == b"GET /items?x=1"
@@ -411,7 +412,8 @@ class TestErrors:
         assert mesh.server.inbound is not None
         ctx = ssl.create_default_context(cadata=mesh.ca.root_pem.decode())
         ctx.check_hostname = False
-        with socket.create_connection(("127.0.0.1", mesh.server.inbound.port), timeout=5) as raw:
+        port = mesh.server.inbound.port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:  # noqa: SIM117
             with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
                 with ctx.wrap_socket(raw) as tls:
                     tls.sendall(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")

@@ -18,7 +18,6 @@ from gossamer.cli.common import (
 )
 from gossamer.cli.output import (
     PROXY_HEADERS,
-    err_console,
     error,
     format_age,
     print_table,
@@ -37,8 +36,7 @@ __all__ = ["down", "register", "run", "status", "up"]
 
 
 def _log(message: str) -> None:
-    err_console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {message}", highlight=False,
-                      markup=True, emoji=False)
+    say(f"{time.strftime('%H:%M:%S')} {message}", err=True)
 
 
 def _supervisor_log(message: str) -> None:

@@ -66,6 +66,7 @@ async def serve(
     admin_token = load_or_create_admin_token(data_dir)
     ca = CertificateAuthority.load_or_create(data_dir, settings.trust_domain)
     cert_path, key_path = ensure_serving_cert(data_dir, ca)
+    api_socket = _bind(settings.api_addr)
     store = Store(data_dir / "store.db")
     loop = asyncio.get_running_loop()
     if stop is None:
@@ -79,7 +80,6 @@ async def serve(
         settings.stream_addr.port,
         server_ssl_context(cert_path, key_path, data_dir / "ca" / "root.crt"),
     )
-    api_socket = _bind(settings.api_addr)
     config = uvicorn.Config(
         create_app(plane, admin_token),
         lifespan="off",

@@ -101,12 +101,13 @@ def check_not_running(data: DataDir, log: Log = _stderr_log) -> None:
         return
     if state is None:
         return
-    if is_running(state.supervisor) and state.supervisor_pid != os.getpid():
+    if is_running(state.supervisor):
         raise StartupError(
             f"a mesh is already running from {data.root} (supervisor pid "
             f"{state.supervisor_pid}); stop it with `gossamer down`"
         )
-    leftovers = [ref for ref in state.all_processes() if is_running(ref)]
+    leftovers = [ref for ref in state.all_processes()
+                 if ref.pid != os.getpid() and is_running(ref)]
     if leftovers:
         log(f"stopping {len(leftovers)} leftover process(es) of a previous mesh")
         stop_all(leftovers, grace=STOP_GRACE)
@@ -140,6 +141,7 @@ class Supervisor:
             self.ports.reserve(spec.ingress.port)
         self.children: list[_Child] = []
         self._client: ControlClient | None = None
+        self._owns_state = False
         self.state = MeshState(
             mesh=mesh.mesh.metadata.name,
             status="starting",
@@ -168,6 +170,7 @@ class Supervisor:
     def _start(self) -> None:
         self.data.create()
         check_not_running(self.data, self.log)
+        self._owns_state = True  # from here on the state file is ours to write
         self._check_ports()
         self._save()
         self._start_control_plane()
@@ -361,8 +364,12 @@ class Supervisor:
         write_state(self.data.state_file, self.state)
 
     def fail(self, message: str) -> None:
-        """Record a failed start in the state file (for a waiting ``gossamer up --detach``)."""
-        self._save(status="failed", error=message, children=())
+        """Record a failed start in the state file (for a waiting ``gossamer up --detach``).
+
+        Nothing is written when the state file belongs to another, running mesh.
+        """
+        if self._owns_state:
+            self._save(status="failed", error=message, children=())
 
     # ---- watch -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -78,6 +79,15 @@ def start_detached(mesh_path: Path, data_dir: Path, *, timeout: float = DETACH_T
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return _wait_ready(proc, data, log_path, timeout)
+    except KeyboardInterrupt:
+        _stop_supervisor(proc)
+        raise StartupError("interrupted; the mesh was stopped") from None
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], data: DataDir, log_path: Path,
+                timeout: float) -> MeshState:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = _read_quietly(data)
@@ -94,12 +104,18 @@ def start_detached(mesh_path: Path, data_dir: Path, *, timeout: float = DETACH_T
             raise StartupError(f"the supervisor exited with code {code}; last lines of "
                                f"{log_path}:\n{tail(log_path)}")
         time.sleep(0.2)
+    _stop_supervisor(proc)
+    raise StartupError(f"the mesh was not ready within {timeout:.0f} s; see {log_path}")
+
+
+def _stop_supervisor(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the supervisor (it stops its children) and wait for it; SIGKILL after 30 s."""
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
-    raise StartupError(f"the mesh was not ready within {timeout:.0f} s; see {log_path}")
+        proc.wait()
 
 
 def _read_quietly(data: DataDir) -> MeshState | None:
@@ -124,7 +140,7 @@ def stop_mesh(data_dir: Path, *, timeout: float = 10.0) -> StopResult:
     state = read_state(data.state_file)
     if state is None:
         return StopResult(False, 0, 0)
-    refs = [ref for ref in state.all_processes() if is_running(ref)]
+    refs = [ref for ref in state.all_processes() if ref.pid != os.getpid() and is_running(ref)]
     if not refs:
         remove_state(data.state_file)
         return StopResult(False, 0, 0)

@@ -74,16 +74,16 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(501, "upgrade-not-supported", "protocol upgrades are not supported yet")
+            self.refuse(501, "upgrade-not-supported", "protocol upgrades are not supported yet")
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProxyError):
-                self._refuse(cause.status, cause.cause, cause.detail)
+                self.refuse(cause.status, cause.cause, cause.detail)
             else:
                 log.exception("internal error while parsing a request", exc_info=cause)
-                self._refuse(500, "proxy-internal-error", type(cause).__name__)
+                self.refuse(500, "proxy-internal-error", type(cause).__name__)
         except httptools.HttpParserError as exc:
-            self._refuse(400, "bad-request", str(exc) or type(exc).__name__)
+            self.refuse(400, "bad-request", str(exc) or type(exc).__name__)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -292,7 +292,7 @@ class DownstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
-    def _refuse(self, status: int, cause: str, detail: str) -> None:
+    def refuse(self, status: int, cause: str, detail: str) -> None:
         """A request we cannot parse: answer (if nothing else is being answered) and close."""
         self.proxy.metrics.error(self.direction, cause)
         if self.closed or self.transport is None:

@@ -73,6 +73,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
     client = ControlClient(settings, credentials, state, workload)
     state.subscribe_hook = client.subscribe
     client_task = spawn(client.run(), name="control-plane client")
+    sweeper = spawn(state.sweep_forever(), name="connection sweeper")
     log.info(
         "gossamer proxy started service=%s.%s outbound=%s inbound=%s admin=%s",
         settings.workload.service,
@@ -108,6 +109,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
                     conn.transport.abort()
     state.outbound_pool.close_all()
     state.app_pool.close_all()
+    sweeper.cancel()
     await client.close()
     client_task.cancel()
     await admin.close()

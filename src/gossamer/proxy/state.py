@@ -32,6 +32,9 @@ __all__ = ["ProxyState"]
 log = logging.getLogger("gossamer.proxy")
 
 DISCOVERY_TIMEOUT = 3.0
+IDLE_TIMEOUT = 120.0  # a keep-alive downstream connection with nothing to do is closed after
+HEADER_TIMEOUT = 30.0  # a request head must arrive whole within this (slow-loris guard)
+SWEEP_INTERVAL = 2.0
 
 
 class ProxyState:
@@ -84,6 +87,23 @@ class ProxyState:
             ) from None
         table = self.table
         return table.services.get(key) if table is not None else None
+
+    def sweep(self) -> None:
+        """Close idle keep-alive connections and answer stalled request heads with 408."""
+        now = time.monotonic()
+        now_ns = time.monotonic_ns()
+        for conn in list(self.connections):
+            ex = conn.parsing
+            if ex is not None and not ex.head and not conn.queue:
+                if now_ns - ex.start_ns > HEADER_TIMEOUT * 1e9:
+                    conn.refuse(408, "request-header-timeout", "request head not received in time")
+            elif not conn.queue and ex is None and now - conn.last_active > IDLE_TIMEOUT:
+                conn.close()
+
+    async def sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            self.sweep()
 
     # === SnapshotHandler (called by the control-plane client) ===
 

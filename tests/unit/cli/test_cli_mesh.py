@@ -102,20 +102,45 @@ def test_up_refuses_a_busy_port(tmp_path: Path) -> None:
     with socket.socket() as busy, socket.socket() as free:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
+        busy_port = busy.getsockname()[1]
         free.bind(("127.0.0.1", 0))
         free_port = free.getsockname()[1]
         free.close()
         file = tmp_path / "mesh.yaml"
-        file.write_text(MESH.replace("API", str(busy.getsockname()[1]))
+        file.write_text(MESH.replace("API", str(busy_port))
                         .replace("STREAM", str(free_port)))
         started = time.monotonic()
         result = runner.invoke(app, ["up", "-f", str(file), "--data-dir", str(tmp_path / "d")])
     assert result.exit_code == 1
-    assert f"port {busy.getsockname()[1] if False else ''}" in result.stderr
+    assert f"port {busy_port} for the control plane API" in result.stderr
     assert "already in use" in result.stderr and "controlPlane.apiPort" in result.stderr
     assert time.monotonic() - started < 10
     state = read_state(tmp_path / "d" / "run" / "mesh.json")
     assert state is not None and state.status == "failed" and state.children == ()
+
+
+def test_up_refuses_when_a_mesh_runs_and_keeps_its_state(tmp_path: Path) -> None:
+    """A second `up` on the same data dir fails and leaves the running mesh's state alone."""
+    data = tmp_path / "d"
+    supervisor = spawn([sys.executable, "-c", "import time; time.sleep(60)"], env={},
+                       log_path=tmp_path / "supervisor.log", die_with_parent=False)
+    try:
+        state = MeshState(
+            mesh="shop", status="ready", supervisor_pid=supervisor.pid,
+            supervisor_start_time=proc_start_time(supervisor.pid), data_dir=str(data),
+            control_url="http://127.0.0.1:9", stream_addr="x:1",
+        )
+        write_state(data / "run" / "mesh.json", state)
+        file = tmp_path / "mesh.yaml"
+        file.write_text(MESH.replace("API", "15010").replace("STREAM", "15012"))
+        result = runner.invoke(app, ["up", "-f", str(file), "--data-dir", str(data)])
+        assert result.exit_code == 1
+        assert "a mesh is already running" in result.stderr
+        assert read_state(data / "run" / "mesh.json") == state
+        assert supervisor.poll() is None
+    finally:
+        supervisor.kill()
+        supervisor.wait()
 
 
 def test_run_rejects_a_malformed_label(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ca_helpers import FakeCA, workload_id
+from tests.unit.identity.ca_helpers import FakeCA, workload_id
 from cryptography import x509
 
 from gossamer.identity.credentials import (

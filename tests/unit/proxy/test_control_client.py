@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -27,18 +25,8 @@ from gossamer.proxy.settings import (
     ProxySettings,
     WorkloadSettings,
 )
+from tests.unit.identity import ca_helpers
 
-
-def _load_ca_helpers() -> ModuleType:
-    path = Path(__file__).resolve().parents[1] / "identity" / "ca_helpers.py"
-    spec = importlib.util.spec_from_file_location("gossamer_test_ca_helpers", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ca_helpers = _load_ca_helpers()
 FRONTEND_ID = ca_helpers.workload_id("frontend")
 TIMEOUT = 10.0
 
