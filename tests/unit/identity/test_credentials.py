@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.unit.identity.ca_helpers import FakeCA, workload_id
 from cryptography import x509
 
 from gossamer.identity.credentials import (
@@ -21,6 +20,7 @@ from gossamer.identity.credentials import (
     peer_spiffe_id,
 )
 from gossamer.identity.spiffe import SpiffeId
+from tests.unit.identity.ca_helpers import FakeCA, workload_id
 
 SERVER_ID = workload_id("inbound")
 CLIENT_ID = workload_id("caller")
