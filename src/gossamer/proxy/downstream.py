@@ -23,6 +23,7 @@ from gossamer.protocol.http1 import (
     ProxyError,
     encode_chunk,
     error_response,
+    render_headers,
     scan_headers,
 )
 from gossamer.proxy.exchange import Exchange
@@ -176,6 +177,18 @@ class DownstreamConnection(asyncio.Protocol):
         if ex.chunked:
             self._forward_body(ex, LAST_CHUNK)
         ex.body_done = True
+
+    def finish_head(self, ex: Exchange, path: bytes, scan: HeadScan) -> bytes:
+        """The request head for upstream: request line, kept headers, a request id (kept or
+        generated), and chunked framing when the body is chunked."""
+        headers = scan.kept
+        rid = scan.request_id
+        if rid is None:
+            rid = self.proxy.new_request_id()
+            headers.append((b"x-request-id", rid))
+        ex.request_id = rid
+        te = b"transfer-encoding: chunked\r\n" if ex.chunked else b""
+        return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (ex.method, path, render_headers(headers), te)
 
     # === what subclasses provide ===
 

@@ -17,7 +17,7 @@ import socket
 import ssl
 
 from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
-from gossamer.protocol.http1 import HeadScan, ProxyError, error_response, render_headers
+from gossamer.protocol.http1 import HeadScan, ProxyError, error_response
 from gossamer.proxy.downstream import DownstreamConnection
 from gossamer.proxy.exchange import Exchange
 from gossamer.proxy.metrics import RouteStats
@@ -58,16 +58,9 @@ class InboundConnection(DownstreamConnection):
         )
 
     def request_head(self, ex: Exchange, scan: HeadScan) -> bytes:
-        headers = scan.kept
         if self.peer:
-            headers.append((PEER_HEADER, self.peer))
-        rid = scan.request_id
-        if rid is None:
-            rid = self.proxy.new_request_id()
-            headers.append((b"x-request-id", rid))
-        ex.request_id = rid
-        te = b"transfer-encoding: chunked\r\n" if ex.chunked else b""
-        return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (ex.method, ex.target, render_headers(headers), te)
+            scan.kept.append((PEER_HEADER, self.peer))
+        return self.finish_head(ex, ex.target, scan)
 
     def dispatch(self, ex: Exchange) -> None:
         ex.stats = self.stats

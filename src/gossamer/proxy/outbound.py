@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from gossamer.protocol.http1 import HeadScan, ProxyError, render_headers, split_absolute_target
+from gossamer.protocol.http1 import HeadScan, ProxyError, split_absolute_target
 from gossamer.proxy.downstream import DownstreamConnection
 from gossamer.proxy.exchange import Exchange
 from gossamer.proxy.routing import OutboundService, service_key
@@ -39,13 +39,8 @@ class OutboundConnection(DownstreamConnection):
                 raise ProxyError(400, "bad-request", "missing Host header")
             scan.host = b""
         ex.target = scan.host  # from here on, target holds the authority used for routing
-        rid = scan.request_id
-        if rid is None:
-            rid = self.proxy.new_request_id()
-            headers.append((b"x-request-id", rid))
-        ex.request_id = rid
-        te = b"transfer-encoding: chunked\r\n" if ex.chunked else b""
-        return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (ex.method, path, render_headers(headers), te)
+        scan.kept = headers
+        return self.finish_head(ex, path, scan)
 
     def dispatch(self, ex: Exchange) -> None:
         table = self.proxy.table
