@@ -211,3 +211,24 @@ def test_certificates_renew_under_load_without_failures(tmp_path: Path) -> None:
         metrics = httpx.get(f"http://127.0.0.1:{mesh.frontend.ports['admin']}/config").json()
         assert metrics["version"] is not None
         json.dumps(metrics)
+
+
+def test_replica_whose_app_dies_leaves_the_endpoints(mesh: RunningMesh) -> None:
+    """The sidecar stays up but its app dies: the health probe reports it, the control plane
+    drops the endpoint from snapshots, and traffic settles on the healthy replica."""
+    _, app = mesh.catalog[0]
+    app.stop()
+    deadline = time.monotonic() + 8.0
+    healthy: list[bool] = []
+    while time.monotonic() < deadline:
+        with mesh.cp.client() as api:
+            endpoints = api.get("/v1/endpoints/default/catalog").json()["items"]
+        healthy = sorted(bool(e["healthy"]) for e in endpoints)
+        if healthy == [False, True]:
+            break
+        time.sleep(0.1)
+    assert healthy == [False, True]
+    time.sleep(0.3)  # let the push land
+    answers = [mesh.get() for _ in range(20)]
+    assert all(r.status_code == 200 for r in answers)
+    assert {r.json()["instance"] for r in answers} == {"catalog-2"}
