@@ -27,11 +27,11 @@ class SpiffeId:
     service_account: str
 
     def __post_init__(self) -> None:
-        if not _TRUST_DOMAIN.match(self.trust_domain):
+        if not _TRUST_DOMAIN.fullmatch(self.trust_domain):
             raise ValueError(f"invalid trust domain {self.trust_domain!r}")
-        if not _NAME.match(self.namespace):
+        if not _NAME.fullmatch(self.namespace):
             raise ValueError(f"invalid namespace {self.namespace!r}")
-        if not _NAME.match(self.service_account):
+        if not _NAME.fullmatch(self.service_account):
             raise ValueError(f"invalid service account {self.service_account!r}")
 
     @classmethod

@@ -66,7 +66,15 @@ class HeadScan:
     itself acts on.
     """
 
-    __slots__ = ("chunked", "connection", "content_length", "host", "kept", "request_id")
+    __slots__ = (
+        "chunked",
+        "connection",
+        "content_length",
+        "host",
+        "kept",
+        "request_id",
+        "transfer_encoding",
+    )
 
     def __init__(self) -> None:
         self.kept: list[Header] = []
@@ -74,6 +82,7 @@ class HeadScan:
         self.content_length: bytes | None = None
         self.host: bytes | None = None
         self.request_id: bytes | None = None
+        self.transfer_encoding = b""  # the whole value, so codings before chunked survive
         self.chunked = False
 
 
@@ -88,6 +97,7 @@ def scan_headers(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()
                 previous = scan.connection
                 scan.connection = value if previous is None else previous + b"," + value
             elif lower == b"transfer-encoding":
+                scan.transfer_encoding = value
                 scan.chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
             continue
         if lower in drop:
@@ -118,21 +128,24 @@ def split_absolute_target(target: bytes) -> tuple[bytes | None, bytes]:
     Origin-form targets come back as (None, target). Only ``http`` is accepted in absolute
     form; the proxy speaks plaintext to the app and originates TLS itself.
     """
-    if not target.startswith(b"http://"):
-        if target[:8].lower() == b"https://":
-            raise ProxyError(400, "bad-request", "https:// targets need CONNECT, not supported")
+    if target[:1] == b"/":
+        return None, target
+    scheme = target[:8].lower()
+    if scheme == b"https://":
+        raise ProxyError(400, "bad-request", "https:// targets need CONNECT, not supported")
+    if not scheme.startswith(b"http://"):
         return None, target
     rest = target[7:]
-    slash = rest.find(b"/")
-    if slash < 0:
-        query = rest.find(b"?")
-        if query < 0:
-            return rest, b"/"
-        return rest[:query], b"/" + rest[query:]
-    authority = rest[:slash]
-    if b"@" in authority:
-        authority = authority.rpartition(b"@")[2]
-    return authority, rest[slash:]
+    end = len(rest)
+    for delimiter in (b"/", b"?", b"#"):
+        i = rest.find(delimiter)
+        if 0 <= i < end:
+            end = i
+    authority = rest[:end].rpartition(b"@")[2]  # userinfo never leaves the proxy
+    path = rest[end:]
+    if not path.startswith(b"/"):
+        path = b"/" + path
+    return authority, path
 
 
 def encode_chunk(data: bytes) -> bytes:

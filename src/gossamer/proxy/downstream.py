@@ -72,6 +72,8 @@ class DownstreamConnection(asyncio.Protocol):
         self.proxy.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -146,6 +148,8 @@ class DownstreamConnection(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         parser = self.parser
+        if parser.should_upgrade():
+            raise ProxyError(501, "upgrade-not-supported", "protocol upgrades are not supported")
         ex.method = parser.get_method()
         ex.http10 = parser.get_http_version() == "1.0"
         ex.keep_alive = parser.should_keep_alive()
@@ -187,7 +191,7 @@ class DownstreamConnection(asyncio.Protocol):
             rid = self.proxy.new_request_id()
             headers.append((b"x-request-id", rid))
         ex.request_id = rid
-        te = b"transfer-encoding: chunked\r\n" if ex.chunked else b""
+        te = b"transfer-encoding: %b\r\n" % scan.transfer_encoding if ex.chunked else b""
         return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (ex.method, path, render_headers(headers), te)
 
     # === what subclasses provide ===
@@ -310,6 +314,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.proxy.metrics.error(self.direction, cause)
         if self.closed or self.transport is None:
             return
+        self.closed = True  # nothing more is read from this connection
         active = self.queue[0] if self.queue else None
         if active is None or not active.response_started:
             for ex in self.queue:

@@ -64,7 +64,7 @@ def service_key(host: str, default_namespace: str) -> str | None:
     if not host:
         return None
     parts = host.split(".")
-    if parts[0].isdigit():
+    if parts[0].isdigit() or not all(parts):
         return None
     if len(parts) == 1:
         return f"{parts[0]}.{default_namespace}"
@@ -142,8 +142,10 @@ def compile_snapshot(
     source = _require(proxy, "service", str, "snapshot.proxy")
     outbound = _require(snapshot, "outbound", Mapping, "snapshot")
     raw_services = _require(outbound, "services", list, "snapshot.outbound")
-    inbound = snapshot.get("inbound") or {}
-    mtls = inbound.get("mtls", "STRICT") if isinstance(inbound, Mapping) else None
+    inbound = snapshot.get("inbound", {})
+    if not isinstance(inbound, Mapping):
+        raise SnapshotError("snapshot.inbound: expected an object")
+    mtls = inbound.get("mtls", "STRICT")
     if mtls not in ("STRICT", "PERMISSIVE"):
         raise SnapshotError(f"snapshot.inbound.mtls: expected STRICT or PERMISSIVE, got {mtls!r}")
     unknown_raw = outbound.get("unknown", [])
@@ -161,7 +163,11 @@ def compile_snapshot(
         identity = _require(raw, "identity", str, where)
         if not identity.startswith("spiffe://"):
             raise SnapshotError(f"{where}.identity: not a SPIFFE ID: {identity!r}")
+        if not name or not ns:
+            raise SnapshotError(f"{where}: name and namespace must not be empty")
         protocol = raw.get("protocol", "http")
+        if protocol not in ("http", "http2", "grpc", "tcp"):
+            raise SnapshotError(f"{where}.protocol: unknown protocol {protocol!r}")
         endpoints: list[EndpointState] = []
         for j, ep in enumerate(_require(raw, "endpoints", list, where)):
             ep_where = f"{where}.endpoints[{j}]"
@@ -172,8 +178,10 @@ def compile_snapshot(
             if not 0 < port < 65536:
                 raise SnapshotError(f"{ep_where}.port: out of range: {port}")
             labels = ep.get("labels") or {}
-            if not isinstance(labels, Mapping):
-                raise SnapshotError(f"{ep_where}.labels: expected an object")
+            if not isinstance(labels, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+            ):
+                raise SnapshotError(f"{ep_where}.labels: expected an object of strings")
             state = reuse.get((host, port))
             if state is None:
                 state = EndpointState(EndpointAddr(host, port), labels)
@@ -187,6 +195,8 @@ def compile_snapshot(
         )
         stats = metrics.route("outbound", source, name, identity)
         key = f"{name}.{ns}"
+        if key in services:
+            raise SnapshotError(f"{where}: service {key} listed twice")
         services[key] = OutboundService(name, ns, identity, str(protocol), chosen, stats)
 
     default = None

@@ -39,9 +39,13 @@ class Address:
     @classmethod
     def parse(cls, text: str, *, what: str) -> Address:
         host, sep, port = text.rpartition(":")
-        if not sep or not port.isdigit():
+        if not sep or not (port.isascii() and port.isdigit()):
             raise SettingsError(f"{what}: expected HOST:PORT, got {text!r}")
-        host = host.strip("[]") or "127.0.0.1"
+        bracketed = host.startswith("[") and host.endswith("]")
+        host = host[1:-1] if bracketed else host
+        if ":" in host and not bracketed:
+            raise SettingsError(f"{what}: write IPv6 addresses in brackets, got {text!r}")
+        host = host or "127.0.0.1"
         value = int(port)
         if not 0 <= value <= 65535:
             raise SettingsError(f"{what}: port out of range in {text!r}")
@@ -124,16 +128,18 @@ class ProxySettings:
                 raise SettingsError(f"{PREFIX}LABELS: expected k=v[,k=v], got {item!r}")
             labels[key.strip()] = value.strip()
         workers_text = get("WORKERS", "1") or "1"
-        if not workers_text.isdigit() or int(workers_text) < 1:
+        if not (workers_text.isascii() and workers_text.isdigit()) or int(workers_text) < 1:
             raise SettingsError(f"{PREFIX}WORKERS: expected a positive integer")
         workdir = get("WORKDIR")
         if not workdir:
             raise SettingsError(f"{PREFIX}WORKDIR is required")
         ca_file = get("CA_FILE")
         admin = addr("ADMIN_ADDR", "127.0.0.1:15000")
-        assert admin is not None
+        if admin is None:
+            raise SettingsError(f"{PREFIX}ADMIN_ADDR cannot be off")
         control = addr("CONTROL_ADDR", "127.0.0.1:15012")
-        assert control is not None
+        if control is None:
+            raise SettingsError(f"{PREFIX}CONTROL_ADDR cannot be off")
         return cls(
             workload=WorkloadSettings(
                 service=service,

@@ -178,7 +178,8 @@ class UpstreamConnection(asyncio.Protocol):
                 ex.keep_alive = False  # the body ends when we close
             else:
                 self.out_chunked = True
-                parts.append(b"transfer-encoding: chunked\r\n")
+                coding = scan.transfer_encoding if scan.chunked else b"chunked"
+                parts.append(b"transfer-encoding: %b\r\n" % coding)
         if not ex.keep_alive:
             parts.append(b"connection: close\r\n")
         elif ex.http10:

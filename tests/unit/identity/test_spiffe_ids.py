@@ -109,7 +109,7 @@ class TestParse:
         ],
     )
     def test_refuses_bad_characters(self, uri: str, part: str) -> None:
-        """Uppercase, ports, userinfo, underscores in names, dots, escapes and spaces are refused."""
+        """Uppercase, ports, userinfo, underscores, dots, escapes and spaces are refused."""
         with pytest.raises(ValueError, match=part):
             SpiffeId.parse(uri)
 

@@ -48,8 +48,9 @@ def make_snapshot() -> dict[str, Any]:
 
 
 def compile_(snapshot: Any, previous: RouteTable | None = None, **kw: Any) -> RouteTable:
-    return compile_snapshot(snapshot, metrics=Metrics("frontend", "default"), previous=previous,
-                            **kw)
+    return compile_snapshot(
+        snapshot, metrics=Metrics("frontend", "default"), previous=previous, **kw
+    )
 
 
 class TestServiceKey:
@@ -253,7 +254,7 @@ def test_malformed_field_is_refused_naming_its_path(
 
 def test_non_object_snapshot_is_refused() -> None:
     """A snapshot that is not a JSON object is refused."""
-    with pytest.raises(SnapshotError, match="^snapshot"):
+    with pytest.raises(SnapshotError, match=r"^snapshot"):
         compile_([1, 2])
 
 
