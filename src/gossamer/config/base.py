@@ -17,11 +17,13 @@ from pydantic.alias_generators import to_camel
 __all__ = [
     "API_VERSION",
     "DnsLabel",
+    "LabelMap",
     "Metadata",
     "Resource",
     "ResourceKey",
     "SpecModel",
     "check_dns_label",
+    "check_labels",
 ]
 
 API_VERSION = "gossamer.dev/v1alpha1"
@@ -43,7 +45,8 @@ def check_dns_label(value: str) -> str:
     return value
 
 
-def _check_labels(value: dict[str, str]) -> dict[str, str]:
+def check_labels(value: dict[str, str]) -> dict[str, str]:
+    """Accept a label map: Kubernetes-style keys (optional DNS prefix) and values."""
     for key, item in value.items():
         if not _LABEL_KEY.match(key):
             raise ValueError(f"invalid label key {key!r}")
@@ -53,6 +56,7 @@ def _check_labels(value: dict[str, str]) -> dict[str, str]:
 
 
 DnsLabel = Annotated[str, AfterValidator(check_dns_label)]
+LabelMap = Annotated[dict[str, str], AfterValidator(check_labels)]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -80,7 +84,7 @@ class Metadata(BaseModel):
 
     name: DnsLabel
     namespace: DnsLabel = "default"
-    labels: Annotated[dict[str, str], AfterValidator(_check_labels)] = Field(default_factory=dict)
+    labels: LabelMap = Field(default_factory=dict)
     revision: int | None = Field(default=None, ge=0)
     generation: int | None = Field(default=None, ge=0)
 

@@ -74,6 +74,7 @@ class HeadScan:
         "kept",
         "request_id",
         "transfer_encoding",
+        "upgrade",
     )
 
     def __init__(self) -> None:
@@ -83,6 +84,7 @@ class HeadScan:
         self.host: bytes | None = None
         self.request_id: bytes | None = None
         self.transfer_encoding = b""  # the whole value, so codings before chunked survive
+        self.upgrade = b""
         self.chunked = False
 
 
@@ -99,6 +101,8 @@ def scan_headers(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()
             elif lower == b"transfer-encoding":
                 scan.transfer_encoding = value
                 scan.chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+            elif lower == b"upgrade":
+                scan.upgrade = value
             continue
         if lower in drop:
             continue

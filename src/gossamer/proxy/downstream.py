@@ -61,6 +61,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self.closed = False
         self.last_active = time.monotonic()
+        # After a 101, bytes flow both ways untouched: the upstream connection we tunnel to.
+        self.tunnel: UpstreamConnection | None = None
+        self.upgrading: Exchange | None = None  # an upgrade request waiting for its answer
 
     # === asyncio callbacks ===
 
@@ -72,12 +75,26 @@ class DownstreamConnection(asyncio.Protocol):
         self.proxy.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            if tunnel.transport is not None:
+                tunnel.transport.write(data)
+            return
         if self.closed:
+            return
+        upgrading = self.upgrading
+        if upgrading is not None:
+            self._forward_body(upgrading, data)  # early bytes of the upgraded protocol
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.refuse(501, "upgrade-not-supported", "protocol upgrades are not supported yet")
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgrading is not None:
+                rest = data[exc.args[0] :]
+                if rest:
+                    self._forward_body(self.upgrading, rest)
+            else:
+                self.refuse(400, "bad-request", "unexpected protocol upgrade")
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProxyError):
@@ -96,6 +113,9 @@ class DownstreamConnection(asyncio.Protocol):
         connections.discard(self)
         if not connections:
             self.proxy.all_closed.set()
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
         for ex in self.queue:
             upstream = ex.upstream
             if upstream is not None:
@@ -109,17 +129,15 @@ class DownstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        if self.queue:
-            upstream = self.queue[0].upstream
-            if upstream is not None and upstream.transport is not None:
-                upstream.transport.pause_reading()
+        upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.queue:
-            upstream = self.queue[0].upstream
-            if upstream is not None and upstream.transport is not None:
-                upstream.transport.resume_reading()
+        upstream = self.tunnel or (self.queue[0].upstream if self.queue else None)
+        if upstream is not None and upstream.transport is not None:
+            upstream.transport.resume_reading()
 
     # === httptools callbacks ===
 
@@ -148,14 +166,18 @@ class DownstreamConnection(asyncio.Protocol):
         ex = self.parsing
         assert ex is not None
         parser = self.parser
-        if parser.should_upgrade():
-            raise ProxyError(501, "upgrade-not-supported", "protocol upgrades are not supported")
         ex.method = parser.get_method()
         ex.http10 = parser.get_http_version() == "1.0"
         ex.keep_alive = parser.should_keep_alive()
         ex.is_head = ex.method == b"HEAD"
         scan = scan_headers(ex.headers, self.drop_headers)
         ex.headers = []
+        if parser.should_upgrade():
+            if not scan.upgrade:
+                raise ProxyError(400, "bad-request", "Connection: upgrade without Upgrade")
+            ex.upgrade = scan.upgrade
+            ex.keep_alive = False  # the connection becomes a tunnel, or closes after the answer
+            self.upgrading = ex
         ex.chunked = scan.chunked
         ex.has_body = scan.chunked or (
             scan.content_length is not None and scan.content_length.strip() != b"0"
@@ -192,6 +214,8 @@ class DownstreamConnection(asyncio.Protocol):
             headers.append((b"x-request-id", rid))
         ex.request_id = rid
         te = b"transfer-encoding: %b\r\n" % scan.transfer_encoding if ex.chunked else b""
+        if ex.upgrade:
+            te += b"connection: upgrade\r\nupgrade: %b\r\n" % ex.upgrade
         return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (ex.method, path, render_headers(headers), te)
 
     # === what subclasses provide ===
@@ -264,6 +288,20 @@ class DownstreamConnection(asyncio.Protocol):
             ex.stats = None
         if self.transport is not None:
             self.transport.abort()
+
+    def start_tunnel(self, ex: Exchange, upstream: UpstreamConnection) -> None:
+        """The upstream accepted the upgrade (101): from now on, relay bytes both ways."""
+        stats = ex.stats
+        if stats is not None:
+            stats.record(ex.status, time.monotonic_ns() - ex.start_ns)
+        if ex.endpoint is not None:
+            ex.endpoint.pending -= 1
+            ex.endpoint = None
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        self.upgrading = None
+        self.tunnel = upstream
+        self._resume(PAUSE_BUFFER | PAUSE_PIPELINE)
 
     def pause_for_upstream(self) -> None:
         self._pause(PAUSE_UPSTREAM)

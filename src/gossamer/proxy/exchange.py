@@ -38,6 +38,7 @@ class Exchange:
         "stats",
         "status",
         "target",
+        "upgrade",
         "upstream",
     )
 
@@ -62,3 +63,4 @@ class Exchange:
         self.stats: RouteStats | None = None
         self.response_started = False
         self.status = 0
+        self.upgrade = b""  # the Upgrade header value of an upgrade request (e.g. b"websocket")

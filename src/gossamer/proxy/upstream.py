@@ -52,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         "reason",
         "reused",
         "transport",
+        "tunnel_peer",
         "upstream_keep_alive",
     )
 
@@ -70,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.out_chunked = False
         self.eof_framed = False
         self.upstream_keep_alive = True
+        self.tunnel_peer: DownstreamConnection | None = None  # set after a 101: raw relay
 
     # === asyncio callbacks ===
 
@@ -77,8 +79,26 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        peer = self.tunnel_peer
+        if peer is not None:
+            peer.write(data)
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            ex = self.exchange
+            downstream = self.downstream
+            if ex is None or downstream is None or ex.status != 101:
+                self._broken("upstream-protocol-error", "unexpected protocol upgrade")
+                return
+            self.exchange = None
+            self.downstream = None
+            ex.upstream = None
+            self.tunnel_peer = downstream
+            downstream.start_tunnel(ex, self)
+            rest = data[exc.args[0] :]
+            if rest:
+                downstream.write(rest)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadResponseDone):
                 self.parser = httptools.HttpResponseParser(self)
@@ -91,6 +111,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        if self.tunnel_peer is not None:
+            self.tunnel_peer.close()
+            self.tunnel_peer = None
+            return
         ex = self.exchange
         if ex is None:
             return
@@ -109,12 +133,14 @@ class UpstreamConnection(asyncio.Protocol):
                                        "before responding", reused=self.reused)
 
     def pause_writing(self) -> None:
-        if self.downstream is not None:
-            self.downstream.pause_for_upstream()
+        downstream = self.downstream or self.tunnel_peer
+        if downstream is not None:
+            downstream.pause_for_upstream()
 
     def resume_writing(self) -> None:
-        if self.downstream is not None:
-            self.downstream.resume_for_upstream()
+        downstream = self.downstream or self.tunnel_peer
+        if downstream is not None:
+            downstream.resume_for_upstream()
 
     # === requests ===
 
@@ -157,6 +183,17 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         scan = scan_headers(self.headers)
         self.headers = []
+        if status == 101:
+            if not ex.upgrade or not scan.upgrade:
+                raise ProxyError(502, "upstream-protocol-error", "101 without an upgrade")
+            ex.status = 101
+            ex.response_started = True
+            downstream.write(
+                _status_line(101, self.reason) + _join(scan.kept)
+                + b"connection: upgrade\r\nupgrade: %b\r\n\r\n" % scan.upgrade
+            )
+            self.reason = b""
+            return
         if status < 200:
             # 1xx interim responses go to HTTP/1.1 clients as they are; the final one follows.
             self.interim = True
@@ -195,6 +232,9 @@ class UpstreamConnection(asyncio.Protocol):
             downstream.write(encode_chunk(data) if self.out_chunked else data)
 
     def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is not None and ex.status == 101:
+            return  # the parser now raises HttpParserUpgrade: data_received starts the tunnel
         if self.interim:
             self.interim = False
             return
@@ -213,7 +253,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.out_chunked:
             downstream.write(LAST_CHUNK)
             self.out_chunked = False
-        reusable = keep_alive and ex.body_done and not self.closed and not self.eof_framed
+        reusable = (
+            keep_alive and ex.body_done and not self.closed and not self.eof_framed
+            and not ex.upgrade
+        )
         self.eof_framed = False
         downstream.response_complete(ex)
         if reusable:

@@ -297,15 +297,13 @@ class TestUpgrade:
         b"Upgrade: websocket\r\n\r\n"
     )
 
-    def test_upgrade_request_gets_a_single_501(self) -> None:
-        """An Upgrade request is answered with exactly one response: 501 upgrade-not-supported."""
-        # BUG (found by this test): httptools calls on_headers_complete (and so dispatch)
-        # before raising HttpParserUpgrade, so the app first gets the routing answer (here
-        # 503 proxy-not-ready) and then a second response, the 501, on the same connection.
+    def test_upgrade_request_gets_a_single_answer_then_close(self) -> None:
+        """An Upgrade request that cannot be routed gets exactly one answer and the connection
+        closes (it was to become a tunnel)."""
         _, conn, transport = connect()
         conn.data_received(self.UPGRADE)
         resp = only_response(transport)
-        assert (resp.status, resp.headers["x-gossamer-error"]) == (501, "upgrade-not-supported")
+        assert (resp.status, resp.headers["x-gossamer-error"]) == (503, "proxy-not-ready")
         assert transport.closed
 
     def test_plain_request_is_written_to_a_pooled_upstream(self) -> None:
@@ -321,15 +319,18 @@ class TestUpgrade:
         assert b"host: catalog" in sent.lower()
         assert b"peer-identity" not in sent.lower()
 
-    def test_upgrade_request_is_not_forwarded_upstream(self) -> None:
-        """A refused Upgrade request never reaches the upstream service."""
-        # BUG (found by this test): with an idle pooled upstream the request (stripped of its
-        # Upgrade/Connection headers) is written upstream before the 501 is sent downstream.
-        state, conn, transport = connect(with_table=True)
+    def test_upgrade_request_is_forwarded_with_its_upgrade_headers(self) -> None:
+        """Upgrade and Connection are hop-by-hop, but an upgrade request re-states them for the
+        next hop, so the upgrade (e.g. WebSocket) can pass through."""
+        state, conn, _ = connect(with_table=True)
         upstream = pooled_upstream(state)
-        conn.data_received(self.UPGRADE)
-        assert bytes(upstream.data) == b"", f"forwarded upstream: {bytes(upstream.data)!r}"
-        assert responses(transport.data)[-1].status == 501
+        conn.data_received(self.UPGRADE + b"early-frame")
+        sent = bytes(upstream.data)
+        head, _, rest = sent.partition(b"\r\n\r\n")
+        assert head.startswith(b"GET /socket HTTP/1.1\r\n")
+        assert b"connection: upgrade" in head.lower()
+        assert b"upgrade: websocket" in head.lower()
+        assert rest == b"early-frame"
 
 
 class TestDiscovery:

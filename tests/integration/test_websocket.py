@@ -1,0 +1,97 @@
+"""WebSocket (HTTP/1.1 Upgrade) through two sidecars with mTLS, real client and server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.sync.client import connect
+
+from gossamer.control.ca import CertificateAuthority
+from gossamer.proxy.settings import Address
+from tests.sidecar_harness import LoopThread, Sidecar, identity, snapshot, start_sidecar
+
+
+async def echo(ws: ServerConnection) -> None:
+    peer = ws.request.headers.get("x-gossamer-peer-identity", "") if ws.request else ""
+    await ws.send(f"peer {peer}")
+    async for message in ws:
+        await ws.send(message)
+
+
+class Pair:
+    def __init__(self, lt: LoopThread, client: Sidecar) -> None:
+        self.lt = lt
+        self.client = client
+
+    def connect(self) -> socket.socket:
+        assert self.client.outbound is not None
+        return socket.create_connection(("127.0.0.1", self.client.outbound.port), timeout=10)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    lt = LoopThread()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+
+    async def start_app() -> tuple[object, int]:
+        server = await serve(echo, "127.0.0.1", 0)
+        return server, list(server.sockets)[0].getsockname()[1]
+
+    server, port = lt.run(start_app())
+    upstream = lt.run(start_sidecar(ca, tmp_path / "s", "chat", Address("127.0.0.1", port)))
+    client = lt.run(start_sidecar(ca, tmp_path / "c", "frontend", None))
+    assert upstream.inbound is not None
+    snap = snapshot(1, {"chat": [upstream.inbound.port]}, source="frontend")
+
+    async def install() -> None:
+        client.state.apply_snapshot(1, snap)
+
+    lt.run(install())
+    try:
+        yield Pair(lt, client)
+    finally:
+        async def stop() -> None:
+            server.close()  # type: ignore[attr-defined]
+            for sc in (client, upstream):
+                if sc.listener:
+                    sc.listener.close()
+                if sc.server:
+                    sc.server.close()
+                for conn in list(sc.state.connections):
+                    conn.close()
+            await asyncio.sleep(0.05)
+
+        lt.run(stop())
+        lt.stop()
+
+
+def test_websocket_echo_through_two_sidecars(pair: Pair) -> None:
+    """Upgrade is forwarded hop by hop; then frames flow both ways untouched."""
+    with connect("ws://chat/echo", sock=pair.connect(), open_timeout=10) as ws:
+        assert ws.recv(timeout=5) == f"peer {identity('frontend').uri}"
+        for i in range(50):
+            ws.send(f"message {i}")
+            assert ws.recv(timeout=5) == f"message {i}"
+        big = b"x" * 1_000_000
+        ws.send(big)
+        assert ws.recv(timeout=10) == big
+
+
+def test_refused_upgrade_is_answered_and_connection_closed(pair: Pair) -> None:
+    """An upgrade the upstream does not accept gets its answer; the connection then closes."""
+    with pair.connect() as sock:
+        sock.sendall(
+            b"GET /echo HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: nonsense\r\n\r\n"
+        )
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 4")  # websockets answers 426/400 to a bad upgrade
