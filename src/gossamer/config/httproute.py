@@ -208,8 +208,7 @@ class HTTPRoute(Resource):
     def snapshot_rules(self) -> list[dict[str, Any]]:
         """The rules in snapshot form: names qualified, durations in ms, defaults filled in."""
         namespace = self.metadata.namespace
-        default = [{"service": qualified_name(self.spec.service, namespace), "subset": {},
-                    "weight": 1}]  # fmt: skip
+        own = qualified_name(self.spec.service, namespace)
         rules: list[dict[str, Any]] = []
         for index, rule in enumerate(self.spec.rules):
             backends = [
@@ -224,7 +223,7 @@ class HTTPRoute(Resource):
                 {
                     "name": f"{self.metadata.name}/{rule.name if rule.name else index}",
                     "matches": [_match_snapshot(match) for match in rule.matches],
-                    "backends": backends or default,
+                    "backends": backends or [{"service": own, "subset": {}, "weight": 1}],
                     "filters": rule.filters.to_snapshot(namespace),
                     "timeout_ms": duration_ms(rule.timeout) if rule.timeout else None,
                     "retry": rule.retry.to_snapshot() if rule.retry is not None else None,

@@ -4,17 +4,32 @@ Default: power-of-two-choices over peak-EWMA latency (the cost of an endpoint is
 peak-sensitive moving average of response latency, scaled by its requests in flight);
 round-robin is selectable. Endpoint load state survives config updates, because endpoints are
 reused by address when a new snapshot arrives.
+
+For traffic policies (docs/internals.md §8) there are also least-request (power of two choices
+on requests in flight) and consistent hashing (a ring of virtual nodes, so a key keeps its
+endpoint while other endpoints come and go).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Balancer", "EndpointAddr", "EndpointState", "PeakEwmaBalancer", "RoundRobinBalancer"]
+__all__ = [
+    "Balancer",
+    "ConsistentHashBalancer",
+    "EndpointAddr",
+    "EndpointState",
+    "LeastRequestBalancer",
+    "PeakEwmaBalancer",
+    "RoundRobinBalancer",
+    "hash_key64",
+]
 
 DECAY_NS = 10_000_000_000  # 10 s: how fast the average forgets
 DEFAULT_RTT_NS = 1_000_000  # 1 ms: an endpoint with no history is assumed neither fast nor slow
@@ -108,3 +123,84 @@ class RoundRobinBalancer(Balancer):
         i = self._next % len(endpoints)
         self._next = i + 1
         return endpoints[i]
+
+
+class LeastRequestBalancer(Balancer):
+    """Power of two choices on requests in flight (``EndpointState.pending``); ties go to the
+    first of the two random draws."""
+
+    def __init__(self, endpoints: Sequence[EndpointState], rng: random.Random | None = None):
+        super().__init__(endpoints)
+        self._rng = rng or random.Random()
+
+    def pick(self) -> EndpointState | None:
+        endpoints = self.endpoints
+        n = len(endpoints)
+        if n < 2:
+            return endpoints[0] if n else None
+        i = int(self._rng.random() * n)
+        j = int(self._rng.random() * (n - 1))
+        if j >= i:
+            j += 1
+        a, b = endpoints[i], endpoints[j]
+        return a if a.pending <= b.pending else b
+
+
+VNODES = 160  # ring points per endpoint: keeps the load spread within a few percent
+
+
+def hash_key64(data: bytes) -> int:
+    """A stable 64-bit hash (the same in every process, unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class ConsistentHashBalancer(Balancer):
+    """A hash ring with ``vnodes`` points per endpoint, placed by a hash of its address.
+
+    ``pick_for(key)`` takes the first point at or after the key's hash (wrapping around). A key
+    only moves when its endpoint leaves (to the next endpoint on the ring) or when a new
+    endpoint takes over its arc, so caches behind the endpoints stay warm. With ``healthy``,
+    endpoints it rejects are skipped along the ring; when none passes, the key's own endpoint
+    is returned (better some traffic than none, as Envoy's panic mode). ``pick()`` (no key,
+    e.g. the hash header is absent) chooses at random.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[EndpointState],
+        rng: random.Random | None = None,
+        vnodes: int = VNODES,
+    ) -> None:
+        super().__init__(endpoints)
+        self._rng = rng or random.Random()
+        points = sorted(
+            (hash_key64(b"%b#%d" % (str(ep.addr).encode(), v)), str(ep.addr), ep)
+            for ep in self.endpoints
+            for v in range(max(vnodes, 1))
+        )
+        self._points: list[int] = [point for point, _, _ in points]
+        self._owners: tuple[EndpointState, ...] = tuple(ep for _, _, ep in points)
+
+    def pick(self) -> EndpointState | None:
+        endpoints = self.endpoints
+        return endpoints[int(self._rng.random() * len(endpoints))] if endpoints else None
+
+    def pick_for(
+        self, hash_key: bytes, healthy: Callable[[EndpointState], bool] | None = None
+    ) -> EndpointState | None:
+        """The endpoint owning ``hash_key`` (the next healthy one along the ring)."""
+        owners = self._owners
+        n = len(owners)
+        if not n:
+            return None
+        i = bisect_left(self._points, hash_key64(hash_key))
+        if i == n:
+            i = 0
+        first = owners[i]
+        if healthy is None or healthy(first):
+            return first
+        for step in range(1, n):
+            candidate = owners[(i + step) % n]
+            if candidate is not first and healthy(candidate):
+                return candidate
+        return first

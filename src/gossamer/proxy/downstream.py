@@ -171,7 +171,6 @@ class DownstreamConnection(asyncio.Protocol):
         ex.keep_alive = parser.should_keep_alive()
         ex.is_head = ex.method == b"HEAD"
         scan = scan_headers(ex.headers, self.drop_headers)
-        ex.headers = []
         if parser.should_upgrade():
             if not scan.upgrade:
                 raise ProxyError(400, "bad-request", "Connection: upgrade without Upgrade")
@@ -204,19 +203,28 @@ class DownstreamConnection(asyncio.Protocol):
             self._forward_body(ex, LAST_CHUNK)
         ex.body_done = True
 
-    def finish_head(self, ex: Exchange, path: bytes, scan: HeadScan) -> bytes:
-        """The request head for upstream: request line, kept headers, a request id (kept or
-        generated), and chunked framing when the body is chunked."""
+    def keep_head(self, ex: Exchange, path: bytes, scan: HeadScan) -> None:
+        """Keep what the upstream request head is made of: path, forwardable headers, framing,
+        and a request id (kept, or generated and added)."""
         headers = scan.kept
         rid = scan.request_id
         if rid is None:
             rid = self.proxy.new_request_id()
             headers.append((b"x-request-id", rid))
         ex.request_id = rid
-        te = b"transfer-encoding: %b\r\n" % scan.transfer_encoding if ex.chunked else b""
+        ex.path = path
+        ex.headers = headers
+        ex.te = scan.transfer_encoding
+
+    @staticmethod
+    def render_head(ex: Exchange) -> bytes:
+        """The request head for upstream, in one join."""
+        extra = b"transfer-encoding: %b\r\n" % ex.te if ex.chunked else b""
         if ex.upgrade:
-            te += b"connection: upgrade\r\nupgrade: %b\r\n" % ex.upgrade
-        return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (ex.method, path, render_headers(headers), te)
+            extra += b"connection: upgrade\r\nupgrade: %b\r\n" % ex.upgrade
+        return b"%b %b HTTP/1.1\r\n%b%b\r\n" % (
+            ex.method, ex.path, render_headers(ex.headers), extra
+        )
 
     # === what subclasses provide ===
 

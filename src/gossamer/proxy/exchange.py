@@ -31,6 +31,7 @@ class Exchange:
         "is_head",
         "keep_alive",
         "method",
+        "path",
         "request_id",
         "response_started",
         "sent_ns",
@@ -38,6 +39,7 @@ class Exchange:
         "stats",
         "status",
         "target",
+        "te",
         "upgrade",
         "upstream",
     )
@@ -45,7 +47,9 @@ class Exchange:
     def __init__(self, start_ns: int) -> None:
         self.start_ns = start_ns
         self.sent_ns = 0
-        self.target = b""
+        self.target = b""  # request target as received; outbound: the authority, once parsed
+        self.path = b""  # origin-form path and query sent upstream
+        self.te = b""  # Transfer-Encoding value when the body is chunked
         self.headers: list[tuple[bytes, bytes]] = []
         self.method = b""
         self.http10 = False

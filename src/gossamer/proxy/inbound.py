@@ -60,7 +60,8 @@ class InboundConnection(DownstreamConnection):
     def request_head(self, ex: Exchange, scan: HeadScan) -> bytes:
         if self.peer:
             scan.kept.append((PEER_HEADER, self.peer))
-        return self.finish_head(ex, ex.target, scan)
+        self.keep_head(ex, ex.target, scan)
+        return self.render_head(ex)
 
     def dispatch(self, ex: Exchange) -> None:
         ex.stats = self.stats

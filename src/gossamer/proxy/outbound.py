@@ -40,7 +40,8 @@ class OutboundConnection(DownstreamConnection):
             scan.host = b""
         ex.target = scan.host  # from here on, target holds the authority used for routing
         scan.kept = headers
-        return self.finish_head(ex, path, scan)
+        self.keep_head(ex, path, scan)
+        return b""  # rendered when routed: route filters may change the path and headers
 
     def dispatch(self, ex: Exchange) -> None:
         table = self.proxy.table
@@ -75,6 +76,8 @@ class OutboundConnection(DownstreamConnection):
             self.send_to(ex, service)
 
     def send_to(self, ex: Exchange, service: OutboundService, attempt: int = 0) -> None:
+        if not ex.head:
+            ex.head = self.render_head(ex)
         endpoint = service.balancer.pick()
         ex.stats = service.stats
         if endpoint is None:

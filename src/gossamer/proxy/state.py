@@ -94,7 +94,7 @@ class ProxyState:
         now_ns = time.monotonic_ns()
         for conn in list(self.connections):
             ex = conn.parsing
-            if ex is not None and not ex.head and not conn.queue:
+            if ex is not None and not ex.method and not conn.queue:  # head still incomplete
                 if now_ns - ex.start_ns > HEADER_TIMEOUT * 1e9:
                     conn.refuse(408, "request-header-timeout", "request head not received in time")
             elif not conn.queue and ex is None and now - conn.last_active > IDLE_TIMEOUT:
