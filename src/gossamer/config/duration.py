@@ -1,4 +1,4 @@
-"""Duration strings of the resource model: ``250ms``, ``90s``, ``30m``, ``24h``, ``7d``, ``1h30m``."""
+"""Duration strings of the resource model: ``250ms``, ``90s``, ``30m``, ``24h``, ``1h30m``."""
 
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ def parse_duration(text: str) -> timedelta:
             "(like 24h, 1h30m or 250ms)"
         )
     days, hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
-    return timedelta(
-        days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=millis
-    )
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=millis)
 
 
 def duration_ms(text: str) -> int:

@@ -177,9 +177,10 @@ class Filters(SpecModel):
         out = self.request_headers.problems(f"{path}.requestHeaders")
         out += self.response_headers.problems(f"{path}.responseHeaders")
         rewrite = self.rewrite
-        if rewrite is not None and rewrite.path.type == "ReplacePrefixMatch" and (
-            not matches
-            or any(m.path is None or m.path.type != "Prefix" for m in matches)
+        if (
+            rewrite is not None
+            and rewrite.path.type == "ReplacePrefixMatch"
+            and (not matches or any(m.path is None or m.path.type != "Prefix" for m in matches))
         ):
             out.append(
                 (
@@ -196,7 +197,7 @@ class Filters(SpecModel):
             if self.mirror is not None:
                 out.append((f"{path}.mirror", "a rule with a redirect forwards nothing to mirror"))
             if rewrite is not None:
-                out.append((f"{path}.rewrite", "a rule with a redirect forwards nothing to rewrite"))
+                out.append((f"{path}.rewrite", "a rule with a redirect has nothing to rewrite"))
         if self.fault is not None and self.fault.delay is None and self.fault.abort is None:
             out.append((f"{path}.fault", "a fault needs a delay, an abort or both"))
         return out

@@ -134,8 +134,7 @@ def _rule_problems(path: str, rule: HTTPRouteRule, namespace: str) -> list[tuple
     if rule.backends and not any(backend.weight > 0 for backend in rule.backends):
         out.append((f"{path}.backends", "at least one backend needs a weight above 0"))
     refs = [
-        (service_key(b.service, namespace), tuple(sorted(b.subset.items())))
-        for b in rule.backends
+        (service_key(b.service, namespace), tuple(sorted(b.subset.items()))) for b in rule.backends
     ]
     for index, first in duplicates(refs):
         out.append(

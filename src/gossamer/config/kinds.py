@@ -7,8 +7,11 @@ in :data:`KINDS`.
 from __future__ import annotations
 
 from gossamer.config.base import Resource
+from gossamer.config.httproute import HTTPRoute
 from gossamer.config.meshconfig import MeshConfig
 from gossamer.config.service import Service
+from gossamer.config.tcproute import TCPRoute
+from gossamer.config.trafficpolicy import TrafficPolicy
 
 __all__ = ["KINDS", "kind_for"]
 
@@ -17,6 +20,9 @@ KINDS: dict[str, type[Resource]] = {
     for cls in (
         Service,
         MeshConfig,
+        HTTPRoute,
+        TrafficPolicy,
+        TCPRoute,
     )
 }
 

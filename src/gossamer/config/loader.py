@@ -54,9 +54,15 @@ def parse_documents(text: str, content_type: str = "application/yaml") -> list[d
 
 
 def format_path(loc: Sequence[int | str]) -> str:
-    """``('spec', 'ports', 0, 'port')`` → ``spec.ports[0].port``."""
+    """``('spec', 'ports', 0, 'port')`` → ``spec.ports[0].port``.
+
+    A mapping key that is itself invalid (pydantic adds ``[key]`` after it) is named by the
+    path ending at the key: ``spec.rules[0].filters.requestHeaders.set.bad key``.
+    """
     out = ""
     for part in loc:
+        if part == "[key]":
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         else:

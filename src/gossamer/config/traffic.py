@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_RETRY_METHODS",
     "DEFAULT_RETRY_ON",
     "Backoff",
+    "Duration",
     "HeaderName",
     "HeaderValue",
     "HttpMethod",
@@ -50,7 +51,7 @@ _UNITS = {
     "G": 1000**3, "GB": 1000**3, "Gi": 1024**3, "GiB": 1024**3,
 }  # fmt: skip
 _TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$")
-_METHOD = re.compile(r"^[A-Z][A-Z0-9_-]{0,31}$")
+_METHOD = re.compile(r"^[A-Z]{1,32}$")
 _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 
 
@@ -58,6 +59,11 @@ _BAD_VALUE_CHARS = re.compile(r"[\r\n\x00]")
 def _check_positive_duration(value: str) -> str:
     if parse_duration(value).total_seconds() <= 0:
         raise ValueError(f"duration {value!r} must be greater than zero")
+    return value
+
+
+def _check_duration(value: str) -> str:
+    parse_duration(value)
     return value
 
 
@@ -105,6 +111,7 @@ def _check_method(value: str) -> str:
 
 
 PositiveDuration = Annotated[str, AfterValidator(_check_positive_duration)]
+Duration = Annotated[str, AfterValidator(_check_duration)]  # zero allowed
 Size = Annotated[
     int | str,
     PlainValidator(_check_size),

@@ -3,7 +3,8 @@
 :class:`ControlPlane` ties the store, the CA and the registry together. The config API and the
 stream server call into it; it never does network I/O itself. Pushes are coalesced: changes
 mark proxies dirty and one background task recomputes their snapshots on the next loop turn,
-sending a new version only to proxies whose snapshot content changed.
+sending a new version only to proxies whose snapshot content changed. Traffic resources
+(HTTPRoute, TrafficPolicy, TCPRoute) are compiled once per resource change, not per proxy.
 """
 
 from __future__ import annotations
@@ -15,18 +16,25 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from gossamer.config.base import Resource, ResourceKey, check_dns_label
 from gossamer.config.duration import parse_duration
+from gossamer.config.httproute import HTTPRoute
+from gossamer.config.tcproute import TCPRoute
+from gossamer.config.trafficpolicy import TrafficPolicy
 from gossamer.control.ca import CertificateAuthority, check_csr, leaf_expiry
 from gossamer.control.registry import ProxyRecord, Registry, Session, Workload
 from gossamer.control.settings import ControlSettings
 from gossamer.control.snapshots import (
     MeshView,
     ServiceInfo,
+    ServiceTraffic,
     build_snapshot,
-    normalize_service_name,
+    select_services,
+    traffic_index,
     with_version,
 )
 from gossamer.control.store import ApplyResult, Store
@@ -40,6 +48,8 @@ ServiceKey = tuple[str, str]
 MESH_CONFIG_KEY = ResourceKey("MeshConfig", "default", "default")
 MAX_SUBSCRIPTIONS = 1024
 MAX_NAME = 253
+TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute
+_R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute)
 
 
 class Refusal(Exception):
@@ -59,17 +69,19 @@ class _ResourceView:
     services: Mapping[ServiceKey, ServiceInfo]
     mtls_mode: str
     cert_lifetime: timedelta | None
+    traffic: Mapping[ServiceKey, ServiceTraffic]
 
 
 def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
     metadata, spec = document["metadata"], document.get("spec") or {}
-    ports = spec.get("ports") or [{}]
+    ports = spec.get("ports") or [{"port": 80}]
     return ServiceInfo(
         name=metadata["name"],
         namespace=metadata["namespace"],
         service_account=spec.get("serviceAccount") or metadata["name"],
         protocol=ports[0].get("protocol", "http"),
         calls=tuple(spec.get("calls") or ()),
+        ports=tuple((int(p["port"]), str(p.get("protocol", "http"))) for p in ports),
     )
 
 
@@ -143,6 +155,8 @@ class ControlPlane:
         self.store = store
         self.ca = ca
         self.registry = Registry()
+        # Validated traffic resources by (kind, namespace, name), with their store revision.
+        self._models: dict[tuple[str, str, str], tuple[int | None, TrafficResource]] = {}
         self._view = self._read_resources()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -171,6 +185,35 @@ class ControlPlane:
                 await self._push_task
 
     # ----------------------------------------------------------------- resources
+    def _load(self, model: type[_R]) -> list[_R]:
+        """Every stored resource of ``model``'s kind, validated (reused while unchanged)."""
+        out: list[_R] = []
+        for document in self.store.list_resources(model.KIND):
+            metadata = document["metadata"]
+            key = (model.KIND, metadata["namespace"], metadata["name"])
+            revision = metadata.get("revision")
+            cached = self._models.get(key)
+            if cached is not None and cached[0] == revision and isinstance(cached[1], model):
+                out.append(cached[1])
+                continue
+            try:
+                resource = model.model_validate(document)
+            except ValidationError as exc:  # stored by an older version with other rules
+                log.error("ignoring stored %s %s/%s: %s", model.KIND, key[1], key[2], exc)
+                continue
+            self._models[key] = (revision, resource)
+            out.append(resource)
+        return out
+
+    def _read_traffic(self) -> dict[ServiceKey, ServiceTraffic]:
+        http_routes = self._load(HTTPRoute)
+        policies = self._load(TrafficPolicy)
+        tcp_routes = self._load(TCPRoute)
+        live = {r.key for r in (*http_routes, *policies, *tcp_routes)}
+        for key in [k for k in self._models if ResourceKey(*k) not in live]:
+            del self._models[key]
+        return traffic_index(http_routes, policies, tcp_routes)
+
     def _read_resources(self) -> _ResourceView:
         services = {
             (info.namespace, info.name): info
@@ -183,6 +226,7 @@ class ControlPlane:
             services=services,
             mtls_mode=(spec.get("mtls") or {}).get("mode", "STRICT"),
             cert_lifetime=parse_duration(lifetime) if lifetime else None,
+            traffic=self._read_traffic(),
         )
 
     def _resources_changed(self) -> None:
@@ -364,6 +408,7 @@ class ControlPlane:
             services=self._view.services,
             endpoints=self.registry.healthy_endpoints(),
             workload_services=self.registry.workload_services(),
+            traffic=self._view.traffic,
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: Mapping[str, Any]) -> None:
@@ -381,13 +426,13 @@ class ControlPlane:
         if not record.connected or record.session is None:
             return False
         workload = record.workload
-        names = list(record.subscriptions)
-        own = view.services.get(workload.key)
-        if own is not None:
-            names.extend(own.calls)
-        watched = {normalize_service_name(n, workload.namespace) for n in names}
-        record.watched = frozenset(key for key in watched if key is not None)
-        content = build_snapshot(workload.namespace, workload.service, record.subscriptions, view)
+        selection = select_services(
+            workload.namespace, workload.service, record.subscriptions, view
+        )
+        record.watched = selection.watched
+        content = build_snapshot(
+            workload.namespace, workload.service, record.subscriptions, view, selection
+        )
         if content == record.last_content:
             return False
         record.last_content = content

@@ -1,8 +1,11 @@
-"""Per-proxy snapshots (docs/internals.md §5), built from a read-only view of the mesh.
+"""Per-proxy snapshots (docs/internals.md §5 and §8), built from a read-only view of the mesh.
 
 Pure functions, no I/O: :class:`MeshView` is what the store and registry know at one moment;
-:func:`build_snapshot` turns it plus one proxy's subscriptions into the JSON-able snapshot
-content (without ``version``; the pusher adds that when the content changed).
+:func:`traffic_index` compiles the traffic resources (HTTPRoute, TrafficPolicy, TCPRoute) into
+per-service :class:`ServiceTraffic`; :func:`select_services` decides which services a proxy's
+snapshot holds (its subscriptions plus every service their routes send or mirror to);
+:func:`build_snapshot` turns all that into the JSON-able snapshot content (without ``version``;
+the pusher adds that when the content changed).
 """
 
 from __future__ import annotations
@@ -12,15 +15,22 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gossamer.config.httproute import HTTPRoute
+from gossamer.config.tcproute import TCPRoute
+from gossamer.config.trafficpolicy import TrafficPolicy, default_policy_snapshot
 from gossamer.identity.spiffe import SpiffeId
 
 __all__ = [
+    "DEFAULT_PORTS",
     "EndpointInfo",
     "MeshView",
+    "Selection",
     "ServiceInfo",
+    "ServiceTraffic",
     "build_snapshot",
     "normalize_service_name",
-    "resolve_subscriptions",
+    "select_services",
+    "traffic_index",
     "with_version",
 ]
 
@@ -28,6 +38,7 @@ _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DNS_SUFFIXES = (("svc",), ("svc", "cluster", "local"))
 
 ServiceKey = tuple[str, str]  # (namespace, name)
+DEFAULT_PORTS: tuple[tuple[int, str], ...] = ((80, "http"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +50,25 @@ class ServiceInfo:
     service_account: str
     protocol: str = "http"
     calls: tuple[str, ...] = ()
+    ports: tuple[tuple[int, str], ...] = DEFAULT_PORTS  # (port, protocol)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceTraffic:
+    """The traffic resources of one service, compiled to their snapshot forms.
+
+    ``references`` are the services its routes send or mirror to (``(namespace, name)``).
+    The dicts are shared between snapshots and never modified.
+    """
+
+    http_routes: tuple[Mapping[str, Any], ...] = ()
+    policy: Mapping[str, Any] | None = None
+    rate_limit: Mapping[str, Any] | None = None
+    tcp_route: Mapping[str, Any] | None = None
+    references: frozenset[ServiceKey] = frozenset()
+
+
+_NO_TRAFFIC = ServiceTraffic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +92,7 @@ class MeshView:
     services: Mapping[ServiceKey, ServiceInfo]
     endpoints: Mapping[ServiceKey, Sequence[EndpointInfo]]  # healthy only
     workload_services: frozenset[ServiceKey] = frozenset()
+    traffic: Mapping[ServiceKey, ServiceTraffic] = field(default_factory=dict)
 
     def is_known(self, key: ServiceKey) -> bool:
         return key in self.services or key in self.workload_services
@@ -72,6 +103,56 @@ class MeshView:
 
     def identity(self, key: ServiceKey) -> SpiffeId:
         return SpiffeId(self.trust_domain, key[0], self.service_account(key))
+
+    def ports(self, key: ServiceKey) -> list[dict[str, Any]]:
+        info = self.services.get(key)
+        ports = info.ports if info is not None else DEFAULT_PORTS
+        return [{"port": port, "protocol": protocol} for port, protocol in ports]
+
+    def traffic_of(self, key: ServiceKey) -> ServiceTraffic:
+        return self.traffic.get(key, _NO_TRAFFIC)
+
+
+def _by_name(resource: HTTPRoute | TrafficPolicy | TCPRoute) -> tuple[str, str]:
+    return (resource.metadata.name, resource.metadata.namespace)
+
+
+def traffic_index(
+    http_routes: Iterable[HTTPRoute],
+    policies: Iterable[TrafficPolicy],
+    tcp_routes: Iterable[TCPRoute],
+) -> dict[ServiceKey, ServiceTraffic]:
+    """Compile the traffic resources per service.
+
+    HTTPRoutes of one service are merged in name order (then namespace); of several
+    TrafficPolicies or TCPRoutes for one service, the first in that order applies.
+    """
+    rules: dict[ServiceKey, list[Mapping[str, Any]]] = {}
+    refs: dict[ServiceKey, set[ServiceKey]] = {}
+    for route in sorted(http_routes, key=_by_name):
+        key = route.service_key
+        rules.setdefault(key, []).extend(route.snapshot_rules())
+        refs.setdefault(key, set()).update(route.references())
+    chosen_policies: dict[ServiceKey, TrafficPolicy] = {}
+    for policy in sorted(policies, key=_by_name):
+        chosen_policies.setdefault(policy.service_key, policy)
+    chosen_tcp: dict[ServiceKey, TCPRoute] = {}
+    for tcp in sorted(tcp_routes, key=_by_name):
+        if tcp.service_key not in chosen_tcp:
+            chosen_tcp[tcp.service_key] = tcp
+            refs.setdefault(tcp.service_key, set()).update(tcp.references())
+    out: dict[ServiceKey, ServiceTraffic] = {}
+    for key in rules.keys() | chosen_policies.keys() | chosen_tcp.keys():
+        chosen_policy = chosen_policies.get(key)
+        chosen_route = chosen_tcp.get(key)
+        out[key] = ServiceTraffic(
+            http_routes=tuple(rules.get(key, ())),
+            policy=chosen_policy.policy_snapshot() if chosen_policy is not None else None,
+            rate_limit=(chosen_policy.rate_limit_snapshot() if chosen_policy is not None else None),
+            tcp_route=chosen_route.to_snapshot() if chosen_route is not None else None,
+            references=frozenset(refs.get(key, set()) - {key}),
+        )
+    return out
 
 
 def normalize_service_name(name: str, default_namespace: str) -> ServiceKey | None:
@@ -89,58 +170,96 @@ def normalize_service_name(name: str, default_namespace: str) -> ServiceKey | No
     return parts[1], parts[0]
 
 
-def resolve_subscriptions(
-    namespace: str, service: str, on_demand: Iterable[str], view: MeshView
-) -> tuple[list[ServiceKey], list[str]]:
-    """The services a proxy's snapshot holds: (known keys sorted, unknown names sorted).
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The services of one proxy's snapshot.
 
-    The set is the proxy's on-demand subscriptions plus its own Service's ``spec.calls``.
-    Unknown services appear as ``name.namespace`` (or verbatim when not a valid name).
+    ``known``: keys in the snapshot (sorted); ``unknown``: names listed as unknown (sorted);
+    ``watched``: every key whose appearance or endpoints would change the snapshot.
     """
+
+    known: tuple[ServiceKey, ...]
+    unknown: tuple[str, ...]
+    watched: frozenset[ServiceKey]
+
+
+def select_services(
+    namespace: str, service: str, on_demand: Iterable[str], view: MeshView
+) -> Selection:
+    """Subscriptions plus, transitively, every service their routes send or mirror to."""
     names = list(on_demand)
     own = view.services.get((namespace, service))
     if own is not None:
         names.extend(own.calls)
-    known: set[ServiceKey] = set()
+    wanted: set[ServiceKey] = set()
     unknown: set[str] = set()
     for name in names:
         key = normalize_service_name(name, namespace)
         if key is None:
             unknown.add(name)
-        elif view.is_known(key):
-            known.add(key)
         else:
+            wanted.add(key)
+    known: set[ServiceKey] = set()
+    pending = sorted(wanted)
+    while pending:  # bounded: each key is visited at most once
+        key = pending.pop()
+        if key in known:
+            continue
+        if not view.is_known(key):
             unknown.add(f"{key[1]}.{key[0]}")
-    return sorted(known), sorted(unknown)
+            continue
+        known.add(key)
+        for ref in view.traffic_of(key).references:
+            wanted.add(ref)
+            if ref not in known:
+                pending.append(ref)
+    return Selection(tuple(sorted(known)), tuple(sorted(unknown)), frozenset(wanted))
+
+
+def _service_entry(key: ServiceKey, view: MeshView) -> dict[str, Any]:
+    info = view.services.get(key)
+    traffic = view.traffic_of(key)
+    endpoints = sorted(view.endpoints.get(key, ()), key=lambda e: (e.address, e.port))
+    return {
+        "name": key[1],
+        "namespace": key[0],
+        "identity": view.identity(key).uri,
+        "protocol": info.protocol if info is not None else "http",
+        "endpoints": [endpoint.to_json() for endpoint in endpoints],
+        "ports": view.ports(key),
+        "http_routes": list(traffic.http_routes),
+        "policy": traffic.policy if traffic.policy is not None else default_policy_snapshot(),
+        "tcp_route": traffic.tcp_route,
+    }
 
 
 def build_snapshot(
-    namespace: str, service: str, on_demand: Iterable[str], view: MeshView
+    namespace: str,
+    service: str,
+    on_demand: Iterable[str],
+    view: MeshView,
+    selection: Selection | None = None,
 ) -> dict[str, Any]:
     """The snapshot content for one proxy of (namespace, service), without ``version``."""
-    known, unknown = resolve_subscriptions(namespace, service, on_demand, view)
-    services: list[dict[str, Any]] = []
-    for key in known:
-        info = view.services.get(key)
-        endpoints = sorted(view.endpoints.get(key, ()), key=lambda e: (e.address, e.port))
-        services.append(
-            {
-                "name": key[1],
-                "namespace": key[0],
-                "identity": view.identity(key).uri,
-                "protocol": info.protocol if info is not None else "http",
-                "endpoints": [endpoint.to_json() for endpoint in endpoints],
-            }
-        )
+    if selection is None:
+        selection = select_services(namespace, service, on_demand, view)
+    own = (namespace, service)
     return {
         "trust_domain": view.trust_domain,
         "proxy": {
             "service": service,
             "namespace": namespace,
-            "identity": view.identity((namespace, service)).uri,
+            "identity": view.identity(own).uri,
         },
-        "inbound": {"mtls": view.mtls_mode},
-        "outbound": {"services": services, "unknown": unknown},
+        "inbound": {
+            "mtls": view.mtls_mode,
+            "ports": view.ports(own),
+            "rate_limit": view.traffic_of(own).rate_limit,
+        },
+        "outbound": {
+            "services": [_service_entry(key, view) for key in selection.known],
+            "unknown": list(selection.unknown),
+        },
     }
 
 

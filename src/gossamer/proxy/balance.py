@@ -12,6 +12,7 @@ endpoint while other endpoints come and go).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import random
@@ -154,6 +155,13 @@ def hash_key64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+@functools.lru_cache(maxsize=4096)
+def _ring_points(address: str, vnodes: int) -> tuple[int, ...]:
+    """An endpoint's ring positions (cached: rings are rebuilt on every endpoint change)."""
+    prefix = address.encode()
+    return tuple(hash_key64(b"%b#%d" % (prefix, v)) for v in range(vnodes))
+
+
 class ConsistentHashBalancer(Balancer):
     """A hash ring with ``vnodes`` points per endpoint, placed by a hash of its address.
 
@@ -173,13 +181,15 @@ class ConsistentHashBalancer(Balancer):
     ) -> None:
         super().__init__(endpoints)
         self._rng = rng or random.Random()
+        # Sorted by (hash, address, position) so ties never compare endpoint objects.
         points = sorted(
-            (hash_key64(b"%b#%d" % (str(ep.addr).encode(), v)), str(ep.addr), ep)
-            for ep in self.endpoints
-            for v in range(max(vnodes, 1))
+            (point, address, i)
+            for i, ep in enumerate(self.endpoints)
+            for address in (str(ep.addr),)
+            for point in _ring_points(address, max(vnodes, 1))
         )
         self._points: list[int] = [point for point, _, _ in points]
-        self._owners: tuple[EndpointState, ...] = tuple(ep for _, _, ep in points)
+        self._owners: tuple[EndpointState, ...] = tuple(self.endpoints[i] for _, _, i in points)
 
     def pick(self) -> EndpointState | None:
         endpoints = self.endpoints

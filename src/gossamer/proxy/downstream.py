@@ -117,6 +117,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.tunnel.close()
             self.tunnel = None
         for ex in self.queue:
+            ex.cancel_timers()
             upstream = ex.upstream
             if upstream is not None:
                 upstream.exchange = None
@@ -254,6 +255,8 @@ class DownstreamConnection(asyncio.Protocol):
             ex.upstream.transport.pause_reading()
 
     def response_complete(self, ex: Exchange) -> None:
+        if ex.timer is not None or ex.try_timer is not None:
+            ex.cancel_timers()
         stats = ex.stats
         if stats is not None:
             stats.record(ex.status, time.monotonic_ns() - ex.start_ns)
@@ -272,6 +275,21 @@ class DownstreamConnection(asyncio.Protocol):
             self.dispatch(queue[0])
         if len(queue) <= 1:
             self._resume(PAUSE_PIPELINE)
+
+    def on_response_status(self, ex: Exchange, status: int) -> bool:
+        """The final status of the upstream's response is known (nothing sent yet): return
+        True to drop this response and try again (a retry policy said so)."""
+        return False
+
+    def retry_dropped(self, ex: Exchange) -> None:
+        """The response to ``ex`` was dropped for a retry (see ``on_response_status``)."""
+        self.respond_error(ex, 502, "upstream-reset", "response dropped")
+
+    def wants(self, ex: Exchange) -> bool:
+        """Whether ``ex`` is still waiting here for an upstream to answer it."""
+        return not self.closed and bool(self.queue) and self.queue[0] is ex and not (
+            ex.response_started
+        )
 
     def upstream_failed(self, ex: Exchange, cause: str, detail: str, *, reused: bool) -> None:
         """The upstream went away before answering: retry a reused idle connection once."""
@@ -372,6 +390,13 @@ class DownstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def _forward_body(self, ex: Exchange, payload: bytes) -> None:
+        replay = ex.replay
+        if replay is not None:  # keep a copy while the request may still be retried
+            ex.replay_size += len(payload)
+            if ex.retry is not None and ex.replay_size > ex.retry.max_body_bytes:
+                ex.replay = None
+            else:
+                replay.append(payload)
         upstream = ex.upstream
         if upstream is not None and upstream.transport is not None:
             upstream.transport.write(payload)

@@ -7,11 +7,14 @@ nothing else.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gossamer.proxy.balance import EndpointState
     from gossamer.proxy.metrics import RouteStats
+    from gossamer.proxy.resilience.retry import RetryPolicy
+    from gossamer.proxy.routing import OutboundService
     from gossamer.proxy.upstream import UpstreamConnection
 
 __all__ = ["Exchange"]
@@ -30,16 +33,26 @@ class Exchange:
         "http10",
         "is_head",
         "keep_alive",
+        "logical",
         "method",
         "path",
+        "replay",
+        "replay_size",
         "request_id",
         "response_started",
+        "retry",
+        "rule",
         "sent_ns",
+        "service",
         "start_ns",
         "stats",
         "status",
+        "subset",
         "target",
         "te",
+        "timer",
+        "tries",
+        "try_timer",
         "upgrade",
         "upstream",
     )
@@ -68,3 +81,22 @@ class Exchange:
         self.response_started = False
         self.status = 0
         self.upgrade = b""  # the Upgrade header value of an upgrade request (e.g. b"websocket")
+        # Outbound routing and resilience (None/empty when no route or policy applies).
+        self.logical: OutboundService | None = None  # the service the caller named
+        self.service: OutboundService | None = None  # the backend chosen by the route
+        self.subset: tuple[tuple[str, str], ...] = ()
+        self.rule: Any = None  # the HttpRule that matched
+        self.retry: RetryPolicy | None = None
+        self.tries = 0  # how many times the request has been sent
+        self.replay: list[bytes] | None = None  # body copies kept for a retry
+        self.replay_size = 0
+        self.timer: asyncio.TimerHandle | None = None  # the whole request's deadline
+        self.try_timer: asyncio.TimerHandle | None = None  # this try's deadline
+
+    def cancel_timers(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None

@@ -9,31 +9,86 @@ the proxy NACKs it and keeps its last good table.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gossamer.proxy.balance import (
     Balancer,
+    ConsistentHashBalancer,
     EndpointAddr,
     EndpointState,
+    LeastRequestBalancer,
     PeakEwmaBalancer,
     RoundRobinBalancer,
 )
+from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.metrics import Metrics, RouteStats
+from gossamer.proxy.policy import ServicePolicy
+from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 
 __all__ = ["OutboundService", "RouteTable", "SnapshotError", "compile_snapshot", "service_key"]
 
 _HOST_CACHE_LIMIT = 4096
+EJECTION_CHECK_INTERVAL = 0.25  # how stale the ejected set may be (returns are time-based)
 
 
-class SnapshotError(ValueError):
-    """The snapshot is malformed; the message says where."""
+class ConnectionAccount:
+    """Connections this proxy holds to one service and requests waiting for one (circuit
+    breaking); it outlives config updates, so connections opened under an old snapshot still
+    count. Pending entries are ``(downstream, exchange)`` pairs; the downstream decides whether
+    the exchange is still wanted."""
+
+    __slots__ = ("limits", "open", "pending")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.pending: deque[tuple[Any, Any]] = deque()
+        self.limits: ConnectionLimits = UNLIMITED
+
+    def exhausted(self, served: int) -> bool:
+        return self.limits.connection_exhausted(served)
+
+    def hand_over(self, conn: Any) -> bool:
+        """Give a connection that just became idle to the oldest waiting request."""
+        while self.pending:
+            downstream, ex = self.pending.popleft()
+            if downstream.wants(ex):
+                downstream.start_pending(ex, conn)
+                return True
+        return False
+
+    def connection_closed(self) -> None:
+        """A connection closed: the slot goes to the oldest waiting request, if any."""
+        self.open -= 1
+        while self.pending:
+            downstream, ex = self.pending.popleft()
+            if downstream.wants(ex):
+                downstream.send_to(ex)
+                return
 
 
 class OutboundService:
-    """A destination service as this proxy sees it."""
+    """A destination service as this proxy sees it: endpoints, policy, routes, accounting."""
 
-    __slots__ = ("balancer", "identity", "key", "name", "namespace", "protocol", "sni", "stats")
+    __slots__ = (
+        "_next_refresh",
+        "_subsets",
+        "account",
+        "balancer",
+        "endpoints_all",
+        "identity",
+        "key",
+        "name",
+        "namespace",
+        "policy",
+        "protocol",
+        "router",
+        "sni",
+        "stats",
+        "tcp_route",
+    )
 
     def __init__(
         self,
@@ -41,17 +96,74 @@ class OutboundService:
         namespace: str,
         identity: str,
         protocol: str,
-        balancer: Balancer,
+        endpoints: Sequence[EndpointState],
         stats: RouteStats,
+        policy: ServicePolicy | None = None,
     ) -> None:
         self.name = name
         self.namespace = namespace
         self.key = f"{name}.{namespace}"
         self.identity = identity
         self.protocol = protocol
-        self.balancer = balancer
         self.stats = stats
         self.sni = f"{name}.{namespace}.svc"
+        self.policy = policy or ServicePolicy()
+        self.router: Any = None  # an HttpRouter when the service has HTTP routes
+        self.tcp_route: Any = None
+        self.endpoints_all: tuple[EndpointState, ...] = tuple(endpoints)
+        self._subsets: dict[tuple[tuple[str, str], ...], Balancer] = {}
+        self._next_refresh = 0.0
+        self.balancer = self._balancer_for(self.endpoints_all)
+        self.account = ConnectionAccount()
+        if self.policy.outlier is not None:
+            self.policy.outlier.set_endpoints(ep.addr for ep in self.endpoints_all)
+
+    def _balancer_for(self, endpoints: Sequence[EndpointState]) -> Balancer:
+        lb = self.policy.lb_type
+        if lb == "RoundRobin":
+            return RoundRobinBalancer(endpoints)
+        if lb == "LeastRequest":
+            return LeastRequestBalancer(endpoints)
+        if lb == "ConsistentHash":
+            return ConsistentHashBalancer(endpoints)
+        return PeakEwmaBalancer(endpoints)
+
+    def pick(
+        self, subset: tuple[tuple[str, str], ...] = (), hash_key: bytes | None = None
+    ) -> EndpointState | None:
+        """An endpoint for one request: within ``subset`` (label pairs), skipping ejected
+        outliers, by the service's balancer (or the hash ring, given a key)."""
+        if self.policy.outlier is not None and time.monotonic() >= self._next_refresh:
+            self._refresh_ejections()
+        balancer = self._subsets.get(subset) if subset else self.balancer
+        if balancer is None:
+            wanted = dict(subset)
+            balancer = self._subsets[subset] = self._balancer_for(
+                [
+                    ep for ep in self.balancer.endpoints
+                    if all(ep.labels.get(k) == v for k, v in wanted.items())
+                ]
+            )
+        if hash_key is not None and isinstance(balancer, ConsistentHashBalancer):
+            return balancer.pick_for(hash_key)
+        return balancer.pick()
+
+    def record_outcome(self, endpoint: EndpointState, outcome: str) -> None:
+        """Tell outlier detection how a request to ``endpoint`` went (see resilience.outlier)."""
+        outlier = self.policy.outlier
+        if outlier is not None and outlier.record(endpoint.addr, outcome, time.monotonic()):
+            self._next_refresh = 0.0  # an ejection: rebuild the balancers at the next pick
+
+    def _refresh_ejections(self) -> None:
+        outlier = self.policy.outlier
+        assert outlier is not None
+        now = time.monotonic()
+        ejected = outlier.ejected(now)
+        live = tuple(ep for ep in self.endpoints_all if ep.addr not in ejected)
+        if live != self.balancer.endpoints:
+            self.balancer = self._balancer_for(live)
+            self._subsets.clear()
+        self._next_refresh = now + EJECTION_CHECK_INTERVAL
 
 
 def service_key(host: str, default_namespace: str) -> str | None:
@@ -114,7 +226,7 @@ class RouteTable:
         return {
             (ep.addr.host, ep.addr.port): ep
             for svc in self.services.values()
-            for ep in svc.balancer.endpoints
+            for ep in svc.endpoints_all
         }
 
 
@@ -188,16 +300,21 @@ def compile_snapshot(
             else:
                 state.labels = dict(labels)
             endpoints.append(state)
-        chosen: Balancer = (
-            RoundRobinBalancer(endpoints)
-            if balancer == "round-robin"
-            else PeakEwmaBalancer(endpoints)
-        )
         stats = metrics.route("outbound", source, name, identity)
         key = f"{name}.{ns}"
         if key in services:
             raise SnapshotError(f"{where}: service {key} listed twice")
-        services[key] = OutboundService(name, ns, identity, str(protocol), chosen, stats)
+        old = previous.services.get(key) if previous is not None else None
+        policy = ServicePolicy.from_snapshot(
+            raw.get("policy"), f"{where}.policy", old.policy if old is not None else None
+        )
+        if balancer == "round-robin" and raw.get("policy") is None:
+            policy.lb_type = "RoundRobin"
+        service = OutboundService(name, ns, identity, str(protocol), endpoints, stats, policy)
+        if old is not None:
+            service.account = old.account
+        service.account.limits = policy.limits
+        services[key] = service
 
     default = None
     if default_service is not None:

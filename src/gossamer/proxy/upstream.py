@@ -21,8 +21,10 @@ from gossamer.identity.spiffe import peer_uri_sans
 from gossamer.protocol.http1 import LAST_CHUNK, ProxyError, encode_chunk, scan_headers
 
 if TYPE_CHECKING:
+    from gossamer.proxy.balance import EndpointState
     from gossamer.proxy.downstream import DownstreamConnection
     from gossamer.proxy.exchange import Exchange
+    from gossamer.proxy.routing import ConnectionAccount
 
 __all__ = ["Pool", "UpstreamConnection"]
 
@@ -37,10 +39,16 @@ class _HeadResponseDone(Exception):
     """Raised from the parser callback to stop parsing after the head of a HEAD response."""
 
 
+class _ResponseDropped(Exception):
+    """Raised from the parser callback when the downstream wants this response retried."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "account",
         "closed",
         "downstream",
+        "endpoint",
         "eof_framed",
         "exchange",
         "headers",
@@ -51,6 +59,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "reason",
         "reused",
+        "served",
         "transport",
         "tunnel_peer",
         "upstream_keep_alive",
@@ -72,6 +81,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.eof_framed = False
         self.upstream_keep_alive = True
         self.tunnel_peer: DownstreamConnection | None = None  # set after a 101: raw relay
+        self.account: ConnectionAccount | None = None  # the service's connection accounting
+        self.endpoint: EndpointState | None = None
+        self.served = 0
 
     # === asyncio callbacks ===
 
@@ -103,6 +115,14 @@ class UpstreamConnection(asyncio.Protocol):
             if isinstance(exc.__context__, _HeadResponseDone):
                 self.parser = httptools.HttpResponseParser(self)
                 self._finish(self.upstream_keep_alive)
+            elif isinstance(exc.__context__, _ResponseDropped):
+                ex, downstream = self.exchange, self.downstream
+                self.exchange = None
+                self.downstream = None
+                self.close()  # the rest of the dropped response is not read
+                if ex is not None and downstream is not None:
+                    ex.upstream = None
+                    downstream.retry_dropped(ex)
             else:
                 self._broken("upstream-protocol-error", f"{exc.__context__ or exc}")
         except httptools.HttpParserError as exc:
@@ -111,6 +131,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.discard(self)
+        account = self.account
+        if account is not None:
+            self.account = None
+            account.connection_closed()
         if self.tunnel_peer is not None:
             self.tunnel_peer.close()
             self.tunnel_peer = None
@@ -201,9 +225,13 @@ class UpstreamConnection(asyncio.Protocol):
                 downstream.write(_status_line(status, self.reason) + _join(scan.kept) + b"\r\n")
             self.reason = b""
             return
+        if downstream.on_response_status(ex, status):
+            raise _ResponseDropped
         ex.status = status
         self.upstream_keep_alive = self.parser.should_keep_alive()
-        parts = [_status_line(status, self.reason), _join(scan.kept)]
+        rule = ex.rule
+        kept = rule.filters.response_headers(scan.kept) if rule is not None else scan.kept
+        parts = [_status_line(status, self.reason), _join(kept)]
         self.reason = b""
         no_body = ex.is_head or status in _NO_BODY_STATUS
         self.out_chunked = False
@@ -253,15 +281,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.out_chunked:
             downstream.write(LAST_CHUNK)
             self.out_chunked = False
+        self.served += 1
+        account = self.account
         reusable = (
             keep_alive and ex.body_done and not self.closed and not self.eof_framed
             and not ex.upgrade
+            and (account is None or not account.exhausted(self.served))
         )
         self.eof_framed = False
         downstream.response_complete(ex)
         if reusable:
             self.reused = True
-            self.pool.release(self)
+            if account is None or not account.hand_over(self):
+                self.pool.release(self)
         else:
             self.close()
 

@@ -32,9 +32,7 @@ class ConnectionLimits:
         return cls(
             max_connections=opt_int(d, "max_connections", where, default=0),
             max_pending=opt_int(d, "max_pending", where, default=0),
-            max_requests_per_connection=opt_int(
-                d, "max_requests_per_connection", where, default=0
-            ),
+            max_requests_per_connection=opt_int(d, "max_requests_per_connection", where, default=0),
         )
 
     @property

@@ -43,8 +43,8 @@ import math
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.fields import number, obj, opt_int
-from gossamer.proxy.routing import SnapshotError
 
 __all__ = [
     "CONNECT_FAILURE",
@@ -118,11 +118,10 @@ class OutlierDetector:
     def from_snapshot(cls, d: Any, where: str) -> OutlierDetector:
         """Compile the snapshot's ``outlier`` object: ``consecutive_5xx``,
         ``consecutive_gateway_errors``, ``consecutive_connect_failures`` (counts, 0 = off),
-        ``interval_ms``, ``base_ejection_ms`` (``base_ejection_time_ms`` is accepted too),
-        ``max_ejection_ms`` (default 300000), ``max_ejection_percent``."""
+        ``interval_ms``, ``base_ejection_ms``, ``max_ejection_ms`` (default 300000),
+        ``max_ejection_percent``."""
         d = obj(d, where)
-        base_field = "base_ejection_time_ms" if "base_ejection_time_ms" in d else "base_ejection_ms"
-        base_ms = opt_int(d, base_field, where, default=30_000)
+        base_ms = opt_int(d, "base_ejection_ms", where, default=30_000)
         interval_ms = opt_int(d, "interval_ms", where, default=10_000)
         if interval_ms < 1:
             raise SnapshotError(f"{where}.interval_ms: must be at least 1")

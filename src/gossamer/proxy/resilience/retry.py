@@ -28,8 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.fields import number, obj, opt_duration, opt_int, str_list
-from gossamer.proxy.routing import SnapshotError
 
 __all__ = ["DEFAULT_METHODS", "GRPC_CODES", "RETRY_CONDITIONS", "RetryPolicy"]
 
@@ -54,9 +54,7 @@ _CAUSE_CONDITIONS: Mapping[str, frozenset[str]] = {
     "reset": frozenset({"connect-failed", "upstream-reset", "upstream-timeout"}),
     "connect-failure": frozenset({"connect-failed"}),
 }
-RETRY_CONDITIONS: frozenset[str] = frozenset(
-    {*_STATUS_CONDITIONS, *_CAUSE_CONDITIONS, *GRPC_CODES}
-)
+RETRY_CONDITIONS: frozenset[str] = frozenset({*_STATUS_CONDITIONS, *_CAUSE_CONDITIONS, *GRPC_CODES})
 DEFAULT_ATTEMPTS = 2  # as Istio
 DEFAULT_BACKOFF_BASE = 0.025
 DEFAULT_MAX_BODY_BYTES = 64 * 1024

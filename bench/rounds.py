@@ -1,0 +1,210 @@
+"""Interleaved measurement rounds and the figures of record computed from them.
+
+Owns one measurement of one path (:func:`measure`: load at N connections with CPU deltas of
+the path's proxy processes, then at one connection, then RSS), the loop over rounds (every
+available path once per round, the order rotated each round so no path always runs first),
+and :func:`summarize`: per-path medians, and the ratios to the group's HAProxy reference
+computed within each round, with their medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.load import LoadResult, run_h2load, run_wrk
+from bench.procs import cpu_seconds, rss_kib
+from bench.topology import GROUPS, PathSpec, warm_up
+
+__all__ = ["LoadSettings", "Sample", "measure", "run_rounds", "summarize"]
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How hard and how long each path is driven."""
+
+    rounds: int = 3
+    duration: int = 6  # seconds at ``connections``
+    duration_1c: int = 3  # seconds at one connection
+    warmup: int = 1  # unmeasured seconds before each path's runs (0: none)
+    connections: int = 50
+    bulk_connections: int = 4
+    h2_clients: int = 10
+    h2_streams: int = 10
+
+
+@dataclass
+class Sample:
+    """One path in one round."""
+
+    key: str
+    round: int
+    requests: int
+    rps: float
+    p50_us: float
+    p99_us: float
+    mb_per_s: float
+    p50_1c_us: float | None
+    p99_1c_us: float | None
+    cpu_us_per_req: float | None  # all proxy processes of the path, per request
+    cpu_us_per_mb: float | None
+    cpu_cores: float  # proxy CPU seconds per wall second during the load
+    cpu_by_proc: dict[str, float] = field(default_factory=dict)  # us per request
+    rss_kib: dict[str, int] = field(default_factory=dict)  # after the load
+
+
+def _load(spec: PathSpec, settings: LoadSettings, *, single: bool) -> LoadResult:
+    if spec.protocol == "h2":
+        return run_h2load(
+            spec.url,
+            clients=1 if single else settings.h2_clients,
+            streams=1 if single else settings.h2_streams,
+            duration=settings.duration_1c if single else settings.duration,
+            authority=spec.host,
+        )
+    connections = settings.bulk_connections if spec.protocol == "bulk" else settings.connections
+    return run_wrk(
+        spec.url,
+        connections=1 if single else connections,
+        duration=settings.duration_1c if single else settings.duration,
+        host=spec.host,
+    )
+
+
+def measure(spec: PathSpec, settings: LoadSettings, round_no: int) -> Sample:
+    """Load ``spec`` at full concurrency (CPU measured), then at one connection (latency)."""
+    if settings.warmup > 0:
+        warm_up(spec, settings.warmup)
+    before = {p.name: cpu_seconds(p.pid) for p in spec.procs}
+    result = _load(spec, settings, single=False)
+    after = {p.name: cpu_seconds(p.pid) for p in spec.procs}
+    cpu = {name: after[name] - before[name] for name in before}
+    total_cpu = sum(cpu.values())
+    single = _load(spec, settings, single=True) if spec.protocol != "bulk" else None
+    megabytes = result.bytes / 1e6
+    return Sample(
+        key=spec.key,
+        round=round_no,
+        requests=result.requests,
+        rps=result.rps,
+        p50_us=result.p50_us,
+        p99_us=result.p99_us,
+        mb_per_s=result.mb_per_s,
+        p50_1c_us=single.p50_us if single else None,
+        p99_1c_us=single.p99_us if single else None,
+        cpu_us_per_req=total_cpu * 1e6 / result.requests if spec.procs else None,
+        cpu_us_per_mb=total_cpu * 1e6 / megabytes if spec.procs and megabytes else None,
+        cpu_cores=total_cpu / result.duration_s if result.duration_s else 0.0,
+        cpu_by_proc={name: sec * 1e6 / result.requests for name, sec in cpu.items()},
+        rss_kib={p.name: rss_kib(p.pid) for p in spec.procs},
+    )
+
+
+def run_rounds(
+    paths: list[PathSpec], settings: LoadSettings, log: Callable[[str], None]
+) -> list[Sample]:
+    """Every available path once per round, rotating the order each round."""
+    runnable = [p for p in paths if p.available]
+    samples: list[Sample] = []
+    for round_no in range(settings.rounds):
+        shift = round_no % len(runnable) if runnable else 0
+        order = runnable[shift:] + runnable[:shift]
+        for spec in order:
+            sample = measure(spec, settings, round_no)
+            samples.append(sample)
+            log(
+                f"round {round_no + 1}/{settings.rounds} {spec.key:14s} "
+                f"{sample.rps:9.0f} req/s {sample.mb_per_s:8.1f} MB/s "
+                f"p50 {sample.p50_us:7.0f} us p99 {sample.p99_us:7.0f} us"
+                + (f" cpu {sample.cpu_us_per_req:6.1f} us/req" if sample.cpu_us_per_req else "")
+            )
+    return samples
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _per_round(samples: list[Sample]) -> dict[int, dict[str, Sample]]:
+    rounds: dict[int, dict[str, Sample]] = {}
+    for sample in samples:
+        rounds.setdefault(sample.round, {})[sample.key] = sample
+    return rounds
+
+
+def _ratios(path: Sample, ref: Sample, base: Sample | None, bulk: bool) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if bulk:
+        if ref.mb_per_s:
+            out["throughput"] = path.mb_per_s / ref.mb_per_s
+        if path.cpu_us_per_mb and ref.cpu_us_per_mb:
+            out["cpu"] = path.cpu_us_per_mb / ref.cpu_us_per_mb
+        return out
+    if ref.rps:
+        out["throughput"] = path.rps / ref.rps
+    if path.cpu_us_per_req and ref.cpu_us_per_req:
+        out["cpu"] = path.cpu_us_per_req / ref.cpu_us_per_req
+    if base is not None and None not in (path.p50_1c_us, ref.p50_1c_us, base.p50_1c_us):
+        assert path.p50_1c_us is not None and ref.p50_1c_us is not None
+        assert base.p50_1c_us is not None
+        out["added_p50_1c_vs_ref_us"] = path.p50_1c_us - ref.p50_1c_us
+    if base is not None and None not in (path.p99_1c_us, ref.p99_1c_us, base.p99_1c_us):
+        assert path.p99_1c_us is not None and ref.p99_1c_us is not None
+        out["added_p99_1c_vs_ref_us"] = path.p99_1c_us - ref.p99_1c_us
+    return out
+
+
+def summarize(paths: list[PathSpec], samples: list[Sample]) -> dict[str, Any]:
+    """Medians per path and, per round, ratios to the group's reference; then their medians."""
+    rounds = _per_round(samples)
+    per_path: dict[str, dict[str, Any]] = {}
+    for spec in paths:
+        own = [s for s in samples if s.key == spec.key]
+        baseline_key, reference_key = GROUPS[spec.group]
+        added_p50: list[float] = []
+        added_p99: list[float] = []
+        ratios: dict[str, list[float]] = {}
+        for by_key in rounds.values():
+            sample, base = by_key.get(spec.key), by_key.get(baseline_key)
+            if sample is None:
+                continue
+            if base is not None and sample.p50_1c_us is not None and base.p50_1c_us is not None:
+                added_p50.append(sample.p50_1c_us - base.p50_1c_us)
+            if base is not None and sample.p99_1c_us is not None and base.p99_1c_us is not None:
+                added_p99.append(sample.p99_1c_us - base.p99_1c_us)
+            ref = by_key.get(reference_key)
+            if ref is not None and spec.key not in (reference_key, baseline_key):
+                for name, value in _ratios(sample, ref, base, spec.protocol == "bulk").items():
+                    ratios.setdefault(name, []).append(value)
+        rss_after: dict[str, int] = {}
+        for sample in own:
+            for name, kib in sample.rss_kib.items():
+                rss_after[name] = max(rss_after.get(name, 0), kib)
+        cpu_by_proc: dict[str, float | None] = {}
+        for proc in spec.procs:
+            cpu_by_proc[proc.name] = _median([s.cpu_by_proc[proc.name] for s in own])
+        per_path[spec.key] = {
+            "available": spec.available,
+            "reason": spec.reason,
+            "samples": len(own),
+            "rps": _median([s.rps for s in own]),
+            "mb_per_s": _median([s.mb_per_s for s in own]),
+            "p50_us": _median([s.p50_us for s in own]),
+            "p99_us": _median([s.p99_us for s in own]),
+            "p50_1c_us": _median([s.p50_1c_us for s in own if s.p50_1c_us is not None]),
+            "p99_1c_us": _median([s.p99_1c_us for s in own if s.p99_1c_us is not None]),
+            "added_p50_1c_us": _median(added_p50),
+            "added_p99_1c_us": _median(added_p99),
+            "cpu_us_per_req": _median(
+                [s.cpu_us_per_req for s in own if s.cpu_us_per_req is not None]
+            ),
+            "cpu_us_per_mb": _median([s.cpu_us_per_mb for s in own if s.cpu_us_per_mb]),
+            "cpu_cores": _median([s.cpu_cores for s in own]),
+            "cpu_us_per_req_by_proc": cpu_by_proc,
+            "rss_after_kib": rss_after,
+            "ratios_per_round": ratios,
+            "ratios": {name: _median(values) for name, values in ratios.items()},
+        }
+    return {"paths": per_path, "samples": [asdict(s) for s in samples]}

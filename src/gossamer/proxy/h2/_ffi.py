@@ -1,0 +1,383 @@
+"""The cffi (ABI mode) binding to the system's libnghttp2: declarations, library, constants.
+
+This module owns the only C declarations in Gossamer. They are copied by hand from
+``nghttp2.h`` of libnghttp2 1.52 (Debian ``libnghttp2-14``) and cover just what
+``gossamer.proxy.h2.session`` uses; no compiler is needed at run time. Three checks stand
+between these declarations and a library they do not describe:
+
+- the shared object is opened by its ABI name (``libnghttp2.so.14``: nghttp2 keeps its ABI
+  stable within a soname), and ``nghttp2_version()`` must report at least ``MIN_VERSION``;
+- every declared function is looked up at import, so a missing symbol fails here, with its
+  name, rather than later on the data path;
+- the session module runs an in-memory client/server exchange at import that reads every
+  struct field it relies on (``self_check``), and a unit test compares ``sizeof``/``offsetof``
+  with the installed header when one is present.
+
+Callback parameters that point at bytes are declared ``const char *`` (the header says
+``const uint8_t *``): the same ABI, and ``ffi.unpack`` then returns ``bytes``.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+from typing import Any
+
+import cffi
+
+__all__ = [
+    "FUNCTIONS",
+    "LIBRARY_NAMES",
+    "MIN_VERSION",
+    "NghttpUnavailable",
+    "ffi",
+    "lib",
+    "version",
+]
+
+MIN_VERSION = (1, 52, 0)
+LIBRARY_NAMES = ("libnghttp2.so.14", "nghttp2")
+
+CDEF = """
+typedef struct nghttp2_session nghttp2_session;
+typedef struct nghttp2_session_callbacks nghttp2_session_callbacks;
+typedef struct nghttp2_option nghttp2_option;
+
+typedef struct {
+  int age;
+  int version_num;
+  const char *version_str;
+  const char *proto_str;
+} nghttp2_info;
+
+typedef struct {
+  uint8_t *name;
+  uint8_t *value;
+  size_t namelen;
+  size_t valuelen;
+  uint8_t flags;
+} nghttp2_nv;
+
+typedef struct {
+  size_t length;
+  int32_t stream_id;
+  uint8_t type;
+  uint8_t flags;
+  uint8_t reserved;
+} nghttp2_frame_hd;
+
+typedef union {
+  int fd;
+  void *ptr;
+} nghttp2_data_source;
+
+typedef ssize_t (*nghttp2_data_source_read_callback)(
+    nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
+    uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
+
+typedef struct {
+  nghttp2_data_source source;
+  nghttp2_data_source_read_callback read_callback;
+} nghttp2_data_provider;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  size_t padlen;
+} nghttp2_data;
+
+typedef struct {
+  int32_t stream_id;
+  int32_t weight;
+  uint8_t exclusive;
+} nghttp2_priority_spec;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  size_t padlen;
+  nghttp2_priority_spec pri_spec;
+  nghttp2_nv *nva;
+  size_t nvlen;
+  int cat;
+} nghttp2_headers;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  nghttp2_priority_spec pri_spec;
+} nghttp2_priority;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  uint32_t error_code;
+} nghttp2_rst_stream;
+
+typedef struct {
+  int32_t settings_id;
+  uint32_t value;
+} nghttp2_settings_entry;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  size_t niv;
+  nghttp2_settings_entry *iv;
+} nghttp2_settings;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  size_t padlen;
+  nghttp2_nv *nva;
+  size_t nvlen;
+  int32_t promised_stream_id;
+  uint8_t reserved;
+} nghttp2_push_promise;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  uint8_t opaque_data[8];
+} nghttp2_ping;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  int32_t last_stream_id;
+  uint32_t error_code;
+  uint8_t *opaque_data;
+  size_t opaque_data_len;
+  uint8_t reserved;
+} nghttp2_goaway;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  int32_t window_size_increment;
+  uint8_t reserved;
+} nghttp2_window_update;
+
+typedef struct {
+  nghttp2_frame_hd hd;
+  void *payload;
+} nghttp2_extension;
+
+typedef union {
+  nghttp2_frame_hd hd;
+  nghttp2_data data;
+  nghttp2_headers headers;
+  nghttp2_priority priority;
+  nghttp2_rst_stream rst_stream;
+  nghttp2_settings settings;
+  nghttp2_push_promise push_promise;
+  nghttp2_ping ping;
+  nghttp2_goaway goaway;
+  nghttp2_window_update window_update;
+  nghttp2_extension ext;
+} nghttp2_frame;
+
+typedef int (*nghttp2_on_frame_recv_callback)(
+    nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
+typedef int (*nghttp2_on_data_chunk_recv_callback)(
+    nghttp2_session *session, uint8_t flags, int32_t stream_id, const char *data,
+    size_t len, void *user_data);
+typedef int (*nghttp2_on_frame_not_send_callback)(
+    nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code,
+    void *user_data);
+typedef int (*nghttp2_on_stream_close_callback)(
+    nghttp2_session *session, int32_t stream_id, uint32_t error_code, void *user_data);
+typedef int (*nghttp2_on_begin_headers_callback)(
+    nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
+typedef int (*nghttp2_on_header_callback)(
+    nghttp2_session *session, const nghttp2_frame *frame, const char *name,
+    size_t namelen, const char *value, size_t valuelen, uint8_t flags, void *user_data);
+
+nghttp2_info *nghttp2_version(int least_version);
+const char *nghttp2_strerror(int lib_error_code);
+const char *nghttp2_http2_strerror(uint32_t error_code);
+
+int nghttp2_session_callbacks_new(nghttp2_session_callbacks **callbacks_ptr);
+void nghttp2_session_callbacks_del(nghttp2_session_callbacks *callbacks);
+void nghttp2_session_callbacks_set_on_frame_recv_callback(
+    nghttp2_session_callbacks *cbs, nghttp2_on_frame_recv_callback cb);
+void nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+    nghttp2_session_callbacks *cbs, nghttp2_on_data_chunk_recv_callback cb);
+void nghttp2_session_callbacks_set_on_stream_close_callback(
+    nghttp2_session_callbacks *cbs, nghttp2_on_stream_close_callback cb);
+void nghttp2_session_callbacks_set_on_header_callback(
+    nghttp2_session_callbacks *cbs, nghttp2_on_header_callback cb);
+void nghttp2_session_callbacks_set_on_begin_headers_callback(
+    nghttp2_session_callbacks *cbs, nghttp2_on_begin_headers_callback cb);
+void nghttp2_session_callbacks_set_on_frame_not_send_callback(
+    nghttp2_session_callbacks *cbs, nghttp2_on_frame_not_send_callback cb);
+
+int nghttp2_option_new(nghttp2_option **option_ptr);
+void nghttp2_option_del(nghttp2_option *option);
+void nghttp2_option_set_no_auto_window_update(nghttp2_option *option, int val);
+void nghttp2_option_set_peer_max_concurrent_streams(nghttp2_option *option, uint32_t val);
+void nghttp2_option_set_max_send_header_block_length(nghttp2_option *option, size_t val);
+void nghttp2_option_set_max_outbound_ack(nghttp2_option *option, size_t val);
+void nghttp2_option_set_max_settings(nghttp2_option *option, size_t val);
+
+int nghttp2_session_server_new2(nghttp2_session **session_ptr,
+    const nghttp2_session_callbacks *callbacks, void *user_data,
+    const nghttp2_option *option);
+int nghttp2_session_client_new2(nghttp2_session **session_ptr,
+    const nghttp2_session_callbacks *callbacks, void *user_data,
+    const nghttp2_option *option);
+void nghttp2_session_del(nghttp2_session *session);
+
+ssize_t nghttp2_session_mem_recv(nghttp2_session *session, const char *in, size_t inlen);
+ssize_t nghttp2_session_mem_send(nghttp2_session *session, const uint8_t **data_ptr);
+int nghttp2_session_want_read(nghttp2_session *session);
+int nghttp2_session_want_write(nghttp2_session *session);
+
+int nghttp2_submit_settings(nghttp2_session *session, uint8_t flags,
+    const nghttp2_settings_entry *iv, size_t niv);
+int32_t nghttp2_submit_request(nghttp2_session *session,
+    const nghttp2_priority_spec *pri_spec, const nghttp2_nv *nva, size_t nvlen,
+    const nghttp2_data_provider *data_prd, void *stream_user_data);
+int nghttp2_submit_response(nghttp2_session *session, int32_t stream_id,
+    const nghttp2_nv *nva, size_t nvlen, const nghttp2_data_provider *data_prd);
+int nghttp2_submit_trailer(nghttp2_session *session, int32_t stream_id,
+    const nghttp2_nv *nva, size_t nvlen);
+int nghttp2_submit_rst_stream(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+    uint32_t error_code);
+int nghttp2_submit_goaway(nghttp2_session *session, uint8_t flags, int32_t last_stream_id,
+    uint32_t error_code, const uint8_t *opaque_data, size_t opaque_data_len);
+int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *opaque_data);
+
+int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *session);
+int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code);
+int nghttp2_session_resume_data(nghttp2_session *session, int32_t stream_id);
+int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t size);
+int nghttp2_session_consume_connection(nghttp2_session *session, size_t size);
+int nghttp2_session_set_local_window_size(nghttp2_session *session, uint8_t flags,
+    int32_t stream_id, int32_t window_size);
+uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id);
+int nghttp2_session_check_request_allowed(nghttp2_session *session);
+"""
+
+# Every function declared above: looked up once at import so a missing one fails loudly here.
+FUNCTIONS = (
+    "nghttp2_version",
+    "nghttp2_strerror",
+    "nghttp2_http2_strerror",
+    "nghttp2_session_callbacks_new",
+    "nghttp2_session_callbacks_del",
+    "nghttp2_session_callbacks_set_on_frame_recv_callback",
+    "nghttp2_session_callbacks_set_on_data_chunk_recv_callback",
+    "nghttp2_session_callbacks_set_on_stream_close_callback",
+    "nghttp2_session_callbacks_set_on_header_callback",
+    "nghttp2_session_callbacks_set_on_begin_headers_callback",
+    "nghttp2_session_callbacks_set_on_frame_not_send_callback",
+    "nghttp2_option_new",
+    "nghttp2_option_del",
+    "nghttp2_option_set_no_auto_window_update",
+    "nghttp2_option_set_peer_max_concurrent_streams",
+    "nghttp2_option_set_max_send_header_block_length",
+    "nghttp2_option_set_max_outbound_ack",
+    "nghttp2_option_set_max_settings",
+    "nghttp2_session_server_new2",
+    "nghttp2_session_client_new2",
+    "nghttp2_session_del",
+    "nghttp2_session_mem_recv",
+    "nghttp2_session_mem_send",
+    "nghttp2_session_want_read",
+    "nghttp2_session_want_write",
+    "nghttp2_submit_settings",
+    "nghttp2_submit_request",
+    "nghttp2_submit_response",
+    "nghttp2_submit_trailer",
+    "nghttp2_submit_rst_stream",
+    "nghttp2_submit_goaway",
+    "nghttp2_submit_ping",
+    "nghttp2_session_get_last_proc_stream_id",
+    "nghttp2_session_terminate_session",
+    "nghttp2_session_resume_data",
+    "nghttp2_session_consume",
+    "nghttp2_session_consume_connection",
+    "nghttp2_session_set_local_window_size",
+    "nghttp2_session_get_remote_settings",
+    "nghttp2_session_check_request_allowed",
+)
+
+
+class NghttpUnavailable(ImportError):
+    """libnghttp2 is missing, too old, or does not match the declarations."""
+
+
+def _open(ffi_: cffi.FFI) -> Any:
+    errors: list[str] = []
+    names = list(LIBRARY_NAMES)
+    found = ctypes.util.find_library("nghttp2")
+    if found and found not in names:
+        names.append(found)
+    for name in names:
+        try:
+            return ffi_.dlopen(name)
+        except OSError as exc:
+            errors.append(f"{name}: {exc}")
+    raise NghttpUnavailable(
+        "libnghttp2 not found (install the Debian package libnghttp2-14): " + "; ".join(errors)
+    )
+
+
+def _parse_version(text: str) -> tuple[int, int, int]:
+    parts = (text.split("-")[0].split(".") + ["0", "0", "0"])[:3]
+    try:
+        return (int(parts[0]), int(parts[1]), int(parts[2]))
+    except ValueError:
+        raise NghttpUnavailable(f"libnghttp2 reports an unreadable version {text!r}") from None
+
+
+def _load() -> tuple[cffi.FFI, Any, tuple[int, int, int]]:
+    ffi_ = cffi.FFI()
+    ffi_.cdef(CDEF)
+    lib_ = _open(ffi_)
+    info = lib_.nghttp2_version(0)
+    if info == ffi_.NULL:
+        raise NghttpUnavailable("nghttp2_version() returned NULL")
+    found = _parse_version(ffi_.string(info.version_str).decode("ascii", "replace"))
+    packed = info.version_num
+    if packed != (found[0] << 16 | found[1] << 8 | found[2]):
+        raise NghttpUnavailable(
+            f"libnghttp2 version fields disagree ({found} vs 0x{packed:06x}): "
+            "the nghttp2_info declaration does not match this library"
+        )
+    if found < MIN_VERSION:
+        want = ".".join(map(str, MIN_VERSION))
+        raise NghttpUnavailable(
+            f"libnghttp2 {'.'.join(map(str, found))} is older than the {want} this binding "
+            "was declared against; install a newer libnghttp2-14"
+        )
+    least = MIN_VERSION[0] << 16 | MIN_VERSION[1] << 8 | MIN_VERSION[2]
+    if lib_.nghttp2_version(least) == ffi_.NULL:
+        raise NghttpUnavailable("libnghttp2 refuses the minimum version check")
+    missing = []
+    for name in FUNCTIONS:
+        try:
+            getattr(lib_, name)
+        except AttributeError:
+            missing.append(name)
+    if missing:
+        raise NghttpUnavailable("libnghttp2 lacks declared functions: " + ", ".join(missing))
+    return ffi_, lib_, found
+
+
+ffi, lib, version = _load()
+
+# Constants from nghttp2.h (stable protocol and API values).
+ERR_DEFERRED = -508
+ERR_TEMPORAL_CALLBACK_FAILURE = -521
+ERR_CALLBACK_FAILURE = -902
+DATA_FLAG_EOF = 0x01
+DATA_FLAG_NO_END_STREAM = 0x02
+FLAG_NONE = 0
+FLAG_END_STREAM = 0x01
+FLAG_ACK = 0x01
+HCAT_REQUEST = 0
+HCAT_RESPONSE = 1
+HCAT_HEADERS = 3
+FRAME_DATA = 0
+FRAME_HEADERS = 1
+FRAME_RST_STREAM = 3
+FRAME_SETTINGS = 4
+FRAME_PING = 6
+FRAME_GOAWAY = 7
+SETTINGS_ENABLE_PUSH = 2
+SETTINGS_MAX_CONCURRENT_STREAMS = 3
+SETTINGS_INITIAL_WINDOW_SIZE = 4
+SETTINGS_MAX_HEADER_LIST_SIZE = 6
