@@ -172,6 +172,7 @@ def error_response(
     request_id: bytes | None = None,
     close: bool = False,
     head_only: bool = False,
+    headers: Iterable[Header] = (),
 ) -> bytes:
     """The full bytes of a response the proxy generates, naming the cause in a header."""
     body = f"{status} {cause}{': ' + detail if detail else ''}\n".encode("utf-8", "replace")
@@ -183,6 +184,7 @@ def error_response(
     ]
     if request_id:
         lines.append(b"x-request-id: " + request_id)
+    lines.extend(b"%b: %b" % pair for pair in headers)
     if close:
         lines.append(b"connection: close")
     head = b"\r\n".join(lines) + b"\r\n\r\n"

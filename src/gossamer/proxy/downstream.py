@@ -337,7 +337,14 @@ class DownstreamConnection(asyncio.Protocol):
 
     # === errors and lifecycle ===
 
-    def respond_error(self, ex: Exchange, status: int, cause: str, detail: str = "") -> None:
+    def respond_error(
+        self,
+        ex: Exchange,
+        status: int,
+        cause: str,
+        detail: str = "",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         """Answer ``ex`` with a response the proxy generates, naming the cause."""
         self.proxy.metrics.error(self.direction, cause)
         if self.closed:
@@ -357,6 +364,7 @@ class DownstreamConnection(asyncio.Protocol):
                 request_id=ex.request_id or None,
                 close=not ex.keep_alive,
                 head_only=ex.is_head,
+                headers=headers,
             )
         )
         self.response_complete(ex)

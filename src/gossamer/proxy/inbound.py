@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import ssl
+import time
 
 from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
 from gossamer.protocol.http1 import HeadScan, ProxyError, error_response
@@ -42,6 +44,7 @@ class InboundConnection(DownstreamConnection):
     def __init__(self, proxy: ProxyState) -> None:
         super().__init__(proxy)
         self.peer = b""
+        self.peer_text = ""
         self.stats: RouteStats | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -49,6 +52,7 @@ class InboundConnection(DownstreamConnection):
         sans = peer_uri_sans(transport.get_extra_info("peercert"))
         peer = sans[0] if sans else ""
         self.peer = peer.encode()
+        self.peer_text = peer
         try:
             source = SpiffeId.parse(peer).service_account if peer else "unknown"
         except ValueError:
@@ -65,6 +69,16 @@ class InboundConnection(DownstreamConnection):
 
     def dispatch(self, ex: Exchange) -> None:
         ex.stats = self.stats
+        table = self.proxy.table
+        limiter = table.rate_limiter if table is not None else None
+        if limiter is not None:
+            wait = limiter.check(self.peer_text, time.monotonic())
+            if wait > 0:
+                self.respond_error(
+                    ex, 429, "rate-limited", "local rate limit",
+                    headers=((b"retry-after", b"%d" % math.ceil(wait)),),
+                )
+                return
         app = self.proxy.settings.workload.app
         if app is None:
             self.respond_error(ex, 503, "no-local-app", "this sidecar has no local application")

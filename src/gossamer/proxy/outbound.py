@@ -452,7 +452,14 @@ class MirrorSink(OutboundConnection):
         self.queue.clear()
         self.closed = True
 
-    def respond_error(self, ex: Exchange, status: int, cause: str, detail: str = "") -> None:
+    def respond_error(
+        self,
+        ex: Exchange,
+        status: int,
+        cause: str,
+        detail: str = "",
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
         self.proxy.metrics.error("mirror", cause)
         ex.status = status
         self.response_complete(ex)

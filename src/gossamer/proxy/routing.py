@@ -27,6 +27,7 @@ from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.metrics import Metrics, RouteStats
 from gossamer.proxy.policy import ServicePolicy
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
+from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
 
 __all__ = ["OutboundService", "RouteTable", "SnapshotError", "compile_snapshot", "service_key"]
 
@@ -196,7 +197,11 @@ class RouteTable:
         namespace: str,
         default_service: OutboundService | None = None,
         mtls: str = "STRICT",
+        rate_limiter: LocalRateLimiter | None = None,
+        rate_limit_raw: Any = None,
     ) -> None:
+        self.rate_limiter = rate_limiter  # inbound admission for this proxy's own service
+        self.rate_limit_raw = rate_limit_raw
         self.version = version
         self.mtls = mtls  # inbound mode: STRICT refuses plaintext, PERMISSIVE accepts it
         self.services = dict(services)  # by key "name.ns"
@@ -258,6 +263,15 @@ def compile_snapshot(
     if not isinstance(inbound, Mapping):
         raise SnapshotError("snapshot.inbound: expected an object")
     mtls = inbound.get("mtls", "STRICT")
+    rate_limit_raw = inbound.get("rate_limit")
+    rate_limiter = None
+    if rate_limit_raw is not None:
+        if previous is not None and previous.rate_limit_raw == rate_limit_raw:
+            rate_limiter = previous.rate_limiter  # same limits: keep the buckets' state
+        else:
+            rate_limiter = LocalRateLimiter.from_snapshot(
+                rate_limit_raw, "snapshot.inbound.rate_limit"
+            )
     if mtls not in ("STRICT", "PERMISSIVE"):
         raise SnapshotError(f"snapshot.inbound.mtls: expected STRICT or PERMISSIVE, got {mtls!r}")
     unknown_raw = outbound.get("unknown", [])
@@ -320,4 +334,7 @@ def compile_snapshot(
     if default_service is not None:
         default_key = service_key(default_service, namespace)
         default = services.get(default_key) if default_key else None
-    return RouteTable(version, services, frozenset(unknown_raw), namespace, default, mtls)
+    return RouteTable(
+        version, services, frozenset(unknown_raw), namespace, default, mtls,
+        rate_limiter, rate_limit_raw,
+    )

@@ -55,7 +55,7 @@ def test_unknown_service_listed_as_name_namespace() -> None:
 
 def test_known_by_resource_without_endpoints() -> None:
     """A Service resource makes the name known even with no endpoints."""
-    info = ServiceInfo("orders", "default", "orders-sa", "grpc")
+    info = ServiceInfo("orders", "default", "orders-sa", "grpc", ports=((9000, "grpc"),))
     (entry,) = build_snapshot("default", "web", ["orders"], view([info]))["outbound"]["services"]
     assert entry == {
         "name": "orders",
@@ -63,7 +63,19 @@ def test_known_by_resource_without_endpoints() -> None:
         "identity": "spiffe://gossamer.local/ns/default/sa/orders-sa",
         "protocol": "grpc",
         "endpoints": [],
-    }
+        "ports": [{"port": 9000, "protocol": "grpc"}],
+        "http_routes": [],
+        "policy": {
+            "load_balancer": {"type": "PeakEWMA", "hash_header": None, "hash_cookie": None},
+            "connection_pool": {"max_connections": 0, "max_pending": 0,
+                                "max_requests_per_connection": 0},
+            "outlier": None,
+            "timeout_ms": None,
+            "retry": None,
+            "retry_budget": {"ratio": 0.2, "min_per_second": 10, "window_ms": 10000},
+        },
+        "tcp_route": None,
+    }  # fmt: skip
 
 
 def test_known_by_workload_only_uses_name_as_account() -> None:
@@ -102,7 +114,11 @@ def test_proxy_section_and_mtls_mode() -> None:
         "namespace": "shop",
         "identity": "spiffe://gossamer.local/ns/shop/sa/frontend",
     }
-    assert snap["inbound"] == {"mtls": "PERMISSIVE"}
+    assert snap["inbound"] == {
+        "mtls": "PERMISSIVE",
+        "ports": [{"port": 80, "protocol": "http"}],
+        "rate_limit": None,
+    }
     assert snap["trust_domain"] == "gossamer.local"
 
 
