@@ -26,6 +26,7 @@ from gossamer.proxy.balance import EndpointState
 from gossamer.proxy.downstream import PAUSE_BUFFER, DownstreamConnection
 from gossamer.proxy.exchange import Exchange
 from gossamer.proxy.resilience.outlier import classify
+from gossamer.proxy.routes import HttpRule
 from gossamer.proxy.routing import OutboundService, service_key
 from gossamer.proxy.tasks import spawn
 from gossamer.proxy.upstream import UpstreamConnection
@@ -120,7 +121,7 @@ class OutboundConnection(DownstreamConnection):
                         )
                         return
                 ex.headers = filters.request_headers(ex.headers)
-                ex.path = filters.rewrite_path(ex.path)
+                ex.path = filters.rewrite_path(ex.path, rule)
             ref = rule.pick_backend(_rng)
             table = self.proxy.table
             chosen = table.services.get(ref.service_key) if table is not None else None
@@ -130,7 +131,7 @@ class OutboundConnection(DownstreamConnection):
                 )
                 return
             backend = chosen
-            ex.subset = tuple(sorted(ref.subset.items())) if ref.subset else ()
+            ex.subset = ref.subset_key
             if rule.timeout is not None:
                 timeout = rule.timeout
             if rule.retry is not None:
@@ -155,14 +156,14 @@ class OutboundConnection(DownstreamConnection):
         if self.wants(ex):
             rule = ex.rule
             ex.headers = rule.filters.request_headers(ex.headers)
-            ex.path = rule.filters.rewrite_path(ex.path)
+            ex.path = rule.filters.rewrite_path(ex.path, rule)
             self.route(ex, service, delayed=True)
 
-    def _redirect(self, ex: Exchange, rule: object) -> None:
-        host = ex.target.decode("latin-1")
-        response: bytes = rule.filters.redirect_response(  # type: ignore[attr-defined]
-            "http", host, ex.path.decode("latin-1")
+    def _redirect(self, ex: Exchange, rule: HttpRule) -> None:
+        response = rule.filters.redirect_response(
+            b"http", ex.target, ex.path, request_id=ex.request_id
         )
+        assert response is not None
         ex.status = int(response[9:12])
         ex.response_started = True
         if not ex.body_done:
@@ -399,9 +400,9 @@ class OutboundConnection(DownstreamConnection):
 
     # === mirroring ===
 
-    def _maybe_mirror(self, ex: Exchange, rule: object) -> None:
-        mirror = rule.filters.mirror  # type: ignore[attr-defined]
-        if not mirror.should_mirror(_rng):
+    def _maybe_mirror(self, ex: Exchange, rule: HttpRule) -> None:
+        mirror = rule.filters.mirror
+        if mirror is None or not mirror.should_mirror(_rng):
             return
         if ex.has_body and (not ex.body_done or ex.body_size > MAX_MIRROR_BODY):
             self.proxy.metrics.error("outbound", "mirror-skipped-body")
@@ -423,7 +424,7 @@ class OutboundConnection(DownstreamConnection):
         copy.body = list(ex.body) if ex.body else None
         copy.head = ex.head
         copy.service = target
-        copy.subset = tuple(sorted(mirror.subset.items())) if mirror.subset else ()
+        copy.subset = mirror.backend.subset_key
         MirrorSink(self.proxy).send(copy)
 
 

@@ -26,6 +26,7 @@ from gossamer.proxy.balance import (
 from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.metrics import Metrics, RouteStats
 from gossamer.proxy.policy import ServicePolicy
+from gossamer.proxy.routes import HttpRouter
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
 
@@ -325,6 +326,10 @@ def compile_snapshot(
         if balancer == "round-robin" and raw.get("policy") is None:
             policy.lb_type = "RoundRobin"
         service = OutboundService(name, ns, identity, str(protocol), endpoints, stats, policy)
+        if raw.get("http_routes"):
+            service.router = HttpRouter.from_snapshot(
+                raw["http_routes"], f"{where}.http_routes", default_service=key
+            )
         if old is not None:
             service.account = old.account
         service.account.limits = policy.limits

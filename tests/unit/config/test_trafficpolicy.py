@@ -108,7 +108,7 @@ class TestSnapshotForm:
                 retry={"attempts": 3, "on": ["unavailable"]},
                 retryBudget={"ratio": 0.1, "minRetriesPerSecond": 5, "window": "5s"},
                 rateLimit={"requestsPerSecond": 100, "burst": 200},
-            )  # fmt: skip
+            )
         )
         assert isinstance(resource, TrafficPolicy)
         assert resource.policy_snapshot() == {

@@ -68,7 +68,9 @@ class TestBudget:
             counts = per_window[int(now // window)]
             counts[0] += 1
             attempts = 0
-            while attempts < 1000 and budget.try_retry(now):  # "unlimited": only the budget stops it
+            while attempts < 1000 and budget.try_retry(
+                now
+            ):  # "unlimited": only the budget stops it
                 attempts += 1
             counts[1] += attempts
         total_requests = sum(c[0] for c in per_window.values())
@@ -98,7 +100,9 @@ class TestBudget:
 class TestSnapshot:
     def test_from_snapshot_reads_the_fields(self) -> None:
         """ratio, min_per_second and window_ms are compiled (window in seconds)."""
-        budget = RetryBudget.from_snapshot({"ratio": 0.1, "min_per_second": 5, "window_ms": 2000}, "b")
+        budget = RetryBudget.from_snapshot(
+            {"ratio": 0.1, "min_per_second": 5, "window_ms": 2000}, "b"
+        )
         assert (budget.ratio, budget.min_per_second, budget.window) == (0.1, 5.0, 2.0)
         assert budget.reserve == 10.0
 

@@ -61,7 +61,8 @@ class TestCounters:
         assert d.record(A, GATEWAY_ERROR, 0.0)
 
     def test_gateway_counter_ignores_plain_5xx_and_is_reset_by_it(self) -> None:
-        """consecutive gateway errors: 502/503/504 and connect failures count; a 500 breaks the run."""
+        """consecutive gateway errors: 502/503/504 and connect failures count; a 500 breaks
+        the run."""
         d = detector(consecutive_5xx=0, consecutive_gateway_errors=3)
         d.record(A, GATEWAY_ERROR, 0.0)
         d.record(A, CONNECT_FAILURE, 0.0)
@@ -186,7 +187,8 @@ class TestCap:
         assert not lone.is_ejected(A, 0.0)
 
     def test_small_percent_still_allows_one_ejection(self) -> None:
-        """As Envoy: 10% of three rounds down to 0 but one ejection is still allowed; 0% allows none."""
+        """As Envoy: 10% of three rounds down to 0 but one ejection is still allowed; 0%
+        allows none."""
         d = detector(max_ejection_percent=10.0)
         for key in (A, B):
             for _ in range(5):
@@ -222,11 +224,21 @@ class TestSnapshot:
     def test_from_snapshot_reads_the_control_plane_form(self) -> None:
         """Counts, interval_ms, base_ejection_ms and max_ejection_percent are compiled."""
         d = OutlierDetector.from_snapshot(
-            {"consecutive_5xx": 3, "consecutive_gateway_errors": 4, "consecutive_connect_failures": 2,
-             "interval_ms": 5000, "base_ejection_ms": 1500, "max_ejection_percent": 34},
+            {
+                "consecutive_5xx": 3,
+                "consecutive_gateway_errors": 4,
+                "consecutive_connect_failures": 2,
+                "interval_ms": 5000,
+                "base_ejection_ms": 1500,
+                "max_ejection_percent": 34,
+            },
             "outlier",
-        )  # fmt: skip
-        assert (d.consecutive_5xx, d.consecutive_gateway_errors, d.consecutive_connect_failures) == (3, 4, 2)
+        )
+        assert (
+            d.consecutive_5xx,
+            d.consecutive_gateway_errors,
+            d.consecutive_connect_failures,
+        ) == (3, 4, 2)
         assert (d.interval, d.base_ejection, d.max_ejection_percent) == (5.0, 1.5, 34.0)
         assert d.max_ejection == 300.0
 

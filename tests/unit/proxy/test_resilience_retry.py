@@ -37,7 +37,9 @@ class TestStatusConditions:
 
     def test_grpc_conditions_check_grpc_status(self) -> None:
         """gRPC conditions match the grpc-status value, whatever the HTTP status."""
-        p = policy(on=["unavailable", "resource-exhausted", "cancelled", "deadline-exceeded", "internal"])
+        p = policy(
+            on=["unavailable", "resource-exhausted", "cancelled", "deadline-exceeded", "internal"]
+        )
         for code in (1, 4, 8, 13, 14):
             assert p.retriable_status(200, code), code
         for code in (0, 2, 3, 5, 7, 16):
@@ -68,7 +70,10 @@ class TestCauses:
         failures; a status-code-only policy retries none of them."""
         for condition in ("5xx", "gateway-error"):
             p = policy(on=[condition])
-            assert all(p.retriable_cause(c) for c in ("connect-failed", "upstream-reset", "upstream-timeout"))
+            assert all(
+                p.retriable_cause(c)
+                for c in ("connect-failed", "upstream-reset", "upstream-timeout")
+            )
         codes_only = policy(on=["retriable-status-codes"], status_codes=[503])
         assert not codes_only.retriable_cause("connect-failed")
 
@@ -91,7 +96,13 @@ class TestMethodsAndLimits:
 
     def test_snapshot_fields_are_compiled(self) -> None:
         """attempts are retries (max_tries one more); durations in seconds; body limit kept."""
-        p = policy(attempts=2, per_try_timeout_ms=500, backoff_base_ms=10, backoff_max_ms=80, max_body_bytes=1024)
+        p = policy(
+            attempts=2,
+            per_try_timeout_ms=500,
+            backoff_base_ms=10,
+            backoff_max_ms=80,
+            max_body_bytes=1024,
+        )
         assert (p.attempts, p.max_tries) == (2, 3)
         assert p.per_try_timeout == 0.5
         assert (p.backoff_base, p.backoff_max) == (0.01, 0.08)
@@ -100,7 +111,7 @@ class TestMethodsAndLimits:
 
     def test_errors_name_the_field(self) -> None:
         """Bad values raise SnapshotError naming the field path."""
-        cases = [
+        cases: list[tuple[dict[str, object], str]] = [
             ({"on": ["5xx", "sometimes"]}, r"retry\.on\[1\]"),
             ({"attempts": -1}, r"retry\.attempts"),
             ({"attempts": True}, r"retry\.attempts"),
@@ -123,7 +134,7 @@ class TestBackoff:
         rng = random.Random(5)
         for attempt, ceiling in [(0, 0.025), (1, 0.05), (2, 0.1), (3, 0.2), (4, 0.25), (40, 0.25)]:
             waits = [p.backoff(attempt, rng) for _ in range(2000)]
-            assert 0.0 <= min(waits) and max(waits) <= ceiling + 1e-12
+            assert min(waits) >= 0.0 and max(waits) <= ceiling + 1e-12
             assert min(waits) < ceiling * 0.05 and max(waits) > ceiling * 0.95
             assert abs(sum(waits) / len(waits) - ceiling / 2) < ceiling * 0.05
 

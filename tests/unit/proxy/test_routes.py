@@ -92,7 +92,9 @@ class TestConditions:
 
     def test_header_names_are_case_insensitive(self) -> None:
         """Header names compare case-insensitively, values exactly."""
-        r = router(rule(matches=[{"headers": [{"name": "X-Canary", "type": "Exact", "value": "1"}]}]))
+        r = router(
+            rule(matches=[{"headers": [{"name": "X-Canary", "type": "Exact", "value": "1"}]}])
+        )
         assert matched(r, b"/", headers=[(b"x-CANARY", b"1")]) == "r"
         assert matched(r, b"/", headers=[(b"x-canary", b"2")]) is None
         assert matched(r, b"/", headers=[]) is None
@@ -105,10 +107,18 @@ class TestConditions:
     def test_header_prefix_regex_and_present(self) -> None:
         """Prefix, full-match RegularExpression and Present conditions on headers."""
         r = router(
-            rule("prefix", matches=[{"headers": [{"name": "ua", "type": "Prefix", "value": "curl/"}]}]),
-            rule("regex", matches=[{"headers": [{"name": "v", "type": "RegularExpression", "value": "v[0-9]"}]}]),
+            rule(
+                "prefix",
+                matches=[{"headers": [{"name": "ua", "type": "Prefix", "value": "curl/"}]}],
+            ),
+            rule(
+                "regex",
+                matches=[
+                    {"headers": [{"name": "v", "type": "RegularExpression", "value": "v[0-9]"}]}
+                ],
+            ),
             rule("present", matches=[{"headers": [{"name": "x-debug", "type": "Present"}]}]),
-        )  # fmt: skip
+        )
         assert matched(r, b"/", headers=[(b"UA", b"curl/8.0")]) == "prefix"
         assert matched(r, b"/", headers=[(b"v", b"v2")]) == "regex"
         assert matched(r, b"/", headers=[(b"v", b"v22")]) is None
@@ -127,9 +137,14 @@ class TestConditions:
     def test_query_regex_present_and_repeated_values(self) -> None:
         """RegularExpression (full), Present, and any of repeated values."""
         r = router(
-            rule("regex", matches=[{"query": [{"name": "id", "type": "RegularExpression", "value": "[0-9]+"}]}]),
+            rule(
+                "regex",
+                matches=[
+                    {"query": [{"name": "id", "type": "RegularExpression", "value": "[0-9]+"}]}
+                ],
+            ),
             rule("present", matches=[{"query": [{"name": "debug", "type": "Present"}]}]),
-        )  # fmt: skip
+        )
         assert matched(r, b"/?id=x&id=12") == "regex"
         assert matched(r, b"/?id=12x") is None
         assert matched(r, b"/?debug") == "present"
@@ -224,7 +239,9 @@ class TestBackends:
 
     def test_all_zero_weights_are_refused(self) -> None:
         """Every backend at weight 0 is a snapshot error naming the backends."""
-        with pytest.raises(SnapshotError, match=r"routes\[0\]\.backends: every backend has weight 0"):
+        with pytest.raises(
+            SnapshotError, match=r"routes\[0\]\.backends: every backend has weight 0"
+        ):
             router(rule(backends=[{"service": SVC, "weight": 0}]))
 
     def test_backend_refs_compare_by_subset_contents(self) -> None:
@@ -248,18 +265,36 @@ class TestRuleFields:
     def test_errors_name_the_field(self) -> None:
         """Bad input raises SnapshotError naming the path of the bad field."""
         cases: list[tuple[dict[str, Any], str]] = [
-            (path_rule("RegularExpression", "(unclosed"), r"routes\[0\]\.matches\[0\]\.path\.value"),
+            (
+                path_rule("RegularExpression", "(unclosed"),
+                r"routes\[0\]\.matches\[0\]\.path\.value",
+            ),
             (path_rule("Suffix", "/a"), r"routes\[0\]\.matches\[0\]\.path\.type"),
             (path_rule("Prefix", "no-slash"), r"routes\[0\]\.matches\[0\]\.path\.value"),
-            (rule(matches=[{"headers": [{"name": "bad name", "value": "1"}]}]), r"headers\[0\]\.name"),
-            (rule(matches=[{"query": [{"name": "q", "type": "Prefix", "value": "1"}]}]), r"query\[0\]\.type"),
+            (
+                rule(matches=[{"headers": [{"name": "bad name", "value": "1"}]}]),
+                r"headers\[0\]\.name",
+            ),
+            (
+                rule(matches=[{"query": [{"name": "q", "type": "Prefix", "value": "1"}]}]),
+                r"query\[0\]\.type",
+            ),
             (rule(retry={"on": ["sometimes"]}), r"routes\[0\]\.retry\.on\[0\]"),
             (rule(timeout_ms=-1), r"routes\[0\]\.timeout_ms"),
-            (rule(filters={"request_headers": {"set": {"x": "a\r\nb"}}}), r"request_headers\.set\.x"),
+            (
+                rule(filters={"request_headers": {"set": {"x": "a\r\nb"}}}),
+                r"request_headers\.set\.x",
+            ),
             (rule(filters={"redirect": {"status_code": 200}}), r"filters\.redirect\.status_code"),
-            (rule(filters={"mirror": {"service": SVC, "percent": 101}}), r"filters\.mirror\.percent"),
-            (rule(filters={"rewrite": {"type": "Replace", "value": "/"}}), r"filters\.rewrite\.type"),
-        ]  # fmt: skip
+            (
+                rule(filters={"mirror": {"service": SVC, "percent": 101}}),
+                r"filters\.mirror\.percent",
+            ),
+            (
+                rule(filters={"rewrite": {"type": "Replace", "value": "/"}}),
+                r"filters\.rewrite\.type",
+            ),
+        ]
         for raw, where in cases:
             with pytest.raises(SnapshotError, match=where):
                 router(raw)
@@ -283,18 +318,34 @@ class TestHeaderFilters:
         )
         headers = [(b"x-ENV", b"dev"), (b"x-trace", b"t1"), (b"x-secret", b"s"), (b"host", b"h")]
         out = r.rules[0].filters.request_headers(headers)
-        assert out == [(b"x-trace", b"t1"), (b"host", b"h"), (b"x-env", b"prod"), (b"x-trace", b"t2")]
+        assert out == [
+            (b"x-trace", b"t1"),
+            (b"host", b"h"),
+            (b"x-env", b"prod"),
+            (b"x-trace", b"t2"),
+        ]
 
     def test_response_filters_apply_to_responses_only(self) -> None:
         """response_headers edits are separate from request_headers edits."""
-        filters = router(rule(filters={"response_headers": {"set": {"x-served-by": "v2"}}})).rules[0].filters
+        filters = (
+            router(rule(filters={"response_headers": {"set": {"x-served-by": "v2"}}}))
+            .rules[0]
+            .filters
+        )
         headers = [(b"content-length", b"0")]
         assert filters.request_headers(headers) is headers
-        assert filters.response_headers(headers) == [(b"content-length", b"0"), (b"x-served-by", b"v2")]
+        assert filters.response_headers(headers) == [
+            (b"content-length", b"0"),
+            (b"x-served-by", b"v2"),
+        ]
 
     def test_no_edits_return_the_same_list(self) -> None:
         """Without header edits the caller's list comes back untouched (no copy)."""
-        filters = router(rule(filters={"request_headers": {"set": {}, "add": {}, "remove": []}})).rules[0].filters
+        filters = (
+            router(rule(filters={"request_headers": {"set": {}, "add": {}, "remove": []}}))
+            .rules[0]
+            .filters
+        )
         headers = [(b"a", b"1")]
         assert filters.request_headers(headers) is headers
 
@@ -317,8 +368,11 @@ class TestRewrite:
             ("/foo", "/xyz", b"/foo/bar?q=1&r=%20", b"/xyz/bar?q=1&r=%20"),
         ],
     )
-    def test_replace_prefix_match(self, prefix: str, replacement: str, path: bytes, expected: bytes) -> None:
-        """ReplacePrefixMatch follows the Gateway API table, trailing slashes included, query kept."""
+    def test_replace_prefix_match(
+        self, prefix: str, replacement: str, path: bytes, expected: bytes
+    ) -> None:
+        """ReplacePrefixMatch follows the Gateway API table (trailing slashes included) and
+        keeps the query."""
         r = router(
             rule(
                 matches=[{"path": {"type": "Prefix", "value": prefix}}],
@@ -334,12 +388,15 @@ class TestRewrite:
         r = router(
             rule(
                 matches=[
-                    {"path": {"type": "Prefix", "value": "/old"}, "headers": [{"name": "x", "type": "Present"}]},
+                    {
+                        "path": {"type": "Prefix", "value": "/old"},
+                        "headers": [{"name": "x", "type": "Present"}],
+                    },
                     {"path": {"type": "Prefix", "value": "/old/api"}},
                 ],
                 filters={"rewrite": {"type": "ReplacePrefixMatch", "value": "/new"}},
             )
-        )  # fmt: skip
+        )
         with_header = r.match(b"GET", b"/old/api/1", [(b"x", b"")])
         without = r.match(b"GET", b"/old/api/1", [])
         assert with_header is not None and without is not None
@@ -387,7 +444,8 @@ class TestRedirect:
         assert b"x-request-id: rid\r\n" in raw
 
     def test_explicit_port_and_default_port_elision(self) -> None:
-        """An explicit port is written unless it is the scheme's default; IPv6 hosts stay bracketed."""
+        """An explicit port is written unless it is the scheme's default; IPv6 hosts stay
+        bracketed."""
         assert b"location: https://h:8443/p\r\n" in (
             self.redirect(scheme="https", port=8443).redirect_response(b"http", b"h", b"/p") or b""
         )
@@ -400,7 +458,9 @@ class TestRedirect:
 
     def test_host_redirect_replaces_host_and_drops_old_port(self) -> None:
         """A new host does not inherit the old host's port."""
-        raw = self.redirect(host="other.example", status_code=308).redirect_response(b"http", b"h:9000", b"/p")
+        raw = self.redirect(host="other.example", status_code=308).redirect_response(
+            b"http", b"h:9000", b"/p"
+        )
         assert raw is not None
         assert b"location: http://other.example/p\r\n" in raw
         assert raw.startswith(b"HTTP/1.1 308 Permanent Redirect\r\n")
@@ -414,7 +474,9 @@ class TestMirrorAndFault:
     def test_mirror_percent_is_honoured(self) -> None:
         """A 10% mirror fires for 10% of 10,000 draws within ±1.5 points; 0 and 100 are exact."""
         rng = random.Random(3)
-        mirror = MirrorPolicy.from_snapshot({"service": "shadow.default", "subset": {"v": "2"}, "percent": 10.0}, "m")
+        mirror = MirrorPolicy.from_snapshot(
+            {"service": "shadow.default", "subset": {"v": "2"}, "percent": 10.0}, "m"
+        )
         hits = sum(mirror.should_mirror(rng) for _ in range(10_000))
         assert abs(hits / 10_000 - 0.10) <= 0.015
         assert mirror.service_key == "shadow.default" and mirror.subset == {"v": "2"}
@@ -427,7 +489,8 @@ class TestMirrorAndFault:
         """Delay 20% and abort 30% over 20,000 draws: each within ±1.5 points, and both at once
         about 6% (independent), within ±1 point."""
         fault = FaultPolicy.from_snapshot(
-            {"delay_ms": 100, "delay_percent": 20.0, "abort_status": 503, "abort_percent": 30.0}, "f"
+            {"delay_ms": 100, "delay_percent": 20.0, "abort_status": 503, "abort_percent": 30.0},
+            "f",
         )
         rng = random.Random(11)
         n = 20_000
@@ -449,10 +512,23 @@ class TestMirrorAndFault:
 
     def test_rule_filters_expose_mirror_and_fault(self) -> None:
         """Compiled rule filters carry the mirror and fault policies."""
-        filters = router(
-            rule(filters={"mirror": {"service": "s.d", "subset": {}, "percent": 50.0},
-                          "fault": {"delay_ms": 5, "delay_percent": 100.0, "abort_status": None, "abort_percent": 0.0}})
-        ).rules[0].filters  # fmt: skip
+        filters = (
+            router(
+                rule(
+                    filters={
+                        "mirror": {"service": "s.d", "subset": {}, "percent": 50.0},
+                        "fault": {
+                            "delay_ms": 5,
+                            "delay_percent": 100.0,
+                            "abort_status": None,
+                            "abort_percent": 0.0,
+                        },
+                    }
+                )
+            )
+            .rules[0]
+            .filters
+        )
         assert filters.mirror is not None and filters.mirror.percent == 50.0
         assert filters.fault is not None and filters.fault.decide(random.Random(0)) == (0.005, None)
 
@@ -461,10 +537,15 @@ class TestTcpRoute:
     def test_tcp_route_weights_and_drain(self) -> None:
         """A TCP route picks among weighted backends; drain_ms becomes seconds."""
         route = TcpRoute.from_snapshot(
-            {"backends": [{"service": "db-blue.default", "weight": 0}, {"service": "db-green.default", "weight": 100}],
-             "drain_ms": 30000},
+            {
+                "backends": [
+                    {"service": "db-blue.default", "weight": 0},
+                    {"service": "db-green.default", "weight": 100},
+                ],
+                "drain_ms": 30000,
+            },
             "tcp_route",
-        )  # fmt: skip
+        )
         assert route.drain == 30.0
         assert route.pick_backend(random.Random(0)).service_key == "db-green.default"
         assert TcpRoute.from_snapshot({"backends": [{"service": "a.b"}]}, "t").drain is None
