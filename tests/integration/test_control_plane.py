@@ -355,3 +355,96 @@ def test_silent_peer_is_dropped(tmp_path: Path) -> None:
             assert 0.4 <= time.monotonic() - started < 4
         finally:
             client.close()
+
+
+SPLIT_ROUTE_YAML = """
+apiVersion: gossamer.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: split-shop}
+spec:
+  service: split-shop
+  rules:
+    - name: canary
+      matches: [{headers: [{name: x-canary, value: "1"}]}]
+      backends: [{service: split-catalog, subset: {version: v2}}]
+    - name: split
+      backends:
+        - {service: split-catalog, subset: {version: v1}, weight: 90}
+        - {service: split-catalog, subset: {version: v2}, weight: 10}
+      timeout: 2s
+      retry: {attempts: 3, on: [5xx, reset], perTryTimeout: 500ms}
+"""
+
+
+def test_httproute_split_reaches_subscriber_with_backend_endpoints(
+    cp: ControlPlaneProcess,
+) -> None:
+    """Applying an HTTPRoute with a 90/10 split to subset v2 pushes, within 1 s, the rules and
+    the endpoints of the backend service to a proxy subscribed to the routed service."""
+    assert apply_yaml(cp, SERVICE_YAML % {"name": "split-shop"}).status_code == 200
+    v1 = connect_proxy(cp, join(cp, "split-catalog"), "split-catalog-1", "split-catalog",
+                       inbound_port=42001, labels={"version": "v1"})  # fmt: skip
+    v2 = connect_proxy(cp, join(cp, "split-catalog"), "split-catalog-2", "split-catalog",
+                       inbound_port=42002, labels={"version": "v2"})  # fmt: skip
+    caller = connect_proxy(cp, join(cp, "split-front"), "split-front-1", "split-front",
+                           subscriptions=["split-shop"])  # fmt: skip
+    try:
+        v1.recv_type("snapshot")
+        v2.recv_type("snapshot")
+        first = caller.recv_type("snapshot")
+        assert outbound(first, "split-shop") is not None
+        assert outbound(first, "split-catalog") is None  # not routed to yet
+        started = time.monotonic()
+        applied = apply_yaml(cp, SPLIT_ROUTE_YAML)
+        assert applied.status_code == 200, applied.text
+        pushed = caller.recv_type("snapshot", timeout=1.0)
+        assert time.monotonic() - started < 1.0
+        shop = outbound(pushed, "split-shop")
+        assert shop is not None
+        assert [rule["name"] for rule in shop["http_routes"]] == [
+            "split-shop/canary",
+            "split-shop/split",
+        ]
+        split = shop["http_routes"][1]
+        assert split["backends"] == [
+            {"service": "split-catalog.default", "subset": {"version": "v1"}, "weight": 90},
+            {"service": "split-catalog.default", "subset": {"version": "v2"}, "weight": 10},
+        ]
+        assert split["timeout_ms"] == 2000
+        assert split["retry"]["per_try_timeout_ms"] == 500
+        assert shop["policy"]["load_balancer"]["type"] == "PeakEWMA"
+        catalog = outbound(pushed, "split-catalog")
+        assert catalog is not None
+        assert catalog["identity"] == "spiffe://gossamer.local/ns/default/sa/split-catalog"
+        assert catalog["endpoints"] == [
+            {"address": "127.0.0.1", "port": 42001, "labels": {"version": "v1"}},
+            {"address": "127.0.0.1", "port": 42002, "labels": {"version": "v2"}},
+        ]
+    finally:
+        for client in (caller, v1, v2):
+            client.close()
+
+
+def test_invalid_httproute_is_refused_with_its_path(cp: ControlPlaneProcess) -> None:
+    """A bad regular expression and an all-zero split answer 422 with both paths; nothing
+    is stored."""
+    text = """
+apiVersion: gossamer.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: broken-route}
+spec:
+  service: catalog
+  rules:
+    - matches: [{path: {type: RegularExpression, value: "/items/(["}}]
+    - backends: [{service: catalog, weight: 0}]
+"""
+    response = apply_yaml(cp, text)
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert [(e["kind"], e["name"], e["path"]) for e in errors] == [
+        ("HTTPRoute", "broken-route", "spec.rules[0].matches[0].path.value"),
+        ("HTTPRoute", "broken-route", "spec.rules[1].backends"),
+    ]
+    assert "invalid regular expression" in errors[0]["message"]
+    with cp.client() as client:
+        assert client.get("/v1/resources/httproutes/default/broken-route").status_code == 404

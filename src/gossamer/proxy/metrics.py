@@ -9,8 +9,9 @@ only when ``/metrics`` is scraped.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 
-__all__ = ["LATENCY_BUCKETS_MS", "Metrics", "RouteStats"]
+__all__ = ["LATENCY_BUCKETS_MS", "Metrics", "RouteStats", "TcpStats"]
 
 # Upper bounds in milliseconds (Linkerd-like spread from sub-millisecond to tens of seconds).
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -44,6 +45,21 @@ class RouteStats:
         slot[2 + bisect_left(_BOUNDS_NS, elapsed_ns)] += 1
 
 
+class TcpStats:
+    """Counters of relayed TCP connections for one (direction, source, destination) label set:
+    ``bytes[0]`` received from the client side, ``bytes[1]`` sent to it."""
+
+    __slots__ = ("bytes", "connect_failures", "drained", "labels", "open", "opened")
+
+    def __init__(self, labels: str) -> None:
+        self.labels = labels
+        self.opened = 0
+        self.open = 0
+        self.drained = 0  # closed by a TCP route's drain deadline
+        self.connect_failures = 0
+        self.bytes = [0, 0]
+
+
 class Metrics:
     """All metrics of one proxy process."""
 
@@ -55,6 +71,19 @@ class Metrics:
         self.connections_opened: dict[str, int] = {"inbound": 0, "outbound": 0}
         self.connections_open: dict[str, int] = {"inbound": 0, "outbound": 0}
         self.tls_handshake_failures = 0
+        self._tcp: dict[tuple[str, str, str], TcpStats] = {}
+
+    def tcp(self, direction: str, src: str, dst: str) -> TcpStats:
+        """The relayed-TCP counters for a label set; relays keep it and add to it."""
+        key = (direction, src, dst)
+        stats = self._tcp.get(key)
+        if stats is None:
+            labels = (
+                f'direction="{direction}",src_service="{_escape(src)}",'
+                f'dst_service="{_escape(dst)}"'
+            )
+            stats = self._tcp[key] = TcpStats(labels)
+        return stats
 
     def route(self, direction: str, src: str, dst: str, peer_identity: str) -> RouteStats:
         """The stats object for a label set; callers keep it and call ``record`` per request."""
@@ -117,9 +146,34 @@ class Metrics:
         ]
         for direction, count in sorted(self.connections_open.items()):
             out.append(f'gossamer_tcp_connections_open{{direction="{direction}"}} {count}')
+        out += _render_tcp(list(self._tcp.values()))
         out += [
             "# HELP gossamer_tls_handshake_failures_total Inbound TLS handshakes that failed.",
             "# TYPE gossamer_tls_handshake_failures_total counter",
             f"gossamer_tls_handshake_failures_total {self.tls_handshake_failures}",
         ]
         return ("\n".join(out) + "\n").encode()
+
+
+_TCP_SERIES: tuple[tuple[str, str, str, Callable[[TcpStats], int]], ...] = (
+    ("gossamer_tcp_relay_connections_total", "counter", "Relayed TCP connections opened.",
+     lambda t: t.opened),
+    ("gossamer_tcp_relay_connections_open", "gauge", "Relayed TCP connections open now.",
+     lambda t: t.open),
+    ("gossamer_tcp_relay_drained_total", "counter",
+     "Relayed TCP connections closed by a TCP route's drain deadline.", lambda t: t.drained),
+    ("gossamer_tcp_relay_connect_failures_total", "counter",
+     "Relayed TCP connections that could not reach a backend.", lambda t: t.connect_failures),
+    ("gossamer_tcp_relay_received_bytes_total", "counter",
+     "Bytes relayed from the client side of TCP connections.", lambda t: t.bytes[0]),
+    ("gossamer_tcp_relay_sent_bytes_total", "counter",
+     "Bytes relayed to the client side of TCP connections.", lambda t: t.bytes[1]),
+)  # fmt: skip
+
+
+def _render_tcp(stats: list[TcpStats]) -> list[str]:
+    out: list[str] = []
+    for name, kind, help_text, value in _TCP_SERIES:
+        out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+        out += [f"{name}{{{t.labels}}} {value(t)}" for t in stats]
+    return out

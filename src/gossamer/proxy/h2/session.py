@@ -527,14 +527,16 @@ class H2Session:
             raise H2Error(rv, "submit response")
         return out
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
-        """Queue body bytes on a stream opened with a body (nghttp2 pulls them as allowed)."""
+    def send_data(self, stream_id: int, data: bytes) -> bool:
+        """Queue body bytes on a stream opened with a body (nghttp2 pulls them as allowed);
+        False when the stream takes no more (gone, ended, or opened without a body)."""
         out = self._out.get(stream_id)
         if out is None or out.ended:
-            return
+            return False
         out.buf += data
         if out.deferred:
             self._resume(stream_id, out)
+        return True
 
     def end_stream(self, stream_id: int, trailers: list[Header] | None = None) -> None:
         """No more body on this stream; end it with ``trailers`` (a HEADERS frame) if given."""

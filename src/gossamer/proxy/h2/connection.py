@@ -1,0 +1,85 @@
+"""What both ends of an HTTP/2 proxy hop share: the session settings and batched writing.
+
+``FlushingConnection`` is mixed into the downstream (server) and upstream (client) protocol
+classes. Anything that queues output on a session (a submitted response, forwarded body
+bytes, a WINDOW_UPDATE credited by the other side of a stream) calls ``schedule_flush``; one
+flush per connection per loop iteration then writes everything nghttp2 has in a single
+``transport.write``. While the transport is paused for writing nothing is pulled from the
+session, so body bytes stay queued, their source is not credited, and the peer that sends them
+runs out of flow-control window: backpressure across the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gossamer.proxy.h2 import _ffi
+from gossamer.proxy.h2.session import H2Error, H2Session
+
+__all__ = [
+    "CLIENT_SETTINGS",
+    "CONNECTION_WINDOW",
+    "SERVER_SETTINGS",
+    "STREAM_WINDOW",
+    "FlushingConnection",
+]
+
+log = logging.getLogger("gossamer.proxy.h2")
+
+STREAM_WINDOW = 256 * 1024  # per stream: the most a peer may send before we pass it on
+CONNECTION_WINDOW = 2 * 1024 * 1024  # per connection: bounds the bytes buffered per connection
+MAX_CONCURRENT_STREAMS = 1000
+MAX_HEADER_LIST_SIZE = 64 * 1024
+
+SERVER_SETTINGS = (
+    (_ffi.SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS),
+    (_ffi.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+    (_ffi.SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
+)
+CLIENT_SETTINGS = (
+    (_ffi.SETTINGS_ENABLE_PUSH, 0),
+    (_ffi.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+    (_ffi.SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
+)
+
+
+class FlushingConnection:
+    """Batched writes of an ``H2Session`` to an asyncio transport."""
+
+    session: H2Session
+    transport: asyncio.Transport | None
+    write_paused: bool
+    _flush_handle: asyncio.Handle | None
+
+    def schedule_flush(self) -> None:
+        if self._flush_handle is None and self.transport is not None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._run_flush)
+
+    def _run_flush(self) -> None:
+        self._flush_handle = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what the session has to send; close when it wants neither read nor write."""
+        transport = self.transport
+        session = self.session
+        if transport is None or session.closed:
+            return
+        if not self.write_paused:
+            try:
+                data = session.data_to_send()
+            except H2Error as exc:
+                log.info("HTTP/2 session failed while sending: %s", exc)
+                transport.abort()
+                return
+            if data:
+                transport.write(data)
+        if not session.want_read() and not session.want_write():
+            transport.close()
+
+    def cancel_flush(self) -> None:
+        handle = self._flush_handle
+        if handle is not None:
+            handle.cancel()
+            self._flush_handle = None

@@ -1,0 +1,54 @@
+"""What one sidecar's HTTP/2 path shares: its pools, its ALPN client context, its gRPC counters.
+
+``runtime_for(state)`` returns the ``H2Runtime`` of a ``ProxyState``, made on first use (the
+first HTTP/2 connection), so a sidecar that never sees HTTP/2 never loads the C binding. The
+outbound pool speaks h2 over mTLS to other sidecars with a context that offers ALPN ``h2`` and
+follows the workload certificate on disk (``tls.AlpnClientContext``); the app pool speaks h2c
+to the local application. ``close_h2(state)`` closes both (graceful GOAWAY) at shutdown and
+does nothing when HTTP/2 was never used.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING
+
+from gossamer.proxy.h2.stats import GrpcMetrics, grpc_metrics
+from gossamer.proxy.h2.tls import AlpnClientContext, CredentialFiles
+from gossamer.proxy.h2.upstream import H2Pool
+
+if TYPE_CHECKING:
+    from gossamer.proxy.state import ProxyState
+
+__all__ = ["H2Runtime", "close_h2", "runtime_for"]
+
+
+class H2Runtime:
+    def __init__(self, state: ProxyState) -> None:
+        settings = state.settings
+        files = CredentialFiles.in_workdir(settings.identity.workdir, settings.control.ca_file)
+        self.tls = AlpnClientContext(files, ["h2"])
+        self.outbound_pool = H2Pool(self.tls.get)
+        self.app_pool = H2Pool()
+        self.grpc: GrpcMetrics = grpc_metrics(state.metrics)
+
+    def close(self) -> None:
+        self.outbound_pool.close_all()
+        self.app_pool.close_all()
+
+
+_RUNTIMES: weakref.WeakKeyDictionary[ProxyState, H2Runtime] = weakref.WeakKeyDictionary()
+
+
+def runtime_for(state: ProxyState) -> H2Runtime:
+    runtime = _RUNTIMES.get(state)
+    if runtime is None:
+        runtime = _RUNTIMES[state] = H2Runtime(state)
+    return runtime
+
+
+def close_h2(state: ProxyState) -> None:
+    """Close the HTTP/2 pools of ``state`` (no-op when it never used HTTP/2)."""
+    runtime = _RUNTIMES.get(state)
+    if runtime is not None:
+        runtime.close()

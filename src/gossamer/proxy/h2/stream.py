@@ -1,0 +1,364 @@
+"""One proxied HTTP/2 stream: a downstream stream relayed to an upstream stream, and back.
+
+``ProxiedStream`` is the only per-request object of the HTTP/2 path (the counterpart of
+``Exchange``). It owns the relay rules:
+
+- request body bytes that arrive before the upstream stream exists are held (they are not yet
+  credited, so the client's window bounds them); afterwards they go straight to the upstream
+  session's queue for the stream;
+- a DATA byte is credited back to the side it came from (``consume``: WINDOW_UPDATE) only when
+  the other side's session has taken it for sending, in both directions;
+- trailers pass both ways (``grpc-status`` is read from the response's), 1xx responses are
+  dropped, RST_STREAM passes both ways (a client reset cancels the upstream stream; an
+  upstream reset after the response started resets the client's stream with the same code);
+- a stream refused by the upstream before anything of it was sent (GOAWAY race,
+  REFUSED_STREAM) is started once more on another connection;
+- errors the proxy generates are answered on the stream with ``x-gossamer-error`` (and
+  ``grpc-status`` for gRPC calls); metrics are recorded once, when the stream is done.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from gossamer.proxy.h2.headers import (
+    GRPC_CANCELLED,
+    error_body,
+    error_headers,
+    grpc_code_for_http,
+    grpc_status_of,
+)
+from gossamer.proxy.h2.session import H2Error, Header, Outgoing
+
+if TYPE_CHECKING:
+    from gossamer.proxy.balance import EndpointState
+    from gossamer.proxy.h2.downstream import H2Downstream
+    from gossamer.proxy.h2.upstream import H2Upstream
+    from gossamer.proxy.metrics import RouteStats
+    from gossamer.proxy.routing import OutboundService
+
+__all__ = ["INTERNAL_ERROR", "ProxiedStream"]
+
+NO_ERROR = 0
+INTERNAL_ERROR = 2
+REFUSED_STREAM = 7
+CANCEL = 8
+MAX_REFUSED_RETRIES = 1
+
+
+def _status_of(headers: list[Header]) -> int:
+    for name, value in headers:
+        if name == b":status":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+class ProxiedStream:
+    __slots__ = (
+        "attempts",
+        "authority",
+        "down",
+        "down_id",
+        "down_open",
+        "down_out",
+        "done",
+        "endpoint",
+        "grpc",
+        "grpc_status",
+        "headers",
+        "is_head",
+        "req_buf",
+        "req_ended",
+        "req_trailers",
+        "request_id",
+        "resp_ended",
+        "resp_started",
+        "sent_ns",
+        "service",
+        "start_ns",
+        "stats",
+        "status",
+        "up",
+        "up_id",
+        "up_open",
+        "up_out",
+    )
+
+    def __init__(
+        self,
+        down: H2Downstream,
+        down_id: int,
+        headers: list[Header],
+        *,
+        authority: bytes,
+        request_id: bytes,
+        grpc: bool,
+        is_head: bool,
+        ended: bool,
+    ) -> None:
+        self.down = down
+        self.down_id = down_id
+        self.down_open = True
+        self.down_out: Outgoing | None = None
+        self.headers = headers  # as forwarded upstream
+        self.authority = authority
+        self.request_id = request_id
+        self.grpc = grpc
+        self.is_head = is_head
+        self.req_buf: list[bytes] | None = None
+        self.req_ended = ended
+        self.req_trailers: list[Header] | None = None
+        self.up: H2Upstream | None = None
+        self.up_id = 0
+        self.up_open = False
+        self.up_out: Outgoing | None = None
+        self.resp_started = False
+        self.resp_ended = False
+        self.status = 0
+        self.grpc_status: int | None = None
+        self.start_ns = time.monotonic_ns()
+        self.sent_ns = 0
+        self.stats: RouteStats | None = None
+        self.endpoint: EndpointState | None = None
+        self.service: OutboundService | None = None
+        self.attempts = 0
+        self.done = False
+
+    # === request direction (called by the downstream connection) ===
+
+    def request_data(self, data: bytes) -> None:
+        up = self.up
+        if self.up_open and up is not None:
+            if up.session.send_data(self.up_id, data):
+                up.schedule_flush()
+                return
+        elif up is None and not self.done:
+            if self.req_buf is None:
+                self.req_buf = [data]
+            else:
+                self.req_buf.append(data)
+            return
+        self._credit_down(len(data))  # nobody will take it: give the window back now
+
+    def request_end(self, trailers: list[Header] | None = None) -> None:
+        self.req_ended = True
+        self.req_trailers = trailers
+        up = self.up
+        if self.up_open and up is not None and self.up_out is not None:
+            up.session.end_stream(self.up_id, trailers)
+            up.schedule_flush()
+
+    def attach(self, up: H2Upstream) -> None:
+        """Open the upstream stream on ``up`` and send what the client has sent so far."""
+        if self.done or not self.down_open:
+            self.release()
+            return
+        has_body = not self.req_ended or bool(self.req_buf) or self.req_trailers is not None
+        try:
+            up_id, out = up.session.submit_request(self.headers, end_stream=not has_body)
+        except H2Error as exc:
+            self.respond_error(502, "upstream-reset", f"cannot open a stream: {exc}")
+            return
+        self.up = up
+        self.up_id = up_id
+        self.up_open = True
+        up.streams[up_id] = self
+        self.sent_ns = time.monotonic_ns()
+        if out is not None:
+            out.on_sent = self._credit_down
+            self.up_out = out
+            buffered = self.req_buf
+            self.req_buf = None
+            if buffered:
+                up.session.send_data(up_id, b"".join(buffered))
+            if self.req_ended:
+                up.session.end_stream(up_id, self.req_trailers)
+        up.schedule_flush()
+
+    def downstream_closed(self, code: int, out: Outgoing | None) -> None:
+        """The client's stream is gone: normally (after our END_STREAM) or by a reset."""
+        self.down_open = False
+        up = self.up
+        if out is not None and out.buf and up is not None:
+            up.session.consume(self.up_id, len(out.buf))  # response bytes never delivered
+            up.schedule_flush()
+        if self.done:
+            return
+        if code == NO_ERROR and self.resp_ended:
+            self.finish()  # the whole response went out; the upstream side closes on its own
+            return
+        if self.up_open and up is not None:
+            up.session.reset(self.up_id, CANCEL)
+            up.schedule_flush()
+        if self.grpc and self.grpc_status is None:
+            self.grpc_status = GRPC_CANCELLED
+        self.finish()
+
+    # === response direction (called by the upstream connection) ===
+
+    def response_headers(self, headers: list[Header], end: bool) -> None:
+        down = self.down
+        if not self.resp_started:
+            status = _status_of(headers)
+            if status < 200:
+                return  # interim (1xx) responses are not forwarded
+            self.status = status
+            self.resp_started = True
+            endpoint = self.endpoint
+            if endpoint is not None:
+                now = time.monotonic_ns()
+                endpoint.observe(now - self.sent_ns, now)
+            if end:
+                self.resp_ended = True
+                if self.grpc:
+                    self.grpc_status = grpc_status_of(headers)
+            if not self.down_open:
+                return
+            try:
+                out = down.session.submit_response(self.down_id, headers, end_stream=end)
+            except H2Error:
+                self._reset_both(INTERNAL_ERROR)
+                return
+            if out is not None:
+                out.on_sent = self._credit_up
+                self.down_out = out
+            down.schedule_flush()
+            return
+        self.resp_ended = True
+        if self.grpc:
+            self.grpc_status = grpc_status_of(headers)
+        if self.down_open:
+            down.session.end_stream(self.down_id, headers)
+            down.schedule_flush()
+
+    def response_data(self, data: bytes) -> None:
+        down = self.down
+        if self.down_open and down.session.send_data(self.down_id, data):
+            down.schedule_flush()
+        else:
+            self._credit_up(len(data))
+
+    def response_end(self) -> None:
+        self.resp_ended = True
+        if self.down_open:
+            self.down.session.end_stream(self.down_id)
+            self.down.schedule_flush()
+
+    def upstream_closed(self, code: int, out: Outgoing | None) -> None:
+        """The upstream stream is gone: done (code 0), refused, reset, or its connection lost."""
+        self.up_open = False
+        if code == NO_ERROR and self.resp_started:
+            self.finish()
+            return
+        unsent = bytes(out.buf) if out is not None and out.buf else b""
+        if (
+            code == REFUSED_STREAM
+            and not self.resp_started
+            and (out is None or out.sent == 0)
+            and self.attempts < MAX_REFUSED_RETRIES
+            and self.down_open
+            and not self.done
+        ):
+            # Nothing of it reached the upstream: start it again on another connection.
+            self.attempts += 1
+            self.up = None
+            self.up_out = None
+            self.req_buf = [unsent] if unsent else None
+            self.release()
+            self.down.route(self)
+            return
+        if unsent:
+            self._credit_down(len(unsent))
+        if not self.resp_started:
+            self.respond_error(502, "upstream-reset", f"upstream reset the stream (code {code})")
+            return
+        self.down.proxy.metrics.error(self.down.direction, "upstream-reset")
+        if self.down_open:
+            self.down.session.reset(self.down_id, code or INTERNAL_ERROR)
+            self.down.schedule_flush()
+        self.finish()
+
+    # === errors and completion ===
+
+    def respond_error(self, status: int, cause: str, detail: str = "") -> None:
+        """Answer the client with a response the proxy generates (or reset, if too late)."""
+        down = self.down
+        down.proxy.metrics.error(down.direction, cause)
+        if self.req_buf:
+            self._credit_down(sum(len(chunk) for chunk in self.req_buf))
+            self.req_buf = None
+        if self.resp_started:
+            self._reset_both(INTERNAL_ERROR)
+            return
+        self.resp_started = True
+        self.resp_ended = True
+        self.status = status
+        if self.grpc:
+            self.grpc_status = grpc_code_for_http(status)
+        if self.down_open:
+            headers = error_headers(
+                status, cause, detail, request_id=self.request_id or None, grpc=self.grpc
+            )
+            bodyless = self.grpc or self.is_head
+            try:
+                down.session.submit_response(self.down_id, headers, end_stream=bodyless)
+                if not bodyless:
+                    down.session.send_data(self.down_id, error_body(status, cause, detail))
+                    down.session.end_stream(self.down_id)
+            except H2Error:
+                down.session.reset(self.down_id, INTERNAL_ERROR)
+            down.schedule_flush()
+        if self.up_open and self.up is not None:
+            self.up.session.reset(self.up_id, CANCEL)
+            self.up.schedule_flush()
+        self.finish()
+
+    def finish(self) -> None:
+        """Record the stream once (HTTP status, gRPC status, latency) and free its endpoint."""
+        if self.done:
+            return
+        self.done = True
+        stats = self.stats
+        if stats is not None:
+            if self.status:
+                stats.record(self.status, time.monotonic_ns() - self.start_ns)
+            if self.grpc:
+                code = self.grpc_status
+                if code is None:
+                    code = grpc_code_for_http(self.status) if self.status != 200 else 2
+                self.down.grpc_stats.record(stats, code)
+        self.release()
+
+    def release(self) -> None:
+        endpoint = self.endpoint
+        if endpoint is not None:
+            endpoint.pending -= 1
+            self.endpoint = None
+
+    def _reset_both(self, code: int) -> None:
+        if self.down_open:
+            self.down.session.reset(self.down_id, code)
+            self.down.schedule_flush()
+        if self.up_open and self.up is not None:
+            self.up.session.reset(self.up_id, CANCEL)
+            self.up.schedule_flush()
+        if self.status < 500:
+            self.status = 502
+        self.finish()
+
+    # === flow-control credit (called from inside the other session's send) ===
+
+    def _credit_down(self, n: int) -> None:
+        down = self.down
+        down.session.consume(self.down_id, n)
+        down.schedule_flush()
+
+    def _credit_up(self, n: int) -> None:
+        up = self.up
+        if up is not None:
+            up.session.consume(self.up_id, n)
+            up.schedule_flush()
