@@ -139,7 +139,9 @@ class Mesh:
         assert self.client.outbound is not None
         return socket.create_connection(("127.0.0.1", self.client.outbound.port), timeout=10)
 
-    def get(self, sock: socket.socket, path: str = "/", headers: str = "") -> tuple[int, dict[str, str], bytes]:
+    def get(
+        self, sock: socket.socket, path: str = "/", headers: str = ""
+    ) -> tuple[int, dict[str, str], bytes]:
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: catalog\r\n{headers}\r\n".encode())
         return recv_response(sock)
 
@@ -211,12 +213,13 @@ class TestRouting:
 
     def test_header_match_sends_canary_to_v2_only(self, canary: Mesh) -> None:
         """x-canary: 1 goes to v2; everything else to v1."""
+        v1 = {"service": "catalog.default", "subset": {"version": "v1"}, "weight": 1}
+        v2 = {"service": "catalog.default", "subset": {"version": "v2"}, "weight": 1}
         canary.install(http_routes=[
             {"name": "catalog/canary",
              "matches": [{"headers": [{"name": "x-canary", "type": "Exact", "value": "1"}]}],
-             "backends": [{"service": "catalog.default", "subset": {"version": "v2"}, "weight": 1}]},
-            {"name": "catalog/default", "matches": [],
-             "backends": [{"service": "catalog.default", "subset": {"version": "v1"}, "weight": 1}]},
+             "backends": [v2]},
+            {"name": "catalog/default", "matches": [], "backends": [v1]},
         ])
         with canary.connect() as sock:
             for _ in range(50):
@@ -286,7 +289,7 @@ class TestRetries:
 
     def test_retry_budget_caps_load_when_everything_fails(self, one: Mesh) -> None:
         """With the backend failing 100% and generous attempts, upstream load stays within
-        requests × (1 + ratio) + the per-second floor over the window."""
+        requests * (1 + ratio) + the per-second floor over the window."""
         one.instances["only"].fail_rate = 1.0
         one.install(policy={
             "retry": retry(attempts=10),
@@ -297,7 +300,7 @@ class TestRetries:
             statuses = [one.get(sock)[0] for _ in range(n)]
         assert set(statuses) == {500}
         seen = one.instances["only"].requests
-        assert seen <= n * 1.2 + 10 + 2, seen  # ratio 0.2, floor 1/s × 10 s, rounding
+        assert seen <= n * 1.2 + 10 + 2, seen  # ratio 0.2, floor 1/s over 10 s, rounding
         assert seen > n  # some retries did happen
 
     def test_non_idempotent_requests_are_not_retried(self, one: Mesh) -> None:
@@ -381,8 +384,10 @@ class TestOutlierDetection:
 
 class TestFaultsAndRateLimits:
     def test_abort_fault_hits_its_percentage(self, one: Mesh) -> None:
-        one.install(http_routes=[{"name": "catalog/chaos", "matches": [],
-                                  "filters": {"fault": {"abort_status": 503, "abort_percent": 25}}}])
+        fault = {"abort_status": 503, "abort_percent": 25}
+        one.install(http_routes=[
+            {"name": "catalog/chaos", "matches": [], "filters": {"fault": fault}}
+        ])
         with one.connect() as sock:
             aborted = sum(one.get(sock)[0] == 503 for _ in range(1000))
         assert 0.20 <= aborted / 1000 <= 0.30

@@ -40,7 +40,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 
     async def start_app() -> tuple[object, int]:
         server = await serve(echo, "127.0.0.1", 0)
-        return server, list(server.sockets)[0].getsockname()[1]
+        return server, next(iter(server.sockets)).getsockname()[1]
 
     server, port = lt.run(start_app())
     upstream = lt.run(start_sidecar(ca, tmp_path / "s", "chat", Address("127.0.0.1", port)))
