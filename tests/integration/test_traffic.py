@@ -410,3 +410,34 @@ class TestFaultsAndRateLimits:
         assert 10 <= len(ok) <= 12  # the burst, plus what refilled during the loop
         assert limited and all(s[1]["x-gossamer-error"] == "rate-limited" for s in limited)
         assert all(int(s[1]["retry-after"]) >= 1 for s in limited)
+
+
+class TestLoadBalancing:
+    def test_consistent_hash_keeps_a_user_on_one_replica(self, three: Mesh) -> None:
+        """Hashing on a header: each user always lands on the same replica; users spread."""
+        three.install(policy={"load_balancer": {"type": "ConsistentHash", "hash_header": "x-user"}})
+        homes: dict[str, set[str]] = {}
+        with three.connect() as sock:
+            for round_ in range(5):
+                for user in range(30):
+                    _, headers, _ = three.get(sock, headers=f"x-user: u{user}\r\n")
+                    homes.setdefault(f"u{user}", set()).add(headers["x-instance"])
+                assert round_ >= 0
+        assert all(len(h) == 1 for h in homes.values())
+        assert len({next(iter(h)) for h in homes.values()}) == 3
+
+    def test_least_request_avoids_the_busy_replica(self, three: Mesh) -> None:
+        """With one replica stalled on a long request, new requests go to the idle ones."""
+        three.instances["r1"].delay = 1.0
+        three.install(policy={"load_balancer": {"type": "LeastRequest"}})
+        slow = three.connect()
+        # Occupy r1 (and possibly others) with slow requests in the background.
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        time.sleep(0.1)
+        three.instances["r1"].delay = 0.0
+        seen = set()
+        with three.connect() as sock:
+            for _ in range(20):
+                seen.add(three.get(sock)[1]["x-instance"])
+        slow.close()
+        assert len(seen) >= 2
