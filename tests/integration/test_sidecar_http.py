@@ -61,6 +61,8 @@ class App:
                         k, _, v = line.partition(":")
                         headers[k.strip().lower()] = v.strip()
                 body = b""
+                if headers.get("expect", "").lower() == "100-continue":
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 if "content-length" in headers:
                     body = await reader.readexactly(int(headers["content-length"]))
                 elif headers.get("transfer-encoding") == "chunked":
@@ -249,6 +251,19 @@ class TestForwarding:
             sock.sendall(b"GET /after HTTP/1.1\r\nHost: catalog\r\n\r\n")
             status, _, body = recv_response(sock)
             assert (status, body) == (200, b"GET /after")
+
+    def test_expect_100_continue_is_relayed(self, mesh: Mesh) -> None:
+        """The interim 100 reaches the client, which only then sends its body."""
+        with mesh.connect() as sock:
+            sock.sendall(
+                b"POST /echo HTTP/1.1\r\nHost: catalog\r\ncontent-length: 5\r\n"
+                b"expect: 100-continue\r\n\r\n"
+            )
+            status, _, _ = recv_response(sock)
+            assert status == 100
+            sock.sendall(b"hello")
+            status, _, body = recv_response(sock)
+            assert (status, body) == (200, b"hello")
 
     def test_204_has_no_body(self, mesh: Mesh) -> None:
         with mesh.connect() as sock:
