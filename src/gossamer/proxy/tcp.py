@@ -1,0 +1,416 @@
+"""Opaque TCP through the mesh: upstream listeners, TCP routes with drain, and the inbound side.
+
+Outbound (explicit mode): for every upstream in the settings (``GOSSAMER_PROXY_UPSTREAMS=
+db=127.0.0.1:15432``) the sidecar listens locally. A connection there is routed when it
+arrives: the service's TCP route picks a backend service by weight (no route: the service
+itself), its balancer picks an endpoint, and the sidecar opens mTLS to that endpoint offering
+ALPN ``gossamer-tcp`` and checking the peer's SPIFFE ID. Bytes then flow through a ``Relay``.
+
+Route changes: every outbound relay is filed under the service it was opened for. When a new
+snapshot is installed, relays whose backend the service's route no longer wants get a drain
+deadline (the new route's ``drain_ms``); they keep flowing until they close or the deadline
+passes, then they are closed. New connections see the new route at once, because routing reads
+the route table in force when they arrive. A route that wants the backend again before the
+deadline cancels the drain.
+
+Inbound: the inbound listener hands over TLS connections whose ClientHello offers
+``gossamer-tcp`` (``claim``) before the handshake, so the stream can half-close; a connection
+that negotiated ``gossamer-tcp`` through the listener's own TLS is taken over afterwards
+(``adopt``). Either way the sidecar relays the bytes to its local app, when its inbound ports
+declare protocol ``tcp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
+from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.balance import EndpointState
+from gossamer.proxy.metrics import TcpStats
+from gossamer.proxy.settings import Address
+from gossamer.proxy.tasks import spawn
+from gossamer.proxy.tcp_relay import Relay, RelayBuffers
+from gossamer.proxy.tcp_route import TcpRoute, still_routed
+from gossamer.proxy.tcp_tls import (
+    TCP_ALPN,
+    AlpnClientContext,
+    CertificateSource,
+    TlsFailure,
+    TlsStream,
+    offered_alpn,
+)
+
+if TYPE_CHECKING:
+    from gossamer.proxy.routing import OutboundService
+    from gossamer.proxy.state import ProxyState
+
+__all__ = ["TcpProxy", "TcpSnapshotHandler"]
+
+log = logging.getLogger("gossamer.proxy")
+
+CONNECT_TIMEOUT = 5.0
+MAX_CONNECT_ATTEMPTS = 3
+PEEK_LIMIT = 16 * 1024 + 5  # one TLS record: a whole ClientHello
+_TCP_ALPN = TCP_ALPN.encode()
+
+
+class _Refused(Exception):
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.detail = detail
+
+
+class TcpProxy:
+    """The TCP side of one sidecar (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: ProxyState,
+        credentials: CertificateSource,
+        server_context: ssl.SSLContext,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.metrics = state.metrics
+        self.buffers = RelayBuffers()
+        self.server_context = server_context
+        self._client_context = AlpnClientContext(credentials, self.settings.control.ca_file)
+        self._rng = rng or random.Random()
+        self._source = self.settings.workload.service
+        self._namespace = self.settings.workload.namespace
+        self._servers: list[asyncio.Server] = []
+        self.addresses: dict[str, Address] = {}
+        self._relays: set[Relay] = set()
+        self._by_service: dict[str, set[Relay]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._table: Any = None
+        self._ports_table: Any = None
+        self._tcp_inbound = False
+
+    # === lifecycle ===
+
+    async def start(self) -> dict[str, Address]:
+        """Listen for every upstream in the settings; return upstream name → bound address."""
+        loop = asyncio.get_running_loop()
+        reuse_port = self.settings.listen.workers > 1
+        for upstream in self.settings.listen.upstreams:
+            key = self._key(upstream.service)
+            server = await loop.create_server(
+                lambda key=key: self._accept_outbound(key),  # type: ignore[misc]
+                upstream.address.host,
+                upstream.address.port,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+            )
+            self._servers.append(server)
+            host, port = server.sockets[0].getsockname()[:2]
+            self.addresses[upstream.service] = Address(host, port)
+        return dict(self.addresses)
+
+    def subscriptions(self) -> list[str]:
+        """The upstream services, as ``name.namespace`` (this proxy's snapshot must hold them)."""
+        return sorted(self._key(u.service) for u in self.settings.listen.upstreams)
+
+    def stop_accepting(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    async def drain(self, timeout: float) -> None:
+        """Let open relays finish for up to ``timeout`` seconds, then abort the rest."""
+        self.stop_accepting()
+        if self._relays:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                log.warning("%d TCP connections open at the drain deadline", len(self._relays))
+        for relay in list(self._relays):
+            relay.abort()
+
+    @property
+    def open_relays(self) -> int:
+        return len(self._relays)
+
+    # === outbound ===
+
+    def _key(self, name: str) -> str:
+        return name if "." in name else f"{name}.{self._namespace}"
+
+    def _new_relay(self, stats: TcpStats) -> Relay:
+        relay = Relay(stats, self.buffers, self._relay_done)
+        self._relays.add(relay)
+        self._idle.clear()
+        return relay
+
+    def _accept_outbound(self, key: str) -> asyncio.BufferedProtocol:
+        relay = self._new_relay(self.metrics.tcp("outbound", self._source, key.split(".")[0]))
+        relay.service_key = key
+        spawn(self._route(relay, key), name=f"tcp connect {key}")
+        return relay.down
+
+    async def _service(self, key: str) -> OutboundService:
+        table = self.state.table
+        service = table.services.get(key) if table is not None else None
+        if service is not None:
+            return service
+        if table is not None and key in table.unknown:
+            raise _Refused("unknown-service", f"{key} is not a mesh service")
+        try:
+            found = await self.state.discover(key)
+        except ProxyError as exc:
+            raise _Refused(exc.cause, exc.detail) from None
+        if found is None:
+            raise _Refused("unknown-service", f"{key} is not a mesh service")
+        return found
+
+    async def _route(self, relay: Relay, key: str) -> None:
+        failure: TlsFailure | None = None
+        try:
+            for _attempt in range(MAX_CONNECT_ATTEMPTS):
+                service = await self._service(key)
+                route: TcpRoute | None = service.tcp_route
+                backend_key = route.pick(self._rng) if route is not None else service.key
+                table = self.state.table
+                backend = table.services.get(backend_key) if table is not None else None
+                if backend is None:
+                    raise _Refused("unknown-service", f"route backend {backend_key} is unknown")
+                endpoint = backend.pick()
+                if endpoint is None:
+                    raise _Refused("no-healthy-endpoints", f"{backend.key} has no endpoints")
+                started = time.monotonic_ns()
+                try:
+                    stream = await self._open(backend, endpoint)
+                except TlsFailure as exc:
+                    endpoint.penalise(time.monotonic_ns())
+                    failure = exc
+                    if exc.cause != "connect-failed" or relay.closed:
+                        break
+                    continue
+                now = time.monotonic_ns()
+                endpoint.observe(now - started, now)
+                if relay.closed:
+                    stream.close()
+                    return
+                current = await self._service(key)
+                if not still_routed(current.tcp_route, key, backend.key):
+                    stream.close()  # the route changed while we connected: route again
+                    continue
+                self._attach(relay, key, current.tcp_route, backend, endpoint, stream)
+                return
+        except _Refused as exc:
+            self._refuse(relay, exc.cause, f"{key}: {exc.detail}")
+            return
+        cause = failure.cause if failure is not None else "connect-failed"
+        detail = failure.detail if failure is not None else "route changed repeatedly"
+        relay.stats.connect_failures += 1
+        self._refuse(relay, cause, f"{key}: {detail}")
+
+    def _refuse(self, relay: Relay, cause: str, detail: str) -> None:
+        self.metrics.error("outbound", cause)
+        log.info("TCP connection refused (%s): %s", cause, detail)
+        relay.close()
+
+    async def _open(self, backend: OutboundService, endpoint: EndpointState) -> TlsStream:
+        context = self._client_context.get()
+        loop = asyncio.get_running_loop()
+        stream = TlsStream(
+            context, self.buffers, server_side=False, server_hostname=backend.sni,
+            expect_identity=backend.identity,
+        )
+        addr = endpoint.addr
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: stream, addr.host, addr.port), CONNECT_TIMEOUT
+            )
+        except TimeoutError:
+            raise TlsFailure("connect-failed", f"{addr}: timed out") from None
+        except OSError as exc:
+            raise TlsFailure("connect-failed", f"{addr}: {exc.strerror or exc}") from None
+        await stream.ready
+        return stream
+
+    def _attach(
+        self,
+        relay: Relay,
+        key: str,
+        route: TcpRoute | None,
+        backend: OutboundService,
+        endpoint: EndpointState,
+        stream: TlsStream,
+    ) -> None:
+        relay.set_stats(self.metrics.tcp("outbound", self._source, backend.name))
+        relay.backend_key = backend.key
+        relay.route_drain = route.drain if route is not None else 0.0
+        relay.endpoint = endpoint
+        endpoint.pending += 1
+        self._by_service.setdefault(key, set()).add(relay)
+        stream.attach(relay.up)
+
+    def _relay_done(self, relay: Relay) -> None:
+        self._relays.discard(relay)
+        group = self._by_service.get(relay.service_key)
+        if group is not None:
+            group.discard(relay)
+            if not group:
+                del self._by_service[relay.service_key]
+        endpoint = relay.endpoint
+        if endpoint is not None:
+            relay.endpoint = None
+            endpoint.pending -= 1
+        if not self._relays:
+            self._idle.set()
+
+    # === route changes ===
+
+    def table_changed(self) -> None:
+        """Apply the route table now in force to open relays (see the module docstring)."""
+        table = self.state.table
+        if table is None or table is self._table:
+            return
+        self._table = table
+        for key, relays in self._by_service.items():
+            service = table.services.get(key)
+            route = service.tcp_route if service is not None else None
+            draining: list[Relay] = []
+            for relay in relays:
+                if relay.closed:
+                    continue
+                if still_routed(route, key, relay.backend_key):
+                    relay.cancel_drain()
+                    if route is not None:
+                        relay.route_drain = route.drain
+                elif relay.drain_timer is None:
+                    seconds = route.drain if route is not None else relay.route_drain
+                    relay.start_drain(seconds, self._drain_expired)
+                    draining.append(relay)
+            if draining:
+                targets = sorted({r.backend_key for r in draining})
+                log.info(
+                    "TCP route of %s changed: %d connections to %s close within %.1f s",
+                    key, len(draining), ", ".join(targets),
+                    route.drain if route is not None else draining[0].route_drain,
+                )
+
+    def _drain_expired(self, relay: Relay) -> None:
+        relay.drain_timer = None
+        if relay.closed:
+            return
+        relay.stats.drained += 1
+        relay.close()
+
+    # === inbound ===
+
+    def claim(self, conn: socket.socket) -> bool:
+        """Take an accepted socket whose TLS ClientHello offers ``gossamer-tcp``; False leaves
+        it to the caller (not such a hello, or not all of it has arrived)."""
+        try:
+            hello = conn.recv(PEEK_LIMIT, socket.MSG_PEEK)
+        except OSError:
+            return False
+        names = offered_alpn(hello)
+        if not names or _TCP_ALPN not in names:
+            return False
+        spawn(self._accept_inbound(conn), name="inbound tcp handshake")
+        return True
+
+    def adopt(self, transport: asyncio.Transport) -> None:
+        """Take over a TLS connection that negotiated ``gossamer-tcp`` through the listener's
+        own TLS (no half-close on that transport: an EOF closes both directions)."""
+        sans = peer_uri_sans(transport.get_extra_info("peercert"))
+        relay = self._inbound_relay(sans[0] if sans else "")
+        if relay is None:
+            transport.abort()
+            return
+        transport.set_protocol(relay.down)
+        relay.down.connection_made(transport)
+        spawn(self._connect_app(relay), name="connect app (tcp)")
+
+    def _inbound_allows_tcp(self) -> bool:
+        table = self.state.table
+        if table is None:
+            return False
+        if table is not self._ports_table:
+            self._ports_table = table
+            snapshot = self.state.snapshot or {}
+            inbound = snapshot.get("inbound")
+            ports = inbound.get("ports") if isinstance(inbound, Mapping) else None
+            self._tcp_inbound = not isinstance(ports, list) or any(
+                isinstance(p, Mapping) and p.get("protocol") == "tcp" for p in ports
+            )
+        return self._tcp_inbound
+
+    def _inbound_relay(self, peer: str) -> Relay | None:
+        if self.settings.workload.app is None:
+            self.metrics.error("inbound", "no-local-app")
+            return None
+        if not self._inbound_allows_tcp():
+            self.metrics.error("inbound", "tcp-not-allowed")
+            log.info("refusing a TCP connection from %s: no inbound port is tcp", peer or "?")
+            return None
+        try:
+            source = SpiffeId.parse(peer).service_account if peer else "unknown"
+        except ValueError:
+            source = "unknown"
+        return self._new_relay(self.metrics.tcp("inbound", source, self._source))
+
+    async def _accept_inbound(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        stream = TlsStream(self.server_context, self.buffers, server_side=True)
+        try:
+            await loop.connect_accepted_socket(lambda: stream, conn)
+            await stream.ready
+        except (OSError, TlsFailure) as exc:
+            self.metrics.tls_handshake_failures += 1
+            log.info("inbound TLS handshake (tcp) failed: %s", exc)
+            conn.close()
+            return
+        relay = self._inbound_relay(stream.peer_identity)
+        if relay is None:
+            stream.abort()
+            return
+        stream.attach(relay.down)
+        await self._connect_app(relay)
+
+    async def _connect_app(self, relay: Relay) -> None:
+        app = self.settings.workload.app
+        assert app is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: relay.up, app.host, app.port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            relay.stats.connect_failures += 1
+            self.metrics.error("inbound", "connect-failed")
+            log.info("local app %s refused a TCP connection: %s", app, exc)
+            relay.abort()
+
+
+class TcpSnapshotHandler:
+    """The proxy state as the control client's snapshot handler, plus the TCP side: after a
+    snapshot is installed, open relays are checked against the new routes, and the upstream
+    services are part of every subscription."""
+
+    def __init__(self, state: ProxyState, tcp: TcpProxy) -> None:
+        self._state = state
+        self._tcp = tcp
+
+    def apply_snapshot(self, version: int, snapshot: dict[str, Any]) -> None:
+        self._state.apply_snapshot(version, snapshot)
+        self._tcp.table_changed()
+
+    def subscriptions(self) -> list[str]:
+        return sorted({*self._state.subscriptions(), *self._tcp.subscriptions()})
