@@ -25,6 +25,7 @@ from gossamer.protocol.http1 import HeadScan, ProxyError, split_absolute_target
 from gossamer.proxy.balance import EndpointState
 from gossamer.proxy.downstream import PAUSE_BUFFER, DownstreamConnection
 from gossamer.proxy.exchange import Exchange
+from gossamer.proxy.h2 import H2_PREFACE, hand_over_outbound
 from gossamer.proxy.resilience.outlier import classify
 from gossamer.proxy.routes import HttpRule
 from gossamer.proxy.routing import OutboundService, service_key
@@ -41,6 +42,21 @@ _rng = random.Random()
 class OutboundConnection(DownstreamConnection):
     direction = "outbound"
     drop_headers = frozenset({b"x-gossamer-peer-identity"})
+    sniffed: bytes | None = b""  # first bytes while they may still be the HTTP/2 preface
+
+    # === detect: HTTP/2 prior knowledge (h2c) goes to the HTTP/2 path ===
+
+    def data_received(self, data: bytes) -> None:
+        if self.sniffed is not None:
+            data = self.sniffed + data
+            if len(data) < len(H2_PREFACE) and H2_PREFACE.startswith(data):
+                self.sniffed = data
+                return
+            self.sniffed = None
+            if data.startswith(H2_PREFACE) and self.transport is not None:
+                hand_over_outbound(self, self.transport, data)
+                return
+        super().data_received(data)
 
     # === parse → discover ===
 

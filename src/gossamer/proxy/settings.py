@@ -19,7 +19,9 @@ __all__ = [
     "ListenSettings",
     "ProxySettings",
     "SettingsError",
+    "Upstream",
     "WorkloadSettings",
+    "parse_upstreams",
 ]
 
 PREFIX = "GOSSAMER_PROXY_"
@@ -56,6 +58,35 @@ class Address:
 
 
 @dataclass(frozen=True, slots=True)
+class Upstream:
+    """A TCP service the app reaches through a local listener of its sidecar (explicit mode)."""
+
+    service: str  # ``name`` or ``name.namespace``
+    address: Address
+
+
+def parse_upstreams(text: str, *, what: str = PREFIX + "UPSTREAMS") -> tuple[Upstream, ...]:
+    """``db=127.0.0.1:15432,cache=16379`` (a bare port listens on 127.0.0.1)."""
+    out: list[Upstream] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, where = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not name or not all(part for part in name.split(".")) or name.count(
+            "."
+        ) > 1:
+            raise SettingsError(f"{what}: expected SERVICE=[HOST:]PORT, got {item!r}")
+        where = where.strip()
+        address = Address.parse(where if ":" in where else f":{where}", what=what)
+        if any(u.service == name for u in out):
+            raise SettingsError(f"{what}: {name} is listed twice")
+        out.append(Upstream(name, address))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadSettings:
     """Who this sidecar stands beside."""
 
@@ -76,6 +107,7 @@ class ListenSettings:
     # A gateway sends requests whose Host is not a mesh service to this service.
     default_service: str | None = None
     workers: int = 1
+    upstreams: tuple[Upstream, ...] = ()  # local TCP listeners, one per upstream service
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +186,7 @@ class ProxySettings:
                 admin=admin,
                 default_service=get("DEFAULT_SERVICE"),
                 workers=int(workers_text),
+                upstreams=parse_upstreams(get("UPSTREAMS", "") or ""),
             ),
             control=ControlSettings(
                 address=control,

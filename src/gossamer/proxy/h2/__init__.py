@@ -6,8 +6,9 @@ wrapper), ``headers`` (header rules), ``stream`` (one proxied stream), ``downstr
 ``runtime`` (per-sidecar pools), ``tls`` (ALPN ``h2`` client contexts), ``stats`` (gRPC
 metrics).
 
-Importing this package loads nothing from C: the binding is loaded on first use (the first
-HTTP/2 connection), so a sidecar that only sees HTTP/1.1 does not pay its memory.
+The entry points the HTTP/1.1 listeners call live here, and importing this package loads
+nothing from C: the binding is loaded on the first HTTP/2 connection, so a sidecar that only
+sees HTTP/1.1 does not pay its memory.
 """
 
 from __future__ import annotations
@@ -16,11 +17,41 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from gossamer.proxy.downstream import DownstreamConnection
     from gossamer.proxy.state import ProxyState
 
-__all__ = ["H2_PREFACE", "close_h2"]
+__all__ = ["H2_PREFACE", "INBOUND_ALPN", "close_h2", "hand_over_inbound", "hand_over_outbound"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# What the inbound TLS server offers, in its order of preference.
+INBOUND_ALPN = ["h2", "http/1.1", "gossamer-tcp"]
+
+
+def hand_over_outbound(
+    old: DownstreamConnection, transport: asyncio.Transport, data: bytes
+) -> None:
+    """The app's first bytes on the outbound port were the HTTP/2 preface: move the
+    connection (already accepted and counted by ``old``) to the HTTP/2 path."""
+    from gossamer.proxy.h2.downstream import H2Outbound
+
+    old.proxy.connections.discard(old)
+    H2Outbound(old.proxy).take_over(transport, data)
+
+
+def hand_over_inbound(proxy: ProxyState, transport: asyncio.BaseTransport) -> bool:
+    """If the TLS handshake chose ALPN ``h2``, give the connection to the HTTP/2 inbound
+    path and return True; otherwise return False (HTTP/1.1 goes on as before)."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+        return False
+    from gossamer.proxy.h2.downstream import H2Inbound
+
+    conn = H2Inbound(proxy)
+    transport.set_protocol(conn)
+    conn.connection_made(transport)
+    return True
 
 
 def close_h2(state: ProxyState) -> None:
