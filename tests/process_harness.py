@@ -99,7 +99,7 @@ class Processes:
             p.stop()
 
 
-def wait_ready(p: Proc, timeout: float = 20.0) -> None:
+def wait_ready(p: Proc, timeout: float = 40.0) -> None:
     """Wait until a sidecar's admin /ready answers 200."""
     deadline = time.monotonic() + timeout
     last = ""

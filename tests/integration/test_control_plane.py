@@ -413,6 +413,10 @@ def test_httproute_split_reaches_subscriber_with_backend_endpoints(
         assert split["timeout_ms"] == 2000
         assert split["retry"]["per_try_timeout_ms"] == 500
         assert shop["policy"]["load_balancer"]["type"] == "PeakEWMA"
+        with cp.client() as client:
+            stored = client.get("/v1/resources/httproutes/default/split-shop")
+        assert stored.status_code == 200
+        assert stored.json()["spec"]["rules"][1]["backends"][1]["weight"] == 10
         catalog = outbound(pushed, "split-catalog")
         assert catalog is not None
         assert catalog["identity"] == "spiffe://gossamer.local/ns/default/sa/split-catalog"

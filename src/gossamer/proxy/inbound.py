@@ -22,10 +22,12 @@ from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
 from gossamer.protocol.http1 import HeadScan, ProxyError, error_response
 from gossamer.proxy.downstream import DownstreamConnection
 from gossamer.proxy.exchange import Exchange
+from gossamer.proxy.h2 import INBOUND_ALPN, hand_over_inbound
 from gossamer.proxy.metrics import RouteStats
 from gossamer.proxy.settings import Address
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
+from gossamer.proxy.tcp import TcpProxy
 
 __all__ = ["InboundConnection", "InboundListener"]
 
@@ -48,6 +50,8 @@ class InboundConnection(DownstreamConnection):
         self.stats: RouteStats | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if hand_over_inbound(self.proxy, transport):  # TLS ALPN "h2": the HTTP/2 path
+            return
         super().connection_made(transport)
         sans = peer_uri_sans(transport.get_extra_info("peercert"))
         peer = sans[0] if sans else ""
@@ -111,9 +115,11 @@ class InboundListener:
         self.proxy = proxy
         self.address = address
         self.context = context
+        context.set_alpn_protocols(INBOUND_ALPN)  # dispatched on after the handshake
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
+        self.tcp: TcpProxy | None = None  # set by main: takes gossamer-tcp connections
 
     def start(self) -> Address:
         loop = asyncio.get_running_loop()
@@ -186,6 +192,9 @@ class InboundListener:
             conn.close()
             return
         if head[0] == 0x16:  # TLS handshake record
+            # ALPN gossamer-tcp in the ClientHello: the TCP relay runs that TLS itself.
+            if self.tcp is not None and self.tcp.claim(conn, self._accept_tls):
+                return
             spawn(self._accept_tls(conn), name="inbound tls handshake")
             return
         table = self.proxy.table

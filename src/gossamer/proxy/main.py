@@ -19,11 +19,13 @@ import uvloop
 from gossamer.identity.credentials import Credentials, CredentialsError
 from gossamer.proxy.admin import AdminServer
 from gossamer.proxy.control_client import ControlClient
+from gossamer.proxy.h2 import close_h2
 from gossamer.proxy.inbound import InboundListener
 from gossamer.proxy.outbound import OutboundConnection
 from gossamer.proxy.settings import Address, ProxySettings, SettingsError
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
+from gossamer.proxy.tcp import TcpProxy, TcpSnapshotHandler
 
 __all__ = ["main", "serve"]
 
@@ -42,10 +44,12 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
 
     admin = AdminServer(settings.listen.admin, state)
     admin_addr = await admin.start()
+    tcp = TcpProxy(state, credentials, credentials.server_context)
     listener: InboundListener | None = None
     inbound_addr: Address | None = None
     if settings.listen.inbound is not None:
         listener = InboundListener(state, settings.listen.inbound, credentials.server_context)
+        listener.tcp = tcp
         inbound_addr = listener.start()
     outbound_server: asyncio.Server | None = None
     outbound_addr: Address | None = None
@@ -59,6 +63,8 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
         )
         host, port = outbound_server.sockets[0].getsockname()[:2]
         outbound_addr = Address(host, port)
+    for name, address in (await tcp.start()).items():
+        log.info("tcp upstream %s listening on %s", name, address)
 
     def workload() -> dict[str, object]:
         return {
@@ -70,7 +76,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
             "labels": dict(settings.workload.labels),
         }
 
-    client = ControlClient(settings, credentials, state, workload)
+    client = ControlClient(settings, credentials, TcpSnapshotHandler(state, tcp), workload)
     state.subscribe_hook = client.subscribe
     client_task = spawn(client.run(), name="control-plane client")
     sweeper = spawn(state.sweep_forever(), name="connection sweeper")
@@ -95,6 +101,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
         outbound_server.close()
     if listener is not None:
         listener.close()
+    tcp_drain = spawn(tcp.drain(DRAIN_SECONDS), name="tcp drain")
     for conn in list(state.connections):
         if not conn.queue:
             conn.close()
@@ -107,8 +114,10 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
             for conn in list(state.connections):
                 if conn.transport is not None:
                     conn.transport.abort()
+    await tcp_drain
     state.outbound_pool.close_all()
     state.app_pool.close_all()
+    close_h2(state)
     sweeper.cancel()
     await client.close()
     client_task.cancel()

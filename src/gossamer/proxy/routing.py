@@ -27,6 +27,7 @@ from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.metrics import Metrics, RouteStats
 from gossamer.proxy.policy import ServicePolicy
 from gossamer.proxy.routes import HttpRouter
+from gossamer.proxy.tcp_route import TcpRoute
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
 
@@ -111,7 +112,7 @@ class OutboundService:
         self.sni = f"{name}.{namespace}.svc"
         self.policy = policy or ServicePolicy()
         self.router: Any = None  # an HttpRouter when the service has HTTP routes
-        self.tcp_route: Any = None
+        self.tcp_route: TcpRoute | None = None
         self.endpoints_all: tuple[EndpointState, ...] = tuple(endpoints)
         self._subsets: dict[tuple[tuple[str, str], ...], Balancer] = {}
         self._next_refresh = 0.0
@@ -330,6 +331,7 @@ def compile_snapshot(
             service.router = HttpRouter.from_snapshot(
                 raw["http_routes"], f"{where}.http_routes", default_service=key
             )
+        service.tcp_route = TcpRoute.from_snapshot(raw.get("tcp_route"), f"{where}.tcp_route")
         if old is not None:
             service.account = old.account
         service.account.limits = policy.limits

@@ -8,6 +8,7 @@ the proxy reads the environment.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ __all__ = [
 ]
 
 PREFIX = "GOSSAMER_PROXY_"
+_SERVICE_REF = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)?$")
 
 
 class SettingsError(ValueError):
@@ -74,9 +76,7 @@ def parse_upstreams(text: str, *, what: str = PREFIX + "UPSTREAMS") -> tuple[Ups
             continue
         name, sep, where = item.partition("=")
         name = name.strip().lower()
-        if not sep or not name or not all(part for part in name.split(".")) or name.count(
-            "."
-        ) > 1:
+        if not sep or not _SERVICE_REF.match(name):
             raise SettingsError(f"{what}: expected SERVICE=[HOST:]PORT, got {item!r}")
         where = where.strip()
         address = Address.parse(where if ":" in where else f":{where}", what=what)

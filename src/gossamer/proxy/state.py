@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.h2.stats import render_grpc_metrics
 from gossamer.proxy.metrics import Metrics
 from gossamer.proxy.routing import OutboundService, RouteTable, compile_snapshot, service_key
 from gossamer.proxy.settings import ProxySettings
@@ -149,7 +150,7 @@ class ProxyState:
         return True, "ready"
 
     def render_metrics(self) -> bytes:
-        return self.metrics.render()
+        return self.metrics.render() + render_grpc_metrics(self.metrics)
 
     def config_json(self) -> dict[str, Any]:
         return {

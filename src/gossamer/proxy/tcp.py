@@ -13,11 +13,10 @@ passes, then they are closed. New connections see the new route at once, because
 the route table in force when they arrive. A route that wants the backend again before the
 deadline cancels the drain.
 
-Inbound: the inbound listener hands over TLS connections whose ClientHello offers
-``gossamer-tcp`` (``claim``) before the handshake, so the stream can half-close; a connection
-that negotiated ``gossamer-tcp`` through the listener's own TLS is taken over afterwards
-(``adopt``). Either way the sidecar relays the bytes to its local app, when its inbound ports
-declare protocol ``tcp``.
+Inbound: the inbound listener hands over TLS connections whose ClientHello offers ALPN
+``gossamer-tcp`` (``claim``, from a peek at the first record) before the handshake, so that
+the sidecar runs that TLS itself and the stream can half-close. It relays the bytes to its
+local app when its inbound ports declare protocol ``tcp``.
 """
 
 from __future__ import annotations
@@ -28,10 +27,10 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
+from gossamer.identity.spiffe import SpiffeId
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.balance import EndpointState
 from gossamer.proxy.metrics import TcpStats
@@ -52,13 +51,15 @@ if TYPE_CHECKING:
     from gossamer.proxy.routing import OutboundService
     from gossamer.proxy.state import ProxyState
 
-__all__ = ["TcpProxy", "TcpSnapshotHandler"]
+__all__ = ["Fallback", "TcpProxy", "TcpSnapshotHandler"]
 
 log = logging.getLogger("gossamer.proxy")
 
 CONNECT_TIMEOUT = 5.0
 MAX_CONNECT_ATTEMPTS = 3
 PEEK_LIMIT = 16 * 1024 + 5  # one TLS record: a whole ClientHello
+HELLO_TIMEOUT = 10.0
+Fallback = Callable[[socket.socket], Coroutine[Any, Any, None]]
 _TCP_ALPN = TCP_ALPN.encode()
 
 
@@ -108,7 +109,7 @@ class TcpProxy:
         for upstream in self.settings.listen.upstreams:
             key = self._key(upstream.service)
             server = await loop.create_server(
-                lambda key=key: self._accept_outbound(key),  # type: ignore[misc]
+                lambda key=key: self._accept_outbound(key),
                 upstream.address.host,
                 upstream.address.port,
                 reuse_address=True,
@@ -313,30 +314,65 @@ class TcpProxy:
 
     # === inbound ===
 
-    def claim(self, conn: socket.socket) -> bool:
-        """Take an accepted socket whose TLS ClientHello offers ``gossamer-tcp``; False leaves
-        it to the caller (not such a hello, or not all of it has arrived)."""
-        try:
-            hello = conn.recv(PEEK_LIMIT, socket.MSG_PEEK)
-        except OSError:
+    def claim(self, conn: socket.socket, fallback: Fallback) -> bool:
+        """Take an accepted socket whose TLS ClientHello offers ``gossamer-tcp``.
+
+        False leaves the socket to the caller (another hello). When the hello has not fully
+        arrived yet, the socket is taken and waited on; if it turns out not to offer
+        ``gossamer-tcp``, ``fallback(conn)`` gets it back.
+        """
+        verdict, _size = self._peek_hello(conn)
+        if verdict is False:
             return False
-        names = offered_alpn(hello)
-        if not names or _TCP_ALPN not in names:
-            return False
-        spawn(self._accept_inbound(conn), name="inbound tcp handshake")
+        if verdict:
+            spawn(self._accept_inbound(conn), name="inbound tcp handshake")
+        else:
+            spawn(self._await_hello(conn, fallback), name="inbound client hello")
         return True
 
-    def adopt(self, transport: asyncio.Transport) -> None:
-        """Take over a TLS connection that negotiated ``gossamer-tcp`` through the listener's
-        own TLS (no half-close on that transport: an EOF closes both directions)."""
-        sans = peer_uri_sans(transport.get_extra_info("peercert"))
-        relay = self._inbound_relay(sans[0] if sans else "")
-        if relay is None:
-            transport.abort()
+    @staticmethod
+    def _peek_hello(conn: socket.socket) -> tuple[bool | None, int]:
+        """(True: offers gossamer-tcp, False: does not, None: incomplete; bytes peeked)."""
+        try:
+            data = conn.recv(PEEK_LIMIT, socket.MSG_PEEK)
+        except BlockingIOError:
+            return None, 0
+        except OSError:
+            return False, 0
+        if len(data) < 5 or data[0] != 0x16:
+            return (None if data[:1] in (b"", b"\x16") else False), len(data)
+        if len(data) < 5 + int.from_bytes(data[3:5], "big"):
+            return None, len(data)
+        names = offered_alpn(data)
+        return bool(names and _TCP_ALPN in names), len(data)
+
+    async def _await_hello(self, conn: socket.socket, fallback: Fallback) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HELLO_TIMEOUT
+        fd = conn.fileno()
+        seen = -1
+        while True:
+            readable: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(fd, _resolve, readable)
+            try:
+                await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                conn.close()
+                return
+            finally:
+                loop.remove_reader(fd)
+            verdict, size = self._peek_hello(conn)
+            if verdict is None:
+                if size == seen:  # readable but nothing new: the peer closed mid-hello
+                    conn.close()
+                    return
+                seen = size
+                continue
+            if verdict:
+                await self._accept_inbound(conn)
+            else:
+                await fallback(conn)
             return
-        transport.set_protocol(relay.down)
-        relay.down.connection_made(transport)
-        spawn(self._connect_app(relay), name="connect app (tcp)")
 
     def _inbound_allows_tcp(self) -> bool:
         table = self.state.table
@@ -397,6 +433,11 @@ class TcpProxy:
             self.metrics.error("inbound", "connect-failed")
             log.info("local app %s refused a TCP connection: %s", app, exc)
             relay.abort()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class TcpSnapshotHandler:

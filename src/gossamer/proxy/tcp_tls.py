@@ -21,7 +21,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from gossamer.identity.spiffe import peer_uri_sans
 
@@ -93,6 +93,8 @@ class TlsStream(asyncio.BufferedProtocol):
             self._incoming, self._outgoing, server_side=server_side,
             server_hostname=None if server_side else server_hostname,
         )
+        # SSLObject.read(n, buffer) decrypts into ``buffer`` and returns a count
+        self._read_into: Callable[[int, memoryview], int] = cast(Any, self._obj.read)
         self._buffers = buffers
         self._expect = expect_identity
         self._timeout = handshake_timeout
@@ -225,7 +227,7 @@ class TlsStream(asyncio.BufferedProtocol):
         app = self.app
         if app is None or self._read_paused or self._read_closed:
             return
-        obj = self._obj
+        read_into = self._read_into
         while True:
             buf = app.get_buffer(-1)
             size = len(buf)
@@ -233,7 +235,7 @@ class TlsStream(asyncio.BufferedProtocol):
             eof = False
             try:
                 while got < size:
-                    n = obj.read(size - got, buf[got:] if got else buf)
+                    n = read_into(size - got, buf[got:] if got else buf)
                     if not n:
                         eof = True
                         break

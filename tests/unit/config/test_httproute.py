@@ -261,6 +261,15 @@ class TestFilterRefusals:
         assert problem.path == f"{F0}.responseHeaders.remove[0]"
         assert "also in set" in problem.message
 
+    def test_header_both_set_and_added(self) -> None:
+        """Setting and adding one header in the same filter is contradictory."""
+        edits = {"set": {"x-env": "prod"}, "add": {"X-Env": "dev"}}
+        problem = refusal(route({"filters": {"requestHeaders": edits}}))
+        assert (problem.path, problem.message) == (
+            f"{F0}.requestHeaders.add.X-Env",
+            "'X-Env' is also in set",
+        )
+
     def test_header_removed_twice(self) -> None:
         """The same header twice in remove is refused at the repeat."""
         edits = {"remove": ["x-a", "X-A"]}

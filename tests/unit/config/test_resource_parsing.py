@@ -96,3 +96,4 @@ def test_bad_sizes(value: object) -> None:
     """Anything else is refused."""
     with pytest.raises(ValueError):
         parse_size(value)  # type: ignore[arg-type]
+

@@ -316,15 +316,15 @@ def _open(ffi_: cffi.FFI) -> Any:
 
 
 def _parse_version(text: str) -> tuple[int, int, int]:
-    parts = (text.split("-")[0].split(".") + ["0", "0", "0"])[:3]
+    parts = [*text.split("-")[0].split("."), "0", "0", "0"][:3]
     try:
         return (int(parts[0]), int(parts[1]), int(parts[2]))
     except ValueError:
         raise NghttpUnavailable(f"libnghttp2 reports an unreadable version {text!r}") from None
 
 
-def _load() -> tuple[cffi.FFI, Any, tuple[int, int, int]]:
-    ffi_ = cffi.FFI()
+def _load() -> tuple[Any, Any, tuple[int, int, int]]:
+    ffi_: Any = cffi.FFI()
     ffi_.cdef(CDEF)
     lib_ = _open(ffi_)
     info = lib_.nghttp2_version(0)
@@ -357,7 +357,12 @@ def _load() -> tuple[cffi.FFI, Any, tuple[int, int, int]]:
     return ffi_, lib_, found
 
 
-ffi, lib, version = _load()
+_loaded = _load()
+# Typed as Any on purpose: cdata attribute access is checked by ``self_check`` and the tests,
+# not by mypy, which cannot see the C declarations.
+ffi: Any = _loaded[0]
+lib: Any = _loaded[1]
+version: tuple[int, int, int] = _loaded[2]
 
 # Constants from nghttp2.h (stable protocol and API values).
 ERR_DEFERRED = -508

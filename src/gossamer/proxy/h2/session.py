@@ -179,9 +179,6 @@ def _session_of(user_data: Any) -> H2Session | None:
     return token.session
 
 
-@ffi.callback(  # type: ignore[misc]
-    "nghttp2_on_begin_headers_callback", error=_ffi.ERR_CALLBACK_FAILURE, onerror=_on_error
-)
 def _on_begin_headers(session: Any, frame: Any, user_data: Any) -> int:
     s = _session_of(user_data)
     if s is None:
@@ -191,9 +188,6 @@ def _on_begin_headers(session: Any, frame: Any, user_data: Any) -> int:
     return 0
 
 
-@ffi.callback(  # type: ignore[misc]
-    "nghttp2_on_header_callback", error=_ffi.ERR_CALLBACK_FAILURE, onerror=_on_error
-)
 def _on_header(
     session: Any, frame: Any, name: Any, namelen: int, value: Any, valuelen: int, flags: int,
     user_data: Any,
@@ -208,9 +202,6 @@ def _on_header(
     return 0
 
 
-@ffi.callback(  # type: ignore[misc]
-    "nghttp2_on_frame_recv_callback", error=_ffi.ERR_CALLBACK_FAILURE, onerror=_on_error
-)
 def _on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
     s = _session_of(user_data)
     if s is None:
@@ -229,9 +220,6 @@ def _on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
     return 0
 
 
-@ffi.callback(  # type: ignore[misc]
-    "nghttp2_on_data_chunk_recv_callback", error=_ffi.ERR_CALLBACK_FAILURE, onerror=_on_error
-)
 def _on_data_chunk(
     session: Any, flags: int, stream_id: int, data: Any, length: int, user_data: Any
 ) -> int:
@@ -242,9 +230,6 @@ def _on_data_chunk(
     return 0
 
 
-@ffi.callback(  # type: ignore[misc]
-    "nghttp2_on_stream_close_callback", error=_ffi.ERR_CALLBACK_FAILURE, onerror=_on_error
-)
 def _on_stream_close(session: Any, stream_id: int, error_code: int, user_data: Any) -> int:
     s = _session_of(user_data)
     if s is None:
@@ -253,24 +238,6 @@ def _on_stream_close(session: Any, stream_id: int, error_code: int, user_data: A
     return 0
 
 
-@ffi.callback(  # type: ignore[misc]
-    "nghttp2_on_frame_not_send_callback", error=_ffi.ERR_CALLBACK_FAILURE, onerror=_on_error
-)
-def _on_frame_not_send(session: Any, frame: Any, lib_error: int, user_data: Any) -> int:
-    s = _session_of(user_data)
-    if s is None:
-        return _ffi.ERR_CALLBACK_FAILURE
-    # A request whose HEADERS could not go out (e.g. after GOAWAY) never opened a stream, so
-    # no close callback follows: report it as refused (nothing of it reached the peer).
-    if s.client and frame.hd.type == _ffi.FRAME_HEADERS and frame.headers.cat == _ffi.HCAT_REQUEST:
-        stream_id = frame.hd.stream_id
-        s._events.append((CLOSED, stream_id, REFUSED_STREAM, s._out.pop(stream_id, None)))
-    return 0
-
-
-@ffi.callback(  # type: ignore[misc]
-    "nghttp2_data_source_read_callback", error=_ffi.ERR_CALLBACK_FAILURE, onerror=_on_error
-)
 def _read_body(
     session: Any, stream_id: int, buf: Any, length: int, data_flags: Any, source: Any,
     user_data: Any,
@@ -309,17 +276,30 @@ def _read_body(
     return n
 
 
+def _callback(ctype: str, fn: Callable[..., int]) -> Any:
+    return ffi.callback(ctype, fn, error=_ffi.ERR_CALLBACK_FAILURE, onerror=_on_error)
+
+
+# C function pointers to the callbacks above; module globals, so they live as long as C may
+# call them (the process).
+_C_BEGIN_HEADERS = _callback("nghttp2_on_begin_headers_callback", _on_begin_headers)
+_C_HEADER = _callback("nghttp2_on_header_callback", _on_header)
+_C_FRAME_RECV = _callback("nghttp2_on_frame_recv_callback", _on_frame_recv)
+_C_DATA_CHUNK = _callback("nghttp2_on_data_chunk_recv_callback", _on_data_chunk)
+_C_STREAM_CLOSE = _callback("nghttp2_on_stream_close_callback", _on_stream_close)
+_C_READ_BODY = _callback("nghttp2_data_source_read_callback", _read_body)
+
+
 def _make_callbacks() -> Any:
     pp = ffi.new("nghttp2_session_callbacks **")
     if lib.nghttp2_session_callbacks_new(pp) != 0:
         raise MemoryError("nghttp2_session_callbacks_new failed")
     cbs = ffi.gc(pp[0], lib.nghttp2_session_callbacks_del)
-    lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, _on_begin_headers)
-    lib.nghttp2_session_callbacks_set_on_header_callback(cbs, _on_header)
-    lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, _on_frame_recv)
-    lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, _on_data_chunk)
-    lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _on_stream_close)
-    lib.nghttp2_session_callbacks_set_on_frame_not_send_callback(cbs, _on_frame_not_send)
+    lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, _C_BEGIN_HEADERS)
+    lib.nghttp2_session_callbacks_set_on_header_callback(cbs, _C_HEADER)
+    lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, _C_FRAME_RECV)
+    lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, _C_DATA_CHUNK)
+    lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _C_STREAM_CLOSE)
     return cbs
 
 
@@ -340,7 +320,7 @@ def _make_option() -> Any:
 _CALLBACKS = _make_callbacks()
 _OPTION = _make_option()
 _PROVIDER = ffi.new("nghttp2_data_provider *")
-_PROVIDER.read_callback = _read_body
+_PROVIDER.read_callback = _C_READ_BODY
 
 
 # --------------------------------------------------------------------------- the session
@@ -364,7 +344,7 @@ class H2Session:
         self._hdr_bytes = 0
         self._out: dict[int, Outgoing] = {}
         self._busy = False
-        self._deferred: list[Callable[[], None]] = []
+        self._deferred: list[Callable[[], object]] = []
         self._delete_pending = False
         self._send_ptr = ffi.new("const uint8_t **")
         pp = ffi.new("nghttp2_session **")
@@ -445,7 +425,10 @@ class H2Session:
         return events
 
     def data_to_send(self) -> bytes:
-        """Everything nghttp2 wants to write now (frames, with body data pulled as allowed)."""
+        """Everything nghttp2 wants to write now (frames, with body data pulled as allowed).
+
+        Sending can complete events too (a stream closes when our END_STREAM or RST_STREAM
+        goes out; a request refused after GOAWAY): collect them with ``take_events``."""
         ptr = self._ptr
         if ptr is None or self._busy:
             return b""
@@ -464,6 +447,13 @@ class H2Session:
             raise H2Error(n, "send")
         return b"".join(parts)
 
+    def take_events(self) -> list[Event]:
+        """Events completed since the last ``receive`` or ``take_events`` (by sending)."""
+        events = self._events
+        if events:
+            self._events = []
+        return events
+
     def want_read(self) -> bool:
         return self._ptr is not None and bool(lib.nghttp2_session_want_read(self._ptr))
 
@@ -480,7 +470,9 @@ class H2Session:
 
     # === streams ===
 
-    def submit_request(self, headers: Sequence[Header], *, end_stream: bool) -> tuple[int, Outgoing | None]:
+    def submit_request(
+        self, headers: Sequence[Header], *, end_stream: bool
+    ) -> tuple[int, Outgoing | None]:
         """Open a stream (client); returns its id and, unless ``end_stream``, its body queue."""
         ptr = self._enter()
         if self._busy:
@@ -590,7 +582,9 @@ class H2Session:
         if self._busy:
             self._deferred.append(lambda: self.goaway(error_code, last_stream_id))
             return
-        last = lib.nghttp2_session_get_last_proc_stream_id(ptr) if last_stream_id is None else last_stream_id
+        last = last_stream_id
+        if last is None:
+            last = lib.nghttp2_session_get_last_proc_stream_id(ptr)
         lib.nghttp2_submit_goaway(ptr, 0, last, error_code, ffi.NULL, 0)
 
     def terminate(self, error_code: int) -> None:
@@ -626,7 +620,7 @@ def self_check() -> None:
             (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"check"),
             (b":path", b"/self-check"), (b"te", b"trailers"),
         ]
-        sid, out = client.submit_request(request, end_stream=False)
+        sid, _ = client.submit_request(request, end_stream=False)
         client.send_data(sid, b"hello")
         client.end_stream(sid, [(b"grpc-status", b"0")])
         got = pump(client, server)

@@ -20,7 +20,7 @@ __all__ = ["GrpcMetrics", "grpc_metrics", "render_grpc_metrics"]
 class GrpcMetrics:
     """Per-route counts of gRPC calls by status code, for one proxy's ``Metrics``."""
 
-    __slots__ = ("_by_route", "__weakref__")
+    __slots__ = ("__weakref__", "_by_route")
 
     def __init__(self) -> None:
         self._by_route: dict[RouteStats, dict[int, int]] = {}

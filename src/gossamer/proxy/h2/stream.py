@@ -61,11 +61,11 @@ class ProxiedStream:
     __slots__ = (
         "attempts",
         "authority",
+        "done",
         "down",
         "down_id",
         "down_open",
         "down_out",
-        "done",
         "endpoint",
         "grpc",
         "grpc_status",

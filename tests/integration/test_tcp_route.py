@@ -1,0 +1,365 @@
+"""Opaque TCP through real sidecars over real mTLS, and TCP route switching with drain.
+
+app socket → client sidecar (upstream listener "db") → mTLS, ALPN gossamer-tcp → destination
+sidecar (db-blue or db-green) → a TCP app that answers every line with its own name. The
+sidecars are the real components in one background loop; snapshots are installed directly
+through the same handler the control-plane client uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gossamer.control.ca import CertificateAuthority
+from gossamer.identity.credentials import Credentials
+from gossamer.proxy.inbound import InboundListener
+from gossamer.proxy.settings import (
+    Address,
+    ControlSettings,
+    IdentitySettings,
+    ListenSettings,
+    ProxySettings,
+    Upstream,
+    WorkloadSettings,
+)
+from gossamer.proxy.state import ProxyState
+from gossamer.proxy.tcp import TcpProxy, TcpSnapshotHandler
+from tests.sidecar_harness import TD, LoopThread, identity, make_credentials
+
+DRAIN_MS = 600
+
+
+class TagApp:
+    """A TCP app: answers each line with ``<name>:<line>``; on EOF it says ``<name>:bye`` and
+    closes (so a half-closed client still gets the last word). ``echo`` lines are echoed raw."""
+
+    def __init__(self, lt: LoopThread, name: str) -> None:
+        self.name = name
+        self.connections = 0
+        self.lt = lt
+        self.server: asyncio.Server = lt.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.address = Address("127.0.0.1", self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    writer.write(f"{self.name}:bye\n".encode())
+                    await writer.drain()
+                    return
+                if line.startswith(b"bulk "):
+                    size = int(line.split()[1])
+                    data = await reader.readexactly(size)
+                    writer.write(hashlib.sha256(data).hexdigest().encode() + b"\n")
+                    writer.write(data)
+                else:
+                    writer.write(self.name.encode() + b":" + line)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+
+@dataclass
+class Node:
+    state: ProxyState
+    tcp: TcpProxy
+    handler: TcpSnapshotHandler
+    creds: Credentials
+    listener: InboundListener | None = None
+    inbound: Address | None = None
+    upstreams: dict[str, Address] = field(default_factory=dict)
+
+
+async def start_node(
+    ca: CertificateAuthority,
+    workdir: Path,
+    service: str,
+    *,
+    app: Address | None = None,
+    upstreams: tuple[Upstream, ...] = (),
+) -> Node:
+    creds = make_credentials(ca, workdir, service)
+    settings = ProxySettings(
+        workload=WorkloadSettings(service=service, app=app),
+        listen=ListenSettings(
+            outbound=None, inbound=Address("127.0.0.1", 0), admin=Address("127.0.0.1", 0),
+            upstreams=upstreams,
+        ),
+        control=ControlSettings(),
+        identity=IdentitySettings(workdir=workdir),
+    )
+    state = ProxyState(settings, client_context=creds.client_context)
+    tcp = TcpProxy(state, creds, creds.server_context)
+    node = Node(state, tcp, TcpSnapshotHandler(state, tcp), creds)
+    if app is not None:
+        node.listener = InboundListener(state, Address("127.0.0.1", 0), creds.server_context)
+        node.listener.tcp = tcp
+        node.inbound = node.listener.start()
+    node.upstreams = await tcp.start()
+    return node
+
+
+def service_entry(name: str, ports: list[int], tcp_route: Any = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": "default",
+        "identity": identity(name).uri,
+        "protocol": "tcp",
+        "ports": [{"port": 5432, "protocol": "tcp"}],
+        "endpoints": [{"address": "127.0.0.1", "port": p, "labels": {}} for p in ports],
+        "tcp_route": tcp_route,
+    }
+
+
+def snapshot(version: int, source: str, services: list[dict[str, Any]], *,
+             inbound_tcp: bool = True) -> dict[str, Any]:
+    ports = [{"port": 5432, "protocol": "tcp" if inbound_tcp else "http"}]
+    return {
+        "version": version,
+        "trust_domain": TD,
+        "proxy": {"service": source, "namespace": "default", "identity": identity(source).uri},
+        "inbound": {"mtls": "STRICT", "ports": ports},
+        "outbound": {"services": services, "unknown": []},
+    }
+
+
+def route(*backends: tuple[str, int], drain_ms: int = DRAIN_MS) -> dict[str, Any]:
+    return {
+        "backends": [{"service": f"{name}.default", "weight": w} for name, w in backends],
+        "drain_ms": drain_ms,
+    }
+
+
+@dataclass
+class TcpMesh:
+    lt: LoopThread
+    client: Node
+    blue: Node
+    green: Node
+    apps: dict[str, TagApp]
+    version: int = 1
+
+    def install(self, node: Node, snap: dict[str, Any]) -> None:
+        async def apply() -> None:
+            node.handler.apply_snapshot(snap["version"], snap)
+
+        self.lt.run(apply())
+
+    def set_route(self, tcp_route: Any, *, identity_of_blue: str | None = None) -> None:
+        self.version += 1
+        assert self.blue.inbound is not None and self.green.inbound is not None
+        blue = service_entry("db-blue", [self.blue.inbound.port])
+        if identity_of_blue is not None:
+            blue["identity"] = identity_of_blue
+        services = [
+            service_entry("db", [], tcp_route),
+            blue,
+            service_entry("db-green", [self.green.inbound.port]),
+        ]
+        self.install(self.client, snapshot(self.version, "app", services))
+
+    def connect(self) -> socket.socket:
+        port = self.client.upstreams["db"].port
+        return socket.create_connection(("127.0.0.1", port), timeout=5)
+
+    def metrics(self, node: Node) -> str:
+        return node.state.metrics.render().decode()
+
+
+def ask(sock: socket.socket, line: str) -> str:
+    sock.sendall(line.encode() + b"\n")
+    return read_line(sock)
+
+
+def read_line(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError(f"closed after {data!r}")
+        data += chunk
+    return data.decode().rstrip("\n")
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+@pytest.fixture
+def tcp_mesh(tmp_path: Path) -> Iterator[TcpMesh]:
+    lt = LoopThread()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    apps = {name: TagApp(lt, name) for name in ("blue", "green")}
+    blue = lt.run(start_node(ca, tmp_path / "blue", "db-blue", app=apps["blue"].address))
+    green = lt.run(start_node(ca, tmp_path / "green", "db-green", app=apps["green"].address))
+    client = lt.run(
+        start_node(ca, tmp_path / "app", "app", upstreams=(Upstream("db", Address("127.0.0.1", 0)),))
+    )
+    mesh = TcpMesh(lt, client, blue, green, apps)
+    mesh.install(blue, snapshot(1, "db-blue", []))
+    mesh.install(green, snapshot(1, "db-green", []))
+    mesh.set_route(route(("db-blue", 100)))
+    try:
+        yield mesh
+    finally:
+        async def shutdown() -> None:
+            for node in (client, blue, green):
+                if node.listener is not None:
+                    node.listener.close()
+                await node.tcp.drain(0.5)
+            for app in apps.values():
+                app.server.close()
+            await asyncio.sleep(0.05)
+
+        lt.run(shutdown())
+        lt.stop()
+
+
+class TestRelay:
+    def test_bytes_cross_both_ways_through_the_route(self, tcp_mesh: TcpMesh) -> None:
+        """A connection to the db upstream reaches the route's backend and flows both ways."""
+        with tcp_mesh.connect() as sock:
+            assert ask(sock, "one") == "blue:one"
+            assert ask(sock, "two") == "blue:two"
+
+    def test_half_close_lets_the_answer_come_back(self, tcp_mesh: TcpMesh) -> None:
+        """After the client shuts down its sending side, the app still gets to answer."""
+        with tcp_mesh.connect() as sock:
+            sock.sendall(b"last\n")
+            sock.shutdown(socket.SHUT_WR)
+            assert read_line(sock) == "blue:last"
+            assert read_line(sock) == "blue:bye"
+            assert closed_within(sock, 5)
+
+    def test_bulk_data_arrives_intact_under_backpressure(self, tcp_mesh: TcpMesh) -> None:
+        """24 MiB there and back (read slowly at first) arrive byte for byte."""
+        size = 24 * 1024 * 1024
+        payload = bytes(range(256)) * (size // 256)
+        with tcp_mesh.connect() as sock:
+            sock.sendall(f"bulk {size}\n".encode())
+            sock.sendall(payload)
+            time.sleep(0.3)  # let every buffer on the way fill up
+            digest = read_line(sock)
+            received = bytearray()
+            while len(received) < size:
+                chunk = sock.recv(1 << 20)
+                assert chunk, "closed early"
+                received += chunk
+        assert digest == hashlib.sha256(payload).hexdigest()
+        assert hashlib.sha256(received).hexdigest() == digest
+
+    def test_metrics_count_connections_and_bytes(self, tcp_mesh: TcpMesh) -> None:
+        """The client sidecar counts the connection and its bytes under the backend."""
+        with tcp_mesh.connect() as sock:
+            assert ask(sock, "count") == "blue:count"
+        time.sleep(0.2)
+        text = tcp_mesh.metrics(tcp_mesh.client)
+        labels = 'direction="outbound",src_service="app",dst_service="db-blue"'
+        assert f"gossamer_tcp_relay_connections_total{{{labels}}} 1" in text
+        assert f"gossamer_tcp_relay_received_bytes_total{{{labels}}} 6" in text
+        assert f"gossamer_tcp_relay_sent_bytes_total{{{labels}}} 11" in text, [l for l in text.splitlines() if "relay" in l]
+        inbound = 'direction="inbound",src_service="app",dst_service="db-blue"'
+        assert f"gossamer_tcp_relay_connections_total{{{inbound}}} 1" in tcp_mesh.metrics(
+            tcp_mesh.blue
+        )
+
+    def test_wrong_backend_identity_is_refused(self, tcp_mesh: TcpMesh) -> None:
+        """A backend that does not carry the expected SPIFFE ID gets no bytes."""
+        tcp_mesh.set_route(
+            route(("db-blue", 100)), identity_of_blue=identity("someone-else").uri
+        )
+        with tcp_mesh.connect() as sock:
+            sock.sendall(b"secret\n")
+            assert closed_within(sock, 5)
+        assert tcp_mesh.apps["blue"].connections == 0
+        assert 'cause="upstream-identity-mismatch"' in tcp_mesh.metrics(tcp_mesh.client)
+
+    def test_inbound_refuses_tcp_when_no_port_is_tcp(self, tcp_mesh: TcpMesh) -> None:
+        """A destination whose ports are all HTTP does not relay opaque TCP to its app."""
+        tcp_mesh.install(tcp_mesh.blue, snapshot(2, "db-blue", [], inbound_tcp=False))
+        with tcp_mesh.connect() as sock:
+            sock.sendall(b"hello\n")
+            assert closed_within(sock, 5)
+        assert tcp_mesh.apps["blue"].connections == 0
+        assert 'cause="tcp-not-allowed"' in tcp_mesh.metrics(tcp_mesh.blue)
+
+
+class TestRouteSwitch:
+    def test_new_connections_go_to_the_new_backend_at_once(self, tcp_mesh: TcpMesh) -> None:
+        """Right after the route changes, a new connection lands on the new backend."""
+        tcp_mesh.set_route(route(("db-green", 100)))
+        with tcp_mesh.connect() as sock:
+            assert ask(sock, "hi") == "green:hi"
+
+    def test_old_connections_flow_until_the_drain_deadline(self, tcp_mesh: TcpMesh) -> None:
+        """An open connection keeps working on the old backend, then closes at the deadline."""
+        with tcp_mesh.connect() as old:
+            assert ask(old, "before") == "blue:before"
+            switched = time.monotonic()
+            tcp_mesh.set_route(route(("db-green", 100)))
+            assert ask(old, "during") == "blue:during"
+            assert closed_within(old, 5)
+            elapsed = time.monotonic() - switched
+        assert DRAIN_MS / 1000 - 0.1 <= elapsed <= DRAIN_MS / 1000 + 1.0
+        text = tcp_mesh.metrics(tcp_mesh.client)
+        assert ('gossamer_tcp_relay_drained_total{direction="outbound",src_service="app",'
+                'dst_service="db-blue"} 1') in text
+
+    def test_route_back_before_the_deadline_keeps_the_connection(
+        self, tcp_mesh: TcpMesh
+    ) -> None:
+        """Switching back before the deadline cancels the drain of the connection."""
+        with tcp_mesh.connect() as sock:
+            assert ask(sock, "a") == "blue:a"
+            tcp_mesh.set_route(route(("db-green", 100)))
+            tcp_mesh.set_route(route(("db-blue", 100)))
+            time.sleep(DRAIN_MS / 1000 + 0.4)
+            assert ask(sock, "b") == "blue:b"
+
+    def test_weight_change_that_keeps_the_backend_does_not_drain(
+        self, tcp_mesh: TcpMesh
+    ) -> None:
+        """A connection whose backend keeps a weight above 0 is left alone."""
+        with tcp_mesh.connect() as sock:
+            assert ask(sock, "a") == "blue:a"
+            tcp_mesh.set_route(route(("db-blue", 50), ("db-green", 50)))
+            time.sleep(DRAIN_MS / 1000 + 0.4)
+            assert ask(sock, "b") == "blue:b"
+
+    def test_weighted_split_sends_new_connections_to_both(self, tcp_mesh: TcpMesh) -> None:
+        """A 50/50 route spreads new connections over both backends."""
+        tcp_mesh.set_route(route(("db-blue", 50), ("db-green", 50)))
+        seen = set()
+        for _ in range(40):
+            with tcp_mesh.connect() as sock:
+                seen.add(ask(sock, "x").split(":")[0])
+            if seen == {"blue", "green"}:
+                break
+        assert seen == {"blue", "green"}
+
+    def test_removing_the_route_drains_with_the_old_deadline(self, tcp_mesh: TcpMesh) -> None:
+        """With the route gone, connections to its backends close after its drain time."""
+        with tcp_mesh.connect() as old:
+            assert ask(old, "x") == "blue:x"
+            tcp_mesh.set_route(None)
+            assert ask(old, "y") == "blue:y"
+            assert closed_within(old, 5)

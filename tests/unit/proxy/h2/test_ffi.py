@@ -1,0 +1,87 @@
+"""The cffi declarations: library version, symbols, and struct layouts against the header."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gossamer.proxy.h2 import _ffi
+
+HEADER = Path("/usr/include/nghttp2/nghttp2.h")
+
+# (type, field) pairs the binding reads or writes; checked against the real header.
+FIELDS = [
+    ("nghttp2_nv", "name"), ("nghttp2_nv", "value"), ("nghttp2_nv", "namelen"),
+    ("nghttp2_nv", "valuelen"), ("nghttp2_nv", "flags"),
+    ("nghttp2_frame_hd", "length"), ("nghttp2_frame_hd", "stream_id"),
+    ("nghttp2_frame_hd", "type"), ("nghttp2_frame_hd", "flags"),
+    ("nghttp2_headers", "cat"), ("nghttp2_goaway", "last_stream_id"),
+    ("nghttp2_goaway", "error_code"), ("nghttp2_rst_stream", "error_code"),
+    ("nghttp2_data_provider", "read_callback"), ("nghttp2_info", "version_num"),
+    ("nghttp2_info", "version_str"), ("nghttp2_settings_entry", "value"),
+]  # fmt: skip
+TYPES = sorted({t for t, _ in FIELDS} | {"nghttp2_frame", "nghttp2_data_source"})
+
+
+def test_installed_library_is_at_least_the_declared_version() -> None:
+    """The loaded libnghttp2 reports a version no older than the declarations."""
+    assert _ffi.version >= _ffi.MIN_VERSION
+
+
+def test_every_declared_function_resolves() -> None:
+    """Each declared function exists in the loaded library."""
+    for name in _ffi.FUNCTIONS:
+        assert getattr(_ffi.lib, name) is not None
+
+
+def test_an_older_library_is_refused_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below the minimum version, loading fails naming both versions and the package."""
+    monkeypatch.setattr(_ffi, "MIN_VERSION", (99, 0, 0))
+    with pytest.raises(_ffi.NghttpUnavailable, match=r"older than the 99\.0\.0.*libnghttp2-14"):
+        _ffi._load()
+
+
+def test_a_missing_library_is_refused_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When no candidate shared object opens, the error says what to install."""
+    monkeypatch.setattr(_ffi, "LIBRARY_NAMES", ("libnghttp2-does-not-exist.so.99",))
+    monkeypatch.setattr(_ffi.ctypes.util, "find_library", lambda name: None)
+    with pytest.raises(_ffi.NghttpUnavailable, match="install the Debian package"):
+        _ffi._load()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1.52.0", (1, 52, 0)), ("1.64.0-DEV", (1, 64, 0)), ("2.0", (2, 0, 0))],
+)
+def test_version_strings_parse(text: str, expected: tuple[int, int, int]) -> None:
+    """Version strings with a suffix or fewer parts parse to three numbers."""
+    assert _ffi._parse_version(text) == expected
+
+
+@pytest.mark.skipif(
+    not HEADER.exists() or shutil.which("cc") is None,
+    reason="needs nghttp2.h (Debian libnghttp2-dev) and a C compiler",
+)
+def test_struct_layouts_match_the_installed_header(tmp_path: Path) -> None:
+    """sizeof and offsetof of every struct the binding touches agree with the C compiler."""
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <nghttp2/nghttp2.h>",
+             "int main(void) {"]  # fmt: skip
+    for t in TYPES:
+        lines.append(f'  printf("{t} %zu\\n", sizeof({t}));')
+    for t, f in FIELDS:
+        lines.append(f'  printf("{t}.{f} %zu\\n", offsetof({t}, {f}));')
+    lines += ["  return 0;", "}"]
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join(lines))
+    exe = tmp_path / "layout"
+    subprocess.run(["cc", "-o", str(exe), str(src)], check=True, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    measured = dict(line.rsplit(" ", 1) for line in out.splitlines())
+    ffi = _ffi.ffi
+    for t in TYPES:
+        assert int(measured[t]) == ffi.sizeof(t), t
+    for t, f in FIELDS:
+        assert int(measured[f"{t}.{f}"]) == ffi.offsetof(t, f), f"{t}.{f}"
