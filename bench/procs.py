@@ -22,6 +22,7 @@ __all__ = [
     "Proc",
     "ProcessGroup",
     "cpu_seconds",
+    "cpu_times",
     "free_port",
     "rss_kib",
     "wait_port",
@@ -53,13 +54,19 @@ def wait_port(port: int, timeout: float = 10.0, proc: Proc | None = None) -> Non
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s{detail}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (all its threads) so far, in seconds."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process (all its threads) so far, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         text = f.read()
     fields = text[text.rindex(")") + 2 :].split()
     # fields[0] is the state (field 3 of proc(5)); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (all its threads) so far, in seconds."""
+    user, system = cpu_times(pid)
+    return user + system
 
 
 def rss_kib(pid: int) -> int:

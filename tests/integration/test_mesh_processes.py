@@ -33,7 +33,9 @@ class RunningMesh:
             return client.get(f"http://{host}{path}")
 
 
-def start_mesh(tmp: Path, *cp_args: str) -> Iterator[RunningMesh]:
+def start_mesh(
+    tmp: Path, *cp_args: str, versions: tuple[str, str] = ("v1", "v1")
+) -> Iterator[RunningMesh]:
     with running_control_plane(tmp / "cp", "--endpoint-grace", "1", *cp_args) as cp:
         procs = Processes(tmp)
         try:
@@ -42,7 +44,8 @@ def start_mesh(tmp: Path, *cp_args: str) -> Iterator[RunningMesh]:
                 app = procs.app(f"catalog-{i}")
                 wait_port(app.ports["app"])
                 sidecar = procs.sidecar(
-                    cp, f"catalog-sidecar-{i}", "catalog", app.ports["app"], "version=v1"
+                    cp, f"catalog-sidecar-{i}", "catalog", app.ports["app"],
+                    f"version={versions[i - 1]}",
                 )
                 catalog.append((sidecar, app))
             frontend = procs.sidecar(cp, "frontend-sidecar", "frontend", None)
@@ -232,3 +235,46 @@ def test_replica_whose_app_dies_leaves_the_endpoints(mesh: RunningMesh) -> None:
     answers = [mesh.get() for _ in range(20)]
     assert all(r.status_code == 200 for r in answers)
     assert {r.json()["instance"] for r in answers} == {"catalog-2"}
+
+
+CANARY = """
+apiVersion: gossamer.dev/v1alpha1
+kind: HTTPRoute
+metadata: {name: catalog-canary}
+spec:
+  service: catalog
+  rules:
+    - name: testers
+      matches: [{headers: [{name: x-canary, type: Exact, value: "1"}]}]
+      backends: [{service: catalog, subset: {version: v2}}]
+    - name: split
+      backends:
+        - {service: catalog, subset: {version: v1}, weight: 90}
+        - {service: catalog, subset: {version: v2}, weight: 10}
+"""
+
+
+def test_canary_route_applied_through_the_api_steers_live_traffic(tmp_path: Path) -> None:
+    """The canary story end to end: apply an HTTPRoute; running sidecars split 90/10 and
+    send x-canary: 1 to v2 only, with no restart."""
+    for mesh in start_mesh(tmp_path, versions=("v1", "v2")):
+        with mesh.cp.client() as api:
+            r = api.post(
+                "/v1/resources", content=CANARY, headers={"content-type": "application/yaml"}
+            )
+            assert r.status_code == 200, r.text
+        proxy = f"http://127.0.0.1:{mesh.frontend.ports['outbound']}"
+        admin = f"http://127.0.0.1:{mesh.frontend.ports['admin']}/config"
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            services = httpx.get(admin).json()["snapshot"]["outbound"]["services"]
+            if any(s.get("http_routes") for s in services):
+                break
+            time.sleep(0.05)
+        with httpx.Client(proxy=proxy, timeout=10) as client:
+            canary = {client.get("http://catalog/", headers={"x-canary": "1"}).json()["instance"]
+                      for _ in range(30)}
+            seen = [client.get("http://catalog/").json()["instance"] for _ in range(1000)]
+        assert canary == {"catalog-2"}
+        share = seen.count("catalog-2") / len(seen)
+        assert abs(share - 0.10) <= 0.03, share

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ class TagApp:
     def __init__(self, lt: LoopThread, name: str) -> None:
         self.name = name
         self.connections = 0
+        self.received = 0  # bytes
         self.lt = lt
         self.server: asyncio.Server = lt.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
         self.address = Address("127.0.0.1", self.server.sockets[0].getsockname()[1])
@@ -54,6 +55,7 @@ class TagApp:
         try:
             while True:
                 line = await reader.readline()
+                self.received += len(line)
                 if not line:
                     writer.write(f"{self.name}:bye\n".encode())
                     await writer.drain()
@@ -194,6 +196,24 @@ def read_line(sock: socket.socket) -> str:
     return data.decode().rstrip("\n")
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def refused(sock: socket.socket, data: bytes) -> bool:
+    """Send ``data``; True when the connection is then closed without an answer."""
+    try:
+        sock.sendall(data)
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    return closed_within(sock, 5)
+
+
 def closed_within(sock: socket.socket, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:
@@ -211,9 +231,8 @@ def tcp_mesh(tmp_path: Path) -> Iterator[TcpMesh]:
     apps = {name: TagApp(lt, name) for name in ("blue", "green")}
     blue = lt.run(start_node(ca, tmp_path / "blue", "db-blue", app=apps["blue"].address))
     green = lt.run(start_node(ca, tmp_path / "green", "db-green", app=apps["green"].address))
-    client = lt.run(
-        start_node(ca, tmp_path / "app", "app", upstreams=(Upstream("db", Address("127.0.0.1", 0)),))
-    )
+    db = Upstream("db", Address("127.0.0.1", 0))
+    client = lt.run(start_node(ca, tmp_path / "app", "app", upstreams=(db,)))
     mesh = TcpMesh(lt, client, blue, green, apps)
     mesh.install(blue, snapshot(1, "db-blue", []))
     mesh.install(green, snapshot(1, "db-green", []))
@@ -269,14 +288,19 @@ class TestRelay:
 
     def test_metrics_count_connections_and_bytes(self, tcp_mesh: TcpMesh) -> None:
         """The client sidecar counts the connection and its bytes under the backend."""
+        labels = 'direction="outbound",src_service="app",dst_service="db-blue"'
         with tcp_mesh.connect() as sock:
             assert ask(sock, "count") == "blue:count"
-        time.sleep(0.2)
+            open_now = f"gossamer_tcp_relay_connections_open{{{labels}}} 1"
+            assert open_now in tcp_mesh.metrics(tcp_mesh.client)
+        closed = f"gossamer_tcp_relay_connections_open{{{labels}}} 0"
+        assert wait_until(lambda: closed in tcp_mesh.metrics(tcp_mesh.client))
         text = tcp_mesh.metrics(tcp_mesh.client)
-        labels = 'direction="outbound",src_service="app",dst_service="db-blue"'
         assert f"gossamer_tcp_relay_connections_total{{{labels}}} 1" in text
         assert f"gossamer_tcp_relay_received_bytes_total{{{labels}}} 6" in text
-        assert f"gossamer_tcp_relay_sent_bytes_total{{{labels}}} 11" in text, [l for l in text.splitlines() if "relay" in l]
+        # "blue:count\n", then "blue:bye\n" once the client's EOF reached the app
+        assert f"gossamer_tcp_relay_sent_bytes_total{{{labels}}} 20" in text
+        assert 'dst_service="db"}' not in text  # nothing is counted before routing
         inbound = 'direction="inbound",src_service="app",dst_service="db-blue"'
         assert f"gossamer_tcp_relay_connections_total{{{inbound}}} 1" in tcp_mesh.metrics(
             tcp_mesh.blue
@@ -288,17 +312,15 @@ class TestRelay:
             route(("db-blue", 100)), identity_of_blue=identity("someone-else").uri
         )
         with tcp_mesh.connect() as sock:
-            sock.sendall(b"secret\n")
-            assert closed_within(sock, 5)
-        assert tcp_mesh.apps["blue"].connections == 0
+            assert refused(sock, b"secret\n")
+        assert tcp_mesh.apps["blue"].received == 0
         assert 'cause="upstream-identity-mismatch"' in tcp_mesh.metrics(tcp_mesh.client)
 
     def test_inbound_refuses_tcp_when_no_port_is_tcp(self, tcp_mesh: TcpMesh) -> None:
         """A destination whose ports are all HTTP does not relay opaque TCP to its app."""
         tcp_mesh.install(tcp_mesh.blue, snapshot(2, "db-blue", [], inbound_tcp=False))
         with tcp_mesh.connect() as sock:
-            sock.sendall(b"hello\n")
-            assert closed_within(sock, 5)
+            assert refused(sock, b"hello\n")
         assert tcp_mesh.apps["blue"].connections == 0
         assert 'cause="tcp-not-allowed"' in tcp_mesh.metrics(tcp_mesh.blue)
 

@@ -31,6 +31,7 @@ from gossamer.local.paths import DataDir
 from gossamer.local.procs import is_running
 from gossamer.local.state import MeshState, read_state
 from gossamer.local.up import serve, start_detached, stop_mesh
+from gossamer.proxy.settings import parse_upstreams
 
 __all__ = ["down", "register", "run", "status", "up"]
 
@@ -145,6 +146,9 @@ def run(
     port: Annotated[int, typer.Option("--port", help="Port the command listens on (PORT)")],
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
     label: Annotated[list[str] | None, typer.Option("--label", "-l", help="k=v")] = None,
+    upstream: Annotated[list[str] | None, typer.Option(
+        "--upstream", help="SERVICE=PORT: the sidecar listens on 127.0.0.1:PORT and relays "
+        "TCP to SERVICE (repeatable)")] = None,
     stream_addr: Annotated[str | None, typer.Option(
         "--stream-addr", help="Control plane stream address [default: the local mesh's]",
         show_default=False)] = None,
@@ -159,9 +163,21 @@ def run(
             error(f"--label: expected k=v, got {item!r}")
             raise typer.Exit(2)
         labels[key] = value
+    upstreams: list[tuple[str, int]] = []
+    for item in upstream or []:
+        try:
+            if not item.partition("=")[2].strip().isdigit():
+                raise ValueError(item)
+            (parsed,) = parse_upstreams(item, what="--upstream")
+            if parsed.address.port == 0:
+                raise ValueError(item)
+        except ValueError:  # SettingsError included
+            error(f"--upstream: expected SERVICE=PORT, got {item!r}")
+            raise typer.Exit(2) from None
+        upstreams.append((parsed.service, parsed.address.port))
     root = data_dir_of(data_dir)
     spec = JoinSpec(service=service, app_port=port, command=tuple(command),
-                    namespace=namespace, labels=labels)
+                    namespace=namespace, labels=labels, upstreams=tuple(upstreams))
     with expected_errors(), connect(control_url, root) as client:
         code = run_joined(spec, client=client, data_dir=root,
                           stream_addr=stream_addr_of(stream_addr, root), log=_log)

@@ -27,6 +27,7 @@ from gossamer.local.launch import (
     http_ok,
     sidecar_argv,
     sidecar_env,
+    upstream_env,
     wait_for,
 )
 from gossamer.local.paths import DataDir
@@ -48,6 +49,7 @@ class JoinSpec:
     command: tuple[str, ...]
     namespace: str = "default"
     labels: Mapping[str, str] = field(default_factory=dict)
+    upstreams: tuple[tuple[str, int], ...] = ()  # (service, local port) TCP listeners
 
 
 def _ca_file(data: DataDir, client: ControlClient, workdir: Path) -> Path:
@@ -83,13 +85,13 @@ def run_joined(
     instance = f"{spec.service}-run-{os.getpid()}"
     workdir = data.workdir(instance)
     shutil.rmtree(workdir, ignore_errors=True)
-    ports = PortAllocator({spec.app_port})
+    ports = PortAllocator({spec.app_port, *(port for _, port in spec.upstreams)})
     outbound, inbound, admin = ports.allocate(), ports.allocate(), ports.allocate()
     config = SidecarConfig(
         service=spec.service, namespace=spec.namespace, admin_port=admin,
         control_addr=stream_addr, ca_file=_ca_file(data, client, workdir), workdir=workdir,
         app_port=spec.app_port, outbound_port=outbound, inbound_port=inbound,
-        labels=dict(spec.labels),
+        labels=dict(spec.labels), upstreams=spec.upstreams,
     )
     token = client.join_token(spec.service, spec.namespace)
     log_path = data.log_path(f"{instance}-proxy")
@@ -105,7 +107,7 @@ def run_joined(
             why = "exited" if dead else f"was not ready within {READY_TIMEOUT:.0f} s"
             raise StartupError(f"the sidecar {why}; last lines of {log_path}:\n{tail(log_path)}")
         return _run_command(spec, app_env(port=spec.app_port, outbound_port=outbound,
-                                          parent=env))
+                                          parent=env, extra=upstream_env(spec.upstreams)))
     finally:
         stop_all([sidecar_ref], grace=5.0, children={sidecar.pid: sidecar})
         shutil.rmtree(workdir, ignore_errors=True)

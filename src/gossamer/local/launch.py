@@ -8,6 +8,7 @@ that plain service names (``http://catalog/...``) go through the mesh.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 import threading
@@ -28,6 +29,7 @@ __all__ = [
     "sidecar_argv",
     "sidecar_env",
     "tcp_open",
+    "upstream_env",
     "wait_for",
 ]
 
@@ -73,6 +75,7 @@ class SidecarConfig:
     inbound_port: int | None = None  # None: no inbound listener (a gateway)
     default_service: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
+    upstreams: tuple[tuple[str, int], ...] = ()  # (service, local port) TCP listeners
 
     @property
     def admin_address(self) -> str:
@@ -102,7 +105,20 @@ def sidecar_env(
         env[p + "APP_ADDR"] = f"127.0.0.1:{config.app_port}"
     if config.default_service:
         env[p + "DEFAULT_SERVICE"] = config.default_service
+    if config.upstreams:
+        env[p + "UPSTREAMS"] = ",".join(
+            f"{service}=127.0.0.1:{port}" for service, port in config.upstreams
+        )
     return env
+
+
+def upstream_env(upstreams: tuple[tuple[str, int], ...]) -> dict[str, str]:
+    """What the app is told about its TCP upstreams: ``GOSSAMER_UPSTREAM_DB=127.0.0.1:15432``
+    (service name upper-cased, ``-`` and ``.`` as ``_``)."""
+    return {
+        "GOSSAMER_UPSTREAM_" + re.sub(r"[^A-Z0-9]", "_", service.upper()): f"127.0.0.1:{port}"
+        for service, port in upstreams
+    }
 
 
 def app_env(

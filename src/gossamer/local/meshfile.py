@@ -28,6 +28,7 @@ __all__ = [
     "MeshFileError",
     "MeshServiceSpec",
     "MeshSpec",
+    "MeshUpstream",
     "expand_command",
     "format_loc",
     "load_mesh_file",
@@ -37,6 +38,7 @@ __all__ = [
 API_VERSION = "gossamer.dev/v1alpha1"
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(_NAME)
+_SERVICE_REF = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"
 
 
 class MeshFileError(ValueError):
@@ -66,6 +68,14 @@ class IngressSpec(_Model):
     service: str = Field(pattern=_NAME)
 
 
+class MeshUpstream(_Model):
+    """A TCP service the app reaches at ``127.0.0.1:port`` (replica ``i``: ``port + i``),
+    where its sidecar listens and relays to the service through its TCP route."""
+
+    service: str = Field(pattern=_SERVICE_REF)
+    port: int = Field(ge=1, le=65535)
+
+
 class MeshServiceSpec(_Model):
     name: str = Field(pattern=_NAME)
     command: tuple[str, ...] = Field(min_length=1)
@@ -73,6 +83,7 @@ class MeshServiceSpec(_Model):
     namespace: str | None = Field(default=None, pattern=_NAME)
     labels: dict[str, str] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
+    upstreams: tuple[MeshUpstream, ...] = ()
 
 
 class MeshSpec(_Model):
@@ -97,6 +108,15 @@ class MeshSpec(_Model):
                  "controlPlane.streamPort": self.control_plane.stream_port}
         if self.ingress is not None:
             ports["ingress.port"] = self.ingress.port
+        for i, service in enumerate(self.services):
+            for j, upstream in enumerate(service.upstreams):
+                for replica in range(service.replicas):
+                    where = f"services[{i}].upstreams[{j}].port"
+                    if upstream.port + replica > 65535:
+                        raise ValueError(f"{where}: port + replica index passes 65535")
+                    ports[where + (f" (replica {replica})" if replica else "")] = (
+                        upstream.port + replica
+                    )
         seen: dict[int, str] = {}
         for where, port in ports.items():
             if port in seen:

@@ -32,6 +32,7 @@ from gossamer.local.launch import (
     sidecar_argv,
     sidecar_env,
     tcp_open,
+    upstream_env,
     wait_for,
 )
 from gossamer.local.meshfile import MeshFile, MeshServiceSpec, expand_command
@@ -190,6 +191,12 @@ class Supervisor:
                   "control plane stream (controlPlane.streamPort)": self.stream_port}
         if spec.ingress is not None:
             wanted["ingress (ingress.port)"] = spec.ingress.port
+        for service in spec.services:
+            for upstream in service.upstreams:
+                for replica in range(service.replicas):
+                    what = f"upstream {upstream.service} of {service.name}-{replica}"
+                    wanted[what] = upstream.port + replica
+                    self.ports.reserve(upstream.port + replica)
         busy = [f"port {port} for the {what}" for what, port in wanted.items()
                 if not port_is_free(port)]
         if busy:
@@ -266,19 +273,20 @@ class Supervisor:
                        spec: MeshServiceSpec) -> None:
         instance = f"{service}-{replica}"
         app_port, outbound, inbound, admin = (self.ports.allocate() for _ in range(4))
+        upstreams = tuple((u.service, u.port + replica) for u in spec.upstreams)
         workdir = self.data.workdir(instance)
         shutil.rmtree(workdir, ignore_errors=True)
         config = SidecarConfig(
             service=service, namespace=namespace, admin_port=admin,
             control_addr=self.stream_addr, ca_file=self.data.ca_file, workdir=workdir,
             app_port=app_port, outbound_port=outbound, inbound_port=inbound,
-            labels=dict(spec.labels),
+            labels=dict(spec.labels), upstreams=upstreams,
         )
         ports = {"app": app_port, "outbound": outbound, "inbound": inbound, "admin": admin}
         sidecar = self._sidecar_child(f"{instance}-proxy", config, "sidecar", replica, ports)
         self.log(f"starting sidecar {sidecar.name} (admin {config.admin_address})")
         self._launch(sidecar)
-        extra = {**spec.env, "GOSSAMER_INSTANCE": instance}
+        extra = {**upstream_env(upstreams), **spec.env, "GOSSAMER_INSTANCE": instance}
         app = _Child(
             name=instance, role="app", argv=expand_command(spec.command, port=app_port),
             make_env=lambda: app_env(port=app_port, outbound_port=outbound,

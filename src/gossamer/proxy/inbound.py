@@ -17,12 +17,13 @@ import math
 import socket
 import ssl
 import time
+from collections.abc import Callable
 
 from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
 from gossamer.protocol.http1 import HeadScan, ProxyError, error_response
 from gossamer.proxy.downstream import DownstreamConnection
 from gossamer.proxy.exchange import Exchange
-from gossamer.proxy.h2 import INBOUND_ALPN, hand_over_inbound
+from gossamer.proxy.h2 import H2_PREFACE, INBOUND_ALPN, hand_over_inbound, plain_inbound
 from gossamer.proxy.metrics import RouteStats
 from gossamer.proxy.settings import Address
 from gossamer.proxy.state import ProxyState
@@ -199,7 +200,8 @@ class InboundListener:
             return
         table = self.proxy.table
         if table is not None and table.mtls == "PERMISSIVE":
-            spawn(self._accept_plain(conn), name="inbound plaintext")
+            h2c = head == H2_PREFACE[: len(head)] and len(head) >= 8  # HTTP/2 prior knowledge
+            spawn(self._accept_plain(conn, h2c), name="inbound plaintext")
             return
         self.proxy.metrics.error("inbound", "mtls-required")
         if head[:4] in _HTTP_METHODS:
@@ -212,10 +214,13 @@ class InboundListener:
                 )
         conn.close()
 
-    async def _accept_plain(self, conn: socket.socket) -> None:
+    async def _accept_plain(self, conn: socket.socket, h2c: bool = False) -> None:
         loop = asyncio.get_running_loop()
+        factory: Callable[[], asyncio.Protocol] = (
+            (lambda: plain_inbound(self.proxy)) if h2c else (lambda: InboundConnection(self.proxy))
+        )
         try:
-            await loop.connect_accepted_socket(lambda: InboundConnection(self.proxy), conn)
+            await loop.connect_accepted_socket(factory, conn)
         except OSError:
             conn.close()
 

@@ -157,7 +157,7 @@ class TcpProxy:
         return relay
 
     def _accept_outbound(self, key: str) -> asyncio.BufferedProtocol:
-        relay = self._new_relay(self.metrics.tcp("outbound", self._source, key.split(".")[0]))
+        relay = self._new_relay(TcpStats(""))  # counted under its backend once routed
         relay.service_key = key
         spawn(self._route(relay, key), name=f"tcp connect {key}")
         return relay.down
@@ -197,7 +197,9 @@ class TcpProxy:
                 except TlsFailure as exc:
                     endpoint.penalise(time.monotonic_ns())
                     failure = exc
-                    if exc.cause != "connect-failed" or relay.closed:
+                    if relay.closed:
+                        return
+                    if exc.cause != "connect-failed":
                         break
                     continue
                 now = time.monotonic_ns()
@@ -216,10 +218,12 @@ class TcpProxy:
             return
         cause = failure.cause if failure is not None else "connect-failed"
         detail = failure.detail if failure is not None else "route changed repeatedly"
-        relay.stats.connect_failures += 1
         self._refuse(relay, cause, f"{key}: {detail}")
 
     def _refuse(self, relay: Relay, cause: str, detail: str) -> None:
+        name = relay.service_key.partition(".")[0]
+        relay.set_stats(self.metrics.tcp("outbound", self._source, name))
+        relay.stats.connect_failures += 1
         self.metrics.error("outbound", cause)
         log.info("TCP connection refused (%s): %s", cause, detail)
         relay.close()

@@ -17,14 +17,17 @@ relay's ``TcpStats`` slot as they pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 from gossamer.proxy.metrics import TcpStats
 
-__all__ = ["BUFFER_SIZE", "Relay", "RelayBuffers", "RelayEnd"]
+__all__ = ["BUFFER_SIZE", "Relay", "RelayBuffers", "RelayEnd", "reset"]
 
 log = logging.getLogger("gossamer.proxy")
 
@@ -33,8 +36,19 @@ HIGH_WATER = 256 * 1024  # per transport, before the other side stops reading
 STASH_LIMIT = 256 * 1024  # bytes held while the other side is still connecting
 CLOSE_GRACE = 1.0  # seconds a closing relay may take to flush before it is aborted
 
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
 RECEIVED = 0  # bytes from the downstream (client) side
 SENT = 1  # bytes to the downstream side
+
+
+def reset(transport: Any) -> None:
+    """Abort ``transport`` with a TCP reset (asyncio's abort alone closes with a FIN)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
 
 
 class RelayBuffers:
@@ -229,7 +243,7 @@ class Relay:
         end.transport = None
         if peer is not None and peer.transport is not None:
             if exc is not None:
-                peer.transport.abort()
+                reset(peer.transport)
             elif not self.closed:
                 peer.transport.close()
         self._finish()
@@ -250,12 +264,12 @@ class Relay:
             self._finish()
 
     def abort(self) -> None:
-        """Close both sides now (a reset toward both)."""
+        """Close both sides now, with a reset toward both."""
         self.closed = True
         self._cancel_drain()
         for end in (self.down, self.up):
             if end.transport is not None:
-                end.transport.abort()
+                reset(end.transport)
         if self.down.transport is None and self.up.transport is None:
             self._finish()
 

@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from gossamer.proxy.downstream import DownstreamConnection
     from gossamer.proxy.state import ProxyState
 
-__all__ = ["H2_PREFACE", "INBOUND_ALPN", "close_h2", "hand_over_inbound", "hand_over_outbound"]
+__all__ = [
+    "H2_PREFACE",
+    "INBOUND_ALPN",
+    "close_h2",
+    "hand_over_inbound",
+    "hand_over_outbound",
+    "plain_inbound",
+]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # What the inbound TLS server offers, in its order of preference.
@@ -52,6 +59,14 @@ def hand_over_inbound(proxy: ProxyState, transport: asyncio.BaseTransport) -> bo
     transport.set_protocol(conn)
     conn.connection_made(transport)
     return True
+
+
+def plain_inbound(proxy: ProxyState) -> asyncio.Protocol:
+    """The protocol for a plaintext (PERMISSIVE) inbound connection that starts with the
+    HTTP/2 preface: h2c from outside the mesh, with no peer identity."""
+    from gossamer.proxy.h2.downstream import H2Inbound
+
+    return H2Inbound(proxy)
 
 
 def close_h2(state: ProxyState) -> None:

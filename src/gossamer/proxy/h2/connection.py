@@ -15,7 +15,7 @@ import asyncio
 import logging
 
 from gossamer.proxy.h2 import _ffi
-from gossamer.proxy.h2.session import H2Error, H2Session
+from gossamer.proxy.h2.session import Event, H2Error, H2Session
 
 __all__ = [
     "CLIENT_SETTINGS",
@@ -67,16 +67,27 @@ class FlushingConnection:
         if transport is None or session.closed:
             return
         if not self.write_paused:
-            try:
-                data = session.data_to_send()
-            except H2Error as exc:
-                log.info("HTTP/2 session failed while sending: %s", exc)
-                transport.abort()
-                return
-            if data:
-                transport.write(data)
+            for _ in range(8):  # events completed by sending may queue more output
+                try:
+                    data = session.data_to_send()
+                except H2Error as exc:
+                    log.info("HTTP/2 session failed while sending: %s", exc)
+                    transport.abort()
+                    return
+                if data:
+                    transport.write(data)
+                events = session.take_events()
+                if not events:
+                    break
+                self.handle_events(events)
+                if self.transport is None or session.closed:
+                    return
         if not session.want_read() and not session.want_write():
             transport.close()
+
+    def handle_events(self, events: list[Event]) -> None:
+        """Act on session events (from receiving, or completed by sending)."""
+        raise TypeError("subclass responsibility")
 
     def cancel_flush(self) -> None:
         handle = self._flush_handle

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 
 from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
@@ -30,7 +31,16 @@ from gossamer.proxy.h2 import H2_PREFACE
 from gossamer.proxy.h2.connection import CONNECTION_WINDOW, SERVER_SETTINGS, FlushingConnection
 from gossamer.proxy.h2.headers import scan_request
 from gossamer.proxy.h2.runtime import runtime_for
-from gossamer.proxy.h2.session import CLOSED, DATA, END, HEADERS, H2Error, H2Session, Header
+from gossamer.proxy.h2.session import (
+    CLOSED,
+    DATA,
+    END,
+    HEADERS,
+    Event,
+    H2Error,
+    H2Session,
+    Header,
+)
 from gossamer.proxy.h2.stream import ProxiedStream
 from gossamer.proxy.metrics import RouteStats
 from gossamer.proxy.routing import OutboundService, service_key
@@ -89,6 +99,10 @@ class H2Downstream(FlushingConnection, DownstreamConnection):
             if self.transport is not None:
                 self.transport.close()
             return
+        self.handle_events(events)
+        self.flush()
+
+    def handle_events(self, events: list[Event]) -> None:
         streams = self.streams
         for kind, stream_id, a, b in events:
             if kind == DATA:
@@ -111,7 +125,6 @@ class H2Downstream(FlushingConnection, DownstreamConnection):
                 stream = streams.pop(stream_id, None)
                 if stream is not None:
                     stream.downstream_closed(a, b)
-        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_flush()
@@ -214,7 +227,7 @@ class H2Outbound(H2Downstream):
     def send_to(self, stream: ProxiedStream, service: OutboundService, attempt: int = 0) -> None:
         stream.stats = service.stats
         stream.service = service
-        endpoint = service.balancer.pick()
+        endpoint = service.pick()  # skips ejected outliers
         if endpoint is None:
             stream.respond_error(
                 503, "no-healthy-endpoints", f"{service.key} has no healthy endpoints"
@@ -240,6 +253,7 @@ class H2Outbound(H2Downstream):
             endpoint = stream.endpoint
             if endpoint is not None:
                 endpoint.penalise(time.monotonic_ns())
+                service.record_outcome(endpoint, "connect-failure")
             stream.release()
             if stream.done or not stream.down_open:
                 return
@@ -284,6 +298,14 @@ class H2Inbound(H2Downstream):
 
     def route(self, stream: ProxiedStream) -> None:
         stream.stats = self.stats
+        table = self.proxy.table
+        limiter = table.rate_limiter if table is not None else None
+        if limiter is not None:
+            wait = limiter.check(self.peer.decode(), time.monotonic())
+            if wait > 0:
+                retry_after = (b"retry-after", b"%d" % math.ceil(wait))
+                stream.respond_error(429, "rate-limited", "local rate limit", (retry_after,))
+                return
         app = self.proxy.settings.workload.app
         if app is None:
             stream.respond_error(503, "no-local-app", "this sidecar has no local application")

@@ -101,7 +101,13 @@ def percent_encode(text: str) -> bytes:
 
 
 def error_headers(
-    status: int, cause: str, detail: str, *, request_id: bytes | None, grpc: bool
+    status: int,
+    cause: str,
+    detail: str,
+    *,
+    request_id: bytes | None,
+    grpc: bool,
+    extra: tuple[Header, ...] = (),
 ) -> list[Header]:
     """The header block of a response the proxy generates, naming the cause.
 
@@ -119,6 +125,7 @@ def error_headers(
     headers.append((b"x-gossamer-error", cause.encode("ascii")))
     if request_id:
         headers.append((b"x-request-id", request_id))
+    headers.extend(extra)
     return headers
 
 

@@ -30,6 +30,7 @@ from gossamer.proxy.h2.headers import (
     grpc_status_of,
 )
 from gossamer.proxy.h2.session import H2Error, Header, Outgoing
+from gossamer.proxy.resilience.outlier import classify
 
 if TYPE_CHECKING:
     from gossamer.proxy.balance import EndpointState
@@ -212,6 +213,9 @@ class ProxiedStream:
             if endpoint is not None:
                 now = time.monotonic_ns()
                 endpoint.observe(now - self.sent_ns, now)
+                service = self.service
+                if service is not None and service.policy.outlier is not None:
+                    service.record_outcome(endpoint, classify(status))
             if end:
                 self.resp_ended = True
                 if self.grpc:
@@ -273,18 +277,26 @@ class ProxiedStream:
             return
         if unsent:
             self._credit_down(len(unsent))
+        service = self.service
+        if service is not None and self.endpoint is not None and not self.resp_started:
+            service.record_outcome(self.endpoint, classify(None, "upstream-reset"))
         if not self.resp_started:
             self.respond_error(502, "upstream-reset", f"upstream reset the stream (code {code})")
             return
         self.down.proxy.metrics.error(self.down.direction, "upstream-reset")
         if self.down_open:
+            # Out with what is queued first: nghttp2 drops a stream's unsent HEADERS once it
+            # is reset, and the client should see the response start before the reset.
+            self.down.flush()
             self.down.session.reset(self.down_id, code or INTERNAL_ERROR)
             self.down.schedule_flush()
         self.finish()
 
     # === errors and completion ===
 
-    def respond_error(self, status: int, cause: str, detail: str = "") -> None:
+    def respond_error(
+        self, status: int, cause: str, detail: str = "", extra: tuple[Header, ...] = ()
+    ) -> None:
         """Answer the client with a response the proxy generates (or reset, if too late)."""
         down = self.down
         down.proxy.metrics.error(down.direction, cause)
@@ -301,7 +313,12 @@ class ProxiedStream:
             self.grpc_status = grpc_code_for_http(status)
         if self.down_open:
             headers = error_headers(
-                status, cause, detail, request_id=self.request_id or None, grpc=self.grpc
+                status,
+                cause,
+                detail,
+                request_id=self.request_id or None,
+                grpc=self.grpc,
+                extra=extra,
             )
             bodyless = self.grpc or self.is_head
             try:

@@ -19,7 +19,16 @@ from typing import Any
 from gossamer.identity.spiffe import peer_uri_sans
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.connection import CLIENT_SETTINGS, CONNECTION_WINDOW, FlushingConnection
-from gossamer.proxy.h2.session import CLOSED, DATA, END, GOAWAY, HEADERS, H2Error, H2Session
+from gossamer.proxy.h2.session import (
+    CLOSED,
+    DATA,
+    END,
+    GOAWAY,
+    HEADERS,
+    Event,
+    H2Error,
+    H2Session,
+)
 from gossamer.proxy.h2.stream import INTERNAL_ERROR, ProxiedStream
 
 __all__ = ["H2Pool", "H2Upstream"]
@@ -64,6 +73,10 @@ class H2Upstream(FlushingConnection, asyncio.Protocol):
             log.info("upstream HTTP/2 session failed: %s", exc)
             self.abort()
             return
+        self.handle_events(events)
+        self.flush()
+
+    def handle_events(self, events: list[Event]) -> None:
         streams = self.streams
         for kind, stream_id, a, b in events:
             if kind == DATA:
@@ -87,7 +100,6 @@ class H2Upstream(FlushingConnection, asyncio.Protocol):
             elif kind == GOAWAY:
                 self.goaway_received = True
                 self.pool.discard(self)
-        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -15,7 +15,6 @@ from gossamer.proxy.h2.session import (
     HEADERS,
     REFUSED_STREAM,
     H2Error,
-    H2Session,
 )
 from tests.unit.proxy.h2.pairs import GET, REQUEST, of_kind, pair, pump, settle
 
@@ -157,7 +156,7 @@ def test_a_closed_session_is_garbage_collected() -> None:
     """No reference cycle through the C handle keeps a closed session alive."""
     client, server = pair()
     ref = weakref.ref(client)
-    sid, _ = client.submit_request(GET, end_stream=True)
+    _sid, _ = client.submit_request(GET, end_stream=True)
     settle(client, server)
     client.close()
     del client
