@@ -20,7 +20,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/gossamer up -f examples/storefront/mesh.yaml
 
+# Debian packages the tests use as real peers: PostgreSQL (the database story), nghttp2 (the
+# HTTP/2 codec and h2load), HAProxy, nginx and wrk (the benchmark smoke run).
+TEST_PACKAGES := libnghttp2-14 libnghttp2-dev nghttp2-client postgresql haproxy nginx wrk
+
 test: $(STAMP) lint typecheck
+	./scripts/ensure-debian-packages $(TEST_PACKAGES)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -41,6 +46,20 @@ e2e: $(STAMP)
 # Long soak and benchmark runs, on demand only.
 soak: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# The benchmark suite (issue 3, bench/README.md): installs haproxy, nginx, wrk, h2load and
+# py-spy when missing, writes bench/RESULTS.md. bench-smoke: tiny loads (make test runs it too).
+.PHONY: bench bench-smoke
+BENCH_PACKAGES := haproxy nginx wrk nghttp2-client
+
+bench: $(STAMP)
+	./scripts/ensure-debian-packages $(BENCH_PACKAGES)
+	test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy
+	$(BIN)/python -m bench
+
+bench-smoke: $(STAMP)
+	./scripts/ensure-debian-packages $(BENCH_PACKAGES)
+	$(BIN)/python -m bench --smoke
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache
