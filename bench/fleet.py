@@ -38,7 +38,8 @@ from typing import Any
 __all__ = ["Fleet", "main"]
 
 MAX_LINE = 16 * 1024 * 1024
-CONNECT_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 60.0
+CONNECT_ATTEMPTS = 3
 FAKE_PORT_BASE = 20000
 
 
@@ -90,43 +91,75 @@ class _Worker:
     async def proxy(
         self, index: int, service: str, context: ssl.SSLContext, gate: asyncio.Semaphore
     ) -> None:
+        """One simulated sidecar: connect (retrying a slow or refused first attempt), then
+        read until cancelled."""
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            first = asyncio.get_running_loop().create_future()
+            writer: asyncio.StreamWriter | None = None
+            reading: asyncio.Task[None] | None = None
+            try:
+                async with gate:
+                    reader, writer = await asyncio.wait_for(
+                        self.open(index, service, context), CONNECT_TIMEOUT
+                    )
+                    reading = asyncio.create_task(self.read(index, reader, writer, first))
+                    await asyncio.wait_for(asyncio.shield(first), CONNECT_TIMEOUT)
+            except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                self.emit({"e": "error", "i": index, "msg": f"{type(exc).__name__}: {exc}"})
+                if reading is not None:
+                    reading.cancel()
+                if writer is not None:
+                    writer.close()
+                if attempt == CONNECT_ATTEMPTS:
+                    self.failed += 1
+                    return
+                continue
+            assert writer is not None and reading is not None
+            self.ok += 1
+            self.writers.append(writer)
+            await reading
+            return
+
+    async def open(
+        self, index: int, service: str, context: ssl.SSLContext
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         args = self.args
         host, _, port = args.stream.rpartition(":")
-        first = asyncio.get_running_loop().create_future()
-        try:
-            async with gate:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(
-                        host, int(port), ssl=context, server_hostname="localhost", limit=MAX_LINE
-                    ),
-                    CONNECT_TIMEOUT,
-                )
-                self.writers.append(writer)
-                hello = {
-                    "type": "hello",
-                    "proxy_id": f"{args.prefix}-proxy-{index}",
-                    "workload": {
-                        "service": service,
-                        "namespace": "default",
-                        "address": "127.0.0.1",
-                        "inbound_port": FAKE_PORT_BASE + index % 40000,
-                        "admin_port": None,
-                        "labels": {"version": "v1"},
-                    },
-                    "subscriptions": args.subscribe.split(",") if args.subscribe else [],
-                    "cert_expiry": int(time.time()) + 43200,
-                }
-                writer.write(json.dumps(hello).encode() + b"\n")
-                reading = asyncio.create_task(self.read(index, reader, writer, first))
-                await asyncio.wait_for(asyncio.shield(first), CONNECT_TIMEOUT)
-            self.ok += 1
-            await reading
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            if not first.done():
-                self.failed += 1
-            self.emit({"e": "error", "i": index, "msg": f"{type(exc).__name__}: {exc}"})
+        reader, writer = await asyncio.open_connection(
+            host, int(port), ssl=context, server_hostname="localhost", limit=MAX_LINE
+        )
+        hello = {
+            "type": "hello",
+            "proxy_id": f"{args.prefix}-proxy-{index}",
+            "workload": {
+                "service": service,
+                "namespace": "default",
+                "address": "127.0.0.1",
+                "inbound_port": FAKE_PORT_BASE + index % 40000,
+                "admin_port": None,
+                "labels": {"version": "v1"},
+            },
+            "subscriptions": args.subscribe.split(",") if args.subscribe else [],
+            "cert_expiry": int(time.time()) + 43200,
+        }
+        writer.write(json.dumps(hello).encode() + b"\n")
+        return reader, writer
 
     async def read(
+        self,
+        index: int,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        first: asyncio.Future[None],
+    ) -> None:
+        try:
+            await self._read_loop(index, reader, writer, first)
+        except (OSError, ssl.SSLError, ValueError, asyncio.LimitOverrunError) as exc:
+            self.emit({"e": "error", "i": index, "msg": f"{type(exc).__name__}: {exc}"})
+            if not first.done():
+                first.set_exception(ConnectionError(str(exc)))
+
+    async def _read_loop(
         self,
         index: int,
         reader: asyncio.StreamReader,
@@ -245,16 +278,32 @@ class Fleet:
             if n == 0:
                 continue
             args = [
-                sys.executable, "-m", "bench.fleet", "--stream", stream,
-                "--data-dir", str(data_dir), "--prefix", prefix, "--first", str(start),
-                "--count", str(n), "--services", str(services),
-                "--subscribe", ",".join(subscribe),
-            ]  # fmt: skip
+                sys.executable,
+                "-m",
+                "bench.fleet",
+                "--stream",
+                stream,
+                "--data-dir",
+                str(data_dir),
+                "--prefix",
+                prefix,
+                "--first",
+                str(start),
+                "--count",
+                str(n),
+                "--services",
+                str(services),
+                "--subscribe",
+                ",".join(subscribe),
+            ]
             stderr = open(log_dir / f"fleet-{prefix}-{start}.log", "wb")  # noqa: SIM115
             proc = subprocess.Popen(
-                args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                args,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
                 cwd=Path(__file__).resolve().parent.parent,
-            )  # fmt: skip
+            )
             stderr.close()
             procs.append(proc)
             threading.Thread(target=fleet._reader, args=(proc,), daemon=True).start()
@@ -295,16 +344,15 @@ class Fleet:
             except queue.Empty:
                 return True
 
-    def wait_ready(self, timeout: float) -> None:
-        """Until every worker connected all its proxies (each got a first snapshot)."""
+    def wait_ready(self, timeout: float) -> bool:
+        """Until every worker connected all its proxies (each got a first snapshot, or gave up
+        after its attempts); False when ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
         while self.ready_workers < len(self.procs):
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"fleet not connected after {timeout}s: {self.ok} ok, {self.failed} failed, "
-                    f"{self.errors[:3]}"
-                )
+                return False
             self._drain(0.1)
+        return True
 
     def wait_quiet(self, quiet: float, timeout: float) -> None:
         """Until no snapshot arrived for ``quiet`` seconds (pushes after joins have settled)."""

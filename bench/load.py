@@ -24,6 +24,7 @@ _H2_REQUESTS = re.compile(
 )
 _H2_FINISHED = re.compile(r"finished in ([\d.]+)(m?s)")
 _H2_TRAFFIC = re.compile(r"traffic: .*?\((\d+)\) total")
+_H2_STATUS = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
 
 
 class LoadError(RuntimeError):
@@ -68,9 +69,16 @@ def run_wrk(
 ) -> LoadResult:
     """Run wrk for ``duration`` seconds; raise ``LoadError`` if it fails or saw errors."""
     args = [
-        _tool("wrk"), f"-t{min(threads, connections)}", f"-c{connections}", f"-d{duration}s",
-        "--latency", "--timeout", "10s", "-s", str(WRK_SCRIPT),
-    ]  # fmt: skip
+        _tool("wrk"),
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(WRK_SCRIPT),
+    ]
     if host is not None:
         args += ["-H", f"Host: {host}"]
     args.append(url)
@@ -116,22 +124,29 @@ def run_h2load(
     *,
     clients: int,
     streams: int,
-    duration: int,
+    duration: int = 0,
+    requests: int = 0,
     authority: str | None = None,
 ) -> LoadResult:
-    """Run h2load (h2c prior knowledge) for ``duration`` seconds with one thread."""
+    """Run h2load (h2c prior knowledge) with one thread, for ``duration`` seconds or, when
+    ``requests`` is given, for that many requests."""
     with tempfile.TemporaryDirectory(prefix="gossamer-h2load-") as tmp:
         log_path = Path(tmp) / "requests.log"
         args = [
-            _tool("h2load"), "-t1", f"-c{clients}", f"-m{streams}", f"-D{duration}",
-            "--log-file", str(log_path),
-        ]  # fmt: skip
+            _tool("h2load"),
+            "-t1",
+            f"-c{clients}",
+            f"-m{streams}",
+            f"-D{duration}",
+            "--log-file",
+            str(log_path),
+        ]
         if authority is not None:
             args += ["-H", f":authority: {authority}"]
         args.append(url)
         try:
             done = subprocess.run(
-                args, capture_output=True, text=True, timeout=duration + 30, check=False
+                args, capture_output=True, text=True, timeout=duration + 60, check=False
             )
         except subprocess.TimeoutExpired as exc:
             raise LoadError(f"h2load did not finish: {' '.join(args)}") from exc
@@ -149,6 +164,9 @@ def run_h2load(
     elapsed = float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
     succeeded = int(counts.group(4))
     errors = int(counts.group(5)) + int(counts.group(6)) + int(counts.group(7))
+    status = _H2_STATUS.search(done.stdout)
+    if status is not None:
+        errors += sum(int(status.group(i)) for i in (2, 3, 4))  # only 2xx counts as served
     traffic = _H2_TRAFFIC.search(done.stdout)
     if succeeded == 0 or errors > max(2, succeeded // 1000):
         raise LoadError(f"{url}: {errors} failed of {counts.group(1)}: {done.stdout}")

@@ -101,9 +101,18 @@ def start_control_plane(group: ProcessGroup, name: str = "control-plane") -> Con
     data_dir = group.workdir / f"{name}-data"
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
-        sys.executable, "-m", "gossamer.control", "--data-dir", str(data_dir),
-        "--api-addr", "127.0.0.1:0", "--stream-addr", "127.0.0.1:0", "--log-level", "warning",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "gossamer.control",
+        "--data-dir",
+        str(data_dir),
+        "--api-addr",
+        "127.0.0.1:0",
+        "--stream-addr",
+        "127.0.0.1:0",
+        "--log-level",
+        "warning",
+    ]
     proc = group.spawn(name, args, stdout=subprocess.PIPE)
     stdout = proc.popen.stdout
     assert stdout is not None
@@ -118,9 +127,12 @@ def start_control_plane(group: ProcessGroup, name: str = "control-plane") -> Con
         match = READY.search(line.decode(errors="replace"))
         if match:
             return ControlPlane(
-                proc, data_dir, f"http://{match.group(1)}:{match.group(2)}",
-                match.group(3), int(match.group(4)),
-            )  # fmt: skip
+                proc,
+                data_dir,
+                f"http://{match.group(1)}:{match.group(2)}",
+                match.group(3),
+                int(match.group(4)),
+            )
         if not line:
             break
     raise RuntimeError(f"control plane did not start: {seen!r}\n{proc.log()}")
@@ -166,9 +178,7 @@ def start_sidecar(
         ports["inbound"] = free_port()
     env = {
         "GOSSAMER_PROXY_SERVICE": service,
-        "GOSSAMER_PROXY_OUTBOUND_ADDR": (
-            f"127.0.0.1:{ports['outbound']}" if outbound else "off"
-        ),
+        "GOSSAMER_PROXY_OUTBOUND_ADDR": (f"127.0.0.1:{ports['outbound']}" if outbound else "off"),
         "GOSSAMER_PROXY_INBOUND_ADDR": f"127.0.0.1:{ports['inbound']}" if inbound else "off",
         "GOSSAMER_PROXY_ADMIN_ADDR": f"127.0.0.1:{ports['admin']}",
         "GOSSAMER_PROXY_CONTROL_ADDR": f"{cp.stream_host}:{cp.stream_port}",

@@ -86,9 +86,13 @@ def start_backend(group: ProcessGroup, bulk_bytes: int = BULK_BYTES) -> Backend:
             left -= len(chunk)
     port, h2_port = free_port(), free_port()
     conf = _render(
-        "nginx-backend.conf", workdir / "nginx.conf",
-        dir=workdir, port=port, h2_port=h2_port, body=BODY,
-    )  # fmt: skip
+        "nginx-backend.conf",
+        workdir / "nginx.conf",
+        dir=workdir,
+        port=port,
+        h2_port=h2_port,
+        body=BODY,
+    )
     proc = group.spawn(
         "nginx-backend", [_binary("nginx"), "-p", str(workdir), "-c", str(conf), "-e", "stderr"]
     )
@@ -103,9 +107,12 @@ def start_nginx_proxy(group: ProcessGroup, backend_port: int) -> Proc:
     _nginx_dirs(workdir)
     port = free_port()
     conf = _render(
-        "nginx-proxy.conf", workdir / "nginx.conf",
-        dir=workdir, port=port, backend_port=backend_port,
-    )  # fmt: skip
+        "nginx-proxy.conf",
+        workdir / "nginx.conf",
+        dir=workdir,
+        port=port,
+        backend_port=backend_port,
+    )
     proc = group.spawn(
         "nginx-proxy", [_binary("nginx"), "-p", str(workdir), "-c", str(conf), "-e", "stderr"]
     )
@@ -144,13 +151,25 @@ def start_haproxy_tls_pair(
     http_options = "    option http-keep-alive\n    http-reuse always\n" if mode == "http" else ""
     alpn = "http/1.1" if mode == "http" else "gossamer-tcp"
     terminator = _haproxy(
-        group, f"{name}-server", "haproxy-tls-terminate.cfg",
-        mode=mode, http_options=http_options, backend_port=backend_port,
-        server_pem=tls.server_pem, ca_file=tls.ca_file, alpn=alpn,
-    )  # fmt: skip
+        group,
+        f"{name}-server",
+        "haproxy-tls-terminate.cfg",
+        mode=mode,
+        http_options=http_options,
+        backend_port=backend_port,
+        server_pem=tls.server_pem,
+        ca_file=tls.ca_file,
+        alpn=alpn,
+    )
     origin = _haproxy(
-        group, f"{name}-client", "haproxy-tls-origin.cfg",
-        mode=mode, http_options=http_options, peer_port=terminator.ports["listen"],
-        client_pem=tls.client_pem, ca_file=tls.ca_file, alpn=alpn,
-    )  # fmt: skip
+        group,
+        f"{name}-client",
+        "haproxy-tls-origin.cfg",
+        mode=mode,
+        http_options=http_options,
+        peer_port=terminator.ports["listen"],
+        client_pem=tls.client_pem,
+        ca_file=tls.ca_file,
+        alpn=alpn,
+    )
     return origin, terminator

@@ -25,10 +25,10 @@ __all__ = ["LoadSettings", "Sample", "measure", "run_rounds", "summarize"]
 class LoadSettings:
     """How hard and how long each path is driven."""
 
-    rounds: int = 3
-    duration: int = 6  # seconds at ``connections``
-    duration_1c: int = 3  # seconds at one connection
-    warmup: int = 1  # unmeasured seconds before each path's runs (0: none)
+    rounds: int = 5
+    duration: int = 5  # seconds at ``connections``
+    duration_1c: int = 2  # seconds at one connection
+    warmup: int = 1  # unmeasured seconds before each path's runs in round 1 (0: none)
     connections: int = 50
     bulk_connections: int = 4
     h2_clients: int = 10
@@ -75,8 +75,12 @@ def _load(spec: PathSpec, settings: LoadSettings, *, single: bool) -> LoadResult
 
 
 def measure(spec: PathSpec, settings: LoadSettings, round_no: int) -> Sample:
-    """Load ``spec`` at full concurrency (CPU measured), then at one connection (latency)."""
-    if settings.warmup > 0:
+    """Load ``spec`` at full concurrency (CPU measured), then at one connection (latency).
+
+    The first round warms each path up first (pools, caches); the processes stay up, so later
+    rounds start warm.
+    """
+    if settings.warmup > 0 and round_no == 0:
         warm_up(spec, settings.warmup)
     before = {p.name: cpu_times(p.pid) for p in spec.procs}
     result = _load(spec, settings, single=False)
@@ -204,9 +208,7 @@ def summarize(paths: list[PathSpec], samples: list[Sample]) -> dict[str, Any]:
             ),
             "cpu_us_per_mb": _median([s.cpu_us_per_mb for s in own if s.cpu_us_per_mb]),
             "cpu_cores": _median([s.cpu_cores for s in own]),
-            "cpu_sys_share": _median(
-                [s.cpu_sys_share for s in own if s.cpu_sys_share is not None]
-            ),
+            "cpu_sys_share": _median([s.cpu_sys_share for s in own if s.cpu_sys_share is not None]),
             "cpu_us_per_req_by_proc": cpu_by_proc,
             "rss_after_kib": rss_after,
             "ratios_per_round": ratios,

@@ -18,16 +18,20 @@ mode flip (every snapshot carries the mode).
 
 from __future__ import annotations
 
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.fleet import Fleet
 from bench.load import run_wrk
 from bench.mesh import ControlPlane, resource, start_control_plane, start_sidecar, wait_ready
 from bench.procs import ProcessGroup, rss_kib
+from bench.profiling import start_py_spy
 
 __all__ = ["ScaleSettings", "control_plane_scale", "mesh_size_independence"]
 
@@ -74,19 +78,32 @@ def mesh_size_independence(
     cp = start_control_plane(group, "cp-meshsize")
     fleets: list[Fleet] = []
     try:
-        cp.apply([resource("Service", "backend", {}),
-                  resource("Service", "probe", {"calls": ["backend"]})])  # fmt: skip
-        server = start_sidecar(group, cp, "meshsize-backend", "backend",
-                               app_port=backend_port, outbound=False)  # fmt: skip
+        cp.apply(
+            [
+                resource("Service", "backend", {}),
+                resource("Service", "probe", {"calls": ["backend"]}),
+            ]
+        )
+        server = start_sidecar(
+            group, cp, "meshsize-backend", "backend", app_port=backend_port, outbound=False
+        )
         wait_ready(server)
         small = max(0, settings.mesh_small - 2)  # backend and probe are services too
         large = max(small, settings.mesh_large - 2)
         _apply_services(cp, [f"sim-{i}" for i in range(small)])
         if small:
-            fleets.append(Fleet.start(f"{cp.stream_host}:{cp.stream_port}", cp.data_dir,
-                                      first=0, count=small, services=UNIQUE,
-                                      log_dir=group.workdir))  # fmt: skip
-            fleets[-1].wait_ready(settings.connect_timeout)
+            fleets.append(
+                Fleet.start(
+                    f"{cp.stream_host}:{cp.stream_port}",
+                    cp.data_dir,
+                    first=0,
+                    count=small,
+                    services=UNIQUE,
+                    log_dir=group.workdir,
+                )
+            )
+            if not fleets[-1].wait_ready(settings.connect_timeout):
+                raise RuntimeError(f"the small mesh did not connect: {fleets[-1].errors[:3]}")
         probe_a = start_sidecar(group, cp, "meshsize-probe-a", "probe", inbound=False)
         wait_ready(probe_a)
         rss_a = _probe_rss(probe_a.port("outbound"), probe_a.pid, settings.probe_seconds)
@@ -98,11 +115,22 @@ def mesh_size_independence(
         started = time.monotonic()
         _apply_services(cp, [f"sim-{i}" for i in range(small, large)])
         if large > small:
-            fleets.append(Fleet.start(f"{cp.stream_host}:{cp.stream_port}", cp.data_dir,
-                                      first=small, count=large - small, services=UNIQUE,
-                                      workers=_workers(large - small),
-                                      log_dir=group.workdir))  # fmt: skip
-            fleets[-1].wait_ready(settings.connect_timeout)
+            fleets.append(
+                Fleet.start(
+                    f"{cp.stream_host}:{cp.stream_port}",
+                    cp.data_dir,
+                    first=small,
+                    count=large - small,
+                    services=UNIQUE,
+                    workers=_workers(large - small),
+                    log_dir=group.workdir,
+                )
+            )
+            if not fleets[-1].wait_ready(settings.connect_timeout):
+                log(
+                    f"not every simulated sidecar connected in {settings.connect_timeout:.0f}s;"
+                    " measuring the mesh as it is"
+                )
             fleets[-1].wait_quiet(1.0, 60.0)
         grow_seconds = time.monotonic() - started
         proxies_large = len(cp.proxies())
@@ -113,8 +141,10 @@ def mesh_size_independence(
         rss_b = _probe_rss(probe_b.port("outbound"), probe_b.pid, settings.probe_seconds)
         services_b = len(probe_b.config()["snapshot"]["outbound"]["services"])
         rss_a_after = _probe_rss(probe_a.port("outbound"), probe_a.pid, settings.probe_seconds)
-        log(f"mesh of {settings.mesh_large}: probe RSS {rss_b / 1024:.1f} MiB "
-            f"(first probe now {rss_a_after / 1024:.1f} MiB)")  # fmt: skip
+        log(
+            f"mesh of {settings.mesh_large}: probe RSS {rss_b / 1024:.1f} MiB "
+            f"(first probe now {rss_a_after / 1024:.1f} MiB)"
+        )
         return {
             "mesh_small": settings.mesh_small,
             "mesh_large": settings.mesh_large,
@@ -130,6 +160,7 @@ def mesh_size_independence(
             "snapshot_services_large": services_b,
             "cp_rss_small_kib": cp_rss_small,
             "cp_rss_large_kib": rss_kib(cp.proc.pid),
+            "fleet_connect_failures": sum(f.failed for f in fleets),
             "fleet_errors": sum(len(f.errors) for f in fleets),
         }
     finally:
@@ -138,8 +169,10 @@ def mesh_size_independence(
 
 
 def _route_change(number: int) -> dict[str, Any]:
-    rule = {"name": f"bench-{number}",
-            "matches": [{"path": {"type": "Prefix", "value": f"/v{number}"}}]}  # fmt: skip
+    rule = {
+        "name": f"bench-{number}",
+        "matches": [{"path": {"type": "Prefix", "value": f"/v{number}"}}],
+    }
     return resource("HTTPRoute", "bench-target", {"service": "target", "rules": [rule]})
 
 
@@ -155,7 +188,9 @@ def _wait_acked(cp: ControlPlane, expected: int, timeout: float = 10.0) -> int:
     while time.monotonic() < deadline:
         items = [p for p in cp.proxies() if p.get("connected", True)]
         acked = sum(
-            1 for p in items if p["ack_state"] == "ACK" and p["acked_version"] == p["config_version"]
+            1
+            for p in items
+            if p["ack_state"] == "ACK" and p["acked_version"] == p["config_version"]
         )
         if acked >= expected:
             break
@@ -164,26 +199,45 @@ def _wait_acked(cp: ControlPlane, expected: int, timeout: float = 10.0) -> int:
 
 
 def control_plane_scale(
-    group: ProcessGroup, settings: ScaleSettings, log: Callable[[str], None]
+    group: ProcessGroup,
+    settings: ScaleSettings,
+    log: Callable[[str], None],
+    profile_out: Path | None = None,
 ) -> dict[str, Any]:
-    """Time until every one of ``cp_proxies`` simulated sidecars has the changed config."""
+    """Time until every one of ``cp_proxies`` simulated sidecars has the changed config.
+
+    With ``profile_out``, py-spy samples the control plane from the first connection to the
+    last change (collapsed stacks written there).
+    """
     cp = start_control_plane(group, "cp-scale")
     fleet: Fleet | None = None
+    spy: subprocess.Popen[bytes] | None = None
     try:
         services = [f"sim-{i}" for i in range(settings.cp_services)]
         _apply_services(cp, ["target", *services])
         cp_rss_idle = rss_kib(cp.proc.pid)
+        if profile_out is not None:
+            spy = start_py_spy(cp.proc.pid, 900, profile_out)
         started = time.monotonic()
-        fleet = Fleet.start(f"{cp.stream_host}:{cp.stream_port}", cp.data_dir, first=0,
-                            count=settings.cp_proxies, services=settings.cp_services,
-                            subscribe=["target"], workers=_workers(settings.cp_proxies),
-                            log_dir=group.workdir)  # fmt: skip
-        fleet.wait_ready(settings.connect_timeout)
+        fleet = Fleet.start(
+            f"{cp.stream_host}:{cp.stream_port}",
+            cp.data_dir,
+            first=0,
+            count=settings.cp_proxies,
+            services=settings.cp_services,
+            subscribe=["target"],
+            workers=_workers(settings.cp_proxies),
+            log_dir=group.workdir,
+        )
+        if not fleet.wait_ready(settings.connect_timeout):
+            log(f"not every simulated sidecar connected in {settings.connect_timeout:.0f}s")
         fleet.wait_quiet(1.0, 60.0)
         connect_seconds = time.monotonic() - started
         cp_rss_connected = rss_kib(cp.proc.pid)
-        log(f"{fleet.ok} simulated sidecars connected in {connect_seconds:.1f}s "
-            f"({fleet.failed} failed); control plane RSS {cp_rss_connected / 1024:.0f} MiB")  # fmt: skip
+        log(
+            f"{fleet.ok} simulated sidecars connected in {connect_seconds:.1f}s "
+            f"({fleet.failed} failed); control plane RSS {cp_rss_connected / 1024:.0f} MiB"
+        )
 
         use_route = cp.kind_exists("httproutes")
         change_kind = "HTTPRoute" if use_route else "MeshConfig"
@@ -204,8 +258,7 @@ def control_plane_scale(
                 use_route, change_kind = False, "MeshConfig"
                 note = f"HTTPRoute refused ({str(exc)[:160]}); used a MeshConfig change"
                 continue
-            arrived = fleet.wait_newer(baseline, timeout=5.0 if use_route and not changes
-                                       else 30.0)  # fmt: skip
+            arrived = fleet.wait_newer(baseline, timeout=5.0 if use_route and not changes else 30.0)
             if use_route and not changes and not arrived:
                 use_route, change_kind = False, "MeshConfig"
                 note = "an HTTPRoute change was not pushed to subscribers; used MeshConfig"
@@ -213,17 +266,21 @@ def control_plane_scale(
             latencies = [(t - t0) / 1e6 for t in arrived.values()]
             all_latencies += latencies
             acked = _wait_acked(cp, len(baseline))
-            changes.append({
-                "kind": change_kind,
-                "proxies": len(baseline),
-                "received": len(arrived),
-                "acked": acked,
-                "p50_ms": statistics.median(latencies) if latencies else None,
-                "p99_ms": _percentile(latencies, 99) if latencies else None,
-                "max_ms": max(latencies) if latencies else None,
-            })  # fmt: skip
-            log(f"change {len(changes)} ({change_kind}): {len(arrived)}/{len(baseline)} "
-                f"received, p99 {changes[-1]['p99_ms']} ms, {acked} ACKed")  # fmt: skip
+            changes.append(
+                {
+                    "kind": change_kind,
+                    "proxies": len(baseline),
+                    "received": len(arrived),
+                    "acked": acked,
+                    "p50_ms": statistics.median(latencies) if latencies else None,
+                    "p99_ms": _percentile(latencies, 99) if latencies else None,
+                    "max_ms": max(latencies) if latencies else None,
+                }
+            )
+            log(
+                f"change {len(changes)} ({change_kind}): {len(arrived)}/{len(baseline)} "
+                f"received, p99 {changes[-1]['p99_ms']} ms, {acked} ACKed"
+            )
             fleet.wait_quiet(0.5, 10.0)
         return {
             "proxies": settings.cp_proxies,
@@ -243,5 +300,12 @@ def control_plane_scale(
             "fleet_errors": fleet.errors[:5],
         }
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(5)
         if fleet is not None:
             fleet.stop()

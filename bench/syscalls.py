@@ -38,8 +38,10 @@ def _parse(path: Path, requests: int) -> dict[str, float]:
     return {name: round(value, 2) for name, value in ranked}
 
 
-def syscall_census(spec: PathSpec, seconds: int, workdir: Path) -> dict[str, Any]:
-    """Trace every proxy process of ``spec`` during a load at 50 connections."""
+def syscall_census(
+    spec: PathSpec, seconds: int, workdir: Path, connections: int = 50
+) -> dict[str, Any]:
+    """Trace every proxy process of ``spec`` during a load at ``connections``."""
     binary = shutil.which("strace")
     if binary is None:
         return {"error": "strace is not installed"}
@@ -49,11 +51,12 @@ def syscall_census(spec: PathSpec, seconds: int, workdir: Path) -> dict[str, Any
             out = workdir / f"strace-{spec.key}-{proc.name}.txt"
             tracer = subprocess.Popen(
                 [binary, "-c", "-f", "-p", str(proc.pid), "-o", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             tracers.append((proc.name, tracer, out))
         time.sleep(0.5)  # attach
-        result = run_wrk(spec.url, connections=50, duration=seconds, host=spec.host)
+        result = run_wrk(spec.url, connections=connections, duration=seconds, host=spec.host)
     finally:
         for _, tracer, _ in tracers:
             if tracer.poll() is None:

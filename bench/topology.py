@@ -154,7 +154,7 @@ def _probe_h2(url: str, authority: str | None) -> None:
     last = ""
     while time.monotonic() < deadline:
         try:
-            run_h2load(url, clients=1, streams=1, duration=1, authority=authority)
+            run_h2load(url, clients=1, streams=1, requests=20, authority=authority)
             return
         except LoadError as exc:
             last = str(exc)[-300:]
@@ -187,20 +187,39 @@ def build_topology(group: ProcessGroup, *, bulk_bytes: int) -> Topology:
 
     add(PathSpec("direct", 1, "direct to the backend", "http", "http1", f"{base}/"))
     haproxy = start_haproxy_http(group, backend.port)
-    add(PathSpec("haproxy", 2, "HAProxy reverse proxy", "http", "http1",
-                 f"http://127.0.0.1:{haproxy.ports['listen']}/", procs=[haproxy]))  # fmt: skip
+    add(
+        PathSpec(
+            "haproxy",
+            2,
+            "HAProxy reverse proxy",
+            "http",
+            "http1",
+            f"http://127.0.0.1:{haproxy.ports['listen']}/",
+            procs=[haproxy],
+        )
+    )
     nginx = start_nginx_proxy(group, backend.port)
-    add(PathSpec("nginx", 3, "nginx reverse proxy", "http", "http1",
-                 f"http://127.0.0.1:{nginx.ports['listen']}/", procs=[nginx]))  # fmt: skip
+    add(
+        PathSpec(
+            "nginx",
+            3,
+            "nginx reverse proxy",
+            "http",
+            "http1",
+            f"http://127.0.0.1:{nginx.ports['listen']}/",
+            procs=[nginx],
+        )
+    )
 
     cp = start_control_plane(group)
     documents = [
         resource("MeshConfig", "default", {"mtls": {"mode": "PERMISSIVE"}}),
         resource("Service", "backend", {}),
         resource("Service", "edge", {}),
-        resource("Service", "bench-client", {"calls": ["backend", "bulk"] if tcp_ok else
-                                              ["backend"]}),
-    ]  # fmt: skip
+        resource(
+            "Service", "bench-client", {"calls": ["backend", "bulk"] if tcp_ok else ["backend"]}
+        ),
+    ]
     if tcp_ok:
         documents.append(resource("Service", "bulk", {"ports": [{"port": 80, "protocol": "tcp"}]}))
     if h2_ok:
@@ -209,65 +228,135 @@ def build_topology(group: ProcessGroup, *, bulk_bytes: int) -> Topology:
         )
     cp.apply(documents)
     sidecars: dict[str, Sidecar] = {}
-    sidecars["edge"] = start_sidecar(group, cp, "sidecar-edge", "edge",
-                                     app_port=backend.port, outbound=False)  # fmt: skip
-    sidecars["backend"] = start_sidecar(group, cp, "sidecar-backend", "backend",
-                                        app_port=backend.port, outbound=False)  # fmt: skip
+    sidecars["edge"] = start_sidecar(
+        group, cp, "sidecar-edge", "edge", app_port=backend.port, outbound=False
+    )
+    sidecars["backend"] = start_sidecar(
+        group, cp, "sidecar-backend", "backend", app_port=backend.port, outbound=False
+    )
     upstream_port = free_port()
     client_env = {"GOSSAMER_PROXY_UPSTREAMS": f"bulk=127.0.0.1:{upstream_port}"} if tcp_ok else {}
     sidecars["bench-client"] = start_sidecar(
         group, cp, "sidecar-bench-client", "bench-client", inbound=False, extra_env=client_env
     )
     if tcp_ok:
-        sidecars["bulk"] = start_sidecar(group, cp, "sidecar-bulk", "bulk",
-                                         app_port=backend.port, outbound=False)  # fmt: skip
+        sidecars["bulk"] = start_sidecar(
+            group, cp, "sidecar-bulk", "bulk", app_port=backend.port, outbound=False
+        )
     if h2_ok:
-        sidecars["h2edge"] = start_sidecar(group, cp, "sidecar-h2edge", "h2edge",
-                                           app_port=backend.h2_port, outbound=False)  # fmt: skip
+        sidecars["h2edge"] = start_sidecar(
+            group, cp, "sidecar-h2edge", "h2edge", app_port=backend.h2_port, outbound=False
+        )
     for sidecar in sidecars.values():
         wait_ready(sidecar)
 
     edge = sidecars["edge"]
-    one_hop = add(PathSpec("gossamer", 4, "Gossamer sidecar, one hop (plaintext)", "http",
-                           "http1", f"http://127.0.0.1:{edge.port('inbound')}/",
-                           procs=[edge.proc], gossamer=True))  # fmt: skip
+    one_hop = add(
+        PathSpec(
+            "gossamer",
+            4,
+            "Gossamer sidecar, one hop (plaintext)",
+            "http",
+            "http1",
+            f"http://127.0.0.1:{edge.port('inbound')}/",
+            procs=[edge.proc],
+            gossamer=True,
+        )
+    )
     _try(one_hop, lambda: _probe_http(one_hop.url, None))
 
     tls = issue_haproxy_certs(cp, group.workdir, "bench-client", "backend")
-    origin, terminator = start_haproxy_tls_pair(group, "haproxy-pair", backend.port, tls,
-                                                mode="http")  # fmt: skip
-    add(PathSpec("haproxy-pair", 5, "HAProxy pair, TLS with client certs", "pair", "http1",
-                 f"http://127.0.0.1:{origin.ports['listen']}/",
-                 procs=[origin, terminator]))  # fmt: skip
+    origin, terminator = start_haproxy_tls_pair(
+        group, "haproxy-pair", backend.port, tls, mode="http"
+    )
+    add(
+        PathSpec(
+            "haproxy-pair",
+            5,
+            "HAProxy pair, TLS with client certs",
+            "pair",
+            "http1",
+            f"http://127.0.0.1:{origin.ports['listen']}/",
+            procs=[origin, terminator],
+        )
+    )
     client = sidecars["bench-client"]
-    pair = add(PathSpec("gossamer-pair", 5, "Gossamer sidecar pair, mTLS", "pair", "http1",
-                        f"http://127.0.0.1:{client.port('outbound')}/", host="backend",
-                        procs=[client.proc, sidecars["backend"].proc], gossamer=True))  # fmt: skip
+    pair = add(
+        PathSpec(
+            "gossamer-pair",
+            5,
+            "Gossamer sidecar pair, mTLS",
+            "pair",
+            "http1",
+            f"http://127.0.0.1:{client.port('outbound')}/",
+            host="backend",
+            procs=[client.proc, sidecars["backend"].proc],
+            gossamer=True,
+        )
+    )
     _try(pair, lambda: _probe_http(pair.url, pair.host))
 
     add(PathSpec("tcp-direct", 6, "direct bulk transfer", "tcp", "bulk", f"{base}{BULK_FILE}"))
     tcp_origin, tcp_terminator = start_haproxy_tls_pair(
         group, "haproxy-tcp", backend.port, tls, mode="tcp"
     )
-    add(PathSpec("tcp-haproxy", 6, "HAProxy pair, mode tcp, TLS", "tcp", "bulk",
-                 f"http://127.0.0.1:{tcp_origin.ports['listen']}{BULK_FILE}",
-                 procs=[tcp_origin, tcp_terminator]))  # fmt: skip
+    add(
+        PathSpec(
+            "tcp-haproxy",
+            6,
+            "HAProxy pair, mode tcp, TLS",
+            "tcp",
+            "bulk",
+            f"http://127.0.0.1:{tcp_origin.ports['listen']}{BULK_FILE}",
+            procs=[tcp_origin, tcp_terminator],
+        )
+    )
     tcp_procs = [client.proc, sidecars["bulk"].proc] if tcp_ok else []
-    tcp = add(PathSpec("tcp-gossamer", 6, "Gossamer TCP relay pair, mTLS", "tcp", "bulk",
-                       f"http://127.0.0.1:{upstream_port}{BULK_FILE}", procs=tcp_procs,
-                       gossamer=True, available=tcp_ok, reason=tcp_reason))  # fmt: skip
+    tcp = add(
+        PathSpec(
+            "tcp-gossamer",
+            6,
+            "Gossamer TCP relay pair, mTLS",
+            "tcp",
+            "bulk",
+            f"http://127.0.0.1:{upstream_port}{BULK_FILE}",
+            procs=tcp_procs,
+            gossamer=True,
+            available=tcp_ok,
+            reason=tcp_reason,
+        )
+    )
     _try(tcp, lambda: _probe_bulk(tcp.url))
 
     add(PathSpec("h2-direct", 7, "direct h2c", "h2", "h2", f"http://127.0.0.1:{backend.h2_port}/"))
     haproxy_h2 = start_haproxy_h2(group, backend.h2_port)
-    add(PathSpec("h2-haproxy", 7, "HAProxy h2c proxy (proto h2 both sides)", "h2", "h2",
-                 f"http://127.0.0.1:{haproxy_h2.ports['listen']}/",
-                 procs=[haproxy_h2]))  # fmt: skip
+    add(
+        PathSpec(
+            "h2-haproxy",
+            7,
+            "HAProxy h2c proxy (proto h2 both sides)",
+            "h2",
+            "h2",
+            f"http://127.0.0.1:{haproxy_h2.ports['listen']}/",
+            procs=[haproxy_h2],
+        )
+    )
     h2_procs = [sidecars["h2edge"].proc] if h2_ok else []
     h2_url = f"http://127.0.0.1:{sidecars['h2edge'].port('inbound')}/" if h2_ok else ""
-    h2 = add(PathSpec("h2-gossamer", 7, "Gossamer sidecar, one hop h2c", "h2", "h2", h2_url,
-                      procs=h2_procs, gossamer=True, available=h2_ok,
-                      reason=h2_reason))  # fmt: skip
+    h2 = add(
+        PathSpec(
+            "h2-gossamer",
+            7,
+            "Gossamer sidecar, one hop h2c",
+            "h2",
+            "h2",
+            h2_url,
+            procs=h2_procs,
+            gossamer=True,
+            available=h2_ok,
+            reason=h2_reason,
+        )
+    )
     _try(h2, lambda: _probe_h2(h2.url, None))
     return Topology(paths, backend, cp, sidecars)
 

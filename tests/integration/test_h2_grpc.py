@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from gossamer.control.ca import CertificateAuthority
@@ -27,6 +28,8 @@ from gossamer.proxy.h2 import _ffi, close_h2
 from gossamer.proxy.h2.runtime import runtime_for
 from gossamer.proxy.h2.session import CLOSED, DATA, HEADERS, H2Session
 from gossamer.proxy.settings import Address
+from tests.integration.control_helpers import running_control_plane
+from tests.process_harness import Processes, wait_ready
 from tests.sidecar_harness import LoopThread, Sidecar, identity, snapshot, start_sidecar
 
 PEER = "x-gossamer-peer-identity"
@@ -458,6 +461,21 @@ class TestPlainH2:
         assert head[b"x-gossamer-error"] == b"unknown-service"
         assert b"unknown-service" in resp["body"]
 
+    def test_discarded_request_bodies_give_their_window_back(self, mesh: Mesh) -> None:
+        """Bodies of refused requests (5 MiB, over the connection window) are credited, so
+        a later upload on the same connection still goes through."""
+        client = H2Client(mesh.outbound_port)
+        try:
+            for _ in range(10):
+                sid = client.request(post(b"/", b"nosuch"), b"z" * 512 * 1024)
+                assert client.wait(sid)["headers"][0][b":status"] == b"404"
+            sid = client.request(post(b"/echo"), b"q" * 1024 * 1024)
+            resp = client.wait(sid)
+        finally:
+            client.close()
+        assert resp["headers"][0][b":status"] == b"200"
+        assert len(resp["body"]) == 1024 * 1024
+
     def test_many_streams_on_one_client_connection(self, mesh: Mesh) -> None:
         """Streams opened together on one connection are all answered."""
         client = H2Client(mesh.outbound_port)
@@ -496,3 +514,41 @@ class TestPlainH2:
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert "400 succeeded" in out.stdout, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- real processes
+
+
+def test_grpc_crosses_real_sidecar_processes(tmp_path: Path) -> None:
+    """``gossamer proxy`` processes joined to a real control plane carry gRPC calls (unary
+    and streaming, discovered on first use) and count them by grpc-status in /metrics."""
+    app = start_grpc_app()
+    try:
+        with running_control_plane(tmp_path / "cp") as cp:
+            procs = Processes(tmp_path)
+            try:
+                server = procs.sidecar(cp, "catalog-sidecar", "catalog", app.port)
+                client = procs.sidecar(cp, "frontend-sidecar", "frontend", None)
+                wait_ready(server)
+                wait_ready(client)
+                channel = grpc.insecure_channel(
+                    f"127.0.0.1:{client.ports['outbound']}",
+                    options=[("grpc.default_authority", "catalog"), ("grpc.enable_http_proxy", 0)],
+                )
+                try:
+                    unary = channel.unary_unary("/test.Echo/Unary")
+                    assert unary(b"proc", timeout=10) == b"echo:proc"
+                    stream = channel.unary_stream("/test.Echo/Stream")
+                    assert len(list(stream(b"100", timeout=10))) == 100
+                finally:
+                    channel.close()
+                assert app.seen_peers == [identity("frontend").uri]
+                metrics = httpx.get(
+                    f"http://127.0.0.1:{client.ports['admin']}/metrics", timeout=5
+                ).text
+                assert 'dst_service="catalog"' in metrics
+                assert 'grpc_status="0"} 2' in metrics
+            finally:
+                procs.stop_all()
+    finally:
+        app.server.stop(0)

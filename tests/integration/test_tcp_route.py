@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -324,6 +325,29 @@ class TestRelay:
         assert tcp_mesh.apps["blue"].connections == 0
         assert 'cause="tcp-not-allowed"' in tcp_mesh.metrics(tcp_mesh.blue)
 
+    def test_service_without_endpoints_refuses_at_once(self, tcp_mesh: TcpMesh) -> None:
+        """No route and no endpoints of its own: the connection is closed, the cause counted."""
+        tcp_mesh.set_route(None)
+        with tcp_mesh.connect() as sock:
+            assert refused(sock, b"anyone?\n")
+        text = tcp_mesh.metrics(tcp_mesh.client)
+        assert 'cause="no-healthy-endpoints"' in text
+        assert ('gossamer_tcp_relay_connect_failures_total{direction="outbound",'
+                'src_service="app",dst_service="db"} 1') in text
+
+    def test_sidecar_drain_closes_what_is_left_at_its_deadline(
+        self, tcp_mesh: TcpMesh
+    ) -> None:
+        """On shutdown the listener stops at once; open relays end at the drain deadline."""
+        with tcp_mesh.connect() as sock:
+            assert ask(sock, "x") == "blue:x"
+            started = time.monotonic()
+            tcp_mesh.lt.run(tcp_mesh.client.tcp.drain(0.3))
+            assert closed_within(sock, 5)
+            assert time.monotonic() - started < 2.0
+        with pytest.raises(OSError):
+            tcp_mesh.connect()
+
 
 class TestRouteSwitch:
     def test_new_connections_go_to_the_new_backend_at_once(self, tcp_mesh: TcpMesh) -> None:
@@ -385,3 +409,51 @@ class TestRouteSwitch:
             tcp_mesh.set_route(None)
             assert ask(old, "y") == "blue:y"
             assert closed_within(old, 5)
+
+
+def split_hello_session(tcp_mesh: TcpMesh, alpn: str, first: bytes) -> bytes:
+    """Connect to blue's inbound port as a mesh client whose ClientHello arrives in two
+    pieces, then send ``first`` and return the first bytes of the answer."""
+    assert tcp_mesh.blue.inbound is not None
+    ctx = tcp_mesh.client.creds.client_context
+    ctx.set_alpn_protocols([alpn])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="db-blue.default.svc")
+    with socket.create_connection(("127.0.0.1", tcp_mesh.blue.inbound.port), timeout=5) as sock:
+        with pytest.raises(ssl.SSLWantReadError):
+            tls.do_handshake()
+        hello = outgoing.read()
+        sock.sendall(hello[:40])
+        time.sleep(0.2)
+        sock.sendall(hello[40:])
+        for _ in range(20):
+            incoming.write(sock.recv(65536))
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                sock.sendall(outgoing.read())
+        assert tls.selected_alpn_protocol() == alpn
+        tls.write(first)
+        sock.sendall(outgoing.read())
+        while True:
+            incoming.write(sock.recv(65536))
+            try:
+                return tls.read(4096)
+            except ssl.SSLWantReadError:
+                continue
+
+
+class TestInboundHello:
+    def test_hello_split_across_segments_still_reaches_the_relay(
+        self, tcp_mesh: TcpMesh
+    ) -> None:
+        """A ClientHello offering gossamer-tcp that arrives in pieces is still relayed."""
+        assert split_hello_session(tcp_mesh, "gossamer-tcp", b"piece\n") == b"blue:piece\n"
+
+    def test_split_http_hello_goes_back_to_the_http_path(self, tcp_mesh: TcpMesh) -> None:
+        """A split ClientHello offering http/1.1 is handed back to the HTTP inbound path."""
+        answer = split_hello_session(
+            tcp_mesh, "http/1.1", b"GET / HTTP/1.1\r\nHost: db-blue\r\n\r\n"
+        )
+        assert answer.startswith(b"HTTP/1.1 ")

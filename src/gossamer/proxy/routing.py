@@ -26,10 +26,10 @@ from gossamer.proxy.balance import (
 from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.metrics import Metrics, RouteStats
 from gossamer.proxy.policy import ServicePolicy
-from gossamer.proxy.routes import HttpRouter
-from gossamer.proxy.tcp_route import TcpRoute
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
+from gossamer.proxy.routes import HttpRouter
+from gossamer.proxy.tcp_route import TcpRoute
 
 __all__ = ["OutboundService", "RouteTable", "SnapshotError", "compile_snapshot", "service_key"]
 

@@ -13,9 +13,9 @@ passes, then they are closed. New connections see the new route at once, because
 the route table in force when they arrive. A route that wants the backend again before the
 deadline cancels the drain.
 
-Inbound: the inbound listener hands over TLS connections whose ClientHello offers ALPN
-``gossamer-tcp`` (``claim``, from a peek at the first record) before the handshake, so that
-the sidecar runs that TLS itself and the stream can half-close. It relays the bytes to its
+Inbound: the inbound listener hands over TLS connections whose handshake would negotiate ALPN
+``gossamer-tcp`` (``claim``, from a peek at the ClientHello) before the handshake, so that the
+sidecar runs that TLS itself and the stream can half-close. It relays the bytes to its
 local app when its inbound ports declare protocol ``tcp``.
 """
 
@@ -61,6 +61,7 @@ PEEK_LIMIT = 16 * 1024 + 5  # one TLS record: a whole ClientHello
 HELLO_TIMEOUT = 10.0
 Fallback = Callable[[socket.socket], Coroutine[Any, Any, None]]
 _TCP_ALPN = TCP_ALPN.encode()
+_HTTP_ALPN = frozenset({b"h2", b"http/1.1"})
 
 
 class _Refused(Exception):
@@ -191,9 +192,13 @@ class TcpProxy:
                 endpoint = backend.pick()
                 if endpoint is None:
                     raise _Refused("no-healthy-endpoints", f"{backend.key} has no endpoints")
+                try:
+                    context = self._client_context.get()
+                except TlsFailure as exc:  # no certificate of our own (yet)
+                    raise _Refused(exc.cause, exc.detail) from None
                 started = time.monotonic_ns()
                 try:
-                    stream = await self._open(backend, endpoint)
+                    stream = await self._open(context, backend, endpoint)
                 except TlsFailure as exc:
                     endpoint.penalise(time.monotonic_ns())
                     failure = exc
@@ -207,8 +212,9 @@ class TcpProxy:
                 if relay.closed:
                     stream.close()
                     return
-                current = await self._service(key)
-                if not still_routed(current.tcp_route, key, backend.key):
+                table = self.state.table
+                current = table.services.get(key) if table is not None else None
+                if current is None or not still_routed(current.tcp_route, key, backend.key):
                     stream.close()  # the route changed while we connected: route again
                     continue
                 self._attach(relay, key, current.tcp_route, backend, endpoint, stream)
@@ -228,8 +234,9 @@ class TcpProxy:
         log.info("TCP connection refused (%s): %s", cause, detail)
         relay.close()
 
-    async def _open(self, backend: OutboundService, endpoint: EndpointState) -> TlsStream:
-        context = self._client_context.get()
+    async def _open(
+        self, context: ssl.SSLContext, backend: OutboundService, endpoint: EndpointState
+    ) -> TlsStream:
         loop = asyncio.get_running_loop()
         stream = TlsStream(
             context, self.buffers, server_side=False, server_hostname=backend.sni,
@@ -325,7 +332,7 @@ class TcpProxy:
         arrived yet, the socket is taken and waited on; if it turns out not to offer
         ``gossamer-tcp``, ``fallback(conn)`` gets it back.
         """
-        verdict, _size = self._peek_hello(conn)
+        verdict, _needed = self._peek_hello(conn)
         if verdict is False:
             return False
         if verdict:
@@ -336,47 +343,58 @@ class TcpProxy:
 
     @staticmethod
     def _peek_hello(conn: socket.socket) -> tuple[bool | None, int]:
-        """(True: offers gossamer-tcp, False: does not, None: incomplete; bytes peeked)."""
+        """(True: offers gossamer-tcp, False: does not, None: incomplete), and for an
+        incomplete hello how many bytes the first record needs."""
         try:
             data = conn.recv(PEEK_LIMIT, socket.MSG_PEEK)
         except BlockingIOError:
-            return None, 0
+            return None, 5
         except OSError:
             return False, 0
-        if len(data) < 5 or data[0] != 0x16:
-            return (None if data[:1] in (b"", b"\x16") else False), len(data)
-        if len(data) < 5 + int.from_bytes(data[3:5], "big"):
-            return None, len(data)
-        names = offered_alpn(data)
-        return bool(names and _TCP_ALPN in names), len(data)
+        if data[:1] not in (b"", b"\x16"):
+            return False, 0
+        if len(data) < 5:
+            return None, 5
+        needed = 5 + int.from_bytes(data[3:5], "big")
+        if len(data) < needed:
+            return None, needed
+        names = offered_alpn(data) or ()
+        # Exactly when the handshake would negotiate gossamer-tcp: the inbound server prefers
+        # the HTTP protocols, so a hello that also offers one of them is not ours.
+        return _TCP_ALPN in names and not _HTTP_ALPN.intersection(names), needed
 
     async def _await_hello(self, conn: socket.socket, fallback: Fallback) -> None:
+        # The socket stays readable while the first bytes sit unread; the low-water mark
+        # makes it readable only once the whole first record is there (or at EOF).
         loop = asyncio.get_running_loop()
         deadline = loop.time() + HELLO_TIMEOUT
         fd = conn.fileno()
-        seen = -1
-        while True:
+        for _ in range(2):  # the record header, then the record
+            verdict, needed = self._peek_hello(conn)
+            if verdict is not None:
+                break
             readable: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(fd, _resolve, readable)
             try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, needed)
+                loop.add_reader(fd, _resolve, readable)
                 await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
-            except TimeoutError:
+            except (OSError, TimeoutError):
                 conn.close()
                 return
             finally:
                 loop.remove_reader(fd)
-            verdict, size = self._peek_hello(conn)
-            if verdict is None:
-                if size == seen:  # readable but nothing new: the peer closed mid-hello
-                    conn.close()
-                    return
-                seen = size
-                continue
-            if verdict:
-                await self._accept_inbound(conn)
-            else:
-                await fallback(conn)
-            return
+        else:
+            verdict, _needed = self._peek_hello(conn)
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        except OSError:
+            verdict = None
+        if verdict is None:  # closed, or sent less than its record announced
+            conn.close()
+        elif verdict:
+            await self._accept_inbound(conn)
+        else:
+            await fallback(conn)
 
     def _inbound_allows_tcp(self) -> bool:
         table = self.state.table

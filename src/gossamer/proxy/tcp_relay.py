@@ -4,8 +4,13 @@ Each end is an ``asyncio.BufferedProtocol``: the event loop reads straight into 
 shared by every relay of the proxy, and the end writes that memory to the other side at once.
 uvloop sends it in the same call when the socket takes it all (the common case), and only then
 is the buffer reused; when the other side keeps part of it queued (holding a view of it, not a
-copy), the end swaps in a fresh buffer for later reads. Measured here against a Protocol relay
-(``data_received`` → ``write``) and ``os.splice``: see docs/walkthrough-database.md.
+copy), the end swaps in a fresh buffer for later reads. Measured on this machine (1 GB through
+one relay process, CPU seconds per GiB, medians of 5 rounds): this relay 0.39-0.40, a Protocol
+relay (``data_received`` → ``write``) 0.39-0.41, HAProxy mode tcp 0.53, ``os.splice`` through a
+pipe 0.27. Both userspace relays are bound by the read and write system calls (about 245 KB
+per read), so the buffered one wins on allocations and memory rather than CPU. splice would
+save the two copies, but it only joins two plain sockets: every mesh hop has TLS on one side,
+and TLS records are sealed and opened in user space (see ``tcp_tls``).
 
 Backpressure: when one side's write buffer passes its high-water mark, the other side stops
 reading until it drains. Half-close: an EOF from one side becomes ``write_eof`` on the other
@@ -18,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import struct
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +32,6 @@ from gossamer.proxy.metrics import TcpStats
 
 __all__ = ["BUFFER_SIZE", "Relay", "RelayBuffers", "RelayEnd", "reset"]
 
-log = logging.getLogger("gossamer.proxy")
 
 BUFFER_SIZE = 256 * 1024
 HIGH_WATER = 256 * 1024  # per transport, before the other side stops reading
@@ -172,7 +174,6 @@ class Relay:
         "finished",
         "route_drain",
         "service_key",
-        "started",
         "stats",
         "up",
     )
@@ -197,7 +198,6 @@ class Relay:
         self.backend_key = ""  # outbound: the service the connection went to
         self.route_drain = 0.0  # the drain of the route the connection was opened under
         self.endpoint: Any = None  # outbound: the EndpointState it holds a slot of
-        self.started = time.monotonic()
         stats.opened += 1
         stats.open += 1
 
@@ -253,7 +253,7 @@ class Relay:
         if self.closed:
             return
         self.closed = True
-        self._cancel_drain()
+        self.cancel_drain()
         for end in (self.down, self.up):
             if end.transport is not None:
                 end.transport.close()
@@ -266,7 +266,7 @@ class Relay:
     def abort(self) -> None:
         """Close both sides now, with a reset toward both."""
         self.closed = True
-        self._cancel_drain()
+        self.cancel_drain()
         for end in (self.down, self.up):
             if end.transport is not None:
                 reset(end.transport)
@@ -280,13 +280,10 @@ class Relay:
         loop = asyncio.get_running_loop()
         self.drain_timer = loop.call_later(seconds, on_expired, self)
 
-    def _cancel_drain(self) -> None:
+    def cancel_drain(self) -> None:
         if self.drain_timer is not None:
             self.drain_timer.cancel()
             self.drain_timer = None
-
-    def cancel_drain(self) -> None:
-        self._cancel_drain()
 
     def _finish(self) -> None:
         if self.down.transport is not None or self.up.transport is not None:
@@ -295,7 +292,7 @@ class Relay:
             return
         self.finished = True
         self.closed = True
-        self._cancel_drain()
+        self.cancel_drain()
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None

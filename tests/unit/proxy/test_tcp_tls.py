@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -276,3 +277,36 @@ class TestAlpnClientContext:
         assert contexts.get() is first
         source.expires_at = 200.0
         assert contexts.get() is not first
+
+
+class TestClaimDecision:
+    """Which accepted sockets the TCP side takes, decided from a peek at the ClientHello."""
+
+    @staticmethod
+    def peek(data: bytes) -> tuple[bool | None, int]:
+        from gossamer.proxy.tcp import TcpProxy
+
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(data)
+            b.setblocking(False)
+            return TcpProxy._peek_hello(b)
+
+    def test_only_gossamer_tcp_is_taken(self) -> None:
+        """A hello offering only gossamer-tcp would negotiate it: the relay takes it."""
+        assert self.peek(client_hello([TCP_ALPN]))[0] is True
+
+    def test_http_offers_win_over_tcp(self) -> None:
+        """The inbound server prefers h2 and http/1.1: such hellos stay with HTTP."""
+        assert self.peek(client_hello(["h2", TCP_ALPN]))[0] is False
+        assert self.peek(client_hello(None))[0] is False
+
+    def test_partial_hello_says_how_much_it_needs(self) -> None:
+        """An incomplete first record is undecided and reports the record's full size."""
+        hello = client_hello([TCP_ALPN])
+        verdict, needed = self.peek(hello[:30])
+        assert verdict is None and needed == len(hello)
+
+    def test_plaintext_is_not_taken(self) -> None:
+        """Bytes that are not a TLS handshake record are left alone."""
+        assert self.peek(b"GET / HTTP/1.1\r\n")[0] is False

@@ -1,7 +1,8 @@
 """HTTP/2 and gRPC on the sidecar's data path, with libnghttp2 (cffi) as the codec.
 
-Modules: ``_ffi`` (the C declarations and library), ``session`` (the safe sans-IO session
-wrapper), ``headers`` (header rules), ``stream`` (one proxied stream), ``downstream`` /
+Modules: ``_ffi`` (the C declarations and library), ``_nv`` (header blocks as C arrays),
+``session`` (the safe sans-IO session wrapper), ``selfcheck`` (the binding against the loaded
+library), ``headers`` (header rules), ``stream`` (one proxied stream), ``downstream`` /
 ``upstream`` (the protocol classes), ``connection`` (shared settings and batched writes),
 ``runtime`` (per-sidecar pools), ``tls`` (ALPN ``h2`` client contexts), ``stats`` (gRPC
 metrics).
@@ -13,6 +14,7 @@ sees HTTP/1.1 does not pay its memory.
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,8 @@ __all__ = [
     "plain_inbound",
 ]
 
+log = logging.getLogger("gossamer.proxy.h2")
+
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # What the inbound TLS server offers, in its order of preference.
 INBOUND_ALPN = ["h2", "http/1.1", "gossamer-tcp"]
@@ -41,8 +45,12 @@ def hand_over_outbound(
 ) -> None:
     """The app's first bytes on the outbound port were the HTTP/2 preface: move the
     connection (already accepted and counted by ``old``) to the HTTP/2 path."""
-    from gossamer.proxy.h2.downstream import H2Outbound
-
+    try:
+        from gossamer.proxy.h2.downstream import H2Outbound
+    except ImportError as exc:  # libnghttp2 missing or unusable: say why, once per connection
+        log.error("cannot serve HTTP/2: %s", exc)
+        transport.close()
+        return
     old.proxy.connections.discard(old)
     H2Outbound(old.proxy).take_over(transport, data)
 
@@ -53,8 +61,12 @@ def hand_over_inbound(proxy: ProxyState, transport: asyncio.BaseTransport) -> bo
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
         return False
-    from gossamer.proxy.h2.downstream import H2Inbound
-
+    try:
+        from gossamer.proxy.h2.downstream import H2Inbound
+    except ImportError as exc:
+        log.error("cannot serve HTTP/2: %s", exc)
+        transport.close()
+        return True
     conn = H2Inbound(proxy)
     transport.set_protocol(conn)
     conn.connection_made(transport)

@@ -9,8 +9,9 @@ between these declarations and a library they do not describe:
   stable within a soname), and ``nghttp2_version()`` must report at least ``MIN_VERSION``;
 - every declared function is looked up at import, so a missing symbol fails here, with its
   name, rather than later on the data path;
-- the session module runs an in-memory client/server exchange at import that reads every
-  struct field it relies on (``self_check``), and a unit test compares ``sizeof``/``offsetof``
+- ``selfcheck.self_check`` runs an in-memory client/server exchange that reads back every
+  struct field the binding relies on, once, when the protocol classes are imported; ``_nv``
+  checks the ``nghttp2_nv`` layout it packs; and a unit test compares ``sizeof``/``offsetof``
   with the installed header when one is present.
 
 Callback parameters that point at bytes are declared ``const char *`` (the header says

@@ -15,6 +15,7 @@ import asyncio
 import logging
 
 from gossamer.proxy.h2 import _ffi
+from gossamer.proxy.h2.selfcheck import self_check
 from gossamer.proxy.h2.session import Event, H2Error, H2Session
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("gossamer.proxy.h2")
+
+self_check()  # the declarations against the loaded library, before any traffic
 
 STREAM_WINDOW = 256 * 1024  # per stream: the most a peer may send before we pass it on
 CONNECTION_WINDOW = 2 * 1024 * 1024  # per connection: bounds the bytes buffered per connection

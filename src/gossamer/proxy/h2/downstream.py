@@ -8,9 +8,10 @@
   ``:authority`` (or ``host``) through the same route table, discovery, balancer and metrics
   as HTTP/1.1, to the destination sidecar over h2 with mTLS (one multiplexed connection per
   endpoint); ``x-gossamer-peer-identity`` from the app is removed.
-- ``H2Inbound``: h2 over mTLS from another sidecar (TLS ALPN ``h2``). Sets
-  ``x-gossamer-peer-identity`` to the caller's SPIFFE ID (removing any that came with the
-  request) and forwards to the local app over h2c.
+- ``H2Inbound``: h2 over mTLS from another sidecar (TLS ALPN ``h2``), or h2c in plaintext
+  while inbound mTLS is PERMISSIVE. Sets ``x-gossamer-peer-identity`` to the caller's SPIFFE
+  ID (removing any that came with the request), applies the inbound local rate limit (429 with
+  ``retry-after``), and forwards to the local app over h2c.
 
 It is a ``DownstreamConnection`` so the sidecar's connection set, drain and idle sweep treat it
 like any other: ``close`` sends GOAWAY and closes once the streams in flight are done (an idle

@@ -30,12 +30,12 @@ the next hop. That is the backpressure between the two sides of a proxied stream
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from gossamer.proxy.h2 import _ffi
 from gossamer.proxy.h2._ffi import ffi, lib
+from gossamer.proxy.h2._nv import Header, nv_array
 
 __all__ = [
     "CLOSED",
@@ -48,12 +48,10 @@ __all__ = [
     "H2Session",
     "Header",
     "Outgoing",
-    "self_check",
 ]
 
 log = logging.getLogger("gossamer.proxy.h2")
 
-Header = tuple[bytes, bytes]
 # (kind, stream id, a, b):
 #   HEADERS: a = list of (name, value), b = END_STREAM was set
 #   DATA:    a = payload bytes
@@ -71,8 +69,6 @@ GOAWAY = 5
 
 REFUSED_STREAM = 7
 MAX_HEADER_LIST_BYTES = 64 * 1024
-_SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
-_NV_FLAG_NO_INDEX = 0x01
 
 
 class H2Error(Exception):
@@ -107,80 +103,24 @@ class _Token:
         self.session: H2Session | None = session
 
 
-# --------------------------------------------------------------------------- header blocks
-
-_NV_SIZE = ffi.sizeof("nghttp2_nv")
-_NV_LAYOUT_OK = (
-    _NV_SIZE == 40
-    and ffi.offsetof("nghttp2_nv", "name") == 0
-    and ffi.offsetof("nghttp2_nv", "value") == 8
-    and ffi.offsetof("nghttp2_nv", "namelen") == 16
-    and ffi.offsetof("nghttp2_nv", "valuelen") == 24
-    and ffi.offsetof("nghttp2_nv", "flags") == 32
-    and ffi.sizeof("void *") == 8
-)
-_NV_STRUCTS: dict[int, struct.Struct] = {}
-
-
-def _nv_struct(n: int) -> struct.Struct:
-    st = _NV_STRUCTS.get(n)
-    if st is None:
-        st = _NV_STRUCTS[n] = struct.Struct("=" + "QQQQB7x" * n)
-    return st
-
-
-def _nva(headers: Sequence[Header]) -> tuple[Any, tuple[Any, ...]]:
-    """An ``nghttp2_nv[]`` for ``headers`` and the objects that must outlive its use.
-
-    On the usual 64-bit layout (checked at import) the array is packed in one ``struct`` call
-    over one joined blob; elsewhere it is filled field by field.
-    """
-    if _NV_LAYOUT_OK:
-        blob = b"".join([name + value for name, value in headers])
-        base = ffi.from_buffer(blob)
-        addr = int(ffi.cast("uintptr_t", base))
-        fields: list[int] = []
-        for name, value in headers:
-            ln = len(name)
-            lv = len(value)
-            flags = _NV_FLAG_NO_INDEX if name in _SENSITIVE else 0
-            fields += (addr, addr + ln, ln, lv, flags)
-            addr += ln + lv
-        packed = _nv_struct(len(headers)).pack(*fields)
-        return ffi.from_buffer("nghttp2_nv[]", packed), (blob, base, packed)
-    nva = ffi.new("nghttp2_nv[]", len(headers))
-    keep: list[Any] = [nva]
-    for i, (name, value) in enumerate(headers):
-        cname = ffi.from_buffer("uint8_t[]", name)
-        cvalue = ffi.from_buffer("uint8_t[]", value)
-        keep += (cname, cvalue)
-        nv = nva[i]
-        nv.name = cname
-        nv.value = cvalue
-        nv.namelen = len(name)
-        nv.valuelen = len(value)
-        nv.flags = _NV_FLAG_NO_INDEX if name in _SENSITIVE else 0
-    return nva, tuple(keep)
-
-
 # --------------------------------------------------------------------------- callbacks
 
-_from_handle = ffi.from_handle
-_unpack = ffi.unpack
+# The hot path calls cffi's C backend directly (``ffi.unpack`` and friends are thin Python
+# wrappers around these same functions, with a type lookup per call).
+_backend = ffi._backend
+_from_handle = _backend.from_handle
+_unpack = _backend.unpack
+_cast = _backend.cast
 _memmove = ffi.memmove
+_CHAR_P = ffi.typeof("char *")
 
 
 def _on_error(exc_type: Any, exc: Any, tb: Any) -> None:
     log.error("exception in an nghttp2 callback", exc_info=(exc_type, exc, tb))
 
 
-def _session_of(user_data: Any) -> H2Session | None:
-    token: _Token = _from_handle(user_data)
-    return token.session
-
-
 def _on_begin_headers(session: Any, frame: Any, user_data: Any) -> int:
-    s = _session_of(user_data)
+    s: H2Session | None = _from_handle(user_data).session
     if s is None:
         return _ffi.ERR_CALLBACK_FAILURE
     s._hdrs = []
@@ -192,7 +132,7 @@ def _on_header(
     session: Any, frame: Any, name: Any, namelen: int, value: Any, valuelen: int, flags: int,
     user_data: Any,
 ) -> int:
-    s = _session_of(user_data)
+    s: H2Session | None = _from_handle(user_data).session
     if s is None:
         return _ffi.ERR_CALLBACK_FAILURE
     s._hdr_bytes += namelen + valuelen + 32
@@ -203,7 +143,7 @@ def _on_header(
 
 
 def _on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
-    s = _session_of(user_data)
+    s: H2Session | None = _from_handle(user_data).session
     if s is None:
         return _ffi.ERR_CALLBACK_FAILURE
     hd = frame.hd
@@ -223,7 +163,7 @@ def _on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
 def _on_data_chunk(
     session: Any, flags: int, stream_id: int, data: Any, length: int, user_data: Any
 ) -> int:
-    s = _session_of(user_data)
+    s: H2Session | None = _from_handle(user_data).session
     if s is None:
         return _ffi.ERR_CALLBACK_FAILURE
     s._events.append((DATA, stream_id, _unpack(data, length), None))
@@ -231,7 +171,7 @@ def _on_data_chunk(
 
 
 def _on_stream_close(session: Any, stream_id: int, error_code: int, user_data: Any) -> int:
-    s = _session_of(user_data)
+    s: H2Session | None = _from_handle(user_data).session
     if s is None:
         return _ffi.ERR_CALLBACK_FAILURE
     s._events.append((CLOSED, stream_id, error_code, s._out.pop(stream_id, None)))
@@ -242,7 +182,7 @@ def _read_body(
     session: Any, stream_id: int, buf: Any, length: int, data_flags: Any, source: Any,
     user_data: Any,
 ) -> int:
-    s = _session_of(user_data)
+    s: H2Session | None = _from_handle(user_data).session
     if s is None:
         return _ffi.ERR_CALLBACK_FAILURE
     out = s._out.get(stream_id)
@@ -263,7 +203,7 @@ def _read_body(
             del s._out[stream_id]  # nghttp2 asks no more after EOF
             if out.trailers is not None:
                 data_flags[0] = _ffi.DATA_FLAG_EOF | _ffi.DATA_FLAG_NO_END_STREAM
-                nva, keep = _nva(out.trailers)
+                nva, keep = nv_array(out.trailers)
                 rv = lib.nghttp2_submit_trailer(session, stream_id, nva, len(out.trailers))
                 del keep
                 if rv != 0:
@@ -440,7 +380,7 @@ class H2Session:
                 n = lib.nghttp2_session_mem_send(ptr, send_ptr)
                 if n <= 0:
                     break
-                parts.append(_unpack(ffi.cast("char *", send_ptr[0]), n))
+                parts.append(_unpack(_cast(_CHAR_P, send_ptr[0]), n))
         finally:
             self._leave()
         if n < 0:
@@ -477,7 +417,7 @@ class H2Session:
         ptr = self._enter()
         if self._busy:
             raise H2Error(_ffi.ERR_CALLBACK_FAILURE, "submit_request inside a callback")
-        nva, keep = _nva(headers)
+        nva, keep = nv_array(headers)
         provider = ffi.NULL if end_stream else _PROVIDER
         stream_id = self._check(
             lib.nghttp2_submit_request(ptr, ffi.NULL, nva, len(headers), provider, ffi.NULL),
@@ -509,7 +449,7 @@ class H2Session:
             out = self._out.get(stream_id)
             if out is None:
                 out = self._out[stream_id] = Outgoing()
-        nva, keep = _nva(headers)
+        nva, keep = nv_array(headers)
         rv = lib.nghttp2_submit_response(
             ptr, stream_id, nva, len(headers), ffi.NULL if end_stream else _PROVIDER
         )
@@ -601,57 +541,3 @@ class H2Session:
         ptr = self._enter()
         if not self._busy:
             lib.nghttp2_submit_ping(ptr, 0, ffi.NULL)
-
-
-# --------------------------------------------------------------------------- self check
-
-
-def self_check() -> None:
-    """Run a request/response, trailers, a reset and a GOAWAY between two in-memory sessions
-    and check every field read from C arrived intact; raise ``ImportError`` if not."""
-
-    def pump(a: H2Session, b: H2Session) -> list[Event]:
-        return b.receive(a.data_to_send())
-
-    client = H2Session(client=True, settings=[(_ffi.SETTINGS_ENABLE_PUSH, 0)])
-    server = H2Session(client=False, settings=[(_ffi.SETTINGS_MAX_CONCURRENT_STREAMS, 10)])
-    try:
-        request = [
-            (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"check"),
-            (b":path", b"/self-check"), (b"te", b"trailers"),
-        ]
-        sid, _ = client.submit_request(request, end_stream=False)
-        client.send_data(sid, b"hello")
-        client.end_stream(sid, [(b"grpc-status", b"0")])
-        got = pump(client, server)
-        kinds = [(e[0], e[1]) for e in got]
-        expect = [(HEADERS, sid), (DATA, sid), (HEADERS, sid)]
-        if kinds != expect or got[0][2] != request or got[1][2] != b"hello":
-            raise ImportError(f"nghttp2 self check: request events {got!r}")
-        if got[2][2] != [(b"grpc-status", b"0")] or got[2][3] is not True:
-            raise ImportError(f"nghttp2 self check: trailers {got[2]!r}")
-        server.consume(sid, 5)
-        server.submit_response(sid, [(b":status", b"200")], end_stream=True)
-        got = pump(server, client)
-        heads = [e for e in got if e[0] == HEADERS]
-        closes = [e for e in got if e[0] == CLOSED]
-        if heads != [(HEADERS, sid, [(b":status", b"200")], True)] or closes != [
-            (CLOSED, sid, 0, None)
-        ]:
-            raise ImportError(f"nghttp2 self check: response events {got!r}")
-        sid2, _ = client.submit_request(request[:4], end_stream=True)
-        pump(client, server)
-        client.reset(sid2, 8)
-        got = pump(client, server)
-        if (CLOSED, sid2, 8, None) not in got:
-            raise ImportError(f"nghttp2 self check: reset events {got!r}")
-        server.goaway(11, last_stream_id=sid2)
-        got = pump(server, client)
-        if (GOAWAY, sid2, 11, None) not in got:
-            raise ImportError(f"nghttp2 self check: goaway events {got!r}")
-    finally:
-        client.close()
-        server.close()
-
-
-self_check()

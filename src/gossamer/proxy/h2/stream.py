@@ -183,6 +183,9 @@ class ProxiedStream:
     def downstream_closed(self, code: int, out: Outgoing | None) -> None:
         """The client's stream is gone: normally (after our END_STREAM) or by a reset."""
         self.down_open = False
+        if self.req_buf:
+            self._credit_down(sum(len(chunk) for chunk in self.req_buf))  # connection window
+            self.req_buf = None
         up = self.up
         if out is not None and out.buf and up is not None:
             up.session.consume(self.up_id, len(out.buf))  # response bytes never delivered
@@ -255,10 +258,13 @@ class ProxiedStream:
     def upstream_closed(self, code: int, out: Outgoing | None) -> None:
         """The upstream stream is gone: done (code 0), refused, reset, or its connection lost."""
         self.up_open = False
-        if code == NO_ERROR and self.resp_started:
+        unsent = bytes(out.buf) if out is not None and out.buf else b""
+        if self.resp_ended:
+            # The whole response is in (a reset after it only stops the request body).
+            if unsent:
+                self._credit_down(len(unsent))
             self.finish()
             return
-        unsent = bytes(out.buf) if out is not None and out.buf else b""
         if (
             code == REFUSED_STREAM
             and not self.resp_started

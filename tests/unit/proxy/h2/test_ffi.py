@@ -85,3 +85,24 @@ def test_struct_layouts_match_the_installed_header(tmp_path: Path) -> None:
         assert int(measured[t]) == ffi.sizeof(t), t
     for t, f in FIELDS:
         assert int(measured[f"{t}.{f}"]) == ffi.offsetof(t, f), f"{t}.{f}"
+
+
+def test_self_check_passes_against_the_loaded_library() -> None:
+    """The in-memory exchange reads back every field it sent (raises if not)."""
+    from gossamer.proxy.h2.selfcheck import self_check
+
+    self_check()
+
+
+def test_header_block_packing_matches_field_by_field_filling() -> None:
+    """The packed nghttp2_nv[] holds the same pointers, lengths and flags as a filled one."""
+    from gossamer.proxy.h2 import _nv
+
+    headers = [(b":status", b"200"), (b"authorization", b"secret"), (b"x", b"")]
+    packed, keep = _nv.nv_array(headers)
+    for i, (name, value) in enumerate(headers):
+        nv = packed[i]
+        assert _ffi.ffi.unpack(_ffi.ffi.cast("char *", nv.name), nv.namelen) == name
+        assert _ffi.ffi.unpack(_ffi.ffi.cast("char *", nv.value), nv.valuelen) == value
+        assert nv.flags == (1 if name == b"authorization" else 0)
+    assert keep
