@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from bench.load import LoadResult, run_h2load, run_wrk
+from bench.load import LoadError, LoadResult, run_h2load, run_wrk
 from bench.procs import cpu_times, rss_kib
 from bench.topology import GROUPS, PathSpec, warm_up
 
-__all__ = ["LoadSettings", "Sample", "measure", "run_rounds", "summarize"]
+__all__ = ["LoadSettings", "Sample", "drive", "measure", "run_rounds", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ class Sample:
     cpu_sys_share: float | None = None  # fraction of the proxy CPU spent in the kernel
     cpu_by_proc: dict[str, float] = field(default_factory=dict)  # us per request
     rss_kib: dict[str, int] = field(default_factory=dict)  # after the load
+
+
+def drive(spec: PathSpec, settings: LoadSettings, seconds: int) -> LoadResult:
+    """Load ``spec`` at full concurrency for ``seconds`` (for profiles and diagnostics)."""
+    return _load(spec, replace(settings, duration=seconds), single=False)
 
 
 def _load(spec: PathSpec, settings: LoadSettings, *, single: bool) -> LoadResult:
@@ -110,16 +115,30 @@ def measure(spec: PathSpec, settings: LoadSettings, round_no: int) -> Sample:
 
 
 def run_rounds(
-    paths: list[PathSpec], settings: LoadSettings, log: Callable[[str], None]
+    paths: list[PathSpec],
+    settings: LoadSettings,
+    log: Callable[[str], None],
+    failures: list[str] | None = None,
 ) -> list[Sample]:
-    """Every available path once per round, rotating the order each round."""
+    """Every available path once per round, rotating the order each round.
+
+    A load that fails (errors, a dead process) is logged and appended to ``failures``; that
+    path simply has no sample in that round.
+    """
     runnable = [p for p in paths if p.available]
     samples: list[Sample] = []
     for round_no in range(settings.rounds):
         shift = round_no % len(runnable) if runnable else 0
         order = runnable[shift:] + runnable[:shift]
         for spec in order:
-            sample = measure(spec, settings, round_no)
+            try:
+                sample = measure(spec, settings, round_no)
+            except (LoadError, OSError) as exc:
+                message = f"round {round_no + 1} {spec.key}: {str(exc)[:300]}"
+                log(f"measurement failed: {message}")
+                if failures is not None:
+                    failures.append(message)
+                continue
             samples.append(sample)
             log(
                 f"round {round_no + 1}/{settings.rounds} {spec.key:14s} "

@@ -22,11 +22,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.load import LoadError, run_wrk
+from bench.load import LoadError
 from bench.procs import ROOT, ProcessGroup, rss_kib
 from bench.profiling import py_spy_path, read_collapsed, start_py_spy
 from bench.report import machine_description, render_markdown, render_table, targets, versions
-from bench.rounds import LoadSettings, run_rounds, summarize
+from bench.rounds import LoadSettings, drive, run_rounds, summarize
 from bench.scale import ScaleSettings, control_plane_scale, mesh_size_independence
 from bench.syscalls import strace_available, syscall_census
 from bench.topology import PathSpec, Topology, build_topology
@@ -92,13 +92,19 @@ def _stop_spy(spy: subprocess.Popen[bytes]) -> None:
 
 
 def profile_paths(
-    topology: Topology, seconds: int, workdir: Path, *, smoke: bool, connections: int
+    topology: Topology, load: LoadSettings, seconds: int, workdir: Path, *, smoke: bool
 ) -> dict[str, Any]:
-    """py-spy on the Gossamer processes of paths 4 and 5 under load (smoke mode: path 4)."""
+    """py-spy on the Gossamer processes of paths 4, 5 and 7 under their full load (smoke
+    mode: path 4 only)."""
     if py_spy_path() is None:
         return {"py-spy": {"error": "py-spy is not installed (make bench installs it)"}}
     out: dict[str, Any] = {}
-    plans = [("gossamer", False), ("gossamer", True), ("gossamer-pair", False)]
+    plans = [
+        ("gossamer", False),
+        ("gossamer", True),
+        ("gossamer-pair", False),
+        ("h2-gossamer", False),
+    ]
     if smoke:
         plans = plans[:1]
     for key, native in plans:
@@ -110,12 +116,12 @@ def profile_paths(
             path = workdir / f"profile-{key}-{proc.name}{'-native' if native else ''}.txt"
             spies.append((proc.name, start_py_spy(proc.pid, seconds, path, native=native), path))
         try:
-            run_wrk(spec.url, connections=connections, duration=seconds, host=spec.host)
+            drive(spec, load, seconds)
         except LoadError as exc:
             out[f"{key} (load failed)"] = {"error": str(exc)[:300]}
         for name, spy, path in spies:
             _stop_spy(spy)
-            what = f"path {spec.number} under {connections} connections, " + (
+            what = f"path {spec.number} under full load, " + (
                 "native frames (process paused per sample)"
                 if native
                 else "Python frames, --nonblocking"
@@ -185,7 +191,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mode": "smoke" if args.smoke else "full",
         "command": "python -m bench " + " ".join(args.argv) if args.argv else "python -m bench",
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine_description(),
+        "machine": {
+            **machine_description(),
+            "load average (1, 5, 15 min) at the start": _loadavg(),
+        },
         "versions": versions(),
         "settings": {
             **asdict(load),
@@ -209,17 +218,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         idle = {p.name: rss_kib(p.pid) for s in topology.paths if s.available for p in s.procs}
         results["path_specs"] = [_spec_json(s) for s in topology.paths]
         results["idle_rss_kib"] = idle
-        samples = run_rounds(topology.paths, load, _log)
+        failures: list[str] = []
+        samples = run_rounds(topology.paths, load, _log, failures)
+        results["notes"] += [f"measurement failed: {f}" for f in failures]
         summary = summarize(topology.paths, samples)
         results["summary"] = summary
         if args.profile_seconds > 0:
             _log("profiling the sidecars under load (py-spy)")
             results["profiles"] = profile_paths(
-                topology,
-                args.profile_seconds,
-                workdir,
-                smoke=args.smoke,
-                connections=args.connections,
+                topology, load, args.profile_seconds, workdir, smoke=args.smoke
             )
         if args.syscall_seconds > 0 and strace_available():
             _log("counting system calls per request (strace -c)")
@@ -273,7 +280,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     results["elapsed_s"] = time.monotonic() - started
+    results["machine"]["load average (1, 5, 15 min) at the end"] = _loadavg()
     return results
+
+
+def _loadavg() -> str:
+    """The machine's load average: other work on a shared machine shows up here."""
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -98,6 +98,9 @@ def make_server(routes: Mapping[str, Route], port: int,
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes: without this, Nagle's algorithm holds
+        # the body until the peer's delayed ACK (40 ms per keep-alive request).
+        disable_nagle_algorithm = True
         server_version = "storefront-demo"
 
         def do_GET(self) -> None:
