@@ -64,6 +64,9 @@ class DownstreamConnection(asyncio.Protocol):
         # After a 101, bytes flow both ways untouched: the upstream connection we tunnel to.
         self.tunnel: UpstreamConnection | None = None
         self.upgrading: Exchange | None = None  # an upgrade request waiting for its answer
+        # While the upstream's bytes are parsed, writes are gathered here and sent in one
+        # syscall (a response head and its body usually arrive together).
+        self.held: list[bytes] | None = None
 
     # === asyncio callbacks ===
 
@@ -240,9 +243,25 @@ class DownstreamConnection(asyncio.Protocol):
     # === called by the upstream connection ===
 
     def write(self, data: bytes) -> None:
+        held = self.held
+        if held is not None:
+            held.append(data)
+            return
         transport = self.transport
         if transport is not None and not self.closed:
             transport.write(data)
+
+    def hold(self) -> None:
+        """Gather writes until ``flush`` (one syscall for a whole parsed chunk)."""
+        if self.held is None:
+            self.held = []
+
+    def flush(self) -> None:
+        held = self.held
+        if held is not None:
+            self.held = None
+            if held:
+                self.write(held[0] if len(held) == 1 else b"".join(held))
 
     def response_head(self, ex: Exchange, head: bytes) -> None:
         ex.response_started = True
@@ -255,6 +274,8 @@ class DownstreamConnection(asyncio.Protocol):
             ex.upstream.transport.pause_reading()
 
     def response_complete(self, ex: Exchange) -> None:
+        if self.held is not None:
+            self.flush()
         if ex.timer is not None or ex.try_timer is not None:
             ex.cancel_timers()
         stats = ex.stats
@@ -378,6 +399,8 @@ class DownstreamConnection(asyncio.Protocol):
         self._resume(PAUSE_BUFFER)
 
     def close(self) -> None:
+        if self.held is not None:
+            self.flush()
         if self.transport is not None and not self.closed:
             self.transport.close()
 

@@ -95,6 +95,17 @@ class UpstreamConnection(asyncio.Protocol):
         if peer is not None:
             peer.write(data)
             return
+        holder = self.downstream
+        if holder is None:
+            self._parse(data)
+            return
+        holder.hold()
+        try:
+            self._parse(data)
+        finally:
+            holder.flush()
+
+    def _parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
