@@ -88,31 +88,74 @@ class HeadScan:
         self.chunked = False
 
 
+# What the proxy does with a header, by name. Unknown names are kept (action 0).
+_KEEP, _DROP, _CONNECTION, _TE, _UPGRADE, _HOST, _LENGTH, _REQUEST_ID = range(8)
+_SPECIAL: dict[bytes, int] = {
+    **{name: _DROP for name in HOP_BY_HOP},
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _TE,
+    b"upgrade": _UPGRADE,
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"x-request-id": _REQUEST_ID,
+}
+# Common spellings of common headers, so most lookups need no lower-casing.
+_COMMON_KEPT = (
+    b"accept", b"accept-encoding", b"accept-language", b"user-agent", b"cache-control",
+    b"content-type", b"content-encoding", b"date", b"server", b"etag", b"last-modified",
+    b"vary", b"cookie", b"set-cookie", b"authorization", b"location", b"expires",
+    b"accept-ranges", b"referer", b"origin", b"traceparent", b"x-forwarded-for",
+)  # fmt: skip
+_TABLES: dict[frozenset[bytes], dict[bytes, int]] = {}
+
+
+def _table(drop: frozenset[bytes]) -> dict[bytes, int]:
+    table = _TABLES.get(drop)
+    if table is None:
+        actions = {name: _KEEP for name in _COMMON_KEPT}
+        actions.update(_SPECIAL)
+        actions.update({name: _DROP for name in drop if name not in _SPECIAL})
+        table = {}
+        for name, action in actions.items():
+            for spelling in (name, name.title(), name.upper()):
+                table[spelling] = action
+        _TABLES[drop] = table
+    return table
+
+
 def scan_headers(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()) -> HeadScan:
     """Split headers into the forwardable ones and the values the proxy acts on."""
     scan = HeadScan()
     kept = scan.kept
-    for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP:
-            if lower == b"connection":
-                previous = scan.connection
-                scan.connection = value if previous is None else previous + b"," + value
-            elif lower == b"transfer-encoding":
-                scan.transfer_encoding = value
-                scan.chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
-            elif lower == b"upgrade":
-                scan.upgrade = value
+    table = _table(drop)
+    get = table.get
+    for pair in headers:
+        name = pair[0]
+        action = get(name)
+        if action is None:
+            action = get(name.lower(), _KEEP)
+        if action == _KEEP:
+            kept.append(pair)
+        elif action == _DROP:
             continue
-        if lower in drop:
-            continue
-        if lower == b"host":
-            scan.host = value
-        elif lower == b"content-length":
-            scan.content_length = value
-        elif lower == b"x-request-id":
-            scan.request_id = value
-        kept.append((name, value))
+        elif action == _HOST:
+            scan.host = pair[1]
+            kept.append(pair)
+        elif action == _LENGTH:
+            scan.content_length = pair[1]
+            kept.append(pair)
+        elif action == _REQUEST_ID:
+            scan.request_id = pair[1]
+            kept.append(pair)
+        elif action == _CONNECTION:
+            previous = scan.connection
+            scan.connection = pair[1] if previous is None else previous + b"," + pair[1]
+        elif action == _TE:
+            value = pair[1]
+            scan.transfer_encoding = value
+            scan.chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
+        else:  # _UPGRADE
+            scan.upgrade = pair[1]
     if scan.connection is not None:
         named = {token.strip().lower() for token in scan.connection.split(b",")}
         named -= {b"close", b"keep-alive", b""}
@@ -123,7 +166,7 @@ def scan_headers(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()
 
 def render_headers(headers: Iterable[Header]) -> bytes:
     """Header lines, each ending in CRLF, in one join."""
-    return b"".join([b"%b: %b\r\n" % (name, value) for name, value in headers])
+    return b"".join([b"%b: %b\r\n" % pair for pair in headers])
 
 
 def split_absolute_target(target: bytes) -> tuple[bytes | None, bytes]:
