@@ -128,6 +128,8 @@ class InboundListener:
         family = socket.AF_INET6 if ":" in self.address.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.proxy.settings.listen.workers > 1:  # sibling workers bind the same port
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((self.address.host, self.address.port))
         sock.listen(1024)
         sock.setblocking(False)

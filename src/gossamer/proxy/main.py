@@ -13,7 +13,9 @@ import gc
 import logging
 import os
 import signal
+import ssl
 import sys
+from dataclasses import dataclass
 
 import uvloop
 
@@ -27,29 +29,76 @@ from gossamer.proxy.settings import Address, ProxySettings, SettingsError
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
 from gossamer.proxy.tcp import TcpProxy, TcpSnapshotHandler
+from gossamer.proxy.tcp_tls import CertificateSource
 
-__all__ = ["main", "serve"]
+__all__ = ["DataPath", "main", "serve", "start_data_path"]
 
 log = logging.getLogger("gossamer.proxy")
 
 DRAIN_SECONDS = 5.0
 
 
-async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> None:
-    """Run one sidecar until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
+@dataclass(eq=False)
+class DataPath:
+    """The listeners of one process that carries traffic (``serve`` or a worker of
+    ``proxy/workers.py``) and how to drain them."""
+
+    state: ProxyState
+    tcp: TcpProxy
+    listener: InboundListener | None
+    outbound_server: asyncio.Server | None
+    inbound_addr: Address | None
+    outbound_addr: Address | None
+    sweeper: asyncio.Task[None]
+
+    async def drain(self) -> None:
+        """Stop accepting, finish what is in flight (bounded), then close the pools."""
+        state = self.state
+        state.draining = True
+        if self.outbound_server is not None:
+            self.outbound_server.close()
+        if self.listener is not None:
+            self.listener.close()
+        tcp_drain = spawn(self.tcp.drain(DRAIN_SECONDS), name="tcp drain")
+        for conn in list(state.connections):
+            if not conn.queue:
+                conn.close()
+        if state.connections:
+            state.all_closed.clear()
+            try:
+                await asyncio.wait_for(state.all_closed.wait(), DRAIN_SECONDS)
+            except TimeoutError:
+                log.warning(
+                    "drain deadline passed with %d connections open", len(state.connections)
+                )
+                for conn in list(state.connections):
+                    if conn.transport is not None:
+                        conn.transport.abort()
+        await tcp_drain
+        state.outbound_pool.close_all()
+        state.app_pool.close_all()
+        close_h2(state)
+        self.sweeper.cancel()
+
+
+async def start_data_path(
+    settings: ProxySettings,
+    state: ProxyState,
+    credentials: CertificateSource,
+    server_context: ssl.SSLContext,
+) -> DataPath:
+    """Bind the outbound, inbound and TCP upstream listeners of ``settings`` for ``state``.
+
+    With ``settings.listen.workers > 1`` every listener sets ``SO_REUSEPORT``: each worker
+    process binds the same ports and the kernel spreads new connections over them.
+    """
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_exception_handler)
-    credentials = Credentials(settings.identity.workdir, settings.control.ca_file)
-    state = ProxyState(settings, client_context=credentials.client_context)
-    state.cert_ready = lambda: credentials.ready
-
-    admin = AdminServer(settings.listen.admin, state)
-    admin_addr = await admin.start()
-    tcp = TcpProxy(state, credentials, credentials.server_context)
+    tcp = TcpProxy(state, credentials, server_context)
     listener: InboundListener | None = None
     inbound_addr: Address | None = None
     if settings.listen.inbound is not None:
-        listener = InboundListener(state, settings.listen.inbound, credentials.server_context)
+        listener = InboundListener(state, settings.listen.inbound, server_context)
         listener.tcp = tcp
         inbound_addr = listener.start()
     outbound_server: asyncio.Server | None = None
@@ -60,12 +109,38 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
             settings.listen.outbound.host,
             settings.listen.outbound.port,
             reuse_address=True,
+            reuse_port=settings.listen.workers > 1 or None,
             backlog=1024,
         )
         host, port = outbound_server.sockets[0].getsockname()[:2]
         outbound_addr = Address(host, port)
     for name, address in (await tcp.start()).items():
         log.info("tcp upstream %s listening on %s", name, address)
+    sweeper = spawn(state.sweep_forever(), name="connection sweeper")
+    return DataPath(state, tcp, listener, outbound_server, inbound_addr, outbound_addr, sweeper)
+
+
+async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> None:
+    """Run one sidecar until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    With ``settings.listen.workers > 1`` this process supervises that many worker processes
+    (``proxy/workers.py``); with 1 (the default) everything runs in this process.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_exception_handler)
+    if settings.listen.workers > 1:
+        from gossamer.proxy.workers import supervise
+
+        await supervise(settings, stop)
+        return
+    credentials = Credentials(settings.identity.workdir, settings.control.ca_file)
+    state = ProxyState(settings, client_context=credentials.client_context)
+    state.cert_ready = lambda: credentials.ready
+
+    admin = AdminServer(settings.listen.admin, state)
+    admin_addr = await admin.start()
+    path = await start_data_path(settings, state, credentials, credentials.server_context)
+    inbound_addr, outbound_addr = path.inbound_addr, path.outbound_addr
 
     def workload() -> dict[str, object]:
         return {
@@ -77,10 +152,9 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
             "labels": dict(settings.workload.labels),
         }
 
-    client = ControlClient(settings, credentials, TcpSnapshotHandler(state, tcp), workload)
+    client = ControlClient(settings, credentials, TcpSnapshotHandler(state, path.tcp), workload)
     state.subscribe_hook = client.subscribe
     client_task = spawn(client.run(), name="control-plane client")
-    sweeper = spawn(state.sweep_forever(), name="connection sweeper")
     log.info(
         "gossamer proxy started service=%s.%s outbound=%s inbound=%s admin=%s",
         settings.workload.service,
@@ -102,29 +176,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
     await stop.wait()
 
     # Drain: stop accepting, finish what is in flight (bounded), then close everything.
-    state.draining = True
-    if outbound_server is not None:
-        outbound_server.close()
-    if listener is not None:
-        listener.close()
-    tcp_drain = spawn(tcp.drain(DRAIN_SECONDS), name="tcp drain")
-    for conn in list(state.connections):
-        if not conn.queue:
-            conn.close()
-    if state.connections:
-        state.all_closed.clear()
-        try:
-            await asyncio.wait_for(state.all_closed.wait(), DRAIN_SECONDS)
-        except TimeoutError:
-            log.warning("drain deadline passed with %d connections open", len(state.connections))
-            for conn in list(state.connections):
-                if conn.transport is not None:
-                    conn.transport.abort()
-    await tcp_drain
-    state.outbound_pool.close_all()
-    state.app_pool.close_all()
-    close_h2(state)
-    sweeper.cancel()
+    await path.drain()
     await client.close()
     client_task.cancel()
     await admin.close()
