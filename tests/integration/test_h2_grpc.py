@@ -3,11 +3,17 @@
 grpcio client → client sidecar outbound (h2c, detected by its preface) → h2 over mTLS →
 server sidecar inbound → grpcio server (h2c). Plain HTTP/2 goes the same way to a small h2c
 app, driven by a blocking client built on the same nghttp2 session wrapper.
+
+Traffic management on the HTTP/2 path (issue 4): the route table is installed directly as a
+control-plane snapshot (docs/internals.md §8) on the client sidecar; two gRPC server
+instances, each behind its own sidecar and labelled ``version: v1``/``v2``, serve
+``catalog`` and fail or stall as a test tells them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import shutil
 import socket
 import subprocess
@@ -26,7 +32,7 @@ import pytest
 from gossamer.control.ca import CertificateAuthority
 from gossamer.proxy.h2 import _ffi, close_h2
 from gossamer.proxy.h2.runtime import runtime_for
-from gossamer.proxy.h2.session import CLOSED, DATA, HEADERS, H2Session
+from gossamer.proxy.h2.session import CLOSED, DATA, HEADERS, H2Error, H2Session
 from gossamer.proxy.settings import Address
 from tests.integration.control_helpers import running_control_plane
 from tests.process_harness import Processes, wait_ready
@@ -43,13 +49,52 @@ CHUNK = 64 * 1024
 class GrpcApp:
     server: grpc.Server
     port: int
+    name: str = "app"
     cancelled: threading.Event = field(default_factory=threading.Event)
     yielded: list[int] = field(default_factory=lambda: [0])
     seen_peers: list[str] = field(default_factory=list)
+    # Traffic-management behaviour of ``Flaky``/``Slow``/``Who`` calls, and what they saw.
+    fail_rate: float = 0.0  # share of Flaky calls answered UNAVAILABLE (trailers-only)
+    delay: float = 0.0  # how long a Slow call takes
+    calls: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    metadata: list[dict[str, str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
 
 
-def start_grpc_app() -> GrpcApp:
+def start_grpc_app(name: str = "app") -> GrpcApp:
     app: GrpcApp
+
+    def count(context: grpc.ServicerContext) -> None:
+        with app.lock:
+            app.calls += 1
+            app.metadata.append({k: str(v) for k, v in context.invocation_metadata()})
+
+    def who(request: bytes, context: grpc.ServicerContext) -> bytes:
+        count(context)
+        return app.name.encode()
+
+    def flaky(request: bytes, context: grpc.ServicerContext) -> bytes:
+        count(context)
+        with app.lock:
+            fail = app.rng.random() < app.fail_rate
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "flaky instance")
+        return app.name.encode()
+
+    def slow(request: bytes, context: grpc.ServicerContext) -> bytes:
+        count(context)
+        with app.lock:
+            app.in_flight += 1
+            app.max_in_flight = max(app.max_in_flight, app.in_flight)
+        try:
+            time.sleep(app.delay)
+        finally:
+            with app.lock:
+                app.in_flight -= 1
+        return app.name.encode()
 
     def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
         metadata = dict(context.invocation_metadata())
@@ -75,6 +120,9 @@ def start_grpc_app() -> GrpcApp:
         {
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Who": grpc.unary_unary_rpc_method_handler(who),
+            "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
         },
     )
     server = grpc.server(
@@ -84,7 +132,7 @@ def start_grpc_app() -> GrpcApp:
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    app = GrpcApp(server, port)
+    app = GrpcApp(server, port, name)
     return app
 
 
@@ -93,7 +141,12 @@ def start_grpc_app() -> GrpcApp:
 
 class H2App(asyncio.Protocol):
     """A small h2c server: ``/echo`` answers the request body, trailers and caller identity;
-    ``/reset`` starts a response and resets the stream with ENHANCE_YOUR_CALM."""
+    ``/reset`` starts a response and resets the stream with ENHANCE_YOUR_CALM; ``/slow``
+    answers after 2 s; ``/flaky`` answers 503 to every other request. Every answer names the
+    path and ``x-added`` header it saw; ``hits`` counts requests by path."""
+
+    def __init__(self, hits: dict[bytes, int] | None = None) -> None:
+        self.hits = hits if hits is not None else {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
@@ -129,11 +182,17 @@ class H2App(asyncio.Protocol):
         req = self.requests.pop(sid)
         headers = req["headers"]
         path = headers[b":path"]
+        hits = self.hits[path] = self.hits.get(path, 0) + 1
         reply = [
-            (b":status", b"200"),
+            (b":status", b"503" if path == b"/flaky" and hits % 2 else b"200"),
             (b"x-seen-peer", headers.get(PEER.encode(), b"-")),
             (b"x-seen-request-id", headers.get(b"x-request-id", b"-")),
+            (b"x-seen-path", path),
+            (b"x-seen-added", headers.get(b"x-added", b"-")),
         ]
+        if path == b"/slow":
+            asyncio.get_running_loop().call_later(2.0, self.late, sid, reply)
+            return
         if path == b"/reset":
             self.session.submit_response(sid, reply, end_stream=False)
             self.session.send_data(sid, b"partial")
@@ -143,6 +202,13 @@ class H2App(asyncio.Protocol):
         self.session.submit_response(sid, reply, end_stream=False)
         self.session.send_data(sid, req["body"])
         self.session.end_stream(sid, req["trailers"] or [(b"x-trailer", b"none")])
+
+    def late(self, sid: int, reply: list[tuple[bytes, bytes]]) -> None:
+        try:
+            self.session.submit_response(sid, reply, end_stream=True)
+        except H2Error:
+            return  # the stream or the connection is gone
+        self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.close()
@@ -232,6 +298,8 @@ class Mesh:
     server: Sidecar
     web: Sidecar
     channels: list[grpc.Channel] = field(default_factory=list)
+    h2_hits: dict[bytes, int] = field(default_factory=dict)
+    version: int = 1
 
     @property
     def outbound_port(self) -> int:
@@ -263,8 +331,12 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     grpc_app = start_grpc_app()
 
+    h2_hits: dict[bytes, int] = {}
+
     async def start_h2_app() -> asyncio.Server:
-        return await asyncio.get_running_loop().create_server(H2App, "127.0.0.1", 0)
+        return await asyncio.get_running_loop().create_server(
+            lambda: H2App(h2_hits), "127.0.0.1", 0
+        )
 
     h2_server: asyncio.Server = lt.run(start_h2_app())
     h2_port = h2_server.sockets[0].getsockname()[1]
@@ -284,7 +356,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
         client.state.apply_snapshot(1, snap)
 
     lt.run(install())
-    m = Mesh(lt, grpc_app, client, server, web)
+    m = Mesh(lt, grpc_app, client, server, web, h2_hits=h2_hits)
     try:
         yield m
     finally:
@@ -514,6 +586,408 @@ class TestPlainH2:
             capture_output=True, text=True, timeout=60, check=False,
         )  # fmt: skip
         assert "400 succeeded" in out.stdout, out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- traffic: gRPC
+
+
+@dataclass
+class Split:
+    """``catalog`` served by two gRPC instances (v1, v2), each behind its own sidecar."""
+
+    lt: LoopThread
+    apps: dict[str, GrpcApp]
+    sidecars: dict[str, Sidecar]
+    client: Sidecar
+    channel: grpc.Channel
+    version: int = 0
+
+    def install(self, versions: tuple[str, ...] = ("v1", "v2"), **catalog: Any) -> None:
+        """Install a snapshot where catalog has the endpoints of ``versions`` plus ``catalog``."""
+        self.version += 1
+        ports = [self.sidecars[v].inbound.port for v in versions]  # type: ignore[union-attr]
+        snap = snapshot(self.version, {"catalog": ports}, source="frontend")
+        service = snap["outbound"]["services"][0]
+        for ep, version in zip(service["endpoints"], versions, strict=True):
+            ep["labels"] = {"version": version}
+        service.update(catalog)
+
+        async def apply() -> None:
+            self.client.state.apply_snapshot(self.version, snap)
+
+        self.lt.run(apply())
+
+    def method(self, name: str) -> Any:
+        return self.channel.unary_unary(f"/test.Echo/{name}")
+
+    def outcomes(
+        self, name: str, n: int, *, metadata: tuple[tuple[str, str], ...] = (), batch: int = 20
+    ) -> list[str]:
+        """``n`` calls, ``batch`` at a time: each answer (the instance name) or error code."""
+        call = self.method(name)
+        out: list[str] = []
+        for start in range(0, n, batch):
+            futs = [
+                call.future(b"x", metadata=metadata, timeout=10)
+                for _ in range(min(batch, n - start))
+            ]
+            for fut in futs:
+                try:
+                    out.append(fut.result().decode())
+                except grpc.RpcError as exc:
+                    out.append(exc.code().name)
+        return out
+
+    def calls(self) -> int:
+        return sum(app.calls for app in self.apps.values())
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Iterator[Split]:
+    lt = LoopThread()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    apps = {v: start_grpc_app(v) for v in ("v1", "v2")}
+    sidecars = {
+        v: lt.run(start_sidecar(ca, tmp_path / v, "catalog", Address("127.0.0.1", app.port)))
+        for v, app in apps.items()
+    }
+    client = lt.run(start_sidecar(ca, tmp_path / "c", "frontend", None))
+    assert client.outbound is not None
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{client.outbound.port}",
+        options=[("grpc.default_authority", "catalog"), ("grpc.enable_http_proxy", 0),
+                 ("grpc.http2.bdp_probe", 0)],
+    )  # fmt: skip
+    sp = Split(lt, apps, sidecars, client, channel)
+    try:
+        yield sp
+    finally:
+        channel.close()
+
+        async def shutdown() -> None:
+            for sc in (client, *sidecars.values()):
+                if sc.listener:
+                    sc.listener.close()
+                if sc.server:
+                    sc.server.close()
+                for conn in list(sc.state.connections):
+                    conn.close()
+                close_h2(sc.state)
+            await asyncio.sleep(0.05)
+
+        lt.run(shutdown())
+        lt.stop()
+        for app in apps.values():
+            app.server.stop(0)
+
+
+def subset(version: str, weight: int = 1) -> dict[str, Any]:
+    return {"service": "catalog.default", "subset": {"version": version}, "weight": weight}
+
+
+def fast_retry(**kw: Any) -> dict[str, Any]:
+    return {"attempts": 5, "on": ["unavailable"], "backoff_base_ms": 1, "backoff_max_ms": 5, **kw}
+
+
+GENEROUS_BUDGET = {"ratio": 1.0, "min_per_second": 100}
+
+
+class TestGrpcTraffic:
+    def test_unavailable_is_retried_when_the_policy_says_so(self, split: Split) -> None:
+        """Instances failing 30% of calls with UNAVAILABLE (trailers-only): with ``on:
+        [unavailable]`` the caller's success rate is above 99%, at the cost of retries."""
+        for app in split.apps.values():
+            app.fail_rate = 0.3
+        split.install(policy={"retry": fast_retry(), "retry_budget": GENEROUS_BUDGET})
+        results = split.outcomes("Flaky", 400)
+        ok = sum(r in ("v1", "v2") for r in results)
+        assert ok / 400 > 0.99, results
+        assert split.calls() > 450  # about 400 / 0.7 tries
+
+    def test_unavailable_is_not_retried_without_a_policy(self, split: Split) -> None:
+        """The same failures without a retry policy reach the caller; one try per call."""
+        for app in split.apps.values():
+            app.fail_rate = 0.3
+        split.install()
+        results = split.outcomes("Flaky", 400)
+        failed = results.count("UNAVAILABLE")
+        assert 0.2 <= failed / 400 <= 0.4, failed
+        assert split.calls() == 400
+
+    def test_status_outside_the_policy_is_not_retried(self, split: Split) -> None:
+        """``on: [internal]`` does not cover UNAVAILABLE: every call is tried once."""
+        split.apps["v1"].fail_rate = 1.0
+        split.install(versions=("v1",), policy={"retry": fast_retry(on=["internal"])})
+        assert set(split.outcomes("Flaky", 20)) == {"UNAVAILABLE"}
+        assert split.calls() == 20
+
+    def test_retry_budget_bounds_upstream_load_when_everything_fails(self, split: Split) -> None:
+        """With every call failing and 10 retries allowed, the budget (ratio 0.2, floor
+        1/s over 10 s) keeps the tries within requests * 1.2 + 10."""
+        for app in split.apps.values():
+            app.fail_rate = 1.0
+        split.install(policy={
+            "retry": fast_retry(attempts=10),
+            "retry_budget": {"ratio": 0.2, "min_per_second": 1, "window_ms": 10000},
+        })  # fmt: skip
+        n = 200
+        assert set(split.outcomes("Flaky", n, batch=10)) == {"UNAVAILABLE"}
+        assert n < split.calls() <= n * 1.2 + 10 + 2
+
+    def test_weighted_split_of_calls_lands_within_bounds(self, split: Split) -> None:
+        """1,000 calls under a 90/10 split put 10% ± 3 points on v2."""
+        split.install(http_routes=[{"name": "catalog/split", "matches": [],
+                                    "backends": [subset("v1", 90), subset("v2", 10)]}])  # fmt: skip
+        results = split.outcomes("Who", 1000, batch=50)
+        assert set(results) <= {"v1", "v2"}
+        assert abs(results.count("v2") / 1000 - 0.10) <= 0.03, results.count("v2")
+
+    def test_header_match_sends_canary_calls_to_v2_only(self, split: Split) -> None:
+        """Metadata ``x-canary: 1`` (an HTTP/2 header) selects the v2 rule; other calls v1."""
+        split.install(http_routes=[
+            {"name": "catalog/canary",
+             "matches": [{"headers": [{"name": "x-canary", "type": "Exact", "value": "1"}]}],
+             "backends": [subset("v2")]},
+            {"name": "catalog/default", "backends": [subset("v1")]},
+        ])  # fmt: skip
+        assert set(split.outcomes("Who", 30, metadata=(("x-canary", "1"),))) == {"v2"}
+        assert set(split.outcomes("Who", 30)) == {"v1"}
+
+    def test_route_timeout_is_deadline_exceeded_on_time(self, split: Split) -> None:
+        """A call slower than the 300 ms timeout fails DEADLINE_EXCEEDED at 300 ms ± 50."""
+        for app in split.apps.values():
+            app.delay = 2.0
+        split.install(policy={"timeout_ms": 300})
+        split.outcomes("Who", 2)  # connections exist: the clock measures the deadline only
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            split.method("Slow")(b"x", timeout=5)
+        elapsed = time.monotonic() - started
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "upstream-timeout" in (info.value.details() or "")
+        assert abs(elapsed - 0.3) < 0.05, elapsed
+
+    def test_calls_beyond_the_limits_fail_fast_with_overflow(self, split: Split) -> None:
+        """max_connections 2 (streams in flight) and max_pending 2: of 12 concurrent slow
+        calls 4 are served, 8 fail at once UNAVAILABLE with ``overflow``; the instance never
+        has more than 2 in flight."""
+        app = split.apps["v1"]
+        app.delay = 0.3
+        pool = {"max_connections": 2, "max_pending": 2}
+        split.install(versions=("v1",), policy={"connection_pool": pool})
+        split.outcomes("Who", 1)  # the connection exists before the burst
+        slow = split.method("Slow")
+        started = time.monotonic()
+        done: dict[int, float] = {}
+        futs = [slow.future(b"x", timeout=10) for _ in range(12)]
+        for i, fut in enumerate(futs):
+            fut.add_done_callback(lambda _f, i=i: done.setdefault(i, time.monotonic() - started))
+        codes = [f.code() for f in futs]
+        overflow = [i for i, f in enumerate(futs) if f.code() == grpc.StatusCode.UNAVAILABLE]
+        assert codes.count(grpc.StatusCode.OK) == 4
+        assert len(overflow) == 8
+        assert all("overflow" in (futs[i].details() or "") for i in overflow)
+        assert all(done[i] < 0.25 for i in overflow), done
+        assert app.max_in_flight <= 2
+
+    def test_abort_fault_gives_the_mapped_grpc_status(self, split: Split) -> None:
+        """An abort fault of 503 reaches a gRPC caller as UNAVAILABLE; no instance is called."""
+        split.install(http_routes=[{"name": "catalog/chaos",
+                                    "filters": {"fault": {"abort_status": 503}}}])  # fmt: skip
+        with pytest.raises(grpc.RpcError) as info:
+            split.method("Who")(b"x", timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "fault-injected" in (info.value.details() or "")
+        assert split.calls() == 0
+
+    def test_mirror_copies_calls_without_touching_the_caller(self, split: Split) -> None:
+        """Every call goes to v1 and a copy to a slow v2; the caller sees v1 and never waits."""
+        split.apps["v2"].delay = 0.5
+        split.install(http_routes=[{
+            "name": "catalog/mirror", "backends": [subset("v1")],
+            "filters": {"mirror": {"service": "catalog.default", "subset": {"version": "v2"},
+                                   "percent": 100}},
+        }])  # fmt: skip
+        who = split.method("Slow")
+        slowest = 0.0
+        for _ in range(20):
+            started = time.monotonic()
+            assert who(b"x", timeout=5) == b"v1"
+            slowest = max(slowest, time.monotonic() - started)
+        assert slowest < 0.25, slowest
+        deadline = time.monotonic() + 5
+        while split.apps["v2"].calls < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert split.apps["v2"].calls == 20
+        assert split.apps["v1"].calls == 20
+
+    def test_per_try_timeout_moves_the_call_to_another_instance(self, split: Split) -> None:
+        """A stalled v1 costs a 200 ms per-try timeout; the retry lands on v2."""
+        split.apps["v1"].delay = 2.0
+        split.install(policy={
+            "load_balancer": {"type": "RoundRobin"},
+            "retry": fast_retry(on=["reset"], per_try_timeout_ms=200),
+            "retry_budget": GENEROUS_BUDGET,
+        })  # fmt: skip
+        slow = split.method("Slow")
+        for _ in range(6):
+            started = time.monotonic()
+            assert slow(b"x", timeout=5) == b"v2"
+            assert time.monotonic() - started < 1.0
+
+    def test_consistent_hash_keeps_a_user_on_one_instance(self, split: Split) -> None:
+        """Hashing on the ``x-user`` header: each user's calls all land on one instance."""
+        split.install(policy={"load_balancer": {"type": "ConsistentHash", "hash_header": "x-user"}})
+        homes = {
+            user: set(split.outcomes("Who", 5, metadata=(("x-user", user),)))
+            for user in (f"u{i}" for i in range(20))
+        }
+        assert all(len(home) == 1 for home in homes.values()), homes
+        assert {next(iter(home)) for home in homes.values()} == {"v1", "v2"}
+
+    def test_connection_quota_opens_a_new_connection(self, split: Split) -> None:
+        """max_requests_per_connection 2: six calls use three connections to the instance."""
+        split.install(versions=("v1",),
+                      policy={"connection_pool": {"max_requests_per_connection": 2}})  # fmt: skip
+        assert split.outcomes("Who", 6, batch=1) == ["v1"] * 6
+        assert runtime_for(split.client.state).outbound_pool.opened == 3
+
+    def test_instance_failing_by_grpc_status_is_ejected(self, split: Split) -> None:
+        """Outlier detection counts UNAVAILABLE as a gateway error: v1 is ejected after 3."""
+        split.apps["v1"].fail_rate = 1.0
+        split.install(policy={
+            "load_balancer": {"type": "RoundRobin"},
+            "outlier": {"consecutive_gateway_errors": 3, "interval_ms": 1000,
+                        "base_ejection_ms": 30000, "max_ejection_percent": 50},
+        })  # fmt: skip
+        results = split.outcomes("Flaky", 40, batch=1)
+        assert split.apps["v1"].calls == 3
+        assert results[-30:] == ["v2"] * 30
+
+
+# --------------------------------------------------------------------------- traffic: plain h2
+
+
+def install_web(mesh: Mesh, **web: Any) -> None:
+    """Give the client sidecar a snapshot where ``web`` has the extra fields ``web``."""
+    mesh.version += 1
+    assert mesh.server.inbound is not None and mesh.web.inbound is not None
+    snap = snapshot(
+        mesh.version,
+        {"catalog": [mesh.server.inbound.port], "web": [mesh.web.inbound.port]},
+        source="frontend",
+    )
+    for service in snap["outbound"]["services"]:
+        if service["name"] == "web":
+            service.update(web)
+
+    async def apply() -> None:
+        mesh.client.state.apply_snapshot(mesh.version, snap)
+
+    mesh.lt.run(apply())
+
+
+def put(path: bytes) -> list[tuple[bytes, bytes]]:
+    return [(b":method", b"PUT"), *get(path)[1:]]
+
+
+class TestPlainH2Traffic:
+    def test_route_timeout_gives_504_on_time(self, mesh: Mesh) -> None:
+        """A slow answer past the 300 ms timeout is a 504 upstream-timeout at 300 ms ± 50."""
+        install_web(mesh, policy={"timeout_ms": 300})
+        client = H2Client(mesh.outbound_port)
+        try:
+            client.wait(client.request(get(b"/echo")))  # connections exist before the clock
+            started = time.monotonic()
+            resp = client.wait(client.request(get(b"/slow")))
+            elapsed = time.monotonic() - started
+        finally:
+            client.close()
+        head = resp["headers"][0]
+        assert (head[b":status"], head[b"x-gossamer-error"]) == (b"504", b"upstream-timeout")
+        assert abs(elapsed - 0.3) < 0.05, elapsed
+
+    def test_streams_beyond_the_limits_get_a_fast_503_overflow(self, mesh: Mesh) -> None:
+        """One stream in flight and one waiting: of six slow streams on one connection, four
+        are answered 503 overflow at once."""
+        pool = {"max_connections": 1, "max_pending": 1}
+        install_web(mesh, policy={"connection_pool": pool, "timeout_ms": 300})
+        client = H2Client(mesh.outbound_port)
+        try:
+            started = time.monotonic()
+            sids = [client.request(get(b"/slow")) for _ in range(6)]
+            first = {sid: client.wait(sid)["headers"][0] for sid in sids[2:]}
+            fast = time.monotonic() - started
+            rest = {sid: client.wait(sid)["headers"][0] for sid in sids[:2]}
+        finally:
+            client.close()
+        assert fast < 0.25, fast
+        assert all(h[b":status"] == b"503" for h in first.values())
+        assert all(h[b"x-gossamer-error"] == b"overflow" for h in first.values())
+        assert all(h[b":status"] == b"504" for h in rest.values())
+        assert mesh.h2_hits[b"/slow"] <= 2
+
+    def test_5xx_is_retried_with_the_body_replayed(self, mesh: Mesh) -> None:
+        """PUTs to an app answering 503 to every other request all succeed with ``on: [5xx]``,
+        and the retried try carries the whole body again."""
+        install_web(mesh, policy={"retry": fast_retry(on=["5xx"]),
+                                  "retry_budget": GENEROUS_BUDGET})  # fmt: skip
+        client = H2Client(mesh.outbound_port)
+        try:
+            for i in range(10):
+                body = b"body-%d-" % i * 1000
+                resp = client.wait(client.request(put(b"/flaky"), body))
+                assert resp["headers"][0][b":status"] == b"200"
+                assert resp["body"] == body
+        finally:
+            client.close()
+        assert mesh.h2_hits[b"/flaky"] == 20
+
+    def test_body_over_the_buffer_limit_is_not_retried(self, mesh: Mesh) -> None:
+        """A body larger than max_body_bytes goes through but is not replayed: the 503 stays."""
+        install_web(mesh, policy={"retry": fast_retry(on=["5xx"], max_body_bytes=1024)})
+        client = H2Client(mesh.outbound_port)
+        try:
+            resp = client.wait(client.request(put(b"/flaky"), b"z" * 4096))
+        finally:
+            client.close()
+        assert resp["headers"][0][b":status"] == b"503"
+        assert mesh.h2_hits[b"/flaky"] == 1
+
+    def test_redirect_is_answered_by_the_proxy(self, mesh: Mesh) -> None:
+        """A redirect rule answers 301 with the new location; the app sees nothing."""
+        install_web(mesh, http_routes=[{
+            "name": "web/moved", "matches": [{"path": {"type": "Exact", "value": "/old"}}],
+            "filters": {"redirect": {"path": "/new", "status_code": 301}},
+        }])  # fmt: skip
+        client = H2Client(mesh.outbound_port)
+        try:
+            resp = client.wait(client.request(get(b"/old?q=1")))
+        finally:
+            client.close()
+        head = resp["headers"][0]
+        assert head[b":status"] == b"301"
+        assert head[b"location"] == b"http://web/new?q=1"
+        assert mesh.h2_hits == {}
+
+    def test_path_rewrite_and_header_filters(self, mesh: Mesh) -> None:
+        """A prefix rewrite changes :path; request and response header edits apply."""
+        install_web(mesh, http_routes=[{
+            "name": "web/rw", "matches": [{"path": {"type": "Prefix", "value": "/old"}}],
+            "filters": {"rewrite": {"type": "ReplacePrefixMatch", "value": "/echo"},
+                        "request_headers": {"set": {"x-added": "yes"}},
+                        "response_headers": {"set": {"x-routed": "web/rw"}}},
+        }])  # fmt: skip
+        client = H2Client(mesh.outbound_port)
+        try:
+            resp = client.wait(client.request(get(b"/old?q=1")))
+        finally:
+            client.close()
+        head = resp["headers"][0]
+        assert head[b":status"] == b"200"
+        assert head[b"x-seen-path"] == b"/echo?q=1"
+        assert head[b"x-seen-added"] == b"yes"
+        assert head[b"x-routed"] == b"web/rw"
 
 
 # --------------------------------------------------------------------------- real processes

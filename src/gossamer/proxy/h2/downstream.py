@@ -7,7 +7,11 @@
   connection hands over when the first bytes are the HTTP/2 preface). Routes by
   ``:authority`` (or ``host``) through the same route table, discovery, balancer and metrics
   as HTTP/1.1, to the destination sidecar over h2 with mTLS (one multiplexed connection per
-  endpoint); ``x-gossamer-peer-identity`` from the app is removed.
+  endpoint); ``x-gossamer-peer-identity`` from the app is removed. A service with HTTP routes
+  or a traffic policy (timeout, retries, limits) sends its streams through ``plan.route``
+  first (rules, filters, splits, retries, timeouts, mirroring; ``limits`` for circuit
+  breaking); the others go straight to the balancer, which skips ejected outliers and hashes
+  on the policy's header or cookie for consistent hashing.
 - ``H2Inbound``: h2 over mTLS from another sidecar (TLS ALPN ``h2``), or h2c in plaintext
   while inbound mTLS is PERMISSIVE. Sets ``x-gossamer-peer-identity`` to the caller's SPIFFE
   ID (removing any that came with the request), applies the inbound local rate limit (429 with
@@ -27,10 +31,13 @@ import time
 
 from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
 from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.balance import EndpointState
 from gossamer.proxy.downstream import DownstreamConnection
 from gossamer.proxy.h2 import H2_PREFACE
 from gossamer.proxy.h2.connection import CONNECTION_WINDOW, SERVER_SETTINGS, FlushingConnection
 from gossamer.proxy.h2.headers import scan_request
+from gossamer.proxy.h2.plan import needs_plan
+from gossamer.proxy.h2.plan import route as plan_route
 from gossamer.proxy.h2.runtime import runtime_for
 from gossamer.proxy.h2.session import (
     CLOSED,
@@ -44,6 +51,7 @@ from gossamer.proxy.h2.session import (
 )
 from gossamer.proxy.h2.stream import ProxiedStream
 from gossamer.proxy.metrics import RouteStats
+from gossamer.proxy.policy import ServicePolicy
 from gossamer.proxy.routing import OutboundService, service_key
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
@@ -188,6 +196,11 @@ class H2Downstream(FlushingConnection, DownstreamConnection):
         """Find an upstream connection for ``stream`` and attach it (or answer an error)."""
         raise TypeError("subclass responsibility")
 
+    def reroute(self, stream: ProxiedStream, avoid: EndpointState | None = None) -> None:
+        """Send ``stream`` again, preferably not to ``avoid`` (nothing of it was forwarded
+        yet, or a retry): the endpoint stage only, the route already chosen."""
+        self.route(stream)
+
 
 class H2Outbound(H2Downstream):
     """h2c from the local app to mesh services."""
@@ -203,7 +216,10 @@ class H2Outbound(H2Downstream):
             return
         service = table.resolve(stream.authority)
         if service is not None:
-            self.send_to(stream, service)
+            if needs_plan(service):
+                plan_route(self, stream, service)
+            else:
+                self.send_to(stream, service)
             return
         host = stream.authority.decode("latin-1")
         key = service_key(host, table.namespace)
@@ -218,17 +234,47 @@ class H2Outbound(H2Downstream):
         except ProxyError as exc:
             stream.respond_error(exc.status, exc.cause, exc.detail)
             return
-        if stream.done or not stream.down_open:
+        if not stream.wanted():
             return
         if service is None:
             stream.respond_error(404, "unknown-service", f"{key} is not a mesh service")
         else:
+            self.route_to(stream, service)
+
+    def route_to(self, stream: ProxiedStream, service: OutboundService) -> None:
+        """The route stage when the service has routes or a policy, else the balancer."""
+        if needs_plan(service):
+            plan_route(self, stream, service)
+        else:
             self.send_to(stream, service)
 
-    def send_to(self, stream: ProxiedStream, service: OutboundService, attempt: int = 0) -> None:
+    def reroute(self, stream: ProxiedStream, avoid: EndpointState | None = None) -> None:
+        service = stream.service
+        if service is None:
+            self.route(stream)
+            return
+        plan = stream.plan
+        self.send_to(stream, service, plan.subset if plan is not None else (), avoid)
+
+    def send_to(
+        self,
+        stream: ProxiedStream,
+        service: OutboundService,
+        subset: tuple[tuple[str, str], ...] = (),
+        avoid: EndpointState | None = None,
+        attempt: int = 0,
+    ) -> None:
+        """Pick an endpoint of ``service`` (within ``subset``, preferably not ``avoid``) and
+        attach ``stream`` to its connection, opening one if needed."""
         stream.stats = service.stats
         stream.service = service
-        endpoint = service.pick()  # skips ejected outliers
+        policy = service.policy
+        hash_key = None
+        if policy.lb_type == "ConsistentHash":
+            hash_key = _hash_key(stream.headers, policy)
+        endpoint = service.pick(subset, hash_key)  # skips ejected outliers
+        if avoid is not None and endpoint is avoid:
+            endpoint = _another(service, subset, avoid) or endpoint  # a retry: elsewhere
         if endpoint is None:
             stream.respond_error(
                 503, "no-healthy-endpoints", f"{service.key} has no healthy endpoints"
@@ -241,10 +287,18 @@ class H2Outbound(H2Downstream):
         if conn is not None:
             stream.attach(conn)
         else:
-            spawn(self._connect(stream, service, key, attempt), name=f"h2 connect {service.key}")
+            spawn(
+                self._connect(stream, service, key, subset, attempt),
+                name=f"h2 connect {service.key}",
+            )
 
     async def _connect(
-        self, stream: ProxiedStream, service: OutboundService, key: tuple[str, int], attempt: int
+        self,
+        stream: ProxiedStream,
+        service: OutboundService,
+        key: tuple[str, int],
+        subset: tuple[tuple[str, str], ...],
+        attempt: int,
     ) -> None:
         try:
             conn = await self.runtime.outbound_pool.connect(
@@ -256,18 +310,60 @@ class H2Outbound(H2Downstream):
                 endpoint.penalise(time.monotonic_ns())
                 service.record_outcome(endpoint, "connect-failure")
             stream.release()
-            if stream.done or not stream.down_open:
+            if not stream.wanted():
                 return
             if (
                 exc.cause == "connect-failed"
                 and attempt < MAX_CONNECT_ATTEMPTS - 1
                 and len(service.balancer.endpoints) > 1
             ):
-                self.send_to(stream, service, attempt + 1)  # nothing was sent: try another
+                # Nothing was sent: try another endpoint.
+                self.send_to(stream, service, subset, endpoint, attempt + 1)
+                return
+            plan = stream.plan
+            if (
+                plan is not None
+                and exc.cause == "connect-failed"
+                and plan.failed(stream, exc.cause, endpoint)
+            ):
                 return
             stream.respond_error(exc.status, exc.cause, exc.detail)
             return
         stream.attach(conn)
+
+
+def _another(
+    service: OutboundService, subset: tuple[tuple[str, str], ...], avoid: EndpointState
+) -> EndpointState | None:
+    """A live endpoint of ``service`` within ``subset`` other than ``avoid``, the least busy
+    (a balancer's second pick can return the same one: power of two choices over two
+    endpoints compares the same pair)."""
+    best = None
+    for endpoint in service.balancer.endpoints:  # not ejected
+        if endpoint is avoid or not all(endpoint.labels.get(k) == v for k, v in subset):
+            continue
+        if best is None or endpoint.pending < best.pending:
+            best = endpoint
+    return best
+
+
+def _hash_key(headers: list[Header], policy: ServicePolicy) -> bytes | None:
+    """The consistent-hash key of a request: the policy's header, else its cookie."""
+    name = policy.hash_header
+    if name is not None:
+        for field, value in headers:
+            if field == name:
+                return value
+    cookie = policy.hash_cookie
+    if cookie is not None:
+        prefix = cookie + b"="
+        for field, value in headers:
+            if field == b"cookie":
+                for part in value.split(b";"):
+                    part = part.strip()
+                    if part.startswith(prefix):
+                        return part[len(prefix) :]
+    return None
 
 
 class H2Inbound(H2Downstream):

@@ -1,4 +1,6 @@
-"""What one sidecar's HTTP/2 path shares: its pools, its ALPN client context, its gRPC counters.
+"""What one sidecar's HTTP/2 path shares: its pools, its ALPN client context, its gRPC counters,
+and the stream accounts of its services' connection limits (``limits``), which outlive
+snapshots.
 
 ``runtime_for(state)`` returns the ``H2Runtime`` of a ``ProxyState``, made on first use (the
 first HTTP/2 connection), so a sidecar that never sees HTTP/2 never loads the C binding. The
@@ -13,6 +15,7 @@ from __future__ import annotations
 import weakref
 from typing import TYPE_CHECKING
 
+from gossamer.proxy.h2.limits import StreamAccount
 from gossamer.proxy.h2.stats import GrpcMetrics, grpc_metrics
 from gossamer.proxy.h2.tls import AlpnClientContext, CredentialFiles
 from gossamer.proxy.h2.upstream import H2Pool
@@ -31,6 +34,14 @@ class H2Runtime:
         self.outbound_pool = H2Pool(self.tls.get)
         self.app_pool = H2Pool()
         self.grpc: GrpcMetrics = grpc_metrics(state.metrics)
+        self.accounts: dict[str, StreamAccount] = {}
+
+    def account(self, service_key: str) -> StreamAccount:
+        """The stream account of a service (``name.namespace``), made on first use."""
+        account = self.accounts.get(service_key)
+        if account is None:
+            account = self.accounts[service_key] = StreamAccount()
+        return account
 
     def close(self) -> None:
         self.outbound_pool.close_all()

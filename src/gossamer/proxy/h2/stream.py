@@ -14,7 +14,18 @@
 - a stream refused by the upstream before anything of it was sent (GOAWAY race,
   REFUSED_STREAM) is started once more on another connection;
 - errors the proxy generates are answered on the stream with ``x-gossamer-error`` (and
-  ``grpc-status`` for gRPC calls); metrics are recorded once, when the stream is done.
+  ``grpc-status`` for gRPC calls); metrics are recorded once, when the stream is done;
+- outlier detection hears one outcome per upstream try: the ``:status`` of a plain HTTP/2
+  response, the ``grpc-status`` of a gRPC one (from a trailers-only response or the trailers,
+  as the HTTP status it stands for), or the failure cause when there was no response.
+
+Outbound streams that a route or traffic policy applies to carry a ``StreamPlan`` (``plan``;
+None otherwise, and then none of the hooks below costs more than one attribute test). The
+plan decides at the points the relay calls it: when response headers arrive (forward, hold
+them, or retry), when an upstream try fails (retry or answer), when the stream finishes
+(timers, the service's stream slot). For a stream with a plan every DATA byte is credited to
+the client against one watermark (``StreamPlan.credited``), so a request body replayed on a
+retry is never credited twice.
 """
 
 from __future__ import annotations
@@ -26,8 +37,12 @@ from gossamer.proxy.h2.headers import (
     GRPC_CANCELLED,
     error_body,
     error_headers,
+    grpc_code_for_error,
     grpc_code_for_http,
     grpc_status_of,
+    http_status_for_grpc,
+    percent_encode,
+    redirect_headers,
 )
 from gossamer.proxy.h2.session import H2Error, Header, Outgoing
 from gossamer.proxy.resilience.outlier import classify
@@ -35,11 +50,12 @@ from gossamer.proxy.resilience.outlier import classify
 if TYPE_CHECKING:
     from gossamer.proxy.balance import EndpointState
     from gossamer.proxy.h2.downstream import H2Downstream
+    from gossamer.proxy.h2.plan import StreamPlan
     from gossamer.proxy.h2.upstream import H2Upstream
     from gossamer.proxy.metrics import RouteStats
     from gossamer.proxy.routing import OutboundService
 
-__all__ = ["INTERNAL_ERROR", "ProxiedStream"]
+__all__ = ["CANCEL", "INTERNAL_ERROR", "ProxiedStream"]
 
 NO_ERROR = 0
 INTERNAL_ERROR = 2
@@ -72,6 +88,7 @@ class ProxiedStream:
         "grpc_status",
         "headers",
         "is_head",
+        "plan",
         "req_buf",
         "req_ended",
         "req_trailers",
@@ -128,10 +145,16 @@ class ProxiedStream:
         self.service: OutboundService | None = None
         self.attempts = 0
         self.done = False
+        self.plan: StreamPlan | None = None
 
     # === request direction (called by the downstream connection) ===
 
     def request_data(self, data: bytes) -> None:
+        plan = self.plan
+        if plan is not None:
+            plan.received += len(data)
+            if plan.keep is not None:
+                plan.keep_chunk(self, data)
         up = self.up
         if self.up_open and up is not None:
             if up.session.send_data(self.up_id, data):
@@ -143,7 +166,7 @@ class ProxiedStream:
             else:
                 self.req_buf.append(data)
             return
-        self._credit_down(len(data))  # nobody will take it: give the window back now
+        self._give_back(len(data))  # nobody will take it: give the window back now
 
     def request_end(self, trailers: list[Header] | None = None) -> None:
         self.req_ended = True
@@ -152,12 +175,26 @@ class ProxiedStream:
         if self.up_open and up is not None and self.up_out is not None:
             up.session.end_stream(self.up_id, trailers)
             up.schedule_flush()
+        plan = self.plan
+        if plan is not None and plan.mirror is not None:
+            plan.fire_mirror(self)
+
+    def wanted(self) -> bool:
+        """Whether the stream still needs an upstream (the client is there, no answer yet)."""
+        return not self.done and self.down_open
 
     def attach(self, up: H2Upstream) -> None:
         """Open the upstream stream on ``up`` and send what the client has sent so far."""
         if self.done or not self.down_open:
             self.release()
             return
+        self.open_upstream(up)
+
+    def open_upstream(self, up: H2Upstream) -> None:
+        plan = self.plan
+        if plan is not None and plan.retries and plan.keep is not None:
+            # A retry: the request body again, from the copy kept for it.
+            self.req_buf = [b"".join(plan.keep)] if plan.kept else None
         has_body = not self.req_ended or bool(self.req_buf) or self.req_trailers is not None
         try:
             up_id, out = up.session.submit_request(self.headers, end_stream=not has_body)
@@ -170,7 +207,7 @@ class ProxiedStream:
         up.streams[up_id] = self
         self.sent_ns = time.monotonic_ns()
         if out is not None:
-            out.on_sent = self._credit_down
+            out.on_sent = self.credit_down if plan is None else self._credit_counted
             self.up_out = out
             buffered = self.req_buf
             self.req_buf = None
@@ -178,13 +215,31 @@ class ProxiedStream:
                 up.session.send_data(up_id, b"".join(buffered))
             if self.req_ended:
                 up.session.end_stream(up_id, self.req_trailers)
+        if plan is not None:
+            plan.attached(self, up)
         up.schedule_flush()
+
+    def detach(self, code: int = CANCEL) -> None:
+        """Leave the current upstream try (a retry follows): reset it if it is still open;
+        whatever it still sends is dropped by its connection (and credited there)."""
+        up = self.up
+        if up is not None and self.up_open:
+            up.streams.pop(self.up_id, None)
+            out = self.up_out
+            if out is not None:
+                out.on_sent = None
+            up.session.reset(self.up_id, code)
+            up.schedule_flush()
+        self.up = None
+        self.up_id = 0
+        self.up_open = False
+        self.up_out = None
 
     def downstream_closed(self, code: int, out: Outgoing | None) -> None:
         """The client's stream is gone: normally (after our END_STREAM) or by a reset."""
         self.down_open = False
         if self.req_buf:
-            self._credit_down(sum(len(chunk) for chunk in self.req_buf))  # connection window
+            self._give_back(sum(len(chunk) for chunk in self.req_buf))  # connection window
             self.req_buf = None
         up = self.up
         if out is not None and out.buf and up is not None:
@@ -205,44 +260,70 @@ class ProxiedStream:
     # === response direction (called by the upstream connection) ===
 
     def response_headers(self, headers: list[Header], end: bool) -> None:
-        down = self.down
-        if not self.resp_started:
-            status = _status_of(headers)
-            if status < 200:
-                return  # interim (1xx) responses are not forwarded
-            self.status = status
-            self.resp_started = True
-            endpoint = self.endpoint
-            if endpoint is not None:
-                now = time.monotonic_ns()
-                endpoint.observe(now - self.sent_ns, now)
-                service = self.service
-                if service is not None and service.policy.outlier is not None:
-                    service.record_outcome(endpoint, classify(status))
-            if end:
-                self.resp_ended = True
-                if self.grpc:
-                    self.grpc_status = grpc_status_of(headers)
-            if not self.down_open:
-                return
-            try:
-                out = down.session.submit_response(self.down_id, headers, end_stream=end)
-            except H2Error:
-                self._reset_both(INTERNAL_ERROR)
-                return
-            if out is not None:
-                out.on_sent = self._credit_up
-                self.down_out = out
-            down.schedule_flush()
+        if self.resp_started:
+            self.forward_trailers(headers)
             return
+        plan = self.plan
+        if plan is not None and plan.held is not None:
+            plan.held_trailers(self, headers)  # trailers right after held headers
+            return
+        status = _status_of(headers)
+        if status < 200:
+            return  # interim (1xx) responses are not forwarded
+        self.status = status
+        endpoint = self.endpoint
+        if endpoint is not None:
+            now = time.monotonic_ns()
+            endpoint.observe(now - self.sent_ns, now)
+        if plan is not None:
+            plan.response(self, headers, status, end)
+            return
+        service = self.service
+        if service is not None and service.policy.outlier is not None:
+            if not self.grpc:
+                self.record_outcome(status)
+            elif end:
+                self.record_grpc_outcome(headers)
+        self.commit(headers, end)
+
+    def commit(self, headers: list[Header], end: bool) -> None:
+        """Forward the response head: from here on the response belongs to the client."""
+        plan = self.plan
+        if plan is not None:
+            headers = plan.committing(self, headers)
+        self.resp_started = True
+        if end:
+            self.resp_ended = True
+            if self.grpc:
+                self.grpc_status = grpc_status_of(headers)
+        if not self.down_open:
+            return
+        down = self.down
+        try:
+            out = down.session.submit_response(self.down_id, headers, end_stream=end)
+        except H2Error:
+            self._reset_both(INTERNAL_ERROR)
+            return
+        if out is not None:
+            out.on_sent = self._credit_up
+            self.down_out = out
+        down.schedule_flush()
+
+    def forward_trailers(self, headers: list[Header]) -> None:
         self.resp_ended = True
         if self.grpc:
             self.grpc_status = grpc_status_of(headers)
+            service = self.service
+            if service is not None and service.policy.outlier is not None:
+                self.record_grpc_outcome(headers)
         if self.down_open:
-            down.session.end_stream(self.down_id, headers)
-            down.schedule_flush()
+            self.down.session.end_stream(self.down_id, headers)
+            self.down.schedule_flush()
 
     def response_data(self, data: bytes) -> None:
+        plan = self.plan
+        if plan is not None and plan.held is not None:
+            plan.release_held(self)
         down = self.down
         if self.down_open and down.session.send_data(self.down_id, data):
             down.schedule_flush()
@@ -250,6 +331,9 @@ class ProxiedStream:
             self._credit_up(len(data))
 
     def response_end(self) -> None:
+        plan = self.plan
+        if plan is not None and plan.held is not None:
+            plan.release_held(self)
         self.resp_ended = True
         if self.down_open:
             self.down.session.end_stream(self.down_id)
@@ -262,7 +346,7 @@ class ProxiedStream:
         if self.resp_ended:
             # The whole response is in (a reset after it only stops the request body).
             if unsent:
-                self._credit_down(len(unsent))
+                self._give_back(len(unsent))
             self.finish()
             return
         if (
@@ -277,18 +361,24 @@ class ProxiedStream:
             self.attempts += 1
             self.up = None
             self.up_out = None
-            self.req_buf = [unsent] if unsent else None
+            if unsent:
+                self.req_buf = [unsent, *self.req_buf] if self.req_buf else [unsent]
             self.release()
-            self.down.route(self)
+            self.down.reroute(self)
             return
-        if unsent:
-            self._credit_down(len(unsent))
-        service = self.service
-        if service is not None and self.endpoint is not None and not self.resp_started:
-            service.record_outcome(self.endpoint, classify(None, "upstream-reset"))
         if not self.resp_started:
+            service = self.service
+            if service is not None and self.endpoint is not None:
+                service.record_outcome(self.endpoint, classify(None, "upstream-reset"))
+            plan = self.plan
+            if plan is not None and plan.failed(self, "upstream-reset"):
+                return  # retried
+            if unsent:
+                self._give_back(len(unsent))
             self.respond_error(502, "upstream-reset", f"upstream reset the stream (code {code})")
             return
+        if unsent:
+            self._give_back(len(unsent))
         self.down.proxy.metrics.error(self.down.direction, "upstream-reset")
         if self.down_open:
             # Out with what is queued first: nghttp2 drops a stream's unsent HEADERS once it
@@ -298,7 +388,21 @@ class ProxiedStream:
             self.down.schedule_flush()
         self.finish()
 
-    # === errors and completion ===
+    # === outcomes (outlier detection) ===
+
+    def record_outcome(self, status: int) -> None:
+        """Tell outlier detection how this try went, by HTTP status."""
+        service = self.service
+        endpoint = self.endpoint
+        if service is not None and endpoint is not None:
+            service.record_outcome(endpoint, classify(status))
+
+    def record_grpc_outcome(self, headers: list[Header]) -> None:
+        """Tell outlier detection how this gRPC try went, by its ``grpc-status``."""
+        code = grpc_status_of(headers)
+        self.record_outcome(http_status_for_grpc(code) if code is not None else 500)
+
+    # === answers the proxy gives itself, errors and completion ===
 
     def respond_error(
         self, status: int, cause: str, detail: str = "", extra: tuple[Header, ...] = ()
@@ -307,7 +411,7 @@ class ProxiedStream:
         down = self.down
         down.proxy.metrics.error(down.direction, cause)
         if self.req_buf:
-            self._credit_down(sum(len(chunk) for chunk in self.req_buf))
+            self._give_back(sum(len(chunk) for chunk in self.req_buf))
             self.req_buf = None
         if self.resp_started:
             self._reset_both(INTERNAL_ERROR)
@@ -316,7 +420,7 @@ class ProxiedStream:
         self.resp_ended = True
         self.status = status
         if self.grpc:
-            self.grpc_status = grpc_code_for_http(status)
+            self.grpc_status = grpc_code_for_error(status, cause)
         if self.down_open:
             headers = error_headers(
                 status,
@@ -340,6 +444,45 @@ class ProxiedStream:
             self.up.schedule_flush()
         self.finish()
 
+    def respond_redirect(self, status: int, location: bytes) -> None:
+        """Answer with a redirect a route is configured to give (not an error)."""
+        if self.req_buf:
+            self._give_back(sum(len(chunk) for chunk in self.req_buf))
+            self.req_buf = None
+        self.resp_started = True
+        self.resp_ended = True
+        self.status = status
+        if self.down_open:
+            headers = redirect_headers(status, location, self.request_id or None)
+            try:
+                self.down.session.submit_response(self.down_id, headers, end_stream=True)
+            except H2Error:
+                self.down.session.reset(self.down_id, INTERNAL_ERROR)
+            self.down.schedule_flush()
+        self.finish()
+
+    def cut(self, cause: str, status: int, grpc_code: int) -> None:
+        """Stop a response already forwarded (a deadline passed): a gRPC call ends with
+        trailers carrying ``grpc_code``, anything else is reset; the upstream is cancelled."""
+        down = self.down
+        down.proxy.metrics.error(down.direction, cause)
+        if self.up_open and self.up is not None:
+            self.up.session.reset(self.up_id, CANCEL)
+            self.up.schedule_flush()
+        self.status = status
+        if self.down_open:
+            if self.grpc and not self.resp_ended and self.down_out is not None:
+                trailers = [(b"grpc-status", b"%d" % grpc_code),
+                            (b"grpc-message", percent_encode(cause))]  # fmt: skip
+                down.session.end_stream(self.down_id, trailers)
+            else:
+                down.session.reset(self.down_id, CANCEL)
+            down.schedule_flush()
+        self.resp_ended = True
+        if self.grpc:
+            self.grpc_status = grpc_code
+        self.finish()
+
     def finish(self) -> None:
         """Record the stream once (HTTP status, gRPC status, latency) and free its endpoint."""
         if self.done:
@@ -355,6 +498,9 @@ class ProxiedStream:
                     code = grpc_code_for_http(self.status) if self.status != 200 else 2
                 self.down.grpc_stats.record(stats, code)
         self.release()
+        plan = self.plan
+        if plan is not None:
+            plan.finish(self)
 
     def release(self) -> None:
         endpoint = self.endpoint
@@ -375,7 +521,21 @@ class ProxiedStream:
 
     # === flow-control credit (called from inside the other session's send) ===
 
-    def _credit_down(self, n: int) -> None:
+    def _give_back(self, n: int) -> None:
+        """Credit request bytes nobody will send (with a plan: everything not yet credited)."""
+        plan = self.plan
+        if plan is None:
+            self.credit_down(n)
+        else:
+            plan.credit_to(self, plan.received)
+
+    def _credit_counted(self, n: int) -> None:
+        plan = self.plan
+        if plan is not None:
+            plan.try_sent += n
+            plan.credit_to(self, plan.try_sent)
+
+    def credit_down(self, n: int) -> None:
         down = self.down
         down.session.consume(self.down_id, n)
         down.schedule_flush()

@@ -54,6 +54,7 @@ class H2Upstream(FlushingConnection, asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
         self.closed = False
         self.goaway_received = False
+        self.served = 0  # streams opened (counted when a connection quota applies)
 
     @property
     def usable(self) -> bool:

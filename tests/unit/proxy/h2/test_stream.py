@@ -33,7 +33,7 @@ class FakeDown:
     def flush(self) -> None:
         self.wire += self.session.data_to_send()
 
-    def route(self, stream: ProxiedStream) -> None:
+    def reroute(self, stream: ProxiedStream, avoid: object = None) -> None:
         self.routed.append(stream)
 
 
