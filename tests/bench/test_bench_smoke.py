@@ -147,3 +147,20 @@ def test_suite_leaves_no_process_behind(smoke: dict[str, Any]) -> None:
         if workdir in blob and int(entry.name) != os.getpid():
             leftovers.append(entry.name)
     assert leftovers == []
+
+
+def test_round_order_puts_gossamer_next_to_its_haproxy_reference_and_alternates() -> None:
+    """Within a round a Gossamer path runs right beside its reference; odd rounds reverse."""
+    from bench.rounds import round_order
+    from bench.topology import PathSpec
+
+    def spec(key: str, group: str) -> PathSpec:
+        return PathSpec(key, 0, key, group, "http1", "", gossamer="gossamer" in key)
+
+    paths = [spec("direct", "http"), spec("haproxy", "http"), spec("nginx", "http"),
+             spec("gossamer", "http"), spec("haproxy-pair", "pair"),
+             spec("gossamer-pair", "pair")]  # fmt: skip
+    even = [p.key for p in round_order(paths, 0)]
+    odd = [p.key for p in round_order(paths, 1)]
+    assert even == ["direct", "nginx", "haproxy", "gossamer", "haproxy-pair", "gossamer-pair"]
+    assert odd == ["gossamer-pair", "haproxy-pair", "gossamer", "haproxy", "nginx", "direct"]

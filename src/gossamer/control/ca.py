@@ -127,6 +127,12 @@ class CertificateAuthority:
         _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert, trust_domain)
 
+    @classmethod
+    def ephemeral(cls, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> CertificateAuthority:
+        """A CA whose root key and certificate live only in memory (for tests and tools)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return cls(key, cls._self_signed_root(key, trust_domain), trust_domain)
+
     @staticmethod
     def _self_signed_root(key: ec.EllipticCurvePrivateKey, trust_domain: str) -> x509.Certificate:
         now = datetime.now(UTC)
@@ -190,10 +196,16 @@ class CertificateAuthority:
         lifetime: timedelta,
         dns_names: Sequence[str] = (),
         ips: Sequence[str] = (),
+        *,
+        issued_at: datetime | None = None,
     ) -> tuple[bytes, bytes]:
-        """A new P-256 key and a leaf for it: ``(cert PEM, key PEM)``."""
+        """A new P-256 key and a leaf for it: ``(cert PEM, key PEM)``.
+
+        ``issued_at`` (default now) is when the leaf's validity starts counting (less the
+        usual backdating); tests pass a past time to get an already expired leaf.
+        """
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = self._issue(key.public_key(), identity, lifetime, dns_names, ips)
+        cert = self._issue(key.public_key(), identity, lifetime, dns_names, ips, issued_at)
         key_pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
@@ -208,10 +220,11 @@ class CertificateAuthority:
         lifetime: timedelta,
         dns_names: Sequence[str],
         ips: Sequence[str],
+        issued_at: datetime | None = None,
     ) -> x509.Certificate:
         if lifetime <= timedelta(0):
             raise ValueError("certificate lifetime must be positive")
-        now = datetime.now(UTC)
+        now = datetime.now(UTC) if issued_at is None else issued_at
         # A CN is at most 64 characters; long SPIFFE IDs fall back to the service account.
         common_name = identity.uri if len(identity.uri) <= 64 else identity.service_account
         sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri)]

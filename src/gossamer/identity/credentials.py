@@ -40,6 +40,8 @@ __all__ = [
     "KeygenError",
     "generate_key_and_csr",
     "is_control_plane_id",
+    "mtls_client_context",
+    "mtls_server_context",
     "parse_certificate",
     "peer_spiffe_id",
     "write_atomic",
@@ -257,10 +259,19 @@ async def generate_key_and_csr(
 # --------------------------------------------------------------------------- credentials
 
 
-def _client_context() -> ssl.SSLContext:
+def mtls_client_context() -> ssl.SSLContext:
+    """A fresh TLS 1.2+ client context requiring a peer certificate (no certificate loaded)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False  # peers are checked by SPIFFE URI SAN, not host name
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def mtls_server_context() -> ssl.SSLContext:
+    """A fresh TLS 1.2+ server context requiring a client certificate (none loaded)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
@@ -272,11 +283,9 @@ class Credentials:
         self.workdir = workdir
         workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(workdir, 0o700)
-        self.server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.server_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.server_context.verify_mode = ssl.CERT_REQUIRED
-        self.client_context = _client_context()
-        self.control_context = _client_context()
+        self.server_context = mtls_server_context()
+        self.client_context = mtls_client_context()
+        self.control_context = mtls_client_context()
         self._info: CertificateInfo | None = None
         self._expires_override: float | None = None
         self._has_bundle = False

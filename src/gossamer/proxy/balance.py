@@ -91,6 +91,18 @@ class Balancer:
         raise TypeError("use a concrete balancer")
 
 
+def _two_distinct(
+    rng: random.Random, endpoints: Sequence[EndpointState]
+) -> tuple[EndpointState, EndpointState]:
+    """Two different endpoints drawn uniformly (``endpoints`` holds at least two)."""
+    n = len(endpoints)
+    i = int(rng.random() * n)
+    j = int(rng.random() * (n - 1))
+    if j >= i:
+        j += 1
+    return endpoints[i], endpoints[j]
+
+
 class PeakEwmaBalancer(Balancer):
     """Power of two choices by peak-EWMA cost."""
 
@@ -100,14 +112,9 @@ class PeakEwmaBalancer(Balancer):
 
     def pick(self) -> EndpointState | None:
         endpoints = self.endpoints
-        n = len(endpoints)
-        if n < 2:
-            return endpoints[0] if n else None
-        i = int(self._rng.random() * n)
-        j = int(self._rng.random() * (n - 1))
-        if j >= i:
-            j += 1
-        a, b = endpoints[i], endpoints[j]
+        if len(endpoints) < 2:
+            return endpoints[0] if endpoints else None
+        a, b = _two_distinct(self._rng, endpoints)
         now = time.monotonic_ns()
         return a if a.cost(now) <= b.cost(now) else b
 
@@ -136,14 +143,9 @@ class LeastRequestBalancer(Balancer):
 
     def pick(self) -> EndpointState | None:
         endpoints = self.endpoints
-        n = len(endpoints)
-        if n < 2:
-            return endpoints[0] if n else None
-        i = int(self._rng.random() * n)
-        j = int(self._rng.random() * (n - 1))
-        if j >= i:
-            j += 1
-        a, b = endpoints[i], endpoints[j]
+        if len(endpoints) < 2:
+            return endpoints[0] if endpoints else None
+        a, b = _two_distinct(self._rng, endpoints)
         return a if a.pending <= b.pending else b
 
 

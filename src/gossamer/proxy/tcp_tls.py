@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from gossamer.identity.credentials import mtls_client_context
 from gossamer.identity.spiffe import peer_uri_sans
 
 __all__ = [
@@ -439,7 +440,7 @@ class AlpnClientContext:
         self._credentials = credentials
         self._ca_file = ca_file
         self._alpn = alpn
-        self._factory = factory or _client_context
+        self._factory = factory or mtls_client_context
         self._stamp: float | None = None
         self._context: ssl.SSLContext | None = None
 
@@ -468,11 +469,3 @@ class AlpnClientContext:
         ctx.load_cert_chain(self._credentials.cert_path, self._credentials.key_path)
         ctx.set_alpn_protocols([self._alpn])
         return ctx
-
-
-def _client_context() -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = False  # peers are checked by SPIFFE URI SAN, not host name
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx

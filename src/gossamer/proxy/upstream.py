@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httptools
 
@@ -26,13 +27,14 @@ if TYPE_CHECKING:
     from gossamer.proxy.exchange import Exchange
     from gossamer.proxy.routing import ConnectionAccount
 
-__all__ = ["Pool", "UpstreamConnection"]
+__all__ = ["Pool", "UpstreamConnection", "identity_mismatch", "open_upstream"]
 
 CONNECT_TIMEOUT = 5.0
 MAX_IDLE_PER_ENDPOINT = 128
 _NO_BODY_STATUS = frozenset({204, 304})
 
 PoolKey = tuple[str, int]
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
 class _HeadResponseDone(Exception):
@@ -375,30 +377,47 @@ class Pool:
 
         Raises ``ProxyError`` (502 ``connect-failed`` or ``upstream-identity-mismatch``).
         """
-        loop = asyncio.get_running_loop()
-        host, port = key
-        kwargs: dict[str, Any] = {}
-        if self.ssl_context is not None:
-            kwargs = {"ssl": self.ssl_context, "server_hostname": sni or host}
-        try:
-            transport, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self, key), host, port, **kwargs),
-                CONNECT_TIMEOUT,
-            )
-        except TimeoutError:
-            raise ProxyError(502, "connect-failed", f"{host}:{port}: timed out") from None
-        except ssl.SSLError as exc:
-            raise ProxyError(502, "connect-failed", f"{host}:{port}: TLS: {exc}") from None
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ProxyError(502, "connect-failed", f"{host}:{port}: {reason}") from None
+        transport, conn = await open_upstream(
+            lambda: UpstreamConnection(self, key), key, self.ssl_context, sni
+        )
         self.opened += 1
         if identity is not None and self.ssl_context is not None:
-            sans = peer_uri_sans(transport.get_extra_info("peercert"))
-            if identity not in sans:
+            mismatch = identity_mismatch(transport, identity)
+            if mismatch is not None:
                 conn.close()
-                got = ", ".join(sans) or "no SPIFFE ID"
-                raise ProxyError(
-                    502, "upstream-identity-mismatch", f"expected {identity}, got {got}"
-                )
+                raise mismatch
         return conn
+
+
+async def open_upstream(
+    factory: Callable[[], P], key: PoolKey, context: ssl.SSLContext | None, sni: str | None
+) -> tuple[asyncio.Transport, P]:
+    """Connect to ``key`` (over TLS with ``context``, SNI ``sni`` or the host) within
+    ``CONNECT_TIMEOUT``; any failure is a ``ProxyError`` 502 ``connect-failed``."""
+    loop = asyncio.get_running_loop()
+    host, port = key
+    kwargs: dict[str, Any] = {}
+    if context is not None:
+        kwargs = {"ssl": context, "server_hostname": sni or host}
+    try:
+        transport, conn = await asyncio.wait_for(
+            loop.create_connection(factory, host, port, **kwargs), CONNECT_TIMEOUT
+        )
+    except TimeoutError:
+        raise ProxyError(502, "connect-failed", f"{host}:{port}: timed out") from None
+    except ssl.SSLError as exc:
+        raise ProxyError(502, "connect-failed", f"{host}:{port}: TLS: {exc}") from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ProxyError(502, "connect-failed", f"{host}:{port}: {reason}") from None
+    return transport, conn
+
+
+def identity_mismatch(transport: asyncio.BaseTransport, identity: str) -> ProxyError | None:
+    """The 502 ``upstream-identity-mismatch`` error when the TLS peer of ``transport`` does not
+    carry the URI SAN ``identity``; None when it does."""
+    sans = peer_uri_sans(transport.get_extra_info("peercert"))
+    if identity in sans:
+        return None
+    got = ", ".join(sans) or "no SPIFFE ID"
+    return ProxyError(502, "upstream-identity-mismatch", f"expected {identity}, got {got}")

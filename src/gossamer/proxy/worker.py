@@ -40,6 +40,8 @@ from gossamer.identity.credentials import (
     KEY_FILE,
     CertificateInfo,
     CredentialsError,
+    mtls_client_context,
+    mtls_server_context,
     parse_certificate,
 )
 from gossamer.proxy.main import start_data_path
@@ -54,16 +56,6 @@ __all__ = ["WorkerCredentials", "main", "run_worker"]
 log = logging.getLogger("gossamer.proxy.worker")
 
 
-def _context(purpose: int) -> ssl.SSLContext:
-    server = purpose == ssl.PROTOCOL_TLS_SERVER
-    ctx = ssl.SSLContext(purpose)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if not server:
-        ctx.check_hostname = False  # peers are checked by SPIFFE URI SAN, not host name
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 class WorkerCredentials:
     """The workdir's certificate, key and trust bundle, loaded into long-lived contexts.
 
@@ -74,8 +66,8 @@ class WorkerCredentials:
 
     def __init__(self, workdir: Path, ca_file: Path | None) -> None:
         self.workdir = workdir
-        self.server_context = _context(ssl.PROTOCOL_TLS_SERVER)
-        self.client_context = _context(ssl.PROTOCOL_TLS_CLIENT)
+        self.server_context = mtls_server_context()
+        self.client_context = mtls_client_context()
         self._info: CertificateInfo | None = None
         self._cert_pem = b""
         self._bundles: set[bytes] = set()
@@ -119,7 +111,7 @@ class WorkerCredentials:
             cert_pem = self.cert_path.read_bytes()
             if cert_pem != self._cert_pem:
                 info = parse_certificate(cert_pem)
-                scratch = _context(ssl.PROTOCOL_TLS_SERVER)
+                scratch = mtls_server_context()
                 scratch.load_cert_chain(self.cert_path, self.key_path)
                 for ctx in (self.server_context, self.client_context):
                     ctx.load_cert_chain(self.cert_path, self.key_path)

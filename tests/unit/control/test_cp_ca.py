@@ -150,3 +150,22 @@ def test_issue_keypair_with_dns_and_ip(ca: CertificateAuthority) -> None:
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [IDENTITY.uri]
+
+
+def test_ephemeral_ca_writes_nothing(tmp_path: Path) -> None:
+    """An ephemeral CA keeps its root in memory and issues leaves that chain to it."""
+    ca = CertificateAuthority.ephemeral("gossamer.local")
+    cert_pem, _key = ca.issue_keypair(IDENTITY, timedelta(hours=1))
+    leaf = x509.load_pem_x509_certificate(cert_pem)
+    root = x509.load_pem_x509_certificate(ca.root_pem)
+    assert leaf.issuer == root.subject
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_issued_at_moves_the_validity_window(ca: CertificateAuthority) -> None:
+    """A past ``issued_at`` gives a leaf whose notAfter is issued_at plus the lifetime."""
+    issued_at = datetime.now(UTC) - timedelta(hours=2)
+    cert_pem, _key = ca.issue_keypair(IDENTITY, timedelta(hours=1), issued_at=issued_at)
+    leaf = x509.load_pem_x509_certificate(cert_pem)
+    assert leaf.not_valid_after_utc == (issued_at + timedelta(hours=1)).replace(microsecond=0)
+    assert leaf.not_valid_after_utc < datetime.now(UTC)

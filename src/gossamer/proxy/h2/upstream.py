@@ -14,9 +14,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
 
-from gossamer.identity.spiffe import peer_uri_sans
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.connection import CLIENT_SETTINGS, CONNECTION_WINDOW, FlushingConnection
 from gossamer.proxy.h2.session import (
@@ -30,12 +28,12 @@ from gossamer.proxy.h2.session import (
     H2Session,
 )
 from gossamer.proxy.h2.stream import INTERNAL_ERROR, ProxiedStream
+from gossamer.proxy.upstream import identity_mismatch, open_upstream
 
 __all__ = ["H2Pool", "H2Upstream"]
 
 log = logging.getLogger("gossamer.proxy.h2")
 
-CONNECT_TIMEOUT = 5.0
 PoolKey = tuple[str, int]
 
 
@@ -194,27 +192,12 @@ class H2Pool:
         return await asyncio.shield(waiter)
 
     async def _open(self, key: PoolKey, sni: str | None, identity: str | None) -> H2Upstream:
-        loop = asyncio.get_running_loop()
         host, port = key
-        kwargs: dict[str, Any] = {}
         tls = self._tls
         context = tls() if tls is not None else None
-        if tls is not None:
-            if context is None:
-                raise ProxyError(502, "connect-failed", "no workload certificate for mTLS yet")
-            kwargs = {"ssl": context, "server_hostname": sni or host}
-        try:
-            transport, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: H2Upstream(self, key), host, port, **kwargs),
-                CONNECT_TIMEOUT,
-            )
-        except TimeoutError:
-            raise ProxyError(502, "connect-failed", f"{host}:{port}: timed out") from None
-        except ssl.SSLError as exc:
-            raise ProxyError(502, "connect-failed", f"{host}:{port}: TLS: {exc}") from None
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            raise ProxyError(502, "connect-failed", f"{host}:{port}: {reason}") from None
+        if tls is not None and context is None:
+            raise ProxyError(502, "connect-failed", "no workload certificate for mTLS yet")
+        transport, conn = await open_upstream(lambda: H2Upstream(self, key), key, context, sni)
         self.opened += 1
         if context is not None:
             ssl_object = transport.get_extra_info("ssl_object")
@@ -225,11 +208,8 @@ class H2Pool:
                     502, "connect-failed", f"{host}:{port}: peer did not agree to h2 ({alpn})"
                 )
             if identity is not None:
-                sans = peer_uri_sans(transport.get_extra_info("peercert"))
-                if identity not in sans:
+                mismatch = identity_mismatch(transport, identity)
+                if mismatch is not None:
                     conn.abort()
-                    got = ", ".join(sans) or "no SPIFFE ID"
-                    raise ProxyError(
-                        502, "upstream-identity-mismatch", f"expected {identity}, got {got}"
-                    )
+                    raise mismatch
         return conn
