@@ -99,10 +99,11 @@ class _Worker:
             reading: asyncio.Task[None] | None = None
             try:
                 async with gate:
-                    reader, writer = await asyncio.wait_for(
+                    reader, opened = await asyncio.wait_for(
                         self.open(index, service, context), CONNECT_TIMEOUT
                     )
-                    reading = asyncio.create_task(self.read(index, reader, writer, first))
+                    writer = opened
+                    reading = asyncio.create_task(self.read(index, reader, opened, first))
                     await asyncio.wait_for(asyncio.shield(first), CONNECT_TIMEOUT)
             except (OSError, ssl.SSLError, TimeoutError, asyncio.IncompleteReadError) as exc:
                 self.emit({"e": "error", "i": index, "msg": f"{type(exc).__name__}: {exc}"})

@@ -7,15 +7,18 @@ computed from the results dictionary the runner assembles (also written as JSON)
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 __all__ = ["machine_description", "render_markdown", "render_table", "targets", "versions"]
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(args: list[str]) -> str:
@@ -24,6 +27,13 @@ def _run(args: list[str]) -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "not installed"
     return (done.stdout + done.stderr).strip()
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def machine_description() -> dict[str, str]:
@@ -53,20 +63,17 @@ def machine_description() -> dict[str, str]:
 
 
 def versions() -> dict[str, str]:
-    import httptools
-    import uvloop
-
     wrk = _run(["wrk", "-v"]).splitlines()
-    commit = _run(["git", "-C", os.path.dirname(__file__), "rev-parse", "--short", "HEAD"])
-    dirty = _run(["git", "-C", os.path.dirname(__file__), "status", "--porcelain", "--", "src"])
+    commit = _run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"])
+    dirty = _run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"])
     return {
         "haproxy": _run(["haproxy", "-v"]).splitlines()[0],
         "nginx": _run(["nginx", "-v"]),
         "wrk": wrk[0] if wrk else "unknown",
         "h2load": _run(["h2load", "--version"]),
         "python": sys.version.split()[0],
-        "uvloop": uvloop.__version__,
-        "httptools": httptools.__version__,
+        "uvloop": _dist_version("uvloop"),
+        "httptools": _dist_version("httptools"),
         "openssl (python)": __import__("ssl").OPENSSL_VERSION,
         "gossamer": commit + (" + uncommitted changes in src/" if dirty else ""),
     }
@@ -404,9 +411,11 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     lines = [
         "# Gossamer benchmark results",
         "",
-        f"Written by `{results['command']}` on {results['date']} in {results['elapsed_s']:.0f} s"
-        f" ({results['mode']} mode). Absolute numbers drift on a shared machine; the ratios to",
-        "HAProxy computed within each round, and their medians, are the figures of record.",
+        f"Written by `{results['command']}` (what `make bench` runs) on {results['date']}",
+        f"in {results['elapsed_s']:.0f} s ({results['mode']} mode). Absolute numbers drift on a",
+        "shared machine (see the load average below); the ratios to HAProxy computed within each",
+        "round, and their medians, are the figures of record.",
+        "How each path is built and measured: [README.md](README.md). Rerun: `make bench`.",
         "",
         "## Machine and versions",
         "",
@@ -489,7 +498,3 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if results.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in results["notes"]] + [""]
     return "\n".join(lines)
-
-
-def strip_ansi(text: str) -> str:
-    return re.sub(r"\x1b\[[0-9;]*m", "", text)

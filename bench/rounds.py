@@ -2,7 +2,8 @@
 
 Owns one measurement of one path (:func:`measure`: load at N connections with CPU deltas of
 the path's proxy processes, then at one connection, then RSS), the loop over rounds (every
-available path once per round, the order rotated each round so no path always runs first),
+available path once per round; a comparison group's paths back to back, groups rotated and
+the order inside a group alternated from round to round),
 and :func:`summarize`: per-path medians, and the ratios to the group's HAProxy reference
 computed within each round, with their medians.
 """
@@ -18,7 +19,7 @@ from bench.load import LoadError, LoadResult, run_h2load, run_wrk
 from bench.procs import cpu_times, rss_kib
 from bench.topology import GROUPS, PathSpec, warm_up
 
-__all__ = ["LoadSettings", "Sample", "drive", "measure", "run_rounds", "summarize"]
+__all__ = ["LoadSettings", "Sample", "drive", "measure", "round_order", "run_rounds", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -114,23 +115,46 @@ def measure(spec: PathSpec, settings: LoadSettings, round_no: int) -> Sample:
     )
 
 
+def round_order(paths: list[PathSpec], round_no: int) -> list[PathSpec]:
+    """The order of one round: each comparison group's paths back to back (so a ratio compares
+    runs seconds apart), the groups rotated from round to round, and the order inside a group
+    reversed every other round (so slow drift favours neither side)."""
+    groups: dict[str, list[PathSpec]] = {}
+    for spec in paths:
+        groups.setdefault(spec.group, []).append(spec)
+    names = list(groups)
+    shift = round_no % len(names) if names else 0
+    order: list[PathSpec] = []
+    for name in names[shift:] + names[:shift]:
+        baseline, reference = GROUPS[name]
+
+        def rank(spec: PathSpec, baseline: str = baseline, reference: str = reference) -> int:
+            # baseline, other peers, the HAProxy reference, then Gossamer right after it
+            if spec.key == baseline:
+                return 0
+            if spec.key == reference:
+                return 2
+            return 3 if spec.gossamer else 1
+
+        members = sorted(groups[name], key=rank)
+        order += list(reversed(members)) if round_no % 2 else members
+    return order
+
+
 def run_rounds(
     paths: list[PathSpec],
     settings: LoadSettings,
     log: Callable[[str], None],
     failures: list[str] | None = None,
 ) -> list[Sample]:
-    """Every available path once per round, rotating the order each round.
+    """Every available path once per round, in :func:`round_order`.
 
     A load that fails (errors, a dead process) is logged and appended to ``failures``; that
     path simply has no sample in that round.
     """
-    runnable = [p for p in paths if p.available]
     samples: list[Sample] = []
     for round_no in range(settings.rounds):
-        shift = round_no % len(runnable) if runnable else 0
-        order = runnable[shift:] + runnable[:shift]
-        for spec in order:
+        for spec in round_order([p for p in paths if p.available], round_no):
             try:
                 sample = measure(spec, settings, round_no)
             except (LoadError, OSError) as exc:

@@ -237,11 +237,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else ["haproxy", "gossamer", "haproxy-pair", "gossamer-pair"]
             )
             for key in keys:
-                spec = topology.path(key)
-                if spec is not None and spec.available:
+                traced = topology.path(key)
+                if traced is not None and traced.available:
                     try:
                         census[key] = syscall_census(
-                            spec, args.syscall_seconds, workdir, args.connections
+                            traced, args.syscall_seconds, workdir, args.connections
                         )
                     except LoadError as exc:
                         census[key] = {"error": str(exc)[:300]}
