@@ -56,6 +56,7 @@ bench: $(STAMP)
 	./scripts/ensure-debian-packages $(BENCH_PACKAGES)
 	test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.routing
 
 bench-smoke: $(STAMP)
 	./scripts/ensure-debian-packages $(BENCH_PACKAGES)
