@@ -91,7 +91,7 @@ async def start_sidecar(
         control=ControlSettings(),
         identity=IdentitySettings(workdir=workdir),
     )
-    state = ProxyState(settings, client_context=creds.client_context)
+    state = ProxyState(settings, client_context=creds.client_context, credentials=creds)
     sidecar = Sidecar(state, creds)
     sidecar.listener = InboundListener(state, Address("127.0.0.1", 0), creds.server_context)
     sidecar.inbound = sidecar.listener.start()

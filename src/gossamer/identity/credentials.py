@@ -3,9 +3,12 @@ built from them.
 
 ``Credentials`` owns the sidecar's private workdir (mode 0700) and three ``ssl.SSLContext``
 objects that live as long as the process: ``server_context`` (the inbound mTLS port),
-``client_context`` (mTLS to other sidecars) and ``control_context`` (the control-plane stream).
-``install`` writes a new certificate to disk and loads it into those same contexts in place, so
-new handshakes present the new certificate while open connections carry on undisturbed.
+``client_context`` (mTLS to other sidecars) and ``control_context`` (the control-plane stream),
+plus one client context per ALPN protocol (``alpn_client_context``: ``h2`` and ``gossamer-tcp``
+to other sidecars; ALPN is a property of a context, so the shared client context, which offers
+none, cannot serve them). ``install`` writes a new certificate to disk and loads it into all of
+those same contexts in place, so new handshakes present the new certificate while open
+connections carry on undisturbed.
 
 This module must stay free of ``cryptography`` (DESIGN §3): keys and CSRs come from the
 ``gossamer.identity.keygen`` child process, and the few certificate fields the sidecar needs
@@ -27,13 +30,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gossamer.identity.spiffe import SpiffeId
 
 __all__ = [
     "CONTROL_PLANE_NAMESPACE",
     "CONTROL_PLANE_SERVICE_ACCOUNT",
+    "AlpnContextSource",
     "CertificateInfo",
     "Credentials",
     "CredentialsError",
@@ -276,6 +280,12 @@ def mtls_server_context() -> ssl.SSLContext:
     return ctx
 
 
+class AlpnContextSource(Protocol):
+    """What hands out ALPN client contexts: ``Credentials`` or a worker's ``WorkerCredentials``."""
+
+    def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None: ...
+
+
 class Credentials:
     """The current key/certificate/bundle in ``workdir`` and the long-lived TLS contexts."""
 
@@ -289,6 +299,8 @@ class Credentials:
         self._info: CertificateInfo | None = None
         self._expires_override: float | None = None
         self._has_bundle = False
+        self._bundle_texts: list[str] = []  # every CA PEM loaded, for ALPN contexts made later
+        self._alpn_contexts: dict[str, ssl.SSLContext] = {}
         if bundle_file is not None:
             try:
                 self._add_bundle(bundle_file.read_bytes())
@@ -301,6 +313,30 @@ class Credentials:
     @property
     def contexts(self) -> tuple[ssl.SSLContext, ...]:
         return (self.server_context, self.client_context, self.control_context)
+
+    def _live_contexts(self) -> tuple[ssl.SSLContext, ...]:
+        return (*self.contexts, *self._alpn_contexts.values())
+
+    def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None:
+        """The mTLS client context offering ALPN ``protocol`` (None without a certificate).
+
+        Made on first use per protocol and then kept: renewals are loaded into it in place.
+        """
+        if self._info is None:
+            return None
+        ctx = self._alpn_contexts.get(protocol)
+        if ctx is None:
+            ctx = mtls_client_context()
+            ctx.set_alpn_protocols([protocol])
+            try:
+                for text in self._bundle_texts:
+                    ctx.load_verify_locations(cadata=text)
+                ctx.load_cert_chain(self.cert_path, self.key_path)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.warning("cannot make the %s client context: %s", protocol, exc)
+                return None
+            self._alpn_contexts[protocol] = ctx
+        return ctx
 
     @property
     def cert_path(self) -> Path:
@@ -370,7 +406,7 @@ class Credentials:
             write_atomic(self.key_path, key_path.read_bytes(), mode=0o600)
             key_path.unlink(missing_ok=True)
         os.replace(pending_cert, self.cert_path)
-        for ctx in self.contexts:
+        for ctx in self._live_contexts():
             ctx.load_cert_chain(self.cert_path, self.key_path)
         self._info = info
         earlier = expires is not None and expires < info.not_after
@@ -380,8 +416,10 @@ class Credentials:
     def _add_bundle(self, ca_pem: bytes) -> None:
         # Roots are added, never removed: an SSLContext's store only grows.
         text = ca_pem.decode("ascii")
-        for ctx in self.contexts:
+        for ctx in self._live_contexts():
             ctx.load_verify_locations(cadata=text)
+        if text not in self._bundle_texts:
+            self._bundle_texts.append(text)
         self._has_bundle = True
 
     def _load_existing(self) -> None:
@@ -396,7 +434,7 @@ class Credentials:
                 return
             if self.bundle_path.exists():
                 self._add_bundle(self.bundle_path.read_bytes())
-            for ctx in self.contexts:
+            for ctx in self._live_contexts():
                 ctx.load_cert_chain(self.cert_path, self.key_path)
         except (OSError, ssl.SSLError, ValueError, CredentialsError) as exc:
             log.warning("cannot reuse stored certificate in %s: %s", self.workdir, exc)

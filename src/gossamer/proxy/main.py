@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import uvloop
 
-from gossamer.identity.credentials import Credentials, CredentialsError
+from gossamer.identity.credentials import AlpnContextSource, Credentials, CredentialsError
 from gossamer.proxy.admin import AdminServer
 from gossamer.proxy.control_client import ControlClient
 from gossamer.proxy.h2 import close_h2
@@ -29,7 +29,6 @@ from gossamer.proxy.settings import Address, ProxySettings, SettingsError
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
 from gossamer.proxy.tcp import TcpProxy, TcpSnapshotHandler
-from gossamer.proxy.tcp_tls import CertificateSource
 
 __all__ = ["DataPath", "main", "serve", "start_data_path"]
 
@@ -84,7 +83,7 @@ class DataPath:
 async def start_data_path(
     settings: ProxySettings,
     state: ProxyState,
-    credentials: CertificateSource,
+    credentials: AlpnContextSource,
     server_context: ssl.SSLContext,
 ) -> DataPath:
     """Bind the outbound, inbound and TCP upstream listeners of ``settings`` for ``state``.
@@ -134,7 +133,9 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
         await supervise(settings, stop)
         return
     credentials = Credentials(settings.identity.workdir, settings.control.ca_file)
-    state = ProxyState(settings, client_context=credentials.client_context)
+    state = ProxyState(
+        settings, client_context=credentials.client_context, credentials=credentials
+    )
     state.cert_ready = lambda: credentials.ready
 
     admin = AdminServer(settings.listen.admin, state)

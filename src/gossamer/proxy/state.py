@@ -26,6 +26,7 @@ from gossamer.proxy.upstream import Pool
 if TYPE_CHECKING:
     import ssl
 
+    from gossamer.identity.credentials import AlpnContextSource
     from gossamer.proxy.downstream import DownstreamConnection
 
 __all__ = ["ProxyState"]
@@ -39,8 +40,15 @@ SWEEP_INTERVAL = 2.0
 
 
 class ProxyState:
-    def __init__(self, settings: ProxySettings, *, client_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        client_context: ssl.SSLContext | None,
+        credentials: AlpnContextSource | None = None,
+    ) -> None:
         self.settings = settings
+        self.credentials = credentials  # ALPN client contexts (HTTP/2 upstreams); None: no mTLS
         self.metrics = Metrics(settings.workload.service, settings.workload.namespace)
         self.table: RouteTable | None = None
         self.snapshot: Mapping[str, Any] | None = None

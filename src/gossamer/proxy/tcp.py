@@ -40,14 +40,13 @@ from gossamer.proxy.tcp_relay import Relay, RelayBuffers
 from gossamer.proxy.tcp_route import TcpRoute, still_routed
 from gossamer.proxy.tcp_tls import (
     TCP_ALPN,
-    AlpnClientContext,
-    CertificateSource,
     TlsFailure,
     TlsStream,
     offered_alpn,
 )
 
 if TYPE_CHECKING:
+    from gossamer.identity.credentials import AlpnContextSource
     from gossamer.proxy.routing import OutboundService
     from gossamer.proxy.state import ProxyState
 
@@ -77,7 +76,7 @@ class TcpProxy:
     def __init__(
         self,
         state: ProxyState,
-        credentials: CertificateSource,
+        credentials: AlpnContextSource,
         server_context: ssl.SSLContext,
         *,
         rng: random.Random | None = None,
@@ -87,7 +86,7 @@ class TcpProxy:
         self.metrics = state.metrics
         self.buffers = RelayBuffers()
         self.server_context = server_context
-        self._client_context = AlpnClientContext(credentials, self.settings.control.ca_file)
+        self._credentials = credentials
         self._rng = rng or random.Random()
         self._source = self.settings.workload.service
         self._namespace = self.settings.workload.namespace
@@ -193,7 +192,7 @@ class TcpProxy:
                 if endpoint is None:
                     raise _Refused("no-healthy-endpoints", f"{backend.key} has no endpoints")
                 try:
-                    context = self._client_context.get()
+                    context = self._client_context()
                 except TlsFailure as exc:  # no certificate of our own (yet)
                     raise _Refused(exc.cause, exc.detail) from None
                 started = time.monotonic_ns()
@@ -233,6 +232,13 @@ class TcpProxy:
         self.metrics.error("outbound", cause)
         log.info("TCP connection refused (%s): %s", cause, detail)
         relay.close()
+
+    def _client_context(self) -> ssl.SSLContext:
+        """The credentials' ``gossamer-tcp`` client context; ``TlsFailure`` without one."""
+        context = self._credentials.alpn_client_context(TCP_ALPN)
+        if context is None:
+            raise TlsFailure("connect-failed", "no workload certificate yet")
+        return context
 
     async def _open(
         self, context: ssl.SSLContext, backend: OutboundService, endpoint: EndpointState

@@ -10,8 +10,8 @@ is reported as a reset.
 
 Also here: ``offered_alpn`` (the ALPN names in a ClientHello, read from a peek of the first
 bytes, so the inbound listener can hand ``gossamer-tcp`` connections to the relay before the
-handshake) and ``AlpnClientContext`` (a client context offering ``gossamer-tcp``, rebuilt from
-the workload's certificate files whenever the certificate is renewed).
+handshake). The client context offering ``gossamer-tcp`` is the credentials' own
+(``Credentials.alpn_client_context``), which follows certificate renewals in place.
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol, cast
 
-from gossamer.identity.credentials import mtls_client_context
 from gossamer.identity.spiffe import peer_uri_sans
 
 __all__ = [
     "TCP_ALPN",
-    "AlpnClientContext",
-    "CertificateSource",
     "TlsFailure",
     "TlsStream",
     "offered_alpn",
@@ -407,65 +403,3 @@ def offered_alpn(data: bytes) -> tuple[bytes, ...] | None:
         return ()
     except IndexError:
         return None
-
-
-class CertificateSource(Protocol):
-    """The workload's credentials as ``AlpnClientContext`` reads them."""
-
-    @property
-    def cert_path(self) -> Path: ...
-    @property
-    def key_path(self) -> Path: ...
-    @property
-    def bundle_path(self) -> Path: ...
-    @property
-    def expires_at(self) -> float | None: ...
-
-
-class AlpnClientContext:
-    """A client ``SSLContext`` offering one ALPN protocol, following certificate renewals.
-
-    The credentials' own client context is shared by the HTTP pool and offers no ALPN; this
-    one loads the same certificate, key and trust bundle, and is rebuilt when the certificate
-    changes (checked per new connection by its expiry, which every renewal moves).
-    """
-
-    def __init__(
-        self,
-        credentials: CertificateSource,
-        ca_file: Path | None,
-        alpn: str = TCP_ALPN,
-        factory: Callable[[], ssl.SSLContext] | None = None,
-    ) -> None:
-        self._credentials = credentials
-        self._ca_file = ca_file
-        self._alpn = alpn
-        self._factory = factory or mtls_client_context
-        self._stamp: float | None = None
-        self._context: ssl.SSLContext | None = None
-
-    def get(self) -> ssl.SSLContext:
-        """The current context; raises ``TlsFailure`` while there is no certificate."""
-        stamp = self._credentials.expires_at
-        if stamp is None:
-            raise TlsFailure("connect-failed", "no workload certificate yet")
-        if stamp != self._stamp or self._context is None:
-            try:
-                self._context = self._build()
-                self._stamp = stamp
-            except (OSError, ssl.SSLError) as exc:
-                if self._context is None:
-                    raise TlsFailure("connect-failed", f"cannot load certificate: {exc}") from exc
-                log.warning("keeping the previous TCP client certificate: %s", exc)
-        return self._context
-
-    def _build(self) -> ssl.SSLContext:
-        ctx = self._factory()
-        if self._ca_file is not None:
-            ctx.load_verify_locations(cafile=str(self._ca_file))
-        bundle = self._credentials.bundle_path
-        if bundle.exists():
-            ctx.load_verify_locations(cafile=str(bundle))
-        ctx.load_cert_chain(self._credentials.cert_path, self._credentials.key_path)
-        ctx.set_alpn_protocols([self._alpn])
-        return ctx

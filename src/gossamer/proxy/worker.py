@@ -13,7 +13,8 @@ worker.
 
 ``WorkerCredentials`` reads the key, certificate and bundle that the supervisor's
 ``Credentials`` keeps in the workdir; it never writes there (keys, CSRs and renewals are the
-supervisor's).
+supervisor's). Like ``Credentials`` it keeps one client context per ALPN protocol
+(``alpn_client_context``), reloaded in place with the others.
 """
 
 from __future__ import annotations
@@ -71,8 +72,33 @@ class WorkerCredentials:
         self._info: CertificateInfo | None = None
         self._cert_pem = b""
         self._bundles: set[bytes] = set()
+        self._alpn_contexts: dict[str, ssl.SSLContext] = {}
         if ca_file is not None:
             self._add_bundle(ca_file.read_bytes())
+
+    def _live_contexts(self) -> tuple[ssl.SSLContext, ...]:
+        return (self.server_context, self.client_context, *self._alpn_contexts.values())
+
+    def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None:
+        """The mTLS client context offering ALPN ``protocol`` (None without a certificate).
+
+        Made on first use per protocol and then kept: ``reload`` loads renewals into it in place.
+        """
+        if self._info is None:
+            return None
+        ctx = self._alpn_contexts.get(protocol)
+        if ctx is None:
+            ctx = mtls_client_context()
+            ctx.set_alpn_protocols([protocol])
+            try:
+                for pem in self._bundles:
+                    ctx.load_verify_locations(cadata=pem.decode("ascii"))
+                ctx.load_cert_chain(self.cert_path, self.key_path)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.warning("cannot make the %s client context: %s", protocol, exc)
+                return None
+            self._alpn_contexts[protocol] = ctx
+        return ctx
 
     @property
     def cert_path(self) -> Path:
@@ -97,7 +123,7 @@ class WorkerCredentials:
 
     def _add_bundle(self, pem: bytes) -> None:
         if pem.strip() and pem not in self._bundles:
-            for ctx in (self.server_context, self.client_context):
+            for ctx in self._live_contexts():
                 ctx.load_verify_locations(cadata=pem.decode("ascii"))
             self._bundles.add(pem)
 
@@ -113,7 +139,7 @@ class WorkerCredentials:
                 info = parse_certificate(cert_pem)
                 scratch = mtls_server_context()
                 scratch.load_cert_chain(self.cert_path, self.key_path)
-                for ctx in (self.server_context, self.client_context):
+                for ctx in self._live_contexts():
                     ctx.load_cert_chain(self.cert_path, self.key_path)
                 self._cert_pem = cert_pem
                 self._info = info
@@ -206,7 +232,9 @@ async def run_worker(control_fd: int, metrics_fd: int) -> None:
 
     credentials = WorkerCredentials(settings.identity.workdir, settings.control.ca_file)
     cert_ok = credentials.reload()
-    state = ProxyState(settings, client_context=credentials.client_context)
+    state = ProxyState(
+        settings, client_context=credentials.client_context, credentials=credentials
+    )
     state.cert_ready = lambda: credentials.ready
     path = await start_data_path(settings, state, credentials, credentials.server_context)
     stop = asyncio.Event()

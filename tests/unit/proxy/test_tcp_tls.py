@@ -7,6 +7,7 @@ import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,18 @@ import uvloop
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.credentials import Credentials
+from gossamer.proxy.settings import (
+    ControlSettings,
+    IdentitySettings,
+    ListenSettings,
+    ProxySettings,
+    WorkloadSettings,
+)
+from gossamer.proxy.state import ProxyState
+from gossamer.proxy.tcp import TcpProxy
 from gossamer.proxy.tcp_relay import RelayBuffers
 from gossamer.proxy.tcp_tls import (
     TCP_ALPN,
-    AlpnClientContext,
     TlsFailure,
     TlsStream,
     offered_alpn,
@@ -142,7 +151,8 @@ async def open_pair(
 
     server = await loop.create_server(make_server, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    context = AlpnClientContext(creds["app"], None).get()
+    context = creds["app"].alpn_client_context(TCP_ALPN)
+    assert context is not None
     client = TlsStream(context, buffers, server_side=False, server_hostname="db-blue",
                        expect_identity=expect or identity("db-blue").uri)
     await loop.create_connection(lambda: client, "127.0.0.1", port)
@@ -239,44 +249,58 @@ class TestTlsStream:
         run(scenario)
 
 
-class FakeSource:
-    def __init__(self, creds: Credentials) -> None:
-        self.creds = creds
-        self.expires_at: float | None = None
-
-    @property
-    def cert_path(self) -> Path:
-        return self.creds.cert_path
-
-    @property
-    def key_path(self) -> Path:
-        return self.creds.key_path
-
-    @property
-    def bundle_path(self) -> Path:
-        return self.creds.bundle_path
+def tcp_proxy(creds: Credentials) -> TcpProxy:
+    settings = ProxySettings(
+        workload=WorkloadSettings(service="app"),
+        listen=ListenSettings(outbound=None, inbound=None),
+        control=ControlSettings(),
+        identity=IdentitySettings(workdir=creds.workdir),
+    )
+    state = ProxyState(settings, client_context=creds.client_context)
+    return TcpProxy(state, creds, creds.server_context)
 
 
 class TestAlpnClientContext:
-    def test_no_certificate_yet_is_a_connect_failure(
-        self, creds: dict[str, Credentials]
-    ) -> None:
-        """Before the first certificate there is no context to connect with."""
-        source = FakeSource(creds["app"])
-        with pytest.raises(TlsFailure, match="no workload certificate"):
-            AlpnClientContext(source, None).get()
+    def test_no_certificate_yet_is_a_connect_failure(self, tmp_path: Path) -> None:
+        """Before the first certificate the TCP proxy has no context: connect-failed."""
+        fresh = Credentials(tmp_path / "fresh")
+        assert fresh.alpn_client_context(TCP_ALPN) is None
+        with pytest.raises(TlsFailure, match="no workload certificate") as info:
+            tcp_proxy(fresh)._client_context()
+        assert info.value.cause == "connect-failed"
 
-    def test_rebuilt_when_the_certificate_is_renewed(
+    def test_tcp_proxy_uses_the_credentials_context(
         self, creds: dict[str, Credentials]
     ) -> None:
-        """A new expiry (every renewal moves it) gives a new context; same expiry, same one."""
-        source = FakeSource(creds["app"])
-        source.expires_at = 100.0
-        contexts = AlpnClientContext(source, None)
-        first = contexts.get()
-        assert contexts.get() is first
-        source.expires_at = 200.0
-        assert contexts.get() is not first
+        """The TCP proxy connects with the credentials' own gossamer-tcp context."""
+        context = tcp_proxy(creds["app"])._client_context()
+        assert context is creds["app"].alpn_client_context(TCP_ALPN)
+
+    def test_renewed_certificate_is_used_by_new_connections(
+        self, creds: dict[str, Credentials], tmp_path: Path
+    ) -> None:
+        """After a renewal the same context presents the new certificate to the next peer."""
+        context = creds["app"].alpn_client_context(TCP_ALPN)
+
+        async def not_after() -> str:
+            pair, _, server = await open_pair(creds)
+            assert pair is not None
+            value = str(pair.server.get_extra_info("peercert")["notAfter"])
+            pair.client.close()
+            server.close()
+            return value
+
+        async def scenario() -> None:
+            before = await not_after()
+            ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+            cert, key = ca.issue_keypair(identity("app"), timedelta(hours=7))
+            key_path = tmp_path / "renewed.key"
+            key_path.write_bytes(key)
+            creds["app"].install(cert, key_path, ca.root_pem)
+            assert creds["app"].alpn_client_context(TCP_ALPN) is context
+            assert await not_after() != before
+
+        run(scenario)
 
 
 class TestClaimDecision:

@@ -4,8 +4,8 @@ Modules: ``_ffi`` (the C declarations and library), ``_nv`` (header blocks as C 
 ``session`` (the safe sans-IO session wrapper), ``selfcheck`` (the binding against the loaded
 library), ``headers`` (header rules), ``stream`` (one proxied stream), ``downstream`` /
 ``upstream`` (the protocol classes), ``connection`` (shared settings and batched writes),
-``runtime`` (per-sidecar pools), ``tls`` (ALPN ``h2`` client contexts), ``stats`` (gRPC
-metrics).
+``runtime`` (per-sidecar pools; the ALPN ``h2`` client context is the credentials'),
+``stats`` (gRPC metrics).
 
 The entry points the HTTP/1.1 listeners call live here, and importing this package loads
 nothing from C: the binding is loaded on the first HTTP/2 connection, so a sidecar that only

@@ -4,20 +4,21 @@ snapshots.
 
 ``runtime_for(state)`` returns the ``H2Runtime`` of a ``ProxyState``, made on first use (the
 first HTTP/2 connection), so a sidecar that never sees HTTP/2 never loads the C binding. The
-outbound pool speaks h2 over mTLS to other sidecars with a context that offers ALPN ``h2`` and
-follows the workload certificate on disk (``tls.AlpnClientContext``); the app pool speaks h2c
-to the local application. ``close_h2(state)`` closes both (graceful GOAWAY) at shutdown and
-does nothing when HTTP/2 was never used.
+outbound pool speaks h2 over mTLS to other sidecars with the credentials' context offering ALPN
+``h2`` (``state.credentials.alpn_client_context("h2")``, renewed in place; with no certificate
+yet, or no credentials at all, a new connection fails as ``connect-failed``); the app pool
+speaks h2c to the local application. ``close_h2(state)`` closes both (graceful GOAWAY) at
+shutdown and does nothing when HTTP/2 was never used.
 """
 
 from __future__ import annotations
 
+import ssl
 import weakref
 from typing import TYPE_CHECKING
 
 from gossamer.proxy.h2.limits import StreamAccount
 from gossamer.proxy.h2.stats import GrpcMetrics, grpc_metrics
-from gossamer.proxy.h2.tls import AlpnClientContext, CredentialFiles
 from gossamer.proxy.h2.upstream import H2Pool
 
 if TYPE_CHECKING:
@@ -28,10 +29,12 @@ __all__ = ["H2Runtime", "close_h2", "runtime_for"]
 
 class H2Runtime:
     def __init__(self, state: ProxyState) -> None:
-        settings = state.settings
-        files = CredentialFiles.in_workdir(settings.identity.workdir, settings.control.ca_file)
-        self.tls = AlpnClientContext(files, ["h2"])
-        self.outbound_pool = H2Pool(self.tls.get)
+        credentials = state.credentials
+
+        def tls() -> ssl.SSLContext | None:
+            return None if credentials is None else credentials.alpn_client_context("h2")
+
+        self.outbound_pool = H2Pool(tls)
         self.app_pool = H2Pool()
         self.grpc: GrpcMetrics = grpc_metrics(state.metrics)
         self.accounts: dict[str, StreamAccount] = {}
