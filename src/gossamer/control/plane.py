@@ -231,7 +231,7 @@ class ControlPlane:
 
     def _resources_changed(self) -> None:
         self._view = self._read_resources()
-        self._dirty.update(record.proxy_id for record in self.registry)
+        self._dirty.update(self.registry.proxy_ids())
         self._wake.set()
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -366,8 +366,7 @@ class ControlPlane:
                 self._send_snapshot(record, record.last_content)  # answer even if unchanged
         elif kind == "health":
             healthy = _field(message, "healthy", bool)
-            if healthy != record.healthy:
-                record.healthy = healthy
+            if self.registry.set_healthy(record, healthy):
                 self._mark_service(record.workload.key)
         elif kind == "status":
             record.cert_expiry = _optional_time(message, "cert_expiry")
@@ -398,7 +397,7 @@ class ControlPlane:
 
     # ----------------------------------------------------------------- pushes
     def _mark_service(self, key: ServiceKey) -> None:
-        self._dirty.update(r.proxy_id for r in self.registry if key in r.watched)
+        self._dirty.update(self.registry.watchers(key))
         self._wake.set()
 
     def _mesh_view(self) -> MeshView:
@@ -429,7 +428,7 @@ class ControlPlane:
         selection = select_services(
             workload.namespace, workload.service, record.subscriptions, view
         )
-        record.watched = selection.watched
+        self.registry.set_watched(record, selection.watched)
         content = build_snapshot(
             workload.namespace, workload.service, record.subscriptions, view, selection
         )

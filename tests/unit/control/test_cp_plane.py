@@ -240,3 +240,24 @@ def test_reconnect_keeps_versions_growing(tmp_path: Path) -> None:
         assert second.snapshots()[0]["version"] == first.snapshots()[-1]["version"] + 1
 
     run_with_plane(tmp_path, body)
+
+
+def test_new_endpoint_pushes_only_to_its_watchers(tmp_path: Path) -> None:
+    """A second endpoint of cat pushes a new version to the proxy subscribed to cat and
+    nothing to a proxy that does not use cat."""
+
+    async def body(plane: ControlPlane) -> None:
+        watcher, bystander = FakeSession(), FakeSession()
+        plane.hello(watcher, ident("web"), hello("web", "web-1", subs=["cat"]))
+        plane.hello(bystander, ident("dog"), hello("dog", "dog-1"))
+        plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-1", port=4000))
+        await settle()
+        before_watcher, before_bystander = len(watcher.snapshots()), len(bystander.snapshots())
+        plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-2", port=4001))
+        await settle()
+        assert len(bystander.snapshots()) == before_bystander
+        assert len(watcher.snapshots()) == before_watcher + 1
+        endpoints = watcher.snapshots()[-1]["snapshot"]["outbound"]["services"][0]["endpoints"]
+        assert [e["port"] for e in endpoints] == [4000, 4001]
+
+    run_with_plane(tmp_path, body)
