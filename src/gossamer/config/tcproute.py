@@ -40,7 +40,7 @@ class TCPRouteSpec(SpecModel):
 
 
 class TCPRoute(Resource):
-    """Where connections to one TCP service go (one per service; more: the first by name)."""
+    """Where connections to one TCP service go (one per service: a second is refused)."""
 
     KIND: ClassVar[str] = "TCPRoute"
     PLURAL: ClassVar[str] = "tcproutes"

@@ -180,7 +180,7 @@ def default_policy_snapshot() -> dict[str, Any]:
 
 
 class TrafficPolicy(Resource):
-    """Policy for calls to one service (one per service; more: the first by name applies)."""
+    """Policy for calls to one service (one per service: a second is refused at apply)."""
 
     KIND: ClassVar[str] = "TrafficPolicy"
     PLURAL: ClassVar[str] = "trafficpolicies"

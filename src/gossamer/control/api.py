@@ -75,6 +75,16 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
     async def trust_bundle(request: Request) -> Response:
         return Response(plane.ca.root_pem, media_type="application/x-pem-file")
 
+    def _invalid(exc: ValidationFailed) -> Response:
+        return JSONResponse(
+            {
+                "error": "invalid",
+                "message": f"{len(exc.problems)} problem(s); nothing was applied",
+                "errors": [problem.to_json() for problem in exc.problems],
+            },
+            status_code=422,
+        )
+
     async def apply(request: Request) -> Response:
         body = await request.body()
         if len(body) > MAX_BODY:
@@ -89,15 +99,11 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
         try:
             resources = validate_documents(docs)
         except ValidationFailed as exc:
-            return JSONResponse(
-                {
-                    "error": "invalid",
-                    "message": f"{len(exc.problems)} problem(s); nothing was applied",
-                    "errors": [problem.to_json() for problem in exc.problems],
-                },
-                status_code=422,
-            )
-        results = plane.apply(resources)
+            return _invalid(exc)
+        try:
+            results = plane.apply(resources)
+        except ValidationFailed as exc:
+            return _invalid(exc)
         return JSONResponse({"applied": [result.to_json() for result in results]})
 
     async def list_resources(request: Request) -> Response:

@@ -22,8 +22,10 @@ from pydantic import ValidationError
 
 from gossamer.config.base import Resource, ResourceKey, check_dns_label
 from gossamer.config.duration import parse_duration
+from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.tcproute import TCPRoute
+from gossamer.config.traffic import service_key
 from gossamer.config.trafficpolicy import TrafficPolicy
 from gossamer.control.ca import CertificateAuthority, check_csr, leaf_expiry
 from gossamer.control.registry import ProxyRecord, Registry, Session, Workload
@@ -46,6 +48,7 @@ log = logging.getLogger("gossamer.control")
 
 ServiceKey = tuple[str, str]
 MESH_CONFIG_KEY = ResourceKey("MeshConfig", "default", "default")
+ONE_PER_SERVICE = ("TrafficPolicy", "TCPRoute")
 MAX_SUBSCRIPTIONS = 1024
 MAX_NAME = 253
 TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute
@@ -237,11 +240,49 @@ class ControlPlane:
         changed.set()
 
     def apply(self, resources: Sequence[Resource]) -> list[ApplyResult]:
-        """Store all resources in one transaction and push what changed."""
+        """Store all resources in one transaction and push what changed.
+
+        Raises ``ValidationFailed`` (nothing stored) when a kind that may exist once per
+        service (TrafficPolicy, TCPRoute) would get a second one for the same service.
+        """
+        problems = self._one_per_service(resources)
+        if problems:
+            raise ValidationFailed(problems)
         results = self.store.apply(resources)
         if any(result.action != "unchanged" for result in results):
             self._resources_changed()
         return results
+
+    def _one_per_service(self, resources: Sequence[Resource]) -> list[Problem]:
+        """Problems for TrafficPolicies/TCPRoutes that target a service another one of the same
+        kind (stored under a different name, or earlier in this batch) already targets."""
+        problems: list[Problem] = []
+        claimed: dict[tuple[str, tuple[str, str]], str] = {}
+        batch = {r.key for r in resources}
+        for kind in ONE_PER_SERVICE:
+            for doc in self.store.list_resources(kind, None):
+                meta = doc["metadata"]
+                if ResourceKey(kind, meta["namespace"], meta["name"]) in batch:
+                    continue  # being replaced by this apply
+                target = service_key(doc["spec"]["service"], meta["namespace"])
+                claimed[(kind, target)] = f"{meta['namespace']}/{meta['name']}"
+        for index, resource in enumerate(resources):
+            if not isinstance(resource, (TrafficPolicy, TCPRoute)):
+                continue
+            target = service_key(resource.spec.service, resource.metadata.namespace)
+            owner = claimed.get((resource.kind, target))
+            here = f"{resource.metadata.namespace}/{resource.metadata.name}"
+            if owner is not None and owner != here:
+                problems.append(
+                    Problem(
+                        index, resource.kind, resource.metadata.name, "spec.service",
+                        f"{resource.kind} {owner} already applies to service "
+                        f"{target[1]}.{target[0]}; there can be one per service",
+                    )
+                )
+            else:
+                claimed[(resource.kind, target)] = here
+        return problems
 
     def delete(self, key: ResourceKey) -> dict[str, Any] | None:
         deleted = self.store.delete(key)
