@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.tools import require
+
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = {"haproxy": "haproxy", "nginx": "nginx", "wrk": "wrk", "h2load": "nghttp2-client"}
 # Paths that need nothing beyond the foundation sidecar: they must always be measured.
@@ -39,8 +41,7 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         subprocess.run([str(ROOT / "scripts" / "ensure-debian-packages"), *missing],
                        check=False, timeout=600)  # fmt: skip
     still = [tool for tool in TOOLS if _which(tool) is None]
-    if still:
-        pytest.skip(f"benchmark tools not available: {', '.join(still)}")
+    require(not still, f"benchmark tools ({', '.join(still)})")
     out = tmp_path_factory.mktemp("bench-smoke")
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--no-install",

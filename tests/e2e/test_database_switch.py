@@ -39,6 +39,7 @@ import pytest
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
 from tests.process_harness import Proc, Processes, wait_ready
 from tests.sidecar_harness import free_port
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,8 +102,8 @@ def ensure_postgres() -> Path:
         subprocess.run([str(ROOT / "scripts" / "ensure-debian-packages"), "postgresql"],
                        check=False, timeout=600)
     found = postgres_bin()
-    if found is None:
-        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not available")
+    require(found is not None, "PostgreSQL (initdb, pg_ctl)")
+    assert found is not None
     return found
 
 

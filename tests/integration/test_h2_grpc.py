@@ -37,6 +37,7 @@ from gossamer.proxy.settings import Address
 from tests.integration.control_helpers import running_control_plane
 from tests.process_harness import Processes, wait_ready
 from tests.sidecar_harness import LoopThread, Sidecar, identity, snapshot, start_sidecar
+from tests.tools import require
 
 PEER = "x-gossamer-peer-identity"
 CHUNK = 64 * 1024
@@ -577,9 +578,9 @@ class TestPlainH2:
         assert resp["headers"][0][b":status"] == b"200"
         assert resp["headers"][0][b"x-seen-peer"] == b"-"
 
-    @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) missing")
     def test_h2load_requests_all_succeed(self, mesh: Mesh) -> None:
         """A real HTTP/2 load tool gets every request answered through both sidecars."""
+        require(shutil.which("h2load") is not None, "h2load (Debian nghttp2-client)")
         out = subprocess.run(
             ["h2load", "-n", "400", "-c", "2", "-m", "10", "-H", ":authority: web",
              f"http://127.0.0.1:{mesh.outbound_port}/echo"],

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gossamer.proxy.h2 import _ffi
+from tests.tools import require
 
 HEADER = Path("/usr/include/nghttp2/nghttp2.h")
 
@@ -61,12 +62,12 @@ def test_version_strings_parse(text: str, expected: tuple[int, int, int]) -> Non
     assert _ffi._parse_version(text) == expected
 
 
-@pytest.mark.skipif(
-    not HEADER.exists() or shutil.which("cc") is None,
-    reason="needs nghttp2.h (Debian libnghttp2-dev) and a C compiler",
-)
 def test_struct_layouts_match_the_installed_header(tmp_path: Path) -> None:
     """sizeof and offsetof of every struct the binding touches agree with the C compiler."""
+    require(
+        HEADER.exists() and shutil.which("cc") is not None,
+        "nghttp2.h (Debian libnghttp2-dev) with a C compiler",
+    )
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <nghttp2/nghttp2.h>",
              "int main(void) {"]  # fmt: skip
     for t in TYPES:
