@@ -27,7 +27,7 @@ import secrets
 import ssl
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +42,7 @@ __all__ = [
     "Credentials",
     "CredentialsError",
     "KeygenError",
+    "build_alpn_context",
     "generate_key_and_csr",
     "is_control_plane_id",
     "mtls_client_context",
@@ -66,6 +67,23 @@ _PEM_CERT = re.compile(
 )
 _SAN_OID = bytes.fromhex("0603551d11")  # OBJECT IDENTIFIER 2.5.29.17 (subjectAltName)
 
+
+
+def build_alpn_context(
+    protocol: str, bundles: Iterable[str], cert_path: Path, key_path: Path
+) -> ssl.SSLContext | None:
+    """An mTLS client context offering only ``protocol`` by ALPN, with the given trust
+    bundles (PEM text) and our cert/key files; None (logged) when they do not load."""
+    ctx = mtls_client_context()
+    ctx.set_alpn_protocols([protocol])
+    try:
+        for text in bundles:
+            ctx.load_verify_locations(cadata=text)
+        ctx.load_cert_chain(cert_path, key_path)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        log.warning("cannot make the %s client context: %s", protocol, exc)
+        return None
+    return ctx
 
 class CredentialsError(Exception):
     """A certificate, key or bundle could not be read, parsed or installed."""
@@ -326,16 +344,9 @@ class Credentials:
             return None
         ctx = self._alpn_contexts.get(protocol)
         if ctx is None:
-            ctx = mtls_client_context()
-            ctx.set_alpn_protocols([protocol])
-            try:
-                for text in self._bundle_texts:
-                    ctx.load_verify_locations(cadata=text)
-                ctx.load_cert_chain(self.cert_path, self.key_path)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                log.warning("cannot make the %s client context: %s", protocol, exc)
-                return None
-            self._alpn_contexts[protocol] = ctx
+            ctx = build_alpn_context(protocol, self._bundle_texts, self.cert_path, self.key_path)
+            if ctx is not None:
+                self._alpn_contexts[protocol] = ctx
         return ctx
 
     @property

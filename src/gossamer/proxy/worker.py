@@ -41,6 +41,7 @@ from gossamer.identity.credentials import (
     KEY_FILE,
     CertificateInfo,
     CredentialsError,
+    build_alpn_context,
     mtls_client_context,
     mtls_server_context,
     parse_certificate,
@@ -88,16 +89,10 @@ class WorkerCredentials:
             return None
         ctx = self._alpn_contexts.get(protocol)
         if ctx is None:
-            ctx = mtls_client_context()
-            ctx.set_alpn_protocols([protocol])
-            try:
-                for pem in self._bundles:
-                    ctx.load_verify_locations(cadata=pem.decode("ascii"))
-                ctx.load_cert_chain(self.cert_path, self.key_path)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                log.warning("cannot make the %s client context: %s", protocol, exc)
-                return None
-            self._alpn_contexts[protocol] = ctx
+            bundles = [pem.decode("ascii") for pem in self._bundles]
+            ctx = build_alpn_context(protocol, bundles, self.cert_path, self.key_path)
+            if ctx is not None:
+                self._alpn_contexts[protocol] = ctx
         return ctx
 
     @property
