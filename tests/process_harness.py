@@ -73,6 +73,7 @@ class Processes:
         service: str,
         app_port: int | None,
         labels: str = "",
+        extra_env: dict[str, str] | None = None,
     ) -> Proc:
         with cp.client() as api:
             token = api.post("/v1/join-tokens", json={"service": service}).json()["token"]
@@ -90,6 +91,7 @@ class Processes:
         }
         if app_port is not None:
             env["GOSSAMER_PROXY_APP_ADDR"] = f"127.0.0.1:{app_port}"
+        env.update(extra_env or {})
         p = self.spawn(name, [sys.executable, "-m", "gossamer.proxy"], env)
         p.ports.update(ports)
         return p

@@ -191,23 +191,9 @@ def apply(cp: ControlPlaneProcess, text: str) -> None:
 def sidecar_with_upstreams(procs: Processes, cp: ControlPlaneProcess, name: str,
                            service: str, upstreams: dict[str, int]) -> Proc:
     """A sidecar process like ``Processes.sidecar``, with TCP upstream listeners."""
-    with cp.client() as api:
-        token = api.post("/v1/join-tokens", json={"service": service}).json()["token"]
-    ports = {k: free_port() for k in ("outbound", "inbound", "admin")}
-    env = {
-        "GOSSAMER_PROXY_SERVICE": service,
-        "GOSSAMER_PROXY_OUTBOUND_ADDR": f"127.0.0.1:{ports['outbound']}",
-        "GOSSAMER_PROXY_INBOUND_ADDR": f"127.0.0.1:{ports['inbound']}",
-        "GOSSAMER_PROXY_ADMIN_ADDR": f"127.0.0.1:{ports['admin']}",
-        "GOSSAMER_PROXY_CONTROL_ADDR": f"{cp.stream_host}:{cp.stream_port}",
-        "GOSSAMER_PROXY_CA_FILE": str(cp.data_dir / "ca" / "root.crt"),
-        "GOSSAMER_PROXY_JOIN_TOKEN": token,
-        "GOSSAMER_PROXY_WORKDIR": str(procs.tmp / "proxies" / name),
-        "GOSSAMER_PROXY_UPSTREAMS": ",".join(f"{s}=127.0.0.1:{p}" for s, p in upstreams.items()),
-    }
-    proc = procs.spawn(name, [sys.executable, "-m", "gossamer.proxy"], env)
-    proc.ports.update(ports)
-    return proc
+    listeners = ",".join(f"{s}=127.0.0.1:{p}" for s, p in upstreams.items())
+    return procs.sidecar(cp, name, service, None,
+                         extra_env={"GOSSAMER_PROXY_UPSTREAMS": listeners})
 
 
 def admin_get(proc: Proc, path: str) -> httpx.Response:
