@@ -160,7 +160,7 @@ class OutboundConnection(DownstreamConnection):
             if ex.body_size <= retry.max_body_bytes:
                 ex.replay = list(ex.body) if ex.body else []
                 ex.replay_size = ex.body_size
-        if ex.retry is not None:
+        if retry is not None:  # every request under a retry policy counts toward the budget
             service.policy.budget.record_request(time.monotonic())
         if timeout is not None:
             ex.timer = asyncio.get_running_loop().call_later(timeout, self._timed_out, ex)
