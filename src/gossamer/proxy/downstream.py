@@ -26,6 +26,7 @@ from gossamer.protocol.http1 import (
     render_headers,
     scan_headers,
 )
+from gossamer.protocol.plain import MAX_PLAIN_HEAD, MessageFrame, plain_request_head
 from gossamer.proxy.exchange import Exchange
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ PAUSE_BUFFER = 4
 class DownstreamConnection(asyncio.Protocol):
     direction = "outbound"
     drop_headers: frozenset[bytes] = frozenset()
+    wants_host = False  # whether the plain path must find the Host header
 
     def __init__(self, proxy: ProxyState) -> None:
         self.proxy = proxy
@@ -67,6 +69,7 @@ class DownstreamConnection(asyncio.Protocol):
         # While the upstream's bytes are parsed, writes are gathered here and sent in one
         # syscall (a response head and its body usually arrive together).
         self.held: list[bytes] | None = None
+        self.frame: MessageFrame | None = None  # validates plain requests (made on first use)
 
     # === asyncio callbacks ===
 
@@ -84,6 +87,14 @@ class DownstreamConnection(asyncio.Protocol):
                 tunnel.transport.write(data)
             return
         if self.closed:
+            return
+        if (
+            data[-4:] == b"\r\n\r\n"
+            and not self.queue
+            and self.parsing is None
+            and self.upgrading is None
+            and self.plain_request(data)
+        ):
             return
         upgrading = self.upgrading
         if upgrading is not None:
@@ -207,6 +218,43 @@ class DownstreamConnection(asyncio.Protocol):
             self._forward_body(ex, LAST_CHUNK)
         ex.body_done = True
 
+    def plain_request(self, data: bytes) -> bool:
+        """Take ``data`` if it is one whole plain request (see ``gossamer.protocol.plain``):
+        the head is forwarded by slicing. False leaves it to the full parser, untouched."""
+        end = data.find(b"\r\n\r\n")
+        if end != len(data) - 4 or end > MAX_PLAIN_HEAD:
+            return False
+        space = data.find(b" ")
+        line_end = data.find(b"\r\n")
+        if data[space + 1 : space + 2] != b"/" or data[line_end - 9 : line_end] != b" HTTP/1.1":
+            return False  # absolute-form, asterisk-form, HTTP/1.0: the full path
+        plain = plain_request_head(data[:end], want_host=self.wants_host)
+        if plain is None:
+            return False
+        frame = self.frame
+        if frame is None:
+            frame = self.frame = MessageFrame(request=True)
+        if not frame.feed(data):
+            return False
+        method = data[:space]
+        if method == b"CONNECT":
+            return False
+        ex = Exchange(time.monotonic_ns())
+        ex.method = method
+        ex.is_head = method == b"HEAD"
+        ex.keep_alive = frame.keep_alive
+        ex.body_done = True
+        ex.target = data[space + 1 : line_end - 9]
+        head, host, request_id = plain
+        try:
+            ex.head = self.plain_head(ex, head, host, request_id)
+        except ProxyError as exc:
+            self.refuse(exc.status, exc.cause, exc.detail)
+            return True
+        self.queue.append(ex)
+        self.dispatch(ex)
+        return True
+
     def keep_head(self, ex: Exchange, path: bytes, scan: HeadScan) -> None:
         """Keep what the upstream request head is made of: path, forwardable headers, framing,
         and a request id (kept, or generated and added)."""
@@ -223,6 +271,8 @@ class DownstreamConnection(asyncio.Protocol):
     @staticmethod
     def render_head(ex: Exchange) -> bytes:
         """The request head for upstream, in one join."""
+        if ex.plain:
+            return b"%b %b HTTP/1.1%b\r\n\r\n" % (ex.method, ex.path, ex.plain)
         extra = b"transfer-encoding: %b\r\n" % ex.te if ex.chunked else b""
         if ex.upgrade:
             extra += b"connection: upgrade\r\nupgrade: %b\r\n" % ex.upgrade
@@ -234,6 +284,13 @@ class DownstreamConnection(asyncio.Protocol):
 
     def request_head(self, ex: Exchange, scan: HeadScan) -> bytes:
         """The request head to send upstream (raise ``ProxyError`` to refuse the request)."""
+        raise TypeError("subclass responsibility")
+
+    def plain_head(
+        self, ex: Exchange, head: bytes, host: bytes | None, request_id: bytes | None
+    ) -> bytes:
+        """The upstream request head for a plain request (``head``: as received, hop-by-hop
+        lines cut, no final CRLF); raise ``ProxyError`` to refuse the request."""
         raise TypeError("subclass responsibility")
 
     def dispatch(self, ex: Exchange) -> None:

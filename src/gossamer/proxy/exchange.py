@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from gossamer.protocol.plain import header_pairs
+
 if TYPE_CHECKING:
     from gossamer.proxy.balance import EndpointState
     from gossamer.proxy.metrics import RouteStats
@@ -36,6 +38,7 @@ class Exchange:
         "logical",
         "method",
         "path",
+        "plain",
         "replay",
         "replay_size",
         "request_id",
@@ -64,6 +67,9 @@ class Exchange:
         self.path = b""  # origin-form path and query sent upstream
         self.te = b""  # Transfer-Encoding value when the body is chunked
         self.headers: list[tuple[bytes, bytes]] = []
+        # A plain request's header lines as forwarded (``gossamer.protocol.plain``), each
+        # starting with CRLF; ``headers`` stays empty until ``header_list`` is called.
+        self.plain = b""
         self.method = b""
         self.http10 = False
         self.keep_alive = True
@@ -92,6 +98,15 @@ class Exchange:
         self.replay_size = 0
         self.timer: asyncio.TimerHandle | None = None  # the whole request's deadline
         self.try_timer: asyncio.TimerHandle | None = None  # this try's deadline
+
+    def header_list(self) -> list[tuple[bytes, bytes]]:
+        """The forwardable request headers (made from the plain lines on first use; from then
+        on the head is rendered from this list)."""
+        plain = self.plain
+        if plain:
+            self.headers = header_pairs(plain)
+            self.plain = b""
+        return self.headers
 
     def cancel_timers(self) -> None:
         if self.timer is not None:

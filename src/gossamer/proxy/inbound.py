@@ -48,6 +48,7 @@ class InboundConnection(DownstreamConnection):
         super().__init__(proxy)
         self.peer = b""
         self.peer_text = ""
+        self.peer_line = b""  # the identity header line and the end of the head
         self.stats: RouteStats | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,6 +59,7 @@ class InboundConnection(DownstreamConnection):
         peer = sans[0] if sans else ""
         self.peer = peer.encode()
         self.peer_text = peer
+        self.peer_line = b"\r\n%b: %b\r\n\r\n" % (PEER_HEADER, self.peer)
         try:
             source = SpiffeId.parse(peer).service_account if peer else "unknown"
         except ValueError:
@@ -71,6 +73,18 @@ class InboundConnection(DownstreamConnection):
             scan.kept.append((PEER_HEADER, self.peer))
         self.keep_head(ex, ex.target, scan)
         return self.render_head(ex)
+
+    def plain_head(
+        self, ex: Exchange, head: bytes, host: bytes | None, request_id: bytes | None
+    ) -> bytes:
+        ex.path = ex.target
+        if request_id is None:
+            request_id = self.proxy.new_request_id()
+            head += b"\r\nx-request-id: " + request_id
+        ex.request_id = request_id
+        if self.peer:
+            return head + self.peer_line
+        return head + b"\r\n\r\n"
 
     def dispatch(self, ex: Exchange) -> None:
         ex.stats = self.stats

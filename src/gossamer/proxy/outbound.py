@@ -43,6 +43,7 @@ class OutboundConnection(DownstreamConnection):
     direction = "outbound"
     drop_headers = frozenset({b"x-gossamer-peer-identity"})
     sniffed: bytes | None = b""  # first bytes while they may still be the HTTP/2 preface
+    wants_host = True
 
     # === detect: HTTP/2 prior knowledge (h2c) goes to the HTTP/2 path ===
 
@@ -76,6 +77,21 @@ class OutboundConnection(DownstreamConnection):
         scan.kept = headers
         self.keep_head(ex, path, scan)
         return b""  # rendered when routed: route filters may change the path and headers
+
+    def plain_head(
+        self, ex: Exchange, head: bytes, host: bytes | None, request_id: bytes | None
+    ) -> bytes:
+        if host is None:
+            raise ProxyError(400, "bad-request", "missing Host header")
+        ex.path = ex.target
+        ex.target = host  # from here on, target holds the authority used for routing
+        lines = head[head.find(b"\r\n") :]
+        if request_id is None:
+            request_id = self.proxy.new_request_id()
+            lines += b"\r\nx-request-id: " + request_id
+        ex.request_id = request_id
+        ex.plain = lines
+        return b""  # rendered when routed, like the full path's head
 
     def dispatch(self, ex: Exchange) -> None:
         table = self.proxy.table
@@ -118,8 +134,10 @@ class OutboundConnection(DownstreamConnection):
         retry = policy.retry
         backend = service
         rule = ex.rule
-        if rule is None and not delayed and service.router is not None:
-            rule = ex.rule = service.router.match(ex.method, ex.path, ex.headers)
+        router = service.router
+        if rule is None and not delayed and router is not None:
+            headers = ex.header_list() if router.uses_headers else ex.headers
+            rule = ex.rule = router.match(ex.method, ex.path, headers)
         if rule is not None:
             filters = rule.filters
             if not delayed:
@@ -136,7 +154,8 @@ class OutboundConnection(DownstreamConnection):
                             delay, self._after_fault_delay, ex, service
                         )
                         return
-                ex.headers = filters.request_headers(ex.headers)
+                if filters.edits_request:
+                    ex.headers = filters.request_headers(ex.header_list())
                 ex.path = filters.rewrite_path(ex.path, rule)
             ref = rule.pick_backend(_rng)
             table = self.proxy.table
@@ -171,7 +190,8 @@ class OutboundConnection(DownstreamConnection):
     def _after_fault_delay(self, ex: Exchange, service: OutboundService) -> None:
         if self.wants(ex):
             rule = ex.rule
-            ex.headers = rule.filters.request_headers(ex.headers)
+            if rule.filters.edits_request:
+                ex.headers = rule.filters.request_headers(ex.header_list())
             ex.path = rule.filters.rewrite_path(ex.path, rule)
             self.route(ex, service, delayed=True)
 
@@ -248,12 +268,12 @@ class OutboundConnection(DownstreamConnection):
         if policy.lb_type != "ConsistentHash":
             return None
         if policy.hash_header is not None:
-            for name, value in ex.headers:
+            for name, value in ex.header_list():
                 if name.lower() == policy.hash_header:
                     return value
         if policy.hash_cookie is not None:
             prefix = policy.hash_cookie + b"="
-            for name, value in ex.headers:
+            for name, value in ex.header_list():
                 if name.lower() == b"cookie":
                     for part in value.split(b";"):
                         part = part.strip()
@@ -432,6 +452,7 @@ class OutboundConnection(DownstreamConnection):
         copy.method = ex.method
         copy.path = ex.path
         copy.headers = ex.headers
+        copy.plain = ex.plain
         copy.te = ex.te
         copy.chunked = ex.chunked
         copy.is_head = ex.is_head

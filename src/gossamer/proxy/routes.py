@@ -401,6 +401,14 @@ class RouteFilters:
     def rewrites(self) -> bool:
         return self._rewrite_full is not None
 
+    @property
+    def edits_request(self) -> bool:
+        return self._request is not None
+
+    @property
+    def edits_response(self) -> bool:
+        return self._response is not None
+
     def rewrite_path(self, path: bytes, rule: HttpRule | None = None) -> bytes:
         """The request target (path and query) after the rule's rewrite, if any."""
         full = self._rewrite_full
@@ -604,11 +612,12 @@ def _values_match(
 class HttpRouter:
     """The compiled ``http_routes`` of one service; ``match`` finds a request's rule."""
 
-    __slots__ = ("_entries", "rules")
+    __slots__ = ("_entries", "rules", "uses_headers")
 
     def __init__(self, entries: Sequence[tuple[_Match, HttpRule]], rules: Sequence[HttpRule]):
         self._entries = tuple(entries)
         self.rules = tuple(rules)
+        self.uses_headers = any(m.headers for m, _rule in self._entries)
 
     @classmethod
     def from_snapshot(

@@ -20,6 +20,7 @@ import httptools
 
 from gossamer.identity.spiffe import peer_uri_sans
 from gossamer.protocol.http1 import LAST_CHUNK, ProxyError, encode_chunk, scan_headers
+from gossamer.protocol.plain import MAX_PLAIN_HEAD, MessageFrame, plain_response_head
 
 if TYPE_CHECKING:
     from gossamer.proxy.balance import EndpointState
@@ -53,6 +54,8 @@ class UpstreamConnection(asyncio.Protocol):
         "endpoint",
         "eof_framed",
         "exchange",
+        "frame",
+        "fresh",
         "headers",
         "interim",
         "key",
@@ -86,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.account: ConnectionAccount | None = None  # the service's connection accounting
         self.endpoint: EndpointState | None = None
         self.served = 0
+        self.fresh = False  # a request was sent and no byte of its response has come yet
+        self.frame: MessageFrame | None = None  # validates plain responses (made on first use)
 
     # === asyncio callbacks ===
 
@@ -101,6 +106,10 @@ class UpstreamConnection(asyncio.Protocol):
         if holder is None:
             self._parse(data)
             return
+        if self.fresh:
+            self.fresh = False
+            if self._plain_response(data, holder):
+                return
         holder.hold()
         try:
             self._parse(data)
@@ -198,11 +207,46 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             transport.write(ex.head)
         ex.sent_ns = time.monotonic_ns()
+        self.fresh = True
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def _plain_response(self, data: bytes, downstream: DownstreamConnection) -> bool:
+        """Forward ``data`` by slicing if it is one whole plain response (see
+        ``gossamer.protocol.plain``) to a plain exchange; False leaves it to the full parser."""
+        ex = self.exchange
+        if ex is None or ex.is_head or ex.http10 or not ex.keep_alive or ex.upgrade:
+            return False
+        if ex.rule is not None and ex.rule.filters.edits_response:
+            return False
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end > MAX_PLAIN_HEAD:
+            return False
+        head = plain_response_head(data[:end])
+        if head is None:
+            return False
+        frame = self.frame
+        if frame is None:
+            frame = self.frame = MessageFrame(request=False)
+        if not frame.feed(data):
+            return False
+        status = frame.parser.get_status_code()  # type: ignore[union-attr]
+        if status < 200:
+            return False  # an interim response alone: the full parser handles 1xx
+        if downstream.on_response_status(ex, status):  # dropped for a retry
+            self.exchange = None
+            self.downstream = None
+            ex.upstream = None
+            self.close()
+            downstream.retry_dropped(ex)
+            return True
+        ex.status = status
+        downstream.response_head(ex, head + data[end:] if len(head) != end else data)
+        self._finish(frame.keep_alive)
+        return True
 
     # === httptools callbacks ===
 

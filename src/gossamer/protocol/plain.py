@@ -1,0 +1,172 @@
+"""Plain HTTP/1.1 messages: the common shape the proxy forwards by slicing bytes.
+
+Most requests and responses crossing a sidecar are one whole message in one read, with no
+hop-by-hop header but ``Connection: keep-alive``/``close``, and (for requests) no body. For
+those the proxy need not build a header list and render it again: it checks the message with
+llhttp (``MessageFrame``: a parser with no per-header callbacks, which validates exactly as the
+full parser does), finds the few headers it acts on with one regular expression over the head
+(``plain_request_head``, ``plain_response_head``), cuts the hop-by-hop lines out and forwards
+the rest as received. Anything else (bodies in requests, chunked framing, upgrades, other
+hop-by-hop headers, a partial message, an error) is left to the full parser, which was not fed
+and so starts from the same message boundary. No I/O here.
+
+A head, in this module, is the bytes before the blank line: the start line and each header
+line, without the final CRLF CRLF. The proxy's own lines are added as ``\\r\\nname: value``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import httptools
+
+__all__ = [
+    "MAX_PLAIN_HEAD",
+    "MessageFrame",
+    "header_pairs",
+    "plain_request_head",
+    "plain_response_head",
+]
+
+# A longer head takes the full path, which enforces the URI and header-block limits precisely.
+MAX_PLAIN_HEAD = 8192
+
+# Header names the proxy acts on, found in the lower-cased head: the hop-by-hop ones (``proxy-``
+# catches Proxy-Connection and Proxy-Authorization/-Authenticate, and harmlessly others) and,
+# in requests, body framing, the request id, the peer identity (only the proxy sets it) and Host.
+_HOP = rb"connection:|keep-alive:|proxy-|te:|trailer:|transfer-encoding:|upgrade:"
+_RESPONSE_SPECIAL = re.compile(rb"\r\n(?:" + _HOP + rb")")
+_REQUEST_NAMES = _HOP + rb"|content-length:|x-request-id:|x-gossamer-peer-identity:"
+_REQUEST_SPECIAL = re.compile(rb"\r\n(" + _REQUEST_NAMES + rb")")
+_REQUEST_SPECIAL_HOST = re.compile(rb"\r\n(" + _REQUEST_NAMES + rb"|host:)")
+_CONNECTION_PLAIN = frozenset({b"keep-alive", b"close"})
+
+
+class MessageFrame:
+    """An llhttp parser that only reports where messages begin and end.
+
+    ``feed`` returns True when ``data`` held exactly one whole, valid message (nothing before
+    or after it); ``keep_alive`` is then what the message said about the connection. After a
+    False the parser is replaced, so a later message starts clean.
+    """
+
+    __slots__ = ("_request", "begun", "done", "keep_alive", "parser")
+
+    def __init__(self, *, request: bool) -> None:
+        self._request = request
+        self.begun = 0
+        self.done = 0
+        self.keep_alive = True
+        self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser = (
+            httptools.HttpRequestParser(self) if request else httptools.HttpResponseParser(self)
+        )
+
+    def feed(self, data: bytes) -> bool:
+        self.begun = self.done = 0
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._renew()
+            return False
+        if self.begun == 1 and self.done == 1:
+            return True
+        self._renew()
+        return False
+
+    def _renew(self) -> None:
+        self.parser = (
+            httptools.HttpRequestParser(self)
+            if self._request
+            else httptools.HttpResponseParser(self)
+        )
+
+    # llhttp callbacks
+    def on_message_begin(self) -> None:
+        self.begun += 1
+
+    def on_message_complete(self) -> None:
+        self.done += 1
+        # Read here: llhttp clears the connection flags once the message is complete.
+        self.keep_alive = self.parser.should_keep_alive()
+
+
+def plain_request_head(
+    head: bytes, *, want_host: bool
+) -> tuple[bytes, bytes | None, bytes | None] | None:
+    """(head without hop-by-hop lines, Host value, X-Request-Id value) for a bodyless request
+    head the proxy may forward by slicing; None when the full path must take it.
+
+    ``Connection: keep-alive``/``close`` and ``x-gossamer-peer-identity`` lines are cut. A
+    body (``Content-Length``/``Transfer-Encoding``), an upgrade, any other hop-by-hop header,
+    or a repeated Connection, Host or X-Request-Id sends the request to the full path. The
+    Host value is only looked for when ``want_host``.
+    """
+    low = head.lower()
+    pattern = _REQUEST_SPECIAL_HOST if want_host else _REQUEST_SPECIAL
+    host: bytes | None = None
+    request_id: bytes | None = None
+    connection = False
+    pieces: list[bytes] | None = None
+    last = 0
+    for match in pattern.finditer(low):
+        name = match.group(1)
+        start = match.end()
+        end = low.find(b"\r\n", start)
+        if end < 0:
+            end = len(low)
+        if name == b"host:":
+            if host is not None:
+                return None
+            host = head[start:end].strip(b" \t")
+            continue
+        if name == b"x-request-id:":
+            if request_id is not None:
+                return None
+            request_id = head[start:end].strip(b" \t")
+            continue
+        if name == b"connection:":
+            if connection or low[start:end].strip(b" \t") not in _CONNECTION_PLAIN:
+                return None
+            connection = True
+        elif name != b"x-gossamer-peer-identity:":
+            return None  # a body, an upgrade or another hop-by-hop header
+        if pieces is None:
+            pieces = []
+        pieces.append(head[last : match.start()])
+        last = end
+    if pieces is not None:
+        pieces.append(head[last:])
+        head = b"".join(pieces)
+    return head, host, request_id
+
+
+def plain_response_head(head: bytes) -> bytes | None:
+    """The response head without its ``Connection: keep-alive``/``close`` line, or None when
+    it has any other hop-by-hop header (chunked framing, upgrade, ...) or two Connection
+    lines."""
+    low = head.lower()
+    match = _RESPONSE_SPECIAL.search(low)
+    if match is None:
+        return head
+    i = match.start()
+    if low[i + 2 : i + 13] != b"connection:":
+        return None
+    j = low.find(b"\r\n", i + 13)
+    if j < 0:
+        j = len(low)
+    elif _RESPONSE_SPECIAL.search(low, j) is not None:
+        return None
+    if low[i + 13 : j].strip(b" \t") not in _CONNECTION_PLAIN:
+        return None
+    return head[:i] + head[j:]
+
+
+def header_pairs(lines: bytes) -> list[tuple[bytes, bytes]]:
+    """``(name, value)`` pairs of header lines as the plain path keeps them (each line starting
+    with CRLF; values without surrounding whitespace), for code that needs the list."""
+    pairs = []
+    for line in lines.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            pairs.append((name, value.strip(b" \t")))
+    return pairs

@@ -1,0 +1,191 @@
+"""The plain path forwards what the full path would: the same requests reach the app and the
+same responses reach the client, only without building header lists.
+
+Each case runs through an ``InboundConnection`` and an ``UpstreamConnection`` on fake transports
+twice: as the proxy runs (plain path where it applies) and with the plain path switched off.
+The upstream request and the downstream response must carry the same start line, the same
+headers (compared as a multiset, so line order and spacing may differ) and the same body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gossamer.proxy.downstream import DownstreamConnection
+from gossamer.proxy.inbound import InboundConnection
+from gossamer.proxy.settings import (
+    Address,
+    ControlSettings,
+    IdentitySettings,
+    ListenSettings,
+    ProxySettings,
+    WorkloadSettings,
+)
+from gossamer.proxy.state import ProxyState
+from gossamer.proxy.upstream import UpstreamConnection
+from tests.unit.proxy.test_downstream_errors import FakeTransport
+
+APP = ("127.0.0.1", 9)
+
+NGINX = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Wed, 25 Nov 2026 22:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n"
+    b'ETag: "x"\r\n\r\nhello'
+)
+CASES = {
+    "wrk": (b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n", NGINX, (True, True)),
+    "requests": (
+        b"GET /a?b=1 HTTP/1.1\r\nHost: edge\r\nUser-Agent: python-requests/2\r\n"
+        b"Accept-Encoding: gzip\r\nAccept: */*\r\nConnection: keep-alive\r\n"
+        b"X-Request-Id: given-1\r\n\r\n",
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nserver: uvicorn\r\n\r\n",
+        (True, True),
+    ),
+    "spoofed identity": (
+        b"GET / HTTP/1.1\r\nHost: edge\r\nx-gossamer-peer-identity: spiffe://x/ns/a/sa/b\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n",
+        (True, True),
+    ),
+    "chunked response": (
+        b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        (True, False),
+    ),
+    "post": (
+        b"POST /p HTTP/1.1\r\nHost: edge\r\nContent-Length: 3\r\n\r\nabc",
+        NGINX,
+        (False, True),
+    ),
+    "head": (
+        b"HEAD / HTTP/1.1\r\nHost: edge\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        (True, False),  # the response to HEAD takes the full path
+    ),
+    "keep-alive header": (
+        b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok",
+        (True, False),
+    ),
+}
+
+
+def _state() -> ProxyState:
+    settings = ProxySettings(
+        workload=WorkloadSettings("edge", app=Address(*APP)),
+        listen=ListenSettings(),
+        control=ControlSettings(),
+        identity=IdentitySettings(Path("/nonexistent")),
+    )
+    state = ProxyState(settings, client_context=None)
+    state.apply_snapshot(
+        1,
+        {
+            "version": 1,
+            "proxy": {"service": "edge", "namespace": "default"},
+            "inbound": {"mtls": "PERMISSIVE"},
+            "outbound": {"services": [], "unknown": []},
+        },
+    )
+    return state
+
+
+def _run(
+    request: bytes, response: bytes, monkeypatch: pytest.MonkeyPatch
+) -> tuple[bytes, bytes, tuple[bool, bool]]:
+    """(bytes the app got, bytes the client got, whether the plain paths took the request and
+    the response)."""
+    state = _state()
+    down = InboundConnection(state)
+    client = FakeTransport()
+    down.connection_made(client)
+    up = UpstreamConnection(state.app_pool, APP)
+    app = FakeTransport()
+    up.connection_made(app)
+    state.app_pool.release(up)
+    taken = {"request": False, "response": False}
+    plain_request = DownstreamConnection.plain_request
+    plain_response = UpstreamConnection._plain_response
+
+    def spy_request(self: DownstreamConnection, data: bytes) -> bool:
+        taken["request"] = plain_request(self, data)
+        return taken["request"]
+
+    def spy_response(
+        self: UpstreamConnection, data: bytes, downstream: DownstreamConnection
+    ) -> bool:
+        taken["response"] = plain_response(self, data, downstream)
+        return taken["response"]
+
+    with monkeypatch.context() as m:
+        m.setattr(DownstreamConnection, "plain_request", spy_request)
+        m.setattr(UpstreamConnection, "_plain_response", spy_response)
+        down.data_received(request)
+        up.data_received(response)
+    return bytes(app.data), bytes(client.data), (taken["request"], taken["response"])
+
+
+def _normalise(message: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:
+    head, _, body = message.partition(b"\r\n\r\n")
+    line, *lines = head.split(b"\r\n")
+    headers = []
+    for raw in lines:
+        name, _, value = raw.partition(b":")
+        name = name.lower()
+        value = value.strip()
+        if name == b"x-request-id" and not value.startswith(b"given"):
+            value = b"<generated>"
+        headers.append((name, value))
+    return line, sorted(headers), body
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_plain_path_forwards_what_the_full_path_does(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    request, response, plain = CASES[name]
+
+    async def both() -> tuple[tuple[bytes, bytes, tuple[bool, bool]], ...]:
+        fast = _run(request, response, monkeypatch)
+        with monkeypatch.context() as m:
+            m.setattr(UpstreamConnection, "_plain_response", lambda *a: False)
+            m.setattr(DownstreamConnection, "plain_request", lambda *a: False)
+            full = _run(request, response, monkeypatch)
+        return fast, full
+
+    (fast_app, fast_client, took_plain), (full_app, full_client, _) = asyncio.run(both())
+    assert took_plain == plain
+    assert fast_app and fast_client
+    assert _normalise(fast_app) == _normalise(full_app)
+    assert _normalise(fast_client) == _normalise(full_client)
+    assert b"x-gossamer-peer-identity" not in fast_app.lower()  # plaintext: no identity
+
+
+def test_plain_path_cuts_hop_by_hop_lines_and_keeps_the_rest_as_received(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def go() -> tuple[bytes, bytes, tuple[bool, bool]]:
+        return _run(*CASES["requests"][:2], monkeypatch)
+
+    app, client, plain = asyncio.run(go())
+    assert plain == (True, True)
+    assert app == (
+        b"GET /a?b=1 HTTP/1.1\r\nHost: edge\r\nUser-Agent: python-requests/2\r\n"
+        b"Accept-Encoding: gzip\r\nAccept: */*\r\nX-Request-Id: given-1\r\n\r\n"
+    )
+    assert client == b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nserver: uvicorn\r\n\r\n"
+
+
+def test_invalid_request_falls_to_the_full_parser_for_a_precise_400(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def go() -> tuple[bytes, bytes, tuple[bool, bool]]:
+        return _run(b"GET / HTTP/1.1\r\nHost : edge\r\n\r\n", NGINX, monkeypatch)
+
+    app, client, plain = asyncio.run(go())
+    assert plain == (False, False)
+    assert app == b""
+    assert client.startswith(b"HTTP/1.1 400 ")
+    assert b"x-gossamer-error: bad-request" in client
