@@ -238,6 +238,8 @@ class ProxiedStream:
     def downstream_closed(self, code: int, out: Outgoing | None) -> None:
         """The client's stream is gone: normally (after our END_STREAM) or by a reset."""
         self.down_open = False
+        self._drop_outgoing(self.down_out, out)
+        self.down_out = None
         if self.req_buf:
             self._give_back(sum(len(chunk) for chunk in self.req_buf))  # connection window
             self.req_buf = None
@@ -342,6 +344,8 @@ class ProxiedStream:
     def upstream_closed(self, code: int, out: Outgoing | None) -> None:
         """The upstream stream is gone: done (code 0), refused, reset, or its connection lost."""
         self.up_open = False
+        self._drop_outgoing(self.up_out, out)
+        self.up_out = None
         unsent = bytes(out.buf) if out is not None and out.buf else b""
         if self.resp_ended:
             # The whole response is in (a reset after it only stops the request body).
@@ -501,6 +505,15 @@ class ProxiedStream:
         plan = self.plan
         if plan is not None:
             plan.finish(self)
+
+    @staticmethod
+    def _drop_outgoing(*queues: Outgoing | None) -> None:
+        """A side of the stream is closed: its body queue calls back no more (that bound
+        method was the only reference cycle a stream made, so streams are now freed at once
+        instead of waiting for the cyclic garbage collector)."""
+        for out in queues:
+            if out is not None:
+                out.on_sent = None
 
     def release(self) -> None:
         endpoint = self.endpoint
