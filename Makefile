@@ -17,15 +17,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-demo: $(STAMP)
+# The HTTP/2 header collector (C, no library headers needed): built when a compiler exists;
+# without it HTTP/2 still works, on slower Python callbacks.
+H2_NATIVE := src/gossamer/proxy/h2/native/libgossamer_h2.so
+$(H2_NATIVE): src/gossamer/proxy/h2/native/headers.c $(STAMP)
+	-$(BIN)/python -m gossamer.proxy.h2.build_native
+
+demo: $(STAMP) $(H2_NATIVE)
 	$(BIN)/gossamer up -f examples/storefront/mesh.yaml
 
 # Debian packages the tests use as real peers: PostgreSQL (the database story), nghttp2 (the
 # HTTP/2 codec and h2load), HAProxy, nginx and wrk (the benchmark smoke run).
-TEST_PACKAGES := libnghttp2-14 libnghttp2-dev nghttp2-client postgresql haproxy nginx wrk
+TEST_PACKAGES := libnghttp2-14 libnghttp2-dev nghttp2-client postgresql haproxy nginx wrk gcc
 
 test: $(STAMP) lint typecheck
 	./scripts/ensure-debian-packages $(TEST_PACKAGES)
+	$(BIN)/python -m gossamer.proxy.h2.build_native
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -50,9 +57,9 @@ soak: $(STAMP)
 # The benchmark suite (issue 3, bench/README.md): installs haproxy, nginx, wrk, h2load and
 # py-spy when missing, writes bench/RESULTS.md. bench-smoke: tiny loads (make test runs it too).
 .PHONY: bench bench-smoke
-BENCH_PACKAGES := haproxy nginx wrk nghttp2-client
+BENCH_PACKAGES := haproxy nginx wrk nghttp2-client gcc
 
-bench: $(STAMP)
+bench: $(STAMP) $(H2_NATIVE)
 	./scripts/ensure-debian-packages $(BENCH_PACKAGES)
 	test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy
 	$(BIN)/python -m bench

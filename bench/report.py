@@ -75,8 +75,18 @@ def versions() -> dict[str, str]:
         "uvloop": _dist_version("uvloop"),
         "httptools": _dist_version("httptools"),
         "openssl (python)": __import__("ssl").OPENSSL_VERSION,
+        "HTTP/2 header collector": _h2_collector(),
         "gossamer": commit + (" + uncommitted changes in src/" if dirty else ""),
     }
+
+
+def _h2_collector() -> str:
+    """Whether sidecars will run nghttp2's per-field callbacks in C (the built collector)."""
+    from gossamer.proxy.h2.native import LIBRARY
+
+    if os.environ.get("GOSSAMER_H2_NATIVE", "on").lower() in ("off", "0", "no"):
+        return "Python callbacks (GOSSAMER_H2_NATIVE=off)"
+    return "native (C)" if LIBRARY.exists() else "Python callbacks (collector not built)"
 
 
 def _f(value: float | None, fmt: str = "{:.0f}", none: str = "-") -> str:

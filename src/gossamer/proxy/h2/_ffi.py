@@ -16,14 +16,23 @@ between these declarations and a library they do not describe:
 
 Callback parameters that point at bytes are declared ``const char *`` (the header says
 ``const uint8_t *``): the same ABI, and ``ffi.unpack`` then returns ``bytes``.
+
+``native`` is Gossamer's own header collector (``native/headers.c``, built by
+``python -m gossamer.proxy.h2.build_native`` when a C compiler is present; ``make`` does it):
+C callbacks that gather each header block into one buffer, declared here on the same ``ffi``
+so their function pointers can be handed to nghttp2. Without it (not built, or
+``GOSSAMER_H2_NATIVE=off``) the same work is done by Python callbacks, one call per field.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import os
 from typing import Any
 
 import cffi
+
+from gossamer.proxy.h2 import native as native_files
 
 __all__ = [
     "FUNCTIONS",
@@ -32,6 +41,7 @@ __all__ = [
     "NghttpUnavailable",
     "ffi",
     "lib",
+    "native",
     "version",
 ]
 
@@ -358,12 +368,51 @@ def _load() -> tuple[Any, Any, tuple[int, int, int]]:
     return ffi_, lib_, found
 
 
+NATIVE_CDEF = """
+typedef struct gossamer_h2_ctx gossamer_h2_ctx;
+void gossamer_h2_set_python(nghttp2_on_frame_recv_callback frame_recv,
+    nghttp2_on_data_chunk_recv_callback data_chunk,
+    nghttp2_on_stream_close_callback stream_close,
+    nghttp2_data_source_read_callback read_body);
+gossamer_h2_ctx *gossamer_h2_ctx_new(void *handle, size_t max_list_size);
+void gossamer_h2_ctx_free(gossamer_h2_ctx *ctx);
+const char *gossamer_h2_headers(gossamer_h2_ctx *ctx, size_t *len);
+int gossamer_h2_on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
+    void *user_data);
+int gossamer_h2_on_header(nghttp2_session *session, const nghttp2_frame *frame,
+    const char *name, size_t namelen, const char *value, size_t valuelen, uint8_t flags,
+    void *user_data);
+int gossamer_h2_on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
+    void *user_data);
+int gossamer_h2_on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
+    const char *data, size_t len, void *user_data);
+int gossamer_h2_on_stream_close(nghttp2_session *session, int32_t stream_id,
+    uint32_t error_code, void *user_data);
+ssize_t gossamer_h2_read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
+    size_t length, uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
+"""
+
+
+def _load_native(ffi_: Any) -> Any | None:
+    """The header collector's library, or None when it is not built or switched off."""
+    if os.environ.get("GOSSAMER_H2_NATIVE", "on").lower() in ("off", "0", "no"):
+        return None
+    if not native_files.LIBRARY.exists():
+        return None
+    ffi_.cdef(NATIVE_CDEF)
+    try:
+        return ffi_.dlopen(str(native_files.LIBRARY))
+    except OSError:
+        return None
+
+
 _loaded = _load()
 # Typed as Any on purpose: cdata attribute access is checked by ``self_check`` and the tests,
 # not by mypy, which cannot see the C declarations.
 ffi: Any = _loaded[0]
 lib: Any = _loaded[1]
 version: tuple[int, int, int] = _loaded[2]
+native: Any | None = _load_native(ffi)
 
 # Constants from nghttp2.h (stable protocol and API values).
 ERR_DEFERRED = -508

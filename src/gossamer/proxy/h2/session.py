@@ -37,6 +37,8 @@ from gossamer.proxy.h2 import _ffi
 from gossamer.proxy.h2._ffi import ffi, lib
 from gossamer.proxy.h2._nv import Header, nv_array
 
+_native: Any = _ffi.native  # None when the collector is not built (see _ffi)
+
 __all__ = [
     "CLOSED",
     "DATA",
@@ -152,8 +154,19 @@ def _on_frame_recv(session: Any, frame: Any, user_data: Any) -> int:
         if hd.flags & _ffi.FLAG_END_STREAM:
             s._events.append((END, hd.stream_id, None, None))
     elif kind == _ffi.FRAME_HEADERS:
-        s._events.append((HEADERS, hd.stream_id, s._hdrs, bool(hd.flags & _ffi.FLAG_END_STREAM)))
-        s._hdrs = []
+        ctx = s._ctx
+        if ctx is None:
+            hdrs = s._hdrs
+            s._hdrs = []
+        else:  # the native collector gathered the block: "name\0value\0..."
+            size = s._block_len
+            block = _native.gossamer_h2_headers(ctx, size)
+            if size[0]:
+                parts = _unpack(block, size[0]).split(b"\0")
+                hdrs = list(zip(parts[0:-1:2], parts[1::2], strict=True))
+            else:
+                hdrs = []
+        s._events.append((HEADERS, hd.stream_id, hdrs, bool(hd.flags & _ffi.FLAG_END_STREAM)))
     elif kind == _ffi.FRAME_GOAWAY:
         goaway = frame.goaway
         s._events.append((GOAWAY, goaway.last_stream_id, goaway.error_code, None))
@@ -231,15 +244,34 @@ _C_READ_BODY = _callback("nghttp2_data_source_read_callback", _read_body)
 
 
 def _make_callbacks() -> Any:
+    """The callbacks of every session: the Python ones, or with the native collector, its C
+    functions (per-field ones, and trampolines that call the Python ones)."""
     pp = ffi.new("nghttp2_session_callbacks **")
     if lib.nghttp2_session_callbacks_new(pp) != 0:
         raise MemoryError("nghttp2_session_callbacks_new failed")
     cbs = ffi.gc(pp[0], lib.nghttp2_session_callbacks_del)
-    lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, _C_BEGIN_HEADERS)
-    lib.nghttp2_session_callbacks_set_on_header_callback(cbs, _C_HEADER)
-    lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, _C_FRAME_RECV)
-    lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, _C_DATA_CHUNK)
-    lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _C_STREAM_CLOSE)
+    if _native is None:
+        lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, _C_BEGIN_HEADERS)
+        lib.nghttp2_session_callbacks_set_on_header_callback(cbs, _C_HEADER)
+        lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, _C_FRAME_RECV)
+        lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, _C_DATA_CHUNK)
+        lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _C_STREAM_CLOSE)
+        return cbs
+    _native.gossamer_h2_set_python(_C_FRAME_RECV, _C_DATA_CHUNK, _C_STREAM_CLOSE, _C_READ_BODY)
+    set_ = lib
+    set_.nghttp2_session_callbacks_set_on_begin_headers_callback(
+        cbs, _native.gossamer_h2_on_begin_headers
+    )
+    set_.nghttp2_session_callbacks_set_on_header_callback(cbs, _native.gossamer_h2_on_header)
+    set_.nghttp2_session_callbacks_set_on_frame_recv_callback(
+        cbs, _native.gossamer_h2_on_frame_recv
+    )
+    set_.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
+        cbs, _native.gossamer_h2_on_data_chunk
+    )
+    set_.nghttp2_session_callbacks_set_on_stream_close_callback(
+        cbs, _native.gossamer_h2_on_stream_close
+    )
     return cbs
 
 
@@ -260,7 +292,7 @@ def _make_option() -> Any:
 _CALLBACKS = _make_callbacks()
 _OPTION = _make_option()
 _PROVIDER = ffi.new("nghttp2_data_provider *")
-_PROVIDER.read_callback = _C_READ_BODY
+_PROVIDER.read_callback = _C_READ_BODY if _native is None else _native.gossamer_h2_read_body
 
 
 # --------------------------------------------------------------------------- the session
@@ -287,9 +319,19 @@ class H2Session:
         self._deferred: list[Callable[[], object]] = []
         self._delete_pending = False
         self._send_ptr = ffi.new("const uint8_t **")
+        # With the native collector, nghttp2's user data is its per-session context (which
+        # hands ``_handle`` to the Python callbacks); otherwise the handle itself.
+        self._ctx: Any = None
+        self._block_len = ffi.new("size_t *")  # out-parameter of gossamer_h2_headers
+        user_data = self._handle
+        if _native is not None:
+            ctx = _native.gossamer_h2_ctx_new(self._handle, MAX_HEADER_LIST_BYTES)
+            if ctx == ffi.NULL:
+                raise MemoryError("gossamer_h2_ctx_new failed")
+            self._ctx = user_data = ffi.gc(ctx, _native.gossamer_h2_ctx_free)
         pp = ffi.new("nghttp2_session **")
         new = lib.nghttp2_session_client_new2 if client else lib.nghttp2_session_server_new2
-        rv = new(pp, _CALLBACKS, self._handle, _OPTION)
+        rv = new(pp, _CALLBACKS, user_data, _OPTION)
         if rv != 0:
             raise H2Error(rv, "cannot create an HTTP/2 session")
         self._ptr: Any = ffi.gc(pp[0], lib.nghttp2_session_del)
