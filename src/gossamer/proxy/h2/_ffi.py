@@ -373,10 +373,12 @@ typedef struct gossamer_h2_ctx gossamer_h2_ctx;
 void gossamer_h2_set_python(nghttp2_on_frame_recv_callback frame_recv,
     nghttp2_on_data_chunk_recv_callback data_chunk,
     nghttp2_on_stream_close_callback stream_close,
-    nghttp2_data_source_read_callback read_body);
+    nghttp2_data_source_read_callback read_body,
+    ssize_t (*mem_send)(nghttp2_session *session, const uint8_t **data_ptr));
 gossamer_h2_ctx *gossamer_h2_ctx_new(void *handle, size_t max_list_size);
 void gossamer_h2_ctx_free(gossamer_h2_ctx *ctx);
 const char *gossamer_h2_headers(gossamer_h2_ctx *ctx, size_t *len);
+ssize_t gossamer_h2_send(nghttp2_session *session, gossamer_h2_ctx *ctx, const char **data);
 int gossamer_h2_on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
     void *user_data);
 int gossamer_h2_on_header(nghttp2_session *session, const nghttp2_frame *frame,

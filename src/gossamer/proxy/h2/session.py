@@ -257,7 +257,9 @@ def _make_callbacks() -> Any:
         lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, _C_DATA_CHUNK)
         lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _C_STREAM_CLOSE)
         return cbs
-    _native.gossamer_h2_set_python(_C_FRAME_RECV, _C_DATA_CHUNK, _C_STREAM_CLOSE, _C_READ_BODY)
+    _native.gossamer_h2_set_python(
+        _C_FRAME_RECV, _C_DATA_CHUNK, _C_STREAM_CLOSE, _C_READ_BODY, lib.nghttp2_session_mem_send
+    )
     set_ = lib
     set_.nghttp2_session_callbacks_set_on_begin_headers_callback(
         cbs, _native.gossamer_h2_on_begin_headers
@@ -323,6 +325,7 @@ class H2Session:
         # hands ``_handle`` to the Python callbacks); otherwise the handle itself.
         self._ctx: Any = None
         self._block_len = ffi.new("size_t *")  # out-parameter of gossamer_h2_headers
+        self._send_out = ffi.new("const char **")  # and of gossamer_h2_send
         user_data = self._handle
         if _native is not None:
             ctx = _native.gossamer_h2_ctx_new(self._handle, MAX_HEADER_LIST_BYTES)
@@ -414,6 +417,17 @@ class H2Session:
         ptr = self._ptr
         if ptr is None or self._busy:
             return b""
+        ctx = self._ctx
+        if ctx is not None:  # the native collector gathers every frame in one call
+            out = self._send_out
+            self._busy = True
+            try:
+                n = _native.gossamer_h2_send(ptr, ctx, out)
+            finally:
+                self._leave()
+            if n < 0:
+                raise H2Error(n, "send")
+            return _unpack(out[0], n) if n else b""
         send_ptr = self._send_ptr
         parts: list[bytes] = []
         self._busy = True

@@ -11,6 +11,10 @@
  * has validated them before calling; a NUL is refused anyway). The other callbacks are
  * trampolines: they call the Python callbacks with the handle Python gave, so Python code
  * sees the same arguments as without this collector.
+ *
+ * gossamer_h2_send gathers everything nghttp2_session_mem_send produces (one frame per call)
+ * into the context's output buffer, so Python makes one call per flush instead of one per
+ * frame. A buffer grown past SEND_KEEP by a burst is freed at the next call.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,8 +32,14 @@ typedef int (*stream_close_cb)(void *session, int32_t stream_id, uint32_t error_
 typedef ssize_t (*read_cb)(void *session, int32_t stream_id, uint8_t *buf, size_t length,
                            uint32_t *data_flags, void *source, void *user_data);
 
+typedef ssize_t (*mem_send_fn)(void *session, const uint8_t **data);
+
+#define SEND_KEEP (256 * 1024)
+
 typedef struct {
     void *handle;        /* passed to the Python callbacks as their user_data */
+    char *out;           /* frames gathered by gossamer_h2_send */
+    size_t out_cap;
     char *buf;           /* the header block being received: name\0value\0... */
     size_t len;
     size_t cap;
@@ -41,13 +51,16 @@ static frame_cb py_frame_recv;
 static data_chunk_cb py_data_chunk;
 static stream_close_cb py_stream_close;
 static read_cb py_read_body;
+static mem_send_fn mem_send;
 
 void gossamer_h2_set_python(frame_cb frame_recv, data_chunk_cb data_chunk,
-                            stream_close_cb stream_close, read_cb read_body) {
+                            stream_close_cb stream_close, read_cb read_body,
+                            mem_send_fn nghttp2_mem_send) {
     py_frame_recv = frame_recv;
     py_data_chunk = data_chunk;
     py_stream_close = stream_close;
     py_read_body = read_body;
+    mem_send = nghttp2_mem_send;
 }
 
 gossamer_h2_ctx *gossamer_h2_ctx_new(void *handle, size_t max_list_size) {
@@ -62,8 +75,47 @@ gossamer_h2_ctx *gossamer_h2_ctx_new(void *handle, size_t max_list_size) {
 void gossamer_h2_ctx_free(gossamer_h2_ctx *ctx) {
     if (ctx != NULL) {
         free(ctx->buf);
+        free(ctx->out);
         free(ctx);
     }
+}
+
+/* Serialize everything the session wants to send now into ctx's output buffer: returns its
+ * length (*data points at it, valid until the next call) or a negative nghttp2 error. */
+ssize_t gossamer_h2_send(void *session, gossamer_h2_ctx *ctx, const char **data) {
+    size_t len = 0;
+    if (ctx->out_cap > SEND_KEEP) {
+        free(ctx->out);
+        ctx->out = NULL;
+        ctx->out_cap = 0;
+    }
+    for (;;) {
+        const uint8_t *frame;
+        ssize_t n = mem_send(session, &frame);
+        if (n <= 0) {
+            if (n < 0) {
+                return n;
+            }
+            break;
+        }
+        if (len + (size_t)n > ctx->out_cap) {
+            size_t cap = ctx->out_cap ? ctx->out_cap : 4096;
+            char *grown;
+            while (cap < len + (size_t)n) {
+                cap *= 2;
+            }
+            grown = realloc(ctx->out, cap);
+            if (grown == NULL) {
+                return ERR_CALLBACK_FAILURE;
+            }
+            ctx->out = grown;
+            ctx->out_cap = cap;
+        }
+        memcpy(ctx->out + len, frame, (size_t)n);
+        len += (size_t)n;
+    }
+    *data = ctx->out;
+    return (ssize_t)len;
 }
 
 /* The collected block (valid until the next header callback of this session). */
