@@ -33,8 +33,8 @@ from gossamer.proxy.metrics import TcpStats
 __all__ = ["BUFFER_SIZE", "Relay", "RelayBuffers", "RelayEnd", "reset"]
 
 
-BUFFER_SIZE = 256 * 1024
-HIGH_WATER = 256 * 1024  # per transport, before the other side stops reading
+BUFFER_SIZE = 64 * 1024
+HIGH_WATER = 64 * 1024  # per transport, before the other side stops reading
 STASH_LIMIT = 256 * 1024  # bytes held while the other side is still connecting
 CLOSE_GRACE = 1.0  # seconds a closing relay may take to flush before it is aborted
 

@@ -35,7 +35,7 @@ log = logging.getLogger("gossamer.proxy")
 
 TCP_ALPN = "gossamer-tcp"
 HANDSHAKE_TIMEOUT = 10.0
-RAW_HIGH_WATER = 256 * 1024
+RAW_HIGH_WATER = 64 * 1024
 
 
 class TlsFailure(Exception):
