@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import calendar
 import logging
 import os
 import re
-import secrets
 import ssl
 import sys
 import time
@@ -95,7 +93,7 @@ class KeygenError(CredentialsError):
 
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` via a temporary file (created with ``mode``) and a rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -169,7 +167,19 @@ def _der_time(tag: int, text: bytes) -> float:
     else:
         raise ValueError("unexpected time tag")
     parts = (int(rest[0:2]), int(rest[2:4]), int(rest[4:6]), int(rest[6:8]), int(rest[8:10]))
-    return float(calendar.timegm((year, *parts, 0, 0, 0)))
+    return float(_utc_seconds(year, *parts))
+
+
+def _utc_seconds(year: int, month: int, day: int, hour: int, minute: int, second: int) -> int:
+    """Seconds since the epoch of a UTC civil time (the days-from-civil algorithm; no
+    ``calendar`` import in the sidecar for one conversion)."""
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    days = era * 146097 + doe - 719468
+    return days * 86400 + hour * 3600 + minute * 60 + second
 
 
 def parse_certificate(pem: bytes) -> CertificateInfo:
@@ -245,7 +255,7 @@ async def generate_key_and_csr(
     workdir: Path, hint: str, *, timeout: float = 30.0
 ) -> tuple[Path, bytes]:
     """Run the keygen child; return (path of the new key in ``workdir``, PEM CSR)."""
-    key_path = workdir / f"{PENDING_KEY_PREFIX}{secrets.token_hex(6)}.key"
+    key_path = workdir / f"{PENDING_KEY_PREFIX}{os.urandom(6).hex()}.key"
     env = dict(os.environ)
     src_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
@@ -397,7 +407,7 @@ class Credentials:
         ``expires`` (the control plane's figure) is used only if it is earlier than notAfter.
         """
         info = parse_certificate(cert_pem)
-        pending_cert = self.workdir / f"{PENDING_KEY_PREFIX}{secrets.token_hex(6)}.crt"
+        pending_cert = self.workdir / f"{PENDING_KEY_PREFIX}{os.urandom(6).hex()}.crt"
         write_atomic(pending_cert, cert_pem)
         try:
             scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -13,7 +13,6 @@ endpoint while other endpoints come and go).
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import random
 import time
@@ -154,7 +153,9 @@ VNODES = 160  # ring points per endpoint: keeps the load spread within a few per
 
 def hash_key64(data: bytes) -> int:
     """A stable 64-bit hash (the same in every process, unlike ``hash``)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+    from hashlib import blake2b  # only consistent-hash balancing needs it (memory at idle)
+
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "big")
 
 
 @functools.lru_cache(maxsize=4096)

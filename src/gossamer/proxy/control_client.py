@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
-import secrets
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -100,7 +100,7 @@ class ControlClient:
         self._credentials = credentials
         self._handler = handler
         self._workload = workload
-        self.proxy_id = f"{settings.workload.service}-{secrets.token_hex(4)}"
+        self.proxy_id = f"{settings.workload.service}-{os.urandom(4).hex()}"
         self._writer: asyncio.StreamWriter | None = None
         self._up = asyncio.Event()  # the stream is established (hello sent)
         self._stop = asyncio.Event()

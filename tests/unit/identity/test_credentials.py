@@ -268,3 +268,23 @@ def test_sidecar_modules_do_not_import_cryptography() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_certificate_times_convert_like_calendar_timegm() -> None:
+    """The sidecar's own UTC conversion (it avoids importing ``calendar``) agrees with it,
+    leap days and century years included."""
+    import calendar
+    import random
+
+    from gossamer.identity.credentials import _utc_seconds
+
+    rng = random.Random(7)
+    cases = [(2000, 2, 29, 0, 0, 0), (2100, 3, 1, 0, 0, 0), (1970, 1, 1, 0, 0, 0),
+             (2049, 12, 31, 23, 59, 59), (1950, 1, 1, 0, 0, 1)]  # fmt: skip
+    cases += [
+        (rng.randint(1950, 2200), rng.randint(1, 12), rng.randint(1, 28),
+         rng.randint(0, 23), rng.randint(0, 59), rng.randint(0, 59))
+        for _ in range(2000)
+    ]  # fmt: skip
+    for t in cases:
+        assert _utc_seconds(*t) == calendar.timegm((*t, 0, 0, 0)), t
