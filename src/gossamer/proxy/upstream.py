@@ -349,6 +349,11 @@ class UpstreamConnection(asyncio.Protocol):
         downstream.response_complete(ex)
         if reusable:
             self.reused = True
+            transport = self.transport
+            if transport is not None and not transport.is_reading():
+                # Paused for a slow client when this response came in whole: the next
+                # exchange on this connection must be read.
+                transport.resume_reading()
             if account is None or not account.hand_over(self):
                 self.pool.release(self)
         else:

@@ -57,6 +57,9 @@ class FakeTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         self.reading = True
 
+    def is_reading(self) -> bool:
+        return self.reading
+
 
 class Response:
     def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:

@@ -189,3 +189,32 @@ def test_invalid_request_falls_to_the_full_parser_for_a_precise_400(
     assert app == b""
     assert client.startswith(b"HTTP/1.1 400 ")
     assert b"x-gossamer-error: bad-request" in client
+
+
+@pytest.mark.parametrize("plain", [True, False])
+def test_connection_paused_for_a_slow_client_reads_again_once_back_in_the_pool(
+    plain: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's transport is above its high-water mark when a whole response arrives:
+    the upstream stops reading, and must read again before the pool hands it out."""
+    if not plain:
+        monkeypatch.setattr(UpstreamConnection, "_plain_response", lambda *a: False)
+        monkeypatch.setattr(DownstreamConnection, "plain_request", lambda *a: False)
+
+    async def go() -> tuple[bool, bool, UpstreamConnection | None]:
+        state = _state()
+        down = InboundConnection(state)
+        down.connection_made(FakeTransport())
+        up = UpstreamConnection(state.app_pool, APP)
+        app = FakeTransport()
+        up.connection_made(app)
+        state.app_pool.release(up)
+        down.data_received(b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n")
+        down.pause_writing()  # the client stopped reading
+        up.data_received(NGINX)
+        return app.reading, down.closed, state.app_pool.take(APP)
+
+    reading, closed, pooled = asyncio.run(go())
+    assert not closed
+    assert pooled is not None
+    assert reading
