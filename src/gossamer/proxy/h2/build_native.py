@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gossamer.proxy.h2.native import LIBRARY, SOURCE
 
-FLAGS = ("-O2", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC")
+FLAGS = ("-O2", "-Wall", "-Wextra", "-shared", "-fPIC")
 
 
 def build(output: Path = LIBRARY) -> str | None:
