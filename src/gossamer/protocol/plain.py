@@ -17,12 +17,15 @@ line, without the final CRLF CRLF. The proxy's own lines are added as ``\\r\\nna
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import httptools
 
 __all__ = [
     "MAX_PLAIN_HEAD",
     "MessageFrame",
+    "RequestFrame",
+    "ResponseFrame",
     "header_pairs",
     "plain_request_head",
     "plain_response_head",
@@ -43,51 +46,66 @@ _CONNECTION_PLAIN = frozenset({b"keep-alive", b"close"})
 
 
 class MessageFrame:
-    """An llhttp parser that only reports where messages begin and end.
+    """An llhttp parser that only reports where messages end (and, for responses, begin).
 
-    ``feed`` returns True when ``data`` held exactly one whole, valid message (nothing before
-    or after it); ``keep_alive`` is then what the message said about the connection. After a
-    False the parser is replaced, so a later message starts clean.
+    ``feed`` returns True when ``data`` held exactly one whole, valid message; ``keep_alive``
+    is then what the message said about the connection. After a False the parser is
+    replaced, so a later message starts clean. Use ``RequestFrame`` or ``ResponseFrame``.
     """
 
-    __slots__ = ("_request", "begun", "done", "keep_alive", "parser")
+    __slots__ = ("begun", "done", "keep_alive", "parser")
 
-    def __init__(self, *, request: bool) -> None:
-        self._request = request
+    def __init__(self) -> None:
         self.begun = 0
         self.done = 0
         self.keep_alive = True
-        self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser = (
-            httptools.HttpRequestParser(self) if request else httptools.HttpResponseParser(self)
-        )
+        self.parser = self._new_parser()
+
+    def _new_parser(self) -> httptools.HttpRequestParser | httptools.HttpResponseParser:
+        raise TypeError("subclass responsibility")
 
     def feed(self, data: bytes) -> bool:
         self.begun = self.done = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
-            self._renew()
+            self.parser = self._new_parser()
             return False
-        if self.begun == 1 and self.done == 1:
+        if self.done == 1 and self.begun <= 1:
             return True
-        self._renew()
+        self.parser = self._new_parser()
         return False
 
-    def _renew(self) -> None:
-        self.parser = (
-            httptools.HttpRequestParser(self)
-            if self._request
-            else httptools.HttpResponseParser(self)
-        )
-
-    # llhttp callbacks
-    def on_message_begin(self) -> None:
-        self.begun += 1
-
-    def on_message_complete(self) -> None:
+    def on_message_complete(self) -> None:  # llhttp callback
         self.done += 1
         # Read here: llhttp clears the connection flags once the message is complete.
         self.keep_alive = self.parser.should_keep_alive()
+
+
+class RequestFrame(MessageFrame):
+    """Frames a request head the caller has already found to end where ``data`` ends (a
+    bodyless request cannot hold a second message then), so only the end is counted."""
+
+    __slots__ = ()
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        return httptools.HttpRequestParser(self)
+
+
+class ResponseFrame(MessageFrame):
+    """Frames a response with its body: bytes after it would begin a second message."""
+
+    __slots__ = ()
+
+    def _new_parser(self) -> httptools.HttpResponseParser:
+        return httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:  # llhttp callback
+        self.begun += 1
+
+    def status(self) -> int:
+        """The status code of the response just fed."""
+        return cast(httptools.HttpResponseParser, self.parser).get_status_code()
 
 
 def plain_request_head(

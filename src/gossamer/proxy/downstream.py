@@ -26,7 +26,7 @@ from gossamer.protocol.http1 import (
     render_headers,
     scan_headers,
 )
-from gossamer.protocol.plain import MAX_PLAIN_HEAD, MessageFrame, plain_request_head
+from gossamer.protocol.plain import MAX_PLAIN_HEAD, RequestFrame, plain_request_head
 from gossamer.proxy.exchange import Exchange
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class DownstreamConnection(asyncio.Protocol):
         # While the upstream's bytes are parsed, writes are gathered here and sent in one
         # syscall (a response head and its body usually arrive together).
         self.held: list[bytes] | None = None
-        self.frame: MessageFrame | None = None  # validates plain requests (made on first use)
+        self.frame: RequestFrame | None = None  # validates plain requests (made on first use)
 
     # === asyncio callbacks ===
 
@@ -226,14 +226,14 @@ class DownstreamConnection(asyncio.Protocol):
             return False
         space = data.find(b" ")
         line_end = data.find(b"\r\n")
-        if data[space + 1 : space + 2] != b"/" or data[line_end - 9 : line_end] != b" HTTP/1.1":
+        if not data.startswith(b"/", space + 1) or not data.endswith(b" HTTP/1.1", 0, line_end):
             return False  # absolute-form, asterisk-form, HTTP/1.0: the full path
         plain = plain_request_head(data[:end], want_host=self.wants_host)
         if plain is None:
             return False
         frame = self.frame
         if frame is None:
-            frame = self.frame = MessageFrame(request=True)
+            frame = self.frame = RequestFrame()
         if not frame.feed(data):
             return False
         method = data[:space]

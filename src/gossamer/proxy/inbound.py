@@ -98,11 +98,10 @@ class InboundConnection(DownstreamConnection):
                     headers=((b"retry-after", b"%d" % math.ceil(wait)),),
                 )
                 return
-        app = self.proxy.settings.workload.app
-        if app is None:
+        key = self.proxy.app_key
+        if key is None:
             self.respond_error(ex, 503, "no-local-app", "this sidecar has no local application")
             return
-        key = (app.host, app.port)
         upstream = self.proxy.app_pool.take(key)
         if upstream is not None:
             upstream.send(ex, self)
@@ -110,9 +109,9 @@ class InboundConnection(DownstreamConnection):
             spawn(self._connect(ex, key), name="connect app")
 
     def retry(self, ex: Exchange) -> None:
-        app = self.proxy.settings.workload.app
-        assert app is not None
-        spawn(self._connect(ex, (app.host, app.port)), name="reconnect app")
+        key = self.proxy.app_key
+        assert key is not None
+        spawn(self._connect(ex, key), name="reconnect app")
 
     async def _connect(self, ex: Exchange, key: tuple[str, int]) -> None:
         try:

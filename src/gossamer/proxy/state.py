@@ -55,6 +55,8 @@ class ProxyState:
         self.last_error: str | None = None
         self.outbound_pool = Pool(ssl_context=client_context)
         self.app_pool = Pool()
+        app = settings.workload.app
+        self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[DownstreamConnection] = set()
         self._subscriptions: set[str] = set()
         self._waiters: dict[str, asyncio.Future[None]] = {}

@@ -20,7 +20,7 @@ import httptools
 
 from gossamer.identity.spiffe import peer_uri_sans
 from gossamer.protocol.http1 import LAST_CHUNK, ProxyError, encode_chunk, scan_headers
-from gossamer.protocol.plain import MAX_PLAIN_HEAD, MessageFrame, plain_response_head
+from gossamer.protocol.plain import MAX_PLAIN_HEAD, ResponseFrame, plain_response_head
 
 if TYPE_CHECKING:
     from gossamer.proxy.balance import EndpointState
@@ -90,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.endpoint: EndpointState | None = None
         self.served = 0
         self.fresh = False  # a request was sent and no byte of its response has come yet
-        self.frame: MessageFrame | None = None  # validates plain responses (made on first use)
+        self.frame: ResponseFrame | None = None  # validates plain responses (made on first use)
 
     # === asyncio callbacks ===
 
@@ -230,10 +230,10 @@ class UpstreamConnection(asyncio.Protocol):
             return False
         frame = self.frame
         if frame is None:
-            frame = self.frame = MessageFrame(request=False)
+            frame = self.frame = ResponseFrame()
         if not frame.feed(data):
             return False
-        status = frame.parser.get_status_code()  # type: ignore[union-attr]
+        status = frame.status()
         if status < 200:
             return False  # an interim response alone: the full parser handles 1xx
         if downstream.on_response_status(ex, status):  # dropped for a retry

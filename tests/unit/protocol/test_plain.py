@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from gossamer.protocol.plain import (
-    MessageFrame,
+    RequestFrame,
+    ResponseFrame,
     header_pairs,
     plain_request_head,
     plain_response_head,
@@ -119,7 +120,7 @@ class TestPlainResponseHead:
 
 class TestMessageFrame:
     def test_one_whole_request_is_accepted(self) -> None:
-        frame = MessageFrame(request=True)
+        frame = RequestFrame()
         assert frame.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         assert frame.keep_alive
         assert frame.feed(b"GET /2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
@@ -138,12 +139,12 @@ class TestMessageFrame:
     def test_anything_but_one_valid_message_is_refused_and_the_frame_renewed(
         self, data: bytes
     ) -> None:
-        frame = MessageFrame(request=True)
+        frame = RequestFrame()
         assert not frame.feed(data)
         assert frame.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # a clean parser again
 
     def test_response_with_its_whole_body(self) -> None:
-        frame = MessageFrame(request=False)
+        frame = ResponseFrame()
         assert frame.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
         assert frame.keep_alive
         assert not frame.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab")  # partial
