@@ -13,6 +13,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gossamer.proxy.downstream import DownstreamConnection
 from gossamer.proxy.inbound import InboundConnection
@@ -218,3 +220,71 @@ def test_connection_paused_for_a_slow_client_reads_again_once_back_in_the_pool(
     assert not closed
     assert pooled is not None
     assert reading
+
+
+# --- property: any mix of headers, the plain path or the full parser, the same forwarding ---
+
+_NAMES = [
+    b"Host", b"Accept", b"User-Agent", b"X-Custom", b"Content-Type", b"Cookie", b"X-Request-Id",
+    b"Connection", b"Keep-Alive", b"Upgrade", b"TE", b"Trailer", b"Proxy-Connection",
+    b"X-Gossamer-Peer-Identity", b"Transfer-Encoding", b"Content-Length", b"Tea", b"Hosting",
+]  # fmt: skip
+_VALUES = [b"a", b"keep-alive", b"close", b"x, y", b"chunked", b"0", b"5", b" spaced  ", b""]
+_RESPONSE_NAMES = [
+    b"Server", b"Date", b"ETag", b"Connection", b"Keep-Alive", b"Upgrade", b"Trailer",
+    b"Proxy-Authenticate", b"Vary", b"Set-Cookie",
+]  # fmt: skip
+
+
+def _casing(name: bytes, flips: int) -> bytes:
+    return bytes(
+        c ^ 0x20 if 97 <= (c | 0x20) <= 122 and (flips >> (i % 16)) & 1 else c
+        for i, c in enumerate(name)
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from([b"GET", b"HEAD", b"DELETE", b"OPTIONS"]),
+    request_headers=st.lists(
+        st.tuples(st.sampled_from(_NAMES), st.integers(0, 0xFFFF), st.sampled_from(_VALUES)),
+        max_size=6,
+    ),
+    status=st.sampled_from([200, 204, 304, 404, 503]),
+    response_headers=st.lists(
+        st.tuples(
+            st.sampled_from(_RESPONSE_NAMES), st.integers(0, 0xFFFF), st.sampled_from(_VALUES)
+        ),
+        max_size=5,
+    ),
+)
+def test_any_headers_forward_the_same_by_either_path(
+    method: bytes,
+    request_headers: list[tuple[bytes, int, bytes]],
+    status: int,
+    response_headers: list[tuple[bytes, int, bytes]],
+) -> None:
+    body = b"" if status in (204, 304) or method == b"HEAD" else b"hello"
+    request = b"%b /p?q=1 HTTP/1.1\r\n%b\r\n" % (
+        method,
+        b"".join(b"%b: %b\r\n" % (_casing(n, f), v) for n, f, v in request_headers),
+    )
+    response = b"HTTP/1.1 %d X\r\n%b%b\r\n%b" % (
+        status,
+        b"".join(b"%b: %b\r\n" % (_casing(n, f), v) for n, f, v in response_headers),
+        b"content-length: %d\r\n" % len(body) if status not in (204, 304) else b"",
+        body,
+    )
+
+    async def both() -> tuple[tuple[bytes, bytes, tuple[bool, bool]], ...]:
+        with pytest.MonkeyPatch.context() as m:
+            fast = _run(request, response, m)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(UpstreamConnection, "_plain_response", lambda *a: False)
+            m.setattr(DownstreamConnection, "plain_request", lambda *a: False)
+            full = _run(request, response, m)
+        return fast, full
+
+    (fast_app, fast_client, _), (full_app, full_client, _) = asyncio.run(both())
+    assert _normalise(fast_app) == _normalise(full_app)
+    assert _normalise(fast_client) == _normalise(full_client)
