@@ -58,6 +58,9 @@ class _Transport:
     def resume_reading(self) -> None:
         pass
 
+    def is_reading(self) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 
