@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gossamer.local.ports import PortAllocator
+
 __all__ = [
     "CLOCK_TICKS",
     "Proc",
@@ -32,11 +34,13 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+_PORTS = PortAllocator()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a process started next
+    (outside the kernel's ephemeral range, never the same twice: see ``PortAllocator``)."""
+    return _PORTS.allocate()
 
 
 def wait_port(port: int, timeout: float = 10.0, proc: Proc | None = None) -> None:

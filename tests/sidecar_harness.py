@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
+from bench.procs import free_port as free_port  # re-exported: outside the ephemeral range
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.credentials import Credentials
@@ -132,12 +133,6 @@ def snapshot(
             "unknown": unknown or [],
         },
     }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 _LEFTOVER: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()

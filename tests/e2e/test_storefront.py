@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from bench.procs import free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,16 +30,7 @@ SERVICES = {"frontend", "catalog", "orders", "payments", "ingress"}
 
 
 def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+    return [free_port() for _ in range(count)]
 
 
 def _start_time(pid: int) -> int | None:

@@ -97,3 +97,11 @@ def test_port_is_free_sees_a_listener() -> None:
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         assert not port_is_free(sock.getsockname()[1])
+
+
+def test_allocated_ports_are_outside_the_ephemeral_range() -> None:
+    """No allocated port can be the local end the kernel picks for an outgoing connection."""
+    low, high = (int(v) for v in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    ports = [PortAllocator().allocate() for _ in range(50)]
+    assert all(not low <= port <= high for port in ports)
+    assert all(port >= 1024 for port in ports)
