@@ -101,7 +101,8 @@ def test_port_is_free_sees_a_listener() -> None:
 
 def test_allocated_ports_are_outside_the_ephemeral_range() -> None:
     """No allocated port can be the local end the kernel picks for an outgoing connection."""
-    low, high = (int(v) for v in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+    low, high = (int(v) for v in text.split())
     ports = [PortAllocator().allocate() for _ in range(50)]
     assert all(not low <= port <= high for port in ports)
     assert all(port >= 1024 for port in ports)
