@@ -251,29 +251,23 @@ def _make_callbacks() -> Any:
         raise MemoryError("nghttp2_session_callbacks_new failed")
     cbs = ffi.gc(pp[0], lib.nghttp2_session_callbacks_del)
     if _native is None:
-        lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, _C_BEGIN_HEADERS)
-        lib.nghttp2_session_callbacks_set_on_header_callback(cbs, _C_HEADER)
-        lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, _C_FRAME_RECV)
-        lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, _C_DATA_CHUNK)
-        lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _C_STREAM_CLOSE)
-        return cbs
-    _native.gossamer_h2_set_python(
-        _C_FRAME_RECV, _C_DATA_CHUNK, _C_STREAM_CLOSE, _C_READ_BODY, lib.nghttp2_session_mem_send
-    )
-    set_ = lib
-    set_.nghttp2_session_callbacks_set_on_begin_headers_callback(
-        cbs, _native.gossamer_h2_on_begin_headers
-    )
-    set_.nghttp2_session_callbacks_set_on_header_callback(cbs, _native.gossamer_h2_on_header)
-    set_.nghttp2_session_callbacks_set_on_frame_recv_callback(
-        cbs, _native.gossamer_h2_on_frame_recv
-    )
-    set_.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
-        cbs, _native.gossamer_h2_on_data_chunk
-    )
-    set_.nghttp2_session_callbacks_set_on_stream_close_callback(
-        cbs, _native.gossamer_h2_on_stream_close
-    )
+        handlers = (_C_BEGIN_HEADERS, _C_HEADER, _C_FRAME_RECV, _C_DATA_CHUNK, _C_STREAM_CLOSE)
+    else:
+        _native.gossamer_h2_set_python(
+            _C_FRAME_RECV, _C_DATA_CHUNK, _C_STREAM_CLOSE, _C_READ_BODY,
+            lib.nghttp2_session_mem_send,
+        )
+        handlers = (
+            _native.gossamer_h2_on_begin_headers, _native.gossamer_h2_on_header,
+            _native.gossamer_h2_on_frame_recv, _native.gossamer_h2_on_data_chunk,
+            _native.gossamer_h2_on_stream_close,
+        )  # fmt: skip
+    begin_headers, header, frame_recv, data_chunk, stream_close = handlers
+    lib.nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, begin_headers)
+    lib.nghttp2_session_callbacks_set_on_header_callback(cbs, header)
+    lib.nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, frame_recv)
+    lib.nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, data_chunk)
+    lib.nghttp2_session_callbacks_set_on_stream_close_callback(cbs, stream_close)
     return cbs
 
 
@@ -365,6 +359,9 @@ class H2Session:
         if ptr is not None:
             self._ptr = None
             ffi.release(ptr)  # runs nghttp2_session_del exactly once
+            if self._ctx is not None:
+                ffi.release(self._ctx)  # no callback can come now: free the collector's buffers
+                self._ctx = None
         self._out.clear()
         self._events = []
         self._deferred.clear()
