@@ -37,6 +37,7 @@ __all__ = [
     "CONTROL_PLANE_SERVICE_ACCOUNT",
     "AlpnContextSource",
     "CertificateInfo",
+    "CredentialFiles",
     "Credentials",
     "CredentialsError",
     "KeygenError",
@@ -314,7 +315,47 @@ class AlpnContextSource(Protocol):
     def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None: ...
 
 
-class Credentials:
+class CredentialFiles:
+    """What every holder of a workload identity shares (``Credentials``, and a worker
+    process's copy): where the certificate, key and trust bundle live in ``workdir``, and the
+    ALPN client contexts made from them, one per protocol, kept so renewals load in place."""
+
+    workdir: Path
+    _info: CertificateInfo | None
+    _alpn_contexts: dict[str, ssl.SSLContext]
+
+    @property
+    def cert_path(self) -> Path:
+        return self.workdir / CERT_FILE
+
+    @property
+    def key_path(self) -> Path:
+        return self.workdir / KEY_FILE
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.workdir / BUNDLE_FILE
+
+    def _trust_bundles(self) -> list[str]:
+        """The trusted CA bundles, as PEM text (what a new context is given)."""
+        raise TypeError("subclass responsibility")
+
+    def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None:
+        """The mTLS client context offering ALPN ``protocol`` (None without a certificate).
+
+        Made on first use per protocol and then kept: renewals are loaded into it in place.
+        """
+        if self._info is None:
+            return None
+        ctx = self._alpn_contexts.get(protocol)
+        if ctx is None:
+            ctx = build_alpn_context(protocol, self._trust_bundles(), self.cert_path, self.key_path)
+            if ctx is not None:
+                self._alpn_contexts[protocol] = ctx
+        return ctx
+
+
+class Credentials(CredentialFiles):
     """The current key/certificate/bundle in ``workdir`` and the long-lived TLS contexts."""
 
     def __init__(self, workdir: Path, bundle_file: Path | None = None) -> None:
@@ -345,31 +386,8 @@ class Credentials:
     def _live_contexts(self) -> tuple[ssl.SSLContext, ...]:
         return (*self.contexts, *self._alpn_contexts.values())
 
-    def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None:
-        """The mTLS client context offering ALPN ``protocol`` (None without a certificate).
-
-        Made on first use per protocol and then kept: renewals are loaded into it in place.
-        """
-        if self._info is None:
-            return None
-        ctx = self._alpn_contexts.get(protocol)
-        if ctx is None:
-            ctx = build_alpn_context(protocol, self._bundle_texts, self.cert_path, self.key_path)
-            if ctx is not None:
-                self._alpn_contexts[protocol] = ctx
-        return ctx
-
-    @property
-    def cert_path(self) -> Path:
-        return self.workdir / CERT_FILE
-
-    @property
-    def key_path(self) -> Path:
-        return self.workdir / KEY_FILE
-
-    @property
-    def bundle_path(self) -> Path:
-        return self.workdir / BUNDLE_FILE
+    def _trust_bundles(self) -> list[str]:
+        return self._bundle_texts
 
     @property
     def identity(self) -> SpiffeId | None:

@@ -36,12 +36,9 @@ from typing import Any
 import uvloop
 
 from gossamer.identity.credentials import (
-    BUNDLE_FILE,
-    CERT_FILE,
-    KEY_FILE,
     CertificateInfo,
+    CredentialFiles,
     CredentialsError,
-    build_alpn_context,
     mtls_client_context,
     mtls_server_context,
     parse_certificate,
@@ -58,7 +55,7 @@ __all__ = ["WorkerCredentials", "main", "run_worker"]
 log = logging.getLogger("gossamer.proxy.worker")
 
 
-class WorkerCredentials:
+class WorkerCredentials(CredentialFiles):
     """The workdir's certificate, key and trust bundle, loaded into long-lived contexts.
 
     ``reload`` loads a changed certificate into the same ``SSLContext`` objects in place (after
@@ -80,32 +77,8 @@ class WorkerCredentials:
     def _live_contexts(self) -> tuple[ssl.SSLContext, ...]:
         return (self.server_context, self.client_context, *self._alpn_contexts.values())
 
-    def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None:
-        """The mTLS client context offering ALPN ``protocol`` (None without a certificate).
-
-        Made on first use per protocol and then kept: ``reload`` loads renewals into it in place.
-        """
-        if self._info is None:
-            return None
-        ctx = self._alpn_contexts.get(protocol)
-        if ctx is None:
-            bundles = [pem.decode("ascii") for pem in self._bundles]
-            ctx = build_alpn_context(protocol, bundles, self.cert_path, self.key_path)
-            if ctx is not None:
-                self._alpn_contexts[protocol] = ctx
-        return ctx
-
-    @property
-    def cert_path(self) -> Path:
-        return self.workdir / CERT_FILE
-
-    @property
-    def key_path(self) -> Path:
-        return self.workdir / KEY_FILE
-
-    @property
-    def bundle_path(self) -> Path:
-        return self.workdir / BUNDLE_FILE
+    def _trust_bundles(self) -> list[str]:
+        return [pem.decode("ascii") for pem in self._bundles]
 
     @property
     def expires_at(self) -> float | None:
