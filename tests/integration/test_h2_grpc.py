@@ -36,7 +36,14 @@ from gossamer.proxy.h2.session import CLOSED, DATA, HEADERS, H2Error, H2Session
 from gossamer.proxy.settings import Address
 from tests.integration.control_helpers import running_control_plane
 from tests.process_harness import Processes, wait_ready
-from tests.sidecar_harness import LoopThread, Sidecar, identity, snapshot, start_sidecar
+from tests.sidecar_harness import (
+    LoopThread,
+    Sidecar,
+    cyclic_garbage,
+    identity,
+    snapshot,
+    start_sidecar,
+)
 from tests.tools import require
 
 PEER = "x-gossamer-peer-identity"
@@ -502,6 +509,33 @@ class TestPlainH2:
         assert head[b"x-seen-request-id"] != b"-"
         assert resp["body"] == b"payload" * 5000
         assert trailers == {b"x-sum": b"42"}
+
+    def test_closed_connections_are_freed_without_the_cyclic_gc(self, mesh: Mesh) -> None:
+        """Closed HTTP/2 connections (sessions, streams, TLS) go back at once, not when a
+        rare cyclic GC pass finds them."""
+        sidecars = (mesh.client, mesh.web)
+
+        async def close_and_wait() -> None:
+            for sc in sidecars:
+                close_h2(sc.state)
+            for _ in range(100):
+                if not any(sc.state.connections for sc in sidecars):
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)  # connection_lost of the closed pool connections
+
+        def traffic() -> None:
+            for _ in range(2):
+                client = H2Client(mesh.outbound_port)
+                try:
+                    sids = [client.request(get(b"/hello")) for _ in range(3)]
+                    assert all(client.wait(sid)["code"] == 0 for sid in sids)
+                finally:
+                    client.close()
+            mesh.lt.run(close_and_wait())
+
+        garbage = cyclic_garbage(traffic)
+        assert not garbage, dict(garbage)
 
     def test_preface_split_across_reads_is_still_detected(self, mesh: Mesh) -> None:
         """The outbound port recognises HTTP/2 even when the preface trickles in."""

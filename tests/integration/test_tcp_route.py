@@ -34,7 +34,7 @@ from gossamer.proxy.settings import (
 )
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tcp import TcpProxy, TcpSnapshotHandler
-from tests.sidecar_harness import TD, LoopThread, identity, make_credentials
+from tests.sidecar_harness import TD, LoopThread, cyclic_garbage, identity, make_credentials
 
 DRAIN_MS = 600
 
@@ -306,6 +306,26 @@ class TestRelay:
         assert f"gossamer_tcp_relay_connections_total{{{inbound}}} 1" in tcp_mesh.metrics(
             tcp_mesh.blue
         )
+
+    def test_finished_relays_are_freed_without_the_cyclic_gc(self, tcp_mesh: TcpMesh) -> None:
+        """A finished relay's ends, buffers and TLS state go back at once, not when a rare
+        cyclic GC pass finds them."""
+
+        def traffic() -> None:
+            for word in ("one", "two"):
+                with tcp_mesh.connect() as sock:
+                    assert ask(sock, word) == f"blue:{word}"
+            nodes = (tcp_mesh.client, tcp_mesh.blue)
+            labels = (
+                'gossamer_tcp_relay_connections_open{direction="%s",src_service="app",'
+                'dst_service="db-blue"} 0'
+            )
+            assert wait_until(lambda: labels % "outbound" in tcp_mesh.metrics(nodes[0]))
+            assert wait_until(lambda: labels % "inbound" in tcp_mesh.metrics(nodes[1]))
+            time.sleep(0.1)
+
+        garbage = cyclic_garbage(traffic)
+        assert not garbage, dict(garbage)
 
     def test_wrong_backend_identity_is_refused(self, tcp_mesh: TcpMesh) -> None:
         """A backend that does not carry the expected SPIFFE ID gets no bytes."""

@@ -76,6 +76,11 @@ class MessageFrame:
         self.parser = self._new_parser()
         return False
 
+    def close(self) -> None:
+        """Let the parser go (it calls back into this frame, and so refers to it): without
+        this the two wait for the cyclic GC. The frame is not fed after this."""
+        del self.parser
+
     def on_message_complete(self) -> None:  # llhttp callback
         self.done += 1
         # Read here: llhttp clears the connection flags once the message is complete.

@@ -141,6 +141,17 @@ class DownstreamConnection(asyncio.Protocol):
                 ex.endpoint.pending -= 1
                 ex.endpoint = None
         self.queue.clear()
+        self.transport = None
+        self.drop_parsers()
+
+    def drop_parsers(self) -> None:
+        """Let the parsers go: each calls back into this connection, which holds it, so the
+        pair would wait for the cyclic GC (which a busy sidecar runs rarely) with all the
+        memory they reach. Nothing is parsed here after this."""
+        del self.parser
+        if self.frame is not None:
+            self.frame.close()
+            self.frame = None
 
     def pause_writing(self) -> None:
         self.write_paused = True

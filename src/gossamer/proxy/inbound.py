@@ -53,6 +53,7 @@ class InboundConnection(DownstreamConnection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if hand_over_inbound(self.proxy, transport):  # TLS ALPN "h2": the HTTP/2 path
+            self.drop_parsers()
             return
         super().connection_made(transport)
         sans = peer_uri_sans(transport.get_extra_info("peercert"))

@@ -9,7 +9,6 @@ cryptography (keys and CSRs are made by a short-lived child process).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from gossamer.identity.credentials import AlpnContextSource, Credentials, Creden
 from gossamer.proxy.admin import AdminServer
 from gossamer.proxy.control_client import ControlClient
 from gossamer.proxy.h2 import close_h2
+from gossamer.proxy.heap import settle_heap
 from gossamer.proxy.inbound import InboundListener
 from gossamer.proxy.outbound import OutboundConnection
 from gossamer.proxy.settings import Address, ProxySettings, SettingsError
@@ -165,11 +165,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
         admin_addr,
     )
 
-    # Everything allocated so far lives as long as the process: keep it out of the cyclic GC's
-    # scans, and collect less often (the request path creates few reference cycles).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    settle_heap()  # what exists now lives as long as the process
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

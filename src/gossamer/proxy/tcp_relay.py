@@ -84,7 +84,7 @@ class RelayEnd(asyncio.BufferedProtocol):
     )
 
     def __init__(self, relay: Relay, buffers: RelayBuffers, index: int) -> None:
-        self.relay = relay
+        self.relay: Relay | None = relay  # None once the relay has finished
         self._buffers = buffers
         self._counts = relay.stats.bytes
         self._index = index
@@ -98,9 +98,13 @@ class RelayEnd(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        relay = self.relay
+        if relay is None:  # the relay finished while this side was connecting
+            transport.abort()
+            return
         if not getattr(transport, "copies_writes", False):
             transport.set_write_buffer_limits(high=HIGH_WATER)
-        self.relay.end_connected(self)
+        relay.end_connected(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffers.plain
@@ -123,10 +127,14 @@ class RelayEnd(asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         self.read_eof = True
-        self.relay.end_eof(self)
+        if self.relay is not None:
+            self.relay.end_eof(self)
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.relay is None:
+            self.transport = None
+            return
         self.relay.end_lost(self, exc)
 
     def pause_writing(self) -> None:
@@ -136,7 +144,13 @@ class RelayEnd(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         peer = self.peer
-        if peer is not None and peer.transport is not None and not self.relay.closed:
+        relay = self.relay
+        if (
+            peer is not None
+            and peer.transport is not None
+            and relay is not None
+            and not relay.closed
+        ):
             peer.transport.resume_reading()
 
     # === relay side ===
@@ -155,7 +169,7 @@ class RelayEnd(asyncio.BufferedProtocol):
         if self._stashed >= STASH_LIMIT and self.transport is not None:
             self.transport.resume_reading()
         self._stashed = 0
-        if self.read_eof:
+        if self.read_eof and self.relay is not None:
             self.relay.end_eof(self)
 
 
@@ -297,5 +311,12 @@ class Relay:
             self._close_timer.cancel()
             self._close_timer = None
         self.stats.open -= 1
-        if self._on_done is not None:
-            self._on_done(self)
+        on_done = self._on_done
+        self._on_done = None
+        # The ends and the relay refer to each other: let go, so that all of it is freed now
+        # rather than by the cyclic GC (which a busy sidecar runs rarely).
+        for end in (self.down, self.up):
+            end.relay = None
+            end.peer = None
+        if on_done is not None:
+            on_done(self)

@@ -152,6 +152,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.transport = None
+        # The parsers call back into this connection, which holds them: let them go now
+        # rather than leave the cycle (and what it reaches) to the cyclic GC.
+        del self.parser
+        if self.frame is not None:
+            self.frame.close()
+            self.frame = None
         self.pool.discard(self)
         account = self.account
         if account is not None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import logging
 import os
 import pickle
@@ -43,6 +42,7 @@ from gossamer.identity.credentials import (
     mtls_server_context,
     parse_certificate,
 )
+from gossamer.proxy.heap import settle_heap
 from gossamer.proxy.main import start_data_path
 from gossamer.proxy.settings import ProxySettings
 from gossamer.proxy.state import ProxyState
@@ -221,10 +221,7 @@ async def run_worker(control_fd: int, metrics_fd: int) -> None:
         spawn(worker.control_loop(reader), name="supervisor channel"),
         spawn(_serve_metrics(metrics, state), name="metrics channel"),
     ]
-    # As in serve(): what exists now lives as long as the process; keep it out of GC scans.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    settle_heap()  # what exists now lives as long as the process
     await stop.wait()
     await path.drain()
     await cancel_and_wait(tasks)

@@ -52,6 +52,8 @@ def hand_over_outbound(
         transport.close()
         return
     old.proxy.connections.discard(old)
+    old.transport = None
+    old.drop_parsers()
     H2Outbound(old.proxy).take_over(transport, data)
 
 
