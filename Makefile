@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 # The HTTP/2 header collector (C, no library headers needed): built when a compiler exists;
 # without it HTTP/2 still works, on slower Python callbacks.
 H2_NATIVE := src/gossamer/proxy/h2/native/libgossamer_h2.so
-$(H2_NATIVE): src/gossamer/proxy/h2/native/headers.c $(STAMP)
+$(H2_NATIVE): src/gossamer/proxy/h2/native/headers.c src/gossamer/proxy/h2/declarations.py $(STAMP)
 	-$(BIN)/python -m gossamer.proxy.h2.build_native
 
 demo: $(STAMP) $(H2_NATIVE)

@@ -1,9 +1,10 @@
-"""The cffi (ABI mode) binding to the system's libnghttp2: declarations, library, constants.
+"""The cffi (ABI mode) binding to the system's libnghttp2: loading, checks, constants.
 
-This module owns the only C declarations in Gossamer. They are copied by hand from
-``nghttp2.h`` of libnghttp2 1.52 (Debian ``libnghttp2-14``) and cover just what
-``gossamer.proxy.h2.session`` uses; no compiler is needed at run time. Three checks stand
-between these declarations and a library they do not describe:
+The C declarations themselves are in ``gossamer.proxy.h2.declarations`` (copied by hand from
+``nghttp2.h`` of libnghttp2 1.52, Debian ``libnghttp2-14``); they are read from the prebuilt
+declarations module when ``build_native`` has written one (``declared_ffi``). No compiler is
+needed at run time. Three checks stand between the declarations and a library they do not
+describe:
 
 - the shared object is opened by its ABI name (``libnghttp2.so.14``: nghttp2 keeps its ABI
   stable within a soname), and ``nghttp2_version()`` must report at least ``MIN_VERSION``;
@@ -14,9 +15,6 @@ between these declarations and a library they do not describe:
   checks the ``nghttp2_nv`` layout it packs; and a unit test compares ``sizeof``/``offsetof``
   with the installed header when one is present.
 
-Callback parameters that point at bytes are declared ``const char *`` (the header says
-``const uint8_t *``): the same ABI, and ``ffi.unpack`` then returns ``bytes``.
-
 ``native`` is Gossamer's own header collector (``native/headers.c``, built by
 ``python -m gossamer.proxy.h2.build_native`` when a C compiler is present; ``make`` does it):
 C callbacks that gather each header block into one buffer, declared here on the same ``ffi``
@@ -26,19 +24,23 @@ so their function pointers can be handed to nghttp2. Without it (not built, or
 
 from __future__ import annotations
 
-import ctypes.util
+import importlib
 import os
 from typing import Any
 
-import cffi
-
 from gossamer.proxy.h2 import native as native_files
+from gossamer.proxy.h2.declarations import CDEF, DECLARED, FUNCTIONS, NATIVE_CDEF
 
 __all__ = [
+    "CDEF",
+    "DECLARED",
     "FUNCTIONS",
     "LIBRARY_NAMES",
     "MIN_VERSION",
+    "NATIVE_CDEF",
     "NghttpUnavailable",
+    "backend",
+    "declared_ffi",
     "ffi",
     "lib",
     "native",
@@ -48,279 +50,26 @@ __all__ = [
 MIN_VERSION = (1, 52, 0)
 LIBRARY_NAMES = ("libnghttp2.so.14", "nghttp2")
 
-CDEF = """
-typedef struct nghttp2_session nghttp2_session;
-typedef struct nghttp2_session_callbacks nghttp2_session_callbacks;
-typedef struct nghttp2_option nghttp2_option;
-
-typedef struct {
-  int age;
-  int version_num;
-  const char *version_str;
-  const char *proto_str;
-} nghttp2_info;
-
-typedef struct {
-  uint8_t *name;
-  uint8_t *value;
-  size_t namelen;
-  size_t valuelen;
-  uint8_t flags;
-} nghttp2_nv;
-
-typedef struct {
-  size_t length;
-  int32_t stream_id;
-  uint8_t type;
-  uint8_t flags;
-  uint8_t reserved;
-} nghttp2_frame_hd;
-
-typedef union {
-  int fd;
-  void *ptr;
-} nghttp2_data_source;
-
-typedef ssize_t (*nghttp2_data_source_read_callback)(
-    nghttp2_session *session, int32_t stream_id, uint8_t *buf, size_t length,
-    uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
-
-typedef struct {
-  nghttp2_data_source source;
-  nghttp2_data_source_read_callback read_callback;
-} nghttp2_data_provider;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  size_t padlen;
-} nghttp2_data;
-
-typedef struct {
-  int32_t stream_id;
-  int32_t weight;
-  uint8_t exclusive;
-} nghttp2_priority_spec;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  size_t padlen;
-  nghttp2_priority_spec pri_spec;
-  nghttp2_nv *nva;
-  size_t nvlen;
-  int cat;
-} nghttp2_headers;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  nghttp2_priority_spec pri_spec;
-} nghttp2_priority;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  uint32_t error_code;
-} nghttp2_rst_stream;
-
-typedef struct {
-  int32_t settings_id;
-  uint32_t value;
-} nghttp2_settings_entry;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  size_t niv;
-  nghttp2_settings_entry *iv;
-} nghttp2_settings;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  size_t padlen;
-  nghttp2_nv *nva;
-  size_t nvlen;
-  int32_t promised_stream_id;
-  uint8_t reserved;
-} nghttp2_push_promise;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  uint8_t opaque_data[8];
-} nghttp2_ping;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  int32_t last_stream_id;
-  uint32_t error_code;
-  uint8_t *opaque_data;
-  size_t opaque_data_len;
-  uint8_t reserved;
-} nghttp2_goaway;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  int32_t window_size_increment;
-  uint8_t reserved;
-} nghttp2_window_update;
-
-typedef struct {
-  nghttp2_frame_hd hd;
-  void *payload;
-} nghttp2_extension;
-
-typedef union {
-  nghttp2_frame_hd hd;
-  nghttp2_data data;
-  nghttp2_headers headers;
-  nghttp2_priority priority;
-  nghttp2_rst_stream rst_stream;
-  nghttp2_settings settings;
-  nghttp2_push_promise push_promise;
-  nghttp2_ping ping;
-  nghttp2_goaway goaway;
-  nghttp2_window_update window_update;
-  nghttp2_extension ext;
-} nghttp2_frame;
-
-typedef int (*nghttp2_on_frame_recv_callback)(
-    nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
-typedef int (*nghttp2_on_data_chunk_recv_callback)(
-    nghttp2_session *session, uint8_t flags, int32_t stream_id, const char *data,
-    size_t len, void *user_data);
-typedef int (*nghttp2_on_frame_not_send_callback)(
-    nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code,
-    void *user_data);
-typedef int (*nghttp2_on_stream_close_callback)(
-    nghttp2_session *session, int32_t stream_id, uint32_t error_code, void *user_data);
-typedef int (*nghttp2_on_begin_headers_callback)(
-    nghttp2_session *session, const nghttp2_frame *frame, void *user_data);
-typedef int (*nghttp2_on_header_callback)(
-    nghttp2_session *session, const nghttp2_frame *frame, const char *name,
-    size_t namelen, const char *value, size_t valuelen, uint8_t flags, void *user_data);
-
-nghttp2_info *nghttp2_version(int least_version);
-const char *nghttp2_strerror(int lib_error_code);
-const char *nghttp2_http2_strerror(uint32_t error_code);
-
-int nghttp2_session_callbacks_new(nghttp2_session_callbacks **callbacks_ptr);
-void nghttp2_session_callbacks_del(nghttp2_session_callbacks *callbacks);
-void nghttp2_session_callbacks_set_on_frame_recv_callback(
-    nghttp2_session_callbacks *cbs, nghttp2_on_frame_recv_callback cb);
-void nghttp2_session_callbacks_set_on_data_chunk_recv_callback(
-    nghttp2_session_callbacks *cbs, nghttp2_on_data_chunk_recv_callback cb);
-void nghttp2_session_callbacks_set_on_stream_close_callback(
-    nghttp2_session_callbacks *cbs, nghttp2_on_stream_close_callback cb);
-void nghttp2_session_callbacks_set_on_header_callback(
-    nghttp2_session_callbacks *cbs, nghttp2_on_header_callback cb);
-void nghttp2_session_callbacks_set_on_begin_headers_callback(
-    nghttp2_session_callbacks *cbs, nghttp2_on_begin_headers_callback cb);
-void nghttp2_session_callbacks_set_on_frame_not_send_callback(
-    nghttp2_session_callbacks *cbs, nghttp2_on_frame_not_send_callback cb);
-
-int nghttp2_option_new(nghttp2_option **option_ptr);
-void nghttp2_option_del(nghttp2_option *option);
-void nghttp2_option_set_no_auto_window_update(nghttp2_option *option, int val);
-void nghttp2_option_set_peer_max_concurrent_streams(nghttp2_option *option, uint32_t val);
-void nghttp2_option_set_max_send_header_block_length(nghttp2_option *option, size_t val);
-void nghttp2_option_set_max_outbound_ack(nghttp2_option *option, size_t val);
-void nghttp2_option_set_max_settings(nghttp2_option *option, size_t val);
-
-int nghttp2_session_server_new2(nghttp2_session **session_ptr,
-    const nghttp2_session_callbacks *callbacks, void *user_data,
-    const nghttp2_option *option);
-int nghttp2_session_client_new2(nghttp2_session **session_ptr,
-    const nghttp2_session_callbacks *callbacks, void *user_data,
-    const nghttp2_option *option);
-void nghttp2_session_del(nghttp2_session *session);
-
-ssize_t nghttp2_session_mem_recv(nghttp2_session *session, const char *in, size_t inlen);
-ssize_t nghttp2_session_mem_send(nghttp2_session *session, const uint8_t **data_ptr);
-int nghttp2_session_want_read(nghttp2_session *session);
-int nghttp2_session_want_write(nghttp2_session *session);
-
-int nghttp2_submit_settings(nghttp2_session *session, uint8_t flags,
-    const nghttp2_settings_entry *iv, size_t niv);
-int32_t nghttp2_submit_request(nghttp2_session *session,
-    const nghttp2_priority_spec *pri_spec, const nghttp2_nv *nva, size_t nvlen,
-    const nghttp2_data_provider *data_prd, void *stream_user_data);
-int nghttp2_submit_response(nghttp2_session *session, int32_t stream_id,
-    const nghttp2_nv *nva, size_t nvlen, const nghttp2_data_provider *data_prd);
-int nghttp2_submit_trailer(nghttp2_session *session, int32_t stream_id,
-    const nghttp2_nv *nva, size_t nvlen);
-int nghttp2_submit_rst_stream(nghttp2_session *session, uint8_t flags, int32_t stream_id,
-    uint32_t error_code);
-int nghttp2_submit_goaway(nghttp2_session *session, uint8_t flags, int32_t last_stream_id,
-    uint32_t error_code, const uint8_t *opaque_data, size_t opaque_data_len);
-int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *opaque_data);
-
-int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session *session);
-int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code);
-int nghttp2_session_resume_data(nghttp2_session *session, int32_t stream_id);
-int nghttp2_session_consume(nghttp2_session *session, int32_t stream_id, size_t size);
-int nghttp2_session_consume_connection(nghttp2_session *session, size_t size);
-int nghttp2_session_set_local_window_size(nghttp2_session *session, uint8_t flags,
-    int32_t stream_id, int32_t window_size);
-uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id);
-int nghttp2_session_check_request_allowed(nghttp2_session *session);
-"""
-
-# Every function declared above: looked up once at import so a missing one fails loudly here.
-FUNCTIONS = (
-    "nghttp2_version",
-    "nghttp2_strerror",
-    "nghttp2_http2_strerror",
-    "nghttp2_session_callbacks_new",
-    "nghttp2_session_callbacks_del",
-    "nghttp2_session_callbacks_set_on_frame_recv_callback",
-    "nghttp2_session_callbacks_set_on_data_chunk_recv_callback",
-    "nghttp2_session_callbacks_set_on_stream_close_callback",
-    "nghttp2_session_callbacks_set_on_header_callback",
-    "nghttp2_session_callbacks_set_on_begin_headers_callback",
-    "nghttp2_session_callbacks_set_on_frame_not_send_callback",
-    "nghttp2_option_new",
-    "nghttp2_option_del",
-    "nghttp2_option_set_no_auto_window_update",
-    "nghttp2_option_set_peer_max_concurrent_streams",
-    "nghttp2_option_set_max_send_header_block_length",
-    "nghttp2_option_set_max_outbound_ack",
-    "nghttp2_option_set_max_settings",
-    "nghttp2_session_server_new2",
-    "nghttp2_session_client_new2",
-    "nghttp2_session_del",
-    "nghttp2_session_mem_recv",
-    "nghttp2_session_mem_send",
-    "nghttp2_session_want_read",
-    "nghttp2_session_want_write",
-    "nghttp2_submit_settings",
-    "nghttp2_submit_request",
-    "nghttp2_submit_response",
-    "nghttp2_submit_trailer",
-    "nghttp2_submit_rst_stream",
-    "nghttp2_submit_goaway",
-    "nghttp2_submit_ping",
-    "nghttp2_session_get_last_proc_stream_id",
-    "nghttp2_session_terminate_session",
-    "nghttp2_session_resume_data",
-    "nghttp2_session_consume",
-    "nghttp2_session_consume_connection",
-    "nghttp2_session_set_local_window_size",
-    "nghttp2_session_get_remote_settings",
-    "nghttp2_session_check_request_allowed",
-)
-
 
 class NghttpUnavailable(ImportError):
     """libnghttp2 is missing, too old, or does not match the declarations."""
 
 
-def _open(ffi_: cffi.FFI) -> Any:
+def _open(ffi_: Any) -> Any:
     errors: list[str] = []
-    names = list(LIBRARY_NAMES)
-    found = ctypes.util.find_library("nghttp2")
-    if found and found not in names:
-        names.append(found)
-    for name in names:
+    for name in LIBRARY_NAMES:
         try:
             return ffi_.dlopen(name)
         except OSError as exc:
             errors.append(f"{name}: {exc}")
+    import ctypes.util  # only now: the ABI names above are what a Debian system has
+
+    found = ctypes.util.find_library("nghttp2")
+    if found and found not in LIBRARY_NAMES:
+        try:
+            return ffi_.dlopen(found)
+        except OSError as exc:
+            errors.append(f"{found}: {exc}")
     raise NghttpUnavailable(
         "libnghttp2 not found (install the Debian package libnghttp2-14): " + "; ".join(errors)
     )
@@ -334,9 +83,30 @@ def _parse_version(text: str) -> tuple[int, int, int]:
         raise NghttpUnavailable(f"libnghttp2 reports an unreadable version {text!r}") from None
 
 
+def declared_ffi() -> tuple[Any, bool]:
+    """An ``ffi`` holding ``DECLARED``, and whether it came prebuilt.
+
+    ``build_native`` writes the declarations as a prebuilt module (cffi's out-of-line ABI
+    mode: plain Python, no compiler). Loading it costs no C parsing, which would otherwise
+    bring in pycparser and about 2.5 MiB of resident memory for the life of the sidecar. It is
+    used only when it was made from exactly these declarations; otherwise (not built, or
+    stale) they are parsed here.
+    """
+    try:
+        prebuilt = importlib.import_module(native_files.DECLARATIONS_MODULE)
+    except ImportError:
+        prebuilt = None
+    if prebuilt is not None and getattr(prebuilt, "DECLARED", None) == DECLARED:
+        return prebuilt.ffi, True
+    import cffi
+
+    ffi_ = cffi.FFI()
+    ffi_.cdef(DECLARED)
+    return ffi_, False
+
+
 def _load() -> tuple[Any, Any, tuple[int, int, int]]:
-    ffi_: Any = cffi.FFI()
-    ffi_.cdef(CDEF)
+    ffi_ = declared_ffi()[0]
     lib_ = _open(ffi_)
     info = lib_.nghttp2_version(0)
     if info == ffi_.NULL:
@@ -368,31 +138,6 @@ def _load() -> tuple[Any, Any, tuple[int, int, int]]:
     return ffi_, lib_, found
 
 
-NATIVE_CDEF = """
-typedef struct gossamer_h2_ctx gossamer_h2_ctx;
-void gossamer_h2_set_python(nghttp2_on_frame_recv_callback frame_recv,
-    nghttp2_on_data_chunk_recv_callback data_chunk,
-    nghttp2_on_stream_close_callback stream_close,
-    nghttp2_data_source_read_callback read_body,
-    ssize_t (*mem_send)(nghttp2_session *session, const uint8_t **data_ptr));
-gossamer_h2_ctx *gossamer_h2_ctx_new(void *handle, size_t max_list_size);
-void gossamer_h2_ctx_free(gossamer_h2_ctx *ctx);
-const char *gossamer_h2_headers(gossamer_h2_ctx *ctx, size_t *len);
-ssize_t gossamer_h2_send(nghttp2_session *session, gossamer_h2_ctx *ctx, const char **data);
-int gossamer_h2_on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame,
-    void *user_data);
-int gossamer_h2_on_header(nghttp2_session *session, const nghttp2_frame *frame,
-    const char *name, size_t namelen, const char *value, size_t valuelen, uint8_t flags,
-    void *user_data);
-int gossamer_h2_on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame,
-    void *user_data);
-int gossamer_h2_on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t stream_id,
-    const char *data, size_t len, void *user_data);
-int gossamer_h2_on_stream_close(nghttp2_session *session, int32_t stream_id,
-    uint32_t error_code, void *user_data);
-ssize_t gossamer_h2_read_body(nghttp2_session *session, int32_t stream_id, uint8_t *buf,
-    size_t length, uint32_t *data_flags, nghttp2_data_source *source, void *user_data);
-"""
 
 
 def _load_native(ffi_: Any) -> Any | None:
@@ -401,7 +146,6 @@ def _load_native(ffi_: Any) -> Any | None:
         return None
     if not native_files.LIBRARY.exists():
         return None
-    ffi_.cdef(NATIVE_CDEF)
     try:
         return ffi_.dlopen(str(native_files.LIBRARY))
     except OSError:
@@ -415,6 +159,9 @@ ffi: Any = _loaded[0]
 lib: Any = _loaded[1]
 version: tuple[int, int, int] = _loaded[2]
 native: Any | None = _load_native(ffi)
+# Where ``cast``, ``from_buffer``, ``from_handle`` and ``unpack`` are C functions with no Python
+# wrapper on the way: the prebuilt ``ffi`` itself, or the backend behind a parsed one.
+backend: Any = getattr(ffi, "_backend", ffi)
 
 # Constants from nghttp2.h (stable protocol and API values).
 ERR_DEFERRED = -508

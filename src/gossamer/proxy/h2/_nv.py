@@ -14,7 +14,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-from gossamer.proxy.h2._ffi import ffi
+from gossamer.proxy.h2._ffi import backend, ffi
 
 __all__ = ["Header", "nv_array"]
 
@@ -23,9 +23,8 @@ Header = tuple[bytes, bytes]
 _SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
 _NV_FLAG_NO_INDEX = 0x01
 
-_backend = ffi._backend
-_cast = _backend.cast
-_from_buffer = _backend.from_buffer
+_cast = backend.cast
+_from_buffer = backend.from_buffer
 _NV_SIZE = ffi.sizeof("nghttp2_nv")
 _CHAR_ARRAY = ffi.typeof("char[]")
 _UINTPTR = ffi.typeof("uintptr_t")

@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gossamer.proxy.h2 import _ffi
-from gossamer.proxy.h2._ffi import ffi, lib
+from gossamer.proxy.h2._ffi import backend, ffi, lib
 from gossamer.proxy.h2._nv import Header, nv_array
 
 _native: Any = _ffi.native  # None when the collector is not built (see _ffi)
@@ -109,10 +109,9 @@ class _Token:
 
 # The hot path calls cffi's C backend directly (``ffi.unpack`` and friends are thin Python
 # wrappers around these same functions, with a type lookup per call).
-_backend = ffi._backend
-_from_handle = _backend.from_handle
-_unpack = _backend.unpack
-_cast = _backend.cast
+_from_handle = backend.from_handle
+_unpack = backend.unpack
+_cast = backend.cast
 _memmove = ffi.memmove
 _CHAR_P = ffi.typeof("char *")
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import importlib.util
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from gossamer.proxy.h2 import _ffi
+from gossamer.proxy.h2 import _ffi, declarations, native
+from gossamer.proxy.h2.build_native import emit_declarations
 from tests.tools import require
 
 HEADER = Path("/usr/include/nghttp2/nghttp2.h")
@@ -48,7 +53,7 @@ def test_an_older_library_is_refused_with_a_clear_error(monkeypatch: pytest.Monk
 def test_a_missing_library_is_refused_with_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """When no candidate shared object opens, the error says what to install."""
     monkeypatch.setattr(_ffi, "LIBRARY_NAMES", ("libnghttp2-does-not-exist.so.99",))
-    monkeypatch.setattr(_ffi.ctypes.util, "find_library", lambda name: None)
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     with pytest.raises(_ffi.NghttpUnavailable, match="install the Debian package"):
         _ffi._load()
 
@@ -107,3 +112,53 @@ def test_header_block_packing_matches_field_by_field_filling() -> None:
         assert _ffi.ffi.unpack(_ffi.ffi.cast("char *", nv.value), nv.valuelen) == value
         assert nv.flags == (1 if name == b"authorization" else 0)
     assert keep
+
+
+def _parsed_ffi() -> Any:
+    import cffi
+
+    parsed = cffi.FFI()
+    parsed.cdef(declarations.DECLARED)
+    return parsed
+
+
+def test_prebuilt_declarations_match_the_parsed_ones(tmp_path: Path) -> None:
+    """The module ``build_native`` writes declares every type with the same layout as
+    parsing the declarations does, and records the text it was made from."""
+    out = tmp_path / "prebuilt_declarations.py"
+    assert emit_declarations(out) is None
+    spec = importlib.util.spec_from_file_location(native.DECLARATIONS_MODULE, out)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.DECLARED == declarations.DECLARED
+    prebuilt, parsed = module.ffi, _parsed_ffi()
+    for t in TYPES:
+        assert prebuilt.sizeof(t) == parsed.sizeof(t), t
+    for t, f in FIELDS:
+        assert prebuilt.offsetof(t, f) == parsed.offsetof(t, f), (t, f)
+    ours, theirs = prebuilt.dlopen("libnghttp2.so.14"), parsed.dlopen("libnghttp2.so.14")
+    for name in _ffi.FUNCTIONS:
+        mine = prebuilt.typeof(getattr(ours, name)).cname.replace("struct ", "")
+        assert mine == parsed.typeof(getattr(theirs, name)).cname.replace("struct ", ""), name
+
+
+def test_the_sidecar_uses_the_prebuilt_declarations_when_they_are_current() -> None:
+    """After ``make`` (``build_native``), loading the binding parses no C: pycparser is not
+    even imported. A stale module is ignored and the declarations are parsed instead."""
+    require(native.DECLARATIONS.exists(), "the prebuilt declarations (make runs build_native)")
+    code = (
+        "import sys; from gossamer.proxy.h2 import _ffi;"
+        "print(_ffi.declared_ffi()[1], 'pycparser' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["True", "False"]
+
+
+def test_stale_prebuilt_declarations_are_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_ffi, "DECLARED", declarations.DECLARED + "\nint gossamer_new(void);")
+    ffi_, prebuilt = _ffi.declared_ffi()
+    assert not prebuilt
+    assert ffi_.sizeof("nghttp2_nv") == _ffi.ffi.sizeof("nghttp2_nv")
