@@ -17,13 +17,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
-# The HTTP/2 header collector (C, no library headers needed): built when a compiler exists;
-# without it HTTP/2 still works, on slower Python callbacks.
-H2_NATIVE := src/gossamer/proxy/h2/native/libgossamer_h2.so
-$(H2_NATIVE): src/gossamer/proxy/h2/native/headers.c src/gossamer/proxy/h2/declarations.py $(STAMP)
-	-$(BIN)/python -m gossamer.proxy.h2.build_native
+# The native parts (gossamer/native.py: the HTTP/2 header collector and the HTTP/1.1 scanner;
+# C, no library headers needed): built when a compiler exists; without it everything still
+# works, on slower Python code.
+NATIVE := src/gossamer/proxy/h2/native/libgossamer_h2.so
+$(NATIVE): src/gossamer/proxy/h2/native/headers.c src/gossamer/proxy/h2/declarations.py \
+		src/gossamer/protocol/native/scan.c src/gossamer/protocol/native/__init__.py $(STAMP)
+	-$(BIN)/python -m gossamer.build_native
 
-demo: $(STAMP) $(H2_NATIVE)
+demo: $(STAMP) $(NATIVE)
 	$(BIN)/gossamer up -f examples/storefront/mesh.yaml
 
 # Debian packages the tests use as real peers: PostgreSQL (the database story), nghttp2 (the
@@ -32,7 +34,7 @@ TEST_PACKAGES := libnghttp2-14 libnghttp2-dev nghttp2-client postgresql haproxy 
 
 test: $(STAMP) lint typecheck
 	./scripts/ensure-debian-packages $(TEST_PACKAGES)
-	$(BIN)/python -m gossamer.proxy.h2.build_native
+	$(BIN)/python -m gossamer.build_native
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -59,7 +61,7 @@ soak: $(STAMP)
 .PHONY: bench bench-smoke
 BENCH_PACKAGES := haproxy nginx wrk nghttp2-client gcc
 
-bench: $(STAMP) $(H2_NATIVE)
+bench: $(STAMP) $(NATIVE)
 	./scripts/ensure-debian-packages $(BENCH_PACKAGES)
 	test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy
 	$(BIN)/python -m bench

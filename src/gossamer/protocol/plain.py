@@ -68,7 +68,8 @@ class MessageFrame:
         self.begun = self.done = 0
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            # An upgrade (CONNECT, a 101) is the full parser's to handle, like any error.
             self.parser = self._new_parser()
             return False
         if self.done == 1 and self.begun <= 1:

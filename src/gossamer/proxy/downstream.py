@@ -26,7 +26,7 @@ from gossamer.protocol.http1 import (
     render_headers,
     scan_headers,
 )
-from gossamer.protocol.plain import MAX_PLAIN_HEAD, RequestFrame, plain_request_head
+from gossamer.protocol.scanner import Scanner, new_scanner
 from gossamer.proxy.exchange import Exchange
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class DownstreamConnection(asyncio.Protocol):
         # While the upstream's bytes are parsed, writes are gathered here and sent in one
         # syscall (a response head and its body usually arrive together).
         self.held: list[bytes] | None = None
-        self.frame: RequestFrame | None = None  # validates plain requests (made on first use)
+        self.scanner: Scanner | None = None  # takes plain requests (made on first use)
 
     # === asyncio callbacks ===
 
@@ -149,9 +149,9 @@ class DownstreamConnection(asyncio.Protocol):
         pair would wait for the cyclic GC (which a busy sidecar runs rarely) with all the
         memory they reach. Nothing is parsed here after this."""
         del self.parser
-        if self.frame is not None:
-            self.frame.close()
-            self.frame = None
+        if self.scanner is not None:
+            self.scanner.close()
+            self.scanner = None
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -232,31 +232,19 @@ class DownstreamConnection(asyncio.Protocol):
     def plain_request(self, data: bytes) -> bool:
         """Take ``data`` if it is one whole plain request (see ``gossamer.protocol.plain``):
         the head is forwarded by slicing. False leaves it to the full parser, untouched."""
-        end = data.find(b"\r\n\r\n")
-        if end != len(data) - 4 or end > MAX_PLAIN_HEAD:
-            return False
-        space = data.find(b" ")
-        line_end = data.find(b"\r\n")
-        if not data.startswith(b"/", space + 1) or not data.endswith(b" HTTP/1.1", 0, line_end):
-            return False  # absolute-form, asterisk-form, HTTP/1.0: the full path
-        plain = plain_request_head(data[:end], want_host=self.wants_host)
+        scanner = self.scanner
+        if scanner is None:
+            scanner = self.scanner = new_scanner()
+        plain = scanner.request(data, self.wants_host)
         if plain is None:
             return False
-        frame = self.frame
-        if frame is None:
-            frame = self.frame = RequestFrame()
-        if not frame.feed(data):
-            return False
-        method = data[:space]
-        if method == b"CONNECT":
-            return False
+        method, target, head, host, request_id, keep_alive = plain
         ex = Exchange(time.monotonic_ns())
         ex.method = method
         ex.is_head = method == b"HEAD"
-        ex.keep_alive = frame.keep_alive
+        ex.keep_alive = keep_alive
         ex.body_done = True
-        ex.target = data[space + 1 : line_end - 9]
-        head, host, request_id = plain
+        ex.target = target
         try:
             ex.head = self.plain_head(ex, head, host, request_id)
         except ProxyError as exc:

@@ -20,7 +20,7 @@ import httptools
 
 from gossamer.identity.spiffe import peer_uri_sans
 from gossamer.protocol.http1 import LAST_CHUNK, ProxyError, encode_chunk, scan_headers
-from gossamer.protocol.plain import MAX_PLAIN_HEAD, ResponseFrame, plain_response_head
+from gossamer.protocol.scanner import Scanner, new_scanner
 
 if TYPE_CHECKING:
     from gossamer.proxy.balance import EndpointState
@@ -54,7 +54,6 @@ class UpstreamConnection(asyncio.Protocol):
         "endpoint",
         "eof_framed",
         "exchange",
-        "frame",
         "fresh",
         "headers",
         "interim",
@@ -64,6 +63,7 @@ class UpstreamConnection(asyncio.Protocol):
         "pool",
         "reason",
         "reused",
+        "scanner",
         "served",
         "transport",
         "tunnel_peer",
@@ -90,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.endpoint: EndpointState | None = None
         self.served = 0
         self.fresh = False  # a request was sent and no byte of its response has come yet
-        self.frame: ResponseFrame | None = None  # validates plain responses (made on first use)
+        self.scanner: Scanner | None = None  # takes plain responses (made on first use)
 
     # === asyncio callbacks ===
 
@@ -156,9 +156,9 @@ class UpstreamConnection(asyncio.Protocol):
         # The parsers call back into this connection, which holds them: let them go now
         # rather than leave the cycle (and what it reaches) to the cyclic GC.
         del self.parser
-        if self.frame is not None:
-            self.frame.close()
-            self.frame = None
+        if self.scanner is not None:
+            self.scanner.close()
+            self.scanner = None
         self.pool.discard(self)
         account = self.account
         if account is not None:
@@ -229,20 +229,13 @@ class UpstreamConnection(asyncio.Protocol):
             return False
         if ex.rule is not None and ex.rule.filters.edits_response:
             return False
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or end > MAX_PLAIN_HEAD:
+        scanner = self.scanner
+        if scanner is None:
+            scanner = self.scanner = new_scanner()
+        plain = scanner.response(data)
+        if plain is None:
             return False
-        head = plain_response_head(data[:end])
-        if head is None:
-            return False
-        frame = self.frame
-        if frame is None:
-            frame = self.frame = ResponseFrame()
-        if not frame.feed(data):
-            return False
-        status = frame.status()
-        if status < 200:
-            return False  # an interim response alone: the full parser handles 1xx
+        status, forward, keep_alive = plain
         if downstream.on_response_status(ex, status):  # dropped for a retry
             self.exchange = None
             self.downstream = None
@@ -251,8 +244,8 @@ class UpstreamConnection(asyncio.Protocol):
             downstream.retry_dropped(ex)
             return True
         ex.status = status
-        downstream.response_head(ex, head + data[end:] if len(head) != end else data)
-        self._finish(frame.keep_alive)
+        downstream.response_head(ex, forward)
+        self._finish(keep_alive)
         return True
 
     # === httptools callbacks ===

@@ -134,6 +134,8 @@ class TestMessageFrame:
             b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",  # invalid token
             b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",  # bare LF
             b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",  # obs-fold
+            b"CONNECT / HTTP/1.1\r\n\r\n",  # llhttp raises HttpParserUpgrade, not an error
+            b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
         ],
     )
     def test_anything_but_one_valid_message_is_refused_and_the_frame_renewed(

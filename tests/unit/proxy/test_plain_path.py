@@ -2,7 +2,8 @@
 same responses reach the client, only without building header lists.
 
 Each case runs through an ``InboundConnection`` and an ``UpstreamConnection`` on fake transports
-twice: as the proxy runs (plain path where it applies) and with the plain path switched off.
+twice: as the proxy runs (plain path where it applies) and with the plain path switched off;
+the whole module runs once with each plain-message scanner (native and Python).
 The upstream request and the downstream response must carry the same start line, the same
 headers (compared as a multiset, so line order and spacing may differ) and the same body.
 """
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gossamer.protocol import scanner
 from gossamer.proxy.downstream import DownstreamConnection
 from gossamer.proxy.inbound import InboundConnection
 from gossamer.proxy.settings import (
@@ -28,6 +30,7 @@ from gossamer.proxy.settings import (
 )
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.upstream import UpstreamConnection
+from tests.tools import require
 from tests.unit.proxy.test_downstream_errors import FakeTransport
 
 APP = ("127.0.0.1", 9)
@@ -72,6 +75,16 @@ CASES = {
         (True, False),
     ),
 }
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def which_scanner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each test with the native scanner (when built) and with the Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(scanner, "_lib", None)
+    else:
+        require(scanner._lib is not None, "the native HTTP/1.1 scanner (make builds it)")
+    return str(request.param)
 
 
 def _state() -> ProxyState:
@@ -243,7 +256,11 @@ def _casing(name: bytes, flips: int) -> bytes:
     )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     method=st.sampled_from([b"GET", b"HEAD", b"DELETE", b"OPTIONS"]),
     request_headers=st.lists(

@@ -16,7 +16,7 @@ describe:
   with the installed header when one is present.
 
 ``native`` is Gossamer's own header collector (``native/headers.c``, built by
-``python -m gossamer.proxy.h2.build_native`` when a C compiler is present; ``make`` does it):
+``python -m gossamer.build_native`` when a C compiler is present; ``make`` does it):
 C callbacks that gather each header block into one buffer, declared here on the same ``ffi``
 so their function pointers can be handed to nghttp2. Without it (not built, or
 ``GOSSAMER_H2_NATIVE=off``) the same work is done by Python callbacks, one call per field.
@@ -24,10 +24,9 @@ so their function pointers can be handed to nghttp2. Without it (not built, or
 
 from __future__ import annotations
 
-import importlib
-import os
 from typing import Any
 
+import gossamer.native
 from gossamer.proxy.h2 import native as native_files
 from gossamer.proxy.h2.declarations import CDEF, DECLARED, FUNCTIONS, NATIVE_CDEF
 
@@ -84,25 +83,9 @@ def _parse_version(text: str) -> tuple[int, int, int]:
 
 
 def declared_ffi() -> tuple[Any, bool]:
-    """An ``ffi`` holding ``DECLARED``, and whether it came prebuilt.
-
-    ``build_native`` writes the declarations as a prebuilt module (cffi's out-of-line ABI
-    mode: plain Python, no compiler). Loading it costs no C parsing, which would otherwise
-    bring in pycparser and about 2.5 MiB of resident memory for the life of the sidecar. It is
-    used only when it was made from exactly these declarations; otherwise (not built, or
-    stale) they are parsed here.
-    """
-    try:
-        prebuilt = importlib.import_module(native_files.DECLARATIONS_MODULE)
-    except ImportError:
-        prebuilt = None
-    if prebuilt is not None and getattr(prebuilt, "DECLARED", None) == DECLARED:
-        return prebuilt.ffi, True
-    import cffi
-
-    ffi_ = cffi.FFI()
-    ffi_.cdef(DECLARED)
-    return ffi_, False
+    """An ``ffi`` holding ``DECLARED`` (prebuilt when ``build_native`` made the module from
+    exactly these declarations), and whether it came prebuilt (``gossamer.native``)."""
+    return gossamer.native.declared_ffi(native_files.PART._replace(declared=DECLARED))
 
 
 def _load() -> tuple[Any, Any, tuple[int, int, int]]:
@@ -140,25 +123,13 @@ def _load() -> tuple[Any, Any, tuple[int, int, int]]:
 
 
 
-def _load_native(ffi_: Any) -> Any | None:
-    """The header collector's library, or None when it is not built or switched off."""
-    if os.environ.get("GOSSAMER_H2_NATIVE", "on").lower() in ("off", "0", "no"):
-        return None
-    if not native_files.LIBRARY.exists():
-        return None
-    try:
-        return ffi_.dlopen(str(native_files.LIBRARY))
-    except OSError:
-        return None
-
-
 _loaded = _load()
 # Typed as Any on purpose: cdata attribute access is checked by ``self_check`` and the tests,
 # not by mypy, which cannot see the C declarations.
 ffi: Any = _loaded[0]
 lib: Any = _loaded[1]
 version: tuple[int, int, int] = _loaded[2]
-native: Any | None = _load_native(ffi)
+native: Any | None = gossamer.native.open_library(native_files.PART, ffi)
 # Where ``cast``, ``from_buffer``, ``from_handle`` and ``unpack`` are C functions with no Python
 # wrapper on the way: the prebuilt ``ffi`` itself, or the backend behind a parsed one.
 backend: Any = getattr(ffi, "_backend", ffi)

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from gossamer.build_native import emit_declarations
 from gossamer.proxy.h2 import _ffi, declarations, native
-from gossamer.proxy.h2.build_native import emit_declarations
 from tests.tools import require
 
 HEADER = Path("/usr/include/nghttp2/nghttp2.h")
@@ -126,7 +126,7 @@ def test_prebuilt_declarations_match_the_parsed_ones(tmp_path: Path) -> None:
     """The module ``build_native`` writes declares every type with the same layout as
     parsing the declarations does, and records the text it was made from."""
     out = tmp_path / "prebuilt_declarations.py"
-    assert emit_declarations(out) is None
+    assert emit_declarations(native.PART, out) is None
     spec = importlib.util.spec_from_file_location(native.DECLARATIONS_MODULE, out)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

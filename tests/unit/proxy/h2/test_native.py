@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from gossamer.build_native import build
 from gossamer.proxy.h2 import _ffi, native
-from gossamer.proxy.h2.build_native import build
 from gossamer.proxy.h2.session import H2Session
 from tests.tools import require
 
@@ -34,7 +34,7 @@ def test_the_collector_is_built_and_in_use() -> None:
 def test_build_compiles_a_library_with_every_declared_symbol(tmp_path: Path) -> None:
     require(shutil.which("cc") is not None, "a C compiler")
     out = tmp_path / "libgossamer_h2.so"
-    assert build(out) is None
+    assert build(native.PART, out) is None
     library = ctypes.CDLL(str(out))
     declared = [
         line.split("(")[0].split()[-1].lstrip("*")
@@ -51,7 +51,7 @@ def test_build_says_why_without_a_compiler(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    why = build(tmp_path / "lib.so")
+    why = build(native.PART, tmp_path / "lib.so")
     assert why is not None and "no-such-cc" in why
     assert not (tmp_path / "lib.so").exists()
 

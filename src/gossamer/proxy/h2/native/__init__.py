@@ -1,15 +1,27 @@
-"""Where the HTTP/2 header collector's C source and built library live (see ``headers.c``),
-and the prebuilt declarations module: all made by ``gossamer.proxy.h2.build_native`` and
-loaded by ``gossamer.proxy.h2._ffi``."""
+"""The HTTP/2 header collector as a native part (see ``gossamer.native``): its C source
+(``headers.c``), the shared object built from it, and its prebuilt declarations module (which
+also holds libnghttp2's declarations: one ``ffi`` serves both)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DECLARATIONS", "DECLARATIONS_MODULE", "LIBRARY", "SOURCE"]
+from gossamer.native import NativePart
+from gossamer.proxy.h2.declarations import DECLARED
+
+__all__ = ["DECLARATIONS", "DECLARATIONS_MODULE", "LIBRARY", "PART", "SOURCE"]
 
 SOURCE = Path(__file__).with_name("headers.c")
 LIBRARY = Path(__file__).with_name("libgossamer_h2.so")
-# The declarations of ``gossamer.proxy.h2.declarations`` as cffi's out-of-line ABI module.
 DECLARATIONS_MODULE = "gossamer.proxy.h2.native.prebuilt_declarations"
 DECLARATIONS = Path(__file__).with_name("prebuilt_declarations.py")
+
+PART = NativePart(
+    name="HTTP/2 header collector",
+    source=SOURCE,
+    library=LIBRARY,
+    declared=DECLARED,
+    module=DECLARATIONS_MODULE,
+    module_path=DECLARATIONS,
+    switch="GOSSAMER_H2_NATIVE",
+)

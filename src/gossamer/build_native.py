@@ -1,0 +1,98 @@
+"""``python -m gossamer.build_native``: build Gossamer's native parts (see ``gossamer.native``).
+
+For each part (the HTTP/2 header collector, the HTTP/1.1 plain-message scanner):
+
+- the shared object: its C file compiled with the system C compiler (``$CC``, else ``cc``).
+  The files need no library or Python headers, so a compiler is all it takes. Without one
+  it says so, and the part's work is done in Python instead;
+- the prebuilt declarations: the part's cffi declarations written by cffi as an out-of-line
+  ABI module (plain Python, no compiler), so a sidecar does not parse C when it starts.
+
+``make`` runs this. Exit status: 0 when everything was built, 1 when something could not be.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from gossamer.native import NativePart
+from gossamer.protocol.native import PART as HTTP1_SCANNER
+from gossamer.proxy.h2.native import PART as H2_COLLECTOR
+
+__all__ = ["PARTS", "build", "emit_declarations", "main"]
+
+PARTS = (H2_COLLECTOR, HTTP1_SCANNER)
+FLAGS = ("-O2", "-Wall", "-Wextra", "-shared", "-fPIC")
+
+
+def build(part: NativePart, output: Path | None = None) -> str | None:
+    """Compile ``part`` into ``output`` (default: where it is loaded from); None on success,
+    else why it was not built."""
+    output = output or part.library
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return "no C compiler (install the Debian package gcc)"
+    partial = output.with_suffix(".so.tmp")
+    try:
+        result = subprocess.run(
+            [compiler, *FLAGS, "-o", str(partial), str(part.source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:
+        return f"cannot run {compiler}: {exc.strerror or exc}"
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        return f"{compiler} failed: {result.stderr.strip() or result.returncode}"
+    partial.replace(output)  # never leave a half-written library where it is loaded from
+    return None
+
+
+def emit_declarations(part: NativePart, output: Path | None = None) -> str | None:
+    """Write ``part.declared`` as cffi's out-of-line ABI module; None on success, else why not.
+
+    The module ends with ``DECLARED``, the text it was made from: ``gossamer.native`` uses it
+    only when that is still what the part declares.
+    """
+    output = output or part.module_path
+    try:
+        import cffi
+
+        builder = cffi.FFI()
+        builder.cdef(part.declared)
+        builder.set_source(part.module, None)
+        partial = output.with_suffix(".py.tmp")
+        builder.emit_python_code(str(partial))
+    except (ImportError, cffi.CDefError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    with partial.open("a", encoding="utf-8") as out:
+        out.write(f"\nDECLARED = {part.declared!r}\n")
+    partial.replace(output)
+    return None
+
+
+def main() -> int:
+    status = 0
+    for part in PARTS:
+        why = build(part)
+        if why is None:
+            print(f"built {part.library}")
+        else:
+            print(f"{part.name} not built: {why}; its work is done in Python")
+            status = 1
+        why = emit_declarations(part)
+        if why is None:
+            print(f"wrote {part.module_path}")
+        else:
+            print(f"{part.name}: declarations not prebuilt: {why}; they are parsed at start")
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
