@@ -103,6 +103,7 @@ class PythonScanner:
 _ffi, _ = declared_ffi(native.PART)
 _lib: Any = open_library(native.PART, _ffi)
 _RESULTS = struct.Struct(f"={native.RESULT_COUNT}I")
+_RESPONSE_RESULTS = struct.Struct(f"={native.CUT1_END + 1}I")  # what a response needs
 
 
 class NativeScanner:
@@ -139,7 +140,7 @@ class NativeScanner:
     def response(self, data: bytes) -> PlainResponse | None:
         if not _lib.gossamer_plain_response(data, len(data), self._results):
             return None
-        _end, keep, status, _, c1s, c1e, *_rest = _RESULTS.unpack_from(self._buffer)
+        _end, keep, status, _, c1s, c1e = _RESPONSE_RESULTS.unpack_from(self._buffer)
         return status, data[:c1s] + data[c1e:] if c1e else data, keep == 1
 
     def close(self) -> None:
