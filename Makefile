@@ -63,6 +63,7 @@ BENCH_PACKAGES := haproxy nginx wrk nghttp2-client gcc
 
 bench: $(STAMP) $(NATIVE)
 	./scripts/ensure-debian-packages $(BENCH_PACKAGES)
+	$(BIN)/python -m compileall -q src  # as installed: sidecars load bytecode, not source
 	test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.routing

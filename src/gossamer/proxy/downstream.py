@@ -62,7 +62,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.paused = 0
         self.write_paused = False
         self.closed = False
-        self.last_active = time.monotonic()
+        self.last_active_ns = time.monotonic_ns()
         # After a 101, bytes flow both ways untouched: the upstream connection we tunnel to.
         self.tunnel: UpstreamConnection | None = None
         self.upgrading: Exchange | None = None  # an upgrade request waiting for its answer
@@ -334,9 +334,10 @@ class DownstreamConnection(asyncio.Protocol):
             self.flush()
         if ex.timer is not None or ex.try_timer is not None:
             ex.cancel_timers()
+        now = self.last_active_ns = time.monotonic_ns()
         stats = ex.stats
         if stats is not None:
-            stats.record(ex.status, time.monotonic_ns() - ex.start_ns)
+            stats.record(ex.status, now - ex.start_ns)
         endpoint = ex.endpoint
         if endpoint is not None:
             endpoint.pending -= 1
@@ -344,7 +345,6 @@ class DownstreamConnection(asyncio.Protocol):
         queue = self.queue
         if queue and queue[0] is ex:
             queue.popleft()
-        self.last_active = time.monotonic()
         if not ex.keep_alive or not ex.body_done or self.proxy.draining:
             self.close()
             return

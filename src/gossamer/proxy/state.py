@@ -101,14 +101,16 @@ class ProxyState:
 
     def sweep(self) -> None:
         """Close idle keep-alive connections and answer stalled request heads with 408."""
-        now = time.monotonic()
         now_ns = time.monotonic_ns()
         for conn in list(self.connections):
             ex = conn.parsing
             if ex is not None and not ex.method and not conn.queue:  # head still incomplete
                 if now_ns - ex.start_ns > HEADER_TIMEOUT * 1e9:
                     conn.refuse(408, "request-header-timeout", "request head not received in time")
-            elif not conn.queue and ex is None and now - conn.last_active > IDLE_TIMEOUT:
+            elif (
+                not conn.queue and ex is None
+                and now_ns - conn.last_active_ns > IDLE_TIMEOUT * 1e9
+            ):
                 conn.close()
 
     async def sweep_forever(self) -> None:

@@ -127,12 +127,14 @@ def test_responses_in_the_grammar_are_taken_alike(data: bytes) -> None:
     if native is not None:
         assert native == python
         return
-    # The native scanner takes only HTTP/1.1 with a reason after a space, 200-599, and
-    # Content-Length framing (none for 204 and 304).
-    assert python is None or (b"content-length" in _special_counts(data) and data[9:12] in (
-        b"204",
-        b"304",
-    )), data
+    # The native scanner takes only Content-Length framing (none for 204 and 304) and exactly
+    # the body; llhttp also lets stray CR/LF after a message pass as the gap before the next.
+    counts = _special_counts(data)
+    assert (
+        python is None
+        or (b"content-length" in counts and data[9:12] in (b"204", b"304"))
+        or data.endswith((b"\r", b"\n"))
+    ), data
 
 
 @settings(max_examples=1500, deadline=None)

@@ -46,26 +46,25 @@ enum {
 
 #define MAX_HEAD 8192
 
-/* RFC 9110 tchar */
-static int is_tchar(unsigned char c) {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
-        return 1;
-    }
-    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+/* Character classes, one table lookup each: RFC 9110 tchar, the RFC 3986 characters of an
+ * origin-form target (unreserved, sub-delims, ':', '@', '/', '?', and '%': llhttp does not
+ * check percent-encoding, and neither does the proxy), and field-value characters (visible
+ * ASCII, space, tab). Filled when the library is loaded (before any call can read it). */
+enum { TCHAR = 1, TARGET = 2, VALUE = 4 };
+static unsigned char classes[256];
+
+__attribute__((constructor)) static void init_classes(void) {
+    for (int c = 'a'; c <= 'z'; c++) classes[c] |= TCHAR | TARGET;
+    for (int c = 'A'; c <= 'Z'; c++) classes[c] |= TCHAR | TARGET;
+    for (int c = '0'; c <= '9'; c++) classes[c] |= TCHAR | TARGET;
+    for (const char *p = "!#$%&'*+-.^_`|~"; *p; p++) classes[(unsigned char)*p] |= TCHAR;
+    for (const char *p = "-._~!$&'()*+,;=:@/?%"; *p; p++) classes[(unsigned char)*p] |= TARGET;
+    for (int c = 0x21; c <= 0x7e; c++) classes[c] |= VALUE;
+    classes[' '] |= VALUE;
+    classes['\t'] |= VALUE;
 }
 
-/* RFC 3986 characters of an origin-form target: unreserved, sub-delims, ':', '@', '/', '?',
- * and '%' (llhttp does not check percent-encoding, and neither does the proxy). */
-static int is_target_char(unsigned char c) {
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
-        return 1;
-    }
-    return c != 0 && strchr("-._~!$&'()*+,;=:@/?%", c) != NULL;
-}
-
-static int is_value_char(unsigned char c) {
-    return (c >= 0x21 && c <= 0x7e) || c == ' ' || c == '\t';
-}
+#define IS(c, class) (classes[(unsigned char)(c)] & (class))
 
 static unsigned char lower(unsigned char c) {
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c;
@@ -139,7 +138,7 @@ static long scan_headers(const char *data, size_t len, size_t p, int request, ui
             return (long)p - 2; /* the blank line: the head ended at the CRLF before it */
         }
         size_t name = p;
-        while (p < len && is_tchar((unsigned char)data[p])) {
+        while (p < len && IS(data[p], TCHAR)) {
             p++;
         }
         if (p == name || p >= len || data[p] != ':') {
@@ -151,7 +150,7 @@ static long scan_headers(const char *data, size_t len, size_t p, int request, ui
             p++;
         }
         size_t value = p;
-        while (p < len && is_value_char((unsigned char)data[p])) {
+        while (p < len && IS(data[p], VALUE)) {
             p++;
         }
         if (p + 1 >= len || data[p] != '\r' || data[p + 1] != '\n') {
@@ -260,7 +259,7 @@ int gossamer_plain_request(const char *data, size_t len, uint32_t *r) {
     }
     r[RESULT_STATUS] = (uint32_t)p;
     p++;
-    while (p < len && is_target_char((unsigned char)data[p])) {
+    while (p < len && IS(data[p], TARGET)) {
         p++;
     }
     r[RESULT_TARGET_END] = (uint32_t)p;
@@ -292,7 +291,7 @@ int gossamer_plain_response(const char *data, size_t len, uint32_t *r) {
     r[RESULT_STATUS] = (uint32_t)status;
     size_t limit = len < MAX_HEAD + 4 ? len : MAX_HEAD + 4;
     size_t p = 13;
-    while (p < limit && is_value_char((unsigned char)data[p])) {
+    while (p < limit && IS(data[p], VALUE)) {
         p++;
     }
     if (p + 1 >= limit || data[p] != '\r' || data[p + 1] != '\n') {

@@ -98,7 +98,7 @@ class H2Downstream(FlushingConnection, DownstreamConnection):
             self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
-        self.last_active = time.monotonic()
+        self.last_active_ns = time.monotonic_ns()
         try:
             events = self.session.receive(data)
         except H2Error as exc:
@@ -157,7 +157,7 @@ class H2Downstream(FlushingConnection, DownstreamConnection):
         if transport is None or self.closed:
             return
         if self.streams and not self.proxy.draining:
-            self.last_active = time.monotonic()  # idle sweep: live streams are not idle
+            self.last_active_ns = time.monotonic_ns()  # idle sweep: live streams are not idle
             return
         if not self.going_away:
             self.going_away = True
