@@ -75,11 +75,21 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_kib(pid: int) -> int:
     """Resident set size of a process in KiB (``VmRSS``)."""
+    return _status_kib(pid, "VmRSS:")
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The most a process has held resident so far, in KiB (``VmHWM``): catches peaks in the
+    middle of a load that a reading after it would miss."""
+    return _status_kib(pid, "VmHWM:")
+
+
+def _status_kib(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 @dataclass

@@ -101,7 +101,11 @@ def _rss_cell(path: Mapping[str, Any], idle: Mapping[str, int]) -> str:
     names = list(path["cpu_us_per_req_by_proc"])
     if not names:
         return "-"
-    return " + ".join(f"{_mib(idle.get(n))}/{_mib(path['rss_after_kib'].get(n))}" for n in names)
+    peak = path.get("rss_peak_kib", {})
+    return " + ".join(
+        f"{_mib(idle.get(n))}/{_mib(path['rss_after_kib'].get(n))}/{_mib(peak.get(n))}"
+        for n in names
+    )
 
 
 def _rows(results: Mapping[str, Any]) -> list[list[str]]:
@@ -144,7 +148,7 @@ HEADERS = [
     "+p50 1c",
     "+p99 1c",
     "CPU us/req",
-    "RSS MiB idle/after",
+    "RSS MiB idle/after/peak",
     "thr vs HAProxy",
     "CPU vs HAProxy",
 ]
@@ -440,7 +444,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "Latencies in microseconds; `+p50 1c`/`+p99 1c`: added over the direct path (for its",
         "protocol) at one connection; CPU: user+system time of the path's proxy processes per",
         "request (per MB for bulk transfer); RSS: per proxy process, idle (before any load) / max",
-        "after load.",
+        "after a load / peak (VmHWM: the most it ever held, start-up and mid-load peaks included).",
         "",
         _md_table(HEADERS, _rows(results)),
         "",

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from bench.load import LoadError, LoadResult, run_h2load, run_wrk
-from bench.procs import cpu_times, rss_kib
+from bench.procs import cpu_times, peak_rss_kib, rss_kib
 from bench.topology import GROUPS, PathSpec, warm_up
 
 __all__ = ["LoadSettings", "Sample", "drive", "measure", "round_order", "run_rounds", "summarize"]
@@ -55,6 +55,7 @@ class Sample:
     cpu_sys_share: float | None = None  # fraction of the proxy CPU spent in the kernel
     cpu_by_proc: dict[str, float] = field(default_factory=dict)  # us per request
     rss_kib: dict[str, int] = field(default_factory=dict)  # after the load
+    peak_rss_kib: dict[str, int] = field(default_factory=dict)  # VmHWM after the load
 
 
 def drive(spec: PathSpec, settings: LoadSettings, seconds: int) -> LoadResult:
@@ -112,6 +113,7 @@ def measure(spec: PathSpec, settings: LoadSettings, round_no: int) -> Sample:
         cpu_sys_share=system / total_cpu if total_cpu > 0 else None,
         cpu_by_proc={name: sec * 1e6 / result.requests for name, sec in cpu.items()},
         rss_kib={p.name: rss_kib(p.pid) for p in spec.procs},
+        peak_rss_kib={p.name: peak_rss_kib(p.pid) for p in spec.procs},
     )
 
 
@@ -228,9 +230,12 @@ def summarize(paths: list[PathSpec], samples: list[Sample]) -> dict[str, Any]:
                 for name, value in _ratios(sample, ref, spec.protocol == "bulk").items():
                     ratios.setdefault(name, []).append(value)
         rss_after: dict[str, int] = {}
+        rss_peak: dict[str, int] = {}
         for sample in own:
             for name, kib in sample.rss_kib.items():
                 rss_after[name] = max(rss_after.get(name, 0), kib)
+            for name, kib in sample.peak_rss_kib.items():
+                rss_peak[name] = max(rss_peak.get(name, 0), kib)
         cpu_by_proc: dict[str, float | None] = {}
         for proc in spec.procs:
             cpu_by_proc[proc.name] = _median([s.cpu_by_proc[proc.name] for s in own])
@@ -254,6 +259,7 @@ def summarize(paths: list[PathSpec], samples: list[Sample]) -> dict[str, Any]:
             "cpu_sys_share": _median([s.cpu_sys_share for s in own if s.cpu_sys_share is not None]),
             "cpu_us_per_req_by_proc": cpu_by_proc,
             "rss_after_kib": rss_after,
+            "rss_peak_kib": rss_peak,
             "ratios_per_round": ratios,
             "ratios": {name: _median(values) for name, values in ratios.items()},
         }

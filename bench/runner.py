@@ -155,6 +155,7 @@ def _sidecar_figures(
                 rss.get(proc.name, 0),
                 idle.get(proc.name, 0),
                 data["rss_after_kib"].get(proc.name, 0),
+                data.get("rss_peak_kib", {}).get(proc.name, 0),
             )
             value = data["cpu_us_per_req_by_proc"].get(proc.name)
             if value is not None and spec.protocol != "bulk":

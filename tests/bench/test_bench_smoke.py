@@ -84,6 +84,7 @@ def test_proxy_paths_have_cpu_and_memory_figures(smoke: dict[str, Any]) -> None:
         for name in spec["procs"]:
             assert smoke["idle_rss_kib"][name] > 0
             assert data["rss_after_kib"][name] > 0
+            assert data["rss_peak_kib"][name] >= data["rss_after_kib"][name]
 
 
 @pytest.mark.timeout(300)
