@@ -29,8 +29,10 @@ demo: $(STAMP) $(NATIVE)
 	$(BIN)/gossamer up -f examples/storefront/mesh.yaml
 
 # Debian packages the tests use as real peers: PostgreSQL (the database story), nghttp2 (the
-# HTTP/2 codec and h2load), HAProxy, nginx and wrk (the benchmark smoke run).
-TEST_PACKAGES := libnghttp2-14 libnghttp2-dev nghttp2-client postgresql haproxy nginx wrk gcc
+# HTTP/2 codec and h2load), HAProxy, nginx and wrk (the benchmark smoke run); gcc and the
+# Python headers build the native parts.
+TEST_PACKAGES := libnghttp2-14 libnghttp2-dev nghttp2-client postgresql haproxy nginx wrk gcc \
+	python3-dev
 
 test: $(STAMP) lint typecheck
 	./scripts/ensure-debian-packages $(TEST_PACKAGES)
@@ -59,7 +61,7 @@ soak: $(STAMP)
 # The benchmark suite (issue 3, bench/README.md): installs haproxy, nginx, wrk, h2load and
 # py-spy when missing, writes bench/RESULTS.md. bench-smoke: tiny loads (make test runs it too).
 .PHONY: bench bench-smoke
-BENCH_PACKAGES := haproxy nginx wrk nghttp2-client gcc
+BENCH_PACKAGES := haproxy nginx wrk nghttp2-client gcc python3-dev
 
 bench: $(STAMP) $(NATIVE)
 	./scripts/ensure-debian-packages $(BENCH_PACKAGES)

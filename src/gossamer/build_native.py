@@ -6,7 +6,10 @@ For each part (the HTTP/2 header collector, the HTTP/1.1 plain-message scanner):
   The files need no library or Python headers, so a compiler is all it takes. Without one
   it says so, and the part's work is done in Python instead;
 - the prebuilt declarations: the part's cffi declarations written by cffi as an out-of-line
-  ABI module (plain Python, no compiler), so a sidecar does not parse C when it starts.
+  ABI module (plain Python, no compiler), so a sidecar does not parse C when it starts;
+- for a part that has one, the CPython extension: the same C file compiled by cffi in API
+  mode, which the interpreter calls without libffi. It needs the Python headers (Debian:
+  python3-dev); without them the shared object serves.
 
 ``make`` runs this. Exit status: 0 when everything was built, 1 when something could not be.
 """
@@ -17,13 +20,15 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 from gossamer.native import NativePart
 from gossamer.protocol.native import PART as HTTP1_SCANNER
 from gossamer.proxy.h2.native import PART as H2_COLLECTOR
 
-__all__ = ["PARTS", "build", "emit_declarations", "main"]
+__all__ = ["PARTS", "build", "build_extension", "emit_declarations", "extension_path", "main"]
 
 PARTS = (H2_COLLECTOR, HTTP1_SCANNER)
 FLAGS = ("-O2", "-Wall", "-Wextra", "-shared", "-fPIC")
@@ -76,6 +81,35 @@ def emit_declarations(part: NativePart, output: Path | None = None) -> str | Non
     return None
 
 
+def extension_path(part: NativePart, directory: Path | None = None) -> Path:
+    """Where ``part``'s extension module is built (next to its C file by default)."""
+    assert part.extension is not None
+    name = part.extension.rsplit(".", 1)[1] + str(sysconfig.get_config_var("EXT_SUFFIX"))
+    return (directory or part.source.parent) / name
+
+
+def build_extension(part: NativePart, directory: Path | None = None) -> str | None:
+    """Compile ``part``'s C file as its API-mode extension module (into ``directory``, default
+    next to the C file); None on success, else why it was not built."""
+    if part.extension is None:
+        return "the part has no extension"
+    output = extension_path(part, directory)
+    try:
+        import cffi
+
+        builder = cffi.FFI()
+        builder.cdef(part.declared)
+        builder.set_source(part.extension, part.source.read_text(), extra_compile_args=["-O2"])
+        with tempfile.TemporaryDirectory() as tmp:
+            built = Path(builder.compile(tmpdir=tmp))
+            partial = output.with_name(output.name + ".tmp")
+            shutil.copyfile(built, partial)
+            partial.replace(output)
+    except (ImportError, OSError, cffi.CDefError, cffi.VerificationError) as exc:
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc) else ''}"
+    return None
+
+
 def main() -> int:
     status = 0
     for part in PARTS:
@@ -91,6 +125,12 @@ def main() -> int:
         else:
             print(f"{part.name}: declarations not prebuilt: {why}; they are parsed at start")
             status = 1
+        if part.extension is not None:
+            why = build_extension(part)
+            if why is None:
+                print(f"built {extension_path(part)}")
+            else:
+                print(f"{part.name}: extension not built: {why}; the shared object serves")
     return status
 
 

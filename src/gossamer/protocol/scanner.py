@@ -6,6 +6,8 @@ message (``gossamer.protocol.native``: a strict single pass that accepts a subse
 headers the proxy acts on with a regular expression. Both return the same pieces for a
 message they both take (a property test holds them to it); a message a scanner declines
 goes to the full parser, which has not been fed and so starts from the same boundary.
+``HOW`` says which is in use: "extension" (the C file built as a CPython extension, called
+directly), "library" (the shared object, called through libffi) or "python".
 ``GOSSAMER_HTTP1_NATIVE=off`` (or no compiler at build time) selects the Python scanner.
 No I/O here beyond loading the library.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from gossamer.native import declared_ffi, open_library
+from gossamer.native import declared_ffi, load_extension, open_library
 from gossamer.protocol import native
 from gossamer.protocol.plain import (
     MAX_PLAIN_HEAD,
@@ -26,6 +28,7 @@ from gossamer.protocol.plain import (
 )
 
 __all__ = [
+    "HOW",
     "NativeScanner",
     "PlainRequest",
     "PlainResponse",
@@ -100,8 +103,19 @@ class PythonScanner:
         self._request_frame = self._response_frame = None
 
 
-_ffi, _ = declared_ffi(native.PART)
-_lib: Any = open_library(native.PART, _ffi)
+
+def _load() -> tuple[Any, Any, str]:
+    """``(ffi, lib, how)``: the extension when built, else the shared object through libffi;
+    ``lib`` is None when neither is there (or ``GOSSAMER_HTTP1_NATIVE=off``)."""
+    extension = load_extension(native.PART)
+    if extension is not None:
+        return extension[0], extension[1], "extension"
+    ffi, _ = declared_ffi(native.PART)
+    lib = open_library(native.PART, ffi)
+    return ffi, lib, "library" if lib is not None else "python"
+
+
+_ffi, _lib, HOW = _load()
 _RESULTS = struct.Struct(f"={native.RESULT_COUNT}I")
 _RESPONSE_RESULTS = struct.Struct(f"={native.CUT1_END + 1}I")  # what a response needs
 

@@ -8,22 +8,42 @@ changed, inserted or removed) check the first property where the grammar ends.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossamer.protocol import scanner
+from gossamer.build_native import extension_path
+from gossamer.native import declared_ffi, load_extension, open_library
+from gossamer.protocol import native, scanner
 from gossamer.protocol.scanner import NativeScanner, PythonScanner
 from tests.tools import require
 
-pytestmark = pytest.mark.usefixtures("native_built")
+pytestmark = pytest.mark.usefixtures("native_build")
 
 
-@pytest.fixture
-def native_built() -> None:
-    require(scanner._lib is not None, "the native HTTP/1.1 scanner (make builds it)")
+@pytest.fixture(params=["extension", "library"], scope="module")
+def native_build(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each test runs on both builds of ``scan.c``: the CPython extension (called directly)
+    and the shared object (called through libffi). ``make`` builds both."""
+    if request.param == "extension":
+        loaded = load_extension(native.PART)
+        require(loaded is not None, "the scanner's CPython extension (make builds it)")
+        assert loaded is not None
+        ffi, lib = loaded
+    else:
+        ffi = declared_ffi(native.PART)[0]
+        lib = open_library(native.PART, ffi)
+        require(lib is not None, "the scanner's shared object (make builds it)")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scanner, "_ffi", ffi)
+        patch.setattr(scanner, "_lib", lib)
+        yield str(request.param)
 
 
 _TOKEN = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-.^_`|~"
@@ -221,3 +241,22 @@ def test_requests_outside_the_grammar_go_to_the_full_parser(data: bytes) -> None
 )
 def test_responses_outside_the_grammar_go_to_the_full_parser(data: bytes) -> None:
     assert NativeScanner().response(data) is None
+
+
+def _how(**env: str) -> str:
+    code = "from gossamer.protocol import scanner; print(scanner.HOW)"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
+    return done.stdout.strip()
+
+
+def test_the_extension_is_preferred_and_the_switch_turns_native_off() -> None:
+    built = extension_path(native.PART).exists()
+    require(built, "the scanner's CPython extension (make builds it)")
+    assert _how() == "extension"
+    assert _how(GOSSAMER_HTTP1_NATIVE="off") == "python"

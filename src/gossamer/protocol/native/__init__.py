@@ -1,6 +1,7 @@
 """The plain HTTP/1.1 message scanner as a native part (see ``gossamer.native``): its C
-source (``scan.c``, which documents what it accepts), the shared object built from it, its
-cffi declarations and prebuilt declarations module, and the layout of its results."""
+source (``scan.c``, which documents what it accepts), the shared object and the CPython
+extension built from it, its cffi declarations and prebuilt declarations module, and the
+layout of its results."""
 
 from __future__ import annotations
 
@@ -29,4 +30,5 @@ PART = NativePart(
     module="gossamer.protocol.native.prebuilt_declarations",
     module_path=Path(__file__).with_name("prebuilt_declarations.py"),
     switch="GOSSAMER_HTTP1_NATIVE",
+    extension="gossamer.protocol.native.scan_extension",
 )
