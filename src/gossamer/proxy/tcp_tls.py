@@ -289,6 +289,11 @@ class TlsStream(asyncio.BufferedProtocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._write_closed or self._eof_wanted or self._closed:
             return
+        raw = self.raw
+        if raw is None or raw.is_closing():
+            # Going away (the peer reset, or we closed): nothing written now can arrive, and
+            # encrypting it anyway would pile ciphertext up in the BIO until connection_lost.
+            return
         try:
             self._obj.write(data)
         except ssl.SSLError as exc:

@@ -235,6 +235,25 @@ class TestTlsStream:
 
         run(scenario)
 
+    def test_writes_to_a_closing_connection_are_dropped_not_piled_up(
+        self, creds: dict[str, Credentials]
+    ) -> None:
+        """Once the TCP connection is closing nothing written can arrive: a relay end still
+        pushing a bulk transfer must not grow the ciphertext BIO (it reached megabytes)."""
+
+        async def scenario() -> None:
+            pair, _, server = await open_pair(creds)
+            assert pair is not None and pair.server.raw is not None
+            pair.server.raw.close()
+            for _ in range(16):
+                pair.server.write(b"x" * 65536)
+            assert pair.server._outgoing.pending == 0
+            await asyncio.wait_for(pair.server_app.lost.wait(), 5)
+            pair.client.close()
+            server.close()
+
+        run(scenario)
+
     def test_wrong_identity_fails_the_handshake(self, creds: dict[str, Credentials]) -> None:
         """A peer without the expected SPIFFE ID is refused with a precise cause."""
 
