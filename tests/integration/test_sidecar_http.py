@@ -414,13 +414,25 @@ class TestErrors:
         assert headers["x-gossamer-error"] == "headers-too-large"
 
     def test_plaintext_to_inbound_is_refused(self, mesh: Mesh) -> None:
-        """STRICT mTLS: plain HTTP to the inbound port gets 400 mtls-required and a close."""
+        """STRICT mTLS: plain HTTP to the inbound port gets 400 mtls-required and a close;
+        before any config it gets 503 proxy-not-ready (STRICT or not is not known yet)."""
         assert mesh.server.inbound is not None
-        with socket.create_connection(("127.0.0.1", mesh.server.inbound.port), timeout=5) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
-            status, headers, _ = recv_response(s)
-            assert status == 400
-            assert headers["x-gossamer-error"] == "mtls-required"
+
+        def plain_get() -> tuple[int, str]:
+            assert mesh.server.inbound is not None
+            port = mesh.server.inbound.port
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+                status, headers, _ = recv_response(s)
+                return status, headers["x-gossamer-error"]
+
+        assert plain_get() == (503, "proxy-not-ready")
+
+        async def strict() -> None:
+            mesh.server.state.apply_snapshot(1, snapshot(1, {}, source="catalog"))
+
+        mesh.lt.run(strict())
+        assert plain_get() == (400, "mtls-required")
         assert mesh.app.record.requests == []
 
     def test_tls_without_mesh_certificate_is_refused(self, mesh: Mesh) -> None:

@@ -219,15 +219,15 @@ class InboundListener:
             h2c = head == H2_PREFACE[: len(head)] and len(head) >= 8  # HTTP/2 prior knowledge
             spawn(self._accept_plain(conn, h2c), name="inbound plaintext")
             return
-        self.proxy.metrics.error("inbound", "mtls-required")
+        if table is None:  # no config yet: whether plaintext is allowed is not known yet
+            status, cause, detail = 503, "proxy-not-ready", "no configuration from the mesh yet"
+        else:
+            status, cause = 400, "mtls-required"
+            detail = "this port accepts only mutual TLS from the mesh"
+        self.proxy.metrics.error("inbound", cause)
         if head[:4] in _HTTP_METHODS:
             with contextlib.suppress(OSError):
-                conn.send(
-                    error_response(
-                        400, "mtls-required", "this port accepts only mutual TLS from the mesh",
-                        close=True,
-                    )
-                )
+                conn.send(error_response(status, cause, detail, close=True))
         conn.close()
 
     async def _accept_plain(self, conn: socket.socket, h2c: bool = False) -> None:

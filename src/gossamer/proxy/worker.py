@@ -204,6 +204,16 @@ async def run_worker(control_fd: int, metrics_fd: int) -> None:
         settings, client_context=credentials.client_context, credentials=credentials
     )
     state.cert_ready = lambda: credentials.ready
+    # The supervisor's current config comes with init and is in force before the listeners
+    # open: with SO_REUSEPORT the kernel hands a listening worker its share of connections at
+    # once, and a worker with no config could only refuse them.
+    version, snapshot = init.get("version"), init.get("snapshot")
+    first_error: str | None = None
+    if isinstance(version, int) and isinstance(snapshot, dict):
+        try:
+            state.apply_snapshot(version, snapshot)
+        except Exception as exc:  # reported to the supervisor below, like any snapshot
+            first_error = str(exc) or type(exc).__name__
     path = await start_data_path(settings, state, credentials, credentials.server_context)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -217,6 +227,8 @@ async def run_worker(control_fd: int, metrics_fd: int) -> None:
             "cert_ok": cert_ok,
         }
     )
+    if isinstance(version, int):
+        worker.send({"type": "applied", "version": version, "error": first_error})
     tasks = [
         spawn(worker.control_loop(reader), name="supervisor channel"),
         spawn(_serve_metrics(metrics, state), name="metrics channel"),

@@ -136,7 +136,7 @@ class Supervisor:
         self.cert_generation = 0
         self._log_level = log_level
         self._workers = [_Worker(i) for i in range(settings.listen.workers)]
-        self._snapshot_frame: bytes | None = None
+        self._snapshot: tuple[int, dict[str, Any]] | None = None  # the newest that compiled
         self._requested: set[str] = set()
         self._retired: Exposition = {}
         self._scrape_ids = itertools.count(1)
@@ -232,10 +232,13 @@ class Supervisor:
         worker.metrics = BlockingChannel(metrics)
         settings = replace(self.settings, control=replace(self.settings.control, join_token=None))
         blob = base64.b64encode(pickle.dumps(settings)).decode()
-        worker.send(encode({"type": "init", "settings": blob,
-                            "cert_generation": self.cert_generation}))  # fmt: skip
-        if self._snapshot_frame is not None:
-            worker.send(self._snapshot_frame)
+        init: dict[str, Any] = {"type": "init", "settings": blob,
+                                "cert_generation": self.cert_generation}  # fmt: skip
+        if self._snapshot is not None:
+            # In init, not after it: the worker installs it before it listens, so no
+            # connection reaches a worker that has no config (a restarted one included).
+            init["version"], init["snapshot"] = self._snapshot
+        worker.send(encode(init))
         name = f"worker {worker.index} channel"
         worker.reader_task = spawn(self._read(worker, reader), name=name)
         log.info("worker %d started (pid %d)", worker.index, process.pid)
@@ -298,9 +301,8 @@ class Supervisor:
         """Compile here (raise to NACK); forward what compiled to every worker."""
         self.state.apply_snapshot(version, snapshot)
         self.version = version
-        frame = encode({"type": "snapshot", "version": version, "snapshot": snapshot})
-        self._snapshot_frame = frame
-        self._broadcast(frame)
+        self._snapshot = (version, snapshot)
+        self._broadcast(encode({"type": "snapshot", "version": version, "snapshot": snapshot}))
 
     def subscriptions(self) -> list[str]:
         namespace = self.settings.workload.namespace

@@ -298,7 +298,7 @@ class TestSupervisor:
 
         supervisor = asyncio.run(run())
         assert supervisor.version is None
-        assert supervisor._snapshot_frame is None
+        assert supervisor._snapshot is None
 
     def test_good_snapshot_is_kept_for_workers(self, tmp_path: Path) -> None:
         """A snapshot that compiles becomes the version every worker must apply."""
@@ -310,7 +310,7 @@ class TestSupervisor:
 
         supervisor = asyncio.run(run())
         assert supervisor.version == 12
-        assert supervisor._snapshot_frame is not None
+        assert supervisor._snapshot is not None and supervisor._snapshot[0] == 12
         ready, reason = supervisor.readiness()
         assert not ready and "certificate" in reason
 
