@@ -50,10 +50,11 @@ class EndpointAddr:
 class EndpointState:
     """One endpoint and its load: requests in flight and peak-EWMA latency."""
 
-    __slots__ = ("addr", "ewma_ns", "labels", "last_ns", "pending")
+    __slots__ = ("addr", "ewma_ns", "labels", "last_ns", "pending", "pool_key")
 
     def __init__(self, addr: EndpointAddr, labels: Mapping[str, str]) -> None:
         self.addr = addr
+        self.pool_key = (addr.host, addr.port)  # the upstream pool's key for its connections
         self.labels = dict(labels)
         self.pending = 0
         self.ewma_ns = float(DEFAULT_RTT_NS)

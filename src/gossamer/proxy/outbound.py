@@ -223,7 +223,7 @@ class OutboundConnection(DownstreamConnection):
                 ex, 503, "no-healthy-endpoints", f"{service.key} has no healthy endpoints"
             )
             return
-        key = (endpoint.addr.host, endpoint.addr.port)
+        key = endpoint.pool_key
         upstream = self.proxy.outbound_pool.take(key)
         if upstream is not None:
             endpoint.pending += 1
@@ -284,7 +284,7 @@ class OutboundConnection(DownstreamConnection):
     async def _connect(
         self, ex: Exchange, service: OutboundService, endpoint: EndpointState, attempt: int = 0
     ) -> None:
-        key = (endpoint.addr.host, endpoint.addr.port)
+        key = endpoint.pool_key
         try:
             upstream = await self.proxy.outbound_pool.connect(
                 key, sni=service.sni, identity=service.identity

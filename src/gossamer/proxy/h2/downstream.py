@@ -282,7 +282,7 @@ class H2Outbound(H2Downstream):
             return
         endpoint.pending += 1
         stream.endpoint = endpoint
-        key = (endpoint.addr.host, endpoint.addr.port)
+        key = endpoint.pool_key
         conn = self.runtime.outbound_pool.take(key)
         if conn is not None:
             stream.attach(conn)
