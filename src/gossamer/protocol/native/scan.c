@@ -193,21 +193,14 @@ static long scan_headers(const char *data, size_t len, size_t p, int request, ui
             }
             break;
         case H_HOST:
-            if (request) {
-                if (r[RESULT_HOST_END] != 0) {
-                    return -1;
-                }
-                r[RESULT_HOST_START] = (uint32_t)value;
-                r[RESULT_HOST_END] = (uint32_t)value_end;
-            }
-            break;
         case H_REQUEST_ID:
             if (request) {
-                if (r[RESULT_RID_END] != 0) {
-                    return -1;
+                int at = kind == H_HOST ? RESULT_HOST_START : RESULT_RID_START;
+                if (r[at + 1] != 0) {
+                    return -1; /* repeated */
                 }
-                r[RESULT_RID_START] = (uint32_t)value;
-                r[RESULT_RID_END] = (uint32_t)value_end;
+                r[at] = (uint32_t)value;
+                r[at + 1] = (uint32_t)value_end;
             }
             break;
         case H_PEER:

@@ -63,6 +63,26 @@ void gossamer_h2_set_python(frame_cb frame_recv, data_chunk_cb data_chunk,
     mem_send = nghttp2_mem_send;
 }
 
+/* Make room for need bytes in *buf (capacity *cap, doubled from first as needed); 0 when
+ * out of memory (the buffer is then unchanged). */
+static int reserve(char **buf, size_t *cap, size_t need, size_t first) {
+    size_t size = *cap ? *cap : first;
+    char *grown;
+    if (need <= *cap) {
+        return 1;
+    }
+    while (size < need) {
+        size *= 2;
+    }
+    grown = realloc(*buf, size);
+    if (grown == NULL) {
+        return 0;
+    }
+    *buf = grown;
+    *cap = size;
+    return 1;
+}
+
 gossamer_h2_ctx *gossamer_h2_ctx_new(void *handle, size_t max_list_size) {
     gossamer_h2_ctx *ctx = calloc(1, sizeof(*ctx));
     if (ctx != NULL) {
@@ -98,18 +118,8 @@ ssize_t gossamer_h2_send(void *session, gossamer_h2_ctx *ctx, const char **data)
             }
             break;
         }
-        if (len + (size_t)n > ctx->out_cap) {
-            size_t cap = ctx->out_cap ? ctx->out_cap : 4096;
-            char *grown;
-            while (cap < len + (size_t)n) {
-                cap *= 2;
-            }
-            grown = realloc(ctx->out, cap);
-            if (grown == NULL) {
-                return ERR_CALLBACK_FAILURE;
-            }
-            ctx->out = grown;
-            ctx->out_cap = cap;
+        if (!reserve(&ctx->out, &ctx->out_cap, len + (size_t)n, 4096)) {
+            return ERR_CALLBACK_FAILURE;
         }
         memcpy(ctx->out + len, frame, (size_t)n);
         len += (size_t)n;
@@ -149,18 +159,8 @@ int gossamer_h2_on_header(void *session, const void *frame, const char *name, si
         return ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     need = ctx->len + namelen + valuelen + 2;
-    if (need > ctx->cap) {
-        size_t cap = ctx->cap ? ctx->cap : 512;
-        char *grown;
-        while (cap < need) {
-            cap *= 2;
-        }
-        grown = realloc(ctx->buf, cap);
-        if (grown == NULL) {
-            return ERR_CALLBACK_FAILURE;
-        }
-        ctx->buf = grown;
-        ctx->cap = cap;
+    if (!reserve(&ctx->buf, &ctx->cap, need, 512)) {
+        return ERR_CALLBACK_FAILURE;
     }
     memcpy(ctx->buf + ctx->len, name, namelen);
     ctx->len += namelen;
