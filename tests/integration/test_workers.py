@@ -263,7 +263,8 @@ def test_killed_worker_is_restarted_and_traffic_continues(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and len(statuses) < 400:
         statuses += [r.status_code for r in sidecar.get_fresh(5)]
-        if sidecar.worker_pids()[0] not in (None, old[0]) and is_ready(sidecar):
+        restarted = sidecar.worker_pids()[0] not in (None, old[0]) and is_ready(sidecar)
+        if restarted and len(statuses) >= 10:
             break
     assert len(statuses) >= 10 and set(statuses) == {200}, statuses
     wait_for(lambda: sidecar.worker_pids()[0] not in (None, old[0]) and is_ready(sidecar), 10,

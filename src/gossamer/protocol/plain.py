@@ -2,11 +2,13 @@
 
 Most requests and responses crossing a sidecar are one whole message in one read, with no
 hop-by-hop header but ``Connection: keep-alive``/``close``, and (for requests) no body. For
-those the proxy need not build a header list and render it again: it checks the message with
-llhttp (``MessageFrame``: a parser with no per-header callbacks, which validates exactly as the
-full parser does), finds the few headers it acts on with one regular expression over the head
-(``plain_request_head``, ``plain_response_head``), cuts the hop-by-hop lines out and forwards
-the rest as received. Anything else (bodies in requests, chunked framing, upgrades, other
+those the proxy need not build a header list and render it again: it cuts the hop-by-hop lines
+out and forwards the rest as received. This module is the Python way to find them (the native
+scanner in ``gossamer.protocol.native`` does the same in one C pass; ``gossamer.protocol.
+scanner`` picks one): it checks the message with llhttp (``MessageFrame``: a parser with no
+per-header callbacks, which validates exactly as the full parser does) and finds the few
+headers it acts on with one regular expression over the head (``plain_request_head``,
+``plain_response_head``). Anything else (bodies in requests, chunked framing, upgrades, other
 hop-by-hop headers, a partial message, an error) is left to the full parser, which was not fed
 and so starts from the same message boundary. No I/O here.
 

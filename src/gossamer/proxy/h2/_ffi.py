@@ -2,7 +2,7 @@
 
 The C declarations themselves are in ``gossamer.proxy.h2.declarations`` (copied by hand from
 ``nghttp2.h`` of libnghttp2 1.52, Debian ``libnghttp2-14``); they are read from the prebuilt
-declarations module when ``build_native`` has written one (``declared_ffi``). No compiler is
+declarations module when ``build_native`` has written one (``gossamer.native``). No compiler is
 needed at run time. Three checks stand between the declarations and a library they do not
 describe:
 
@@ -28,18 +28,16 @@ from typing import Any
 
 import gossamer.native
 from gossamer.proxy.h2 import native as native_files
-from gossamer.proxy.h2.declarations import CDEF, DECLARED, FUNCTIONS, NATIVE_CDEF
+from gossamer.proxy.h2.declarations import CDEF, FUNCTIONS, NATIVE_CDEF
 
 __all__ = [
     "CDEF",
-    "DECLARED",
     "FUNCTIONS",
     "LIBRARY_NAMES",
     "MIN_VERSION",
     "NATIVE_CDEF",
     "NghttpUnavailable",
     "backend",
-    "declared_ffi",
     "ffi",
     "lib",
     "native",
@@ -82,14 +80,8 @@ def _parse_version(text: str) -> tuple[int, int, int]:
         raise NghttpUnavailable(f"libnghttp2 reports an unreadable version {text!r}") from None
 
 
-def declared_ffi() -> tuple[Any, bool]:
-    """An ``ffi`` holding ``DECLARED`` (prebuilt when ``build_native`` made the module from
-    exactly these declarations), and whether it came prebuilt (``gossamer.native``)."""
-    return gossamer.native.declared_ffi(native_files.PART._replace(declared=DECLARED))
-
-
 def _load() -> tuple[Any, Any, tuple[int, int, int]]:
-    ffi_ = declared_ffi()[0]
+    ffi_ = gossamer.native.declared_ffi(native_files.PART)[0]
     lib_ = _open(ffi_)
     info = lib_.nghttp2_version(0)
     if info == ffi_.NULL:

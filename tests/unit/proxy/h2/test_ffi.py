@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from gossamer.build_native import emit_declarations
+from gossamer.native import declared_ffi
 from gossamer.proxy.h2 import _ffi, declarations, native
 from tests.tools import require
 
@@ -149,7 +150,8 @@ def test_the_sidecar_uses_the_prebuilt_declarations_when_they_are_current() -> N
     require(native.DECLARATIONS.exists(), "the prebuilt declarations (make runs build_native)")
     code = (
         "import sys; from gossamer.proxy.h2 import _ffi;"
-        "print(_ffi.declared_ffi()[1], 'pycparser' in sys.modules)"
+        "from gossamer.native import declared_ffi;"
+        "print(declared_ffi(_ffi.native_files.PART)[1], 'pycparser' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -157,8 +159,8 @@ def test_the_sidecar_uses_the_prebuilt_declarations_when_they_are_current() -> N
     assert out == ["True", "False"]
 
 
-def test_stale_prebuilt_declarations_are_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_ffi, "DECLARED", declarations.DECLARED + "\nint gossamer_new(void);")
-    ffi_, prebuilt = _ffi.declared_ffi()
+def test_stale_prebuilt_declarations_are_not_used() -> None:
+    stale = native.PART._replace(declared=declarations.DECLARED + "\nint gossamer_new(void);")
+    ffi_, prebuilt = declared_ffi(stale)
     assert not prebuilt
     assert ffi_.sizeof("nghttp2_nv") == _ffi.ffi.sizeof("nghttp2_nv")
