@@ -26,13 +26,14 @@ Gossamer's paths:
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
+import gossamer
 from bench.load import LoadError, run_h2load, run_wrk
 from bench.mesh import (
     ControlPlane,
@@ -99,9 +100,8 @@ def tcp_relay_present() -> tuple[bool, str]:
     """Whether the sidecar has the opaque TCP relay with ``GOSSAMER_PROXY_UPSTREAMS``."""
     if importlib.util.find_spec("gossamer.proxy.tcp") is None:
         return False, "gossamer.proxy.tcp does not exist yet"
-    from gossamer.proxy import settings
-
-    if "UPSTREAMS" not in inspect.getsource(settings):
+    source = Path(gossamer.__file__).parent / "proxy" / "settings.py"  # the module may be compiled
+    if "UPSTREAMS" not in source.read_text():
         return False, "GOSSAMER_PROXY_UPSTREAMS is not read by proxy/settings.py yet"
     return True, ""
 

@@ -11,11 +11,17 @@ For each part (the HTTP/2 header collector, the HTTP/1.1 plain-message scanner):
   mode, which the interpreter calls without libffi. It needs the Python headers (Debian:
   python3-dev); without them the shared object serves.
 
+It also compiles the proxy's Python modules with mypyc (``gossamer.compiled``: the set, the
+manifest, and how they are loaded). That needs mypyc (it comes with mypy, a development
+dependency), a C compiler and the Python headers; without them the modules run as source. A
+build whose manifest still matches every source is kept as it is.
+
 ``make`` runs this. Exit status: 0 when everything was built, 1 when something could not be.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,11 +30,20 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
+from gossamer import compiled
 from gossamer.native import NativePart
 from gossamer.protocol.native import PART as HTTP1_SCANNER
 from gossamer.proxy.h2.native import PART as H2_COLLECTOR
 
-__all__ = ["PARTS", "build", "build_extension", "emit_declarations", "extension_path", "main"]
+__all__ = [
+    "PARTS",
+    "build",
+    "build_compiled",
+    "build_extension",
+    "emit_declarations",
+    "extension_path",
+    "main",
+]
 
 PARTS = (H2_COLLECTOR, HTTP1_SCANNER)
 FLAGS = ("-O2", "-Wall", "-Wextra", "-shared", "-fPIC")
@@ -110,6 +125,69 @@ def build_extension(part: NativePart, directory: Path | None = None) -> str | No
     return None
 
 
+# Run by build_compiled in a fresh interpreter (mypyc and setuptools keep global state):
+# argv = [output directory, temporary directory, group name, source paths...].
+_MYPYC_SETUP = """
+import sys
+from setuptools import setup
+from mypyc.build import mypycify
+out, tmp, group, *sources = sys.argv[1:]
+options = ["--ignore-missing-imports", "--cache-dir", tmp + "/mypy-cache"]
+setup(
+    name="gossamer-compiled",
+    ext_modules=mypycify(sources + options, opt_level="3", group_name=group,
+                         target_dir=tmp + "/c"),
+    script_args=["build_ext", "--build-lib", out, "--build-temp", tmp + "/obj"],
+)
+"""
+COMPILED_GROUP = "gossamer.dataplane"  # mypyc's shared library: gossamer.dataplane__mypyc
+
+
+def build_compiled(build_dir: Path = compiled.BUILD_DIR) -> tuple[str | None, bool]:
+    """Compile ``compiled.compiled_sources()`` with mypyc into ``build_dir`` (default: where
+    ``gossamer.compiled`` loads them from), with its manifest. Returns (None, built) on
+    success (built False when the existing build was current), else (why not, False)."""
+    root = compiled.ROOT
+    if build_dir == compiled.BUILD_DIR and compiled.manifest_state()[0] == "compiled":
+        return None, False
+    try:
+        import mypyc  # noqa: F401  (only whether it is there)
+    except ImportError:
+        return "mypyc is not installed (it comes with mypy: pip install mypy)", False
+    sources = compiled.compiled_sources(root)
+    digests = {source: compiled.source_digest(root.parent / source) for source in sources}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        try:
+            result = subprocess.run(
+                [sys.executable, "-c", _MYPYC_SETUP, str(out), tmp, COMPILED_GROUP, *sources],
+                cwd=root.parent,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except OSError as exc:
+            return f"cannot run mypyc: {exc.strerror or exc}", False
+        if result.returncode != 0:
+            lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+            return "mypyc failed: " + ("; ".join(lines[-3:]) or f"exit {result.returncode}"), False
+        extensions = {
+            compiled.module_name(path.relative_to(out).as_posix().split(".", 1)[0] + ".py"):
+            path.relative_to(out).as_posix()
+            for path in sorted(out.rglob("*.so"))
+        }
+        manifest = {"tag": compiled.build_tag(), "sources": digests, "extensions": extensions}
+        (out / compiled.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        # Replace the old build as a whole: never a mix of two builds where it is loaded from.
+        old = build_dir.with_name(build_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if build_dir.exists():
+            build_dir.replace(old)
+        shutil.move(str(out), str(build_dir))
+        shutil.rmtree(old, ignore_errors=True)
+    return None, True
+
+
 def main() -> int:
     status = 0
     for part in PARTS:
@@ -131,6 +209,12 @@ def main() -> int:
                 print(f"built {extension_path(part)}")
             else:
                 print(f"{part.name}: extension not built: {why}; the shared object serves")
+    why, built = build_compiled()
+    if why is None:
+        print(f"{'built' if built else 'up to date:'} {compiled.BUILD_DIR} (compiled modules)")
+    else:
+        print(f"compiled modules not built: {why}; the modules run as source")
+        status = 1
     return status
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gossamer import compiled
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
 from tests.process_harness import Proc, Processes, wait_port, wait_ready
 from tests.sidecar_harness import recv_response
+from tests.tools import require
 
 
 @dataclass
@@ -278,3 +280,13 @@ def test_canary_route_applied_through_the_api_steers_live_traffic(tmp_path: Path
         assert canary == {"catalog-2"}
         share = seen.count("catalog-2") / len(seen)
         assert abs(share - 0.10) <= 0.03, share
+
+
+def test_sidecar_processes_run_the_compiled_data_plane(mesh: RunningMesh) -> None:
+    """A sidecar started as users start it loads the build ``make`` made (gossamer.compiled)."""
+    require(
+        (compiled.BUILD_DIR / compiled.MANIFEST).exists(),
+        "the compiled data plane (python -m gossamer.build_native)",
+    )
+    for sidecar in [mesh.frontend, *(s for s, _ in mesh.catalog)]:
+        assert "code=compiled" in sidecar.log(), sidecar.log()

@@ -56,6 +56,7 @@ class MessageFrame:
     """
 
     __slots__ = ("begun", "done", "keep_alive", "parser")
+    __deletable__ = ("parser",)  # dropped by close
 
     def __init__(self) -> None:
         self.begun = 0

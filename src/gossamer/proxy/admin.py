@@ -106,8 +106,7 @@ class AdminServer:
         self._server = await asyncio.start_server(
             self._serve, self._address.host, self._address.port, limit=MAX_HEAD
         )
-        host, port = self._server.sockets[0].getsockname()[:2]
-        bound = Address(host, port)
+        bound = Address.bound(self._server)
         log.info("admin server listening on %s", bound)
         return bound
 

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import httptools
 
@@ -48,8 +48,9 @@ PAUSE_BUFFER = 4
 
 
 class DownstreamConnection(asyncio.Protocol):
+    __deletable__ = ("parser",)  # dropped on close (see drop_parsers)
     direction = "outbound"
-    drop_headers: frozenset[bytes] = frozenset()
+    drop_headers: ClassVar[frozenset[bytes]] = frozenset()
     wants_host = False  # whether the plain path must find the Host header
 
     def __init__(self, proxy: ProxyState) -> None:

@@ -18,12 +18,14 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
 from gossamer.protocol.http1 import HeadScan, ProxyError, error_response
 from gossamer.proxy.downstream import DownstreamConnection
 from gossamer.proxy.exchange import Exchange
 from gossamer.proxy.h2 import H2_PREFACE, INBOUND_ALPN, hand_over_inbound, plain_inbound
+from gossamer.proxy.loop_calls import remove_reader
 from gossamer.proxy.metrics import RouteStats
 from gossamer.proxy.settings import Address
 from gossamer.proxy.state import ProxyState
@@ -42,7 +44,7 @@ _HTTP_METHODS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"PATC", b"OPTI", 
 
 class InboundConnection(DownstreamConnection):
     direction = "inbound"
-    drop_headers = frozenset({PEER_HEADER})
+    drop_headers: ClassVar[frozenset[bytes]] = frozenset({PEER_HEADER})
 
     def __init__(self, proxy: ProxyState) -> None:
         super().__init__(proxy)
@@ -154,13 +156,13 @@ class InboundListener:
 
     def close(self) -> None:
         if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
+            remove_reader(self._loop, self._sock.fileno())
             self._sock.close()
             self._sock = None
         for fd, (conn, timer) in list(self._pending.items()):
             timer.cancel()
             if self._loop is not None:
-                self._loop.remove_reader(fd)
+                remove_reader(self._loop, fd)
             conn.close()
         self._pending.clear()
 
@@ -187,7 +189,7 @@ class InboundListener:
     def _give_up(self, fd: int) -> None:
         entry = self._pending.pop(fd, None)
         if entry is not None and self._loop is not None:
-            self._loop.remove_reader(fd)
+            remove_reader(self._loop, fd)
             entry[0].close()
 
     def _on_first_bytes(self, fd: int) -> None:
@@ -204,7 +206,7 @@ class InboundListener:
             head = b""
         del self._pending[fd]
         timer.cancel()
-        loop.remove_reader(fd)
+        remove_reader(loop, fd)
         if not head:
             conn.close()
             return

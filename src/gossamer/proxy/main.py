@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import uvloop
 
+from gossamer import compiled
 from gossamer.identity.credentials import AlpnContextSource, Credentials, CredentialsError
 from gossamer.proxy.admin import AdminServer
 from gossamer.proxy.control_client import ControlClient
@@ -111,8 +112,7 @@ async def start_data_path(
             reuse_port=settings.listen.workers > 1 or None,
             backlog=1024,
         )
-        host, port = outbound_server.sockets[0].getsockname()[:2]
-        outbound_addr = Address(host, port)
+        outbound_addr = Address.bound(outbound_server)
     for name, address in (await tcp.start()).items():
         log.info("tcp upstream %s listening on %s", name, address)
     sweeper = spawn(state.sweep_forever(), name="connection sweeper")
@@ -157,13 +157,17 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
     state.subscribe_hook = client.subscribe
     client_task = spawn(client.run(), name="control-plane client")
     log.info(
-        "gossamer proxy started service=%s.%s outbound=%s inbound=%s admin=%s",
+        "gossamer proxy started service=%s.%s outbound=%s inbound=%s admin=%s code=%s",
         settings.workload.service,
         settings.workload.namespace,
         outbound_addr or "off",
         inbound_addr or "off",
         admin_addr,
+        compiled.STATE,
     )
+    if compiled.STATE.startswith("stale"):
+        log.warning("compiled modules not used (%s): run python -m gossamer.build_native",
+                    compiled.STATE)
 
     settle_heap()  # what exists now lives as long as the process
     if stop is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["LATENCY_BUCKETS_MS", "Metrics", "RouteStats", "TcpStats"]
 
@@ -72,6 +73,9 @@ class Metrics:
         self.connections_open: dict[str, int] = {"inbound": 0, "outbound": 0}
         self.tls_handshake_failures = 0
         self._tcp: dict[tuple[str, str, str], TcpStats] = {}
+        # gossamer.proxy.h2.stats.GrpcMetrics, made there on first gRPC use (untyped here:
+        # this module does not load the HTTP/2 path).
+        self.grpc: Any = None
 
     def tcp(self, direction: str, src: str, dst: str) -> TcpStats:
         """The relayed-TCP counters for a label set; relays keep it and add to it."""

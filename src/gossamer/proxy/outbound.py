@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from typing import ClassVar
 
 from gossamer.protocol.http1 import HeadScan, ProxyError, split_absolute_target
 from gossamer.proxy.balance import EndpointState
@@ -41,7 +42,7 @@ _rng = random.Random()
 
 class OutboundConnection(DownstreamConnection):
     direction = "outbound"
-    drop_headers = frozenset({b"x-gossamer-peer-identity"})
+    drop_headers: ClassVar[frozenset[bytes]] = frozenset({b"x-gossamer-peer-identity"})
     sniffed: bytes | None = b""  # first bytes while they may still be the HTTP/2 preface
     wants_host = True
 

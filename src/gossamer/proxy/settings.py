@@ -7,11 +7,14 @@ the proxy reads the environment.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gossamer.proxy.loop_calls import server_sockets
 
 __all__ = [
     "Address",
@@ -57,6 +60,12 @@ class Address:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def bound(cls, server: asyncio.AbstractServer) -> Address:
+        """Where a listening server is bound (the port chosen for port 0)."""
+        host, port = server_sockets(server)[0].getsockname()[:2]
+        return cls(host, port)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,9 @@ class ProxyState:
         self.started_at = time.time()
         self.draining = False
         self.all_closed = asyncio.Event()  # set when the last downstream connection closes
+        # gossamer.proxy.h2.runtime.H2Runtime, made there on first HTTP/2 use (untyped here:
+        # a sidecar that never sees HTTP/2 never loads that path).
+        self.h2_runtime: Any = None
         if settings.listen.default_service:
             key = service_key(settings.listen.default_service, settings.workload.namespace)
             if key:

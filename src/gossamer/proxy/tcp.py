@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.balance import EndpointState
+from gossamer.proxy.loop_calls import remove_reader
 from gossamer.proxy.metrics import TcpStats
 from gossamer.proxy.settings import Address
 from gossamer.proxy.tasks import spawn
@@ -117,8 +118,7 @@ class TcpProxy:
                 backlog=1024,
             )
             self._servers.append(server)
-            host, port = server.sockets[0].getsockname()[:2]
-            self.addresses[upstream.service] = Address(host, port)
+            self.addresses[upstream.service] = Address.bound(server)
         return dict(self.addresses)
 
     def subscriptions(self) -> list[str]:
@@ -388,7 +388,7 @@ class TcpProxy:
                 conn.close()
                 return
             finally:
-                loop.remove_reader(fd)
+                remove_reader(loop, fd)
         else:
             verdict, _needed = self._peek_hello(conn)
         try:

@@ -69,6 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
         "tunnel_peer",
         "upstream_keep_alive",
     )
+    __deletable__ = ("parser",)  # dropped on close
 
     def __init__(self, pool: Pool, key: PoolKey) -> None:
         self.pool = pool

@@ -49,6 +49,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import gossamer
 from gossamer.identity.credentials import Credentials
 from gossamer.proxy.admin import AdminServer
 from gossamer.proxy.control_client import ControlClient
@@ -201,7 +202,8 @@ class Supervisor:
         control, control_child = socket.socketpair()
         metrics, metrics_child = socket.socketpair()
         env = dict(os.environ)
-        src_root = str(Path(__file__).resolve().parents[2])
+        # Where the gossamer package is (this module may be a compiled one elsewhere).
+        src_root = str(Path(gossamer.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (src_root, env.get("PYTHONPATH")) if p)
         try:
             process = await asyncio.create_subprocess_exec(

@@ -1,11 +1,14 @@
 """Header blocks handed to nghttp2: ``(name, value)`` pairs as an ``nghttp2_nv[]``.
 
-This module owns the one place where Python bytes become C pointers for nghttp2. On the
-usual 64-bit layout (checked here at import against the declarations) the array is packed
-with one ``struct`` call over one joined blob of all names and values; elsewhere it is filled
-field by field. The caller keeps the returned keep-alive tuple referenced until the nghttp2
-call that reads the array has returned (nghttp2 copies names and values; no NO_COPY flags).
-Credentials-like fields are marked never-indexed for HPACK.
+This module owns the one place where Python bytes become C pointers for nghttp2. The array
+and the names and values it points to live in one buffer, which the returned cdata owns: as
+long as the caller passes that object to the nghttp2 call, nothing it points to can be freed
+before the call returns (nghttp2 copies names and values; no NO_COPY flags). One owner
+matters because compiled code (``gossamer.compiled``) releases a local as soon as it is last
+used, so a separate keep-alive object would not survive to the call. On the usual 64-bit
+layout (checked here at import against the declarations) the entries are packed with one
+``struct`` call; elsewhere they are filled field by field. Credentials-like fields are marked
+never-indexed for HPACK.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ _NV_FLAG_NO_INDEX = 0x01
 _cast = backend.cast
 _from_buffer = backend.from_buffer
 _NV_SIZE = ffi.sizeof("nghttp2_nv")
-_CHAR_ARRAY = ffi.typeof("char[]")
+_UINT8_P = ffi.typeof("uint8_t *")
 _UINTPTR = ffi.typeof("uintptr_t")
 _NV_ARRAY = ffi.typeof("nghttp2_nv[]")
 _NV_LAYOUT_OK = (
@@ -48,34 +51,33 @@ def _nv_struct(n: int) -> struct.Struct:
     return st
 
 
-def nv_array(headers: Sequence[Header]) -> tuple[Any, tuple[Any, ...]]:
-    """An ``nghttp2_nv[]`` for ``headers`` and the objects that must outlive its use.
+def nv_array(headers: Sequence[Header]) -> Any:
+    """An ``nghttp2_nv[]`` for ``headers`` that owns the names and values it points to.
 
-    On the usual 64-bit layout (checked at import) the array is packed in one ``struct`` call
-    over one joined blob; elsewhere it is filled field by field.
+    Pass the returned object itself to the nghttp2 call (with ``len(headers)`` entries): it
+    keeps the one buffer holding the entries, then the names and values, alive.
     """
+    count = len(headers)
+    entries = count * _NV_SIZE
+    buffer = bytearray(entries)
+    buffer += b"".join([part for pair in headers for part in pair])
+    nva = _from_buffer(_NV_ARRAY, buffer, True)
+    addr = int(_cast(_UINTPTR, nva)) + entries
     if _NV_LAYOUT_OK:
-        blob = b"".join([part for pair in headers for part in pair])
-        base = _from_buffer(_CHAR_ARRAY, blob, False)
-        addr = int(_cast(_UINTPTR, base))
         fields: list[int] = []
         for name, value in headers:
             ln = len(name)
             lv = len(value)
             fields += (addr, addr + ln, ln, lv, _NV_FLAG_NO_INDEX if name in _SENSITIVE else 0)
             addr += ln + lv
-        packed = _nv_struct(len(headers)).pack(*fields)
-        return _from_buffer(_NV_ARRAY, packed, False), (blob, base, packed)
-    nva = ffi.new("nghttp2_nv[]", len(headers))
-    keep: list[Any] = [nva]
+        _nv_struct(count).pack_into(buffer, 0, *fields)
+        return nva
     for i, (name, value) in enumerate(headers):
-        cname = ffi.from_buffer("uint8_t[]", name)
-        cvalue = ffi.from_buffer("uint8_t[]", value)
-        keep += (cname, cvalue)
         nv = nva[i]
-        nv.name = cname
-        nv.value = cvalue
+        nv.name = _cast(_UINT8_P, addr)
+        nv.value = _cast(_UINT8_P, addr + len(name))
         nv.namelen = len(name)
         nv.valuelen = len(value)
         nv.flags = _NV_FLAG_NO_INDEX if name in _SENSITIVE else 0
-    return nva, tuple(keep)
+        addr += len(name) + len(value)
+    return nva

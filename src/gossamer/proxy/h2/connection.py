@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from mypy_extensions import trait
+
 from gossamer.proxy.h2 import _ffi
 from gossamer.proxy.h2.selfcheck import self_check
 from gossamer.proxy.h2.session import Event, H2Error, H2Session
@@ -47,6 +49,7 @@ CLIENT_SETTINGS = (
 )
 
 
+@trait
 class FlushingConnection:
     """Batched writes of an ``H2Session`` to an asyncio transport."""
 

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import math
 import time
+from typing import ClassVar
 
 from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
 from gossamer.protocol.http1 import ProxyError
@@ -65,10 +66,10 @@ CANCEL = 8
 MAX_CONNECT_ATTEMPTS = 3
 
 
-class H2Downstream(FlushingConnection, DownstreamConnection):
+class H2Downstream(DownstreamConnection, FlushingConnection):
     """The server side of an HTTP/2 connection; subclasses say where streams go."""
 
-    drop_headers = frozenset({PEER_HEADER})
+    drop_headers: ClassVar[frozenset[bytes]] = frozenset({PEER_HEADER})
 
     def __init__(self, proxy: ProxyState) -> None:
         super().__init__(proxy)
@@ -80,6 +81,11 @@ class H2Downstream(FlushingConnection, DownstreamConnection):
         self.runtime = runtime_for(proxy)
         self.grpc_stats = self.runtime.grpc
         self.going_away = False
+
+    def flush(self) -> None:
+        """Write the session's output (``FlushingConnection``'s flush, not the HTTP/1.1 held
+        writes of ``DownstreamConnection``, which an HTTP/2 connection never holds)."""
+        FlushingConnection.flush(self)
 
     # === asyncio callbacks ===
 

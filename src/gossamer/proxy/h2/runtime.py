@@ -14,7 +14,6 @@ shutdown and does nothing when HTTP/2 was never used.
 from __future__ import annotations
 
 import ssl
-import weakref
 from typing import TYPE_CHECKING
 
 from gossamer.proxy.h2.limits import StreamAccount
@@ -51,18 +50,15 @@ class H2Runtime:
         self.app_pool.close_all()
 
 
-_RUNTIMES: weakref.WeakKeyDictionary[ProxyState, H2Runtime] = weakref.WeakKeyDictionary()
-
-
 def runtime_for(state: ProxyState) -> H2Runtime:
-    runtime = _RUNTIMES.get(state)
+    runtime: H2Runtime | None = state.h2_runtime
     if runtime is None:
-        runtime = _RUNTIMES[state] = H2Runtime(state)
+        runtime = state.h2_runtime = H2Runtime(state)
     return runtime
 
 
 def close_h2(state: ProxyState) -> None:
     """Close the HTTP/2 pools of ``state`` (no-op when it never used HTTP/2)."""
-    runtime = _RUNTIMES.get(state)
+    runtime: H2Runtime | None = state.h2_runtime
     if runtime is not None:
         runtime.close()

@@ -14,8 +14,9 @@ Safety rules this module keeps (the binding is ABI-mode cffi, so mistakes are me
   is carried out when that call returns), and the pointer is owned by ``ffi.gc`` so it is freed
   exactly once even if ``close`` is never called.
 - Every buffer C hands to a callback (header names and values, DATA payloads, the output of
-  ``mem_send``) is copied into ``bytes`` before the callback returns. Buffers handed to C
-  (header blocks) are kept alive by the calling frame until nghttp2 has copied them.
+  ``mem_send``) is copied into ``bytes`` before the callback returns. A header block handed to
+  C is one object owning its names and values (``_nv.nv_array``), passed in the call itself,
+  so it lives until nghttp2 has copied them.
 - Events are collected during ``mem_recv`` and returned afterwards, so the application never
   runs inside an nghttp2 call. An API call made while the session is inside a C call (which the
   proxy never does, but a bug might) is deferred until that call returns.
@@ -215,9 +216,9 @@ def _read_body(
             del s._out[stream_id]  # nghttp2 asks no more after EOF
             if out.trailers is not None:
                 data_flags[0] = _ffi.DATA_FLAG_EOF | _ffi.DATA_FLAG_NO_END_STREAM
-                nva, keep = nv_array(out.trailers)
-                rv = lib.nghttp2_submit_trailer(session, stream_id, nva, len(out.trailers))
-                del keep
+                rv = lib.nghttp2_submit_trailer(
+                    session, stream_id, nv_array(out.trailers), len(out.trailers)
+                )
                 if rv != 0:
                     return _ffi.ERR_TEMPORAL_CALLBACK_FAILURE
             else:
@@ -469,13 +470,12 @@ class H2Session:
         ptr = self._enter()
         if self._busy:
             raise H2Error(_ffi.ERR_CALLBACK_FAILURE, "submit_request inside a callback")
-        nva, keep = nv_array(headers)
+        nva = nv_array(headers)
         provider = ffi.NULL if end_stream else _PROVIDER
         stream_id = self._check(
             lib.nghttp2_submit_request(ptr, ffi.NULL, nva, len(headers), provider, ffi.NULL),
             "submit request",
         )
-        del keep
         out = None
         if not end_stream:
             out = self._out[stream_id] = Outgoing()
@@ -501,11 +501,9 @@ class H2Session:
             out = self._out.get(stream_id)
             if out is None:
                 out = self._out[stream_id] = Outgoing()
-        nva, keep = nv_array(headers)
         rv = lib.nghttp2_submit_response(
-            ptr, stream_id, nva, len(headers), ffi.NULL if end_stream else _PROVIDER
+            ptr, stream_id, nv_array(headers), len(headers), ffi.NULL if end_stream else _PROVIDER
         )
-        del keep
         if rv < 0:
             self._out.pop(stream_id, None)
             raise H2Error(rv, "submit response")

@@ -10,8 +10,6 @@ imports no C binding, so rendering works in a sidecar that never saw HTTP/2.
 
 from __future__ import annotations
 
-import weakref
-
 from gossamer.proxy.metrics import Metrics, RouteStats
 
 __all__ = ["GrpcMetrics", "grpc_metrics", "render_grpc_metrics"]
@@ -20,7 +18,7 @@ __all__ = ["GrpcMetrics", "grpc_metrics", "render_grpc_metrics"]
 class GrpcMetrics:
     """Per-route counts of gRPC calls by status code, for one proxy's ``Metrics``."""
 
-    __slots__ = ("__weakref__", "_by_route")
+    __slots__ = ("_by_route",)
 
     def __init__(self) -> None:
         self._by_route: dict[RouteStats, dict[int, int]] = {}
@@ -49,18 +47,15 @@ class GrpcMetrics:
         return "\n".join(out) + "\n"
 
 
-_REGISTRY: weakref.WeakKeyDictionary[Metrics, GrpcMetrics] = weakref.WeakKeyDictionary()
-
-
 def grpc_metrics(metrics: Metrics) -> GrpcMetrics:
     """The gRPC counters that belong with ``metrics`` (created on first use)."""
-    found = _REGISTRY.get(metrics)
+    found: GrpcMetrics | None = metrics.grpc
     if found is None:
-        found = _REGISTRY[metrics] = GrpcMetrics()
+        found = metrics.grpc = GrpcMetrics()
     return found
 
 
 def render_grpc_metrics(metrics: Metrics) -> bytes:
     """The Prometheus text of the gRPC counters of ``metrics`` (empty when none)."""
-    found = _REGISTRY.get(metrics)
+    found: GrpcMetrics | None = metrics.grpc
     return found.render().encode() if found is not None else b""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes.util
+import gc
 import importlib.util
 import shutil
 import subprocess
@@ -101,18 +102,26 @@ def test_self_check_passes_against_the_loaded_library() -> None:
     self_check()
 
 
-def test_header_block_packing_matches_field_by_field_filling() -> None:
-    """The packed nghttp2_nv[] holds the same pointers, lengths and flags as a filled one."""
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "field-by-field"])
+def test_header_block_owns_the_names_and_values(
+    packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Either way of filling the nghttp2_nv[] gives the same pointers, lengths and flags, and
+    the returned object alone keeps the names and values alive (compiled code releases other
+    locals before the C call)."""
     from gossamer.proxy.h2 import _nv
 
+    monkeypatch.setattr(_nv, "_NV_LAYOUT_OK", packed and _nv._NV_LAYOUT_OK)
     headers = [(b":status", b"200"), (b"authorization", b"secret"), (b"x", b"")]
-    packed, keep = _nv.nv_array(headers)
+    nva = _nv.nv_array([(bytes(name), bytes(value)) for name, value in headers])
+    gc.collect()
+    churn = [bytes([i % 251]) * 64 for i in range(2000)]  # reuse any freed memory
     for i, (name, value) in enumerate(headers):
-        nv = packed[i]
+        nv = nva[i]
         assert _ffi.ffi.unpack(_ffi.ffi.cast("char *", nv.name), nv.namelen) == name
         assert _ffi.ffi.unpack(_ffi.ffi.cast("char *", nv.value), nv.valuelen) == value
         assert nv.flags == (1 if name == b"authorization" else 0)
-    assert keep
+    assert len(churn) == 2000
 
 
 def _parsed_ffi() -> Any:

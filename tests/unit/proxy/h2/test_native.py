@@ -58,7 +58,7 @@ def test_build_says_why_without_a_compiler(
 
 def test_sessions_work_on_the_python_callbacks_too() -> None:
     """The whole session suite, in a child process with the collector switched off."""
-    env = {**os.environ, "GOSSAMER_H2_NATIVE": "off"}
+    env = {**os.environ, "GOSSAMER_H2_NATIVE": "off", "GOSSAMER_COMPILED": "off"}
     code = (
         "import sys, pytest; from gossamer.proxy.h2 import _ffi, session;"
         "assert _ffi.native is None and session.H2Session(client=True)._ctx is None;"
