@@ -89,6 +89,7 @@ COMPILED = (
     "proxy/resilience/retry.py",
     "proxy/routes.py",
     "proxy/routing.py",
+    "proxy/state.py",
     "proxy/tcp_relay.py",
     "proxy/tcp_tls.py",
     "proxy/upstream.py",
