@@ -452,6 +452,10 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
         _md_table(["target", "measured", "status"], targets(results)),
         "",
+        "Where the time and memory go, and what was tried for each target: "
+        "[README.md](README.md#what-was-tried-the-optimisation-log) (the optimisation log and "
+        "the analysis after it); the profiles and system calls of this run follow.",
+        "",
     ]
     lines += [_cpu_md(results), ""]
     census = results.get("syscalls")

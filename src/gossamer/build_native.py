@@ -155,7 +155,7 @@ def build_compiled(build_dir: Path = compiled.BUILD_DIR) -> tuple[str | None, bo
     except ImportError:
         return "mypyc is not installed (it comes with mypy: pip install mypy)", False
     sources = compiled.compiled_sources(root)
-    digests = {source: compiled.source_digest(root.parent / source) for source in sources}
+    records = {source: compiled.source_record(root.parent / source) for source in sources}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         try:
@@ -176,7 +176,7 @@ def build_compiled(build_dir: Path = compiled.BUILD_DIR) -> tuple[str | None, bo
             path.relative_to(out).as_posix()
             for path in sorted(out.rglob("*.so"))
         }
-        manifest = {"tag": compiled.build_tag(), "sources": digests, "extensions": extensions}
+        manifest = {"tag": compiled.build_tag(), "sources": records, "extensions": extensions}
         (out / compiled.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         # Replace the old build as a whole: never a mix of two builds where it is loaded from.
         old = build_dir.with_name(build_dir.name + ".old")

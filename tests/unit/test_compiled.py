@@ -3,7 +3,6 @@ interpreter and every source it was made from; otherwise the source runs."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.machinery
 import json
 import os
@@ -21,14 +20,14 @@ def _fake_build(tmp_path: Path) -> tuple[Path, Path]:
     stand in for the compiled ones: only their presence is checked)."""
     root = tmp_path / "src" / "gossamer"
     build = root / "_compiled"
-    sources: dict[str, str] = {}
+    sources: dict[str, dict[str, int | str]] = {}
     extensions: dict[str, str] = {}
     for relative in compiled.COMPILED:
         source = root / relative
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(f"# {relative}\n")
         name = f"gossamer/{relative}"
-        sources[name] = hashlib.sha256(source.read_bytes()).hexdigest()
+        sources[name] = compiled.source_record(source)
         extension = build / name.replace(".py", SUFFIX)
         extension.parent.mkdir(parents=True, exist_ok=True)
         extension.write_bytes(b"")
@@ -53,6 +52,16 @@ def test_an_edited_source_makes_the_whole_build_stale(tmp_path: Path) -> None:
     state, modules = compiled.manifest_state(build, root)
     assert state == "stale: gossamer/proxy/upstream.py changed since the build"
     assert modules == {}
+
+
+def test_a_touched_but_unchanged_source_keeps_the_build(tmp_path: Path) -> None:
+    """A checkout that rewrites a file with the same bytes changes its mtime, not its hash."""
+    root, build = _fake_build(tmp_path)
+    source = root / "proxy" / "upstream.py"
+    os.utime(source, ns=(1, 1))
+    assert compiled.manifest_state(build, root)[0] == "compiled"
+    source.write_text("# proxy/upstreaM.py\n")  # same size, other bytes
+    assert compiled.manifest_state(build, root)[0].startswith("stale: gossamer/proxy/upstream")
 
 
 def test_a_build_for_another_interpreter_is_stale(tmp_path: Path) -> None:
