@@ -95,15 +95,16 @@ def profile_paths(
     topology: Topology, load: LoadSettings, seconds: int, workdir: Path, *, smoke: bool
 ) -> dict[str, Any]:
     """py-spy on the Gossamer processes of paths 4, 5 and 7 under their full load (smoke
-    mode: path 4 only)."""
+    mode: path 4, Python frames only). The compiled data plane's functions appear only in
+    native profiles (``CPyDef_...``), so paths 5 and 7 are profiled with native frames."""
     if py_spy_path() is None:
         return {"py-spy": {"error": "py-spy is not installed (make bench installs it)"}}
     out: dict[str, Any] = {}
     plans = [
         ("gossamer", False),
         ("gossamer", True),
-        ("gossamer-pair", False),
-        ("h2-gossamer", False),
+        ("gossamer-pair", True),
+        ("h2-gossamer", True),
     ]
     if smoke:
         plans = plans[:1]
@@ -124,7 +125,7 @@ def profile_paths(
             what = f"path {spec.number} under full load, " + (
                 "native frames (process paused per sample)"
                 if native
-                else "Python frames, --nonblocking"
+                else "Python frames, --nonblocking: compiled modules are not seen"
             )
             title = f"{name} (path {spec.number}{', native' if native else ''})"
             if not path.exists():

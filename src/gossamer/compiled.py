@@ -39,6 +39,7 @@ __all__ = [
     "BUILD_DIR",
     "COMPILED",
     "MANIFEST",
+    "ROOT",
     "STATE",
     "SWITCH",
     "CompiledFinder",
@@ -46,6 +47,7 @@ __all__ = [
     "compiled_sources",
     "install",
     "manifest_state",
+    "module_name",
     "source_matches",
     "source_record",
 ]
