@@ -171,11 +171,9 @@ def build_compiled(build_dir: Path = compiled.BUILD_DIR) -> tuple[str | None, bo
         if result.returncode != 0:
             lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
             return "mypyc failed: " + ("; ".join(lines[-3:]) or f"exit {result.returncode}"), False
-        extensions = {
-            compiled.module_name(path.relative_to(out).as_posix().split(".", 1)[0] + ".py"):
-            path.relative_to(out).as_posix()
-            for path in sorted(out.rglob("*.so"))
-        }
+        built = [path.relative_to(out).as_posix() for path in sorted(out.rglob("*.so"))]
+        # gossamer/proxy/upstream.cpython-311-x86_64-linux-gnu.so -> gossamer.proxy.upstream
+        extensions = {file.split(".", 1)[0].replace("/", "."): file for file in built}
         manifest = {"tag": compiled.build_tag(), "sources": records, "extensions": extensions}
         (out / compiled.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
         # Replace the old build as a whole: never a mix of two builds where it is loaded from.

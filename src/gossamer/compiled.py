@@ -28,12 +28,13 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
-import os
 import sys
 from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
+
+from gossamer.native import env_switched_off
 
 __all__ = [
     "BUILD_DIR",
@@ -194,7 +195,7 @@ class CompiledFinder:
 def install() -> str:
     """Load compiled modules from now on, if a usable build exists; returns ``STATE``."""
     global STATE
-    if os.environ.get(SWITCH, "on").lower() in ("off", "0", "no"):
+    if env_switched_off(SWITCH):
         STATE = "off"
         return STATE
     STATE, modules = manifest_state()

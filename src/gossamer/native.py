@@ -23,7 +23,14 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["NativePart", "declared_ffi", "load_extension", "open_library", "switched_off"]
+__all__ = [
+    "NativePart",
+    "declared_ffi",
+    "env_switched_off",
+    "load_extension",
+    "open_library",
+    "switched_off",
+]
 
 
 class NativePart(NamedTuple):
@@ -57,7 +64,12 @@ def declared_ffi(part: NativePart) -> tuple[Any, bool]:
 
 
 def switched_off(part: NativePart) -> bool:
-    return os.environ.get(part.switch, "on").lower() in ("off", "0", "no")
+    return env_switched_off(part.switch)
+
+
+def env_switched_off(variable: str) -> bool:
+    """Whether the environment turns an optional accelerated part off ("off", "0", "no")."""
+    return os.environ.get(variable, "on").lower() in ("off", "0", "no")
 
 
 def load_extension(part: NativePart) -> tuple[Any, Any] | None:
