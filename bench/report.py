@@ -82,7 +82,7 @@ def versions() -> dict[str, str]:
 
 def _h2_collector() -> str:
     """Whether sidecars will run nghttp2's per-field callbacks in C (the built collector)."""
-    from gossamer.proxy.h2.native import LIBRARY
+    from gossamer.protocol.h2.native import LIBRARY
 
     if os.environ.get("GOSSAMER_H2_NATIVE", "on").lower() in ("off", "0", "no"):
         return "Python callbacks (GOSSAMER_H2_NATIVE=off)"

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gossamer.proxy.outbound import OutboundConnection
-from gossamer.proxy.settings import (
+from gossamer.proxy.http1.outbound import OutboundConnection
+from gossamer.proxy.http1.upstream import UpstreamConnection
+from gossamer.proxy.process.settings import (
     ControlSettings,
     IdentitySettings,
     ListenSettings,
@@ -32,7 +33,6 @@ from gossamer.proxy.settings import (
     WorkloadSettings,
 )
 from gossamer.proxy.state import ProxyState
-from gossamer.proxy.upstream import UpstreamConnection
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = "<!-- routing-cost:begin -->"

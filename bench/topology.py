@@ -98,11 +98,11 @@ class Topology:
 
 def tcp_relay_present() -> tuple[bool, str]:
     """Whether the sidecar has the opaque TCP relay with ``GOSSAMER_PROXY_UPSTREAMS``."""
-    if importlib.util.find_spec("gossamer.proxy.tcp") is None:
-        return False, "gossamer.proxy.tcp does not exist yet"
-    source = Path(gossamer.__file__).parent / "proxy" / "settings.py"  # the module may be compiled
+    if importlib.util.find_spec("gossamer.proxy.tcp.proxy") is None:
+        return False, "gossamer.proxy.tcp.proxy does not exist yet"
+    source = Path(gossamer.__file__).parent / "proxy" / "process" / "settings.py"  # may be compiled
     if "UPSTREAMS" not in source.read_text():
-        return False, "GOSSAMER_PROXY_UPSTREAMS is not read by proxy/settings.py yet"
+        return False, "GOSSAMER_PROXY_UPSTREAMS is not read by proxy/process/settings.py yet"
     return True, ""
 
 
@@ -110,7 +110,7 @@ def http2_present() -> tuple[bool, str]:
     """Whether the sidecar has HTTP/2 support (``gossamer.proxy.h2`` session and handlers)."""
     if importlib.util.find_spec("gossamer.proxy.h2") is None:
         return False, "gossamer.proxy.h2 does not exist yet"
-    for module in ("gossamer.proxy.h2.session",):
+    for module in ("gossamer.protocol.h2.session",):
         if importlib.util.find_spec(module) is None:
             return False, f"{module} does not exist yet"
     return True, ""

@@ -25,9 +25,9 @@ from bench.procs import free_port as free_port  # re-exported: outside the ephem
 from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.credentials import Credentials
 from gossamer.identity.spiffe import SpiffeId
-from gossamer.proxy.inbound import InboundListener
-from gossamer.proxy.outbound import OutboundConnection
-from gossamer.proxy.settings import (
+from gossamer.proxy.http1.inbound import InboundListener
+from gossamer.proxy.http1.outbound import OutboundConnection
+from gossamer.proxy.process.settings import (
     Address,
     ControlSettings,
     IdentitySettings,

@@ -32,8 +32,8 @@ from pathlib import Path
 
 from gossamer import compiled
 from gossamer.native import NativePart
+from gossamer.protocol.h2.native import PART as H2_COLLECTOR
 from gossamer.protocol.native import PART as HTTP1_SCANNER
-from gossamer.proxy.h2.native import PART as H2_COLLECTOR
 
 __all__ = [
     "PARTS",
@@ -172,7 +172,7 @@ def build_compiled(build_dir: Path = compiled.BUILD_DIR) -> tuple[str | None, bo
             lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
             return "mypyc failed: " + ("; ".join(lines[-3:]) or f"exit {result.returncode}"), False
         built = [path.relative_to(out).as_posix() for path in sorted(out.rglob("*.so"))]
-        # gossamer/proxy/upstream.cpython-311-x86_64-linux-gnu.so -> gossamer.proxy.upstream
+        # gossamer/proxy/upstream.cpython-311-x86_64-linux-gnu.so -> gossamer.proxy.http1.upstream
         extensions = {file.split(".", 1)[0].replace("/", "."): file for file in built}
         manifest = {"tag": compiled.build_tag(), "sources": records, "extensions": extensions}
         (out / compiled.MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")

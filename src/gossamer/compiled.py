@@ -62,13 +62,11 @@ SWITCH = "GOSSAMER_COMPILED"
 # supervisor stay source: they gain nothing from compiling and use what compiled classes do
 # not allow (pickled frozen dataclasses, duck-typed test doubles).
 COMPILED = (
+    "protocol/h2/header_arrays.py",
+    "protocol/h2/session.py",
     "protocol/http1.py",
     "protocol/plain.py",
     "protocol/scanner.py",
-    "proxy/balance.py",
-    "proxy/downstream.py",
-    "proxy/exchange.py",
-    "proxy/h2/_nv.py",
     "proxy/h2/connection.py",
     "proxy/h2/downstream.py",
     "proxy/h2/headers.py",
@@ -76,26 +74,28 @@ COMPILED = (
     "proxy/h2/mirror.py",
     "proxy/h2/plan.py",
     "proxy/h2/runtime.py",
-    "proxy/h2/session.py",
     "proxy/h2/stats.py",
     "proxy/h2/stream.py",
     "proxy/h2/upstream.py",
-    "proxy/inbound.py",
-    "proxy/metrics.py",
-    "proxy/outbound.py",
-    "proxy/policy.py",
+    "proxy/http1/downstream.py",
+    "proxy/http1/exchange.py",
+    "proxy/http1/inbound.py",
+    "proxy/http1/outbound.py",
+    "proxy/http1/upstream.py",
+    "proxy/observe/metrics.py",
+    "proxy/pipeline/balancer.py",
     "proxy/resilience/budget.py",
     "proxy/resilience/fields.py",
     "proxy/resilience/limits.py",
     "proxy/resilience/outlier.py",
     "proxy/resilience/ratelimit.py",
     "proxy/resilience/retry.py",
-    "proxy/routes.py",
-    "proxy/routing.py",
+    "proxy/snapshot/http_rules.py",
+    "proxy/snapshot/service_policy.py",
+    "proxy/snapshot/table.py",
     "proxy/state.py",
-    "proxy/tcp_relay.py",
-    "proxy/tcp_tls.py",
-    "proxy/upstream.py",
+    "proxy/tcp/relay.py",
+    "proxy/tcp/tls_stream.py",
 )
 
 # "compiled" (in use), "off" (GOSSAMER_COMPILED=off), "not built", or "stale: <why>".
@@ -136,7 +136,7 @@ def build_tag() -> str:
 
 
 def module_name(source: str) -> str:
-    """``gossamer/proxy/downstream.py`` -> ``gossamer.proxy.downstream``."""
+    """``gossamer/proxy/downstream.py`` -> ``gossamer.proxy.http1.downstream``."""
     return source.removesuffix(".py").replace("/", ".")
 
 

@@ -12,7 +12,7 @@ A part called on every message can also be built as a CPython extension from the
 (cffi's API mode: the interpreter calls it directly, about 0.2 us less per call than through
 libffi). That needs the Python headers; without them the shared object is used.
 
-The parts: the HTTP/2 header collector (``gossamer.proxy.h2.native``) and the plain HTTP/1.1
+The parts: the HTTP/2 header collector (``gossamer.protocol.h2.native``) and the plain HTTP/1.1
 message scanner (``gossamer.protocol.native``).
 """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import gossamer.proxy.downstream
+import gossamer.proxy.http1.downstream
 from gossamer import compiled
 from tests.tools import require
 
@@ -14,5 +14,5 @@ def test_the_build_is_current_and_loaded_in_this_session() -> None:
         "the compiled data plane (python -m gossamer.build_native)",
     )
     assert compiled.STATE == "compiled"
-    loaded = gossamer.proxy.downstream.__file__
+    loaded = gossamer.proxy.http1.downstream.__file__
     assert loaded is not None and loaded.startswith(str(compiled.BUILD_DIR))

@@ -30,10 +30,11 @@ import httpx
 import pytest
 
 from gossamer.control.ca import CertificateAuthority
-from gossamer.proxy.h2 import _ffi, close_h2
+from gossamer.protocol.h2 import binding
+from gossamer.protocol.h2.session import CLOSED, DATA, HEADERS, H2Error, H2Session
+from gossamer.proxy.h2 import close_h2
 from gossamer.proxy.h2.runtime import runtime_for
-from gossamer.proxy.h2.session import CLOSED, DATA, HEADERS, H2Error, H2Session
-from gossamer.proxy.settings import Address
+from gossamer.proxy.process.settings import Address
 from tests.integration.control_helpers import running_control_plane
 from tests.process_harness import Processes, wait_ready
 from tests.sidecar_harness import (
@@ -159,7 +160,7 @@ class H2App(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
         self.session = H2Session(
-            client=False, settings=[(_ffi.SETTINGS_MAX_CONCURRENT_STREAMS, 1000)]
+            client=False, settings=[(binding.SETTINGS_MAX_CONCURRENT_STREAMS, 1000)]
         )
         self.requests: dict[int, dict[str, Any]] = {}
         self.flush()
@@ -227,7 +228,7 @@ class H2Client:
 
     def __init__(self, port: int, *, trickle_preface: bool = False) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.session = H2Session(client=True, settings=[(_ffi.SETTINGS_ENABLE_PUSH, 0)])
+        self.session = H2Session(client=True, settings=[(binding.SETTINGS_ENABLE_PUSH, 0)])
         self.responses: dict[int, dict[str, Any]] = {}
         data = self.session.data_to_send()
         if trickle_preface:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gossamer.control.ca import CertificateAuthority
-from gossamer.proxy.settings import Address
+from gossamer.proxy.process.settings import Address
 from tests.sidecar_harness import (
     LoopThread,
     Sidecar,

@@ -22,8 +22,8 @@ import pytest
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.credentials import Credentials
-from gossamer.proxy.inbound import InboundListener
-from gossamer.proxy.settings import (
+from gossamer.proxy.http1.inbound import InboundListener
+from gossamer.proxy.process.settings import (
     Address,
     ControlSettings,
     IdentitySettings,
@@ -33,7 +33,7 @@ from gossamer.proxy.settings import (
     WorkloadSettings,
 )
 from gossamer.proxy.state import ProxyState
-from gossamer.proxy.tcp import TcpProxy, TcpSnapshotHandler
+from gossamer.proxy.tcp.proxy import TcpProxy, TcpSnapshotHandler
 from tests.sidecar_harness import TD, LoopThread, cyclic_garbage, identity, make_credentials
 
 DRAIN_MS = 600

@@ -12,7 +12,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.sync.client import connect
 
 from gossamer.control.ca import CertificateAuthority
-from gossamer.proxy.settings import Address
+from gossamer.proxy.process.settings import Address
 from tests.sidecar_harness import LoopThread, Sidecar, identity, snapshot, start_sidecar
 
 

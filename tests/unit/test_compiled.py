@@ -42,26 +42,26 @@ def test_a_current_build_is_used_for_every_compiled_module(tmp_path: Path) -> No
     state, modules = compiled.manifest_state(build, root)
     assert state == "compiled"
     assert set(modules) == {compiled.module_name(s) for s in compiled.compiled_sources(root)}
-    assert "gossamer.proxy.downstream" in modules
-    assert "gossamer.proxy.main" not in modules  # start-up code stays source
+    assert "gossamer.proxy.http1.downstream" in modules
+    assert "gossamer.proxy.process.main" not in modules  # start-up code stays source
 
 
 def test_an_edited_source_makes_the_whole_build_stale(tmp_path: Path) -> None:
     root, build = _fake_build(tmp_path)
-    (root / "proxy" / "upstream.py").write_text("# edited\n")
+    (root / "proxy" / "http1" / "upstream.py").write_text("# edited\n")
     state, modules = compiled.manifest_state(build, root)
-    assert state == "stale: gossamer/proxy/upstream.py changed since the build"
+    assert state == "stale: gossamer/proxy/http1/upstream.py changed since the build"
     assert modules == {}
 
 
 def test_a_touched_but_unchanged_source_keeps_the_build(tmp_path: Path) -> None:
     """A checkout that rewrites a file with the same bytes changes its mtime, not its hash."""
     root, build = _fake_build(tmp_path)
-    source = root / "proxy" / "upstream.py"
+    source = root / "proxy" / "http1" / "upstream.py"
     os.utime(source, ns=(1, 1))
     assert compiled.manifest_state(build, root)[0] == "compiled"
     source.write_text("# proxy/upstreaM.py\n")  # same size, other bytes
-    assert compiled.manifest_state(build, root)[0].startswith("stale: gossamer/proxy/upstream")
+    assert compiled.manifest_state(build, root)[0].startswith("stale: gossamer/proxy/http1/upstream")
 
 
 def test_a_build_for_another_interpreter_is_stale(tmp_path: Path) -> None:
@@ -88,16 +88,16 @@ def test_the_finder_answers_only_for_compiled_modules(tmp_path: Path) -> None:
     root, build = _fake_build(tmp_path)
     _, modules = compiled.manifest_state(build, root)
     finder = compiled.CompiledFinder(modules)
-    spec = finder.find_spec("gossamer.proxy.downstream")
-    assert spec is not None and spec.origin == str(modules["gossamer.proxy.downstream"])
+    spec = finder.find_spec("gossamer.proxy.http1.downstream")
+    assert spec is not None and spec.origin == str(modules["gossamer.proxy.http1.downstream"])
     assert isinstance(spec.loader, importlib.machinery.ExtensionFileLoader)
-    assert finder.find_spec("gossamer.proxy.main") is None
+    assert finder.find_spec("gossamer.proxy.process.main") is None
     assert finder.find_spec("json") is None
 
 
 def test_the_switch_turns_compiled_modules_off() -> None:
     code = (
-        "import gossamer.compiled as c, gossamer.proxy.downstream as d; "
+        "import gossamer.compiled as c, gossamer.proxy.http1.downstream as d; "
         "print(c.STATE, d.__file__)"
     )
     env = {**os.environ, "GOSSAMER_COMPILED": "off"}

@@ -49,7 +49,7 @@ def control(ctx: typer.Context) -> None:
 @app.command(context_settings=_PASS_THROUGH, add_help_option=False)
 def proxy(ctx: typer.Context) -> None:
     """Run a sidecar proxy (settings from GOSSAMER_PROXY_* variables)."""
-    from gossamer.proxy.main import main as proxy_main
+    from gossamer.proxy.process.main import main as proxy_main
 
     raise typer.Exit(proxy_main())
 

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["proxy"]:
-        from gossamer.proxy.main import main as proxy_main
+        from gossamer.proxy.process.main import main as proxy_main
 
         # the sidecar reads flags from sys.argv[1:]; drop the sub-command word
         sys.argv = [f"{sys.argv[0]} proxy", *args[1:]]

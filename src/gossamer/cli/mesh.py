@@ -31,7 +31,7 @@ from gossamer.local.paths import DataDir
 from gossamer.local.procs import is_running
 from gossamer.local.state import MeshState, read_state
 from gossamer.local.up import serve, start_detached, stop_mesh
-from gossamer.proxy.settings import parse_upstreams
+from gossamer.proxy.process.settings import parse_upstreams
 
 __all__ = ["down", "register", "run", "status", "up"]
 

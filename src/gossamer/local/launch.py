@@ -1,8 +1,9 @@
 """How each kind of process is started: command lines, environments, readiness probes.
 
-The sidecar's environment follows ``gossamer.proxy.settings`` (``GOSSAMER_PROXY_*``); apps get
-``PORT`` and ``HTTP_PROXY`` pointing at their sidecar's outbound port, with ``NO_PROXY`` empty so
-that plain service names (``http://catalog/...``) go through the mesh.
+The sidecar's environment follows ``gossamer.proxy.process.settings``
+(``GOSSAMER_PROXY_*``); apps get ``PORT`` and ``HTTP_PROXY`` pointing at their sidecar's
+outbound port, with ``NO_PROXY`` empty so that plain service names (``http://catalog/...``)
+go through the mesh.
 """
 
 from __future__ import annotations

@@ -2,6 +2,6 @@
 
 import sys
 
-from gossamer.proxy.main import main
+from gossamer.proxy.process.main import main
 
 sys.exit(main())

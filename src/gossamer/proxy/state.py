@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.stats import render_grpc_metrics
-from gossamer.proxy.metrics import Metrics
-from gossamer.proxy.routing import OutboundService, RouteTable, compile_snapshot, service_key
-from gossamer.proxy.settings import ProxySettings
-from gossamer.proxy.upstream import Pool
+from gossamer.proxy.http1.upstream import Pool
+from gossamer.proxy.observe.metrics import Metrics
+from gossamer.proxy.process.settings import ProxySettings
+from gossamer.proxy.snapshot.table import OutboundService, RouteTable, compile_snapshot, service_key
 
 if TYPE_CHECKING:
     import ssl
 
     from gossamer.identity.credentials import AlpnContextSource
-    from gossamer.proxy.downstream import DownstreamConnection
+    from gossamer.proxy.http1.downstream import DownstreamConnection
 
 __all__ = ["ProxyState"]
 

@@ -33,7 +33,7 @@ def _probe(module: str, argv: list[str]) -> dict[str, object]:
 @pytest.mark.parametrize("argv", [["proxy"], ["proxy", "--workers", "2"]])
 def test_proxy_is_dispatched_without_cli_libraries(argv: list[str]) -> None:
     """`gossamer proxy` returns the sidecar's exit code and loads no typer, rich or pydantic."""
-    data = _probe("gossamer.proxy.main", argv)
+    data = _probe("gossamer.proxy.process.main", argv)
     assert data["code"] == 7
     assert data["loaded"] == []
     assert data["sys_argv"] == argv[1:]  # the sidecar sees only its own flags

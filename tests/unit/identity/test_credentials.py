@@ -258,8 +258,8 @@ def test_sidecar_modules_do_not_import_cryptography() -> None:
     """Importing the sidecar's identity and control modules leaves cryptography unloaded."""
     code = (
         "import sys\n"
-        "import gossamer.identity.credentials, gossamer.proxy.control_client\n"
-        "import gossamer.proxy.admin, gossamer.proxy.tasks\n"
+        "import gossamer.identity.credentials, gossamer.proxy.process.control_client\n"
+        "import gossamer.proxy.process.admin, gossamer.proxy.tasks\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'cryptography', 'pydantic', 'typer', 'rich', 'starlette'})\n"
         "assert not bad, bad\n"

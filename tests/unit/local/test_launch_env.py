@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gossamer.local.launch import SidecarConfig, app_env, base_env, sidecar_env
-from gossamer.proxy.settings import ProxySettings
+from gossamer.proxy.process.settings import ProxySettings
 
 
 def _config(**changes: object) -> SidecarConfig:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gossamer.proxy.admin import AdminServer
-from gossamer.proxy.settings import Address
+from gossamer.proxy.process.admin import AdminServer
+from gossamer.proxy.process.settings import Address
 
 METRICS = b'# TYPE gossamer_requests_total counter\ngossamer_requests_total{code="200"} 3\n'
 

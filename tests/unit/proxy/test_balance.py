@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from gossamer.proxy import balance
-from gossamer.proxy.balance import (
+from gossamer.proxy.pipeline import balancer as balance
+from gossamer.proxy.pipeline.balancer import (
     DEFAULT_RTT_NS,
     FAILURE_PENALTY_NS,
     EndpointAddr,

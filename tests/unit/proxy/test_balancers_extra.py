@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from gossamer.proxy.balance import (
+from gossamer.proxy.pipeline.balancer import (
     ConsistentHashBalancer,
     EndpointAddr,
     EndpointState,

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from gossamer.identity.credentials import Credentials, peer_spiffe_id
-from gossamer.proxy import control_client
-from gossamer.proxy.control_client import ControlClient
-from gossamer.proxy.settings import (
+from gossamer.proxy.process import control_client
+from gossamer.proxy.process.control_client import ControlClient
+from gossamer.proxy.process.settings import (
     Address,
     ControlSettings,
     IdentitySettings,
@@ -358,7 +358,7 @@ def test_invalid_token_is_logged_and_retried(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A refused join is logged with the server's code and retried with backoff."""
-    caplog.set_level(logging.ERROR, logger="gossamer.proxy.control_client")
+    caplog.set_level(logging.ERROR, logger="gossamer.proxy.process.control_client")
 
     async def scenario() -> None:
         async with running(tmp_path, token="wrong") as (fake, h):
@@ -479,7 +479,7 @@ def test_refuses_a_server_without_the_control_plane_identity(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A TLS server with a valid mesh cert but another identity never receives the token."""
-    caplog.set_level(logging.WARNING, logger="gossamer.proxy.control_client")
+    caplog.set_level(logging.WARNING, logger="gossamer.proxy.process.control_client")
 
     async def scenario() -> None:
         impostor = {"server_id": ca_helpers.workload_id("evil")}

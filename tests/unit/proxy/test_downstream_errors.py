@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from gossamer.proxy import state as state_module
-from gossamer.proxy.outbound import OutboundConnection
-from gossamer.proxy.settings import (
+from gossamer.proxy.http1.outbound import OutboundConnection
+from gossamer.proxy.http1.upstream import UpstreamConnection
+from gossamer.proxy.process.settings import (
     ControlSettings,
     IdentitySettings,
     ListenSettings,
@@ -24,7 +25,6 @@ from gossamer.proxy.settings import (
     WorkloadSettings,
 )
 from gossamer.proxy.state import ProxyState
-from gossamer.proxy.upstream import UpstreamConnection
 
 CATALOG_EP = ("127.0.0.1", 41234)
 

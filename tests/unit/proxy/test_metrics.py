@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from gossamer.proxy.metrics import LATENCY_BUCKETS_MS, Metrics
+from gossamer.proxy.observe.metrics import LATENCY_BUCKETS_MS, Metrics
 
 MS = 1_000_000
 SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>.*)\})? (?P<value>\S+)$")

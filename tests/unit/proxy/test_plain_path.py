@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gossamer.protocol import scanner
-from gossamer.proxy.downstream import DownstreamConnection
-from gossamer.proxy.inbound import InboundConnection
-from gossamer.proxy.settings import (
+from gossamer.proxy.http1.downstream import DownstreamConnection
+from gossamer.proxy.http1.inbound import InboundConnection
+from gossamer.proxy.http1.upstream import UpstreamConnection
+from gossamer.proxy.process.settings import (
     Address,
     ControlSettings,
     IdentitySettings,
@@ -29,7 +30,6 @@ from gossamer.proxy.settings import (
     WorkloadSettings,
 )
 from gossamer.proxy.state import ProxyState
-from gossamer.proxy.upstream import UpstreamConnection
 from tests.tools import require
 from tests.unit.proxy.test_downstream_errors import FakeTransport
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.budget import RetryBudget
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 
 class TestBudget:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 
 def test_zero_means_unlimited_for_every_field() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.outlier import (
     CONNECT_FAILURE,
     ERROR_5XX,
@@ -13,6 +12,7 @@ from gossamer.proxy.resilience.outlier import (
     OutlierDetector,
     classify,
 )
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 A, B, C = ("10.0.0.1", 1), ("10.0.0.2", 1), ("10.0.0.3", 1)
 

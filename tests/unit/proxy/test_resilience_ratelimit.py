@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 
 def test_bucket_starts_full_and_allows_the_burst() -> None:

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.retry import DEFAULT_METHODS, RetryPolicy
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 
 def policy(**fields: object) -> RetryPolicy:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gossamer.proxy.errors import SnapshotError
-from gossamer.proxy.routes import (
+from gossamer.proxy.snapshot.errors import SnapshotError
+from gossamer.proxy.snapshot.http_rules import (
     BackendRef,
     FaultPolicy,
     HttpRouter,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from gossamer.proxy import routing
-from gossamer.proxy.balance import PeakEwmaBalancer, RoundRobinBalancer
-from gossamer.proxy.metrics import Metrics
-from gossamer.proxy.routing import RouteTable, SnapshotError, compile_snapshot, service_key
+from gossamer.proxy.observe.metrics import Metrics
+from gossamer.proxy.pipeline.balancer import PeakEwmaBalancer, RoundRobinBalancer
+from gossamer.proxy.snapshot import table as routing
+from gossamer.proxy.snapshot.table import RouteTable, SnapshotError, compile_snapshot, service_key
 
 TD = "spiffe://gossamer.local/ns/default/sa"
 

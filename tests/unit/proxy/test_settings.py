@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gossamer.proxy.settings import Address, ProxySettings, SettingsError
+from gossamer.proxy.process.settings import Address, ProxySettings, SettingsError
 
 P = "GOSSAMER_PROXY_"
 

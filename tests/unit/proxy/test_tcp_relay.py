@@ -9,8 +9,8 @@ from typing import Any
 
 import uvloop
 
-from gossamer.proxy.metrics import TcpStats
-from gossamer.proxy.tcp_relay import STASH_LIMIT, Relay, RelayBuffers
+from gossamer.proxy.observe.metrics import TcpStats
+from gossamer.proxy.tcp.relay import STASH_LIMIT, Relay, RelayBuffers
 
 
 class FakeTransport:

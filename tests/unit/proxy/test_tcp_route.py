@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from gossamer.proxy.errors import SnapshotError
-from gossamer.proxy.metrics import Metrics
-from gossamer.proxy.routing import compile_snapshot
-from gossamer.proxy.tcp_route import TcpBackend, TcpRoute, still_routed
+from gossamer.proxy.observe.metrics import Metrics
+from gossamer.proxy.snapshot.errors import SnapshotError
+from gossamer.proxy.snapshot.table import compile_snapshot
+from gossamer.proxy.snapshot.tcp_rules import TcpBackend, TcpRoute, still_routed
 
 
 def raw_route(**overrides: Any) -> dict[str, Any]:

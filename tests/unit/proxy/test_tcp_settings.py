@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from gossamer.cli.app import app
 from gossamer.local.launch import SidecarConfig, sidecar_env, upstream_env
 from gossamer.local.meshfile import MeshFileError, parse_mesh_text
-from gossamer.proxy.settings import (
+from gossamer.proxy.process.settings import (
     Address,
     ProxySettings,
     SettingsError,

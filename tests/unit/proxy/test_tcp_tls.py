@@ -16,7 +16,7 @@ import uvloop
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.credentials import Credentials
-from gossamer.proxy.settings import (
+from gossamer.proxy.process.settings import (
     ControlSettings,
     IdentitySettings,
     ListenSettings,
@@ -24,9 +24,9 @@ from gossamer.proxy.settings import (
     WorkloadSettings,
 )
 from gossamer.proxy.state import ProxyState
-from gossamer.proxy.tcp import TcpProxy
-from gossamer.proxy.tcp_relay import RelayBuffers
-from gossamer.proxy.tcp_tls import (
+from gossamer.proxy.tcp.proxy import TcpProxy
+from gossamer.proxy.tcp.relay import RelayBuffers
+from gossamer.proxy.tcp.tls_stream import (
     TCP_ALPN,
     TlsFailure,
     TlsStream,
@@ -327,7 +327,7 @@ class TestClaimDecision:
 
     @staticmethod
     def peek(data: bytes) -> tuple[bool | None, int]:
-        from gossamer.proxy.tcp import TcpProxy
+        from gossamer.proxy.tcp.proxy import TcpProxy
 
         a, b = socket.socketpair()
         with a, b:

@@ -13,12 +13,12 @@ from typing import Any
 import pytest
 
 from gossamer.identity.credentials import Credentials
-from gossamer.proxy.settings import Address, ProxySettings
-from gossamer.proxy.worker import WorkerCredentials
-from gossamer.proxy.worker_link import BlockingChannel, encode, read_frame
-from gossamer.proxy.worker_metrics import merge, parse_exposition, render_exposition
-from gossamer.proxy.worker_ports import reserve
-from gossamer.proxy.workers import Supervisor, _SupervisedCredentials
+from gossamer.proxy.process.settings import Address, ProxySettings
+from gossamer.proxy.workers.channel import BlockingChannel, encode, read_frame
+from gossamer.proxy.workers.child import WorkerCredentials
+from gossamer.proxy.workers.metrics_merge import merge, parse_exposition, render_exposition
+from gossamer.proxy.workers.ports import reserve
+from gossamer.proxy.workers.supervisor import Supervisor, _SupervisedCredentials
 from tests.unit.identity import ca_helpers
 from tests.unit.proxy.test_routing import make_snapshot
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import asyncio
 
-    from gossamer.proxy.downstream import DownstreamConnection
+    from gossamer.proxy.http1.downstream import DownstreamConnection
     from gossamer.proxy.state import ProxyState
 
 __all__ = [

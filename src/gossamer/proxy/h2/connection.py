@@ -16,9 +16,9 @@ import logging
 
 from mypy_extensions import trait
 
-from gossamer.proxy.h2 import _ffi
-from gossamer.proxy.h2.selfcheck import self_check
-from gossamer.proxy.h2.session import Event, H2Error, H2Session
+from gossamer.protocol.h2 import binding
+from gossamer.protocol.h2.selfcheck import self_check
+from gossamer.protocol.h2.session import Event, H2Error, H2Session
 
 __all__ = [
     "CLIENT_SETTINGS",
@@ -38,14 +38,14 @@ MAX_CONCURRENT_STREAMS = 1000
 MAX_HEADER_LIST_SIZE = 64 * 1024
 
 SERVER_SETTINGS = (
-    (_ffi.SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS),
-    (_ffi.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
-    (_ffi.SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
+    (binding.SETTINGS_MAX_CONCURRENT_STREAMS, MAX_CONCURRENT_STREAMS),
+    (binding.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+    (binding.SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
 )
 CLIENT_SETTINGS = (
-    (_ffi.SETTINGS_ENABLE_PUSH, 0),
-    (_ffi.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
-    (_ffi.SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
+    (binding.SETTINGS_ENABLE_PUSH, 0),
+    (binding.SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+    (binding.SETTINGS_MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST_SIZE),
 )
 
 

@@ -31,16 +31,7 @@ import time
 from typing import ClassVar
 
 from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
-from gossamer.protocol.http1 import ProxyError
-from gossamer.proxy.balance import EndpointState
-from gossamer.proxy.downstream import DownstreamConnection
-from gossamer.proxy.h2 import H2_PREFACE
-from gossamer.proxy.h2.connection import CONNECTION_WINDOW, SERVER_SETTINGS, FlushingConnection
-from gossamer.proxy.h2.headers import scan_request
-from gossamer.proxy.h2.plan import needs_plan
-from gossamer.proxy.h2.plan import route as plan_route
-from gossamer.proxy.h2.runtime import runtime_for
-from gossamer.proxy.h2.session import (
+from gossamer.protocol.h2.session import (
     CLOSED,
     DATA,
     END,
@@ -50,10 +41,19 @@ from gossamer.proxy.h2.session import (
     H2Session,
     Header,
 )
+from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.h2 import H2_PREFACE
+from gossamer.proxy.h2.connection import CONNECTION_WINDOW, SERVER_SETTINGS, FlushingConnection
+from gossamer.proxy.h2.headers import scan_request
+from gossamer.proxy.h2.plan import needs_plan
+from gossamer.proxy.h2.plan import route as plan_route
+from gossamer.proxy.h2.runtime import runtime_for
 from gossamer.proxy.h2.stream import ProxiedStream
-from gossamer.proxy.metrics import RouteStats
-from gossamer.proxy.policy import ServicePolicy
-from gossamer.proxy.routing import OutboundService, service_key
+from gossamer.proxy.http1.downstream import DownstreamConnection
+from gossamer.proxy.observe.metrics import RouteStats
+from gossamer.proxy.pipeline.balancer import EndpointState
+from gossamer.proxy.snapshot.service_policy import ServicePolicy
+from gossamer.proxy.snapshot.table import OutboundService, service_key
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
 

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, cast
 from gossamer.proxy.h2.stream import CANCEL, ProxiedStream
 
 if TYPE_CHECKING:
+    from gossamer.protocol.h2.session import Header
     from gossamer.proxy.h2.downstream import H2Outbound
     from gossamer.proxy.h2.limits import StreamAccount
-    from gossamer.proxy.h2.session import Header
     from gossamer.proxy.h2.upstream import H2Upstream
-    from gossamer.proxy.routes import HttpRule, MirrorPolicy
+    from gossamer.proxy.snapshot.http_rules import HttpRule, MirrorPolicy
 
 __all__ = ["MIRROR_TIMEOUT", "MirrorStream", "start_mirror"]
 

@@ -1,5 +1,5 @@
 """Traffic management of one outbound HTTP/2 stream (h2c from the app, gRPC included): the
-counterpart of ``proxy/outbound.py``'s route stage for HTTP/1.1 (docs/internals.md §8).
+counterpart of ``proxy/http1/outbound.py``'s route stage for HTTP/1.1 (docs/internals.md §8).
 
 ``route(down, stream, service)`` runs for a stream whose service has HTTP routes, a timeout,
 a retry policy or connection limits (``needs_plan``); any other stream goes straight to the
@@ -65,14 +65,14 @@ from gossamer.proxy.resilience.limits import UNLIMITED
 from gossamer.proxy.resilience.outlier import classify
 
 if TYPE_CHECKING:
-    from gossamer.proxy.balance import EndpointState
     from gossamer.proxy.h2.downstream import H2Outbound
     from gossamer.proxy.h2.limits import StreamAccount
     from gossamer.proxy.h2.stream import ProxiedStream
     from gossamer.proxy.h2.upstream import H2Upstream
+    from gossamer.proxy.pipeline.balancer import EndpointState
     from gossamer.proxy.resilience.retry import RetryPolicy
-    from gossamer.proxy.routes import HttpRule, MirrorPolicy
-    from gossamer.proxy.routing import OutboundService
+    from gossamer.proxy.snapshot.http_rules import HttpRule, MirrorPolicy
+    from gossamer.proxy.snapshot.table import OutboundService
 
 __all__ = ["MAX_MIRROR_BODY", "StreamPlan", "needs_plan", "route"]
 

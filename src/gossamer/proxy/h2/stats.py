@@ -10,7 +10,7 @@ imports no C binding, so rendering works in a sidecar that never saw HTTP/2.
 
 from __future__ import annotations
 
-from gossamer.proxy.metrics import Metrics, RouteStats
+from gossamer.proxy.observe.metrics import Metrics, RouteStats
 
 __all__ = ["GrpcMetrics", "grpc_metrics", "render_grpc_metrics"]
 

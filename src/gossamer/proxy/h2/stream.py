@@ -33,6 +33,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from gossamer.protocol.h2.session import H2Error, Header, Outgoing
 from gossamer.proxy.h2.headers import (
     GRPC_CANCELLED,
     error_body,
@@ -44,16 +45,15 @@ from gossamer.proxy.h2.headers import (
     percent_encode,
     redirect_headers,
 )
-from gossamer.proxy.h2.session import H2Error, Header, Outgoing
 from gossamer.proxy.resilience.outlier import classify
 
 if TYPE_CHECKING:
-    from gossamer.proxy.balance import EndpointState
     from gossamer.proxy.h2.downstream import H2Downstream
     from gossamer.proxy.h2.plan import StreamPlan
     from gossamer.proxy.h2.upstream import H2Upstream
-    from gossamer.proxy.metrics import RouteStats
-    from gossamer.proxy.routing import OutboundService
+    from gossamer.proxy.observe.metrics import RouteStats
+    from gossamer.proxy.pipeline.balancer import EndpointState
+    from gossamer.proxy.snapshot.table import OutboundService
 
 __all__ = ["CANCEL", "INTERNAL_ERROR", "ProxiedStream"]
 

@@ -15,9 +15,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
-from gossamer.protocol.http1 import ProxyError
-from gossamer.proxy.h2.connection import CLIENT_SETTINGS, CONNECTION_WINDOW, FlushingConnection
-from gossamer.proxy.h2.session import (
+from gossamer.protocol.h2.session import (
     CLOSED,
     DATA,
     END,
@@ -27,8 +25,10 @@ from gossamer.proxy.h2.session import (
     H2Error,
     H2Session,
 )
+from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.h2.connection import CLIENT_SETTINGS, CONNECTION_WINDOW, FlushingConnection
 from gossamer.proxy.h2.stream import INTERNAL_ERROR, ProxiedStream
-from gossamer.proxy.upstream import identity_mismatch, open_upstream
+from gossamer.proxy.http1.upstream import identity_mismatch, open_upstream
 
 __all__ = ["H2Pool", "H2Upstream"]
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.fields import number, obj, opt_int
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 __all__ = ["BUCKETS", "RetryBudget"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gossamer.proxy.errors import SnapshotError
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 __all__ = [
     "number",

@@ -43,8 +43,8 @@ import math
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.fields import number, obj, opt_int
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 __all__ = [
     "CONNECT_FAILURE",

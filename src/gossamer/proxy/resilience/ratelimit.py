@@ -16,8 +16,8 @@ import math
 from collections import OrderedDict
 from typing import Any
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.fields import number, obj
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 __all__ = ["MAX_IDENTITIES", "LocalRateLimiter", "TokenBucket"]
 

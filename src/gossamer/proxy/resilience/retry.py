@@ -28,8 +28,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gossamer.proxy.errors import SnapshotError
 from gossamer.proxy.resilience.fields import number, obj, opt_duration, opt_int, str_list
+from gossamer.proxy.snapshot.errors import SnapshotError
 
 __all__ = ["DEFAULT_METHODS", "GRPC_CODES", "RETRY_CONDITIONS", "RetryPolicy"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gossamer.proxy.h2 import _ffi
-from gossamer.proxy.h2.session import Event, H2Session
+from gossamer.protocol.h2 import binding
+from gossamer.protocol.h2.session import Event, H2Session
 
 REQUEST = [
     (b":method", b"POST"),
@@ -18,10 +18,13 @@ def pair(window: int = 65535) -> tuple[H2Session, H2Session]:
     """A client and a server session whose stream windows are ``window`` bytes."""
     client = H2Session(
         client=True,
-        settings=[(_ffi.SETTINGS_ENABLE_PUSH, 0), (_ffi.SETTINGS_INITIAL_WINDOW_SIZE, window)],
+        settings=[
+            (binding.SETTINGS_ENABLE_PUSH, 0),
+            (binding.SETTINGS_INITIAL_WINDOW_SIZE, window),
+        ],
     )
     server = H2Session(
-        client=False, settings=[(_ffi.SETTINGS_INITIAL_WINDOW_SIZE, window)]
+        client=False, settings=[(binding.SETTINGS_INITIAL_WINDOW_SIZE, window)]
     )
     return client, server
 

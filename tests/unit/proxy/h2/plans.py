@@ -7,18 +7,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gossamer.proxy.balance import EndpointAddr, EndpointState
+from gossamer.protocol.h2.session import DATA, END, HEADERS, Event, H2Session, Header
 from gossamer.proxy.h2.headers import scan_request
 from gossamer.proxy.h2.limits import StreamAccount
 from gossamer.proxy.h2.plan import route
-from gossamer.proxy.h2.session import DATA, END, HEADERS, Event, H2Session, Header
 from gossamer.proxy.h2.stats import GrpcMetrics
 from gossamer.proxy.h2.stream import ProxiedStream
 from gossamer.proxy.h2.upstream import H2Pool, H2Upstream
-from gossamer.proxy.metrics import Metrics
-from gossamer.proxy.policy import ServicePolicy
-from gossamer.proxy.routes import HttpRouter
-from gossamer.proxy.routing import OutboundService
+from gossamer.proxy.observe.metrics import Metrics
+from gossamer.proxy.pipeline.balancer import EndpointAddr, EndpointState
+from gossamer.proxy.snapshot.http_rules import HttpRouter
+from gossamer.proxy.snapshot.service_policy import ServicePolicy
+from gossamer.proxy.snapshot.table import OutboundService
 from tests.unit.proxy.h2.pairs import pair, settle
 
 GRPC_CALL = [

@@ -12,8 +12,8 @@ import weakref
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gossamer.protocol.h2.session import H2Error, H2Session
 from gossamer.proxy.h2 import H2_PREFACE
-from gossamer.proxy.h2.session import H2Error, H2Session
 from tests.unit.proxy.h2.pairs import GET
 
 FUZZ = settings(

@@ -11,7 +11,7 @@ from gossamer.proxy.h2.headers import (
     scan_request,
 )
 from gossamer.proxy.h2.stats import GrpcMetrics, grpc_metrics, render_grpc_metrics
-from gossamer.proxy.metrics import Metrics
+from gossamer.proxy.observe.metrics import Metrics
 
 PEER = b"x-gossamer-peer-identity"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from gossamer.build_native import build
-from gossamer.proxy.h2 import _ffi, native
-from gossamer.proxy.h2.session import H2Session
+from gossamer.protocol.h2 import binding, native
+from gossamer.protocol.h2.session import H2Session
 from tests.tools import require
 
 ROOT = Path(__file__).resolve().parents[4]
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[4]
 
 def test_the_collector_is_built_and_in_use() -> None:
     require(native.LIBRARY.exists(), "the built HTTP/2 header collector (make builds it)")
-    assert _ffi.native is not None
+    assert binding.native is not None
     assert H2Session(client=True)._ctx is not None
 
 
@@ -38,7 +38,7 @@ def test_build_compiles_a_library_with_every_declared_symbol(tmp_path: Path) -> 
     library = ctypes.CDLL(str(out))
     declared = [
         line.split("(")[0].split()[-1].lstrip("*")
-        for line in _ffi.NATIVE_CDEF.split(";")
+        for line in binding.NATIVE_CDEF.split(";")
         if "(" in line
     ]
     assert len(declared) == 11
@@ -60,8 +60,8 @@ def test_sessions_work_on_the_python_callbacks_too() -> None:
     """The whole session suite, in a child process with the collector switched off."""
     env = {**os.environ, "GOSSAMER_H2_NATIVE": "off", "GOSSAMER_COMPILED": "off"}
     code = (
-        "import sys, pytest; from gossamer.proxy.h2 import _ffi, session;"
-        "assert _ffi.native is None and session.H2Session(client=True)._ctx is None;"
+        "import sys, pytest; from gossamer.protocol.h2 import binding, session;"
+        "assert binding.native is None and session.H2Session(client=True)._ctx is None;"
         "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', "
         "'tests/unit/proxy/h2/test_session.py', 'tests/unit/proxy/h2/test_fuzz.py']))"
     )

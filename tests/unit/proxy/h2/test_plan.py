@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from gossamer.protocol.h2.session import CLOSED, DATA, HEADERS
 from gossamer.proxy.h2.plan import needs_plan
-from gossamer.proxy.h2.session import CLOSED, DATA, HEADERS
 from tests.unit.proxy.h2.plans import (
     GRPC_HEAD,
     Outbound,

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 
-from gossamer.proxy.h2.session import (
+from gossamer.protocol.h2.session import (
     CLOSED,
     DATA,
     END,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from gossamer.protocol.h2.session import CLOSED, DATA, HEADERS, REFUSED_STREAM, H2Session
 from gossamer.proxy.h2.headers import GRPC_CANCELLED
-from gossamer.proxy.h2.session import CLOSED, DATA, HEADERS, REFUSED_STREAM, H2Session
 from gossamer.proxy.h2.stats import GrpcMetrics
 from gossamer.proxy.h2.stream import ProxiedStream
-from gossamer.proxy.metrics import Metrics
+from gossamer.proxy.observe.metrics import Metrics
 from tests.unit.proxy.h2.pairs import REQUEST, of_kind, pair, settle
 
 

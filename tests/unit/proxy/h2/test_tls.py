@@ -13,7 +13,7 @@ from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.credentials import Credentials
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.runtime import H2Runtime
-from gossamer.proxy.settings import (
+from gossamer.proxy.process.settings import (
     ControlSettings,
     IdentitySettings,
     ListenSettings,

@@ -1,0 +1,2 @@
+"""HTTP/1.1 connections: the downstream and upstream protocol classes of both directions.
+"""

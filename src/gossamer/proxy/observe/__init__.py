@@ -1,0 +1,2 @@
+"""What the sidecar tells about the traffic it carries: metrics.
+"""

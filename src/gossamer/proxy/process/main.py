@@ -1,0 +1,215 @@
+"""Entry point of the sidecar: wire settings, identity, listeners, admin and the control client.
+
+``python -m gossamer.proxy`` (or ``gossamer proxy``) reads ``GOSSAMER_PROXY_*`` settings, runs
+on uvloop, and on SIGTERM/SIGINT stops accepting, lets in-flight requests finish (bounded), and
+exits 0. Only what the data path needs is imported here: no pydantic, no web framework, no
+cryptography (keys and CSRs are made by a short-lived child process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from dataclasses import dataclass
+
+import uvloop
+
+from gossamer import compiled
+from gossamer.identity.credentials import AlpnContextSource, Credentials, CredentialsError
+from gossamer.proxy.h2 import close_h2
+from gossamer.proxy.http1.inbound import InboundListener
+from gossamer.proxy.http1.outbound import OutboundConnection
+from gossamer.proxy.process.admin import AdminServer
+from gossamer.proxy.process.control_client import ControlClient
+from gossamer.proxy.process.heap import settle_heap
+from gossamer.proxy.process.settings import Address, ProxySettings, SettingsError
+from gossamer.proxy.state import ProxyState
+from gossamer.proxy.tasks import spawn
+from gossamer.proxy.tcp.proxy import TcpProxy, TcpSnapshotHandler
+
+__all__ = ["DataPath", "main", "serve", "start_data_path"]
+
+log = logging.getLogger("gossamer.proxy")
+
+DRAIN_SECONDS = 5.0
+
+
+@dataclass(eq=False)
+class DataPath:
+    """The listeners of one process that carries traffic (``serve`` or a worker of
+    ``proxy/workers/supervisor.py``) and how to drain them."""
+
+    state: ProxyState
+    tcp: TcpProxy
+    listener: InboundListener | None
+    outbound_server: asyncio.Server | None
+    inbound_addr: Address | None
+    outbound_addr: Address | None
+    sweeper: asyncio.Task[None]
+
+    async def drain(self) -> None:
+        """Stop accepting, finish what is in flight (bounded), then close the pools."""
+        state = self.state
+        state.draining = True
+        if self.outbound_server is not None:
+            self.outbound_server.close()
+        if self.listener is not None:
+            self.listener.close()
+        tcp_drain = spawn(self.tcp.drain(DRAIN_SECONDS), name="tcp drain")
+        for conn in list(state.connections):
+            if not conn.queue:
+                conn.close()
+        if state.connections:
+            state.all_closed.clear()
+            try:
+                await asyncio.wait_for(state.all_closed.wait(), DRAIN_SECONDS)
+            except TimeoutError:
+                log.warning(
+                    "drain deadline passed with %d connections open", len(state.connections)
+                )
+                for conn in list(state.connections):
+                    if conn.transport is not None:
+                        conn.transport.abort()
+        await tcp_drain
+        state.outbound_pool.close_all()
+        state.app_pool.close_all()
+        close_h2(state)
+        self.sweeper.cancel()
+
+
+async def start_data_path(
+    settings: ProxySettings,
+    state: ProxyState,
+    credentials: AlpnContextSource,
+    server_context: ssl.SSLContext,
+) -> DataPath:
+    """Bind the outbound, inbound and TCP upstream listeners of ``settings`` for ``state``.
+
+    With ``settings.listen.workers > 1`` every listener sets ``SO_REUSEPORT``: each worker
+    process binds the same ports and the kernel spreads new connections over them.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_exception_handler)
+    tcp = TcpProxy(state, credentials, server_context)
+    listener: InboundListener | None = None
+    inbound_addr: Address | None = None
+    if settings.listen.inbound is not None:
+        listener = InboundListener(state, settings.listen.inbound, server_context)
+        listener.tcp = tcp
+        inbound_addr = listener.start()
+    outbound_server: asyncio.Server | None = None
+    outbound_addr: Address | None = None
+    if settings.listen.outbound is not None:
+        outbound_server = await loop.create_server(
+            lambda: OutboundConnection(state),
+            settings.listen.outbound.host,
+            settings.listen.outbound.port,
+            reuse_address=True,
+            reuse_port=settings.listen.workers > 1 or None,
+            backlog=1024,
+        )
+        outbound_addr = Address.bound(outbound_server)
+    for name, address in (await tcp.start()).items():
+        log.info("tcp upstream %s listening on %s", name, address)
+    sweeper = spawn(state.sweep_forever(), name="connection sweeper")
+    return DataPath(state, tcp, listener, outbound_server, inbound_addr, outbound_addr, sweeper)
+
+
+async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> None:
+    """Run one sidecar until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    With ``settings.listen.workers > 1`` this process supervises that many worker processes
+    (``proxy/workers/supervisor.py``); with 1 (the default) everything runs in this process.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_quiet_exception_handler)
+    if settings.listen.workers > 1:
+        from gossamer.proxy.workers.supervisor import supervise
+
+        await supervise(settings, stop)
+        return
+    credentials = Credentials(settings.identity.workdir, settings.control.ca_file)
+    state = ProxyState(
+        settings, client_context=credentials.client_context, credentials=credentials
+    )
+    state.cert_ready = lambda: credentials.ready
+
+    admin = AdminServer(settings.listen.admin, state)
+    admin_addr = await admin.start()
+    path = await start_data_path(settings, state, credentials, credentials.server_context)
+    inbound_addr, outbound_addr = path.inbound_addr, path.outbound_addr
+
+    def workload() -> dict[str, object]:
+        return {
+            "service": settings.workload.service,
+            "namespace": settings.workload.namespace,
+            "address": settings.workload.advertise_host,
+            "inbound_port": inbound_addr.port if inbound_addr else None,
+            "admin_port": admin_addr.port,
+            "labels": dict(settings.workload.labels),
+        }
+
+    client = ControlClient(settings, credentials, TcpSnapshotHandler(state, path.tcp), workload)
+    state.subscribe_hook = client.subscribe
+    client_task = spawn(client.run(), name="control-plane client")
+    log.info(
+        "gossamer proxy started service=%s.%s outbound=%s inbound=%s admin=%s code=%s",
+        settings.workload.service,
+        settings.workload.namespace,
+        outbound_addr or "off",
+        inbound_addr or "off",
+        admin_addr,
+        compiled.STATE,
+    )
+    if compiled.STATE.startswith("stale"):
+        log.warning("compiled modules not used (%s): run python -m gossamer.build_native",
+                    compiled.STATE)
+
+    settle_heap()  # what exists now lives as long as the process
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    # Drain: stop accepting, finish what is in flight (bounded), then close everything.
+    await path.drain()
+    await client.close()
+    client_task.cancel()
+    await admin.close()
+
+
+def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """Peers that vanish mid-handshake are routine for a proxy: log them at debug level."""
+    exc = context.get("exception")
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        log.debug("connection error: %s", context.get("message"))
+        return
+    loop.default_exception_handler(context)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sidecar from ``GOSSAMER_PROXY_*`` settings; exit code 2 for bad settings."""
+    logging.basicConfig(
+        level=os.environ.get("GOSSAMER_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = ProxySettings.from_env()
+    except SettingsError as exc:
+        print(f"gossamer proxy: {exc}", file=sys.stderr)
+        return 2
+    try:
+        uvloop.run(serve(settings))
+    except CredentialsError as exc:
+        print(f"gossamer proxy: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"gossamer proxy: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,3 @@
+"""The control plane's snapshot as the sidecar compiles it: route table, HTTP rules, service
+policies, TCP rules.
+"""

@@ -1,0 +1,347 @@
+"""Logical stage of the outbound path: which mesh service a request is for.
+
+A control-plane snapshot (plain JSON, see docs/internals.md §5) is compiled once into a
+``RouteTable``: a dict from every host alias of every service this proxy may call to an
+``OutboundService`` carrying its balancer, expected identity and metric slots. The hot path
+does one dict lookup per request. A snapshot that does not compile raises ``SnapshotError`` so
+the proxy NACKs it and keeps its last good table.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gossamer.proxy.observe.metrics import Metrics, RouteStats
+from gossamer.proxy.pipeline.balancer import (
+    Balancer,
+    ConsistentHashBalancer,
+    EndpointAddr,
+    EndpointState,
+    LeastRequestBalancer,
+    PeakEwmaBalancer,
+    RoundRobinBalancer,
+)
+from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
+from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
+from gossamer.proxy.snapshot.errors import SnapshotError
+from gossamer.proxy.snapshot.http_rules import HttpRouter
+from gossamer.proxy.snapshot.service_policy import ServicePolicy
+from gossamer.proxy.snapshot.tcp_rules import TcpRoute
+
+__all__ = ["OutboundService", "RouteTable", "SnapshotError", "compile_snapshot", "service_key"]
+
+_HOST_CACHE_LIMIT = 4096
+EJECTION_CHECK_INTERVAL = 0.25  # how stale the ejected set may be (returns are time-based)
+
+
+class ConnectionAccount:
+    """Connections this proxy holds to one service and requests waiting for one (circuit
+    breaking); it outlives config updates, so connections opened under an old snapshot still
+    count. Pending entries are ``(downstream, exchange)`` pairs; the downstream decides whether
+    the exchange is still wanted."""
+
+    __slots__ = ("limits", "open", "pending")
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.pending: deque[tuple[Any, Any]] = deque()
+        self.limits: ConnectionLimits = UNLIMITED
+
+    def exhausted(self, served: int) -> bool:
+        return self.limits.connection_exhausted(served)
+
+    def hand_over(self, conn: Any) -> bool:
+        """Give a connection that just became idle to the oldest waiting request."""
+        while self.pending:
+            downstream, ex = self.pending.popleft()
+            if downstream.wants(ex):
+                downstream.start_pending(ex, conn)
+                return True
+        return False
+
+    def connection_closed(self) -> None:
+        """A connection closed: the slot goes to the oldest waiting request, if any."""
+        self.open -= 1
+        while self.pending:
+            downstream, ex = self.pending.popleft()
+            if downstream.wants(ex):
+                downstream.send_to(ex)
+                return
+
+
+class OutboundService:
+    """A destination service as this proxy sees it: endpoints, policy, routes, accounting."""
+
+    __slots__ = (
+        "_next_refresh",
+        "_subsets",
+        "account",
+        "balancer",
+        "endpoints_all",
+        "identity",
+        "key",
+        "name",
+        "namespace",
+        "policy",
+        "protocol",
+        "router",
+        "sni",
+        "stats",
+        "tcp_route",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        identity: str,
+        protocol: str,
+        endpoints: Sequence[EndpointState],
+        stats: RouteStats,
+        policy: ServicePolicy | None = None,
+    ) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.key = f"{name}.{namespace}"
+        self.identity = identity
+        self.protocol = protocol
+        self.stats = stats
+        self.sni = f"{name}.{namespace}.svc"
+        self.policy = policy or ServicePolicy()
+        self.router: Any = None  # an HttpRouter when the service has HTTP routes
+        self.tcp_route: TcpRoute | None = None
+        self.endpoints_all: tuple[EndpointState, ...] = tuple(endpoints)
+        self._subsets: dict[tuple[tuple[str, str], ...], Balancer] = {}
+        self._next_refresh = 0.0
+        self.balancer = self._balancer_for(self.endpoints_all)
+        self.account = ConnectionAccount()
+        if self.policy.outlier is not None:
+            self.policy.outlier.set_endpoints(ep.addr for ep in self.endpoints_all)
+
+    def _balancer_for(self, endpoints: Sequence[EndpointState]) -> Balancer:
+        lb = self.policy.lb_type
+        if lb == "RoundRobin":
+            return RoundRobinBalancer(endpoints)
+        if lb == "LeastRequest":
+            return LeastRequestBalancer(endpoints)
+        if lb == "ConsistentHash":
+            return ConsistentHashBalancer(endpoints)
+        return PeakEwmaBalancer(endpoints)
+
+    def pick(
+        self, subset: tuple[tuple[str, str], ...] = (), hash_key: bytes | None = None
+    ) -> EndpointState | None:
+        """An endpoint for one request: within ``subset`` (label pairs), skipping ejected
+        outliers, by the service's balancer (or the hash ring, given a key)."""
+        if self.policy.outlier is not None and time.monotonic() >= self._next_refresh:
+            self._refresh_ejections()
+        balancer = self._subsets.get(subset) if subset else self.balancer
+        if balancer is None:
+            wanted = dict(subset)
+            balancer = self._subsets[subset] = self._balancer_for(
+                [
+                    ep for ep in self.balancer.endpoints
+                    if all(ep.labels.get(k) == v for k, v in wanted.items())
+                ]
+            )
+        if hash_key is not None and isinstance(balancer, ConsistentHashBalancer):
+            return balancer.pick_for(hash_key)
+        return balancer.pick()
+
+    def record_outcome(self, endpoint: EndpointState, outcome: str) -> None:
+        """Tell outlier detection how a request to ``endpoint`` went (see resilience.outlier)."""
+        outlier = self.policy.outlier
+        if outlier is not None and outlier.record(endpoint.addr, outcome, time.monotonic()):
+            self._next_refresh = 0.0  # an ejection: rebuild the balancers at the next pick
+
+    def _refresh_ejections(self) -> None:
+        outlier = self.policy.outlier
+        assert outlier is not None
+        now = time.monotonic()
+        ejected = outlier.ejected(now)
+        live = tuple(ep for ep in self.endpoints_all if ep.addr not in ejected)
+        if live != self.balancer.endpoints:
+            self.balancer = self._balancer_for(live)
+            self._subsets.clear()
+        self._next_refresh = now + EJECTION_CHECK_INTERVAL
+
+
+def service_key(host: str, default_namespace: str) -> str | None:
+    """Normalise ``name``, ``name.ns``, ``name.ns.svc[.cluster.local]`` (port stripped) to
+    ``name.ns``; None for anything that cannot be a mesh service name (IPs, other domains)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return None
+    host = host.partition(":")[0].rstrip(".")
+    if not host:
+        return None
+    parts = host.split(".")
+    if parts[0].isdigit() or not all(parts):
+        return None
+    if len(parts) == 1:
+        return f"{parts[0]}.{default_namespace}"
+    if len(parts) == 2 or parts[2:] in (["svc"], ["svc", "cluster", "local"]):
+        return f"{parts[0]}.{parts[1]}"
+    return None
+
+
+class RouteTable:
+    """Host → service lookups for one compiled snapshot."""
+
+    def __init__(
+        self,
+        version: int,
+        services: Mapping[str, OutboundService],
+        unknown: frozenset[str],
+        namespace: str,
+        default_service: OutboundService | None = None,
+        mtls: str = "STRICT",
+        rate_limiter: LocalRateLimiter | None = None,
+        rate_limit_raw: Any = None,
+    ) -> None:
+        self.rate_limiter = rate_limiter  # inbound admission for this proxy's own service
+        self.rate_limit_raw = rate_limit_raw
+        self.version = version
+        self.mtls = mtls  # inbound mode: STRICT refuses plaintext, PERMISSIVE accepts it
+        self.services = dict(services)  # by key "name.ns"
+        self.unknown = unknown
+        self.namespace = namespace
+        self.default_service = default_service
+        self._hosts: dict[bytes, OutboundService | None] = {}
+
+    def resolve(self, host: bytes) -> OutboundService | None:
+        """The service for a Host header value, or None when it is not (yet) known."""
+        try:
+            return self._hosts[host]
+        except KeyError:
+            pass
+        key = service_key(host.decode("latin-1"), self.namespace)
+        service = self.services.get(key) if key else None
+        if service is None and self.default_service is not None:
+            service = self.default_service
+        if service is not None or len(self._hosts) < _HOST_CACHE_LIMIT:
+            # Misses are cached too (bounded), so junk hosts cost one lookup after the first.
+            if len(self._hosts) >= _HOST_CACHE_LIMIT:
+                self._hosts.clear()
+            self._hosts[host] = service
+        return service
+
+    def endpoints(self) -> dict[tuple[str, int], EndpointState]:
+        return {
+            (ep.addr.host, ep.addr.port): ep
+            for svc in self.services.values()
+            for ep in svc.endpoints_all
+        }
+
+
+def _require(obj: Mapping[str, Any], field: str, kind: type, where: str) -> Any:
+    value = obj.get(field)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise SnapshotError(f"{where}.{field}: expected {kind.__name__}, got {value!r}")
+    return value
+
+
+def compile_snapshot(
+    snapshot: Mapping[str, Any],
+    *,
+    metrics: Metrics,
+    previous: RouteTable | None,
+    default_service: str | None = None,
+    balancer: str = "peak-ewma",
+) -> RouteTable:
+    """Compile a snapshot into a route table; raise ``SnapshotError`` naming the bad field."""
+    if not isinstance(snapshot, Mapping):
+        raise SnapshotError("snapshot: expected an object")
+    version = _require(snapshot, "version", int, "snapshot")
+    proxy = _require(snapshot, "proxy", Mapping, "snapshot")
+    namespace = _require(proxy, "namespace", str, "snapshot.proxy")
+    source = _require(proxy, "service", str, "snapshot.proxy")
+    outbound = _require(snapshot, "outbound", Mapping, "snapshot")
+    raw_services = _require(outbound, "services", list, "snapshot.outbound")
+    inbound = snapshot.get("inbound", {})
+    if not isinstance(inbound, Mapping):
+        raise SnapshotError("snapshot.inbound: expected an object")
+    mtls = inbound.get("mtls", "STRICT")
+    rate_limit_raw = inbound.get("rate_limit")
+    rate_limiter = None
+    if rate_limit_raw is not None:
+        if previous is not None and previous.rate_limit_raw == rate_limit_raw:
+            rate_limiter = previous.rate_limiter  # same limits: keep the buckets' state
+        else:
+            rate_limiter = LocalRateLimiter.from_snapshot(
+                rate_limit_raw, "snapshot.inbound.rate_limit"
+            )
+    if mtls not in ("STRICT", "PERMISSIVE"):
+        raise SnapshotError(f"snapshot.inbound.mtls: expected STRICT or PERMISSIVE, got {mtls!r}")
+    unknown_raw = outbound.get("unknown", [])
+    if not isinstance(unknown_raw, list) or not all(isinstance(u, str) for u in unknown_raw):
+        raise SnapshotError("snapshot.outbound.unknown: expected a list of strings")
+
+    reuse = previous.endpoints() if previous is not None else {}
+    services: dict[str, OutboundService] = {}
+    for i, raw in enumerate(raw_services):
+        where = f"snapshot.outbound.services[{i}]"
+        if not isinstance(raw, Mapping):
+            raise SnapshotError(f"{where}: expected an object")
+        name = _require(raw, "name", str, where)
+        ns = _require(raw, "namespace", str, where)
+        identity = _require(raw, "identity", str, where)
+        if not identity.startswith("spiffe://"):
+            raise SnapshotError(f"{where}.identity: not a SPIFFE ID: {identity!r}")
+        if not name or not ns:
+            raise SnapshotError(f"{where}: name and namespace must not be empty")
+        protocol = raw.get("protocol", "http")
+        if protocol not in ("http", "http2", "grpc", "tcp"):
+            raise SnapshotError(f"{where}.protocol: unknown protocol {protocol!r}")
+        endpoints: list[EndpointState] = []
+        for j, ep in enumerate(_require(raw, "endpoints", list, where)):
+            ep_where = f"{where}.endpoints[{j}]"
+            if not isinstance(ep, Mapping):
+                raise SnapshotError(f"{ep_where}: expected an object")
+            host = _require(ep, "address", str, ep_where)
+            port = _require(ep, "port", int, ep_where)
+            if not 0 < port < 65536:
+                raise SnapshotError(f"{ep_where}.port: out of range: {port}")
+            labels = ep.get("labels") or {}
+            if not isinstance(labels, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+            ):
+                raise SnapshotError(f"{ep_where}.labels: expected an object of strings")
+            state = reuse.get((host, port))
+            if state is None:
+                state = EndpointState(EndpointAddr(host, port), labels)
+            else:
+                state.labels = dict(labels)
+            endpoints.append(state)
+        stats = metrics.route("outbound", source, name, identity)
+        key = f"{name}.{ns}"
+        if key in services:
+            raise SnapshotError(f"{where}: service {key} listed twice")
+        old = previous.services.get(key) if previous is not None else None
+        policy = ServicePolicy.from_snapshot(
+            raw.get("policy"), f"{where}.policy", old.policy if old is not None else None
+        )
+        if balancer == "round-robin" and raw.get("policy") is None:
+            policy.lb_type = "RoundRobin"
+        service = OutboundService(name, ns, identity, str(protocol), endpoints, stats, policy)
+        if raw.get("http_routes"):
+            service.router = HttpRouter.from_snapshot(
+                raw["http_routes"], f"{where}.http_routes", default_service=key
+            )
+        service.tcp_route = TcpRoute.from_snapshot(raw.get("tcp_route"), f"{where}.tcp_route")
+        if old is not None:
+            service.account = old.account
+        service.account.limits = policy.limits
+        services[key] = service
+
+    default = None
+    if default_service is not None:
+        default_key = service_key(default_service, namespace)
+        default = services.get(default_key) if default_key else None
+    return RouteTable(
+        version, services, frozenset(unknown_raw), namespace, default, mtls,
+        rate_limiter, rate_limit_raw,
+    )

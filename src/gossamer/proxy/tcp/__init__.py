@@ -1,0 +1,2 @@
+"""Opaque TCP: the relay, its own TLS stream, the explicit-mode listeners.
+"""

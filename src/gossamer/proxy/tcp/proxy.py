@@ -1,0 +1,485 @@
+"""Opaque TCP through the mesh: upstream listeners, TCP routes with drain, and the inbound side.
+
+Outbound (explicit mode): for every upstream in the settings (``GOSSAMER_PROXY_UPSTREAMS=
+db=127.0.0.1:15432``) the sidecar listens locally. A connection there is routed when it
+arrives: the service's TCP route picks a backend service by weight (no route: the service
+itself), its balancer picks an endpoint, and the sidecar opens mTLS to that endpoint offering
+ALPN ``gossamer-tcp`` and checking the peer's SPIFFE ID. Bytes then flow through a ``Relay``.
+
+Route changes: every outbound relay is filed under the service it was opened for. When a new
+snapshot is installed, relays whose backend the service's route no longer wants get a drain
+deadline (the new route's ``drain_ms``); they keep flowing until they close or the deadline
+passes, then they are closed. New connections see the new route at once, because routing reads
+the route table in force when they arrive. A route that wants the backend again before the
+deadline cancels the drain.
+
+Inbound: the inbound listener hands over TLS connections whose handshake would negotiate ALPN
+``gossamer-tcp`` (``claim``, from a peek at the ClientHello) before the handshake, so that the
+sidecar runs that TLS itself and the stream can half-close. It relays the bytes to its
+local app when its inbound ports declare protocol ``tcp``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
+
+from gossamer.identity.spiffe import SpiffeId
+from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.loop_calls import remove_reader
+from gossamer.proxy.observe.metrics import TcpStats
+from gossamer.proxy.pipeline.balancer import EndpointState
+from gossamer.proxy.process.settings import Address
+from gossamer.proxy.snapshot.tcp_rules import TcpRoute, still_routed
+from gossamer.proxy.tasks import spawn
+from gossamer.proxy.tcp.relay import Relay, RelayBuffers
+from gossamer.proxy.tcp.tls_stream import (
+    TCP_ALPN,
+    TlsFailure,
+    TlsStream,
+    offered_alpn,
+)
+
+if TYPE_CHECKING:
+    from gossamer.identity.credentials import AlpnContextSource
+    from gossamer.proxy.snapshot.table import OutboundService
+    from gossamer.proxy.state import ProxyState
+
+__all__ = ["Fallback", "TcpProxy", "TcpSnapshotHandler"]
+
+log = logging.getLogger("gossamer.proxy")
+
+CONNECT_TIMEOUT = 5.0
+MAX_CONNECT_ATTEMPTS = 3
+PEEK_LIMIT = 16 * 1024 + 5  # one TLS record: a whole ClientHello
+HELLO_TIMEOUT = 10.0
+Fallback = Callable[[socket.socket], Coroutine[Any, Any, None]]
+_TCP_ALPN = TCP_ALPN.encode()
+_HTTP_ALPN = frozenset({b"h2", b"http/1.1"})
+
+
+class _Refused(Exception):
+    def __init__(self, cause: str, detail: str) -> None:
+        super().__init__(detail)
+        self.cause = cause
+        self.detail = detail
+
+
+class TcpProxy:
+    """The TCP side of one sidecar (see the module docstring)."""
+
+    def __init__(
+        self,
+        state: ProxyState,
+        credentials: AlpnContextSource,
+        server_context: ssl.SSLContext,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.metrics = state.metrics
+        self.buffers = RelayBuffers()
+        self.server_context = server_context
+        self._credentials = credentials
+        self._rng = rng or random.Random()
+        self._source = self.settings.workload.service
+        self._namespace = self.settings.workload.namespace
+        self._servers: list[asyncio.Server] = []
+        self.addresses: dict[str, Address] = {}
+        self._relays: set[Relay] = set()
+        self._by_service: dict[str, set[Relay]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._table: Any = None
+        self._ports_table: Any = None
+        self._tcp_inbound = False
+
+    # === lifecycle ===
+
+    async def start(self) -> dict[str, Address]:
+        """Listen for every upstream in the settings; return upstream name → bound address."""
+        loop = asyncio.get_running_loop()
+        reuse_port = self.settings.listen.workers > 1
+        for upstream in self.settings.listen.upstreams:
+            key = self._key(upstream.service)
+            server = await loop.create_server(
+                lambda key=key: self._accept_outbound(key),
+                upstream.address.host,
+                upstream.address.port,
+                reuse_address=True,
+                reuse_port=reuse_port or None,
+                backlog=1024,
+            )
+            self._servers.append(server)
+            self.addresses[upstream.service] = Address.bound(server)
+        return dict(self.addresses)
+
+    def subscriptions(self) -> list[str]:
+        """The upstream services, as ``name.namespace`` (this proxy's snapshot must hold them)."""
+        return sorted(self._key(u.service) for u in self.settings.listen.upstreams)
+
+    def stop_accepting(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+
+    async def drain(self, timeout: float) -> None:
+        """Let open relays finish for up to ``timeout`` seconds, then abort the rest."""
+        self.stop_accepting()
+        if self._relays:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                log.warning("%d TCP connections open at the drain deadline", len(self._relays))
+        for relay in list(self._relays):
+            relay.abort()
+
+    @property
+    def open_relays(self) -> int:
+        return len(self._relays)
+
+    # === outbound ===
+
+    def _key(self, name: str) -> str:
+        return name if "." in name else f"{name}.{self._namespace}"
+
+    def _new_relay(self, stats: TcpStats) -> Relay:
+        relay = Relay(stats, self.buffers, self._relay_done)
+        self._relays.add(relay)
+        self._idle.clear()
+        return relay
+
+    def _accept_outbound(self, key: str) -> asyncio.BufferedProtocol:
+        relay = self._new_relay(TcpStats(""))  # counted under its backend once routed
+        relay.service_key = key
+        spawn(self._route(relay, key), name=f"tcp connect {key}")
+        return relay.down
+
+    async def _service(self, key: str) -> OutboundService:
+        table = self.state.table
+        service = table.services.get(key) if table is not None else None
+        if service is not None:
+            return service
+        if table is not None and key in table.unknown:
+            raise _Refused("unknown-service", f"{key} is not a mesh service")
+        try:
+            found = await self.state.discover(key)
+        except ProxyError as exc:
+            raise _Refused(exc.cause, exc.detail) from None
+        if found is None:
+            raise _Refused("unknown-service", f"{key} is not a mesh service")
+        return found
+
+    async def _route(self, relay: Relay, key: str) -> None:
+        failure: TlsFailure | None = None
+        try:
+            for _attempt in range(MAX_CONNECT_ATTEMPTS):
+                service = await self._service(key)
+                route: TcpRoute | None = service.tcp_route
+                backend_key = route.pick(self._rng) if route is not None else service.key
+                table = self.state.table
+                backend = table.services.get(backend_key) if table is not None else None
+                if backend is None:
+                    raise _Refused("unknown-service", f"route backend {backend_key} is unknown")
+                endpoint = backend.pick()
+                if endpoint is None:
+                    raise _Refused("no-healthy-endpoints", f"{backend.key} has no endpoints")
+                try:
+                    context = self._client_context()
+                except TlsFailure as exc:  # no certificate of our own (yet)
+                    raise _Refused(exc.cause, exc.detail) from None
+                started = time.monotonic_ns()
+                try:
+                    stream = await self._open(context, backend, endpoint)
+                except TlsFailure as exc:
+                    endpoint.penalise(time.monotonic_ns())
+                    failure = exc
+                    if relay.closed:
+                        return
+                    if exc.cause != "connect-failed":
+                        break
+                    continue
+                now = time.monotonic_ns()
+                endpoint.observe(now - started, now)
+                if relay.closed:
+                    stream.close()
+                    return
+                table = self.state.table
+                current = table.services.get(key) if table is not None else None
+                if current is None or not still_routed(current.tcp_route, key, backend.key):
+                    stream.close()  # the route changed while we connected: route again
+                    continue
+                self._attach(relay, key, current.tcp_route, backend, endpoint, stream)
+                return
+        except _Refused as exc:
+            self._refuse(relay, exc.cause, f"{key}: {exc.detail}")
+            return
+        cause = failure.cause if failure is not None else "connect-failed"
+        detail = failure.detail if failure is not None else "route changed repeatedly"
+        self._refuse(relay, cause, f"{key}: {detail}")
+
+    def _refuse(self, relay: Relay, cause: str, detail: str) -> None:
+        name = relay.service_key.partition(".")[0]
+        relay.set_stats(self.metrics.tcp("outbound", self._source, name))
+        relay.stats.connect_failures += 1
+        self.metrics.error("outbound", cause)
+        log.info("TCP connection refused (%s): %s", cause, detail)
+        relay.close()
+
+    def _client_context(self) -> ssl.SSLContext:
+        """The credentials' ``gossamer-tcp`` client context; ``TlsFailure`` without one."""
+        context = self._credentials.alpn_client_context(TCP_ALPN)
+        if context is None:
+            raise TlsFailure("connect-failed", "no workload certificate yet")
+        return context
+
+    async def _open(
+        self, context: ssl.SSLContext, backend: OutboundService, endpoint: EndpointState
+    ) -> TlsStream:
+        loop = asyncio.get_running_loop()
+        stream = TlsStream(
+            context, self.buffers, server_side=False, server_hostname=backend.sni,
+            expect_identity=backend.identity,
+        )
+        addr = endpoint.addr
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: stream, addr.host, addr.port), CONNECT_TIMEOUT
+            )
+        except TimeoutError:
+            raise TlsFailure("connect-failed", f"{addr}: timed out") from None
+        except OSError as exc:
+            raise TlsFailure("connect-failed", f"{addr}: {exc.strerror or exc}") from None
+        await stream.ready
+        return stream
+
+    def _attach(
+        self,
+        relay: Relay,
+        key: str,
+        route: TcpRoute | None,
+        backend: OutboundService,
+        endpoint: EndpointState,
+        stream: TlsStream,
+    ) -> None:
+        relay.set_stats(self.metrics.tcp("outbound", self._source, backend.name))
+        relay.backend_key = backend.key
+        relay.route_drain = route.drain if route is not None else 0.0
+        relay.endpoint = endpoint
+        endpoint.pending += 1
+        self._by_service.setdefault(key, set()).add(relay)
+        stream.attach(relay.up)
+
+    def _relay_done(self, relay: Relay) -> None:
+        self._relays.discard(relay)
+        group = self._by_service.get(relay.service_key)
+        if group is not None:
+            group.discard(relay)
+            if not group:
+                del self._by_service[relay.service_key]
+        endpoint = relay.endpoint
+        if endpoint is not None:
+            relay.endpoint = None
+            endpoint.pending -= 1
+        if not self._relays:
+            self._idle.set()
+
+    # === route changes ===
+
+    def table_changed(self) -> None:
+        """Apply the route table now in force to open relays (see the module docstring)."""
+        table = self.state.table
+        if table is None or table is self._table:
+            return
+        self._table = table
+        for key, relays in self._by_service.items():
+            service = table.services.get(key)
+            route = service.tcp_route if service is not None else None
+            draining: list[Relay] = []
+            for relay in relays:
+                if relay.closed:
+                    continue
+                if still_routed(route, key, relay.backend_key):
+                    relay.cancel_drain()
+                    if route is not None:
+                        relay.route_drain = route.drain
+                elif relay.drain_timer is None:
+                    seconds = route.drain if route is not None else relay.route_drain
+                    relay.start_drain(seconds, self._drain_expired)
+                    draining.append(relay)
+            if draining:
+                targets = sorted({r.backend_key for r in draining})
+                log.info(
+                    "TCP route of %s changed: %d connections to %s close within %.1f s",
+                    key, len(draining), ", ".join(targets),
+                    route.drain if route is not None else draining[0].route_drain,
+                )
+
+    def _drain_expired(self, relay: Relay) -> None:
+        relay.drain_timer = None
+        if relay.closed:
+            return
+        relay.stats.drained += 1
+        relay.close()
+
+    # === inbound ===
+
+    def claim(self, conn: socket.socket, fallback: Fallback) -> bool:
+        """Take an accepted socket whose TLS ClientHello offers ``gossamer-tcp``.
+
+        False leaves the socket to the caller (another hello). When the hello has not fully
+        arrived yet, the socket is taken and waited on; if it turns out not to offer
+        ``gossamer-tcp``, ``fallback(conn)`` gets it back.
+        """
+        verdict, _needed = self._peek_hello(conn)
+        if verdict is False:
+            return False
+        if verdict:
+            spawn(self._accept_inbound(conn), name="inbound tcp handshake")
+        else:
+            spawn(self._await_hello(conn, fallback), name="inbound client hello")
+        return True
+
+    @staticmethod
+    def _peek_hello(conn: socket.socket) -> tuple[bool | None, int]:
+        """(True: offers gossamer-tcp, False: does not, None: incomplete), and for an
+        incomplete hello how many bytes the first record needs."""
+        try:
+            data = conn.recv(PEEK_LIMIT, socket.MSG_PEEK)
+        except BlockingIOError:
+            return None, 5
+        except OSError:
+            return False, 0
+        if data[:1] not in (b"", b"\x16"):
+            return False, 0
+        if len(data) < 5:
+            return None, 5
+        needed = 5 + int.from_bytes(data[3:5], "big")
+        if len(data) < needed:
+            return None, needed
+        names = offered_alpn(data) or ()
+        # Exactly when the handshake would negotiate gossamer-tcp: the inbound server prefers
+        # the HTTP protocols, so a hello that also offers one of them is not ours.
+        return _TCP_ALPN in names and not _HTTP_ALPN.intersection(names), needed
+
+    async def _await_hello(self, conn: socket.socket, fallback: Fallback) -> None:
+        # The socket stays readable while the first bytes sit unread; the low-water mark
+        # makes it readable only once the whole first record is there (or at EOF).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + HELLO_TIMEOUT
+        fd = conn.fileno()
+        for _ in range(2):  # the record header, then the record
+            verdict, needed = self._peek_hello(conn)
+            if verdict is not None:
+                break
+            readable: asyncio.Future[None] = loop.create_future()
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, needed)
+                loop.add_reader(fd, _resolve, readable)
+                await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
+            except (OSError, TimeoutError):
+                conn.close()
+                return
+            finally:
+                remove_reader(loop, fd)
+        else:
+            verdict, _needed = self._peek_hello(conn)
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        except OSError:
+            verdict = None
+        if verdict is None:  # closed, or sent less than its record announced
+            conn.close()
+        elif verdict:
+            await self._accept_inbound(conn)
+        else:
+            await fallback(conn)
+
+    def _inbound_allows_tcp(self) -> bool:
+        table = self.state.table
+        if table is None:
+            return False
+        if table is not self._ports_table:
+            self._ports_table = table
+            snapshot = self.state.snapshot or {}
+            inbound = snapshot.get("inbound")
+            ports = inbound.get("ports") if isinstance(inbound, Mapping) else None
+            self._tcp_inbound = not isinstance(ports, list) or any(
+                isinstance(p, Mapping) and p.get("protocol") == "tcp" for p in ports
+            )
+        return self._tcp_inbound
+
+    def _inbound_relay(self, peer: str) -> Relay | None:
+        if self.settings.workload.app is None:
+            self.metrics.error("inbound", "no-local-app")
+            return None
+        if not self._inbound_allows_tcp():
+            self.metrics.error("inbound", "tcp-not-allowed")
+            log.info("refusing a TCP connection from %s: no inbound port is tcp", peer or "?")
+            return None
+        try:
+            source = SpiffeId.parse(peer).service_account if peer else "unknown"
+        except ValueError:
+            source = "unknown"
+        return self._new_relay(self.metrics.tcp("inbound", source, self._source))
+
+    async def _accept_inbound(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        stream = TlsStream(self.server_context, self.buffers, server_side=True)
+        try:
+            await loop.connect_accepted_socket(lambda: stream, conn)
+            await stream.ready
+        except (OSError, TlsFailure) as exc:
+            self.metrics.tls_handshake_failures += 1
+            log.info("inbound TLS handshake (tcp) failed: %s", exc)
+            conn.close()
+            return
+        relay = self._inbound_relay(stream.peer_identity)
+        if relay is None:
+            stream.abort()
+            return
+        stream.attach(relay.down)
+        await self._connect_app(relay)
+
+    async def _connect_app(self, relay: Relay) -> None:
+        app = self.settings.workload.app
+        assert app is not None
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: relay.up, app.host, app.port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            relay.stats.connect_failures += 1
+            self.metrics.error("inbound", "connect-failed")
+            log.info("local app %s refused a TCP connection: %s", app, exc)
+            relay.abort()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class TcpSnapshotHandler:
+    """The proxy state as the control client's snapshot handler, plus the TCP side: after a
+    snapshot is installed, open relays are checked against the new routes, and the upstream
+    services are part of every subscription."""
+
+    def __init__(self, state: ProxyState, tcp: TcpProxy) -> None:
+        self._state = state
+        self._tcp = tcp
+
+    def apply_snapshot(self, version: int, snapshot: dict[str, Any]) -> None:
+        self._state.apply_snapshot(version, snapshot)
+        self._tcp.table_changed()
+
+    def subscriptions(self) -> list[str]:
+        return sorted({*self._state.subscriptions(), *self._tcp.subscriptions()})
