@@ -169,7 +169,8 @@ def build_compiled(build_dir: Path = compiled.BUILD_DIR) -> tuple[str | None, bo
         except OSError as exc:
             return f"cannot run mypyc: {exc.strerror or exc}", False
         if result.returncode != 0:
-            lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+            output = (result.stdout + "\n" + result.stderr).splitlines()
+            lines = [line for line in output if "error" in line.lower()]
             return "mypyc failed: " + ("; ".join(lines[-3:]) or f"exit {result.returncode}"), False
         built = [path.relative_to(out).as_posix() for path in sorted(out.rglob("*.so"))]
         # gossamer/proxy/upstream.cpython-311-x86_64-linux-gnu.so -> gossamer.proxy.http1.upstream

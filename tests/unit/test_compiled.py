@@ -61,7 +61,8 @@ def test_a_touched_but_unchanged_source_keeps_the_build(tmp_path: Path) -> None:
     os.utime(source, ns=(1, 1))
     assert compiled.manifest_state(build, root)[0] == "compiled"
     source.write_text("# proxy/upstreaM.py\n")  # same size, other bytes
-    assert compiled.manifest_state(build, root)[0].startswith("stale: gossamer/proxy/http1/upstream")
+    state = compiled.manifest_state(build, root)[0]
+    assert state.startswith("stale: gossamer/proxy/http1/upstream")
 
 
 def test_a_build_for_another_interpreter_is_stale(tmp_path: Path) -> None:

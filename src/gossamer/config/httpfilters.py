@@ -25,6 +25,7 @@ from gossamer.config.traffic import (
     duplicates,
     qualified_name,
 )
+from gossamer.snapshot_schema import FaultSnapshot, FiltersSnapshot, HeaderEditsSnapshot
 
 __all__ = [
     "FRAMING_HEADERS",
@@ -93,7 +94,7 @@ class HeaderFilter(SpecModel):
                 seen.setdefault(name, part)
         return out
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> HeaderEditsSnapshot:
         return {
             "set": {name.lower(): value for name, value in self.set.items()},
             "add": {name.lower(): value for name, value in self.add.items()},
@@ -152,7 +153,7 @@ class Fault(SpecModel):
     delay: FaultDelay | None = None
     abort: FaultAbort | None = None
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> FaultSnapshot:
         delay, abort = self.delay, self.abort
         return {
             "delay_ms": duration_ms(delay.fixed_delay) if delay is not None else 0,
@@ -202,7 +203,7 @@ class Filters(SpecModel):
             out.append((f"{path}.fault", "a fault needs a delay, an abort or both"))
         return out
 
-    def to_snapshot(self, namespace: str) -> dict[str, Any]:
+    def to_snapshot(self, namespace: str) -> FiltersSnapshot:
         """Snapshot form; service names relative to ``namespace`` become ``name.namespace``."""
         rewrite, redirect, mirror = self.rewrite, self.redirect, self.mirror
         return {

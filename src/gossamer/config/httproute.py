@@ -9,7 +9,7 @@ the rules into the snapshot form the sidecar consumes.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 from pydantic import Field
 
@@ -27,6 +27,13 @@ from gossamer.config.traffic import (
     qualified_name,
     regex_problem,
     service_key,
+)
+from gossamer.snapshot_schema import (
+    BackendSnapshot,
+    HeaderMatchSnapshot,
+    HttpRuleSnapshot,
+    MatchSnapshot,
+    QueryMatchSnapshot,
 )
 
 __all__ = [
@@ -151,20 +158,28 @@ def _rule_problems(path: str, rule: HTTPRouteRule, namespace: str) -> list[tuple
     return out
 
 
-def _match_snapshot(match: RouteMatch) -> dict[str, Any]:
-    def condition(name: str, kind: str, value: str | None) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": name, "type": kind}
-        if kind != "Present":
-            out["value"] = value
-        return out
+def _header_condition(header: HeaderMatch) -> HeaderMatchSnapshot:
+    out: HeaderMatchSnapshot = {"name": header.name.lower(), "type": header.type}
+    if header.type != "Present":
+        out["value"] = cast(str, header.value)  # checked by _value_problems: not None here
+    return out
 
+
+def _query_condition(param: QueryParamMatch) -> QueryMatchSnapshot:
+    out: QueryMatchSnapshot = {"name": param.name, "type": param.type}
+    if param.type != "Present":
+        out["value"] = cast(str, param.value)  # checked by _value_problems: not None here
+    return out
+
+
+def _match_snapshot(match: RouteMatch) -> MatchSnapshot:
     return {
         "path": (
             {"type": match.path.type, "value": match.path.value} if match.path is not None else None
         ),
         "method": match.method,
-        "headers": [condition(h.name.lower(), h.type, h.value) for h in match.headers],
-        "query": [condition(q.name, q.type, q.value) for q in match.query_params],
+        "headers": [_header_condition(h) for h in match.headers],
+        "query": [_query_condition(q) for q in match.query_params],
     }
 
 
@@ -204,13 +219,13 @@ class HTTPRoute(Resource):
             out += _rule_problems(f"spec.rules[{index}]", rule, self.metadata.namespace)
         return out
 
-    def snapshot_rules(self) -> list[dict[str, Any]]:
+    def snapshot_rules(self) -> list[HttpRuleSnapshot]:
         """The rules in snapshot form: names qualified, durations in ms, defaults filled in."""
         namespace = self.metadata.namespace
         own = qualified_name(self.spec.service, namespace)
-        rules: list[dict[str, Any]] = []
+        rules: list[HttpRuleSnapshot] = []
         for index, rule in enumerate(self.spec.rules):
-            backends = [
+            backends: list[BackendSnapshot] = [
                 {
                     "service": qualified_name(b.service, namespace),
                     "subset": dict(b.subset),

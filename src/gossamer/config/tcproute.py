@@ -6,7 +6,7 @@ open keep flowing until they close or ``drainTimeout`` passes.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,7 @@ from gossamer.config.traffic import (
     qualified_name,
     service_key,
 )
+from gossamer.snapshot_schema import TcpRouteSnapshot
 
 __all__ = ["TCPBackend", "TCPRoute", "TCPRouteSpec"]
 
@@ -67,7 +68,7 @@ class TCPRoute(Resource):
             out.append((f"spec.backends[{index}].service", f"repeats backends[{first}]"))
         return out
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> TcpRouteSnapshot:
         """``tcp_route`` of the service's snapshot entry."""
         namespace = self.metadata.namespace
         return {

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, Field, PlainValidator, WithJsonSchema, mode
 from gossamer.config.base import SpecModel
 from gossamer.config.duration import duration_ms, parse_duration
 from gossamer.config.service import ServiceRef
+from gossamer.snapshot_schema import RetrySnapshot
 
 __all__ = [
     "DEFAULT_RETRY_METHODS",
@@ -258,7 +259,7 @@ class RetryPolicy(SpecModel):
             )
         return out
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> RetrySnapshot:
         """The snapshot form (docs/internals.md §8): durations in ms, size in bytes."""
         base = duration_ms(self.backoff.base_interval)
         maximum = self.backoff.max_interval

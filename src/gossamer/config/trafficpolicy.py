@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
@@ -23,6 +23,14 @@ from gossamer.config.traffic import (
     RetryPolicy,
     ServiceRef,
     service_key,
+)
+from gossamer.snapshot_schema import (
+    ConnectionPoolSnapshot,
+    LoadBalancerSnapshot,
+    OutlierSnapshot,
+    PolicySnapshot,
+    RateLimitSnapshot,
+    RetryBudgetSnapshot,
 )
 
 __all__ = [
@@ -69,7 +77,7 @@ class LoadBalancer(SpecModel):
     type: Literal["PeakEWMA", "RoundRobin", "LeastRequest", "ConsistentHash"] = "PeakEWMA"
     hash_on: HashOn | None = None
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> LoadBalancerSnapshot:
         hash_on = self.hash_on
         return {
             "type": self.type,
@@ -87,7 +95,7 @@ class ConnectionPool(SpecModel):
     max_pending_requests: Count = 0
     max_requests_per_connection: Count = 0
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> ConnectionPoolSnapshot:
         return {
             "max_connections": self.max_connections,
             "max_pending": self.max_pending_requests,
@@ -111,7 +119,7 @@ class OutlierDetection(SpecModel):
     max_ejection_time: PositiveDuration = "300s"
     max_ejection_percent: Percent = 10.0
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> OutlierSnapshot:
         return {
             "consecutive_5xx": self.consecutive_5xx,
             "consecutive_gateway_errors": self.consecutive_gateway_errors,
@@ -130,7 +138,7 @@ class RetryBudget(SpecModel):
     min_retries_per_second: Count = 10
     window: Annotated[str, AfterValidator(_check_window)] = "10s"
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> RetryBudgetSnapshot:
         return {
             "ratio": self.ratio,
             "min_per_second": self.min_retries_per_second,
@@ -145,7 +153,7 @@ class RateLimit(SpecModel):
     burst: int | None = Field(default=None, ge=1, le=MAX_COUNT)  # unset: one second's worth
     per_identity: bool = False
 
-    def to_snapshot(self) -> dict[str, Any]:
+    def to_snapshot(self) -> RateLimitSnapshot:
         rate = self.requests_per_second
         return {
             "requests_per_second": rate,
@@ -167,7 +175,7 @@ class TrafficPolicySpec(SpecModel):
     rate_limit: RateLimit | None = None
 
 
-def default_policy_snapshot() -> dict[str, Any]:
+def default_policy_snapshot() -> PolicySnapshot:
     """The policy of a service without a TrafficPolicy."""
     return {
         "load_balancer": LoadBalancer().to_snapshot(),
@@ -225,7 +233,7 @@ class TrafficPolicy(Resource):
             out += spec.retry.problems("spec.retry", spec.timeout)
         return out
 
-    def policy_snapshot(self) -> dict[str, Any]:
+    def policy_snapshot(self) -> PolicySnapshot:
         """The ``policy`` of the service's snapshot entry (the rate limit goes to inbound)."""
         spec = self.spec
         return {
@@ -239,7 +247,7 @@ class TrafficPolicy(Resource):
             "retry_budget": spec.retry_budget.to_snapshot(),
         }
 
-    def rate_limit_snapshot(self) -> dict[str, Any] | None:
+    def rate_limit_snapshot(self) -> RateLimitSnapshot | None:
         """``inbound.rate_limit`` for the service's own sidecars, or None."""
         limit = self.spec.rate_limit
         return limit.to_snapshot() if limit is not None else None

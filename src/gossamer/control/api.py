@@ -38,6 +38,7 @@ MAX_TOKEN_TTL = 7 * 86400.0
 WATCH_IDLE = 15.0
 
 Handler = Callable[[Request], Awaitable[Response]]
+PlaneHandler = Callable[[ControlPlane, Request], Awaitable[Response]]  # bound by create_app
 
 
 def _error(status: int, error: str, message: str, **extra: Any) -> JSONResponse:
@@ -53,177 +54,22 @@ def _rfc3339(timestamp: float) -> str:
 
 
 def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
-    """The ASGI app serving the config API for ``plane``, guarded by ``admin_token``."""
+    """The ASGI app serving the config API for ``plane``, guarded by ``admin_token``.
+
+    Owns the route table and which routes need the admin token; each handler below serves
+    one route, and is given the plane by ``_serving``.
+    """
     expected = f"Bearer {admin_token}".encode()
 
-    def authed(handler: Handler) -> Handler:
-        async def guarded(request: Request) -> Response:
-            given = request.headers.get("authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return _error(401, "unauthorized", "missing or wrong admin bearer token")
-            return await handler(request)
+    def public(handler: PlaneHandler) -> Handler:
+        return _serving(plane, handler)
 
-        guarded.__name__ = handler.__name__
-        return guarded
-
-    def resource_kind(request: Request) -> type[Resource] | None:
-        return kind_for(str(request.path_params["kind"]))
-
-    async def healthz(request: Request) -> Response:
-        return PlainTextResponse("ok")
-
-    async def trust_bundle(request: Request) -> Response:
-        return Response(plane.ca.root_pem, media_type="application/x-pem-file")
-
-    def _invalid(exc: ValidationFailed) -> Response:
-        return JSONResponse(
-            {
-                "error": "invalid",
-                "message": f"{len(exc.problems)} problem(s); nothing was applied",
-                "errors": [problem.to_json() for problem in exc.problems],
-            },
-            status_code=422,
-        )
-
-    async def apply(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY:
-            return _error(413, "too-large", f"request body is limited to {MAX_BODY} bytes")
-        try:
-            text = body.decode("utf-8")
-            docs = parse_documents(text, request.headers.get("content-type", "application/yaml"))
-        except UnicodeDecodeError as exc:
-            return _error(400, "bad-document", f"body is not UTF-8: {exc}")
-        except DocumentParseError as exc:
-            return _error(400, "bad-document", str(exc))
-        try:
-            resources = validate_documents(docs)
-        except ValidationFailed as exc:
-            return _invalid(exc)
-        try:
-            results = plane.apply(resources)
-        except ValidationFailed as exc:
-            return _invalid(exc)
-        return JSONResponse({"applied": [result.to_json() for result in results]})
-
-    async def list_resources(request: Request) -> Response:
-        kind = resource_kind(request)
-        if kind is None:
-            return _not_found(f"unknown kind {request.path_params['kind']!r}")
-        namespace = request.query_params.get("namespace") or None
-        return JSONResponse({"items": plane.store.list_resources(kind.KIND, namespace)})
-
-    def key_of(request: Request) -> ResourceKey | None:
-        kind = resource_kind(request)
-        if kind is None:
-            return None
-        namespace = kind.FIXED_NAMESPACE or str(request.path_params["namespace"])
-        return ResourceKey(kind.KIND, namespace, str(request.path_params["name"]))
-
-    async def get_resource(request: Request) -> Response:
-        key = key_of(request)
-        document = plane.store.get(key) if key is not None else None
-        if document is None:
-            return _not_found(f"no such resource: {request.url.path}")
-        return JSONResponse(document)
-
-    async def delete_resource(request: Request) -> Response:
-        key = key_of(request)
-        document = plane.delete(key) if key is not None else None
-        if document is None:
-            return _not_found(f"no such resource: {request.url.path}")
-        return JSONResponse({"deleted": document})
-
-    async def watch(request: Request) -> Response:
-        try:
-            since = int(request.query_params.get("since", "0"))
-        except ValueError:
-            return _error(400, "bad-request", "since must be an integer revision")
-        follow = request.query_params.get("follow", "true").lower() not in ("0", "false", "no")
-
-        async def lines() -> AsyncIterator[bytes]:
-            revision = since
-            while not plane.stopping.is_set():
-                changes = plane.store.changes_since(revision)
-                for change in changes:
-                    revision = change.revision
-                    yield json.dumps(change.to_json()).encode() + b"\n"
-                if changes:
-                    continue
-                if not follow:
-                    return
-                await plane.wait_for_change(WATCH_IDLE)
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
-
-    async def proxies(request: Request) -> Response:
-        items = sorted((r.to_json() for r in plane.registry), key=lambda r: r["proxy_id"])
-        return JSONResponse({"items": items})
-
-    async def endpoints(request: Request) -> Response:
-        records = plane.registry.endpoints_of(
-            str(request.path_params["namespace"]), str(request.path_params["service"])
-        )
-        items = [
-            {
-                "address": r.workload.address,
-                "port": r.workload.inbound_port,
-                "labels": dict(r.workload.labels),
-                "healthy": r.healthy,
-                "proxy_id": r.proxy_id,
-            }
-            for r in records
-        ]
-        return JSONResponse({"items": items})
-
-    async def join_token(request: Request) -> Response:
-        try:
-            body = json.loads(await request.body())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return _error(400, "bad-document", f"invalid JSON: {exc}")
-        if not isinstance(body, dict):
-            return _error(400, "bad-document", "expected a JSON object")
-        problems: list[dict[str, str]] = []
-        service = body.get("service")
-        namespace = body.get("namespace", "default")
-        ttl = body.get("ttl_seconds", DEFAULT_TOKEN_TTL)
-        for field, value in (("service", service), ("namespace", namespace)):
-            try:
-                if not isinstance(value, str):
-                    raise ValueError("required, must be a string")
-                check_dns_label(value)
-            except ValueError as exc:
-                problems.append({"path": field, "message": str(exc)})
-        if (
-            not isinstance(ttl, int | float)
-            or isinstance(ttl, bool)
-            or not math.isfinite(ttl)
-            or not 1 <= ttl <= MAX_TOKEN_TTL
-        ):
-            problems.append(
-                {"path": "ttl_seconds", "message": f"must be a number in 1..{MAX_TOKEN_TTL:.0f}"}
-            )
-        unknown = sorted(set(body) - {"service", "namespace", "ttl_seconds"})
-        problems += [{"path": name, "message": "unknown field"} for name in unknown]
-        if problems:
-            return JSONResponse(
-                {"error": "invalid", "message": "invalid join-token request", "errors": problems},
-                status_code=422,
-            )
-        assert isinstance(service, str) and isinstance(namespace, str)
-        token, expires = plane.create_join_token(service, namespace, float(ttl))
-        return JSONResponse(
-            {
-                "token": token,
-                "service": service,
-                "namespace": namespace,
-                "expires": _rfc3339(expires),
-            }
-        )
+    def authed(handler: PlaneHandler) -> Handler:
+        return _authed(_serving(plane, handler), expected)
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/v1/trust-bundle", trust_bundle, methods=["GET"]),
+        Route("/v1/trust-bundle", public(trust_bundle), methods=["GET"]),
         Route("/v1/resources", authed(apply), methods=["POST"]),
         Route("/v1/resources/{kind}", authed(list_resources), methods=["GET"]),
         Route("/v1/resources/{kind}/{namespace}/{name}", authed(get_resource), methods=["GET"]),
@@ -237,8 +83,216 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
         Route("/v1/endpoints/{namespace}/{service}", authed(endpoints), methods=["GET"]),
         Route("/v1/join-tokens", authed(join_token), methods=["POST"]),
     ]
+    return Starlette(routes=routes, exception_handlers={Exception: _internal_error})
 
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        return _error(500, "internal", f"{type(exc).__name__}: {exc}")
 
-    return Starlette(routes=routes, exception_handlers={Exception: internal_error})
+def _serving(plane: ControlPlane, handler: PlaneHandler) -> Handler:
+    """``handler`` as a Starlette endpoint for ``plane`` (the route keeps the handler's name)."""
+
+    async def endpoint(request: Request) -> Response:
+        return await handler(plane, request)
+
+    endpoint.__name__ = handler.__name__
+    return endpoint
+
+
+def _authed(handler: Handler, expected: bytes) -> Handler:
+    """``handler`` behind the admin token: 401 unless the request carries ``expected``."""
+
+    async def guarded(request: Request) -> Response:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            return _error(401, "unauthorized", "missing or wrong admin bearer token")
+        return await handler(request)
+
+    guarded.__name__ = handler.__name__
+    return guarded
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return _error(500, "internal", f"{type(exc).__name__}: {exc}")
+
+
+# Health and trust: no token needed.
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def trust_bundle(plane: ControlPlane, request: Request) -> Response:
+    return Response(plane.ca.root_pem, media_type="application/x-pem-file")
+
+
+# Resources: apply, list, get and delete (validation is gossamer.config's).
+
+
+def _invalid(exc: ValidationFailed) -> Response:
+    return JSONResponse(
+        {
+            "error": "invalid",
+            "message": f"{len(exc.problems)} problem(s); nothing was applied",
+            "errors": [problem.to_json() for problem in exc.problems],
+        },
+        status_code=422,
+    )
+
+
+async def apply(plane: ControlPlane, request: Request) -> Response:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return _error(413, "too-large", f"request body is limited to {MAX_BODY} bytes")
+    try:
+        text = body.decode("utf-8")
+        docs = parse_documents(text, request.headers.get("content-type", "application/yaml"))
+    except UnicodeDecodeError as exc:
+        return _error(400, "bad-document", f"body is not UTF-8: {exc}")
+    except DocumentParseError as exc:
+        return _error(400, "bad-document", str(exc))
+    try:
+        resources = validate_documents(docs)
+    except ValidationFailed as exc:
+        return _invalid(exc)
+    try:
+        results = plane.apply(resources)
+    except ValidationFailed as exc:
+        return _invalid(exc)
+    return JSONResponse({"applied": [result.to_json() for result in results]})
+
+
+def _resource_kind(request: Request) -> type[Resource] | None:
+    return kind_for(str(request.path_params["kind"]))
+
+
+def _key_of(request: Request) -> ResourceKey | None:
+    kind = _resource_kind(request)
+    if kind is None:
+        return None
+    namespace = kind.FIXED_NAMESPACE or str(request.path_params["namespace"])
+    return ResourceKey(kind.KIND, namespace, str(request.path_params["name"]))
+
+
+async def list_resources(plane: ControlPlane, request: Request) -> Response:
+    kind = _resource_kind(request)
+    if kind is None:
+        return _not_found(f"unknown kind {request.path_params['kind']!r}")
+    namespace = request.query_params.get("namespace") or None
+    return JSONResponse({"items": plane.store.list_resources(kind.KIND, namespace)})
+
+
+async def get_resource(plane: ControlPlane, request: Request) -> Response:
+    key = _key_of(request)
+    document = plane.store.get(key) if key is not None else None
+    if document is None:
+        return _not_found(f"no such resource: {request.url.path}")
+    return JSONResponse(document)
+
+
+async def delete_resource(plane: ControlPlane, request: Request) -> Response:
+    key = _key_of(request)
+    document = plane.delete(key) if key is not None else None
+    if document is None:
+        return _not_found(f"no such resource: {request.url.path}")
+    return JSONResponse({"deleted": document})
+
+
+# The mesh as it runs: changes to watch, connected proxies, endpoints, join tokens.
+
+
+async def watch(plane: ControlPlane, request: Request) -> Response:
+    try:
+        since = int(request.query_params.get("since", "0"))
+    except ValueError:
+        return _error(400, "bad-request", "since must be an integer revision")
+    follow = request.query_params.get("follow", "true").lower() not in ("0", "false", "no")
+
+    async def lines() -> AsyncIterator[bytes]:
+        revision = since
+        while not plane.stopping.is_set():
+            changes = plane.store.changes_since(revision)
+            for change in changes:
+                revision = change.revision
+                yield json.dumps(change.to_json()).encode() + b"\n"
+            if changes:
+                continue
+            if not follow:
+                return
+            await plane.wait_for_change(WATCH_IDLE)
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+
+async def proxies(plane: ControlPlane, request: Request) -> Response:
+    items = sorted((r.to_json() for r in plane.registry), key=lambda r: r["proxy_id"])
+    return JSONResponse({"items": items})
+
+
+async def endpoints(plane: ControlPlane, request: Request) -> Response:
+    records = plane.registry.endpoints_of(
+        str(request.path_params["namespace"]), str(request.path_params["service"])
+    )
+    items = [
+        {
+            "address": r.workload.address,
+            "port": r.workload.inbound_port,
+            "labels": dict(r.workload.labels),
+            "healthy": r.healthy,
+            "proxy_id": r.proxy_id,
+        }
+        for r in records
+    ]
+    return JSONResponse({"items": items})
+
+
+def _join_token_problems(body: dict[str, Any]) -> list[dict[str, str]]:
+    """What is wrong with a join-token request's fields (empty when it is valid)."""
+    problems: list[dict[str, str]] = []
+    service = body.get("service")
+    namespace = body.get("namespace", "default")
+    ttl = body.get("ttl_seconds", DEFAULT_TOKEN_TTL)
+    for field, value in (("service", service), ("namespace", namespace)):
+        try:
+            if not isinstance(value, str):
+                raise ValueError("required, must be a string")
+            check_dns_label(value)
+        except ValueError as exc:
+            problems.append({"path": field, "message": str(exc)})
+    if (
+        not isinstance(ttl, int | float)
+        or isinstance(ttl, bool)
+        or not math.isfinite(ttl)
+        or not 1 <= ttl <= MAX_TOKEN_TTL
+    ):
+        problems.append(
+            {"path": "ttl_seconds", "message": f"must be a number in 1..{MAX_TOKEN_TTL:.0f}"}
+        )
+    unknown = sorted(set(body) - {"service", "namespace", "ttl_seconds"})
+    problems += [{"path": name, "message": "unknown field"} for name in unknown]
+    return problems
+
+
+async def join_token(plane: ControlPlane, request: Request) -> Response:
+    try:
+        body = json.loads(await request.body())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return _error(400, "bad-document", f"invalid JSON: {exc}")
+    if not isinstance(body, dict):
+        return _error(400, "bad-document", "expected a JSON object")
+    problems = _join_token_problems(body)
+    if problems:
+        return JSONResponse(
+            {"error": "invalid", "message": "invalid join-token request", "errors": problems},
+            status_code=422,
+        )
+    service, namespace = body.get("service"), body.get("namespace", "default")
+    ttl = body.get("ttl_seconds", DEFAULT_TOKEN_TTL)
+    assert isinstance(service, str) and isinstance(namespace, str)
+    token, expires = plane.create_join_token(service, namespace, float(ttl))
+    return JSONResponse(
+        {
+            "token": token,
+            "service": service,
+            "namespace": namespace,
+            "expires": _rfc3339(expires),
+        }
+    )

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
@@ -41,6 +41,7 @@ from gossamer.control.snapshots import (
 )
 from gossamer.control.store import ApplyResult, Store
 from gossamer.identity.spiffe import SpiffeId
+from gossamer.snapshot_schema import MtlsMode, PortProtocol, SnapshotContent
 
 __all__ = ["ControlPlane", "Refusal"]
 
@@ -70,7 +71,7 @@ class Refusal(Exception):
 @dataclass(frozen=True, slots=True)
 class _ResourceView:
     services: Mapping[ServiceKey, ServiceInfo]
-    mtls_mode: str
+    mtls_mode: MtlsMode
     cert_lifetime: timedelta | None
     traffic: Mapping[ServiceKey, ServiceTraffic]
 
@@ -84,7 +85,9 @@ def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
         service_account=spec.get("serviceAccount") or metadata["name"],
         protocol=ports[0].get("protocol", "http"),
         calls=tuple(spec.get("calls") or ()),
-        ports=tuple((int(p["port"]), str(p.get("protocol", "http"))) for p in ports),
+        ports=tuple(  # stored documents were validated: the protocol is a PortProtocol
+            (int(p["port"]), cast(PortProtocol, str(p.get("protocol", "http")))) for p in ports
+        ),
     )
 
 
@@ -451,7 +454,7 @@ class ControlPlane:
             traffic=self._view.traffic,
         )
 
-    def _send_snapshot(self, record: ProxyRecord, content: Mapping[str, Any]) -> None:
+    def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:
         if record.session is not None:
             record.session.send(
                 {

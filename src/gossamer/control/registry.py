@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 from gossamer.control.snapshots import EndpointInfo
 from gossamer.identity.spiffe import SpiffeId
+from gossamer.snapshot_schema import SnapshotContent
 
 __all__ = ["AckState", "ProxyRecord", "Registry", "Session", "Workload"]
 
@@ -76,7 +77,7 @@ class ProxyRecord:
     healthy: bool = True
     connected: bool = True
     epoch: int = 0
-    last_content: dict[str, Any] | None = None
+    last_content: SnapshotContent | None = None
     watched: frozenset[ServiceKey] = frozenset()
     endpoint_info: EndpointInfo | None = field(default=None, init=False)  # from the workload
 

@@ -5,7 +5,8 @@ Pure functions, no I/O: :class:`MeshView` is what the store and registry know at
 per-service :class:`ServiceTraffic`; :func:`select_services` decides which services a proxy's
 snapshot holds (its subscriptions plus every service their routes send or mirror to);
 :func:`build_snapshot` turns all that into the JSON-able snapshot content (without ``version``;
-the pusher adds that when the content changed).
+the pusher adds that when the content changed), typed by :mod:`gossamer.snapshot_schema`, the
+schema the sidecar's ``compile_snapshot`` is checked against too.
 """
 
 from __future__ import annotations
@@ -13,12 +14,24 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.trafficpolicy import TrafficPolicy, default_policy_snapshot
 from gossamer.identity.spiffe import SpiffeId
+from gossamer.snapshot_schema import (
+    EndpointSnapshot,
+    HttpRuleSnapshot,
+    MtlsMode,
+    PolicySnapshot,
+    PortProtocol,
+    PortSnapshot,
+    RateLimitSnapshot,
+    ServiceSnapshot,
+    Snapshot,
+    SnapshotContent,
+    TcpRouteSnapshot,
+)
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -38,7 +51,7 @@ _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DNS_SUFFIXES = (("svc",), ("svc", "cluster", "local"))
 
 ServiceKey = tuple[str, str]  # (namespace, name)
-DEFAULT_PORTS: tuple[tuple[int, str], ...] = ((80, "http"),)
+DEFAULT_PORTS: tuple[tuple[int, PortProtocol], ...] = ((80, "http"),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,23 +61,24 @@ class ServiceInfo:
     name: str
     namespace: str
     service_account: str
-    protocol: str = "http"
+    protocol: PortProtocol = "http"
     calls: tuple[str, ...] = ()
-    ports: tuple[tuple[int, str], ...] = DEFAULT_PORTS  # (port, protocol)
+    ports: tuple[tuple[int, PortProtocol], ...] = DEFAULT_PORTS  # (port, protocol)
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceTraffic:
-    """The traffic resources of one service, compiled to their snapshot forms.
+    """The traffic resources of one service, compiled to their snapshot forms
+    (:mod:`gossamer.snapshot_schema`).
 
     ``references`` are the services its routes send or mirror to (``(namespace, name)``).
     The dicts are shared between snapshots and never modified.
     """
 
-    http_routes: tuple[Mapping[str, Any], ...] = ()
-    policy: Mapping[str, Any] | None = None
-    rate_limit: Mapping[str, Any] | None = None
-    tcp_route: Mapping[str, Any] | None = None
+    http_routes: tuple[HttpRuleSnapshot, ...] = ()
+    policy: PolicySnapshot | None = None
+    rate_limit: RateLimitSnapshot | None = None
+    tcp_route: TcpRouteSnapshot | None = None
     references: frozenset[ServiceKey] = frozenset()
 
 
@@ -79,7 +93,7 @@ class EndpointInfo:
     port: int
     labels: Mapping[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> EndpointSnapshot:
         return {"address": self.address, "port": self.port, "labels": dict(self.labels)}
 
 
@@ -88,7 +102,7 @@ class MeshView:
     """A consistent read of the mesh for building snapshots."""
 
     trust_domain: str
-    mtls_mode: str
+    mtls_mode: MtlsMode
     services: Mapping[ServiceKey, ServiceInfo]
     endpoints: Mapping[ServiceKey, Sequence[EndpointInfo]]  # healthy only
     workload_services: frozenset[ServiceKey] = frozenset()
@@ -104,7 +118,7 @@ class MeshView:
     def identity(self, key: ServiceKey) -> SpiffeId:
         return SpiffeId(self.trust_domain, key[0], self.service_account(key))
 
-    def ports(self, key: ServiceKey) -> list[dict[str, Any]]:
+    def ports(self, key: ServiceKey) -> list[PortSnapshot]:
         info = self.services.get(key)
         ports = info.ports if info is not None else DEFAULT_PORTS
         return [{"port": port, "protocol": protocol} for port, protocol in ports]
@@ -127,7 +141,7 @@ def traffic_index(
     HTTPRoutes of one service are merged in name order (then namespace); of several
     TrafficPolicies or TCPRoutes for one service, the first in that order applies.
     """
-    rules: dict[ServiceKey, list[Mapping[str, Any]]] = {}
+    rules: dict[ServiceKey, list[HttpRuleSnapshot]] = {}
     refs: dict[ServiceKey, set[ServiceKey]] = {}
     for route in sorted(http_routes, key=_by_name):
         key = route.service_key
@@ -216,7 +230,7 @@ def select_services(
     return Selection(tuple(sorted(known)), tuple(sorted(unknown)), frozenset(wanted))
 
 
-def _service_entry(key: ServiceKey, view: MeshView) -> dict[str, Any]:
+def _service_entry(key: ServiceKey, view: MeshView) -> ServiceSnapshot:
     info = view.services.get(key)
     traffic = view.traffic_of(key)
     endpoints = sorted(view.endpoints.get(key, ()), key=lambda e: (e.address, e.port))
@@ -239,7 +253,7 @@ def build_snapshot(
     on_demand: Iterable[str],
     view: MeshView,
     selection: Selection | None = None,
-) -> dict[str, Any]:
+) -> SnapshotContent:
     """The snapshot content for one proxy of (namespace, service), without ``version``."""
     if selection is None:
         selection = select_services(namespace, service, on_demand, view)
@@ -263,6 +277,6 @@ def build_snapshot(
     }
 
 
-def with_version(content: Mapping[str, Any], version: int) -> dict[str, Any]:
+def with_version(content: SnapshotContent, version: int) -> Snapshot:
     """The snapshot as sent: ``version`` first, then the content."""
     return {"version": version, **content}

@@ -18,6 +18,7 @@ __all__ = [
     "ProxyError",
     "encode_chunk",
     "error_response",
+    "redirect_response",
     "render_headers",
     "scan_headers",
     "split_absolute_target",
@@ -232,3 +233,16 @@ def error_response(
         lines.append(b"connection: close")
     head = b"\r\n".join(lines) + b"\r\n\r\n"
     return head if head_only else head + body
+
+
+def redirect_response(status: int, location: bytes, request_id: bytes | None = None) -> bytes:
+    """A whole redirect a route is configured to give (no body, no ``x-gossamer-error``:
+    configured behaviour, not an error)."""
+    lines = [
+        b"HTTP/1.1 %d %b" % (status, _reason(status)),
+        b"location: " + location,
+        b"content-length: 0",
+    ]
+    if request_id:
+        lines.append(b"x-request-id: " + request_id)
+    return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.stats import render_grpc_metrics
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import ssl
 
     from gossamer.identity.credentials import AlpnContextSource
-    from gossamer.proxy.http1.downstream import DownstreamConnection
+    from gossamer.proxy.accepted import AcceptedConnection
+    from gossamer.snapshot_schema import Snapshot
 
 __all__ = ["ProxyState"]
 
@@ -57,7 +58,7 @@ class ProxyState:
         self.app_pool = Pool()
         app = settings.workload.app
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
-        self.connections: set[DownstreamConnection] = set()
+        self.connections: set[AcceptedConnection] = set()
         self._subscriptions: set[str] = set()
         self._waiters: dict[str, asyncio.Future[None]] = {}
         # Request ids "<8 random hex>-<counter in hex>": made by C calls alone (the bound
@@ -106,16 +107,10 @@ class ProxyState:
     def sweep(self) -> None:
         """Close idle keep-alive connections and answer stalled request heads with 408."""
         now_ns = time.monotonic_ns()
+        head_ns = int(HEADER_TIMEOUT * 1e9)
+        idle_ns = int(IDLE_TIMEOUT * 1e9)
         for conn in list(self.connections):
-            ex = conn.parsing
-            if ex is not None and not ex.method and not conn.queue:  # head still incomplete
-                if now_ns - ex.start_ns > HEADER_TIMEOUT * 1e9:
-                    conn.refuse(408, "request-header-timeout", "request head not received in time")
-            elif (
-                not conn.queue and ex is None
-                and now_ns - conn.last_active_ns > IDLE_TIMEOUT * 1e9
-            ):
-                conn.close()
+            conn.sweep(now_ns, head_ns, idle_ns)
 
     async def sweep_forever(self) -> None:
         while True:
@@ -131,7 +126,7 @@ class ProxyState:
         """Compile and install a snapshot; raise to NACK (the old table stays in force)."""
         try:
             table = compile_snapshot(
-                snapshot,
+                cast("Snapshot", snapshot),  # the wire's JSON: compile_snapshot checks it
                 metrics=self.metrics,
                 previous=self.table,
                 default_service=self.settings.listen.default_service,

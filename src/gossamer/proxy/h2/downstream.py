@@ -7,19 +7,18 @@
   connection hands over when the first bytes are the HTTP/2 preface). Routes by
   ``:authority`` (or ``host``) through the same route table, discovery, balancer and metrics
   as HTTP/1.1, to the destination sidecar over h2 with mTLS (one multiplexed connection per
-  endpoint); ``x-gossamer-peer-identity`` from the app is removed. A service with HTTP routes
-  or a traffic policy (timeout, retries, limits) sends its streams through ``plan.route``
-  first (rules, filters, splits, retries, timeouts, mirroring; ``limits`` for circuit
-  breaking); the others go straight to the balancer, which skips ejected outliers and hashes
-  on the policy's header or cookie for consistent hashing.
+  endpoint); ``x-gossamer-peer-identity`` from the app is removed. Each stream goes through
+  the outbound pipeline (``pipeline.outbound``: discovery, the request slots, the logical
+  stage) and comes back to ``forward``: a ``StreamPlan`` when a timeout, retries, a rule or
+  stream limits apply (``plan``, ``limits``), then an endpoint by ``pipeline.concrete``.
 - ``H2Inbound``: h2 over mTLS from another sidecar (TLS ALPN ``h2``), or h2c in plaintext
   while inbound mTLS is PERMISSIVE. Sets ``x-gossamer-peer-identity`` to the caller's SPIFFE
   ID (removing any that came with the request), applies the inbound local rate limit (429 with
   ``retry-after``), and forwards to the local app over h2c.
 
-It is a ``DownstreamConnection`` so the sidecar's connection set, drain and idle sweep treat it
-like any other: ``close`` sends GOAWAY and closes once the streams in flight are done (an idle
-sweep never cuts live streams; a drain does stop new ones).
+It is an ``AcceptedConnection`` (not an HTTP/1.1 connection), so the sidecar's connection set,
+drain and idle sweep treat it like any other: ``close`` sends GOAWAY and closes once the
+streams in flight are done (an idle sweep never cuts live streams; a drain does stop new ones).
 """
 
 from __future__ import annotations
@@ -42,18 +41,18 @@ from gossamer.protocol.h2.session import (
     Header,
 )
 from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.accepted import AcceptedConnection
 from gossamer.proxy.h2 import H2_PREFACE
 from gossamer.proxy.h2.connection import CONNECTION_WINDOW, SERVER_SETTINGS, FlushingConnection
 from gossamer.proxy.h2.headers import scan_request
-from gossamer.proxy.h2.plan import needs_plan
-from gossamer.proxy.h2.plan import route as plan_route
+from gossamer.proxy.h2.limits import OVERFLOW, QUEUED
+from gossamer.proxy.h2.mirror import fire_mirror
 from gossamer.proxy.h2.runtime import runtime_for
 from gossamer.proxy.h2.stream import ProxiedStream
-from gossamer.proxy.http1.downstream import DownstreamConnection
 from gossamer.proxy.observe.metrics import RouteStats
+from gossamer.proxy.pipeline import concrete, outbound
 from gossamer.proxy.pipeline.balancer import EndpointState
-from gossamer.proxy.snapshot.service_policy import ServicePolicy
-from gossamer.proxy.snapshot.table import OutboundService, service_key
+from gossamer.proxy.snapshot.table import OutboundService
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
 
@@ -63,16 +62,20 @@ log = logging.getLogger("gossamer.proxy.h2")
 
 PEER_HEADER = b"x-gossamer-peer-identity"
 CANCEL = 8
-MAX_CONNECT_ATTEMPTS = 3
 
 
-class H2Downstream(DownstreamConnection, FlushingConnection):
+class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
     """The server side of an HTTP/2 connection; subclasses say where streams go."""
 
+    direction = "outbound"
     drop_headers: ClassVar[frozenset[bytes]] = frozenset({PEER_HEADER})
 
     def __init__(self, proxy: ProxyState) -> None:
-        super().__init__(proxy)
+        self.proxy = proxy
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.write_paused = False
+        self.last_active_ns = time.monotonic_ns()
         self.session = H2Session(
             client=False, settings=SERVER_SETTINGS, connection_window=CONNECTION_WINDOW
         )
@@ -82,15 +85,11 @@ class H2Downstream(DownstreamConnection, FlushingConnection):
         self.grpc_stats = self.runtime.grpc
         self.going_away = False
 
-    def flush(self) -> None:
-        """Write the session's output (``FlushingConnection``'s flush, not the HTTP/1.1 held
-        writes of ``DownstreamConnection``, which an HTTP/2 connection never holds)."""
-        FlushingConnection.flush(self)
-
     # === asyncio callbacks ===
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        self.transport = transport  # type: ignore[assignment]
+        self.counted()
         self.flush()  # our SETTINGS
 
     def take_over(self, transport: asyncio.Transport, data: bytes) -> None:
@@ -142,13 +141,24 @@ class H2Downstream(DownstreamConnection, FlushingConnection):
                     stream.downstream_closed(a, b)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.uncounted()
         self.cancel_flush()
         self.session.close()
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
             stream.downstream_closed(CANCEL, None)
-        super().connection_lost(exc)
+        self.transport = None
+
+    # === AcceptedConnection: the drain and the idle sweep ===
+
+    def busy(self) -> bool:
+        return bool(self.streams)
+
+    def sweep(self, now_ns: int, head_ns: int, idle_ns: int) -> None:
+        if not self.streams and now_ns - self.last_active_ns > idle_ns:
+            self.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -192,6 +202,9 @@ class H2Downstream(DownstreamConnection, FlushingConnection):
             is_head=scan.method == b"HEAD",
             ended=ended,
         )
+        stream.method = scan.method
+        stream.path = scan.path
+        stream.scheme = scan.scheme
         self.streams[stream_id] = stream
         self.route(stream)
 
@@ -207,6 +220,13 @@ class H2Downstream(DownstreamConnection, FlushingConnection):
         yet, or a retry): the endpoint stage only, the route already chosen."""
         self.route(stream)
 
+    def forward(self, stream: ProxiedStream, timeout: float | None) -> None:
+        """The concrete and endpoint stages for a routed stream (outbound only)."""
+        raise TypeError("subclass responsibility")
+
+    def fire_mirror(self, stream: ProxiedStream) -> None:
+        """Send the mirror copy ``stream``'s plan holds (outbound only)."""
+
 
 class H2Outbound(H2Downstream):
     """h2c from the local app to mesh services."""
@@ -214,53 +234,47 @@ class H2Outbound(H2Downstream):
     direction = "outbound"
 
     def route(self, stream: ProxiedStream) -> None:
-        table = self.proxy.table
-        if table is None:
-            stream.respond_error(
-                503, "proxy-not-ready", "no configuration from the control plane yet"
-            )
-            return
-        service = table.resolve(stream.authority)
-        if service is not None:
-            if needs_plan(service):
-                plan_route(self, stream, service)
-            else:
-                self.send_to(stream, service)
-            return
-        host = stream.authority.decode("latin-1")
-        key = service_key(host, table.namespace)
-        if key is None or key in table.unknown:
-            stream.respond_error(404, "unknown-service", f"{host} is not a mesh service")
-            return
-        spawn(self._discover(stream, key), name=f"discover {key}")
+        outbound.start(stream, self.proxy)
 
-    async def _discover(self, stream: ProxiedStream, key: str) -> None:
-        try:
-            service = await self.proxy.discover(key)
-        except ProxyError as exc:
-            stream.respond_error(exc.status, exc.cause, exc.detail)
-            return
-        if not stream.wanted():
-            return
-        if service is None:
-            stream.respond_error(404, "unknown-service", f"{key} is not a mesh service")
-        else:
-            self.route_to(stream, service)
+    def forward(self, stream: ProxiedStream, timeout: float | None) -> None:
+        """After the logical stage: a plan when anything needs one (the whole stream's
+        clock, the backend's stream slots), then an endpoint."""
+        backend = stream.service
+        assert backend is not None
+        limits = backend.policy.limits
+        plan = stream.plan
+        if plan is None and (
+            timeout is not None or stream.retry is not None or stream.rule is not None
+            or not limits.unlimited
+        ):  # fmt: skip
+            plan = stream.new_plan()
+        stream.tries = 1
+        if plan is not None and timeout is not None:
+            plan.timer = asyncio.get_running_loop().call_later(timeout, plan.timed_out, stream)
+        if limits.max_connections:
+            assert plan is not None
+            account = self.runtime.account(backend.key)
+            verdict = account.admit(stream, limits)
+            if verdict == OVERFLOW:
+                stream.respond_error(
+                    503, "overflow", f"{backend.key}: stream and pending limits reached"
+                )
+                return
+            plan.account = account
+            if verdict == QUEUED:
+                plan.queued = True
+                return
+        self.send_to(stream, backend, stream.subset)
 
-    def route_to(self, stream: ProxiedStream, service: OutboundService) -> None:
-        """The route stage when the service has routes or a policy, else the balancer."""
-        if needs_plan(service):
-            plan_route(self, stream, service)
-        else:
-            self.send_to(stream, service)
+    def fire_mirror(self, stream: ProxiedStream) -> None:
+        fire_mirror(stream)
 
     def reroute(self, stream: ProxiedStream, avoid: EndpointState | None = None) -> None:
         service = stream.service
         if service is None:
             self.route(stream)
             return
-        plan = stream.plan
-        self.send_to(stream, service, plan.subset if plan is not None else (), avoid)
+        self.send_to(stream, service, stream.subset, avoid)
 
     def send_to(
         self,
@@ -274,13 +288,7 @@ class H2Outbound(H2Downstream):
         attach ``stream`` to its connection, opening one if needed."""
         stream.stats = service.stats
         stream.service = service
-        policy = service.policy
-        hash_key = None
-        if policy.lb_type == "ConsistentHash":
-            hash_key = _hash_key(stream.headers, policy)
-        endpoint = service.pick(subset, hash_key)  # skips ejected outliers
-        if avoid is not None and endpoint is avoid:
-            endpoint = _another(service, subset, avoid) or endpoint  # a retry: elsewhere
+        endpoint = concrete.pick(service, subset, stream, avoid)  # skips ejected outliers
         if endpoint is None:
             stream.respond_error(
                 503, "no-healthy-endpoints", f"{service.key} has no healthy endpoints"
@@ -320,7 +328,7 @@ class H2Outbound(H2Downstream):
                 return
             if (
                 exc.cause == "connect-failed"
-                and attempt < MAX_CONNECT_ATTEMPTS - 1
+                and attempt < concrete.MAX_CONNECT_ATTEMPTS - 1
                 and len(service.balancer.endpoints) > 1
             ):
                 # Nothing was sent: try another endpoint.
@@ -336,40 +344,6 @@ class H2Outbound(H2Downstream):
             stream.respond_error(exc.status, exc.cause, exc.detail)
             return
         stream.attach(conn)
-
-
-def _another(
-    service: OutboundService, subset: tuple[tuple[str, str], ...], avoid: EndpointState
-) -> EndpointState | None:
-    """A live endpoint of ``service`` within ``subset`` other than ``avoid``, the least busy
-    (a balancer's second pick can return the same one: power of two choices over two
-    endpoints compares the same pair)."""
-    best = None
-    for endpoint in service.balancer.endpoints:  # not ejected
-        if endpoint is avoid or not all(endpoint.labels.get(k) == v for k, v in subset):
-            continue
-        if best is None or endpoint.pending < best.pending:
-            best = endpoint
-    return best
-
-
-def _hash_key(headers: list[Header], policy: ServicePolicy) -> bytes | None:
-    """The consistent-hash key of a request: the policy's header, else its cookie."""
-    name = policy.hash_header
-    if name is not None:
-        for field, value in headers:
-            if field == name:
-                return value
-    cookie = policy.hash_cookie
-    if cookie is not None:
-        prefix = cookie + b"="
-        for field, value in headers:
-            if field == b"cookie":
-                for part in value.split(b";"):
-                    part = part.strip()
-                    if part.startswith(prefix):
-                        return part[len(prefix) :]
-    return None
 
 
 class H2Inbound(H2Downstream):

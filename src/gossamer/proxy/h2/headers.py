@@ -57,11 +57,13 @@ _CONNECTION_FIELDS = frozenset(
 class RequestScan:
     """What one pass over a request's header block found, and the list to forward."""
 
-    __slots__ = ("authority", "grpc", "kept", "method", "request_id")
+    __slots__ = ("authority", "grpc", "kept", "method", "path", "request_id", "scheme")
 
     def __init__(self) -> None:
         self.kept: list[Header] = []
         self.method = b""
+        self.path = b""
+        self.scheme = b"http"
         self.authority = b""
         self.request_id: bytes | None = None
         self.grpc = False
@@ -82,6 +84,10 @@ def scan_request(headers: Iterable[Header], drop: frozenset[bytes]) -> RequestSc
                 scan.authority = pair[1]
             elif name == b":method":
                 scan.method = pair[1]
+            elif name == b":path":
+                scan.path = pair[1]
+            elif name == b":scheme":
+                scan.scheme = pair[1]
         elif name == b"content-type":
             scan.grpc = pair[1].startswith(_GRPC_CONTENT_TYPE)
         elif name == b"x-request-id":

@@ -15,6 +15,7 @@ import asyncio
 from typing import TYPE_CHECKING, cast
 
 from gossamer.proxy.h2.stream import CANCEL, ProxiedStream
+from gossamer.proxy.pipeline.outbound import MAX_MIRROR_BODY
 
 if TYPE_CHECKING:
     from gossamer.protocol.h2.session import Header
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.h2.upstream import H2Upstream
     from gossamer.proxy.snapshot.http_rules import HttpRule, MirrorPolicy
 
-__all__ = ["MIRROR_TIMEOUT", "MirrorStream", "start_mirror"]
+__all__ = ["MIRROR_TIMEOUT", "MirrorStream", "fire_mirror", "start_mirror"]
 
 MIRROR_TIMEOUT = 10.0
 
@@ -114,3 +115,25 @@ def start_mirror(
     timeout = rule.timeout if rule is not None and rule.timeout is not None else MIRROR_TIMEOUT
     copy.expiry = asyncio.get_running_loop().call_later(timeout, copy._expired)
     down.send_to(copy, target, policy.backend.subset_key)
+
+
+def fire_mirror(stream: ProxiedStream) -> None:
+    """The whole request arrived: send the copy its plan holds, if it still may go (the
+    body fits and the response has not started)."""
+    plan = stream.plan
+    if plan is None:
+        return
+    mirror = plan.mirror
+    plan.mirror = None
+    if mirror is None:
+        return
+    metrics = stream.down.proxy.metrics
+    if plan.keep is None or plan.kept > MAX_MIRROR_BODY:
+        metrics.error("mirror", "mirror-skipped-body")
+        return
+    if stream.resp_started:
+        metrics.error("mirror", "mirror-skipped-streaming")
+        return
+    start_mirror(stream, mirror, b"".join(plan.keep), stream.rule)
+    if stream.resp_started or stream.retry is None:
+        plan.keep = None

@@ -1,53 +1,29 @@
-"""Traffic management of one outbound HTTP/2 stream (h2c from the app, gRPC included): the
-counterpart of ``proxy/http1/outbound.py``'s route stage for HTTP/1.1 (docs/internals.md §8).
+"""HTTP/2's part of the endpoint stage for one outbound stream (h2c from the app, gRPC
+included): the state a stream needs once the pipeline's logical stage (``pipeline.outbound``)
+gave it a rule, a retry policy, a timeout, a mirror or connection limits. Streams to which
+none of these applies carry no plan.
 
-``route(down, stream, service)`` runs for a stream whose service has HTTP routes, a timeout,
-a retry policy or connection limits (``needs_plan``); any other stream goes straight to the
-balancer and carries no plan. It matches the service's ``HttpRouter`` on ``(:method, :path,
-headers)`` and then, as for HTTP/1.1:
+What only HTTP/2 has to decide lives here (docs/internals.md, "HTTP/2 and gRPC streams under
+traffic policy"); whether to retry at all is ``pipeline.retries``'s decision, as for HTTP/1.1:
 
-- redirect: answered with ``:status`` and ``location``; fault abort: a proxy error with the
-  configured status (``x-gossamer-error: fault-injected``; a gRPC caller gets the
-  ``grpc-status`` the spec maps that status to); fault delay: the stream waits, then goes on;
-- request header edits (connection-specific fields HTTP/2 forbids are dropped after them),
-  ``:path`` rewrite, response header edits when the response is forwarded;
-- a weighted backend: a service, or the subset of its endpoints whose labels match;
-- mirror: a copy of the request to another backend, fire and forget, response discarded.
-  Only small unary-looking calls are copied: the whole request must arrive (64 KiB at most)
-  before the primary response starts; larger or streaming requests are skipped
-  (``mirror-skipped-body`` / ``mirror-skipped-streaming`` in the error counters);
-- timeout (the rule's, else the service policy's): the whole stream, retries included, from
-  the end of any fault delay. Before the response is forwarded the caller gets 504 with
-  ``x-gossamer-error: upstream-timeout`` (gRPC: a trailers-only ``DEADLINE_EXCEEDED``);
-  after, a gRPC response ends with ``DEADLINE_EXCEEDED`` trailers and any other is reset
-  (CANCEL). The upstream stream is reset (CANCEL) either way;
-- connection limits: see ``limits``.
-
-Retries (the rule's ``RetryPolicy``, else the service policy's):
-
-- Which streams: methods the policy allows; gRPC calls (always POST) whatever their method,
-  because gRPC names what is safe to retry by status code, as gRPC's own retry policy does.
-- Conditions: the response ``:status``; the ``grpc-status`` of a trailers-only response (or
-  any ``grpc-status`` in the response headers); a failure before the response is forwarded:
-  ``connect-failed``, ``upstream-reset`` (RST_STREAM of any code, the connection lost) and
-  ``upstream-timeout`` (the per-try timeout, which runs from sending until the response is
-  forwarded).
-- Nothing is retried once response bytes have gone to the caller. To keep the decision open,
-  the response head of a gRPC call that could be retried on a gRPC status is held until its
-  first DATA (then forwarded at once, no retry) or its trailers (a status in ``on`` → retry;
-  otherwise head and trailers go out together).
-- The request must have fully arrived and its body (copied as it streams through) must fit
-  ``max_body_bytes``; larger bodies are forwarded but not retried.
-- Each retry is withdrawn from the retry budget of the service the caller named (first tries
-  are recorded there), waits the policy's backoff (full jitter), and avoids the endpoint that
-  failed when the backend has another.
+- the request body is copied as it streams through (``keep``, bounded by what the retry
+  policy and a mirror need) and credited back to the client against one watermark, so a body
+  replayed on a retry is never credited twice;
+- the response head of a gRPC call that could be retried on a gRPC status is held until its
+  first DATA (then forwarded at once, no retry) or its trailers (a status in ``on`` -> retry;
+  otherwise head and trailers go out together); nothing is retried once response bytes went
+  to the caller;
+- the per-try timeout runs from sending until the response is forwarded; the whole stream's
+  timeout answers 504 before the response (gRPC: a trailers-only ``DEADLINE_EXCEEDED``) and
+  after it ends a gRPC response with ``DEADLINE_EXCEEDED`` trailers and resets any other;
+- a mirror copy goes out once the whole request arrived, if the body fits and the response
+  has not started (``mirror-skipped-body`` / ``mirror-skipped-streaming`` otherwise);
+- ``connectionPool.maxConnections`` caps the backend's streams in flight (``limits``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
-import time
 from typing import TYPE_CHECKING
 
 from gossamer.proxy.h2.headers import (
@@ -55,45 +31,22 @@ from gossamer.proxy.h2.headers import (
     Header,
     grpc_status_of,
     http_status_for_grpc,
-    pseudo_fields,
-    replace_path,
-    strip_connection_fields,
 )
-from gossamer.proxy.h2.limits import OVERFLOW, QUEUED
-from gossamer.proxy.h2.mirror import start_mirror
-from gossamer.proxy.resilience.limits import UNLIMITED
+from gossamer.proxy.pipeline import retries
 from gossamer.proxy.resilience.outlier import classify
 
 if TYPE_CHECKING:
-    from gossamer.proxy.h2.downstream import H2Outbound
     from gossamer.proxy.h2.limits import StreamAccount
     from gossamer.proxy.h2.stream import ProxiedStream
     from gossamer.proxy.h2.upstream import H2Upstream
     from gossamer.proxy.pipeline.balancer import EndpointState
-    from gossamer.proxy.resilience.retry import RetryPolicy
-    from gossamer.proxy.snapshot.http_rules import HttpRule, MirrorPolicy
-    from gossamer.proxy.snapshot.table import OutboundService
+    from gossamer.proxy.snapshot.http_rules import MirrorPolicy
 
-__all__ = ["MAX_MIRROR_BODY", "StreamPlan", "needs_plan", "route"]
-
-MAX_MIRROR_BODY = 64 * 1024
-_rng = random.Random()
-
-
-def needs_plan(service: OutboundService) -> bool:
-    """Whether streams to ``service`` need the route stage (else: straight to the balancer)."""
-    policy = service.policy
-    limits = policy.limits
-    return (
-        service.router is not None
-        or policy.retry is not None
-        or policy.timeout is not None
-        or (limits is not UNLIMITED and not limits.unlimited)
-    )
+__all__ = ["StreamPlan"]
 
 
 class StreamPlan:
-    """What the route decided for one stream, and the state its retries and timers need."""
+    """The state a stream's retries, timers, body copy and stream slot need."""
 
     __slots__ = (
         "account",
@@ -102,33 +55,23 @@ class StreamPlan:
         "keep",
         "keep_limit",
         "kept",
-        "logical",
         "mirror",
         "queued",
         "received",
-        "retries",
-        "retry",
         "retry_handle",
-        "rule",
-        "subset",
         "timer",
         "try_sent",
         "try_timer",
     )
 
-    def __init__(self, logical: OutboundService) -> None:
-        self.logical = logical  # the service the caller named: its retry budget pays
-        self.rule: HttpRule | None = None
-        self.retry: RetryPolicy | None = None
-        self.subset: tuple[tuple[str, str], ...] = ()
-        self.retries = 0  # retries started so far
+    def __init__(self, received: int) -> None:
         self.timer: asyncio.TimerHandle | None = None  # the whole stream's deadline
         self.try_timer: asyncio.TimerHandle | None = None  # this try's deadline
         self.retry_handle: asyncio.TimerHandle | None = None  # a retry waiting out its backoff
         self.keep: list[bytes] | None = None  # request body copy (replay, mirror)
         self.kept = 0
         self.keep_limit = 0
-        self.received = 0  # request body bytes received from the client
+        self.received = received  # request body bytes received from the client
         self.credited = 0  # of those, credited back to the client (the watermark)
         self.try_sent = 0  # request body bytes this try has sent upstream
         self.held: list[Header] | None = None  # response head held while a retry may follow
@@ -137,6 +80,15 @@ class StreamPlan:
         self.queued = False  # waiting in ``account`` for a slot
 
     # === request body: the copy and the credit watermark ===
+
+    def start_keeping(self, stream: ProxiedStream, limit: int) -> None:
+        """Copy the request body from here on (what arrived so far is still in the stream's
+        buffer, not yet sent), up to ``limit`` bytes."""
+        self.keep_limit = limit
+        self.keep = list(stream.req_buf) if stream.req_buf else []
+        self.kept = self.received
+        if self.kept > limit:
+            self.keep = None
 
     def keep_chunk(self, stream: ProxiedStream, data: bytes) -> None:
         keep = self.keep
@@ -157,30 +109,12 @@ class StreamPlan:
             self.credited = mark
             stream.credit_down(extra)
 
-    # === mirroring ===
-
-    def fire_mirror(self, stream: ProxiedStream) -> None:
-        mirror = self.mirror
-        self.mirror = None
-        if mirror is None:
-            return
-        metrics = stream.down.proxy.metrics
-        if self.keep is None or self.kept > MAX_MIRROR_BODY:
-            metrics.error("mirror", "mirror-skipped-body")
-            return
-        if stream.resp_started:
-            metrics.error("mirror", "mirror-skipped-streaming")
-            return
-        start_mirror(stream, mirror, b"".join(self.keep), self.rule)
-        if stream.resp_started or self.retry is None:
-            self.keep = None
-
     # === upstream tries ===
 
     def attached(self, stream: ProxiedStream, up: H2Upstream) -> None:
         """A try has started on ``up``."""
         self.try_sent = 0
-        retry = self.retry
+        retry = stream.retry
         if retry is not None and retry.per_try_timeout is not None:
             if self.try_timer is not None:
                 self.try_timer.cancel()
@@ -201,9 +135,11 @@ class StreamPlan:
         """The response head of the current try: retry, hold it, or forward it."""
         grpc = stream.grpc
         code = grpc_status_of(headers) if grpc else None
-        retry = self.retry
+        retry = stream.retry
         if retry is not None:
-            if retry.retriable_status(status, code) and self.may_retry(stream):
+            if retry.retriable_status(status, code) and retries.may_retry(
+                stream, status=status, grpc_code=code
+            ):
                 self._outcome(stream, status, code)
                 self.retry_later(stream)
                 return
@@ -212,7 +148,7 @@ class StreamPlan:
                 and code is None
                 and not end
                 and retry.grpc_statuses
-                and self.retries < retry.attempts
+                and stream.tries <= retry.attempts
                 and stream.req_ended
                 and self.keep is not None
             ):
@@ -228,13 +164,7 @@ class StreamPlan:
         assert headers is not None
         self.held = None
         code = grpc_status_of(trailers)
-        retry = self.retry
-        if (
-            retry is not None
-            and code is not None
-            and retry.retriable_status(stream.status, code)
-            and self.may_retry(stream)
-        ):
+        if code is not None and retries.may_retry(stream, status=stream.status, grpc_code=code):
             self._outcome(stream, stream.status, code)
             self.retry_later(stream)
             return
@@ -248,16 +178,14 @@ class StreamPlan:
         self.held = None
         stream.commit(headers, False)
 
-    def committing(self, stream: ProxiedStream, headers: list[Header]) -> list[Header]:
-        """The response is being forwarded: stop the try's clock, apply response edits."""
+    def committing(self, stream: ProxiedStream) -> None:
+        """The response is being forwarded: stop the try's clock and the body copy."""
         if self.try_timer is not None:
             self.try_timer.cancel()
             self.try_timer = None
         self.held = None
         if self.mirror is None:
             self.keep = None  # no retry can follow: stop copying the body
-        rule = self.rule
-        return headers if rule is None else rule.filters.response_headers(headers)
 
     def _outcome(self, stream: ProxiedStream, status: int, code: int | None) -> None:
         service = stream.service
@@ -267,32 +195,13 @@ class StreamPlan:
     def failed(self, stream: ProxiedStream, cause: str, avoid: EndpointState | None = None) -> bool:
         """A try failed without a response forwarded; True when a retry was started."""
         self.held = None
-        retry = self.retry
-        if retry is None or not retry.retriable_cause(cause) or not self.may_retry(stream):
+        if not retries.may_retry(stream, cause=cause):
             return False
         self.retry_later(stream, avoid)
         return True
 
-    def may_retry(self, stream: ProxiedStream) -> bool:
-        """Whether another try is allowed now (withdraws it from the budget when it is)."""
-        retry = self.retry
-        if (
-            retry is None
-            or self.retries >= retry.attempts
-            or stream.resp_started
-            or stream.done
-            or not stream.down_open
-            or not stream.req_ended
-            or self.keep is None
-            or self.kept > retry.max_body_bytes
-        ):
-            return False
-        return self.logical.policy.budget.try_retry(time.monotonic())
-
     def retry_later(self, stream: ProxiedStream, avoid: EndpointState | None = None) -> None:
         """Leave the current try and start another after the backoff."""
-        retry = self.retry
-        assert retry is not None
         stream.detach()
         self.held = None
         if self.try_timer is not None:
@@ -301,8 +210,8 @@ class StreamPlan:
         if avoid is None:
             avoid = stream.endpoint
         stream.release()
-        delay = retry.backoff(self.retries, _rng)
-        self.retries += 1
+        delay = retries.backoff(stream)
+        stream.tries += 1
         self.retry_handle = asyncio.get_running_loop().call_later(
             delay, self._retry_now, stream, avoid
         )
@@ -351,106 +260,3 @@ class StreamPlan:
             self.account = None
             account.leave(stream, self.queued)
             self.queued = False
-
-
-# --------------------------------------------------------------------------- the route stage
-
-
-def route(down: H2Outbound, stream: ProxiedStream, service: OutboundService) -> None:
-    """Apply ``service``'s matching rule (or its defaults) to ``stream`` and send it on."""
-    plan = StreamPlan(service)
-    if stream.req_buf:
-        plan.received = sum(len(chunk) for chunk in stream.req_buf)
-    stream.plan = plan
-    headers = stream.headers
-    method, path, scheme = pseudo_fields(headers)
-    policy = service.policy
-    retry = policy.retry
-    backend = service
-    delay = 0.0
-    keep_limit = 0
-    rule = service.router.match(method, path, headers) if service.router is not None else None
-    if rule is not None:
-        plan.rule = rule
-        filters = rule.filters
-        redirect = filters.redirect
-        if redirect is not None:
-            location = redirect.location(scheme or b"http", stream.authority, path)
-            stream.respond_redirect(redirect.status, location)
-            return
-        if filters.fault is not None:
-            delay, abort = filters.fault.decide(_rng)
-            if abort is not None:
-                stream.respond_error(abort, "fault-injected", f"route {rule.name}")
-                return
-        ref = rule.pick_backend(_rng)
-        table = down.proxy.table
-        chosen = table.services.get(ref.service_key) if table is not None else None
-        if chosen is None:
-            stream.respond_error(
-                503, "no-healthy-endpoints", f"backend {ref.service_key} is not known"
-            )
-            return
-        backend = chosen
-        plan.subset = ref.subset_key
-        if rule.retry is not None:
-            retry = rule.retry
-        if filters.mirror is not None:
-            keep_limit = MAX_MIRROR_BODY
-        edited = filters.request_headers(headers)
-        if edited is not headers:
-            headers = strip_connection_fields(edited)
-        if filters.rewrites:
-            headers = replace_path(headers, filters.rewrite_path(path, rule))
-        stream.headers = headers
-    if retry is not None and (stream.grpc or retry.allows_method(method)):
-        plan.retry = retry
-        keep_limit = max(keep_limit, retry.max_body_bytes)
-    if keep_limit:
-        plan.keep_limit = keep_limit
-        plan.keep = list(stream.req_buf) if stream.req_buf else []
-        plan.kept = plan.received
-        if plan.kept > keep_limit:
-            plan.keep = None
-    stream.service = backend
-    if delay > 0:
-        asyncio.get_running_loop().call_later(delay, _go, down, stream, backend)
-    else:
-        _go(down, stream, backend)
-
-
-def _go(down: H2Outbound, stream: ProxiedStream, backend: OutboundService) -> None:
-    """After any fault delay: start the clock, count the try, mirror, take a slot, send."""
-    if not stream.wanted():
-        return
-    plan = stream.plan
-    assert plan is not None
-    rule = plan.rule
-    logical = plan.logical
-    timeout = logical.policy.timeout
-    if rule is not None and rule.timeout is not None:
-        timeout = rule.timeout
-    if timeout is not None:
-        plan.timer = asyncio.get_running_loop().call_later(timeout, plan.timed_out, stream)
-    if plan.retry is not None:
-        logical.policy.budget.record_request(time.monotonic())
-    if rule is not None:
-        mirror = rule.filters.mirror
-        if mirror is not None and mirror.should_mirror(_rng):
-            plan.mirror = mirror
-            if stream.req_ended:
-                plan.fire_mirror(stream)
-    limits = backend.policy.limits
-    if limits.max_connections:
-        account = down.runtime.account(backend.key)
-        verdict = account.admit(stream, limits)
-        if verdict == OVERFLOW:
-            stream.respond_error(
-                503, "overflow", f"{backend.key}: stream and pending limits reached"
-            )
-            return
-        plan.account = account
-        if verdict == QUEUED:
-            plan.queued = True
-            return
-    down.send_to(stream, backend, plan.subset)

@@ -44,16 +44,17 @@ from gossamer.proxy.h2.headers import (
     http_status_for_grpc,
     percent_encode,
     redirect_headers,
+    replace_path,
+    strip_connection_fields,
 )
+from gossamer.proxy.h2.plan import StreamPlan
+from gossamer.proxy.pipeline.call import HTTP2, Call
 from gossamer.proxy.resilience.outlier import classify
 
 if TYPE_CHECKING:
     from gossamer.proxy.h2.downstream import H2Downstream
-    from gossamer.proxy.h2.plan import StreamPlan
     from gossamer.proxy.h2.upstream import H2Upstream
-    from gossamer.proxy.observe.metrics import RouteStats
-    from gossamer.proxy.pipeline.balancer import EndpointState
-    from gossamer.proxy.snapshot.table import OutboundService
+    from gossamer.proxy.snapshot.http_rules import MirrorPolicy
 
 __all__ = ["CANCEL", "INTERNAL_ERROR", "ProxiedStream"]
 
@@ -74,17 +75,14 @@ def _status_of(headers: list[Header]) -> int:
     return 0
 
 
-class ProxiedStream:
+class ProxiedStream(Call):
     __slots__ = (
         "attempts",
-        "authority",
         "done",
         "down",
         "down_id",
         "down_open",
         "down_out",
-        "endpoint",
-        "grpc",
         "grpc_status",
         "headers",
         "is_head",
@@ -92,14 +90,9 @@ class ProxiedStream:
         "req_buf",
         "req_ended",
         "req_trailers",
-        "request_id",
         "resp_ended",
         "resp_started",
         "sent_ns",
-        "service",
-        "start_ns",
-        "stats",
-        "status",
         "up",
         "up_id",
         "up_open",
@@ -118,6 +111,7 @@ class ProxiedStream:
         is_head: bool,
         ended: bool,
     ) -> None:
+        super().__init__(time.monotonic_ns())
         self.down = down
         self.down_id = down_id
         self.down_open = True
@@ -136,16 +130,66 @@ class ProxiedStream:
         self.up_out: Outgoing | None = None
         self.resp_started = False
         self.resp_ended = False
-        self.status = 0
         self.grpc_status: int | None = None
-        self.start_ns = time.monotonic_ns()
         self.sent_ns = 0
-        self.stats: RouteStats | None = None
-        self.endpoint: EndpointState | None = None
-        self.service: OutboundService | None = None
         self.attempts = 0
         self.done = False
         self.plan: StreamPlan | None = None
+
+    # === the pipeline's Call ===
+
+    @property
+    def protocol(self) -> str:
+        return HTTP2
+
+    def header_list(self) -> list[Header]:
+        return self.headers
+
+    def set_header_list(self, headers: list[Header]) -> None:
+        self.headers = strip_connection_fields(headers)  # edits may add what HTTP/2 forbids
+
+    def set_path(self, path: bytes) -> None:
+        self.path = path
+        self.headers = replace_path(self.headers, path)
+
+    def fail(
+        self, status: int, cause: str, detail: str = "", extra: tuple[Header, ...] = ()
+    ) -> None:
+        self.respond_error(status, cause, detail, extra)
+
+    def redirect(self, status: int, location: bytes) -> None:
+        self.respond_redirect(status, location)
+
+    def new_plan(self) -> StreamPlan:
+        """The stream's plan, made on first use (streams nothing applies to carry none)."""
+        plan = self.plan
+        if plan is None:
+            buffered = self.req_buf
+            plan = self.plan = StreamPlan(sum(len(c) for c in buffered) if buffered else 0)
+        return plan
+
+    def keep_body(self, limit: int) -> None:
+        self.new_plan().start_keeping(self, limit)
+
+    def replayable(self, limit: int) -> bool:
+        plan = self.plan
+        return (
+            plan is not None
+            and not self.resp_started
+            and not self.done
+            and self.down_open
+            and self.req_ended
+            and plan.keep is not None
+            and plan.kept <= limit
+        )
+
+    def mirror(self, policy: MirrorPolicy) -> None:
+        self.new_plan().mirror = policy
+        if self.req_ended:
+            self.down.fire_mirror(self)
+
+    def forward(self, timeout: float | None) -> None:
+        self.down.forward(self, timeout)
 
     # === request direction (called by the downstream connection) ===
 
@@ -177,7 +221,7 @@ class ProxiedStream:
             up.schedule_flush()
         plan = self.plan
         if plan is not None and plan.mirror is not None:
-            plan.fire_mirror(self)
+            self.down.fire_mirror(self)
 
     def wanted(self) -> bool:
         """Whether the stream still needs an upstream (the client is there, no answer yet)."""
@@ -192,7 +236,7 @@ class ProxiedStream:
 
     def open_upstream(self, up: H2Upstream) -> None:
         plan = self.plan
-        if plan is not None and plan.retries and plan.keep is not None:
+        if plan is not None and self.tries > 1 and plan.keep is not None:
             # A retry: the request body again, from the copy kept for it.
             self.req_buf = [b"".join(plan.keep)] if plan.kept else None
         has_body = not self.req_ended or bool(self.req_buf) or self.req_trailers is not None
@@ -292,7 +336,13 @@ class ProxiedStream:
         """Forward the response head: from here on the response belongs to the client."""
         plan = self.plan
         if plan is not None:
-            headers = plan.committing(self, headers)
+            plan.committing(self)
+        rule = self.rule
+        if rule is not None:
+            headers = rule.filters.response_headers(headers)
+        stages = self.stages
+        if stages is not None and stages.responses:
+            headers = stages.response(self, self.status, headers)
         self.resp_started = True
         if end:
             self.resp_ended = True
@@ -505,6 +555,8 @@ class ProxiedStream:
         plan = self.plan
         if plan is not None:
             plan.finish(self)
+        if self.stages is not None:
+            self.stages.complete(self)
 
     @staticmethod
     def _drop_outgoing(*queues: Outgoing | None) -> None:

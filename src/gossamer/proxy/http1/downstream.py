@@ -27,10 +27,13 @@ from gossamer.protocol.http1 import (
     scan_headers,
 )
 from gossamer.protocol.scanner import Scanner, new_scanner
+from gossamer.proxy.accepted import AcceptedConnection
 from gossamer.proxy.http1.exchange import Exchange
+from gossamer.proxy.http1.sink import ResponseSink
 
 if TYPE_CHECKING:
     from gossamer.proxy.http1.upstream import UpstreamConnection
+    from gossamer.proxy.snapshot.http_rules import MirrorPolicy
     from gossamer.proxy.state import ProxyState
 
 __all__ = ["DownstreamConnection"]
@@ -47,7 +50,7 @@ PAUSE_UPSTREAM = 2
 PAUSE_BUFFER = 4
 
 
-class DownstreamConnection(asyncio.Protocol):
+class DownstreamConnection(asyncio.Protocol, ResponseSink, AcceptedConnection):
     __deletable__ = ("parser",)  # dropped on close (see drop_parsers)
     direction = "outbound"
     drop_headers: ClassVar[frozenset[bytes]] = frozenset()
@@ -76,10 +79,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        metrics = self.proxy.metrics
-        metrics.connections_opened[self.direction] += 1
-        metrics.connections_open[self.direction] += 1
-        self.proxy.connections.add(self)
+        self.counted()
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -122,17 +122,14 @@ class DownstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        metrics = self.proxy.metrics
-        metrics.connections_open[self.direction] -= 1
-        connections = self.proxy.connections
-        connections.discard(self)
-        if not connections:
-            self.proxy.all_closed.set()
+        self.uncounted()
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
         for ex in self.queue:
             ex.cancel_timers()
+            if ex.stages is not None and not ex.response_started:
+                ex.stages.complete(ex)  # status 0: the caller went away first
             upstream = ex.upstream
             if upstream is not None:
                 upstream.exchange = None
@@ -142,8 +139,23 @@ class DownstreamConnection(asyncio.Protocol):
                 ex.endpoint.pending -= 1
                 ex.endpoint = None
         self.queue.clear()
+        # Exchanges point back at their connection (``Exchange.down``): let go of every one
+        # this connection holds, or the pair would wait for the cyclic GC.
+        self.parsing = None
+        self.upgrading = None
         self.transport = None
         self.drop_parsers()
+
+    def busy(self) -> bool:
+        return bool(self.queue)
+
+    def sweep(self, now_ns: int, head_ns: int, idle_ns: int) -> None:
+        ex = self.parsing
+        if ex is not None and not ex.method and not self.queue:  # head still incomplete
+            if now_ns - ex.start_ns > head_ns:
+                self.refuse(408, "request-header-timeout", "request head not received in time")
+        elif not self.queue and ex is None and now_ns - self.last_active_ns > idle_ns:
+            self.close()
 
     def drop_parsers(self) -> None:
         """Let the parsers go: each calls back into this connection, which holds it, so the
@@ -169,7 +181,7 @@ class DownstreamConnection(asyncio.Protocol):
     # === httptools callbacks ===
 
     def on_message_begin(self) -> None:
-        self.parsing = Exchange(time.monotonic_ns())
+        self.parsing = Exchange(time.monotonic_ns(), self)
         self.header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
@@ -240,7 +252,7 @@ class DownstreamConnection(asyncio.Protocol):
         if plain is None:
             return False
         method, target, head, host, request_id, keep_alive = plain
-        ex = Exchange(time.monotonic_ns())
+        ex = Exchange(time.monotonic_ns(), self)
         ex.method = method
         ex.is_head = method == b"HEAD"
         ex.keep_alive = keep_alive
@@ -297,6 +309,14 @@ class DownstreamConnection(asyncio.Protocol):
         """Find an upstream for ``ex`` and start it there (or answer with an error)."""
         raise TypeError("subclass responsibility")
 
+    def forward(self, ex: Exchange, timeout: float | None) -> None:
+        """The concrete and endpoint stages for a routed request (outbound only)."""
+        raise TypeError("subclass responsibility")
+
+    def mirror(self, ex: Exchange, policy: MirrorPolicy) -> None:
+        """Send a copy of ``ex`` to ``policy``'s backend (outbound only)."""
+        raise TypeError("subclass responsibility")
+
     # === called by the upstream connection ===
 
     def write(self, data: bytes) -> None:
@@ -343,6 +363,8 @@ class DownstreamConnection(asyncio.Protocol):
         if endpoint is not None:
             endpoint.pending -= 1
             ex.endpoint = None
+        if ex.stages is not None:
+            ex.stages.complete(ex)
         queue = self.queue
         if queue and queue[0] is ex:
             queue.popleft()
@@ -405,6 +427,7 @@ class DownstreamConnection(asyncio.Protocol):
             self.queue.popleft()
         self.upgrading = None
         self.tunnel = upstream
+        upstream.tunnel_peer = self
         self._resume(PAUSE_BUFFER | PAUSE_PIPELINE)
 
     def pause_for_upstream(self) -> None:
@@ -447,6 +470,15 @@ class DownstreamConnection(asyncio.Protocol):
         )
         self.response_complete(ex)
 
+    def respond_whole(self, ex: Exchange, status: int, response: bytes) -> None:
+        """Answer ``ex`` with a whole response the proxy makes (not an error: a redirect)."""
+        ex.status = status
+        ex.response_started = True
+        if not ex.body_done:
+            ex.keep_alive = False
+        self.write(response)
+        self.response_complete(ex)
+
     def attach(self, ex: Exchange, upstream: UpstreamConnection) -> None:
         """``ex`` got its upstream connection: send it (if it is still wanted)."""
         if self.closed or not self.queue or self.queue[0] is not ex:
@@ -481,7 +513,7 @@ class DownstreamConnection(asyncio.Protocol):
         replay = ex.replay
         if replay is not None:  # keep a copy while the request may still be retried
             ex.replay_size += len(payload)
-            if ex.retry is not None and ex.replay_size > ex.retry.max_body_bytes:
+            if ex.replay_size > ex.keep_limit:
                 ex.replay = None
             else:
                 replay.append(payload)

@@ -1,76 +1,67 @@
-"""One request/response exchange as it crosses the proxy: the only per-request object.
+"""One HTTP/1.1 request/response exchange as it crosses the proxy: the only per-request object
+of the HTTP/1.1 path.
 
-The downstream connection fills it while parsing; the upstream connection streams the response
-against it. It carries what later stages need (route stats, chosen endpoint, timing) and
-nothing else.
+An ``Exchange`` is the pipeline's ``Call`` for HTTP/1.1: the downstream connection fills it
+while parsing, the pipeline's stages decide on it, and the upstream connection streams the
+response against it. Besides the neutral fields it carries HTTP/1.1 framing (chunked, keep-alive,
+upgrade), the body buffered until an upstream is attached, the copy kept for a retry, and the
+request's timers; the Call methods it implements go to its downstream connection (``down``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from gossamer.protocol.http1 import redirect_response
 from gossamer.protocol.plain import header_pairs
+from gossamer.proxy.pipeline.call import HTTP1, Call, Header
 
 if TYPE_CHECKING:
+    from gossamer.proxy.http1.downstream import DownstreamConnection
     from gossamer.proxy.http1.upstream import UpstreamConnection
-    from gossamer.proxy.observe.metrics import RouteStats
-    from gossamer.proxy.pipeline.balancer import EndpointState
-    from gossamer.proxy.resilience.retry import RetryPolicy
-    from gossamer.proxy.snapshot.table import OutboundService
+    from gossamer.proxy.snapshot.http_rules import MirrorPolicy
 
 __all__ = ["Exchange"]
 
 
-class Exchange:
+class Exchange(Call):
     __slots__ = (
         "body",
         "body_done",
         "body_size",
         "chunked",
-        "endpoint",
+        "down",
         "has_body",
         "head",
         "headers",
         "http10",
         "is_head",
         "keep_alive",
-        "logical",
-        "method",
-        "path",
+        "keep_limit",
         "plain",
         "replay",
         "replay_size",
-        "request_id",
         "response_started",
-        "retry",
-        "rule",
         "sent_ns",
-        "service",
-        "start_ns",
-        "stats",
-        "status",
-        "subset",
         "target",
         "te",
         "timer",
-        "tries",
         "try_timer",
         "upgrade",
         "upstream",
     )
 
-    def __init__(self, start_ns: int) -> None:
-        self.start_ns = start_ns
+    def __init__(self, start_ns: int, down: DownstreamConnection) -> None:
+        super().__init__(start_ns)
+        self.down = down  # the connection the request came on (it answers it)
         self.sent_ns = 0
-        self.target = b""  # request target as received; outbound: the authority, once parsed
-        self.path = b""  # origin-form path and query sent upstream
+        self.target = b""  # request target as received
         self.te = b""  # Transfer-Encoding value when the body is chunked
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[Header] = []
         # A plain request's header lines as forwarded (``gossamer.protocol.plain``), each
         # starting with CRLF; ``headers`` stays empty until ``header_list`` is called.
         self.plain = b""
-        self.method = b""
         self.http10 = False
         self.keep_alive = True
         self.is_head = False
@@ -80,26 +71,20 @@ class Exchange:
         self.body: list[bytes] | None = None  # body chunks buffered until an upstream is ready
         self.body_size = 0
         self.body_done = False
-        self.request_id = b""
         self.upstream: UpstreamConnection | None = None
-        self.endpoint: EndpointState | None = None
-        self.stats: RouteStats | None = None
         self.response_started = False
-        self.status = 0
         self.upgrade = b""  # the Upgrade header value of an upgrade request (e.g. b"websocket")
-        # Outbound routing and resilience (None/empty when no route or policy applies).
-        self.logical: OutboundService | None = None  # the service the caller named
-        self.service: OutboundService | None = None  # the backend chosen by the route
-        self.subset: tuple[tuple[str, str], ...] = ()
-        self.rule: Any = None  # the HttpRule that matched
-        self.retry: RetryPolicy | None = None
-        self.tries = 0  # how many times the request has been sent
         self.replay: list[bytes] | None = None  # body copies kept for a retry
         self.replay_size = 0
+        self.keep_limit = 0  # the largest body ``replay`` may hold
         self.timer: asyncio.TimerHandle | None = None  # the whole request's deadline
         self.try_timer: asyncio.TimerHandle | None = None  # this try's deadline
 
-    def header_list(self) -> list[tuple[bytes, bytes]]:
+    @property
+    def protocol(self) -> str:
+        return HTTP1
+
+    def header_list(self) -> list[Header]:
         """The forwardable request headers (made from the plain lines on first use; from then
         on the head is rendered from this list)."""
         plain = self.plain
@@ -107,6 +92,46 @@ class Exchange:
             self.headers = header_pairs(plain)
             self.plain = b""
         return self.headers
+
+    def set_header_list(self, headers: list[Header]) -> None:
+        self.headers = headers
+        self.plain = b""
+
+    def set_path(self, path: bytes) -> None:
+        self.path = path
+
+    def wanted(self) -> bool:
+        return self.down.wants(self)
+
+    def fail(
+        self, status: int, cause: str, detail: str = "", extra: tuple[Header, ...] = ()
+    ) -> None:
+        self.down.respond_error(self, status, cause, detail, extra)
+
+    def redirect(self, status: int, location: bytes) -> None:
+        self.down.respond_whole(self, status, redirect_response(status, location, self.request_id))
+
+    def may_repeat(self) -> bool:
+        return not self.upgrade  # an upgrade turns the connection into a tunnel
+
+    def keep_body(self, limit: int) -> None:
+        self.keep_limit = limit
+        if self.body_size <= limit:
+            self.replay = list(self.body) if self.body else []
+            self.replay_size = self.body_size
+
+    def replayable(self, limit: int) -> bool:
+        if self.response_started:
+            return False
+        if not self.has_body:
+            return True
+        return self.replay is not None and self.body_done and self.replay_size <= limit
+
+    def mirror(self, policy: MirrorPolicy) -> None:
+        self.down.mirror(self, policy)
+
+    def forward(self, timeout: float | None) -> None:
+        self.down.forward(self, timeout)
 
     def cancel_timers(self) -> None:
         if self.timer is not None:

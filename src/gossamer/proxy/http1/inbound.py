@@ -74,6 +74,7 @@ class InboundConnection(DownstreamConnection):
     def request_head(self, ex: Exchange, scan: HeadScan) -> bytes:
         if self.peer:
             scan.kept.append((PEER_HEADER, self.peer))
+        ex.authority = scan.host or b""
         self.keep_head(ex, ex.target, scan)
         return self.render_head(ex)
 
@@ -81,18 +82,34 @@ class InboundConnection(DownstreamConnection):
         self, ex: Exchange, head: bytes, host: bytes | None, request_id: bytes | None
     ) -> bytes:
         ex.path = ex.target
+        ex.authority = host or b""
         if request_id is None:
             request_id = self.proxy.new_request_id()
             head += b"\r\nx-request-id: " + request_id
         ex.request_id = request_id
+        table = self.proxy.table
+        if table is not None and table.inbound_stages is not None:
+            # The slots may read and edit the headers: keep the lines, render after them.
+            lines = head[head.find(b"\r\n") :]
+            ex.plain = lines + self.peer_line[:-4] if self.peer else lines
+            return b""
         if self.peer:
             return head + self.peer_line
         return head + b"\r\n\r\n"
 
     def dispatch(self, ex: Exchange) -> None:
         ex.stats = self.stats
+        ex.peer = self.peer
         table = self.proxy.table
-        limiter = table.rate_limiter if table is not None else None
+        if table is None:
+            limiter = None
+        else:
+            stages = table.inbound_stages
+            if stages is not None:
+                if not stages.request(ex):
+                    return  # a stage answered
+                ex.head = self.render_head(ex)
+            limiter = table.rate_limiter
         if limiter is not None:
             wait = limiter.check(self.peer_text, time.monotonic())
             if wait > 0:

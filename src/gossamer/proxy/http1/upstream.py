@@ -25,6 +25,7 @@ from gossamer.protocol.scanner import Scanner, new_scanner
 if TYPE_CHECKING:
     from gossamer.proxy.http1.downstream import DownstreamConnection
     from gossamer.proxy.http1.exchange import Exchange
+    from gossamer.proxy.http1.sink import ResponseSink
     from gossamer.proxy.pipeline.balancer import EndpointState
     from gossamer.proxy.snapshot.table import ConnectionAccount
 
@@ -77,7 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
-        self.downstream: DownstreamConnection | None = None
+        self.downstream: ResponseSink | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.reason = b""
         self.interim = False
@@ -129,8 +130,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange = None
             self.downstream = None
             ex.upstream = None
-            self.tunnel_peer = downstream
-            downstream.start_tunnel(ex, self)
+            downstream.start_tunnel(ex, self)  # a downstream connection becomes tunnel_peer
             rest = data[exc.args[0] :]
             if rest:
                 downstream.write(rest)
@@ -198,7 +198,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # === requests ===
 
-    def send(self, ex: Exchange, downstream: DownstreamConnection) -> None:
+    def send(self, ex: Exchange, downstream: ResponseSink) -> None:
         """Start ``ex`` on this connection: write its head and whatever body is buffered."""
         transport = self.transport
         assert transport is not None
@@ -222,13 +222,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    def _plain_response(self, data: bytes, downstream: DownstreamConnection) -> bool:
+    def _plain_response(self, data: bytes, downstream: ResponseSink) -> bool:
         """Forward ``data`` by slicing if it is one whole plain response (see
         ``gossamer.protocol.plain``) to a plain exchange; False leaves it to the full parser."""
         ex = self.exchange
         if ex is None or ex.is_head or ex.http10 or not ex.keep_alive or ex.upgrade:
             return False
         if ex.rule is not None and ex.rule.filters.edits_response:
+            return False
+        if ex.stages is not None and ex.stages.responses:
             return False
         scanner = self.scanner
         if scanner is None:
@@ -289,6 +291,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.upstream_keep_alive = self.parser.should_keep_alive()
         rule = ex.rule
         kept = rule.filters.response_headers(scan.kept) if rule is not None else scan.kept
+        stages = ex.stages
+        if stages is not None and stages.responses:
+            kept = stages.response(ex, status, kept)
         parts = [_status_line(status, self.reason), _join(kept)]
         self.reason = b""
         no_body = ex.is_head or status in _NO_BODY_STATUS

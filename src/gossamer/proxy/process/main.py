@@ -14,6 +14,7 @@ import os
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import uvloop
@@ -61,7 +62,7 @@ class DataPath:
             self.listener.close()
         tcp_drain = spawn(self.tcp.drain(DRAIN_SECONDS), name="tcp drain")
         for conn in list(state.connections):
-            if not conn.queue:
+            if not conn.busy():
                 conn.close()
         if state.connections:
             state.all_closed.clear()
@@ -72,8 +73,7 @@ class DataPath:
                     "drain deadline passed with %d connections open", len(state.connections)
                 )
                 for conn in list(state.connections):
-                    if conn.transport is not None:
-                        conn.transport.abort()
+                    conn.abort()
         await tcp_drain
         state.outbound_pool.close_all()
         state.app_pool.close_all()
@@ -141,7 +141,26 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
     admin = AdminServer(settings.listen.admin, state)
     admin_addr = await admin.start()
     path = await start_data_path(settings, state, credentials, credentials.server_context)
-    inbound_addr, outbound_addr = path.inbound_addr, path.outbound_addr
+    workload = _workload_report(settings, path.inbound_addr, admin_addr)
+    client = ControlClient(settings, credentials, TcpSnapshotHandler(state, path.tcp), workload)
+    state.subscribe_hook = client.subscribe
+    client_task = spawn(client.run(), name="control-plane client")
+    _log_started(settings, path, admin_addr)
+
+    settle_heap()  # what exists now lives as long as the process
+    await _stopped(stop)
+
+    # Drain: stop accepting, finish what is in flight (bounded), then close everything.
+    await path.drain()
+    await client.close()
+    client_task.cancel()
+    await admin.close()
+
+
+def _workload_report(
+    settings: ProxySettings, inbound_addr: Address | None, admin_addr: Address
+) -> Callable[[], dict[str, object]]:
+    """What the control client tells the control plane about the workload beside us."""
 
     def workload() -> dict[str, object]:
         return {
@@ -153,15 +172,17 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
             "labels": dict(settings.workload.labels),
         }
 
-    client = ControlClient(settings, credentials, TcpSnapshotHandler(state, path.tcp), workload)
-    state.subscribe_hook = client.subscribe
-    client_task = spawn(client.run(), name="control-plane client")
+    return workload
+
+
+def _log_started(settings: ProxySettings, path: DataPath, admin_addr: Address) -> None:
+    """The start-up line: who we are, where we listen, and which code runs."""
     log.info(
         "gossamer proxy started service=%s.%s outbound=%s inbound=%s admin=%s code=%s",
         settings.workload.service,
         settings.workload.namespace,
-        outbound_addr or "off",
-        inbound_addr or "off",
+        path.outbound_addr or "off",
+        path.inbound_addr or "off",
         admin_addr,
         compiled.STATE,
     )
@@ -169,18 +190,15 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
         log.warning("compiled modules not used (%s): run python -m gossamer.build_native",
                     compiled.STATE)
 
-    settle_heap()  # what exists now lives as long as the process
+
+async def _stopped(stop: asyncio.Event | None) -> None:
+    """Return once ``stop`` is set or, when it is None, on SIGTERM or SIGINT."""
     if stop is None:
+        loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-
-    # Drain: stop accepting, finish what is in flight (bounded), then close everything.
-    await path.drain()
-    await client.close()
-    client_task.cancel()
-    await admin.close()
 
 
 def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:

@@ -144,63 +144,89 @@ class ProxySettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ProxySettings:
-        """Build settings from ``GOSSAMER_PROXY_*`` variables; raise ``SettingsError``."""
+        """Build settings from ``GOSSAMER_PROXY_*`` variables; raise ``SettingsError``.
+
+        Checks run in the order of the fields read below, so the first problem is reported.
+        """
         env = os.environ if env is None else env
-
-        def get(name: str, default: str | None = None) -> str | None:
-            value = env.get(PREFIX + name)
-            return default if value is None or value == "" else value
-
-        def addr(name: str, default: str | None) -> Address | None:
-            text = get(name, default)
-            if text is None or text == "off":
-                return None
-            return Address.parse(text, what=PREFIX + name)
-
-        service = get("SERVICE")
-        if not service:
-            raise SettingsError(f"{PREFIX}SERVICE is required")
-        labels: dict[str, str] = {}
-        for item in (get("LABELS", "") or "").split(","):
-            if not item.strip():
-                continue
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise SettingsError(f"{PREFIX}LABELS: expected k=v[,k=v], got {item!r}")
-            labels[key.strip()] = value.strip()
-        workers_text = get("WORKERS", "1") or "1"
-        if not (workers_text.isascii() and workers_text.isdigit()) or int(workers_text) < 1:
-            raise SettingsError(f"{PREFIX}WORKERS: expected a positive integer")
-        workdir = get("WORKDIR")
-        if not workdir:
-            raise SettingsError(f"{PREFIX}WORKDIR is required")
-        ca_file = get("CA_FILE")
-        admin = addr("ADMIN_ADDR", "127.0.0.1:15000")
-        if admin is None:
-            raise SettingsError(f"{PREFIX}ADMIN_ADDR cannot be off")
-        control = addr("CONTROL_ADDR", "127.0.0.1:15012")
-        if control is None:
-            raise SettingsError(f"{PREFIX}CONTROL_ADDR cannot be off")
+        service = _required(env, "SERVICE")
+        labels = _parse_labels(_get(env, "LABELS", "") or "")
+        workers = _parse_workers(_get(env, "WORKERS", "1") or "1")
+        workdir = _required(env, "WORKDIR")
+        ca_file = _get(env, "CA_FILE")
+        admin = _required_addr(env, "ADMIN_ADDR", "127.0.0.1:15000")
+        control = _required_addr(env, "CONTROL_ADDR", "127.0.0.1:15012")
         return cls(
             workload=WorkloadSettings(
                 service=service,
-                namespace=get("NAMESPACE", "default") or "default",
-                app=addr("APP_ADDR", None),
+                namespace=_get(env, "NAMESPACE", "default") or "default",
+                app=_addr(env, "APP_ADDR", None),
                 labels=labels,
-                advertise_host=get("ADVERTISE_HOST", "127.0.0.1") or "127.0.0.1",
+                advertise_host=_get(env, "ADVERTISE_HOST", "127.0.0.1") or "127.0.0.1",
             ),
             listen=ListenSettings(
-                outbound=addr("OUTBOUND_ADDR", "127.0.0.1:15001"),
-                inbound=addr("INBOUND_ADDR", "127.0.0.1:15006"),
+                outbound=_addr(env, "OUTBOUND_ADDR", "127.0.0.1:15001"),
+                inbound=_addr(env, "INBOUND_ADDR", "127.0.0.1:15006"),
                 admin=admin,
-                default_service=get("DEFAULT_SERVICE"),
-                workers=int(workers_text),
-                upstreams=parse_upstreams(get("UPSTREAMS", "") or ""),
+                default_service=_get(env, "DEFAULT_SERVICE"),
+                workers=workers,
+                upstreams=parse_upstreams(_get(env, "UPSTREAMS", "") or ""),
             ),
             control=ControlSettings(
                 address=control,
                 ca_file=Path(ca_file) if ca_file else None,
-                join_token=get("JOIN_TOKEN"),
+                join_token=_get(env, "JOIN_TOKEN"),
             ),
             identity=IdentitySettings(workdir=Path(workdir)),
         )
+
+
+# Reading single variables for ``ProxySettings.from_env`` (``name`` without the prefix).
+
+
+def _get(env: Mapping[str, str], name: str, default: str | None = None) -> str | None:
+    """The variable's value; ``default`` when it is unset or empty."""
+    value = env.get(PREFIX + name)
+    return default if value is None or value == "" else value
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = _get(env, name)
+    if not value:
+        raise SettingsError(f"{PREFIX}{name} is required")
+    return value
+
+
+def _addr(env: Mapping[str, str], name: str, default: str | None) -> Address | None:
+    """The address the variable names; None for ``off`` (or unset without a default)."""
+    text = _get(env, name, default)
+    if text is None or text == "off":
+        return None
+    return Address.parse(text, what=PREFIX + name)
+
+
+def _required_addr(env: Mapping[str, str], name: str, default: str) -> Address:
+    address = _addr(env, name, default)
+    if address is None:
+        raise SettingsError(f"{PREFIX}{name} cannot be off")
+    return address
+
+
+def _parse_labels(text: str) -> dict[str, str]:
+    """``k=v[,k=v]`` (``GOSSAMER_PROXY_LABELS``)."""
+    labels: dict[str, str] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"{PREFIX}LABELS: expected k=v[,k=v], got {item!r}")
+        labels[key.strip()] = value.strip()
+    return labels
+
+
+def _parse_workers(text: str) -> int:
+    """A positive integer (``GOSSAMER_PROXY_WORKERS``)."""
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise SettingsError(f"{PREFIX}WORKERS: expected a positive integer")
+    return int(text)

@@ -29,11 +29,11 @@ import re
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from http import HTTPStatus
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from gossamer.protocol.http1 import redirect_response
 from gossamer.proxy.resilience.fields import (
     number,
     obj,
@@ -440,15 +440,8 @@ class RouteFilters:
         redirect = self.redirect
         if redirect is None:
             return None
-        status = redirect.status
-        lines = [
-            b"HTTP/1.1 %d %b" % (status, HTTPStatus(status).phrase.encode("ascii")),
-            b"location: " + redirect.location(scheme, host, path),
-            b"content-length: 0",
-        ]
-        if request_id:
-            lines.append(b"x-request-id: " + request_id)
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+        location = redirect.location(scheme, host, path)
+        return redirect_response(redirect.status, location, request_id)
 
 
 NO_FILTERS = RouteFilters()

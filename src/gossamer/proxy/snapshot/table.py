@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gossamer.proxy.observe.metrics import Metrics, RouteStats
 from gossamer.proxy.pipeline.balancer import (
@@ -24,12 +24,16 @@ from gossamer.proxy.pipeline.balancer import (
     PeakEwmaBalancer,
     RoundRobinBalancer,
 )
+from gossamer.proxy.pipeline.slots import Stages
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
 from gossamer.proxy.snapshot.errors import SnapshotError
 from gossamer.proxy.snapshot.http_rules import HttpRouter
 from gossamer.proxy.snapshot.service_policy import ServicePolicy
 from gossamer.proxy.snapshot.tcp_rules import TcpRoute
+
+if TYPE_CHECKING:
+    from gossamer.snapshot_schema import Snapshot
 
 __all__ = ["OutboundService", "RouteTable", "SnapshotError", "compile_snapshot", "service_key"]
 
@@ -204,6 +208,9 @@ class RouteTable:
     ) -> None:
         self.rate_limiter = rate_limiter  # inbound admission for this proxy's own service
         self.rate_limit_raw = rate_limit_raw
+        # The pipeline's slots for each direction (``pipeline.slots``); None: nothing in any.
+        self.inbound_stages: Stages | None = None
+        self.outbound_stages: Stages | None = None
         self.version = version
         self.mtls = mtls  # inbound mode: STRICT refuses plaintext, PERMISSIVE accepts it
         self.services = dict(services)  # by key "name.ns"
@@ -245,22 +252,46 @@ def _require(obj: Mapping[str, Any], field: str, kind: type, where: str) -> Any:
 
 
 def compile_snapshot(
-    snapshot: Mapping[str, Any],
+    snapshot: Snapshot,
     *,
     metrics: Metrics,
     previous: RouteTable | None,
     default_service: str | None = None,
     balancer: str = "peak-ewma",
 ) -> RouteTable:
-    """Compile a snapshot into a route table; raise ``SnapshotError`` naming the bad field."""
-    if not isinstance(snapshot, Mapping):
+    """Compile a snapshot into a route table; raise ``SnapshotError`` naming the bad field.
+
+    ``snapshot`` has the schema's type (``gossamer.snapshot_schema``) but arrives as untrusted
+    JSON: every field is checked as it is read, through ``Mapping[str, Any]``."""
+    raw: object = snapshot
+    if not isinstance(raw, Mapping):
         raise SnapshotError("snapshot: expected an object")
-    version = _require(snapshot, "version", int, "snapshot")
-    proxy = _require(snapshot, "proxy", Mapping, "snapshot")
+    version = _require(raw, "version", int, "snapshot")
+    proxy = _require(raw, "proxy", Mapping, "snapshot")
     namespace = _require(proxy, "namespace", str, "snapshot.proxy")
     source = _require(proxy, "service", str, "snapshot.proxy")
-    outbound = _require(snapshot, "outbound", Mapping, "snapshot")
+    outbound = _require(raw, "outbound", Mapping, "snapshot")
     raw_services = _require(outbound, "services", list, "snapshot.outbound")
+    mtls, rate_limiter, rate_limit_raw = _compile_inbound(raw, previous)
+    unknown_raw = outbound.get("unknown", [])
+    if not isinstance(unknown_raw, list) or not all(isinstance(u, str) for u in unknown_raw):
+        raise SnapshotError("snapshot.outbound.unknown: expected a list of strings")
+    services = _compile_services(raw_services, metrics, source, previous, balancer)
+    default = None
+    if default_service is not None:
+        default_key = service_key(default_service, namespace)
+        default = services.get(default_key) if default_key else None
+    return RouteTable(
+        version, services, frozenset(unknown_raw), namespace, default, mtls,
+        rate_limiter, rate_limit_raw,
+    )
+
+
+def _compile_inbound(
+    snapshot: Mapping[str, Any], previous: RouteTable | None
+) -> tuple[str, LocalRateLimiter | None, Any]:
+    """``snapshot.inbound``: the mTLS mode, the rate limiter (the previous table's while the
+    limits are the same, so the buckets keep their state) and the limits as received."""
     inbound = snapshot.get("inbound", {})
     if not isinstance(inbound, Mapping):
         raise SnapshotError("snapshot.inbound: expected an object")
@@ -276,72 +307,97 @@ def compile_snapshot(
             )
     if mtls not in ("STRICT", "PERMISSIVE"):
         raise SnapshotError(f"snapshot.inbound.mtls: expected STRICT or PERMISSIVE, got {mtls!r}")
-    unknown_raw = outbound.get("unknown", [])
-    if not isinstance(unknown_raw, list) or not all(isinstance(u, str) for u in unknown_raw):
-        raise SnapshotError("snapshot.outbound.unknown: expected a list of strings")
+    return mtls, rate_limiter, rate_limit_raw
 
+
+def _compile_services(
+    raw_services: list[Any],
+    metrics: Metrics,
+    source: str,
+    previous: RouteTable | None,
+    balancer: str,
+) -> dict[str, OutboundService]:
+    """``snapshot.outbound.services`` by key ``name.ns``; endpoint states (their load), policy
+    state and connection accounts carry over from ``previous``."""
     reuse = previous.endpoints() if previous is not None else {}
     services: dict[str, OutboundService] = {}
     for i, raw in enumerate(raw_services):
-        where = f"snapshot.outbound.services[{i}]"
-        if not isinstance(raw, Mapping):
-            raise SnapshotError(f"{where}: expected an object")
-        name = _require(raw, "name", str, where)
-        ns = _require(raw, "namespace", str, where)
-        identity = _require(raw, "identity", str, where)
-        if not identity.startswith("spiffe://"):
-            raise SnapshotError(f"{where}.identity: not a SPIFFE ID: {identity!r}")
-        if not name or not ns:
-            raise SnapshotError(f"{where}: name and namespace must not be empty")
-        protocol = raw.get("protocol", "http")
-        if protocol not in ("http", "http2", "grpc", "tcp"):
-            raise SnapshotError(f"{where}.protocol: unknown protocol {protocol!r}")
-        endpoints: list[EndpointState] = []
-        for j, ep in enumerate(_require(raw, "endpoints", list, where)):
-            ep_where = f"{where}.endpoints[{j}]"
-            if not isinstance(ep, Mapping):
-                raise SnapshotError(f"{ep_where}: expected an object")
-            host = _require(ep, "address", str, ep_where)
-            port = _require(ep, "port", int, ep_where)
-            if not 0 < port < 65536:
-                raise SnapshotError(f"{ep_where}.port: out of range: {port}")
-            labels = ep.get("labels") or {}
-            if not isinstance(labels, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-            ):
-                raise SnapshotError(f"{ep_where}.labels: expected an object of strings")
-            state = reuse.get((host, port))
-            if state is None:
-                state = EndpointState(EndpointAddr(host, port), labels)
-            else:
-                state.labels = dict(labels)
-            endpoints.append(state)
-        stats = metrics.route("outbound", source, name, identity)
-        key = f"{name}.{ns}"
-        if key in services:
-            raise SnapshotError(f"{where}: service {key} listed twice")
-        old = previous.services.get(key) if previous is not None else None
-        policy = ServicePolicy.from_snapshot(
-            raw.get("policy"), f"{where}.policy", old.policy if old is not None else None
-        )
-        if balancer == "round-robin" and raw.get("policy") is None:
-            policy.lb_type = "RoundRobin"
-        service = OutboundService(name, ns, identity, str(protocol), endpoints, stats, policy)
-        if raw.get("http_routes"):
-            service.router = HttpRouter.from_snapshot(
-                raw["http_routes"], f"{where}.http_routes", default_service=key
-            )
-        service.tcp_route = TcpRoute.from_snapshot(raw.get("tcp_route"), f"{where}.tcp_route")
-        if old is not None:
-            service.account = old.account
-        service.account.limits = policy.limits
-        services[key] = service
+        service = _compile_service(
+            raw, f"snapshot.outbound.services[{i}]", metrics, source, previous, reuse, services,
+            balancer,
+        )  # fmt: skip
+        services[service.key] = service
+    return services
 
-    default = None
-    if default_service is not None:
-        default_key = service_key(default_service, namespace)
-        default = services.get(default_key) if default_key else None
-    return RouteTable(
-        version, services, frozenset(unknown_raw), namespace, default, mtls,
-        rate_limiter, rate_limit_raw,
+
+def _compile_service(
+    raw: Any,
+    where: str,
+    metrics: Metrics,
+    source: str,
+    previous: RouteTable | None,
+    reuse: Mapping[tuple[str, int], EndpointState],
+    services: Mapping[str, OutboundService],
+    balancer: str,
+) -> OutboundService:
+    """One entry of ``snapshot.outbound.services`` (``services``: the ones compiled before)."""
+    if not isinstance(raw, Mapping):
+        raise SnapshotError(f"{where}: expected an object")
+    name = _require(raw, "name", str, where)
+    ns = _require(raw, "namespace", str, where)
+    identity = _require(raw, "identity", str, where)
+    if not identity.startswith("spiffe://"):
+        raise SnapshotError(f"{where}.identity: not a SPIFFE ID: {identity!r}")
+    if not name or not ns:
+        raise SnapshotError(f"{where}: name and namespace must not be empty")
+    protocol = raw.get("protocol", "http")
+    if protocol not in ("http", "http2", "grpc", "tcp"):
+        raise SnapshotError(f"{where}.protocol: unknown protocol {protocol!r}")
+    endpoints = _compile_endpoints(_require(raw, "endpoints", list, where), where, reuse)
+    stats = metrics.route("outbound", source, name, identity)
+    key = f"{name}.{ns}"
+    if key in services:
+        raise SnapshotError(f"{where}: service {key} listed twice")
+    old = previous.services.get(key) if previous is not None else None
+    policy = ServicePolicy.from_snapshot(
+        raw.get("policy"), f"{where}.policy", old.policy if old is not None else None
     )
+    if balancer == "round-robin" and raw.get("policy") is None:
+        policy.lb_type = "RoundRobin"
+    service = OutboundService(name, ns, identity, str(protocol), endpoints, stats, policy)
+    if raw.get("http_routes"):
+        service.router = HttpRouter.from_snapshot(
+            raw["http_routes"], f"{where}.http_routes", default_service=key
+        )
+    service.tcp_route = TcpRoute.from_snapshot(raw.get("tcp_route"), f"{where}.tcp_route")
+    if old is not None:
+        service.account = old.account
+    service.account.limits = policy.limits
+    return service
+
+
+def _compile_endpoints(
+    raw_endpoints: list[Any], where: str, reuse: Mapping[tuple[str, int], EndpointState]
+) -> list[EndpointState]:
+    """``where.endpoints``; an endpoint already known (``reuse``) keeps its state."""
+    endpoints: list[EndpointState] = []
+    for j, ep in enumerate(raw_endpoints):
+        ep_where = f"{where}.endpoints[{j}]"
+        if not isinstance(ep, Mapping):
+            raise SnapshotError(f"{ep_where}: expected an object")
+        host = _require(ep, "address", str, ep_where)
+        port = _require(ep, "port", int, ep_where)
+        if not 0 < port < 65536:
+            raise SnapshotError(f"{ep_where}.port: out of range: {port}")
+        labels = ep.get("labels") or {}
+        if not isinstance(labels, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise SnapshotError(f"{ep_where}.labels: expected an object of strings")
+        state = reuse.get((host, port))
+        if state is None:
+            state = EndpointState(EndpointAddr(host, port), labels)
+        else:
+            state.labels = dict(labels)
+        endpoints.append(state)
+    return endpoints

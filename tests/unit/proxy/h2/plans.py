@@ -8,14 +8,15 @@ import asyncio
 from typing import Any
 
 from gossamer.protocol.h2.session import DATA, END, HEADERS, Event, H2Session, Header
+from gossamer.proxy.h2.downstream import H2Outbound
 from gossamer.proxy.h2.headers import scan_request
 from gossamer.proxy.h2.limits import StreamAccount
-from gossamer.proxy.h2.plan import route
 from gossamer.proxy.h2.stats import GrpcMetrics
 from gossamer.proxy.h2.stream import ProxiedStream
 from gossamer.proxy.h2.upstream import H2Pool, H2Upstream
 from gossamer.proxy.observe.metrics import Metrics
 from gossamer.proxy.pipeline.balancer import EndpointAddr, EndpointState
+from gossamer.proxy.pipeline.outbound import route
 from gossamer.proxy.snapshot.http_rules import HttpRouter
 from gossamer.proxy.snapshot.service_policy import ServicePolicy
 from gossamer.proxy.snapshot.table import OutboundService
@@ -146,6 +147,10 @@ class Outbound:
 
         self.session.consume = consume  # type: ignore[method-assign]
 
+    # The real stages after the logical one: the plan, the clock, the stream slots.
+    forward = H2Outbound.forward
+    fire_mirror = H2Outbound.fire_mirror
+
     def schedule_flush(self) -> None:
         pass
 
@@ -168,9 +173,8 @@ class Outbound:
         attempt.pump()
 
     def reroute(self, stream: ProxiedStream, avoid: Any = None) -> None:
-        plan = stream.plan
         assert stream.service is not None
-        self.send_to(stream, stream.service, plan.subset if plan else (), avoid)
+        self.send_to(stream, stream.service, stream.subset, avoid)
 
     def call(self, svc: OutboundService, headers: list[Header] = GRPC_CALL, body: bytes = b"",
              *, end: bool = True) -> ProxiedStream:  # fmt: skip
@@ -187,7 +191,8 @@ class Outbound:
             self, sid, scan.kept, authority=scan.authority, request_id=b"r1",  # type: ignore[arg-type]
             grpc=scan.grpc, is_head=False, ended=head[3],
         )  # fmt: skip
-        route(self, stream, svc)  # type: ignore[arg-type]
+        stream.method, stream.path, stream.scheme = scan.method, scan.path, scan.scheme
+        route(stream, self.proxy.table, svc)  # type: ignore[arg-type]
         for event in got:
             if event[0] == DATA:
                 stream.request_data(event[2])

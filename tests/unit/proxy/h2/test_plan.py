@@ -8,7 +8,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gossamer.protocol.h2.session import CLOSED, DATA, HEADERS
-from gossamer.proxy.h2.plan import needs_plan
 from tests.unit.proxy.h2.plans import (
     GRPC_HEAD,
     Outbound,
@@ -32,10 +31,18 @@ def heads(events: list[Any]) -> list[dict[bytes, bytes]]:
 
 
 def test_no_plan_for_a_service_without_routes_or_policy() -> None:
-    """Streams to a plain service skip the route stage; a timeout alone needs it."""
-    assert not needs_plan(service())
-    assert needs_plan(service({"timeout_ms": 100}))
-    assert needs_plan(service(routes=[{"name": "r"}]))
+    """Streams to a plain service carry no plan; a timeout alone needs one, as does a rule."""
+
+    async def body() -> None:
+        for svc, planned in (
+            (service(), False),
+            (service({"timeout_ms": 100}), True),
+            (service(routes=[{"name": "r"}]), True),
+        ):
+            stream = Outbound(svc).call(svc)
+            assert (stream.plan is not None) is planned
+
+    run(body)
 
 
 def test_trailers_only_unavailable_is_retried_with_the_body_replayed() -> None:

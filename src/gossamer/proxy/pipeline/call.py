@@ -1,0 +1,135 @@
+"""One request as every pipeline stage sees it, whatever protocol carried it.
+
+``Call`` is the protocol-neutral representation the stages work on (docs/architecture.md):
+the request's method, authority, path, headers, the caller's identity, the protocol, and the
+state the stages decide (the service named, the backend, the label subset, the matched rule,
+the retry policy, the tries made). The codecs' per-request objects are Calls:
+``proxy.http1.exchange.Exchange`` (one HTTP/1.1 request/response) and
+``proxy.h2.stream.ProxiedStream`` (one HTTP/2 stream, gRPC included). Each codec says how its
+protocol does the few things a stage asks of a request (the methods below): give its header
+list, take an edited one, answer with a proxy error or a redirect, keep its body for a
+replay, and go on to the concrete and endpoint stages. Framing, flow control and I/O stay in
+the codec.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gossamer.proxy.observe.metrics import RouteStats
+    from gossamer.proxy.pipeline.balancer import EndpointState
+    from gossamer.proxy.pipeline.slots import Stages
+    from gossamer.proxy.resilience.retry import RetryPolicy
+    from gossamer.proxy.snapshot.http_rules import MirrorPolicy
+    from gossamer.proxy.snapshot.table import OutboundService
+
+__all__ = ["HTTP1", "HTTP2", "Call", "Header"]
+
+Header = tuple[bytes, bytes]
+HTTP1 = "HTTP/1.1"
+HTTP2 = "HTTP/2"
+
+
+class Call:
+    __slots__ = (
+        "authority",
+        "endpoint",
+        "grpc",
+        "logical",
+        "method",
+        "path",
+        "peer",
+        "request_id",
+        "retry",
+        "rule",
+        "scheme",
+        "service",
+        "stages",
+        "start_ns",
+        "stats",
+        "status",
+        "subset",
+        "tries",
+    )
+
+    def __init__(self, start_ns: int) -> None:
+        self.start_ns = start_ns
+        self.method = b""
+        self.scheme = b"http"
+        self.authority = b""  # the destination as the caller named it (Host / :authority)
+        self.path = b""  # origin-form path and query, as sent upstream
+        self.request_id = b""
+        self.peer = b""  # the caller's SPIFFE ID (inbound over mTLS), else empty
+        self.grpc = False
+        self.status = 0
+        self.stats: RouteStats | None = None
+        self.endpoint: EndpointState | None = None
+        # What the logical stage decided (None / empty while no route or policy applies).
+        self.logical: OutboundService | None = None  # the service the caller named
+        self.service: OutboundService | None = None  # the backend chosen by the route
+        self.subset: tuple[tuple[str, str], ...] = ()
+        self.rule: Any = None  # the HttpRule that matched
+        self.retry: RetryPolicy | None = None
+        self.tries = 0  # upstream tries started (the first one included)
+        self.stages: Stages | None = None  # the filters that see the response too
+
+    @property
+    def protocol(self) -> str:
+        """``HTTP/1.1`` or ``HTTP/2``."""
+        raise TypeError("codec responsibility")
+
+    # === what a stage asks of the codec ===
+
+    def header_list(self) -> list[Header]:
+        """The request's header fields as forwarded (names as received; HTTP/2 lists its
+        pseudo-header fields too, which no header rule can match)."""
+        raise TypeError("codec responsibility")
+
+    def set_header_list(self, headers: list[Header]) -> None:
+        """Forward ``headers`` (a list ``header_list`` returned, edited) instead."""
+        raise TypeError("codec responsibility")
+
+    def set_path(self, path: bytes) -> None:
+        """Forward the request to ``path`` (origin form, query included)."""
+        raise TypeError("codec responsibility")
+
+    def wanted(self) -> bool:
+        """Whether the caller still waits for an answer that has not started."""
+        raise TypeError("codec responsibility")
+
+    def fail(
+        self, status: int, cause: str, detail: str = "", extra: tuple[Header, ...] = ()
+    ) -> None:
+        """Answer with an error the proxy generates (``x-gossamer-error: cause``)."""
+        raise TypeError("codec responsibility")
+
+    def redirect(self, status: int, location: bytes) -> None:
+        """Answer with a redirect a route is configured to give."""
+        raise TypeError("codec responsibility")
+
+    def may_repeat(self) -> bool:
+        """Whether the protocol could ever send this request twice (an HTTP/1.1 upgrade,
+        which turns the connection into a tunnel, cannot)."""
+        return True
+
+    def keep_body(self, limit: int) -> None:
+        """Keep a copy of the request body, up to ``limit`` bytes, for a replay or a mirror
+        (a larger body is forwarded, not kept)."""
+        raise TypeError("codec responsibility")
+
+    def replayable(self, limit: int) -> bool:
+        """Whether the request can be sent again now: nothing of the response reached the
+        caller, who is still there, and the request arrived whole with a kept copy of at
+        most ``limit`` bytes."""
+        raise TypeError("codec responsibility")
+
+    def mirror(self, policy: MirrorPolicy) -> None:
+        """Send a copy of the whole request to ``policy``'s backend, fire and forget (the
+        codec skips one whose body is too large or still streaming, and counts why)."""
+        raise TypeError("codec responsibility")
+
+    def forward(self, timeout: float | None) -> None:
+        """Go on to the concrete and endpoint stages, under ``timeout`` (whole request,
+        retries included) when one applies."""
+        raise TypeError("codec responsibility")

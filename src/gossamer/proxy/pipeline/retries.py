@@ -1,0 +1,58 @@
+"""The endpoint stage's retry decisions, for every protocol.
+
+A failed try is retried when all of these hold (docs/internals.md §8):
+
+- the route's (else the service's) ``RetryPolicy`` applies to the request: its method is one
+  the policy allows, or it is a gRPC call (gRPC names what is safe to retry by status code);
+- fewer than ``max_tries`` tries have started, nothing of the response has reached the
+  caller, and the request arrived whole with a body copy that fits ``max_body_bytes``
+  (``Call.replayable``);
+- the failure is one the policy retries on: a response ``status`` (or gRPC status), or a
+  ``cause`` without a response (``connect-failed``, ``upstream-reset``, ``upstream-timeout``);
+- the retry budget of the service the caller named allows one more (withdrawn when it does).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gossamer.proxy.pipeline.call import Call
+    from gossamer.proxy.resilience.retry import RetryPolicy
+
+__all__ = ["applies", "backoff", "may_retry"]
+
+_rng = random.Random()
+
+def applies(call: Call, retry: RetryPolicy) -> bool:
+    """Whether ``retry`` may retry ``call`` at all (by method, or as a gRPC call)."""
+    return (call.grpc or retry.allows_method(call.method)) and call.may_repeat()
+
+
+def may_retry(
+    call: Call, *, status: int = 0, grpc_code: int | None = None, cause: str = ""
+) -> bool:
+    """Whether another try is allowed now; withdraws it from the budget when it is."""
+    retry = call.retry
+    if retry is None or call.tries >= retry.max_tries:
+        return False
+    if not call.replayable(retry.max_body_bytes):
+        return False
+    if status and not retry.retriable_status(status, grpc_code):
+        return False
+    if cause and not retry.retriable_cause(cause):
+        return False
+    logical = call.logical or call.service
+    if logical is None:
+        return False
+    return logical.policy.budget.try_retry(time.monotonic())
+
+
+def backoff(call: Call) -> float:
+    """How long to wait before the next try (the policy's exponential backoff, full jitter)."""
+    retry = call.retry
+    assert retry is not None
+    return retry.backoff(call.tries - 1, _rng)
+

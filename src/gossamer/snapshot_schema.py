@@ -1,0 +1,336 @@
+"""The proxy snapshot's schema: what the control plane sends and the sidecar compiles.
+
+One ``TypedDict`` per JSON object of the snapshot (docs/internals.md §5 and §8). The control
+plane's builders (``gossamer.control.snapshots`` and the ``to_snapshot``-style methods of
+``gossamer.config``) are annotated to return these types and ``compile_snapshot``
+(``gossamer.proxy.snapshot.table``) to take :class:`Snapshot`, so mypy checks both sides
+against this one module; ``tests/unit/test_snapshot_contract.py`` checks at run time that every
+key the builder emits and every key the sidecar reads is declared here.
+
+Conventions: a key is required when the control plane always sends it; ``NotRequired`` marks a
+key it may leave out; ``| None`` marks a value that may be ``null``. Names of services are
+``name.namespace``; durations are integer milliseconds (``_ms``); sizes integer bytes.
+
+The types are for static checking only. The sidecar treats what arrives as untrusted JSON: it
+checks every field as it reads it (``SnapshotError`` naming the field path) and is more lenient
+than this schema (it fills in defaults for most missing keys). Its compiled modules (mypyc)
+read the snapshot through ``Mapping[str, Any]``, never through these types, because mypyc
+turns a declared type into a run-time check that would raise ``TypeError`` before the
+sidecar's own validation could name the field.
+
+This module imports nothing from ``gossamer``: the control plane, the config model and the
+sidecar may all import it, and the sidecar loads no more than ``typing`` for it.
+"""
+
+# No ``from __future__ import annotations``: on Python 3.11 ``TypedDict`` sees
+# ``NotRequired`` only in evaluated annotations (``__required_keys__`` would be wrong).
+from typing import Literal, NotRequired, TypedDict
+
+__all__ = [
+    "BackendSnapshot",
+    "ConnectionPoolSnapshot",
+    "EndpointSnapshot",
+    "FaultSnapshot",
+    "FiltersSnapshot",
+    "HeaderEditsSnapshot",
+    "HeaderMatchSnapshot",
+    "HeaderMatchType",
+    "HttpRuleSnapshot",
+    "InboundSnapshot",
+    "LoadBalancerSnapshot",
+    "LoadBalancerType",
+    "MatchSnapshot",
+    "MirrorSnapshot",
+    "MtlsMode",
+    "OutboundSnapshot",
+    "OutlierSnapshot",
+    "PathMatchSnapshot",
+    "PathMatchType",
+    "PolicySnapshot",
+    "PortProtocol",
+    "PortSnapshot",
+    "ProxySnapshot",
+    "QueryMatchSnapshot",
+    "QueryMatchType",
+    "RateLimitSnapshot",
+    "RedirectScheme",
+    "RedirectSnapshot",
+    "RedirectStatus",
+    "RetryBudgetSnapshot",
+    "RetryCondition",
+    "RetrySnapshot",
+    "RewriteSnapshot",
+    "RewriteType",
+    "ServiceSnapshot",
+    "Snapshot",
+    "SnapshotContent",
+    "TcpBackendSnapshot",
+    "TcpRouteSnapshot",
+]
+
+# ----------------------------------------------------------------- closed sets of values
+MtlsMode = Literal["STRICT", "PERMISSIVE"]
+PortProtocol = Literal["http", "http2", "grpc", "tcp"]
+PathMatchType = Literal["Exact", "Prefix", "RegularExpression"]
+HeaderMatchType = Literal["Exact", "Prefix", "RegularExpression", "Present"]
+QueryMatchType = Literal["Exact", "RegularExpression", "Present"]
+RewriteType = Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+RedirectScheme = Literal["http", "https"]
+RedirectStatus = Literal[301, 302, 303, 307, 308]
+LoadBalancerType = Literal["PeakEWMA", "RoundRobin", "LeastRequest", "ConsistentHash"]
+RetryCondition = Literal[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "retriable-status-codes",
+    "unavailable",
+    "resource-exhausted",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+]
+
+
+# ----------------------------------------------------------------- shared pieces
+class PortSnapshot(TypedDict):
+    """One port of a service (``inbound.ports``, ``outbound.services[].ports``)."""
+
+    port: int
+    protocol: PortProtocol
+
+
+class RetrySnapshot(TypedDict):
+    """``retry`` of an HTTP rule or of a policy. ``attempts`` counts retries after the first
+    try; ``backoff_max_ms`` is filled in (10 x base) when the resource leaves it out."""
+
+    attempts: int
+    on: list[RetryCondition]
+    status_codes: list[int]
+    per_try_timeout_ms: int | None
+    backoff_base_ms: int
+    backoff_max_ms: int
+    methods: list[str]
+    max_body_bytes: int
+
+
+# ----------------------------------------------------------------- HTTP rules (§8)
+class PathMatchSnapshot(TypedDict):
+    type: PathMatchType
+    value: str
+
+
+class HeaderMatchSnapshot(TypedDict):
+    """A header condition; the name is lower case; no ``value`` with type ``Present``."""
+
+    name: str
+    type: HeaderMatchType
+    value: NotRequired[str]
+
+
+class QueryMatchSnapshot(TypedDict):
+    """A query parameter condition; no ``value`` with type ``Present``."""
+
+    name: str
+    type: QueryMatchType
+    value: NotRequired[str]
+
+
+class MatchSnapshot(TypedDict):
+    """One match of a rule: every condition must hold."""
+
+    path: PathMatchSnapshot | None
+    method: str | None
+    headers: list[HeaderMatchSnapshot]
+    query: list[QueryMatchSnapshot]
+
+
+class BackendSnapshot(TypedDict):
+    """A weighted backend: a service, or the endpoints of it whose labels include ``subset``."""
+
+    service: str
+    subset: dict[str, str]
+    weight: int
+
+
+class HeaderEditsSnapshot(TypedDict):
+    """Header edits; names lower case."""
+
+    set: dict[str, str]
+    add: dict[str, str]
+    remove: list[str]
+
+
+class RewriteSnapshot(TypedDict):
+    type: RewriteType
+    value: str
+
+
+class RedirectSnapshot(TypedDict):
+    """A redirect; a null part is taken from the request."""
+
+    scheme: RedirectScheme | None
+    host: str | None
+    port: int | None
+    path: str | None
+    status_code: RedirectStatus
+
+
+class MirrorSnapshot(TypedDict):
+    service: str
+    subset: dict[str, str]
+    percent: float
+
+
+class FaultSnapshot(TypedDict):
+    """Fault injection; a part the resource leaves out is ``0``/``0.0``/``null``."""
+
+    delay_ms: int
+    delay_percent: float
+    abort_status: int | None
+    abort_percent: float
+
+
+class FiltersSnapshot(TypedDict):
+    request_headers: HeaderEditsSnapshot
+    response_headers: HeaderEditsSnapshot
+    rewrite: RewriteSnapshot | None
+    redirect: RedirectSnapshot | None
+    mirror: MirrorSnapshot | None
+    fault: FaultSnapshot | None
+
+
+class HttpRuleSnapshot(TypedDict):
+    """One rule of ``http_routes``; ``name`` is ``<route>/<rule name or index>``. ``matches``
+    empty: every request; ``backends`` is never empty (the route's service by default)."""
+
+    name: str
+    matches: list[MatchSnapshot]
+    backends: list[BackendSnapshot]
+    filters: FiltersSnapshot
+    timeout_ms: int | None
+    retry: RetrySnapshot | None
+
+
+# ----------------------------------------------------------------- policy (§8)
+class LoadBalancerSnapshot(TypedDict):
+    """``hash_header`` (lower case) or ``hash_cookie`` is set with ``ConsistentHash`` only."""
+
+    type: LoadBalancerType
+    hash_header: str | None
+    hash_cookie: str | None
+
+
+class ConnectionPoolSnapshot(TypedDict):
+    """Circuit-breaking limits per calling sidecar; 0 is unlimited."""
+
+    max_connections: int
+    max_pending: int
+    max_requests_per_connection: int
+
+
+class OutlierSnapshot(TypedDict):
+    """Outlier detection; a threshold of 0 turns its counter off."""
+
+    consecutive_5xx: int
+    consecutive_gateway_errors: int
+    consecutive_connect_failures: int
+    interval_ms: int
+    base_ejection_ms: int
+    max_ejection_ms: int
+    max_ejection_percent: float
+
+
+class RetryBudgetSnapshot(TypedDict):
+    ratio: float
+    min_per_second: int
+    window_ms: int
+
+
+class PolicySnapshot(TypedDict):
+    """How callers treat a service (the defaults when it has no TrafficPolicy)."""
+
+    load_balancer: LoadBalancerSnapshot
+    connection_pool: ConnectionPoolSnapshot
+    outlier: OutlierSnapshot | None
+    timeout_ms: int | None
+    retry: RetrySnapshot | None
+    retry_budget: RetryBudgetSnapshot
+
+
+class RateLimitSnapshot(TypedDict):
+    """The local rate limit at the service's own sidecars (``inbound.rate_limit``)."""
+
+    requests_per_second: float
+    burst: int
+    per_identity: bool
+
+
+# ----------------------------------------------------------------- TCP (§8)
+class TcpBackendSnapshot(TypedDict):
+    service: str
+    weight: int
+
+
+class TcpRouteSnapshot(TypedDict):
+    backends: list[TcpBackendSnapshot]
+    drain_ms: int
+
+
+# ----------------------------------------------------------------- the snapshot (§5)
+class EndpointSnapshot(TypedDict):
+    """A healthy endpoint: the destination sidecar's inbound (mTLS) address."""
+
+    address: str
+    port: int
+    labels: dict[str, str]
+
+
+class ServiceSnapshot(TypedDict):
+    """One entry of ``outbound.services``."""
+
+    name: str
+    namespace: str
+    identity: str  # a SPIFFE ID
+    protocol: PortProtocol
+    endpoints: list[EndpointSnapshot]
+    ports: list[PortSnapshot]
+    http_routes: list[HttpRuleSnapshot]
+    policy: PolicySnapshot
+    tcp_route: TcpRouteSnapshot | None
+
+
+class ProxySnapshot(TypedDict):
+    """The proxy the snapshot is for."""
+
+    service: str
+    namespace: str
+    identity: str  # a SPIFFE ID
+
+
+class InboundSnapshot(TypedDict):
+    mtls: MtlsMode
+    ports: list[PortSnapshot]
+    rate_limit: RateLimitSnapshot | None
+
+
+class OutboundSnapshot(TypedDict):
+    """The services this proxy may call, and the names it asked for that are not known."""
+
+    services: list[ServiceSnapshot]
+    unknown: list[str]
+
+
+class SnapshotContent(TypedDict):
+    """What ``build_snapshot`` returns: the snapshot without its ``version``."""
+
+    trust_domain: str
+    proxy: ProxySnapshot
+    inbound: InboundSnapshot
+    outbound: OutboundSnapshot
+
+
+class Snapshot(SnapshotContent):
+    """The snapshot as sent (``with_version``): ``version`` grows per proxy."""
+
+    version: int
