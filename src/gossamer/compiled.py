@@ -92,6 +92,7 @@ COMPILED = (
     "proxy/pipeline/outbound.py",
     "proxy/pipeline/retries.py",
     "proxy/pipeline/slots.py",
+    "proxy/pipeline/user_filters.py",
     "proxy/resilience/budget.py",
     "proxy/resilience/fields.py",
     "proxy/resilience/limits.py",

@@ -24,13 +24,15 @@ sidecar may all import it, and the sidecar loads no more than ``typing`` for it.
 
 # No ``from __future__ import annotations``: on Python 3.11 ``TypedDict`` sees
 # ``NotRequired`` only in evaluated annotations (``__required_keys__`` would be wrong).
-from typing import Literal, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
     "BackendSnapshot",
     "ConnectionPoolSnapshot",
     "EndpointSnapshot",
     "FaultSnapshot",
+    "FilterFailure",
+    "FilterSnapshot",
     "FiltersSnapshot",
     "HeaderEditsSnapshot",
     "HeaderMatchSnapshot",
@@ -70,6 +72,7 @@ __all__ = [
 
 # ----------------------------------------------------------------- closed sets of values
 MtlsMode = Literal["STRICT", "PERMISSIVE"]
+FilterFailure = Literal["reject", "allow"]
 PortProtocol = Literal["http", "http2", "grpc", "tcp"]
 PathMatchType = Literal["Exact", "Prefix", "RegularExpression"]
 HeaderMatchType = Literal["Exact", "Prefix", "RegularExpression", "Present"]
@@ -308,10 +311,20 @@ class ProxySnapshot(TypedDict):
     identity: str  # a SPIFFE ID
 
 
+class FilterSnapshot(TypedDict):
+    """One user's filter (``ProxyFilter``) a direction runs, in the order they run."""
+
+    name: str  # "namespace/name" of the ProxyFilter
+    filter: str  # module:attribute, or an entry point name of the gossamer.filters group
+    config: dict[str, Any]
+    failure: FilterFailure
+
+
 class InboundSnapshot(TypedDict):
     mtls: MtlsMode
     ports: list[PortSnapshot]
     rate_limit: RateLimitSnapshot | None
+    filters: list[FilterSnapshot]  # on requests to this workload
 
 
 class OutboundSnapshot(TypedDict):
@@ -319,6 +332,7 @@ class OutboundSnapshot(TypedDict):
 
     services: list[ServiceSnapshot]
     unknown: list[str]
+    filters: list[FilterSnapshot]  # on requests this workload makes
 
 
 class SnapshotContent(TypedDict):

@@ -22,6 +22,7 @@ class Handler(BaseHTTPRequestHandler):
                 "path": self.path,
                 "peer": self.headers.get("x-gossamer-peer-identity", ""),
                 "request_id": self.headers.get("x-request-id", ""),
+                "headers": {k.lower(): v for k, v in self.headers.items()},
             }
         ).encode()
         self.send_response(200)

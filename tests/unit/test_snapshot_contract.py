@@ -30,6 +30,7 @@ from gossamer.config import (
     validate_documents,
 )
 from gossamer.config.meshconfig import MtlsMode as ConfigMtlsMode
+from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.service import PortProtocol as ConfigPortProtocol
 from gossamer.config.traffic import RetryOn as ConfigRetryOn
 from gossamer.control.plane import _service_info
@@ -221,6 +222,25 @@ spec:
   service: db
   backends: [{service: db-blue, weight: 90}, {service: db-green, weight: 10}]
   drainTimeout: 5s
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: ProxyFilter
+metadata: {name: tag-in}
+spec:
+  service: web
+  filter: "tests.apps.filters:Tagging"
+  config: {tag: in}
+  priority: 5
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: ProxyFilter
+metadata: {name: pass-in}
+spec: {service: web, filter: "tests.apps.filters:Passthrough", failure: allow}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: ProxyFilter
+metadata: {name: tag-out}
+spec: {service: web, direction: outbound, filter: "tests.apps.filters:Tagging"}
 """
 
 ServiceKey = tuple[str, str]
@@ -255,6 +275,7 @@ def mesh_view() -> MeshView:
             [r for r in resources if isinstance(r, HTTPRoute)],
             [r for r in resources if isinstance(r, TrafficPolicy)],
             [r for r in resources if isinstance(r, TCPRoute)],
+            [r for r in resources if isinstance(r, ProxyFilter)],
         ),
     )
 
@@ -533,6 +554,16 @@ def test_load_balancer_types_and_default_policy(table: RouteTable) -> None:
     assert default.router is None and default.tcp_route is None
 
 
+def test_filters_in_priority_order_per_direction(table: RouteTable) -> None:
+    inbound = table.inbound_stages
+    outbound = table.outbound_stages
+    assert inbound is not None and outbound is not None
+    assert [s.name for s in inbound.all] == ["default/pass-in", "default/tag-in"]
+    assert [s.name for s in outbound.all] == ["default/tag-out"]
+    assert [s.name for s in inbound.responses] == ["default/tag-in"]
+    assert compiled("catalog").inbound_stages is None  # no ProxyFilter for catalog
+
+
 def test_tcp_route(table: RouteTable) -> None:
     db = outbound(table, "db.default")
     route = db.tcp_route
@@ -603,6 +634,8 @@ def _problems(value: Any, hint: Any, path: str, seen: set[tuple[str, str]]) -> l
         return [] if value in get_args(hint) else [f"{path}: {value!r} not in {get_args(hint)}"]
     if hint is type(None):
         return [] if value is None else [f"{path}: expected null, got {value!r}"]
+    if hint is Any:  # a user's filter config: any JSON value
+        return []
     if hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif hint is int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from gossamer.config.base import Resource
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.meshconfig import MeshConfig
+from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.service import Service
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.trafficpolicy import TrafficPolicy
@@ -23,6 +24,7 @@ KINDS: dict[str, type[Resource]] = {
         HTTPRoute,
         TrafficPolicy,
         TCPRoute,
+        ProxyFilter,
     )
 }
 

@@ -24,6 +24,7 @@ from gossamer.config.base import Resource, ResourceKey, check_dns_label
 from gossamer.config.duration import parse_duration
 from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
+from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.traffic import service_key
 from gossamer.config.trafficpolicy import TrafficPolicy
@@ -52,8 +53,8 @@ MESH_CONFIG_KEY = ResourceKey("MeshConfig", "default", "default")
 ONE_PER_SERVICE = ("TrafficPolicy", "TCPRoute")
 MAX_SUBSCRIPTIONS = 1024
 MAX_NAME = 253
-TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute
-_R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute)
+TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter
+_R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter)
 
 
 class Refusal(Exception):
@@ -215,10 +216,11 @@ class ControlPlane:
         http_routes = self._load(HTTPRoute)
         policies = self._load(TrafficPolicy)
         tcp_routes = self._load(TCPRoute)
-        live = {r.key for r in (*http_routes, *policies, *tcp_routes)}
+        proxy_filters = self._load(ProxyFilter)
+        live = {r.key for r in (*http_routes, *policies, *tcp_routes, *proxy_filters)}
         for key in [k for k in self._models if ResourceKey(*k) not in live]:
             del self._models[key]
-        return traffic_index(http_routes, policies, tcp_routes)
+        return traffic_index(http_routes, policies, tcp_routes, proxy_filters)
 
     def _read_resources(self) -> _ResourceView:
         services = {

@@ -16,11 +16,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gossamer.config.httproute import HTTPRoute
+from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.trafficpolicy import TrafficPolicy, default_policy_snapshot
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
     EndpointSnapshot,
+    FilterSnapshot,
     HttpRuleSnapshot,
     MtlsMode,
     PolicySnapshot,
@@ -80,6 +82,8 @@ class ServiceTraffic:
     rate_limit: RateLimitSnapshot | None = None
     tcp_route: TcpRouteSnapshot | None = None
     references: frozenset[ServiceKey] = frozenset()
+    inbound_filters: tuple[FilterSnapshot, ...] = ()  # ProxyFilters its sidecars run
+    outbound_filters: tuple[FilterSnapshot, ...] = ()
 
 
 _NO_TRAFFIC = ServiceTraffic()
@@ -135,6 +139,7 @@ def traffic_index(
     http_routes: Iterable[HTTPRoute],
     policies: Iterable[TrafficPolicy],
     tcp_routes: Iterable[TCPRoute],
+    proxy_filters: Iterable[ProxyFilter] = (),
 ) -> dict[ServiceKey, ServiceTraffic]:
     """Compile the traffic resources per service.
 
@@ -155,8 +160,15 @@ def traffic_index(
         if tcp.service_key not in chosen_tcp:
             chosen_tcp[tcp.service_key] = tcp
             refs.setdefault(tcp.service_key, set()).update(tcp.references())
+    filters: dict[tuple[ServiceKey, str], list[FilterSnapshot]] = {}
+    for proxy_filter in sorted(proxy_filters, key=lambda f: f.order):
+        key = proxy_filter.service_key
+        filters.setdefault((key, proxy_filter.spec.direction), []).append(
+            proxy_filter.to_snapshot()
+        )
     out: dict[ServiceKey, ServiceTraffic] = {}
-    for key in rules.keys() | chosen_policies.keys() | chosen_tcp.keys():
+    filtered = {key for key, _direction in filters}
+    for key in rules.keys() | chosen_policies.keys() | chosen_tcp.keys() | filtered:
         chosen_policy = chosen_policies.get(key)
         chosen_route = chosen_tcp.get(key)
         out[key] = ServiceTraffic(
@@ -165,6 +177,8 @@ def traffic_index(
             rate_limit=(chosen_policy.rate_limit_snapshot() if chosen_policy is not None else None),
             tcp_route=chosen_route.to_snapshot() if chosen_route is not None else None,
             references=frozenset(refs.get(key, set()) - {key}),
+            inbound_filters=tuple(filters.get((key, "inbound"), ())),
+            outbound_filters=tuple(filters.get((key, "outbound"), ())),
         )
     return out
 
@@ -269,10 +283,12 @@ def build_snapshot(
             "mtls": view.mtls_mode,
             "ports": view.ports(own),
             "rate_limit": view.traffic_of(own).rate_limit,
+            "filters": list(view.traffic_of(own).inbound_filters),
         },
         "outbound": {
             "services": [_service_entry(key, view) for key in selection.known],
             "unknown": list(selection.unknown),
+            "filters": list(view.traffic_of(own).outbound_filters),
         },
     }
 

@@ -50,7 +50,8 @@ def test_normalize_service_name(name: str, expected: tuple[str, str] | None) -> 
 def test_unknown_service_listed_as_name_namespace() -> None:
     """A subscription to nothing known goes to outbound.unknown as name.namespace."""
     snap = build_snapshot("default", "web", ["nosuch", "x.y.svc"], view())
-    assert snap["outbound"] == {"services": [], "unknown": ["nosuch.default", "x.y"]}
+    assert snap["outbound"]["services"] == []
+    assert snap["outbound"]["unknown"] == ["nosuch.default", "x.y"]
 
 
 def test_known_by_resource_without_endpoints() -> None:
@@ -118,6 +119,7 @@ def test_proxy_section_and_mtls_mode() -> None:
         "mtls": "PERMISSIVE",
         "ports": [{"port": 80, "protocol": "http"}],
         "rate_limit": None,
+        "filters": [],
     }
     assert snap["trust_domain"] == "gossamer.local"
 

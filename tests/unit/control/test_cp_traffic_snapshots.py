@@ -135,6 +135,7 @@ def test_routed_service_snapshot_example() -> None:
             }
         ],
         "unknown": [],
+        "filters": [],
     }  # fmt: skip
 
 
@@ -262,6 +263,7 @@ def test_inbound_rate_limit_only_for_the_services_own_proxies() -> None:
         "mtls": "STRICT",
         "ports": [{"port": 8080, "protocol": "http"}, {"port": 9090, "protocol": "grpc"}],
         "rate_limit": {"requests_per_second": 100, "burst": 200, "per_identity": False},
+        "filters": [],
     }
     caller = build_snapshot("default", "web", ["catalog"], view)
     assert caller["inbound"]["rate_limit"] is None

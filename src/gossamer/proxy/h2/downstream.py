@@ -375,8 +375,15 @@ class H2Inbound(H2Downstream):
 
     def route(self, stream: ProxiedStream) -> None:
         stream.stats = self.stats
+        stream.peer = self.peer
         table = self.proxy.table
-        limiter = table.rate_limiter if table is not None else None
+        if table is None:
+            limiter = None
+        else:
+            stages = table.inbound_stages
+            if stages is not None and not stages.request(stream):
+                return  # a stage answered
+            limiter = table.rate_limiter
         if limiter is not None:
             wait = limiter.check(self.peer.decode(), time.monotonic())
             if wait > 0:

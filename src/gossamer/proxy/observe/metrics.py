@@ -73,6 +73,9 @@ class Metrics:
         self.connections_open: dict[str, int] = {"inbound": 0, "outbound": 0}
         self.tls_handshake_failures = 0
         self._tcp: dict[tuple[str, str, str], TcpStats] = {}
+        # Users' filters (gossamer.filters): what they count, and how often they raised.
+        self.filter_events: dict[tuple[str, str], int] = {}
+        self.filter_failures: dict[tuple[str, str], int] = {}
         # gossamer.proxy.h2.stats.GrpcMetrics, made there on first gRPC use (untyped here:
         # this module does not load the HTTP/2 path).
         self.grpc: Any = None
@@ -100,6 +103,14 @@ class Metrics:
             )
             stats = self._routes[key] = RouteStats(labels)
         return stats
+
+    def filter_event(self, name: str, event: str, n: int = 1) -> None:
+        key = (name, event)
+        self.filter_events[key] = self.filter_events.get(key, 0) + n
+
+    def filter_failed(self, name: str, phase: str) -> None:
+        key = (name, phase)
+        self.filter_failures[key] = self.filter_failures.get(key, 0) + 1
 
     def error(self, direction: str, cause: str) -> None:
         key = (direction, cause)
@@ -138,6 +149,7 @@ class Metrics:
             out.append(
                 f'gossamer_proxy_errors_total{{direction="{direction}",cause="{cause}"}} {count}'
             )
+        out += _filter_families(self.filter_events, self.filter_failures)
         out += [
             "# HELP gossamer_tcp_connections_opened_total Downstream connections accepted.",
             "# TYPE gossamer_tcp_connections_opened_total counter",
@@ -180,4 +192,28 @@ def _render_tcp(stats: list[TcpStats]) -> list[str]:
     for name, kind, help_text, value in _TCP_SERIES:
         out += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         out += [f"{name}{{{t.labels}}} {value(t)}" for t in stats]
+    return out
+
+
+def _filter_families(
+    events: dict[tuple[str, str], int], failures: dict[tuple[str, str], int]
+) -> list[str]:
+    """The users' filters' families (only when a filter counted or failed)."""
+    out: list[str] = []
+    if events:
+        out += [
+            "# HELP gossamer_filter_events_total What users' filters counted (context.count).",
+            "# TYPE gossamer_filter_events_total counter",
+        ]
+        for (name, event), count in sorted(events.items()):
+            labels = f'filter="{_escape(name)}",event="{_escape(event)}"'
+            out.append(f"gossamer_filter_events_total{{{labels}}} {count}")
+    if failures:
+        out += [
+            "# HELP gossamer_filter_failures_total Exceptions raised by users' filters, by phase.",
+            "# TYPE gossamer_filter_failures_total counter",
+        ]
+        for (name, phase), count in sorted(failures.items()):
+            labels = f'filter="{_escape(name)}",phase="{phase}"'
+            out.append(f"gossamer_filter_failures_total{{{labels}}} {count}")
     return out

@@ -38,6 +38,7 @@ class Call:
         "grpc",
         "logical",
         "method",
+        "notes",
         "path",
         "peer",
         "request_id",
@@ -73,6 +74,7 @@ class Call:
         self.retry: RetryPolicy | None = None
         self.tries = 0  # upstream tries started (the first one included)
         self.stages: Stages | None = None  # the filters that see the response too
+        self.notes: dict[object, object] | None = None  # what stages keep per request
 
     @property
     def protocol(self) -> str:

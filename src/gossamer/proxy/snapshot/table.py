@@ -25,6 +25,7 @@ from gossamer.proxy.pipeline.balancer import (
     RoundRobinBalancer,
 )
 from gossamer.proxy.pipeline.slots import Stages
+from gossamer.proxy.pipeline.user_filters import compile_filters
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
 from gossamer.proxy.snapshot.errors import SnapshotError
@@ -281,10 +282,24 @@ def compile_snapshot(
     if default_service is not None:
         default_key = service_key(default_service, namespace)
         default = services.get(default_key) if default_key else None
-    return RouteTable(
+    table = RouteTable(
         version, services, frozenset(unknown_raw), namespace, default, mtls,
         rate_limiter, rate_limit_raw,
     )
+    inbound = raw.get("inbound") or {}
+    for direction, where, part in (
+        ("inbound", "snapshot.inbound.filters", inbound),
+        ("outbound", "snapshot.outbound.filters", outbound),
+    ):
+        stages = compile_filters(
+            part.get("filters") if isinstance(part, Mapping) else None, where, direction,
+            metrics=metrics, service=source, namespace=namespace,
+        )  # fmt: skip
+        if direction == "inbound":
+            table.inbound_stages = stages
+        else:
+            table.outbound_stages = stages
+    return table
 
 
 def _compile_inbound(

@@ -1,0 +1,225 @@
+"""Users' filters (``gossamer.filters``) in the pipeline's ``filter`` slot.
+
+``compile_filters`` turns a direction's ``filters`` list of the snapshot into ``Stage``
+objects: it loads each named filter from the sidecar's own environment (``module:attribute``
+or an entry point of the ``gossamer.filters`` group), makes it with its ``FilterContext``,
+and wraps it in a ``UserFilter``. A filter that cannot be loaded or made refuses the whole
+snapshot (``SnapshotError`` naming the entry: the sidecar NACKs and keeps its last good
+config). A filter made for one config is kept while a later snapshot names it with the same
+config, so what it holds (caches, counters) survives unrelated config changes.
+
+Per request, ``UserFilter`` builds the filter's ``Request`` view from the ``Call``, calls the
+filter, and writes header and path edits back through the Call, so the same filter runs
+unchanged on HTTP/1.1, HTTP/2 and gRPC. What the filter raises is contained here: ``Reject``
+answers the request (``x-gossamer-error: filter-rejected``); anything else answers 500
+``filter-failed`` (or passes the request on under ``failure: allow``), logs the traceback and
+counts ``gossamer_filter_failures_total``. The caller never sees exception text.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import TYPE_CHECKING, Any
+
+from gossamer.filters import FilterContext, Headers, Reject, Request, Response
+from gossamer.proxy.pipeline.slots import Stage, Stages
+from gossamer.proxy.snapshot.errors import SnapshotError
+
+if TYPE_CHECKING:
+    from gossamer.proxy.observe.metrics import Metrics
+    from gossamer.proxy.pipeline.call import Call, Header
+
+__all__ = ["ENTRY_POINT_GROUP", "UserFilter", "compile_filters"]
+
+log = logging.getLogger("gossamer.proxy.filters")
+
+ENTRY_POINT_GROUP = "gossamer.filters"
+PROTECTED = frozenset({b"x-gossamer-peer-identity"})  # the caller's identity is the sidecar's
+# Filters made for the current config, by (direction, name, reference, config as JSON).
+_made: dict[tuple[str, str, str, str], UserFilter] = {}
+
+
+class UserFilter(Stage):
+    """One user's filter in the ``filter`` slot."""
+
+    slot = "filter"
+
+    def __init__(
+        self, name: str, impl: Any, direction: str, fail_open: bool, metrics: Metrics
+    ) -> None:
+        self.name = name
+        self.impl = impl
+        self.direction = direction
+        self.fail_open = fail_open
+        self.metrics = metrics
+        self.sees_responses = callable(getattr(impl, "on_response", None))
+        self.sees_completions = callable(getattr(impl, "on_complete", None))
+
+    def on_request(self, call: Call) -> bool:
+        request = self._view(call)
+        handler = getattr(self.impl, "on_request", None)
+        if handler is None:
+            return True
+        original_path = request.path
+        try:
+            handler(request)
+        except Reject as answer:
+            extra = tuple(
+                (k.lower().encode(), v.encode("latin-1")) for k, v in answer.headers.items()
+            )
+            call.fail(answer.status, "filter-rejected", f"{self.name}: {answer.message}", extra)
+            return False
+        except Exception as exc:
+            if not self._failed("request", exc):
+                call.fail(500, "filter-failed", f"filter {self.name} failed ({type(exc).__name__})")
+                return False
+            return True
+        if request.headers.changed:
+            call.set_header_list(request.headers.pairs())
+        if request.path != original_path:
+            call.set_path(request.path.encode("latin-1"))
+        return True
+
+    def on_response(self, call: Call, status: int, headers: list[Header]) -> list[Header]:
+        response = Response(status, Headers(headers))
+        try:
+            self.impl.on_response(self._view(call), response)
+        except Exception as exc:  # the head goes out as it came: too late to answer otherwise
+            self._failed("response", exc)
+            return headers
+        return response.headers.pairs()
+
+    def on_complete(self, call: Call) -> None:
+        try:
+            self.impl.on_complete(self._view(call), call.status)
+        except Exception as exc:
+            self._failed("complete", exc)
+
+    def _view(self, call: Call) -> Request:
+        """The filter's Request for ``call``, made once per call and filter."""
+        notes = call.notes
+        if notes is None:
+            notes = call.notes = {}
+        view = notes.get(self)
+        if isinstance(view, Request):
+            return view
+        peer = call.peer
+        view = Request(
+            method=call.method.decode("latin-1"),
+            scheme=call.scheme.decode("latin-1"),
+            authority=call.authority.decode("latin-1"),
+            path=call.path.decode("latin-1"),
+            headers=Headers(call.header_list(), PROTECTED),
+            protocol=call.protocol,
+            grpc=call.grpc,
+            direction=self.direction,
+            peer_identity=peer.decode("latin-1") if peer else None,
+            request_id=call.request_id.decode("latin-1"),
+        )
+        notes[self] = view
+        return view
+
+    def _failed(self, phase: str, exc: Exception) -> bool:
+        """Log and count a filter's exception; True when the request goes on (fail open)."""
+        log.error("filter %s failed in %s: %r", self.name, phase, exc, exc_info=exc)
+        self.metrics.filter_failed(self.name, phase)
+        return self.fail_open
+
+
+def compile_filters(
+    raw: object, where: str, direction: str, *, metrics: Metrics, service: str, namespace: str
+) -> Stages | None:
+    """The ``filters`` list of one direction as stages (None when there are none)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise SnapshotError(f"{where}: expected a list")
+    stages: list[Stage] = []
+    made: dict[tuple[str, str, str, str], UserFilter] = {}
+    for i, entry in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, Mapping):
+            raise SnapshotError(f"{at}: expected an object")
+        name, ref, config = entry.get("name"), entry.get("filter"), entry.get("config", {})
+        failure = entry.get("failure", "reject")
+        if not isinstance(name, str) or not name:
+            raise SnapshotError(f"{at}.name: expected a string")
+        if not isinstance(ref, str) or not ref:
+            raise SnapshotError(f"{at}.filter: expected a string")
+        if not isinstance(config, Mapping):
+            raise SnapshotError(f"{at}.config: expected an object")
+        if failure not in ("reject", "allow"):
+            raise SnapshotError(f"{at}.failure: expected reject or allow, got {failure!r}")
+        key = (direction, name, ref, json.dumps(config, sort_keys=True))
+        stage = _made.get(key)
+        if stage is None:
+            impl = _make(ref, name, config, direction, metrics, service, namespace, at)
+            stage = UserFilter(name, impl, direction, False, metrics)
+        stage.fail_open = failure == "allow"
+        made[key] = stage
+        stages.append(stage)
+    for old in [k for k in _made if k[0] == direction]:
+        del _made[old]
+    _made.update(made)
+    return Stages(stages) if stages else None
+
+
+def _make(
+    ref: str,
+    name: str,
+    config: Mapping[str, Any],
+    direction: str,
+    metrics: Metrics,
+    service: str,
+    namespace: str,
+    where: str,
+) -> Any:
+    factory = load_filter(ref, where)
+    context = FilterContext(
+        name=name,
+        config=config,
+        service=service,
+        namespace=namespace,
+        direction=direction,
+        counter=lambda event, n: metrics.filter_event(name, event, n),
+    )
+    try:
+        impl = factory(context)
+    except Exception as exc:
+        log.error("filter %s (%s) could not be made: %r", name, ref, exc, exc_info=exc)
+        raise SnapshotError(f"{where}.filter: {ref} could not be made: {exc!r}") from None
+    if not callable(getattr(impl, "on_request", None)) and not any(
+        callable(getattr(impl, m, None)) for m in ("on_response", "on_complete")
+    ):
+        raise SnapshotError(
+            f"{where}.filter: {ref} made an object with none of on_request, on_response, "
+            "on_complete"
+        )
+    return impl
+
+
+def load_filter(ref: str, where: str = "filter") -> Callable[[FilterContext], Any]:
+    """The object ``ref`` names: ``module:attribute`` (importable in this environment) or an
+    entry point of the ``gossamer.filters`` group."""
+    try:
+        if ":" in ref:
+            module_name, _, attribute = ref.partition(":")
+            target: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        else:
+            found = metadata.entry_points(group=ENTRY_POINT_GROUP, name=ref)
+            if not found:
+                raise LookupError(f"no entry point {ref!r} in group {ENTRY_POINT_GROUP!r}")
+            target = next(iter(found)).load()
+    except Exception as exc:
+        raise SnapshotError(
+            f"{where}.filter: cannot load {ref!r} in this sidecar's environment: {exc!r}"
+        ) from None
+    if not callable(target):
+        raise SnapshotError(f"{where}.filter: {ref!r} is not callable")
+    return target  # type: ignore[no-any-return]
