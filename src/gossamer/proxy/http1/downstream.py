@@ -50,7 +50,7 @@ PAUSE_UPSTREAM = 2
 PAUSE_BUFFER = 4
 
 
-class DownstreamConnection(asyncio.Protocol, ResponseSink, AcceptedConnection):
+class DownstreamConnection(ResponseSink, AcceptedConnection):
     __deletable__ = ("parser",)  # dropped on close (see drop_parsers)
     direction = "outbound"
     drop_headers: ClassVar[frozenset[bytes]] = frozenset()

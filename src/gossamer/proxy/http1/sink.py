@@ -3,14 +3,15 @@
 ``ResponseSink`` is the interface ``UpstreamConnection`` calls while it relays one exchange:
 the downstream connection the request came on (``DownstreamConnection``) is one; a mirrored
 copy, whose response nobody reads (``http1.mirror.MirrorSink``), is another. Sinks share no
-code: each implements every method.
+code: each implements every method. It is a base class rather than a mypyc trait because the
+upstream calls it several times per response: a class's methods are called through its
+vtable, a trait's after a search for the trait's table.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
-
-from mypy_extensions import trait
 
 if TYPE_CHECKING:
     from gossamer.proxy.http1.exchange import Exchange
@@ -19,8 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["ResponseSink"]
 
 
-@trait
-class ResponseSink:
+class ResponseSink(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         """Response bytes for the caller."""
         raise TypeError("sink responsibility")
