@@ -19,7 +19,7 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -186,19 +186,30 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.routing", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
+def section_main(
+    argv: Sequence[str] | None,
+    prog: str,
+    doc: str | None,
+    measure: Callable[[int, int], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    rounds: int,
+) -> int:
+    """Measure, print the section, and write it into bench/RESULTS.md (a bench module's main)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    result = measure(args.rounds, args.requests)
-    section = render(result)
+    section = render(measure(args.rounds, args.requests))
     print(section)
     if not args.no_write:
         write_section(args.output, section)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return section_main(argv, "python -m bench.routing", __doc__, measure, render, rounds=5)
 
 
 if __name__ == "__main__":

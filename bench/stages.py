@@ -19,14 +19,12 @@ Interleaved rounds; the figure of record is the added microseconds per request o
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from bench.routing import ROOT, _cycle_cost, _state, write_section
+from bench.routing import _cycle_cost, _state, section_main
 from gossamer.proxy.observe.metrics import Metrics
 from gossamer.proxy.pipeline.slots import Stage, Stages
 from gossamer.proxy.pipeline.user_filters import compile_filters
@@ -106,20 +104,12 @@ def render(result: dict[str, Any], code: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    args = parser.parse_args(argv)
     from gossamer import compiled
 
-    result = measure(args.rounds, args.requests)
-    section = render(result, f"code={compiled.STATE}")
-    print(section)
-    if not args.no_write:
-        write_section(args.output, section)
-    return 0
+    def render_here(result: dict[str, Any]) -> str:
+        return render(result, f"code={compiled.STATE}")
+
+    return section_main(argv, "python -m bench.stages", __doc__, measure, render_here, rounds=7)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ COMPILED = (
     "proxy/pipeline/balancer.py",
     "proxy/pipeline/call.py",
     "proxy/pipeline/concrete.py",
+    "proxy/pipeline/inbound.py",
     "proxy/pipeline/outbound.py",
     "proxy/pipeline/retries.py",
     "proxy/pipeline/slots.py",

@@ -95,3 +95,73 @@ def test_refused_upgrade_is_answered_and_connection_closed(pair: Pair) -> None:
                 break
             data += chunk
     assert data.startswith(b"HTTP/1.1 4")  # websockets answers 426/400 to a bad upgrade
+
+
+class RecordingApp(asyncio.Protocol):
+    """An app that ignores Upgrade: answers every request head with 200 and records every
+    byte it reads (issue 11, finding 1)."""
+
+    received: list[bytes]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        RecordingApp.received.append(data)
+        for _ in range(data.count(b"\r\n\r\n")):
+            self.transport.write(  # type: ignore[attr-defined]
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            )
+
+
+def test_bytes_after_an_upgrade_wait_for_101_and_are_dropped_without_it(tmp_path: Path) -> None:
+    """A request hidden behind an Upgrade (with a forged identity header) never reaches an app
+    that answers the upgrade with anything but 101: the sidecars hold those bytes, stop
+    reading, and close the connection after the answer."""
+    RecordingApp.received = []
+    lt = LoopThread()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+
+    async def start_app() -> tuple[asyncio.Server, int]:
+        server = await asyncio.get_running_loop().create_server(RecordingApp, "127.0.0.1", 0)
+        return server, server.sockets[0].getsockname()[1]
+
+    server, port = lt.run(start_app())
+    upstream = lt.run(start_sidecar(ca, tmp_path / "s", "chat", Address("127.0.0.1", port)))
+    client = lt.run(start_sidecar(ca, tmp_path / "c", "frontend", None))
+    assert upstream.inbound is not None and client.outbound is not None
+    snap = snapshot(1, {"chat": [upstream.inbound.port]}, source="frontend")
+
+    async def install() -> None:
+        client.state.apply_snapshot(1, snap)
+
+    lt.run(install())
+    forged = b"spiffe://gossamer.local/ns/default/sa/admin"
+    try:
+        with socket.create_connection(("127.0.0.1", client.outbound.port), timeout=10) as sock:
+            sock.sendall(
+                b"GET /a HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                b"\r\nGET /admin HTTP/1.1\r\nHost: chat\r\nx-gossamer-peer-identity: "
+                + forged + b"\r\n\r\n"
+            )
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        seen = b"".join(RecordingApp.received)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
+        assert b"GET /a " in seen
+        assert b"/admin" not in seen and forged not in seen
+    finally:
+        async def stop() -> None:
+            server.close()
+            for sc in (client, upstream):
+                if sc.listener:
+                    sc.listener.close()
+                if sc.server:
+                    sc.server.close()
+                for conn in list(sc.state.connections):
+                    conn.close()
+            await asyncio.sleep(0.05)
+
+        lt.run(stop())
+        lt.stop()

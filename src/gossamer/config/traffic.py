@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, PlainValidator, WithJsonSchema, model_validator
 
 from gossamer.config.base import SpecModel
 from gossamer.config.duration import duration_ms, parse_duration
 from gossamer.config.service import ServiceRef
-from gossamer.snapshot_schema import RetrySnapshot
+from gossamer.snapshot_schema import RetryCondition, RetrySnapshot
 
 __all__ = [
     "DEFAULT_RETRY_METHODS",
@@ -162,18 +162,7 @@ def qualified_name(ref: str, namespace: str) -> str:
 
 
 # ----------------------------------------------------------------- retries
-RetryOn = Literal[
-    "5xx",
-    "gateway-error",
-    "reset",
-    "connect-failure",
-    "retriable-status-codes",
-    "unavailable",
-    "resource-exhausted",
-    "cancelled",
-    "deadline-exceeded",
-    "internal",
-]
+RetryOn = RetryCondition  # the snapshot schema's list: one spelling of the conditions
 DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("5xx", "connect-failure", "reset")
 DEFAULT_RETRY_METHODS = ("GET", "HEAD", "OPTIONS", "PUT", "DELETE")
 DEFAULT_BACKOFF_BASE = "25ms"

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from typing import ClassVar
 
-from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
 from gossamer.protocol.h2.session import (
     CLOSED,
     DATA,
@@ -50,7 +48,7 @@ from gossamer.proxy.h2.mirror import fire_mirror
 from gossamer.proxy.h2.runtime import runtime_for
 from gossamer.proxy.h2.stream import ProxiedStream
 from gossamer.proxy.observe.metrics import RouteStats
-from gossamer.proxy.pipeline import concrete, outbound
+from gossamer.proxy.pipeline import concrete, inbound, outbound
 from gossamer.proxy.pipeline.balancer import EndpointState
 from gossamer.proxy.snapshot.table import OutboundService
 from gossamer.proxy.state import ProxyState
@@ -357,16 +355,8 @@ class H2Inbound(H2Downstream):
         self.stats: RouteStats | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        sans = peer_uri_sans(transport.get_extra_info("peercert"))
-        peer = sans[0] if sans else ""
+        peer, self.stats = inbound.caller(self.proxy, transport.get_extra_info("peercert"))
         self.peer = peer.encode()
-        try:
-            source = SpiffeId.parse(peer).service_account if peer else "unknown"
-        except ValueError:
-            source = "unknown"
-        self.stats = self.proxy.metrics.route(
-            "inbound", source, self.proxy.settings.workload.service, peer or "none"
-        )
         super().connection_made(transport)
 
     def add_headers(self, headers: list[Header]) -> None:
@@ -376,20 +366,8 @@ class H2Inbound(H2Downstream):
     def route(self, stream: ProxiedStream) -> None:
         stream.stats = self.stats
         stream.peer = self.peer
-        table = self.proxy.table
-        if table is None:
-            limiter = None
-        else:
-            stages = table.inbound_stages
-            if stages is not None and not stages.request(stream):
-                return  # a stage answered
-            limiter = table.rate_limiter
-        if limiter is not None:
-            wait = limiter.check(self.peer.decode(), time.monotonic())
-            if wait > 0:
-                retry_after = (b"retry-after", b"%d" % math.ceil(wait))
-                stream.respond_error(429, "rate-limited", "local rate limit", (retry_after,))
-                return
+        if not inbound.admit(stream, self.proxy.table):
+            return  # answered by a stage or the rate limit
         app = self.proxy.settings.workload.app
         if app is None:
             stream.respond_error(503, "no-local-app", "this sidecar has no local application")

@@ -48,6 +48,7 @@ MAX_BUFFERED_BODY = 256 * 1024
 PAUSE_PIPELINE = 1
 PAUSE_UPSTREAM = 2
 PAUSE_BUFFER = 4
+PAUSE_UPGRADE = 8  # an upgrade request waits for its answer: nothing more is read meanwhile
 
 
 class DownstreamConnection(ResponseSink, AcceptedConnection):
@@ -70,6 +71,9 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         # After a 101, bytes flow both ways untouched: the upstream connection we tunnel to.
         self.tunnel: UpstreamConnection | None = None
         self.upgrading: Exchange | None = None  # an upgrade request waiting for its answer
+        # Bytes that came after an upgrade request: the new protocol's, if the app answers 101;
+        # sent on only then (before, they could be a request smuggled past the stripping).
+        self.early: list[bytes] | None = None
         # While the upstream's bytes are parsed, writes are gathered here and sent in one
         # syscall (a response head and its body usually arrive together).
         self.held: list[bytes] | None = None
@@ -97,17 +101,17 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
             and self.plain_request(data)
         ):
             return
-        upgrading = self.upgrading
-        if upgrading is not None:
-            self._forward_body(upgrading, data)  # early bytes of the upgraded protocol
+        if self.upgrading is not None:
+            self._hold_early(data)  # read before the pause took effect
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if self.upgrading is not None:
+                self._pause(PAUSE_UPGRADE)
                 rest = data[exc.args[0] :]
                 if rest:
-                    self._forward_body(self.upgrading, rest)
+                    self._hold_early(rest)
             else:
                 self.refuse(400, "bad-request", "unexpected protocol upgrade")
         except httptools.HttpParserCallbackError as exc:
@@ -143,6 +147,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         # this connection holds, or the pair would wait for the cyclic GC.
         self.parsing = None
         self.upgrading = None
+        self.early = None
         self.transport = None
         self.drop_parsers()
 
@@ -428,7 +433,19 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         self.upgrading = None
         self.tunnel = upstream
         upstream.tunnel_peer = self
-        self._resume(PAUSE_BUFFER | PAUSE_PIPELINE)
+        early = self.early
+        self.early = None
+        if early and upstream.transport is not None:
+            upstream.transport.write(b"".join(early))
+        self._resume(PAUSE_BUFFER | PAUSE_PIPELINE | PAUSE_UPGRADE)
+
+    def _hold_early(self, data: bytes) -> None:
+        """Keep bytes that followed an upgrade request until the app accepts the upgrade
+        (101); any other answer closes the connection and they are dropped unread."""
+        if self.early is None:
+            self.early = [data]
+        else:
+            self.early.append(data)
 
     def pause_for_upstream(self) -> None:
         self._pause(PAUSE_UPSTREAM)

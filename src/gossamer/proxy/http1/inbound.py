@@ -13,20 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from typing import ClassVar
 
-from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
 from gossamer.protocol.http1 import HeadScan, ProxyError, error_response
 from gossamer.proxy.h2 import H2_PREFACE, INBOUND_ALPN, hand_over_inbound, plain_inbound
 from gossamer.proxy.http1.downstream import DownstreamConnection
 from gossamer.proxy.http1.exchange import Exchange
 from gossamer.proxy.loop_calls import remove_reader
 from gossamer.proxy.observe.metrics import RouteStats
+from gossamer.proxy.pipeline import inbound
 from gossamer.proxy.process.settings import Address
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
@@ -49,7 +47,6 @@ class InboundConnection(DownstreamConnection):
     def __init__(self, proxy: ProxyState) -> None:
         super().__init__(proxy)
         self.peer = b""
-        self.peer_text = ""
         self.peer_line = b""  # the identity header line and the end of the head
         self.stats: RouteStats | None = None
 
@@ -58,18 +55,9 @@ class InboundConnection(DownstreamConnection):
             self.drop_parsers()
             return
         super().connection_made(transport)
-        sans = peer_uri_sans(transport.get_extra_info("peercert"))
-        peer = sans[0] if sans else ""
+        peer, self.stats = inbound.caller(self.proxy, transport.get_extra_info("peercert"))
         self.peer = peer.encode()
-        self.peer_text = peer
         self.peer_line = b"\r\n%b: %b\r\n\r\n" % (PEER_HEADER, self.peer)
-        try:
-            source = SpiffeId.parse(peer).service_account if peer else "unknown"
-        except ValueError:
-            source = "unknown"
-        self.stats = self.proxy.metrics.route(
-            "inbound", source, self.proxy.settings.workload.service, peer or "none"
-        )
 
     def request_head(self, ex: Exchange, scan: HeadScan) -> bytes:
         if self.peer:
@@ -101,23 +89,10 @@ class InboundConnection(DownstreamConnection):
         ex.stats = self.stats
         ex.peer = self.peer
         table = self.proxy.table
-        if table is None:
-            limiter = None
-        else:
-            stages = table.inbound_stages
-            if stages is not None:
-                if not stages.request(ex):
-                    return  # a stage answered
-                ex.head = self.render_head(ex)
-            limiter = table.rate_limiter
-        if limiter is not None:
-            wait = limiter.check(self.peer_text, time.monotonic())
-            if wait > 0:
-                self.respond_error(
-                    ex, 429, "rate-limited", "local rate limit",
-                    headers=((b"retry-after", b"%d" % math.ceil(wait)),),
-                )
-                return
+        if not inbound.admit(ex, table):
+            return  # answered by a stage or the rate limit
+        if table is not None and table.inbound_stages is not None:
+            ex.head = self.render_head(ex)  # the stages may have edited the request
         key = self.proxy.app_key
         if key is None:
             self.respond_error(ex, 503, "no-local-app", "this sidecar has no local application")

@@ -21,8 +21,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import site
+import sys
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from gossamer.filters import FilterContext, Headers, Reject, Request, Response
@@ -206,16 +207,13 @@ def load_filter(ref: str, where: str = "filter") -> Callable[[FilterContext], An
     """The object ``ref`` names: ``module:attribute`` (importable in this environment) or an
     entry point of the ``gossamer.filters`` group."""
     try:
-        if ":" in ref:
-            module_name, _, attribute = ref.partition(":")
-            target: Any = importlib.import_module(module_name)
-            for part in attribute.split("."):
-                target = getattr(target, part)
-        else:
-            found = metadata.entry_points(group=ENTRY_POINT_GROUP, name=ref)
-            if not found:
-                raise LookupError(f"no entry point {ref!r} in group {ENTRY_POINT_GROUP!r}")
-            target = next(iter(found)).load()
+        try:
+            target = _resolve(ref)
+        except (ImportError, LookupError):
+            # Installed after this sidecar started? Pick up new paths (.pth files of an
+            # editable install) and directory contents, then look once more.
+            _refresh_paths()
+            target = _resolve(ref)
     except Exception as exc:
         raise SnapshotError(
             f"{where}.filter: cannot load {ref!r} in this sidecar's environment: {exc!r}"
@@ -223,3 +221,25 @@ def load_filter(ref: str, where: str = "filter") -> Callable[[FilterContext], An
     if not callable(target):
         raise SnapshotError(f"{where}.filter: {ref!r} is not callable")
     return target  # type: ignore[no-any-return]
+
+
+def _resolve(ref: str) -> Any:
+    if ":" in ref:
+        module_name, _, attribute = ref.partition(":")
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+        return target
+    from importlib import metadata  # only here: it pulls in email, zipfile, csv (~2 MiB)
+
+    found = metadata.entry_points(group=ENTRY_POINT_GROUP, name=ref)
+    if not found:
+        raise LookupError(f"no entry point {ref!r} in group {ENTRY_POINT_GROUP!r}")
+    return next(iter(found)).load()
+
+
+def _refresh_paths() -> None:
+    for entry in list(sys.path):
+        if entry.endswith(("site-packages", "dist-packages")):
+            site.addsitedir(entry)  # runs .pth files added since start-up; known paths stay
+    importlib.invalidate_caches()

@@ -1,0 +1,61 @@
+"""The inbound pipeline: a request from another sidecar (or, under PERMISSIVE, from outside
+the mesh) to the local app, for every protocol.
+
+Before a codec hands a request here the listener has detected the protocol, terminated mTLS
+and named the caller (``Call.peer``: the SPIFFE ID of its certificate, written into
+``x-gossamer-peer-identity`` after any such header from outside was removed). ``admit`` runs
+what is decided once for HTTP/1.1 and HTTP/2 alike, in this order:
+
+1. the request slots (``pipeline.slots``: authentication, authorization, the user's
+   filters), a no-op when no config puts anything there;
+2. the local rate limit of the service's TrafficPolicy (429 ``rate-limited`` with
+   ``retry-after``), per caller identity when configured so.
+
+Then the codec forwards the request to the local app (503 ``no-local-app`` without one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
+
+if TYPE_CHECKING:
+    from gossamer.proxy.observe.metrics import RouteStats
+    from gossamer.proxy.pipeline.call import Call
+    from gossamer.proxy.snapshot.table import RouteTable
+    from gossamer.proxy.state import ProxyState
+
+__all__ = ["admit", "caller"]
+
+
+def caller(proxy: ProxyState, peercert: Any) -> tuple[str, RouteStats]:
+    """The caller of an inbound connection: the SPIFFE ID of its certificate (empty without
+    one) and the metrics of requests from it."""
+    sans = peer_uri_sans(peercert)
+    peer = sans[0] if sans else ""
+    try:
+        source = SpiffeId.parse(peer).service_account if peer else "unknown"
+    except ValueError:
+        source = "unknown"
+    stats = proxy.metrics.route("inbound", source, proxy.settings.workload.service, peer or "none")
+    return peer, stats
+
+
+def admit(call: Call, table: RouteTable | None) -> bool:
+    """Run the inbound stages for ``call``; False when one of them answered it."""
+    if table is None:
+        return True
+    stages = table.inbound_stages
+    if stages is not None and not stages.request(call):
+        return False
+    limiter = table.rate_limiter
+    if limiter is not None:
+        wait = limiter.check(call.peer.decode("latin-1"), time.monotonic())
+        if wait > 0:
+            retry_after = (b"retry-after", b"%d" % math.ceil(wait))
+            call.fail(429, "rate-limited", "local rate limit", (retry_after,))
+            return False
+    return True
