@@ -333,7 +333,16 @@ class TestUpgrade:
         assert head.startswith(b"GET /socket HTTP/1.1\r\n")
         assert b"connection: upgrade" in head.lower()
         assert b"upgrade: websocket" in head.lower()
-        assert rest == b"early-frame"
+        # Bytes after the upgrade request wait for the 101 (issue 11, finding 1) ...
+        assert rest == b""
+        exchange = conn.queue[0]
+        assert exchange.upstream is not None
+        exchange.upstream.data_received(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket"
+            b"\r\n\r\n"
+        )
+        # ... and then go on, first in the tunnel.
+        assert bytes(upstream.data).endswith(b"\r\n\r\nearly-frame")
 
 
 class TestDiscovery:
