@@ -82,6 +82,16 @@ class TestLoading:
             compile_filters([{"name": "n", **entry}], "filters", "inbound",
                             metrics=Metrics("s", "d"), service="s", namespace="d")  # fmt: skip
 
+    def test_an_optional_filter_that_cannot_load_is_left_out_and_counted(self) -> None:
+        metrics = Metrics("catalog", "default")
+        stages = compile_filters(
+            [{"name": "default/gone", "filter": "no_such_module:F", "failure": "allow"},
+             {"name": "default/here", "filter": "tests.apps.filters:Passthrough"}],
+            "filters", "inbound", metrics=metrics, service="catalog", namespace="default",
+        )  # fmt: skip
+        assert stages is not None and [s.name for s in stages.all] == ["default/here"]
+        assert metrics.filter_failures == {("default/gone", "load"): 1}
+
     def test_no_filters_means_no_stages(self) -> None:
         for raw in (None, []):
             assert compile_filters(raw, "w", "inbound", metrics=Metrics("s", "d"),

@@ -5,8 +5,10 @@ objects: it loads each named filter from the sidecar's own environment (``module
 or an entry point of the ``gossamer.filters`` group), makes it with its ``FilterContext``,
 and wraps it in a ``UserFilter``. A filter that cannot be loaded or made refuses the whole
 snapshot (``SnapshotError`` naming the entry: the sidecar NACKs and keeps its last good
-config). A filter made for one config is kept while a later snapshot names it with the same
-config, so what it holds (caches, counters) survives unrelated config changes.
+config), unless it is optional (``failure: allow``): then it is left out, logged and counted
+(``gossamer_filter_failures_total{phase="load"}``). A filter made for one config is kept while
+a later snapshot names it with the same config, so what it holds (caches, counters) survives
+unrelated config changes.
 
 Per request, ``UserFilter`` builds the filter's ``Request`` view from the ``Call``, calls the
 filter, and writes header and path edits back through the Call, so the same filter runs
@@ -158,7 +160,15 @@ def compile_filters(
         key = (direction, name, ref, json.dumps(config, sort_keys=True))
         stage = _made.get(key)
         if stage is None:
-            impl = _make(ref, name, config, direction, metrics, service, namespace, at)
+            try:
+                impl = _make(ref, name, config, direction, metrics, service, namespace, at)
+            except SnapshotError as exc:
+                if failure != "allow":
+                    raise
+                # An optional filter (failure: allow) that cannot run is left out, not fatal.
+                log.error("leaving out filter %s: %s", name, exc)
+                metrics.filter_failed(name, "load")
+                continue
             stage = UserFilter(name, impl, direction, False, metrics)
         stage.fail_open = failure == "allow"
         made[key] = stage
