@@ -101,7 +101,8 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
             and self.plain_request(data)
         ):
             return
-        if self.upgrading is not None:
+        upgrading = self.upgrading  # a local: the parser's callbacks set the attribute
+        if upgrading is not None:
             self._hold_early(data)  # read before the pause took effect
             return
         try:
