@@ -72,6 +72,7 @@ bench: native
 	test -x $(BIN)/py-spy || $(BIN)/pip install -q py-spy
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.routing
+	$(BIN)/python -m bench.stages
 
 bench-smoke: $(STAMP)
 	./scripts/ensure-debian-packages $(BENCH_PACKAGES)
