@@ -152,6 +152,24 @@ def test_join_issues_spiffe_cert_and_token_is_single_use(cp: ControlPlaneProcess
     assert again["code"] == "invalid-token"
 
 
+def test_the_control_planes_identity_is_reserved(cp: ControlPlaneProcess) -> None:
+    """Nothing can obtain spiffe://.../ns/gossamer-system/sa/control-plane, the identity
+    sidecars accept as the control plane (issue 11, lows): no join token, no Service in its
+    namespace."""
+    with cp.client() as client:
+        refused = client.post(
+            "/v1/join-tokens", json={"service": "control-plane", "namespace": "gossamer-system"}
+        )
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["path"] == "namespace"
+        service = {"apiVersion": "gossamer.dev/v1alpha1", "kind": "Service",
+                   "metadata": {"name": "control-plane", "namespace": "gossamer-system"},
+                   "spec": {}}  # fmt: skip
+        applied = client.post("/v1/resources", json=service)
+        assert applied.status_code == 422
+        assert applied.json()["errors"][0]["path"] == "metadata.namespace"
+
+
 def test_stream_hello_snapshot_ack_and_nack(cp: ControlPlaneProcess) -> None:
     """hello → snapshot; ACK and NACK of it show in /v1/proxies."""
     creds = join(cp, "acker")

@@ -16,6 +16,7 @@ from pydantic.alias_generators import to_camel
 
 __all__ = [
     "API_VERSION",
+    "RESERVED_NAMESPACE",
     "DnsLabel",
     "LabelMap",
     "Metadata",
@@ -24,9 +25,13 @@ __all__ = [
     "SpecModel",
     "check_dns_label",
     "check_labels",
+    "check_workload_namespace",
 ]
 
 API_VERSION = "gossamer.dev/v1alpha1"
+# The control plane's own namespace: its identity there (sa/control-plane) is the one sidecars
+# trust as the control plane, so no resource and no workload may live in it.
+RESERVED_NAMESPACE = "gossamer-system"
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _LABEL_KEY = re.compile(
@@ -37,7 +42,7 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")
 
 def check_dns_label(value: str) -> str:
     """Accept a DNS label (lowercase letters, digits and '-', at most 63, alnum at both ends)."""
-    if not _DNS_LABEL.match(value):
+    if not _DNS_LABEL.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a DNS label (lowercase letters, digits and '-', "
             "starting and ending with a letter or digit, at most 63 characters)"
@@ -45,12 +50,20 @@ def check_dns_label(value: str) -> str:
     return value
 
 
+def check_workload_namespace(value: str) -> str:
+    """A namespace workloads and resources may use: a DNS label other than the reserved one."""
+    check_dns_label(value)
+    if value == RESERVED_NAMESPACE:
+        raise ValueError(f"{value!r} is reserved for the control plane")
+    return value
+
+
 def check_labels(value: dict[str, str]) -> dict[str, str]:
     """Accept a label map: Kubernetes-style keys (optional DNS prefix) and values."""
     for key, item in value.items():
-        if not _LABEL_KEY.match(key):
+        if not _LABEL_KEY.fullmatch(key):
             raise ValueError(f"invalid label key {key!r}")
-        if not _LABEL_VALUE.match(item):
+        if not _LABEL_VALUE.fullmatch(item):
             raise ValueError(f"invalid value {item!r} for label {key!r}")
     return value
 
@@ -83,7 +96,7 @@ class Metadata(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     name: DnsLabel
-    namespace: DnsLabel = "default"
+    namespace: Annotated[str, AfterValidator(check_workload_namespace)] = "default"
     labels: LabelMap = Field(default_factory=dict)
     revision: int | None = Field(default=None, ge=0)
     generation: int | None = Field(default=None, ge=0)

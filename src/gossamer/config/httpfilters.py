@@ -50,13 +50,13 @@ _URL_PATH = re.compile(r"^/[^\s\x00-\x1f\x7f]*$")
 
 
 def _check_host(value: str) -> str:
-    if not _HOST.match(value):
+    if not _HOST.fullmatch(value):
         raise ValueError(f"{value!r} is not a host name")
     return value
 
 
 def _check_url_path(value: str) -> str:
-    if not _URL_PATH.match(value):
+    if not _URL_PATH.fullmatch(value):
         raise ValueError(f"a path must start with '/' and contain no spaces (got {value!r})")
     return value
 

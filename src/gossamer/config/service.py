@@ -20,7 +20,7 @@ _SERVICE_REF = re.compile(
 
 def check_service_ref(value: str) -> str:
     """Accept ``name`` or ``name.namespace`` (both DNS labels)."""
-    if not _SERVICE_REF.match(value):
+    if not _SERVICE_REF.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a service reference: expected 'name' or 'name.namespace' "
             "made of DNS labels"

@@ -76,7 +76,7 @@ def parse_size(value: int | str) -> int:
         if value < 0:
             raise ValueError(f"a size cannot be negative (got {value})")
         return value
-    match = _SIZE.match(value.strip())
+    match = _SIZE.fullmatch(value.strip())
     if match is None:
         raise ValueError(
             f"invalid size {value!r}: expected a number with an optional unit "
@@ -94,7 +94,7 @@ def _check_size(value: Any) -> int | str:
 
 def check_header_name(value: str) -> str:
     """Accept an HTTP header name (an RFC 9110 token, at most 256 characters)."""
-    if not _TOKEN.match(value):
+    if not _TOKEN.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid HTTP header name")
     return value
 
@@ -106,7 +106,7 @@ def _check_header_value(value: str) -> str:
 
 
 def _check_method(value: str) -> str:
-    if not _METHOD.match(value):
+    if not _METHOD.fullmatch(value):
         raise ValueError(f"{value!r} is not an HTTP method in upper case (like GET or POST)")
     return value
 

@@ -50,7 +50,7 @@ MAX_COUNT = 1_000_000
 
 
 def _check_cookie_name(value: str) -> str:
-    if not _COOKIE_NAME.match(value):
+    if not _COOKIE_NAME.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid cookie name")
     return value
 

@@ -27,7 +27,7 @@ from gossamer.config import (
     parse_documents,
     validate_documents,
 )
-from gossamer.config.base import Resource, check_dns_label
+from gossamer.config.base import Resource, check_dns_label, check_workload_namespace
 from gossamer.control.plane import ControlPlane
 
 __all__ = ["MAX_BODY", "create_app"]
@@ -254,7 +254,10 @@ def _join_token_problems(body: dict[str, Any]) -> list[dict[str, str]]:
         try:
             if not isinstance(value, str):
                 raise ValueError("required, must be a string")
-            check_dns_label(value)
+            if field == "namespace":
+                check_workload_namespace(value)
+            else:
+                check_dns_label(value)
         except ValueError as exc:
             problems.append({"path": field, "message": str(exc)})
     if (

@@ -20,7 +20,7 @@ from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
-from gossamer.config.base import Resource, ResourceKey, check_dns_label
+from gossamer.config.base import RESERVED_NAMESPACE, Resource, ResourceKey, check_dns_label
 from gossamer.config.duration import parse_duration
 from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
@@ -319,6 +319,8 @@ class ControlPlane:
         return self._view.cert_lifetime or self.settings.cert_lifetime
 
     def _certificate_message(self, csr_pem: bytes, identity: SpiffeId) -> dict[str, Any]:
+        if identity.namespace == RESERVED_NAMESPACE:  # the control plane's own identity
+            raise Refusal("bad-request", f"namespace {identity.namespace} is reserved")
         try:
             cert = self.ca.sign_csr(csr_pem, identity, self.cert_lifetime())
         except ValueError as exc:

@@ -193,7 +193,7 @@ def normalize_service_name(name: str, default_namespace: str) -> ServiceKey | No
         parts = parts[:2]
     if len(parts) == 1:
         parts.append(default_namespace)
-    if len(parts) != 2 or not all(_LABEL.match(part) for part in parts):
+    if len(parts) != 2 or not all(_LABEL.fullmatch(part) for part in parts):
         return None
     return parts[1], parts[0]
 

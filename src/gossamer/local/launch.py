@@ -38,11 +38,17 @@ _PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PR
                "all_proxy", "NO_PROXY", "no_proxy")
 
 
+# The operator's credentials: with the admin token, app code could mint join tokens for any
+# identity (the control plane gets its data directory as --data-dir).
+_OPERATOR_VARS = ("GOSSAMER_TOKEN", "GOSSAMER_DATA_DIR")
+
+
 def base_env(parent: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The parent's environment without sidecar settings and proxy variables."""
+    """The parent's environment without sidecar settings, proxy variables and the
+    operator's credentials."""
     env = dict(os.environ if parent is None else parent)
     for key in list(env):
-        if key.startswith("GOSSAMER_PROXY_") or key in _PROXY_VARS:
+        if key.startswith("GOSSAMER_PROXY_") or key in _PROXY_VARS or key in _OPERATOR_VARS:
             del env[key]
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -198,3 +198,23 @@ class TestAccepted:
     def test_kind_lookup_is_case_insensitive(self, spelling: str) -> None:
         """Kinds are found by singular or plural in any case."""
         assert kind_for(spelling) is Service
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        ({"kind": "Service", "metadata": {"name": "web\n"}, "spec": {}}, "metadata.name"),
+        ({"kind": "Service", "metadata": {"name": "web", "namespace": "default\n"}, "spec": {}},
+         "metadata.namespace"),
+        ({"kind": "Service", "metadata": {"name": "web"}, "spec": {"calls": ["orders\n"]}},
+         "spec.calls[0]"),
+        ({"kind": "HTTPRoute", "metadata": {"name": "r"},
+          "spec": {"service": "web", "rules": [{"matches": [{"method": "GET\n"}]}]}},
+         "spec.rules[0].matches[0].method"),
+    ],
+)  # fmt: skip
+def test_a_trailing_newline_is_not_a_name(document: dict[str, Any], path: str) -> None:
+    """``$`` matches before a final newline: names are checked whole (issue 11, lows)."""
+    with pytest.raises(ValidationFailed) as caught:
+        validate_documents([{"apiVersion": "gossamer.dev/v1alpha1", **document}])
+    assert [p.path for p in caught.value.problems] == [path]

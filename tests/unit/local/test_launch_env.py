@@ -64,3 +64,16 @@ def test_app_env_points_http_proxy_at_the_sidecar() -> None:
 def test_base_env_makes_python_unbuffered() -> None:
     """Children write their logs line by line."""
     assert base_env({})["PYTHONUNBUFFERED"] == "1"
+
+
+def test_the_admin_token_and_data_dir_reach_no_app_and_no_sidecar() -> None:
+    """With GOSSAMER_TOKEN an app could mint join tokens for any identity (issue 11, finding
+    5): neither it nor the data directory is passed to the processes the runner starts."""
+    parent = {"GOSSAMER_TOKEN": "admin-secret", "GOSSAMER_DATA_DIR": "/d", "KEEP": "1"}
+    for env in (
+        sidecar_env(_config(), "tok", parent),
+        app_env(port=5000, outbound_port=5001, parent=parent, extra={}),
+        base_env(parent),
+    ):
+        assert "GOSSAMER_TOKEN" not in env and "GOSSAMER_DATA_DIR" not in env
+        assert env["KEEP"] == "1"
