@@ -163,6 +163,30 @@ class TestRefusedRequests:
         assert transport.closed
         assert state.metrics.errors[("outbound", "bad-request")] == 1
 
+    @pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9"])
+    def test_a_request_line_of_another_http_version_is_refused(self, version: bytes) -> None:
+        """Only HTTP/1.0 and HTTP/1.1 are HTTP/1 (issue 11, lows): 505, then close."""
+        _, conn, transport = connect(with_table=True)
+        conn.data_received(b"GET / " + version + b"\r\nHost: catalog\r\n\r\n")
+        resp = only_response(transport)
+        assert resp.status == 505
+        assert resp.headers["x-gossamer-error"] == "http-version-not-supported"
+        assert transport.closed
+
+    def test_transfer_encoding_in_an_http10_request_is_refused(self) -> None:
+        """HTTP/1.0 has no chunked framing: a Transfer-Encoding there is a smuggling attempt
+        (RFC 9112 6.1), answered 400 and closed, never forwarded (issue 11, lows)."""
+        state, conn, transport = connect(with_table=True)
+        upstream = pooled_upstream(state)
+        conn.data_received(
+            b"POST / HTTP/1.0\r\nHost: catalog\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n\r\n"
+        )
+        resp = only_response(transport)
+        assert resp.status == 400 and resp.headers["x-gossamer-error"] == "bad-request"
+        assert bytes(upstream.data) == b""
+        assert transport.closed
+
     def test_header_block_over_64k_gets_431(self) -> None:
         """More than 64 KiB of headers is answered 431 headers-too-large and closed."""
         _, conn, transport = connect()

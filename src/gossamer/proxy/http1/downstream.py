@@ -123,7 +123,11 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
                 log.exception("internal error while parsing a request", exc_info=cause)
                 self.refuse(500, "proxy-internal-error", type(cause).__name__)
         except httptools.HttpParserError as exc:
-            self.refuse(400, "bad-request", str(exc) or type(exc).__name__)
+            detail = str(exc) or type(exc).__name__
+            if "version" in detail.lower():  # llhttp: "Invalid HTTP version"
+                self.refuse(505, "http-version-not-supported", detail)
+            else:
+                self.refuse(400, "bad-request", detail)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -211,11 +215,17 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         ex = self.parsing
         assert ex is not None
         parser = self.parser
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise ProxyError(505, "http-version-not-supported", f"HTTP/{version} is not HTTP/1")
         ex.method = parser.get_method()
-        ex.http10 = parser.get_http_version() == "1.0"
+        ex.http10 = version == "1.0"
         ex.keep_alive = parser.should_keep_alive()
         ex.is_head = ex.method == b"HEAD"
         scan = scan_headers(ex.headers, self.drop_headers)
+        if ex.http10 and scan.transfer_encoding:
+            # HTTP/1.0 has no chunked framing: a smuggling attempt (RFC 9112 6.1).
+            raise ProxyError(400, "bad-request", "Transfer-Encoding in an HTTP/1.0 request")
         if parser.should_upgrade():
             if not scan.upgrade:
                 raise ProxyError(400, "bad-request", "Connection: upgrade without Upgrade")
