@@ -191,6 +191,32 @@ def test_stream_hello_snapshot_ack_and_nack(cp: ControlPlaneProcess) -> None:
         client.close()
 
 
+def test_made_up_names_cannot_cut_a_sidecar_off(cp: ControlPlaneProcess) -> None:
+    """Names the control plane answered as unknown stop counting toward the subscription cap,
+    and a hello carrying more names than the cap is served, not refused: an app asking for
+    1,100 made-up hosts cannot cost its sidecar its config (issue 11, finding 3)."""
+    junk = [f"made-up-{i}" for i in range(1100)]
+    creds = join(cp, "prober")
+    client = connect_proxy(cp, creds, "prober-1", "prober", subscriptions=junk)
+    try:
+        first = client.recv_type("snapshot")  # served, with what fits the cap
+        assert len(first["snapshot"]["outbound"]["unknown"]) == 1024
+        for start in range(0, 1100, 100):  # as discovery would: a few names at a time
+            client.send({"type": "subscribe", "services": junk[start : start + 100]})
+            answer = client.recv_type("snapshot")
+            assert "error" not in answer
+        assert apply_yaml(cp, SERVICE_YAML % {"name": "real"}).status_code == 200
+        client.send({"type": "subscribe", "services": ["real"]})
+        deadline = time.monotonic() + 10
+        while True:
+            snapshot = client.recv_type("snapshot")["snapshot"]
+            if any(s["name"] == "real" for s in snapshot["outbound"]["services"]):
+                break
+            assert time.monotonic() < deadline, "the real service never arrived"
+    finally:
+        client.close()
+
+
 def test_registered_endpoint_reaches_subscriber_and_apply_is_pushed_fast(
     cp: ControlPlaneProcess,
 ) -> None:

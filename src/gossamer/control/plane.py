@@ -36,6 +36,7 @@ from gossamer.control.snapshots import (
     ServiceInfo,
     ServiceTraffic,
     build_snapshot,
+    normalize_service_name,
     select_services,
     traffic_index,
     with_version,
@@ -51,7 +52,8 @@ log = logging.getLogger("gossamer.control")
 ServiceKey = tuple[str, str]
 MESH_CONFIG_KEY = ResourceKey("MeshConfig", "default", "default")
 ONE_PER_SERVICE = ("TrafficPolicy", "TCPRoute")
-MAX_SUBSCRIPTIONS = 1024
+MAX_SUBSCRIPTIONS = 1024  # names of known services one proxy may subscribe to
+MAX_UNKNOWN = 256  # names answered as unknown that stay watched (for their appearance)
 MAX_NAME = 253
 TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter
 _R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter)
@@ -111,13 +113,49 @@ def _optional_port(workload: Mapping[str, Any], name: str) -> int | None:
 def _names(values: Any, what: str) -> list[str]:
     if values is None:
         return []
-    if (
-        not isinstance(values, list)
-        or len(values) > MAX_SUBSCRIPTIONS
-        or not all(isinstance(v, str) and 0 < len(v) <= MAX_NAME for v in values)
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and 0 < len(v) <= MAX_NAME for v in values
     ):
         raise Refusal("bad-request", f"{what} must be a list of service names")
+    if len(values) > 4 * MAX_SUBSCRIPTIONS:
+        raise Refusal("bad-request", f"{what}: at most {4 * MAX_SUBSCRIPTIONS} names")
     return list(values)
+
+
+def _add_subscriptions(record: ProxyRecord, names: Sequence[str]) -> list[str]:
+    """Add ``names`` to what ``record`` subscribes to, within ``MAX_SUBSCRIPTIONS``; the
+    names that did not fit (names answered as unknown leave the set, so only names of real
+    services fill it)."""
+    subscriptions = record.subscriptions
+    left: list[str] = []
+    for name in names:
+        if name in subscriptions:
+            continue
+        if len(subscriptions) - len(record.unknown) >= MAX_SUBSCRIPTIONS:
+            left.append(name)
+        else:
+            subscriptions.add(name)
+    return left
+
+
+def _bound_unknown(record: ProxyRecord, view: MeshView) -> None:
+    """Keep the most recent ``MAX_UNKNOWN`` of ``record``'s subscribed names that are no
+    known service (watched, so a service created later is pushed at once); forget older ones
+    (a sidecar asks again after its negative TTL). Made-up names cannot fill the cap."""
+    namespace = record.workload.namespace
+    unknown = record.unknown
+    for name in record.subscriptions:
+        key = normalize_service_name(name, namespace)
+        if key is not None and view.is_known(key):
+            unknown.pop(name, None)
+        elif name not in unknown:
+            unknown[name] = None
+    for name in [n for n in unknown if n not in record.subscriptions]:
+        del unknown[name]
+    while len(unknown) > MAX_UNKNOWN:
+        oldest = next(iter(unknown))
+        del unknown[oldest]
+        record.subscriptions.discard(oldest)
 
 
 def _parse_workload(message: Mapping[str, Any]) -> Workload:
@@ -373,7 +411,10 @@ class ControlPlane:
         if existing is not None and existing.connected and existing.identity != peer:
             raise Refusal("proxy-id-conflict", f"proxy_id {proxy_id!r} is in use by another")
         record, previous = self.registry.connect(proxy_id, peer, workload, session)
-        record.subscriptions.update(subscriptions)
+        left = _add_subscriptions(record, subscriptions)
+        if left:  # served with what fits rather than refused: a refusal would cut it off
+            log.warning("proxy %s: %d subscriptions over the cap of %d left out",
+                        proxy_id, len(left), MAX_SUBSCRIPTIONS)  # fmt: skip
         record.cert_expiry = _optional_time(message, "cert_expiry")
         timer = self._timers.pop(proxy_id, None)
         if timer is not None:
@@ -407,9 +448,12 @@ class ControlPlane:
                 )
         elif kind == "subscribe":
             names = _names(message.get("services"), "services")
-            record.subscriptions.update(names)
-            if len(record.subscriptions) > MAX_SUBSCRIPTIONS:
-                raise Refusal("bad-request", "too many subscriptions")
+            left = _add_subscriptions(record, names)
+            if left:
+                raise Refusal(
+                    "too-many-subscriptions",
+                    f"{len(left)} names left out: at most {MAX_SUBSCRIPTIONS} services",
+                )
             if not self._push(record, self._mesh_view()) and record.last_content is not None:
                 self._send_snapshot(record, record.last_content)  # answer even if unchanged
         elif kind == "health":
@@ -480,6 +524,7 @@ class ControlPlane:
         content = build_snapshot(
             workload.namespace, workload.service, record.subscriptions, view, selection
         )
+        _bound_unknown(record, view)
         if content == record.last_content:
             return False
         record.last_content = content

@@ -68,6 +68,8 @@ class ProxyRecord:
     workload: Workload
     session: Session | None
     subscriptions: set[str] = field(default_factory=set)
+    # Subscribed names that are no known service, oldest first (bounded: see plane.py).
+    unknown: dict[str, None] = field(default_factory=dict)
     config_version: int = 0
     acked_version: int = 0
     ack_state: AckState = "PENDING"

@@ -37,6 +37,7 @@ log = logging.getLogger("gossamer.proxy")
 DISCOVERY_TIMEOUT = 3.0
 IDLE_TIMEOUT = 120.0  # a keep-alive downstream connection with nothing to do is closed after
 HEADER_TIMEOUT = 30.0  # a request head must arrive whole within this (slow-loris guard)
+NEGATIVE_TTL = 5.0  # an "unknown service" answer is reused this long, then asked again
 SWEEP_INTERVAL = 2.0
 
 
@@ -60,6 +61,8 @@ class ProxyState:
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[AcceptedConnection] = set()
         self._subscriptions: set[str] = set()
+        # Names the control plane answered as unknown, and when: trusted for NEGATIVE_TTL.
+        self._unknown_at: dict[str, float] = {}
         self._waiters: dict[str, asyncio.Future[None]] = {}
         # Request ids "<8 random hex>-<counter in hex>": made by C calls alone (the bound
         # ``__next__`` of a map over a counter), no Python frame per request.
@@ -91,6 +94,7 @@ class ProxyState:
         if waiter is None:
             waiter = asyncio.get_running_loop().create_future()
             self._waiters[key] = waiter
+            self._unknown_at.pop(key, None)
             self._subscriptions.add(key)
             if self.subscribe_hook is not None:
                 self.subscribe_hook([key])
@@ -145,6 +149,20 @@ class ProxyState:
                     waiter.set_result(None)
         for name in table.services:
             self._subscriptions.add(name)
+        # Unknown names are answered, then forgotten: they never pile up in the subscriptions
+        # a reconnect sends (an app asking for made-up hosts must not fill them).
+        now = time.monotonic()
+        unknown_at = self._unknown_at
+        for name in table.unknown:
+            self._subscriptions.discard(name)
+            unknown_at.setdefault(name, now)
+        for name in [n for n in unknown_at if n not in table.unknown]:
+            del unknown_at[name]
+
+    def known_unknown(self, key: str) -> bool:
+        """Whether the control plane said ``key`` is no service, recently enough to trust."""
+        at = self._unknown_at.get(key)
+        return at is not None and time.monotonic() - at < NEGATIVE_TTL
 
     # === AdminState (called by the admin server) ===
 

@@ -391,7 +391,32 @@ class TestDiscovery:
         asyncio.run(asyncio.wait_for(scenario(), 2))
         resp = only_response(transport)
         assert (resp.status, resp.headers["x-gossamer-error"]) == (404, "unknown-service")
-        assert "payments.default" in state.subscriptions()
+        # Answered: not carried into the next hello (issue 11, finding 3: made-up names must
+        # not pile up in the subscriptions until the control plane refuses them all).
+        assert "payments.default" not in state.subscriptions()
+
+    def test_an_unknown_answer_is_trusted_for_a_while_then_asked_again(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Within the negative TTL the unknown answer is given at once; after it, the name is
+        asked again (it may exist by now)."""
+        state, conn, transport = connect(with_table=True)
+        asked: list[list[str]] = []
+        state.subscribe_hook = asked.append
+        state.apply_snapshot(2, snapshot(2, unknown=["payments.default"]))
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: payments\r\n\r\n")
+        assert only_response(transport).status == 404 and asked == []
+        monkeypatch.setattr(state_module, "NEGATIVE_TTL", 0.0)
+
+        async def scenario() -> None:
+            again, transport2 = OutboundConnection(state), FakeTransport()
+            again.connection_made(transport2)
+            again.data_received(b"GET / HTTP/1.1\r\nHost: payments\r\n\r\n")
+            await asyncio.sleep(0)
+            assert asked == [["payments.default"]]
+            again.connection_lost(None)
+
+        asyncio.run(asyncio.wait_for(scenario(), 2))
 
     def test_discovery_timeout_gets_503(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """When the control plane does not answer in time, the request gets 503

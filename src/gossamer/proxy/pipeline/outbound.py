@@ -54,7 +54,7 @@ def start(call: Call, proxy: ProxyState) -> None:
         return
     host = call.authority.decode("latin-1")
     key = service_key(host, table.namespace)
-    if key is None or key in table.unknown:
+    if key is None or (key in table.unknown and proxy.known_unknown(key)):
         call.fail(404, "unknown-service", f"{host} is not a mesh service")
         return
     spawn(_discover(call, proxy, key), name=f"discover {key}")
