@@ -345,6 +345,22 @@ class TestRelay:
         assert tcp_mesh.apps["blue"].connections == 0
         assert 'cause="tcp-not-allowed"' in tcp_mesh.metrics(tcp_mesh.blue)
 
+    def test_a_service_with_http_and_tcp_ports_opens_no_raw_tunnel_to_its_app(
+        self, tcp_mesh: TcpMesh
+    ) -> None:
+        """With one app address, a peer offering ALPN gossamer-tcp to a service that also
+        has an HTTP port would reach that HTTP app with raw bytes, skipping the identity
+        header's stripping (issue 11, finding 2): refused unless the sidecar has a TCP app
+        address of its own."""
+        snap = snapshot(2, "db-blue", [])
+        snap["inbound"]["ports"] = [{"port": 80, "protocol": "http"},
+                                    {"port": 5432, "protocol": "tcp"}]  # fmt: skip
+        tcp_mesh.install(tcp_mesh.blue, snap)
+        with tcp_mesh.connect() as sock:
+            assert refused(sock, b"GET / HTTP/1.1\r\nx-gossamer-peer-identity: forged\r\n\r\n")
+        assert tcp_mesh.apps["blue"].connections == 0
+        assert 'cause="tcp-not-allowed"' in tcp_mesh.metrics(tcp_mesh.blue)
+
     def test_service_without_endpoints_refuses_at_once(self, tcp_mesh: TcpMesh) -> None:
         """No route and no endpoints of its own: the connection is closed, the cause counted."""
         tcp_mesh.set_route(None)

@@ -104,6 +104,9 @@ class WorkloadSettings:
     app: Address | None = None  # the local application (None for a gateway)
     labels: Mapping[str, str] = field(default_factory=dict)
     advertise_host: str = "127.0.0.1"  # address other sidecars use to reach our inbound port
+    # Where opaque TCP from the mesh goes when it is not ``app``: a service with HTTP and TCP
+    # ports needs it (one address for both would tunnel raw bytes to the HTTP app).
+    tcp_app: Address | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +164,7 @@ class ProxySettings:
                 service=service,
                 namespace=_get(env, "NAMESPACE", "default") or "default",
                 app=_addr(env, "APP_ADDR", None),
+                tcp_app=_addr(env, "TCP_APP_ADDR", None),
                 labels=labels,
                 advertise_host=_get(env, "ADVERTISE_HOST", "127.0.0.1") or "127.0.0.1",
             ),

@@ -411,13 +411,21 @@ class TcpProxy:
             snapshot = self.state.snapshot or {}
             inbound = snapshot.get("inbound")
             ports = inbound.get("ports") if isinstance(inbound, Mapping) else None
-            self._tcp_inbound = not isinstance(ports, list) or any(
-                isinstance(p, Mapping) and p.get("protocol") == "tcp" for p in ports
-            )
+            if not isinstance(ports, list):
+                self._tcp_inbound = True
+            else:
+                kinds = {p.get("protocol") for p in ports if isinstance(p, Mapping)}
+                # Beside an HTTP port, only with a TCP app address of its own: the one app
+                # address is the HTTP app's, and raw bytes there would skip the identity
+                # header's stripping.
+                self._tcp_inbound = "tcp" in kinds and (
+                    kinds == {"tcp"} or self.settings.workload.tcp_app is not None
+                )
         return self._tcp_inbound
 
     def _inbound_relay(self, peer: str) -> Relay | None:
-        if self.settings.workload.app is None:
+        workload = self.settings.workload
+        if workload.app is None and workload.tcp_app is None:
             self.metrics.error("inbound", "no-local-app")
             return None
         if not self._inbound_allows_tcp():
@@ -449,7 +457,8 @@ class TcpProxy:
         await self._connect_app(relay)
 
     async def _connect_app(self, relay: Relay) -> None:
-        app = self.settings.workload.app
+        workload = self.settings.workload
+        app = workload.tcp_app or workload.app
         assert app is not None
         loop = asyncio.get_running_loop()
         try:
