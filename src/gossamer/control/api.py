@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from gossamer.config.base import Resource, check_dns_label, check_workload_names
 from gossamer.control.plane import ControlPlane
 
 __all__ = ["MAX_BODY", "create_app"]
+
+log = logging.getLogger("gossamer.control.api")
 
 MAX_BODY = 16 * 1024 * 1024
 DEFAULT_TOKEN_TTL = 600.0
@@ -110,7 +113,9 @@ def _authed(handler: Handler, expected: bytes) -> Handler:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return _error(500, "internal", f"{type(exc).__name__}: {exc}")
+    """A 500 that names the kind of failure; its text and traceback go to the log only."""
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _error(500, "internal", f"internal error ({type(exc).__name__}); see the log")
 
 
 # Health and trust: no token needed.

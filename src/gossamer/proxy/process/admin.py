@@ -164,7 +164,9 @@ class AdminServer:
                 status, body, ctype = self._route(path)
             except Exception as exc:
                 log.exception("admin endpoint %s failed", path)
-                status, body, ctype = 500, f"internal error: {exc}\n".encode(), _TEXT
+                # The text stays in the log: callers get the kind of failure only.
+                text = f"internal error ({type(exc).__name__}); see the sidecar's log\n"
+                status, body, ctype = 500, text.encode(), _TEXT
         writer.write(_response(status, body, ctype, close=not keep_alive))
         return keep_alive
 
