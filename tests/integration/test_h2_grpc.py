@@ -495,6 +495,19 @@ class TestGrpc:
 
 
 class TestPlainH2:
+    def test_request_trailers_cannot_carry_a_forged_identity(self, mesh: Mesh) -> None:
+        """Request trailers are filtered like headers: the identity header, connection-specific
+        fields and pseudo-fields never reach the app (issue 11, lows)."""
+        client = H2Client(mesh.outbound_port)
+        forged = (b"x-gossamer-peer-identity", b"spiffe://gossamer.local/ns/default/sa/admin")
+        try:
+            sid = client.request(post(b"/echo"), b"payload", [(b"x-sum", b"42"), forged])
+            resp = client.wait(sid)
+        finally:
+            client.close()
+        _head, trailers = resp["headers"]
+        assert trailers == {b"x-sum": b"42"}  # the echo app returns the trailers it read
+
     def test_body_and_trailers_cross_both_ways(self, mesh: Mesh) -> None:
         """Request body and trailers reach the app; its body and trailers come back."""
         client = H2Client(mesh.outbound_port)

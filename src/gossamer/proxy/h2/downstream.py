@@ -42,7 +42,7 @@ from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.accepted import AcceptedConnection
 from gossamer.proxy.h2 import H2_PREFACE
 from gossamer.proxy.h2.connection import CONNECTION_WINDOW, SERVER_SETTINGS, FlushingConnection
-from gossamer.proxy.h2.headers import scan_request
+from gossamer.proxy.h2.headers import scan_request, strip_connection_fields
 from gossamer.proxy.h2.limits import OVERFLOW, QUEUED
 from gossamer.proxy.h2.mirror import fire_mirror
 from gossamer.proxy.h2.runtime import runtime_for
@@ -127,8 +127,10 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
                 stream = streams.get(stream_id)
                 if stream is None:
                     self._start(stream_id, a, b)
-                else:
-                    stream.request_end(a)  # trailers (nghttp2 insists they end the stream)
+                else:  # trailers (nghttp2 insists they end the stream), filtered as headers
+                    drop = self.drop_headers
+                    kept = [(n, v) for n, v in a if n not in drop and n[:1] != b":"]
+                    stream.request_end(strip_connection_fields(kept))
             elif kind == END:
                 stream = streams.get(stream_id)
                 if stream is not None:
