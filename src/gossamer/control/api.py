@@ -36,6 +36,7 @@ __all__ = ["MAX_BODY", "create_app"]
 log = logging.getLogger("gossamer.control.api")
 
 MAX_BODY = 16 * 1024 * 1024
+MAX_SMALL_BODY = 64 * 1024  # a join-token request
 DEFAULT_TOKEN_TTL = 600.0
 MAX_TOKEN_TTL = 7 * 86400.0
 WATCH_IDLE = 15.0
@@ -143,10 +144,35 @@ def _invalid(exc: ValidationFailed) -> Response:
     )
 
 
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (``_TooLarge``) as soon as it is known to exceed ``limit``:
+    by its Content-Length, else while it streams in."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> Response:
+    return _error(413, "too-large", f"request body is limited to {limit} bytes")
+
+
 async def apply(plane: ControlPlane, request: Request) -> Response:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return _error(413, "too-large", f"request body is limited to {MAX_BODY} bytes")
+    try:
+        body = await _read_body(request, MAX_BODY)
+    except _TooLarge:
+        return _too_large(MAX_BODY)
     try:
         text = body.decode("utf-8")
         docs = parse_documents(text, request.headers.get("content-type", "application/yaml"))
@@ -281,7 +307,9 @@ def _join_token_problems(body: dict[str, Any]) -> list[dict[str, str]]:
 
 async def join_token(plane: ControlPlane, request: Request) -> Response:
     try:
-        body = json.loads(await request.body())
+        body = json.loads(await _read_body(request, MAX_SMALL_BODY))
+    except _TooLarge:
+        return _too_large(MAX_SMALL_BODY)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return _error(400, "bad-document", f"invalid JSON: {exc}")
     if not isinstance(body, dict):
