@@ -14,6 +14,7 @@ from cryptography import x509
 from tests.integration.control_helpers import (
     ControlPlaneProcess,
     StreamClient,
+    client_ssl_context,
     connect_proxy,
     join,
     join_with_token,
@@ -381,6 +382,40 @@ def test_overlong_line_is_refused_and_closed(cp: ControlPlaneProcess) -> None:
         error = client.recv_type("error", timeout=10)
         assert error["code"] == "line-too-long"
         assert client.recv(timeout=5) is None
+    finally:
+        client.close()
+
+
+def test_before_join_or_hello_a_line_is_small(cp: ControlPlaneProcess) -> None:
+    """An unauthenticated peer cannot make the control plane buffer megabytes: its first line
+    is limited to 256 KiB (issue 11, finding 4)."""
+    context = client_ssl_context(cp.root_pem)
+    client = StreamClient(cp.stream_host, cp.stream_port, context)
+    try:
+        client.send_raw(b'{"type":"join","token":"' + b"x" * (300 * 1024))
+        error = client.recv_type("error", timeout=10)
+        assert error["code"] == "line-too-long"
+        assert client.recv(timeout=5) is None
+    finally:
+        client.close()
+
+
+def test_subscribe_and_renewal_requests_are_rate_limited(cp: ControlPlaneProcess) -> None:
+    """Each subscribe is answered with a whole snapshot and each CSR costs a signature: a
+    certified peer asking without pause gets ``rate-limited`` errors instead (issue 11,
+    finding 4); the stream stays."""
+    client = connect_proxy(cp, join(cp, "greedy"), "greedy-1", "greedy")
+    try:
+        client.recv_type("snapshot")
+        for _ in range(300):
+            client.send({"type": "subscribe", "services": ["nosuch"]})
+        codes = []
+        for _ in range(300):
+            message = client.recv(timeout=10)
+            assert message is not None
+            codes.append(message.get("code") if message["type"] == "error" else message["type"])
+        assert codes.count("rate-limited") > 100
+        assert "snapshot" in codes
     finally:
         client.close()
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import ssl
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,27 @@ from gossamer.control.plane import ControlPlane, Refusal
 from gossamer.control.registry import ProxyRecord
 from gossamer.identity.spiffe import SpiffeId
 
-__all__ = ["MAX_LINE", "StreamServer", "StreamSession", "peer_spiffe_id", "server_ssl_context"]
+__all__ = [
+    "FIRST_LINE",
+    "MAX_LINE",
+    "StreamServer",
+    "StreamSession",
+    "peer_spiffe_id",
+    "server_ssl_context",
+]
 
 log = logging.getLogger("gossamer.control.stream")
 
-MAX_LINE = 16 * 1024 * 1024
+MAX_LINE = 16 * 1024 * 1024  # after hello: a certified sidecar's lines
+FIRST_LINE = 256 * 1024  # join or hello, from a peer not yet known: small
+MAX_QUEUED_BYTES = 32 * 1024 * 1024  # a peer that does not read is dropped past this
+MAX_CONNECTIONS = 20_000
 HANDSHAKE_TIMEOUT = 10.0
+# Messages that cost the control plane real work (a whole snapshot, a signature): per stream,
+# a burst of RATE_BURST, then RATE_PER_SECOND; beyond, an error ``rate-limited``.
+RATED = frozenset({"subscribe", "csr"})
+RATE_BURST = 20.0
+RATE_PER_SECOND = 5.0
 _CLOSE = object()
 
 
@@ -58,17 +74,28 @@ def _encode(message: Mapping[str, Any]) -> bytes:
 
 
 class StreamSession:
-    """The writing half of one connection; messages are queued and written in order."""
+    """The writing half of one connection; messages are queued and written in order. The
+    queue is bounded in bytes: a peer that stops reading is dropped, not buffered for."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self._writer = writer
         self._queue: asyncio.Queue[object] = asyncio.Queue()
+        self._queued = 0  # bytes queued, not yet written
         self._closed = False
         self._task = asyncio.create_task(self._run(), name="control-stream-writer")
 
     def send(self, message: Mapping[str, Any]) -> None:
-        if not self._closed:
-            self._queue.put_nowait(message)
+        if self._closed:
+            return
+        data = _encode(message)
+        self._queued += len(data)
+        if self._queued > MAX_QUEUED_BYTES:
+            log.warning("dropping a stream that does not read (%d bytes queued)", self._queued)
+            self._closed = True
+            self._task.cancel()
+            self._writer.transport.abort()
+            return
+        self._queue.put_nowait(data)
 
     def close(self) -> None:
         """Flush what is queued, then close the connection."""
@@ -88,14 +115,17 @@ class StreamSession:
     async def _run(self) -> None:
         try:
             while True:
-                message = await self._queue.get()
-                if message is _CLOSE:
+                data = await self._queue.get()
+                if data is _CLOSE:
                     break
-                assert isinstance(message, Mapping)
-                self._writer.write(_encode(message))
+                assert isinstance(data, bytes)
+                self._writer.write(data)
                 await self._writer.drain()
+                self._queued -= len(data)
         except (ConnectionError, ssl.SSLError, RuntimeError) as exc:
             log.debug("stream write failed: %s", exc)
+        except asyncio.CancelledError:
+            pass
         finally:
             self._closed = True
             self._writer.close()
@@ -123,7 +153,7 @@ class StreamServer:
             self._port,
             ssl=self._context,
             ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            limit=MAX_LINE,
+            limit=FIRST_LINE,  # raised to MAX_LINE once the peer said hello
         )
         sockname = self._server.sockets[0].getsockname()
         return str(sockname[0]), int(sockname[1])
@@ -139,6 +169,10 @@ class StreamServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._connections) >= MAX_CONNECTIONS:
+            log.warning("refusing a stream: %d connections open", len(self._connections))
+            writer.transport.abort()
+            return
         self._connections.add(task)
         session = StreamSession(writer)
         try:
@@ -162,8 +196,9 @@ class StreamServer:
         except TimeoutError:
             log.info("closing a stream silent for %.0f s", self._plane.settings.peer_timeout)
             return None
-        except asyncio.LimitOverrunError as exc:
-            raise Refusal("line-too-long", f"lines are limited to {MAX_LINE} bytes") from exc
+        except (asyncio.LimitOverrunError, ValueError) as exc:  # ValueError: over the limit
+            limit = getattr(reader, "_limit", MAX_LINE)
+            raise Refusal("line-too-long", f"lines are limited to {limit} bytes") from exc
         try:
             message = json.loads(line)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -196,6 +231,8 @@ class StreamServer:
             log.info("refused %s: %s %s", peer, refusal.code, refusal.message)
             session.send(refusal.to_json())
             return
+        if hasattr(reader, "_limit"):
+            reader._limit = MAX_LINE  # a certified sidecar: its lines may be large (asyncio's own)
         pinger = asyncio.create_task(self._ping(session), name="control-stream-ping")
         try:
             await self._established(reader, session, record)
@@ -206,6 +243,7 @@ class StreamServer:
     async def _established(
         self, reader: asyncio.StreamReader, session: StreamSession, record: ProxyRecord
     ) -> None:
+        bucket = _Bucket()
         while record.session is session:
             try:
                 message = await self._read(reader)
@@ -222,6 +260,8 @@ class StreamServer:
                 session.send({"type": "pong"})
             elif kind == "pong":
                 continue
+            elif kind in RATED and not bucket.take():
+                session.send(Refusal("rate-limited", f"too many {kind} messages").to_json())
             else:
                 try:
                     self._plane.handle(record, message)
@@ -233,3 +273,20 @@ class StreamServer:
             while True:
                 await asyncio.sleep(self._plane.settings.ping_interval)
                 session.send({"type": "ping"})
+
+
+class _Bucket:
+    """A token bucket for one stream's costly messages."""
+
+    def __init__(self) -> None:
+        self.tokens = RATE_BURST
+        self.at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(RATE_BURST, self.tokens + (now - self.at) * RATE_PER_SECOND)
+        self.at = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
