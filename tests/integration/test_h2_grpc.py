@@ -31,7 +31,7 @@ import pytest
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.protocol.h2 import binding
-from gossamer.protocol.h2.session import CLOSED, DATA, HEADERS, H2Error, H2Session
+from gossamer.protocol.h2.session import CLOSED, DATA, GOAWAY, HEADERS, H2Error, H2Session
 from gossamer.proxy.h2 import close_h2
 from gossamer.proxy.h2.runtime import runtime_for
 from gossamer.proxy.process.settings import Address
@@ -495,6 +495,43 @@ class TestGrpc:
 
 
 class TestPlainH2:
+    def test_rapid_reset_gets_goaway(self, mesh: Mesh) -> None:
+        """A client that opens streams and resets them at once (CVE-2023-44487, "rapid reset")
+        is told GOAWAY and cut off, whatever the libnghttp2 version (issue 11, finding 7).
+        500 resets: under the burst of libnghttp2's own mitigation (where it has one, 1000),
+        over the sidecar's (200 a second)."""
+        client = H2Client(mesh.outbound_port)
+        goaway = False
+        try:
+            for _batch in range(5):
+                sids = []
+                for _ in range(100):
+                    sid, _ = client.session.submit_request(get(b"/echo"), end_stream=True)
+                    sids.append(sid)
+                opened = client.session.data_to_send()  # HEADERS go out before the resets
+                for sid in sids:
+                    client.session.reset(sid, 8)  # CANCEL
+                try:
+                    client.sock.sendall(opened + client.session.data_to_send())
+                    client.sock.settimeout(0.2)
+                    data = client.sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    goaway = True
+                    break
+                if not data:
+                    goaway = True
+                    break
+                events = client.session.receive(data)
+                if any(kind == GOAWAY for kind, *_rest in events):
+                    goaway = True
+                    break
+        finally:
+            client.close()
+        assert goaway
+        assert mesh.h2_hits.get(b"/echo", 0) < 500
+
     def test_request_trailers_cannot_carry_a_forged_identity(self, mesh: Mesh) -> None:
         """Request trailers are filtered like headers: the identity header, connection-specific
         fields and pseudo-fields never reach the app (issue 11, lows)."""

@@ -34,7 +34,7 @@ self_check()  # the declarations against the loaded library, before any traffic
 
 STREAM_WINDOW = 256 * 1024  # per stream: the most a peer may send before we pass it on
 CONNECTION_WINDOW = 2 * 1024 * 1024  # per connection: bounds the bytes buffered per connection
-MAX_CONCURRENT_STREAMS = 1000
+MAX_CONCURRENT_STREAMS = 256  # per connection (HAProxy and nginx allow 100-128)
 MAX_HEADER_LIST_SIZE = 64 * 1024
 
 SERVER_SETTINGS = (

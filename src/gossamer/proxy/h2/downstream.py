@@ -60,6 +60,9 @@ log = logging.getLogger("gossamer.proxy.h2")
 
 PEER_HEADER = b"x-gossamer-peer-identity"
 CANCEL = 8
+ENHANCE_YOUR_CALM = 11
+MAX_RESETS = 200  # early client resets per connection and window before it is cut off
+RESET_WINDOW_NS = 1_000_000_000
 
 
 class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
@@ -82,6 +85,8 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
         self.runtime = runtime_for(proxy)
         self.grpc_stats = self.runtime.grpc
         self.going_away = False
+        self._resets = 0  # streams the client reset early, in the current window
+        self._reset_window = 0
 
     # === asyncio callbacks ===
 
@@ -138,7 +143,29 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
             elif kind == CLOSED:
                 stream = streams.pop(stream_id, None)
                 if stream is not None:
+                    if a and not stream.resp_ended and self._reset_flood():
+                        return
                     stream.downstream_closed(a, b)
+
+    def _reset_flood(self) -> bool:
+        """Count a stream the client reset before its answer ended; past ``MAX_RESETS`` in
+        ``RESET_WINDOW_NS``, a rapid-reset flood (CVE-2023-44487): GOAWAY ENHANCE_YOUR_CALM
+        and close, whatever the libnghttp2 version. True when the connection was closed."""
+        now = time.monotonic_ns()
+        if now - self._reset_window > RESET_WINDOW_NS:
+            self._reset_window = now
+            self._resets = 0
+        self._resets += 1
+        if self._resets <= MAX_RESETS:
+            return False
+        log.warning("%s HTTP/2 client reset %d streams within a second: GOAWAY",
+                    self.direction, self._resets)  # fmt: skip
+        self.proxy.metrics.error(self.direction, "h2-reset-flood")
+        self.session.goaway(ENHANCE_YOUR_CALM)
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
