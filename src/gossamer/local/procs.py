@@ -58,13 +58,14 @@ def proc_start_time(pid: int) -> int | None:
 
 
 def is_running(ref: ProcessRef) -> bool:
-    """True when the PID exists, is not a zombie and (if known) has the recorded start time."""
+    """True when the PID exists, is not a zombie and has the recorded start time (a PID
+    without one could be anybody's by now: it is never ours)."""
     fields = _stat_fields(ref.pid)
     if fields is None or len(fields) < 20:
         return False
     if fields[0] in ("Z", "X", "x"):
         return False
-    return ref.start_time is None or int(fields[19]) == ref.start_time
+    return ref.start_time is not None and int(fields[19]) == ref.start_time
 
 
 def _load_libc() -> ctypes.CDLL | None:

@@ -106,3 +106,23 @@ def test_allocated_ports_are_outside_the_ephemeral_range() -> None:
     ports = [PortAllocator().allocate() for _ in range(50)]
     assert all(not low <= port <= high for port in ports)
     assert all(port >= 1024 for port in ports)
+
+
+def test_a_pid_without_a_recorded_start_time_is_never_signalled() -> None:
+    """Without its start time a PID could be anybody's by now (reuse): it is not ours to
+    signal, and not reported running (issue 11, lows)."""
+    import signal
+    import subprocess
+
+    from gossamer.local.procs import send_signal
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        ref = ProcessRef(child.pid, None)
+        assert not is_running(ref)
+        send_signal([ref], signal.SIGTERM)
+        time.sleep(0.2)
+        assert child.poll() is None  # untouched
+    finally:
+        child.kill()
+        child.wait(5)
