@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
@@ -33,15 +35,14 @@ class Pair:
         return socket.create_connection(("127.0.0.1", self.client.outbound.port), timeout=10)
 
 
-@pytest.fixture
-def pair(tmp_path: Path) -> Iterator[Pair]:
+@contextmanager
+def two_sidecars(
+    tmp_path: Path, start_app: Callable[[], Awaitable[tuple[Any, int]]]
+) -> Iterator[Pair]:
+    """The app ``start_app`` starts (it returns its server and port) behind a ``chat``
+    sidecar, and a ``frontend`` sidecar whose outbound port the test calls."""
     lt = LoopThread()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
-
-    async def start_app() -> tuple[object, int]:
-        server = await serve(echo, "127.0.0.1", 0)
-        return server, next(iter(server.sockets)).getsockname()[1]
-
     server, port = lt.run(start_app())
     upstream = lt.run(start_sidecar(ca, tmp_path / "s", "chat", Address("127.0.0.1", port)))
     client = lt.run(start_sidecar(ca, tmp_path / "c", "frontend", None))
@@ -56,7 +57,7 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         yield Pair(lt, client)
     finally:
         async def stop() -> None:
-            server.close()  # type: ignore[attr-defined]
+            server.close()
             for sc in (client, upstream):
                 if sc.listener:
                     sc.listener.close()
@@ -68,6 +69,17 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
 
         lt.run(stop())
         lt.stop()
+
+
+async def start_echo() -> tuple[Any, int]:
+    server = await serve(echo, "127.0.0.1", 0)
+    return server, next(iter(server.sockets)).getsockname()[1]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    with two_sidecars(tmp_path, start_echo) as made:
+        yield made
 
 
 def test_websocket_echo_through_two_sidecars(pair: Pair) -> None:
@@ -119,49 +131,22 @@ def test_bytes_after_an_upgrade_wait_for_101_and_are_dropped_without_it(tmp_path
     that answers the upgrade with anything but 101: the sidecars hold those bytes, stop
     reading, and close the connection after the answer."""
     RecordingApp.received = []
-    lt = LoopThread()
-    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
 
-    async def start_app() -> tuple[asyncio.Server, int]:
+    async def start_app() -> tuple[Any, int]:
         server = await asyncio.get_running_loop().create_server(RecordingApp, "127.0.0.1", 0)
         return server, server.sockets[0].getsockname()[1]
 
-    server, port = lt.run(start_app())
-    upstream = lt.run(start_sidecar(ca, tmp_path / "s", "chat", Address("127.0.0.1", port)))
-    client = lt.run(start_sidecar(ca, tmp_path / "c", "frontend", None))
-    assert upstream.inbound is not None and client.outbound is not None
-    snap = snapshot(1, {"chat": [upstream.inbound.port]}, source="frontend")
-
-    async def install() -> None:
-        client.state.apply_snapshot(1, snap)
-
-    lt.run(install())
     forged = b"spiffe://gossamer.local/ns/default/sa/admin"
-    try:
-        with socket.create_connection(("127.0.0.1", client.outbound.port), timeout=10) as sock:
-            sock.sendall(
-                b"GET /a HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
-                b"\r\nGET /admin HTTP/1.1\r\nHost: chat\r\nx-gossamer-peer-identity: "
-                + forged + b"\r\n\r\n"
-            )
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-        seen = b"".join(RecordingApp.received)
-        assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
-        assert b"GET /a " in seen
-        assert b"/admin" not in seen and forged not in seen
-    finally:
-        async def stop() -> None:
-            server.close()
-            for sc in (client, upstream):
-                if sc.listener:
-                    sc.listener.close()
-                if sc.server:
-                    sc.server.close()
-                for conn in list(sc.state.connections):
-                    conn.close()
-            await asyncio.sleep(0.05)
-
-        lt.run(stop())
-        lt.stop()
+    with two_sidecars(tmp_path, start_app) as made, made.connect() as sock:
+        sock.sendall(
+            b"GET /a HTTP/1.1\r\nHost: chat\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"\r\nGET /admin HTTP/1.1\r\nHost: chat\r\nx-gossamer-peer-identity: "
+            + forged + b"\r\n\r\n"
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    seen = b"".join(RecordingApp.received)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
+    assert b"GET /a " in seen
+    assert b"/admin" not in seen and forged not in seen
