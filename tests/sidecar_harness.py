@@ -82,14 +82,16 @@ class Sidecar:
 
 
 async def start_sidecar(
-    ca: CertificateAuthority, workdir: Path, service: str, app: Address | None
+    ca: CertificateAuthority, workdir: Path, service: str, app: Address | None,
+    **listen: Any,
 ) -> Sidecar:
+    """A sidecar in this process; ``listen`` overrides ``ListenSettings`` fields."""
     creds = make_credentials(ca, workdir, service)
     settings = ProxySettings(
         workload=WorkloadSettings(service=service, app=app),
         listen=ListenSettings(
             outbound=Address("127.0.0.1", 0), inbound=Address("127.0.0.1", 0),
-            admin=Address("127.0.0.1", 0),
+            admin=Address("127.0.0.1", 0), **listen,
         ),
         control=ControlSettings(),
         identity=IdentitySettings(workdir=workdir),

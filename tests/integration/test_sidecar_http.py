@@ -491,3 +491,39 @@ class TestConnectionMemory:
 
         garbage = cyclic_garbage(traffic)
         assert not garbage, dict(garbage)
+
+
+def test_inbound_handshakes_in_waiting_are_bounded(tmp_path: Path) -> None:
+    """Connections that open and send nothing wait for their first bytes (10 s); past the
+    limit of such waiting connections, new ones are closed at once (issue 11, finding 8)."""
+    lt = LoopThread()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    sidecar = lt.run(start_sidecar(ca, tmp_path / "s", "catalog", None,
+                                   max_pending_handshakes=5))  # fmt: skip
+    assert sidecar.inbound is not None
+    socks = [socket.create_connection(("127.0.0.1", sidecar.inbound.port), timeout=5)
+             for _ in range(10)]  # fmt: skip
+    try:
+        closed = 0
+        for sock in socks:
+            sock.settimeout(0.5)
+            try:
+                closed += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+            except ConnectionError:
+                closed += 1
+        assert closed == 5  # the five over the limit; the others still wait
+        assert sidecar.state.metrics.errors[("inbound", "handshake-overflow")] == 5
+    finally:
+        for sock in socks:
+            sock.close()
+
+        async def stop() -> None:
+            if sidecar.listener:
+                sidecar.listener.close()
+            if sidecar.server:
+                sidecar.server.close()
+
+        lt.run(stop())
+        lt.stop()

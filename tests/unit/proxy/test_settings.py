@@ -165,3 +165,14 @@ class TestAddress:
     def test_port_zero_is_allowed(self) -> None:
         """Port 0 (pick a free port) is accepted."""
         assert Address.parse("127.0.0.1:0", what="X").port == 0
+
+
+def test_the_limit_of_waiting_inbound_connections_is_a_setting() -> None:
+    """Default 1024; GOSSAMER_PROXY_MAX_PENDING_HANDSHAKES sets it; nonsense is refused with
+    the variable's name."""
+    assert ProxySettings.from_env(env()).listen.max_pending_handshakes == 1024
+    settings = ProxySettings.from_env(env(MAX_PENDING_HANDSHAKES="64"))
+    assert settings.listen.max_pending_handshakes == 64
+    for bad in ("0", "-1", "many"):
+        with pytest.raises(SettingsError, match="GOSSAMER_PROXY_MAX_PENDING_HANDSHAKES"):
+            ProxySettings.from_env(env(MAX_PENDING_HANDSHAKES=bad))

@@ -129,6 +129,8 @@ class InboundListener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
         self.tcp: TcpProxy | None = None  # set by main: takes gossamer-tcp connections
+        self._handshaking = 0  # TLS handshakes in flight
+        self._max_pending = proxy.settings.listen.max_pending_handshakes
 
     def start(self) -> Address:
         loop = asyncio.get_running_loop()
@@ -171,6 +173,11 @@ class InboundListener:
             except OSError as exc:
                 log.warning("inbound accept failed: %s", exc)
                 return
+            if len(self._pending) + self._handshaking >= self._max_pending:
+                # Silent or slow connections may not pile up without bound: close at once.
+                self.proxy.metrics.error("inbound", "handshake-overflow")
+                conn.close()
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             fd = conn.fileno()
@@ -235,6 +242,13 @@ class InboundListener:
             conn.close()
 
     async def _accept_tls(self, conn: socket.socket) -> None:
+        self._handshaking += 1
+        try:
+            await self._handshake(conn)
+        finally:
+            self._handshaking -= 1
+
+    async def _handshake(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         try:
             await loop.connect_accepted_socket(

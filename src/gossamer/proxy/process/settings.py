@@ -120,6 +120,9 @@ class ListenSettings:
     default_service: str | None = None
     workers: int = 1
     upstreams: tuple[Upstream, ...] = ()  # local TCP listeners, one per upstream service
+    # Inbound connections waiting for their first bytes or their TLS handshake; beyond, new
+    # ones are closed at once (a flood of silent connections cannot exhaust the sidecar).
+    max_pending_handshakes: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +178,7 @@ class ProxySettings:
                 default_service=_get(env, "DEFAULT_SERVICE"),
                 workers=workers,
                 upstreams=parse_upstreams(_get(env, "UPSTREAMS", "") or ""),
+                max_pending_handshakes=_positive(env, "MAX_PENDING_HANDSHAKES", 1024),
             ),
             control=ControlSettings(
                 address=control,
@@ -234,3 +238,13 @@ def _parse_workers(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise SettingsError(f"{PREFIX}WORKERS: expected a positive integer")
     return int(text)
+
+
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    """``GOSSAMER_PROXY_<name>`` as a positive integer (``default`` when unset)."""
+    raw = _get(env, name, None)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise SettingsError(f"GOSSAMER_PROXY_{name}: expected a positive integer, got {raw!r}")
+    return int(raw)
