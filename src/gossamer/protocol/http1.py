@@ -72,6 +72,7 @@ class HeadScan:
         "connection",
         "content_length",
         "host",
+        "hosts",
         "kept",
         "request_id",
         "transfer_encoding",
@@ -83,6 +84,7 @@ class HeadScan:
         self.connection: bytes | None = None
         self.content_length: bytes | None = None
         self.host: bytes | None = None
+        self.hosts = 0  # how many Host fields (a request with more than one is refused)
         self.request_id: bytes | None = None
         self.transfer_encoding = b""  # the whole value, so codings before chunked survive
         self.upgrade = b""
@@ -141,6 +143,7 @@ def scan_headers(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()
             continue
         elif action == _HOST:
             scan.host = pair[1]
+            scan.hosts += 1
             kept.append(pair)
         elif action == _LENGTH:
             scan.content_length = pair[1]

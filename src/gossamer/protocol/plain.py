@@ -42,7 +42,6 @@ MAX_PLAIN_HEAD = 8192
 _HOP = rb"connection:|keep-alive:|proxy-|te:|trailer:|transfer-encoding:|upgrade:"
 _RESPONSE_SPECIAL = re.compile(rb"\r\n(?:" + _HOP + rb")")
 _REQUEST_NAMES = _HOP + rb"|content-length:|x-request-id:|x-gossamer-peer-identity:"
-_REQUEST_SPECIAL = re.compile(rb"\r\n(" + _REQUEST_NAMES + rb")")
 _REQUEST_SPECIAL_HOST = re.compile(rb"\r\n(" + _REQUEST_NAMES + rb"|host:)")
 _CONNECTION_PLAIN = frozenset({b"keep-alive", b"close"})
 
@@ -125,11 +124,13 @@ def plain_request_head(
 
     ``Connection: keep-alive``/``close`` and ``x-gossamer-peer-identity`` lines are cut. A
     body (``Content-Length``/``Transfer-Encoding``), an upgrade, any other hop-by-hop header,
-    or a repeated Connection, Host or X-Request-Id sends the request to the full path. The
-    Host value is only looked for when ``want_host``.
+    or a repeated Connection, Host or X-Request-Id sends the request to the full path (which
+    refuses a repeated Host). ``want_host`` is kept for the native scanner's signature.
     """
     low = head.lower()
-    pattern = _REQUEST_SPECIAL_HOST if want_host else _REQUEST_SPECIAL
+    # Host is always looked at: a repeated one goes to the full path (which refuses it),
+    # as the native scanner does.
+    pattern = _REQUEST_SPECIAL_HOST
     host: bytes | None = None
     request_id: bytes | None = None
     connection = False
@@ -164,7 +165,7 @@ def plain_request_head(
     if pieces is not None:
         pieces.append(head[last:])
         head = b"".join(pieces)
-    return head, host, request_id
+    return head, host if want_host else None, request_id
 
 
 def plain_response_head(head: bytes) -> bytes | None:

@@ -173,6 +173,16 @@ class TestRefusedRequests:
         assert resp.headers["x-gossamer-error"] == "http-version-not-supported"
         assert transport.closed
 
+    def test_more_than_one_host_header_is_refused(self) -> None:
+        """Two Host headers would route on one and forward both (RFC 9112 3.2: 400), issue 11
+        lows; the upstream never sees the request."""
+        state, conn, transport = connect(with_table=True)
+        upstream = pooled_upstream(state)
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: catalog\r\nHost: admin\r\n\r\n")
+        resp = only_response(transport)
+        assert resp.status == 400 and resp.headers["x-gossamer-error"] == "bad-request"
+        assert bytes(upstream.data) == b""
+
     def test_transfer_encoding_in_an_http10_request_is_refused(self) -> None:
         """HTTP/1.0 has no chunked framing: a Transfer-Encoding there is a smuggling attempt
         (RFC 9112 6.1), answered 400 and closed, never forwarded (issue 11, lows)."""

@@ -223,6 +223,8 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         ex.keep_alive = parser.should_keep_alive()
         ex.is_head = ex.method == b"HEAD"
         scan = scan_headers(ex.headers, self.drop_headers)
+        if scan.hosts > 1:  # which one would route? (RFC 9112 3.2)
+            raise ProxyError(400, "bad-request", "more than one Host header")
         if ex.http10 and scan.transfer_encoding:
             # HTTP/1.0 has no chunked framing: a smuggling attempt (RFC 9112 6.1).
             raise ProxyError(400, "bad-request", "Transfer-Encoding in an HTTP/1.0 request")
