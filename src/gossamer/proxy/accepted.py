@@ -30,9 +30,9 @@ class AcceptedConnection:
         """Whether requests are in flight (a drain lets them finish)."""
         raise TypeError("connection responsibility")
 
-    def sweep(self, now_ns: int, head_ns: int, idle_ns: int) -> None:
-        """The periodic check: answer a request head not whole after ``head_ns`` (408),
-        close a connection idle for ``idle_ns``."""
+    def sweep(self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int) -> None:
+        """The periodic check: answer a request head not whole after ``head_ns`` or a body
+        without progress for ``body_ns`` (408), close a connection idle for ``idle_ns``."""
         raise TypeError("connection responsibility")
 
     def close(self) -> None:

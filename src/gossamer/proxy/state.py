@@ -37,6 +37,7 @@ log = logging.getLogger("gossamer.proxy")
 DISCOVERY_TIMEOUT = 3.0
 IDLE_TIMEOUT = 120.0  # a keep-alive downstream connection with nothing to do is closed after
 HEADER_TIMEOUT = 30.0  # a request head must arrive whole within this (slow-loris guard)
+BODY_TIMEOUT = 60.0  # a request body that makes no progress this long gets 408
 NEGATIVE_TTL = 5.0  # an "unknown service" answer is reused this long, then asked again
 SWEEP_INTERVAL = 2.0
 
@@ -109,12 +110,14 @@ class ProxyState:
         return table.services.get(key) if table is not None else None
 
     def sweep(self) -> None:
-        """Close idle keep-alive connections and answer stalled request heads with 408."""
+        """Close idle keep-alive connections; answer stalled request heads and bodies with
+        408."""
         now_ns = time.monotonic_ns()
         head_ns = int(HEADER_TIMEOUT * 1e9)
         idle_ns = int(IDLE_TIMEOUT * 1e9)
+        body_ns = int(BODY_TIMEOUT * 1e9)
         for conn in list(self.connections):
-            conn.sweep(now_ns, head_ns, idle_ns)
+            conn.sweep(now_ns, head_ns, idle_ns, body_ns)
 
     async def sweep_forever(self) -> None:
         while True:

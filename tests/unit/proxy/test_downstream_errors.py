@@ -457,6 +457,31 @@ class TestSweep:
         assert (resp.status, resp.headers["x-gossamer-error"]) == (408, "request-header-timeout")
         assert transport.closed
 
+    def test_a_stalled_request_body_gets_408(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A body that stops arriving holds the connection (and the upstream's) no longer than
+        BODY_TIMEOUT without progress: 408 and close (issue 11, finding 8)."""
+        monkeypatch.setattr(state_module, "BODY_TIMEOUT", 0.005)
+        state, conn, transport = connect(with_table=True)
+        pooled_upstream(state)
+        conn.data_received(b"POST / HTTP/1.1\r\nHost: catalog\r\nContent-Length: 100\r\n\r\nab")
+        state.sweep()  # progress seen: the clock starts
+        time.sleep(0.02)
+        state.sweep()
+        resp = only_response(transport)
+        assert (resp.status, resp.headers["x-gossamer-error"]) == (408, "request-body-timeout")
+        assert transport.closed
+
+    def test_a_body_that_keeps_coming_is_left_alone(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(state_module, "BODY_TIMEOUT", 0.05)
+        state, conn, transport = connect(with_table=True)
+        pooled_upstream(state)
+        conn.data_received(b"POST / HTTP/1.1\r\nHost: catalog\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(5):
+            conn.data_received(b"0123456789")
+            state.sweep()
+            time.sleep(0.02)
+        assert transport.data == b"" and not transport.closed
+
     def test_request_head_within_timeout_is_left_alone(self) -> None:
         """A partial head younger than HEADER_TIMEOUT is neither answered nor closed."""
         state, conn, transport = connect()

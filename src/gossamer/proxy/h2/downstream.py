@@ -183,7 +183,7 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
     def busy(self) -> bool:
         return bool(self.streams)
 
-    def sweep(self, now_ns: int, head_ns: int, idle_ns: int) -> None:
+    def sweep(self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int) -> None:
         if not self.streams and now_ns - self.last_active_ns > idle_ns:
             self.close()
 

@@ -78,6 +78,10 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         # syscall (a response head and its body usually arrive together).
         self.held: list[bytes] | None = None
         self.scanner: Scanner | None = None  # takes plain requests (made on first use)
+        # Request body bytes parsed, and where the sweep last saw the count (a stalled body).
+        self.body_seen = 0
+        self.body_mark = -1
+        self.body_since = 0
 
     # === asyncio callbacks ===
 
@@ -159,11 +163,18 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
     def busy(self) -> bool:
         return bool(self.queue)
 
-    def sweep(self, now_ns: int, head_ns: int, idle_ns: int) -> None:
+    def sweep(self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int) -> None:
         ex = self.parsing
         if ex is not None and not ex.method and not self.queue:  # head still incomplete
             if now_ns - ex.start_ns > head_ns:
                 self.refuse(408, "request-header-timeout", "request head not received in time")
+        elif ex is not None and ex.method and not ex.body_done and not ex.upgrade:
+            # A body on its way: is it moving? (An upgrade's bytes wait for its 101.)
+            if self.body_seen != self.body_mark:
+                self.body_mark = self.body_seen
+                self.body_since = now_ns
+            elif now_ns - self.body_since > body_ns:
+                self.refuse(408, "request-body-timeout", "the request body stopped arriving")
         elif not self.queue and ex is None and now_ns - self.last_active_ns > idle_ns:
             self.close()
 
@@ -250,6 +261,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
     def on_body(self, data: bytes) -> None:
         ex = self.parsing
         assert ex is not None
+        self.body_seen += len(data)
         self._forward_body(ex, encode_chunk(data) if ex.chunked else data)
 
     def on_message_complete(self) -> None:
