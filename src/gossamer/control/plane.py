@@ -524,7 +524,8 @@ class ControlPlane:
         content = build_snapshot(
             workload.namespace, workload.service, record.subscriptions, view, selection
         )
-        _bound_unknown(record, view)
+        if selection.unknown or record.unknown:  # else every name is a known service
+            _bound_unknown(record, view)
         if content == record.last_content:
             return False
         record.last_content = content

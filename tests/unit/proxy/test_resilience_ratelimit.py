@@ -13,7 +13,7 @@ from gossamer.proxy.snapshot.errors import SnapshotError
 def test_bucket_starts_full_and_allows_the_burst() -> None:
     """A fresh limiter lets exactly ``burst`` requests through at once."""
     limiter = LocalRateLimiter(rps=10, burst=5)
-    results = [limiter.check("", 0.0) for _ in range(6)]
+    results = [limiter.check(b"", 0.0) for _ in range(6)]
     assert results[:5] == [0.0] * 5
     assert results[5] > 0.0
 
@@ -21,37 +21,37 @@ def test_bucket_starts_full_and_allows_the_burst() -> None:
 def test_retry_after_is_time_until_the_next_token() -> None:
     """With the bucket empty at 10/s, the wait is 0.1 s, less as time passes."""
     limiter = LocalRateLimiter(rps=10, burst=1)
-    assert limiter.check("", 0.0) == 0.0
-    assert limiter.check("", 0.0) == pytest.approx(0.1)
-    assert limiter.check("", 0.04) == pytest.approx(0.06)
-    assert limiter.check("", 0.1) == 0.0
+    assert limiter.check(b"", 0.0) == 0.0
+    assert limiter.check(b"", 0.0) == pytest.approx(0.1)
+    assert limiter.check(b"", 0.04) == pytest.approx(0.06)
+    assert limiter.check(b"", 0.1) == 0.0
     slow = LocalRateLimiter(rps=0.5, burst=1)
-    slow.check("", 0.0)
-    assert math.ceil(slow.check("", 0.0)) == 2  # the caller's retry-after header value
+    slow.check(b"", 0.0)
+    assert math.ceil(slow.check(b"", 0.0)) == 2  # the caller's retry-after header value
 
 
 def test_refill_is_capped_at_burst() -> None:
     """A long idle period refills up to burst, not beyond."""
     limiter = LocalRateLimiter(rps=100, burst=3)
     for _ in range(3):
-        limiter.check("", 0.0)
-    allowed = sum(limiter.check("", 1000.0) == 0.0 for _ in range(10))
+        limiter.check(b"", 0.0)
+    allowed = sum(limiter.check(b"", 1000.0) == 0.0 for _ in range(10))
     assert allowed == 3
 
 
 def test_long_run_rate_matches_rps() -> None:
     """Offered 1000/s for 10 s against 100/s with burst 20: about 100*10 + 20 pass."""
     limiter = LocalRateLimiter(rps=100, burst=20)
-    allowed = sum(limiter.check("", i / 1000) == 0.0 for i in range(10_000))
+    allowed = sum(limiter.check(b"", i / 1000) == 0.0 for i in range(10_000))
     assert 1000 + 20 - 2 <= allowed <= 1000 + 20
 
 
 def test_shared_bucket_ignores_identity() -> None:
     """Without per_identity all callers draw from one bucket."""
     limiter = LocalRateLimiter(rps=1, burst=2)
-    assert limiter.check("spiffe://a", 0.0) == 0.0
-    assert limiter.check("spiffe://b", 0.0) == 0.0
-    assert limiter.check("spiffe://c", 0.0) > 0.0
+    assert limiter.check(b"spiffe://a", 0.0) == 0.0
+    assert limiter.check(b"spiffe://b", 0.0) == 0.0
+    assert limiter.check(b"spiffe://c", 0.0) > 0.0
 
 
 def test_per_identity_buckets_are_independent() -> None:
@@ -68,11 +68,11 @@ def test_identity_map_is_bounded_lru() -> None:
     limiter = LocalRateLimiter(rps=1, burst=1, per_identity=True, max_identities=3)
     for caller in ("a", "b", "c"):
         limiter.check(caller, 0.0)
-    limiter.check("a", 0.0)  # a is now most recent (and empty)
-    limiter.check("d", 0.0)  # evicts b
+    limiter.check(b"a", 0.0)  # a is now most recent (and empty)
+    limiter.check(b"d", 0.0)  # evicts b
     assert limiter.tracked_identities() == 3
-    assert limiter.check("a", 0.0) > 0.0  # still tracked, still empty
-    assert limiter.check("b", 0.0) == 0.0  # evicted: back with a full bucket
+    assert limiter.check(b"a", 0.0) > 0.0  # still tracked, still empty
+    assert limiter.check(b"b", 0.0) == 0.0  # evicted: back with a full bucket
     big = LocalRateLimiter(rps=1, burst=1, per_identity=True)
     for i in range(12_000):
         big.check(f"id-{i}", 0.0)

@@ -53,7 +53,7 @@ def admit(call: Call, table: RouteTable | None) -> bool:
         return False
     limiter = table.rate_limiter
     if limiter is not None:
-        wait = limiter.check(call.peer.decode("latin-1"), time.monotonic())
+        wait = limiter.check(call.peer, time.monotonic())
         if wait > 0:
             retry_after = (b"retry-after", b"%d" % math.ceil(wait))
             call.fail(429, "rate-limited", "local rate limit", (retry_after,))

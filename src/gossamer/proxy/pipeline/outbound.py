@@ -30,7 +30,7 @@ from gossamer.proxy.snapshot.table import service_key
 from gossamer.proxy.tasks import spawn
 
 if TYPE_CHECKING:
-    from gossamer.proxy.pipeline.call import Call
+    from gossamer.proxy.pipeline.call import Call, Header
     from gossamer.proxy.snapshot.http_rules import MirrorPolicy
     from gossamer.proxy.snapshot.table import OutboundService, RouteTable
     from gossamer.proxy.state import ProxyState
@@ -40,6 +40,7 @@ __all__ = ["MAX_MIRROR_BODY", "route", "start"]
 # The largest request body a mirror copies (larger ones are not mirrored).
 MAX_MIRROR_BODY = 64 * 1024
 _rng = random.Random()
+_NO_HEADERS: tuple[Header, ...] = ()  # for routers that match on no header
 
 
 def start(call: Call, proxy: ProxyState) -> None:
@@ -92,7 +93,7 @@ def route(call: Call, table: RouteTable, service: OutboundService) -> None:
     router = service.router
     rule = None
     if router is not None:
-        headers = call.header_list() if router.uses_headers else []
+        headers = call.header_list() if router.uses_headers else _NO_HEADERS
         rule = router.match(call.method, call.path, headers)
     delay = 0.0
     if rule is not None:

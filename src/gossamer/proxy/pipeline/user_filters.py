@@ -51,22 +51,24 @@ class UserFilter(Stage):
 
     slot = "filter"
 
-    def __init__(
-        self, name: str, impl: Any, direction: str, fail_open: bool, metrics: Metrics
-    ) -> None:
+    def __init__(self, name: str, impl: Any, direction: str, metrics: Metrics) -> None:
         self.name = name
         self.impl = impl
         self.direction = direction
-        self.fail_open = fail_open
+        self.fail_open = False  # failure: allow (set from each snapshot's entry)
         self.metrics = metrics
-        self.sees_responses = callable(getattr(impl, "on_response", None))
-        self.sees_completions = callable(getattr(impl, "on_complete", None))
+        # The filter's methods, looked up once: a filter pays only for those it defines.
+        self._on_request = _method(impl, "on_request")
+        self._on_response = _method(impl, "on_response")
+        self._on_complete = _method(impl, "on_complete")
+        self.sees_responses = self._on_response is not None
+        self.sees_completions = self._on_complete is not None
 
     def on_request(self, call: Call) -> bool:
-        request = self._view(call)
-        handler = getattr(self.impl, "on_request", None)
+        handler = self._on_request
         if handler is None:
             return True
+        request = self._view(call)
         original_path = request.path
         try:
             handler(request)
@@ -88,17 +90,21 @@ class UserFilter(Stage):
         return True
 
     def on_response(self, call: Call, status: int, headers: list[Header]) -> list[Header]:
+        handler = self._on_response
+        assert handler is not None  # only called when it sees responses
         response = Response(status, Headers(headers))
         try:
-            self.impl.on_response(self._view(call), response)
+            handler(self._view(call), response)
         except Exception as exc:  # the head goes out as it came: too late to answer otherwise
             self._failed("response", exc)
             return headers
         return response.headers.pairs()
 
     def on_complete(self, call: Call) -> None:
+        handler = self._on_complete
+        assert handler is not None  # only called when it sees completions
         try:
-            self.impl.on_complete(self._view(call), call.status)
+            handler(self._view(call), call.status)
         except Exception as exc:
             self._failed("complete", exc)
 
@@ -131,6 +137,11 @@ class UserFilter(Stage):
         log.error("filter %s failed in %s: %r", self.name, phase, exc, exc_info=exc)
         self.metrics.filter_failed(self.name, phase)
         return self.fail_open
+
+
+def _method(impl: Any, name: str) -> Callable[..., Any] | None:
+    method = getattr(impl, name, None)
+    return method if callable(method) else None
 
 
 def compile_filters(
@@ -169,7 +180,7 @@ def compile_filters(
                 log.error("leaving out filter %s: %s", name, exc)
                 metrics.filter_failed(name, "load")
                 continue
-            stage = UserFilter(name, impl, direction, False, metrics)
+            stage = UserFilter(name, impl, direction, metrics)
         stage.fail_open = failure == "allow"
         made[key] = stage
         stages.append(stage)
@@ -203,9 +214,7 @@ def _make(
     except Exception as exc:
         log.error("filter %s (%s) could not be made: %r", name, ref, exc, exc_info=exc)
         raise SnapshotError(f"{where}.filter: {ref} could not be made: {exc!r}") from None
-    if not callable(getattr(impl, "on_request", None)) and not any(
-        callable(getattr(impl, m, None)) for m in ("on_response", "on_complete")
-    ):
+    if not any(_method(impl, m) for m in ("on_request", "on_response", "on_complete")):
         raise SnapshotError(
             f"{where}.filter: {ref} made an object with none of on_request, on_response, "
             "on_complete"

@@ -71,7 +71,7 @@ class LocalRateLimiter:
         self.per_identity = per_identity
         self.max_identities = max(1, max_identities)
         self._shared: TokenBucket | None = None
-        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
 
     @classmethod
     def from_snapshot(cls, d: Any, where: str) -> LocalRateLimiter:
@@ -89,8 +89,9 @@ class LocalRateLimiter:
             raise SnapshotError(f"{where}.per_identity: expected a boolean, got {per_identity!r}")
         return cls(rps, burst or None, per_identity)
 
-    def check(self, identity: str, now: float) -> float:
-        """0.0 when a request from ``identity`` may pass now, else seconds until it could."""
+    def check(self, identity: bytes, now: float) -> float:
+        """0.0 when a request from ``identity`` (the caller's SPIFFE ID as on the wire) may
+        pass now, else seconds until it could."""
         if not self.per_identity:
             bucket = self._shared
             if bucket is None:
