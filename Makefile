@@ -61,6 +61,20 @@ e2e: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
+# Coverage-guided fuzzing (issue 11, docs/fuzzing.md; libFuzzer through atheris), on demand
+# only: slow, FUZZ_SECONDS (default an hour) per target, one after another. The targets (fuzz/):
+# the HTTP/1.1 scanners and request parser, the HTTP/2 binding, the config loader. Corpus,
+# crashes and logs under FUZZ_OUT, one line per target in FUZZ_OUT/summary.tsv. `make test`
+# runs each for a few seconds (tests/unit/test_fuzz_smoke.py).
+.PHONY: fuzz
+FUZZ_SECONDS ?= 3600
+FUZZ_OUT ?= build/fuzz
+FUZZ_TARGETS ?=
+
+fuzz: native
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install -q -e '.[dev,fuzz]'
+	$(BIN)/python -m fuzz.run --seconds $(FUZZ_SECONDS) --out $(FUZZ_OUT) $(FUZZ_TARGETS)
+
 # The benchmark suite (issue 3, bench/README.md): installs haproxy, nginx, wrk, h2load and
 # py-spy when missing, writes bench/RESULTS.md. bench-smoke: tiny loads (make test runs it too).
 .PHONY: bench bench-smoke

@@ -339,6 +339,9 @@ class SnapshotContent(TypedDict):
     """What ``build_snapshot`` returns: the snapshot without its ``version``."""
 
     trust_domain: str
+    # Serials (upper-case hex, no leading zeros) of revoked certificates that have not
+    # expired: refused on every listener and as an upstream.
+    revoked_serials: list[str]
     proxy: ProxySnapshot
     inbound: InboundSnapshot
     outbound: OutboundSnapshot

@@ -40,7 +40,9 @@ __all__ = [
     "start_control_plane",
 ]
 
-READY = re.compile(r"gossamer control plane ready api=(\S+):(\d+) stream=(\S+):(\d+)")
+READY = re.compile(
+    r"gossamer control plane ready api=(https://)?(\S+):(\d+) stream=(\S+):(\d+)"
+)
 START_TIMEOUT = 20.0
 
 
@@ -65,7 +67,10 @@ class ControlPlaneProcess:
 
     def client(self, authenticated: bool = True) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token}"} if authenticated else {}
-        return httpx.Client(base_url=self.api_url, headers=headers, timeout=10.0)
+        verify: ssl.SSLContext | bool = True
+        if self.api_url.startswith("https://"):
+            verify = ssl.create_default_context(cafile=str(self.data_dir / "ca" / "root.crt"))
+        return httpx.Client(base_url=self.api_url, headers=headers, timeout=10.0, verify=verify)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -114,9 +119,9 @@ def start_control_plane(data_dir: Path, *extra_args: str) -> ControlPlaneProcess
             return ControlPlaneProcess(
                 proc,
                 data_dir,
-                f"http://{match.group(1)}:{match.group(2)}",
-                match.group(3),
-                int(match.group(4)),
+                f"{match.group(1) or 'http://'}{match.group(2)}:{match.group(3)}",
+                match.group(4),
+                int(match.group(5)),
                 log_path,
             )
         if not line:

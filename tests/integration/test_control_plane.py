@@ -531,3 +531,46 @@ spec:
     assert "invalid regular expression" in errors[0]["message"]
     with cp.client() as client:
         assert client.get("/v1/resources/httproutes/default/broken-route").status_code == 404
+
+
+def test_config_api_over_tls_is_verified_against_the_mesh_root(tmp_path: Path) -> None:
+    """Finding 6: with --api-tls the API answers only TLS, with a certificate from the mesh
+    CA; the CLI checks it against the data directory's root, and refuses (without sending
+    the admin token) when GOSSAMER_CA_FILE names a different root."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from gossamer.control.ca import CertificateAuthority
+
+    with running_control_plane(tmp_path / "cp", "--api-tls") as cp:
+        assert cp.api_url.startswith("https://127.0.0.1:")
+        with cp.client() as api:
+            assert api.get("/v1/proxies").status_code == 200
+        port = int(cp.api_url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+            plain.settimeout(5)
+            plain.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                answer = plain.recv(4096)
+            except ConnectionResetError:
+                answer = b""
+        assert not answer.startswith(b"HTTP/1.1 200")  # no plaintext service
+
+        def cli(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "gossamer.cli", "get", "proxies", "-o", "json",
+                 "--control-url", cp.api_url, "--data-dir", str(cp.data_dir)],
+                capture_output=True, text=True, timeout=30, check=False, env=env,
+            )  # fmt: skip
+
+        base = {k: v for k, v in os.environ.items() if not k.startswith("GOSSAMER_")}
+        ok = cli(base)
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout) == {"items": []}
+        other = tmp_path / "other"
+        CertificateAuthority.load_or_create(other)
+        forged = cli({**base, "GOSSAMER_CA_FILE": str(other / "ca" / "root.crt")})
+        assert forged.returncode == 1
+        assert "refusing to send the admin token" in forged.stderr

@@ -16,6 +16,7 @@ import asyncio
 import random
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -531,6 +532,42 @@ class TestPlainH2:
             client.close()
         assert goaway
         assert mesh.h2_hits.get(b"/echo", 0) < 500
+
+    @pytest.mark.parametrize("frame", [
+        struct.pack(">I", 4)[1:] + b"\x08\x00\x00\x00\x00\x00" + struct.pack(">I", 1),
+        struct.pack(">I", 8)[1:] + b"\x06\x00\x00\x00\x00\x00" + b"12345678",
+    ], ids=["window-update", "ping"])  # fmt: skip
+    def test_frame_flood_gets_goaway(self, mesh: Mesh, frame: bytes) -> None:
+        """Frames that complete nothing cost the sidecar a bounded amount, then GOAWAY
+        ENHANCE_YOUR_CALM and close (issue 11, finding 7): WINDOW_UPDATEs (like CONTINUATION
+        and empty DATA floods) past MAX_IDLE_FRAME_BYTES, by the sidecar's own count; PINGs
+        when libnghttp2's guard trips (acks piling up), which closed without a GOAWAY before.
+        Before, the WINDOW_UPDATE flood was read for as long as the client sent it."""
+        chunk = frame * (64 * 1024 // len(frame))
+        preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+        received = bytearray()
+        closed = False
+        with socket.create_connection(("127.0.0.1", mesh.outbound_port), timeout=5) as sock:
+            sock.sendall(preface)
+            for _ in range(4 * 1024 * 1024 // len(chunk)):  # 4 MiB at most
+                try:
+                    sock.sendall(chunk)
+                    sock.settimeout(0.05)
+                    while True:  # read the PING acks so that nghttp2's own guard stays quiet
+                        data = sock.recv(1 << 20)
+                        if not data:
+                            closed = True
+                            break
+                        received += data
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+                if closed:
+                    break
+        assert closed
+        assert mesh.client.state.metrics.errors.get(("outbound", "h2-frame-flood")) == 1
+        assert _goaway_code(bytes(received)) == 11  # ENHANCE_YOUR_CALM
 
     def test_request_trailers_cannot_carry_a_forged_identity(self, mesh: Mesh) -> None:
         """Request trailers are filtered like headers: the identity header, connection-specific
@@ -1112,3 +1149,14 @@ def test_grpc_crosses_real_sidecar_processes(tmp_path: Path) -> None:
                 procs.stop_all()
     finally:
         app.server.stop(0)
+
+
+def _goaway_code(data: bytes) -> int | None:
+    """The error code of the first GOAWAY frame in raw HTTP/2 server bytes, if any."""
+    at = 0
+    while at + 9 <= len(data):
+        length = int.from_bytes(data[at : at + 3], "big")
+        if data[at + 3] == 7 and at + 9 + 8 <= len(data):
+            return int.from_bytes(data[at + 13 : at + 17], "big")
+        at += 9 + length
+    return None

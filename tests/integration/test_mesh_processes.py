@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,3 +294,101 @@ def test_sidecar_processes_run_the_compiled_data_plane(mesh: RunningMesh) -> Non
     )
     for sidecar in [mesh.frontend, *(s for s, _ in mesh.catalog)]:
         assert "code=compiled" in sidecar.log(), sidecar.log()
+
+
+def _proxy_id(mesh: RunningMesh, service: str) -> str:
+    with mesh.cp.client() as api:
+        items = api.get("/v1/proxies").json()["items"]
+    return str(next(p["proxy_id"] for p in items if p["service"] == service))
+
+
+def test_revoked_proxy_is_cut_off_by_the_control_plane_and_every_sidecar(
+    mesh: RunningMesh,
+) -> None:
+    """Finding 9: `gossamer revoke proxy` takes effect at once, not at certificate expiry.
+    The revoked frontend's open mTLS connections to catalog are cut and new ones refused
+    (its certificate is still valid for TLS), its control stream is closed, and another
+    caller of the same service is unaffected."""
+    revoked_id = _proxy_id(mesh, "frontend")  # the only frontend so far
+    other = mesh.procs.sidecar(mesh.cp, "frontend-sidecar-2", "frontend", None)
+    wait_ready(other)
+    proxy = f"http://127.0.0.1:{mesh.frontend.ports['outbound']}"
+    with httpx.Client(proxy=proxy, timeout=10) as client:  # keeps its connections open
+        assert client.get("http://catalog/").status_code == 200
+        result = subprocess.run(
+            [sys.executable, "-m", "gossamer.cli", "revoke", "proxy", revoked_id,
+             "--reason", "test", "--control-url", mesh.cp.api_url,
+             "--data-dir", str(mesh.cp.data_dir)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "1 certificate(s) revoked" in result.stdout
+        statuses = []
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # within one push, every call is refused
+            statuses.append(client.get("http://catalog/").status_code)
+            if statuses[-5:] == [502] * 5:
+                break
+            time.sleep(0.05)
+    assert statuses[-5:] == [502] * 5, statuses
+    with mesh.cp.client() as api:
+        live = [p["proxy_id"] for p in api.get("/v1/proxies").json()["items"]]
+        listed = api.get("/v1/revocations").json()["items"]
+    assert revoked_id not in live
+    assert [item["proxy_id"] for item in listed] == [revoked_id]
+    for sidecar, _ in mesh.catalog:
+        text = httpx.get(f"http://127.0.0.1:{sidecar.ports['admin']}/metrics").text
+        if 'cause="revoked-peer"' in text:
+            break
+    else:
+        raise AssertionError("no catalog sidecar counted a revoked caller")
+    other_proxy = f"http://127.0.0.1:{other.ports['outbound']}"
+    with httpx.Client(proxy=other_proxy, timeout=10) as client:
+        assert client.get("http://catalog/").status_code == 200
+
+
+def _load_while(mesh: RunningMesh, action: Callable[[], None], seconds: float,
+                http2: bool = False) -> Counter[str]:
+    """Requests through the frontend, one at a time, while ``action`` runs, for ``seconds``."""
+    results: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def load() -> None:
+        proxy = f"http://127.0.0.1:{mesh.frontend.ports['outbound']}"
+        deadline = time.monotonic() + seconds + 30
+        with httpx.Client(proxy=proxy, timeout=5) as client:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    r = client.get("http://catalog/", headers={"x-n": "1"})
+                    results["ok" if r.status_code == 200 else
+                            f"{r.status_code} {r.headers.get('x-gossamer-error')}"] += 1
+                except httpx.HTTPError as exc:
+                    results[type(exc).__name__] += 1
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        action()
+        time.sleep(seconds)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    return results
+
+
+def test_one_replica_app_killed_under_load_loses_nothing(mesh: RunningMesh) -> None:
+    """Issue 12, item 2: `kill -9` of one catalog app while requests flow. Its sidecar
+    answers that its app is unreachable (the request reached no app), so the caller's sidecar
+    takes the request to the other replica at once; the health probe then removes the
+    endpoint. Before: a request landing there in between failed 502."""
+    serving = Counter(mesh.get().json()["instance"] for _ in range(20)).most_common(1)[0][0]
+    app = next(app for _, app in mesh.catalog if app.name == serving)  # the busier one
+
+    def kill() -> None:
+        app.proc.kill()
+        app.proc.wait(5)
+
+    results = _load_while(mesh, kill, 4.0)
+    assert results["ok"] > 100
+    assert set(results) == {"ok"}, results

@@ -18,6 +18,7 @@ from gossamer.local.paths import (
     DEFAULT_STREAM_ADDR,
     DataDir,
     default_data_dir,
+    mesh_ca_file,
     resolve_token,
 )
 from gossamer.local.procs import is_running
@@ -92,7 +93,7 @@ def connect(control_url: str | None, data_dir: Path | None) -> ControlClient:
     """A client for the control plane chosen by flags, environment and local mesh state."""
     root = data_dir_of(data_dir)
     token = os.environ.get("GOSSAMER_TOKEN") or resolve_token(root)
-    return ControlClient(_control_url(control_url, root), token)
+    return ControlClient(_control_url(control_url, root), token, ca_file=mesh_ca_file(root))
 
 
 @contextmanager

@@ -12,15 +12,21 @@ _MILLISECOND = timedelta(milliseconds=1)
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse ``[Nd][Nh][Nm][Ns][Nms]`` (at least one part); raise ``ValueError`` otherwise."""
+    """Parse ``[Nd][Nh][Nm][Ns][Nms]`` (at least one part); raise ``ValueError`` otherwise
+    (also for a duration too long to represent)."""
     match = _DURATION.match(text.strip()) if text else None
     if not text or match is None or not any(match.groups()):
         raise ValueError(
             f"invalid duration {text!r}: expected a number with unit d, h, m, s or ms "
             "(like 24h, 1h30m or 250ms)"
         )
-    days, hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=millis)
+    try:
+        days, hours, minutes, seconds, millis = (int(g) if g else 0 for g in match.groups())
+        return timedelta(
+            days=days, hours=hours, minutes=minutes, seconds=seconds, milliseconds=millis
+        )
+    except (OverflowError, ValueError):  # beyond timedelta, or too many digits for int()
+        raise ValueError(f"duration {text[:40]!r} is too long") from None
 
 
 def duration_ms(text: str) -> int:

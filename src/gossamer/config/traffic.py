@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 MAX_BUFFERED_BODY = 64 * 1024 * 1024
-_SIZE = re.compile(r"^(\d+)\s*(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$")
+_SIZE = re.compile(r"^(\d{1,20})\s*(B|K|KB|Ki|KiB|M|MB|Mi|MiB|G|GB|Gi|GiB)?$")
 _UNITS = {
     None: 1, "B": 1,
     "K": 1000, "KB": 1000, "Ki": 1024, "KiB": 1024,

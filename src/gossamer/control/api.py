@@ -7,15 +7,17 @@ bodies. Validation is :mod:`gossamer.config`; state changes go through
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
-import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from importlib import resources
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -29,6 +31,7 @@ from gossamer.config import (
     validate_documents,
 )
 from gossamer.config.base import Resource, check_dns_label, check_workload_namespace
+from gossamer.config.loader import json_value_problems
 from gossamer.control.plane import ControlPlane
 
 __all__ = ["MAX_BODY", "create_app"]
@@ -40,6 +43,8 @@ MAX_SMALL_BODY = 64 * 1024  # a join-token request
 DEFAULT_TOKEN_TTL = 600.0
 MAX_TOKEN_TTL = 7 * 86400.0
 WATCH_IDLE = 15.0
+MAX_REVISION = 2**63 - 1  # revisions are SQLite INTEGERs
+OPENAPI_PATH = "/v1/openapi.yaml"  # the API's description (control/openapi.yaml), public
 
 Handler = Callable[[Request], Awaitable[Response]]
 PlaneHandler = Callable[[ControlPlane, Request], Awaitable[Response]]  # bound by create_app
@@ -73,6 +78,7 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
 
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route(OPENAPI_PATH, openapi_description, methods=["GET"]),
         Route("/v1/trust-bundle", public(trust_bundle), methods=["GET"]),
         Route("/v1/resources", authed(apply), methods=["POST"]),
         Route("/v1/resources/{kind}", authed(list_resources), methods=["GET"]),
@@ -86,8 +92,13 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
         Route("/v1/proxies", authed(proxies), methods=["GET"]),
         Route("/v1/endpoints/{namespace}/{service}", authed(endpoints), methods=["GET"]),
         Route("/v1/join-tokens", authed(join_token), methods=["POST"]),
+        Route("/v1/revocations", authed(list_revocations), methods=["GET"]),
+        Route("/v1/revocations", authed(revoke), methods=["POST"]),
     ]
-    return Starlette(routes=routes, exception_handlers={Exception: _internal_error})
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+    )
 
 
 def _serving(plane: ControlPlane, handler: PlaneHandler) -> Handler:
@@ -113,6 +124,17 @@ def _authed(handler: Handler, expected: bytes) -> Handler:
     return guarded
 
 
+_HTTP_ERRORS = {404: "not-found", 405: "method-not-allowed"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """The router's own answers (no such route, method not allowed) in the JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    response = _error(exc.status_code, _HTTP_ERRORS.get(exc.status_code, "bad-request"), exc.detail)
+    response.headers.update(exc.headers or {})
+    return response
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """A 500 that names the kind of failure; its text and traceback go to the log only."""
     log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
@@ -128,6 +150,16 @@ async def healthz(request: Request) -> Response:
 
 async def trust_bundle(plane: ControlPlane, request: Request) -> Response:
     return Response(plane.ca.root_pem, media_type="application/x-pem-file")
+
+
+@functools.cache
+def _openapi_text() -> bytes:
+    return resources.files("gossamer.control").joinpath("openapi.yaml").read_bytes()
+
+
+async def openapi_description(request: Request) -> Response:
+    """The OpenAPI 3.1 description of this API (no token needed, like the trust bundle)."""
+    return Response(_openapi_text(), media_type="application/yaml")
 
 
 # Resources: apply, list, get and delete (validation is gossamer.config's).
@@ -196,11 +228,19 @@ def _resource_kind(request: Request) -> type[Resource] | None:
 
 
 def _key_of(request: Request) -> ResourceKey | None:
+    """The key the path names, or None when no resource can have it (unknown kind, or a
+    namespace or name that is no DNS label: validation never stores such a key)."""
     kind = _resource_kind(request)
     if kind is None:
         return None
     namespace = kind.FIXED_NAMESPACE or str(request.path_params["namespace"])
-    return ResourceKey(kind.KIND, namespace, str(request.path_params["name"]))
+    name = str(request.path_params["name"])
+    try:
+        check_dns_label(namespace)
+        check_dns_label(name)
+    except ValueError:
+        return None
+    return ResourceKey(kind.KIND, namespace, name)
 
 
 async def list_resources(plane: ControlPlane, request: Request) -> Response:
@@ -234,7 +274,10 @@ async def watch(plane: ControlPlane, request: Request) -> Response:
     try:
         since = int(request.query_params.get("since", "0"))
     except ValueError:
-        return _error(400, "bad-request", "since must be an integer revision")
+        since = -1
+    if not 0 <= since <= MAX_REVISION:
+        message = f"since must be a revision, an integer in 0..{MAX_REVISION}"
+        return _error(400, "bad-request", message)
     follow = request.query_params.get("follow", "true").lower() not in ("0", "false", "no")
 
     async def lines() -> AsyncIterator[bytes]:
@@ -291,12 +334,7 @@ def _join_token_problems(body: dict[str, Any]) -> list[dict[str, str]]:
                 check_dns_label(value)
         except ValueError as exc:
             problems.append({"path": field, "message": str(exc)})
-    if (
-        not isinstance(ttl, int | float)
-        or isinstance(ttl, bool)
-        or not math.isfinite(ttl)
-        or not 1 <= ttl <= MAX_TOKEN_TTL
-    ):
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TOKEN_TTL:
         problems.append(
             {"path": "ttl_seconds", "message": f"must be a number in 1..{MAX_TOKEN_TTL:.0f}"}
         )
@@ -305,15 +343,30 @@ def _join_token_problems(body: dict[str, Any]) -> list[dict[str, str]]:
     return problems
 
 
-async def join_token(plane: ControlPlane, request: Request) -> Response:
+async def _small_json_object(request: Request) -> dict[str, Any] | Response:
+    """The body of a small request (join token, revocation) as a JSON object, or the answer
+    refusing it: 413 over the limit, 400 when it is no JSON object, 422 with the path of any
+    value that cannot be answered back (lone surrogates, NaN, nesting deeper than 64)."""
     try:
         body = json.loads(await _read_body(request, MAX_SMALL_BODY))
     except _TooLarge:
         return _too_large(MAX_SMALL_BODY)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return _error(400, "bad-document", f"invalid JSON: {exc}")
+    except (ValueError, RecursionError):  # a number of too many digits, or deep nesting
+        return _error(400, "bad-document", "invalid JSON: a number too long or nesting too deep")
     if not isinstance(body, dict):
         return _error(400, "bad-document", "expected a JSON object")
+    problems = [{"path": path, "message": text} for path, text in json_value_problems(body)]
+    if problems:
+        return _error(422, "invalid", "invalid request", errors=problems)
+    return body
+
+
+async def join_token(plane: ControlPlane, request: Request) -> Response:
+    body = await _small_json_object(request)
+    if isinstance(body, Response):
+        return body
     problems = _join_token_problems(body)
     if problems:
         return JSONResponse(
@@ -332,3 +385,63 @@ async def join_token(plane: ControlPlane, request: Request) -> Response:
             "expires": _rfc3339(expires),
         }
     )
+
+
+# Revocation (docs/internals.md §11): cut a proxy or a service's identity out of the mesh.
+
+
+async def list_revocations(plane: ControlPlane, request: Request) -> Response:
+    items = [cert.to_json() for cert in plane.revocations.listed()]
+    return JSONResponse({"items": items})
+
+
+def _revocation_problems(body: dict[str, Any]) -> list[dict[str, str]]:
+    """What is wrong with a revocation request (empty when valid): exactly one of
+    ``proxy_id`` or ``service`` (with an optional ``namespace``), and a ``reason``."""
+    problems: list[dict[str, str]] = []
+    unknown = sorted(set(body) - {"proxy_id", "service", "namespace", "reason"})
+    problems += [{"path": name, "message": "unknown field"} for name in unknown]
+    if ("proxy_id" in body) == ("service" in body):
+        problems.append({"path": "proxy_id", "message": "give proxy_id or service, not both"})
+    proxy_id = body.get("proxy_id")
+    if "proxy_id" in body and (not isinstance(proxy_id, str) or not 0 < len(proxy_id) <= 253):
+        problems.append({"path": "proxy_id", "message": "must be a string of 1 to 253 chars"})
+    for field, check in (("service", check_dns_label), ("namespace", check_workload_namespace)):
+        value = body.get(field)
+        if field not in body:
+            continue
+        try:
+            if not isinstance(value, str):
+                raise ValueError("must be a string")
+            check(value)
+        except ValueError as exc:
+            problems.append({"path": field, "message": str(exc)})
+    reason = body.get("reason", "revoked by the operator")
+    if not isinstance(reason, str) or len(reason) > 256:
+        problems.append({"path": "reason", "message": "must be a string of at most 256 chars"})
+    return problems
+
+
+async def revoke(plane: ControlPlane, request: Request) -> Response:
+    body = await _small_json_object(request)
+    if isinstance(body, Response):
+        return body
+    problems = _revocation_problems(body)
+    if problems:
+        return JSONResponse(
+            {"error": "invalid", "message": "invalid revocation request", "errors": problems},
+            status_code=422,
+        )
+    reason = str(body.get("reason", "revoked by the operator"))
+    proxy_id = body.get("proxy_id")
+    if isinstance(proxy_id, str):
+        if plane.registry.get(proxy_id) is None and not plane.revocations.known_proxy(proxy_id):
+            return _error(404, "not-found", f"no proxy {proxy_id!r} is known")
+        serials = plane.revoke(proxy_id=proxy_id, reason=reason)
+        target = f"proxy {proxy_id}"
+    else:
+        namespace = str(body.get("namespace", "default"))
+        identity = plane.identity_for(namespace, str(body["service"]))
+        serials = plane.revoke(identity=identity, reason=reason)
+        target = identity.uri
+    return JSONResponse({"revoked": serials, "target": target, "reason": reason})

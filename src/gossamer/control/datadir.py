@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,12 +58,41 @@ def load_or_create_admin_token(data_dir: Path) -> str:
     return token
 
 
-def _still_fresh(cert_path: Path, key_path: Path, ca: CertificateAuthority) -> bool:
+def _split_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(DNS names, IP addresses) of the serving certificate: the loopback names and
+    ``names``, the wildcard addresses left out."""
+    dns, ips = ["localhost"], ["127.0.0.1", "::1"]
+    for name in names:
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            if name not in dns:
+                dns.append(name)
+            continue
+        if not address.is_unspecified and str(address) not in ips:
+            ips.append(str(address))
+    return dns, ips
+
+
+def _sans(cert: x509.Certificate) -> set[str]:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return {*ext.get_values_for_type(x509.DNSName),
+            *(str(ip) for ip in ext.get_values_for_type(x509.IPAddress))}  # fmt: skip
+
+
+def _still_fresh(
+    cert_path: Path, key_path: Path, ca: CertificateAuthority, names: set[str]
+) -> bool:
     if not (cert_path.exists() and key_path.exists()):
         return False
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except ValueError:
+        return False
+    if not names <= _sans(cert):
         return False
     root = x509.load_pem_x509_certificate(ca.root_pem)
     if cert.issuer != root.subject:
@@ -75,16 +106,19 @@ def _still_fresh(cert_path: Path, key_path: Path, ca: CertificateAuthority) -> b
     return cert.not_valid_after_utc - now > lifetime / 2
 
 
-def ensure_serving_cert(data_dir: Path, ca: CertificateAuthority) -> tuple[Path, Path]:
-    """``control/tls.{crt,key}``; re-issued when missing, foreign or past half its life."""
+def ensure_serving_cert(
+    data_dir: Path, ca: CertificateAuthority, names: Sequence[str] = ()
+) -> tuple[Path, Path]:
+    """``control/tls.{crt,key}`` (the stream's and, with ``--api-tls``, the config API's);
+    re-issued when missing, foreign, past half its life or without one of ``names`` (the
+    addresses it listens on, ``--tls-san``) besides the loopback names."""
     directory = Path(data_dir) / "control"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path = directory / "tls.crt", directory / "tls.key"
-    if not _still_fresh(cert_path, key_path, ca):
+    dns, ips = _split_names(names)
+    if not _still_fresh(cert_path, key_path, ca, {*dns, *ips}):
         identity = SpiffeId(ca.trust_domain, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT)
-        cert_pem, key_pem = ca.issue_keypair(
-            identity, SERVING_CERT_LIFETIME, dns_names=["localhost"], ips=["127.0.0.1", "::1"]
-        )
+        cert_pem, key_pem = ca.issue_keypair(identity, SERVING_CERT_LIFETIME, dns, ips)
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, key_pem)

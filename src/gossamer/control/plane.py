@@ -30,6 +30,8 @@ from gossamer.config.traffic import service_key
 from gossamer.config.trafficpolicy import TrafficPolicy
 from gossamer.control.ca import CertificateAuthority, check_csr, leaf_expiry
 from gossamer.control.registry import ProxyRecord, Registry, Session, Workload
+from gossamer.control.registry_store import RegistryStore
+from gossamer.control.revocation import Revocations, renewal_spacing
 from gossamer.control.settings import ControlSettings
 from gossamer.control.snapshots import (
     MeshView,
@@ -55,6 +57,7 @@ ONE_PER_SERVICE = ("TrafficPolicy", "TCPRoute")
 MAX_SUBSCRIPTIONS = 1024  # names of known services one proxy may subscribe to
 MAX_UNKNOWN = 256  # names answered as unknown that stay watched (for their appearance)
 MAX_NAME = 253
+SAVE_INTERVAL = 1.0  # seconds between two saves of the registry (registry_store)
 TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter
 _R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter)
 
@@ -200,6 +203,7 @@ class ControlPlane:
         self.store = store
         self.ca = ca
         self.registry = Registry()
+        self.revocations = Revocations(store)
         # Validated traffic resources by (kind, namespace, name), with their store revision.
         self._models: dict[tuple[str, str, str], tuple[int | None, TrafficResource]] = {}
         self._view = self._read_resources()
@@ -209,10 +213,24 @@ class ControlPlane:
         self._changed = asyncio.Event()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._push_task: asyncio.Task[None] | None = None
+        self._saved = RegistryStore(store)
+        self._save_task: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        """Start from the proxies the last control plane knew (``registry_store``), then
+        push and save in the background."""
+        loop = asyncio.get_running_loop()
+        restored = self._saved.load(self.registry)
+        for record in restored:
+            self._timers[record.proxy_id] = loop.call_later(
+                self.settings.restore_grace, self._expire, record.proxy_id, record.epoch
+            )
+        if restored:
+            log.info("restored %d proxies from the store; each has %.0f s to reconnect",
+                     len(restored), self.settings.restore_grace)  # fmt: skip
         self._push_task = asyncio.create_task(self._push_loop(), name="control-push")
+        self._save_task = asyncio.create_task(self._save_loop(), name="control-save")
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -224,6 +242,13 @@ class ControlPlane:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        for task in (self._save_task,):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._saved.pending:
+            self._saved.save(self.registry)
         if self._push_task is not None:
             self._push_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -328,10 +353,55 @@ class ControlPlane:
         return problems
 
     def delete(self, key: ResourceKey) -> dict[str, Any] | None:
+        """Delete one resource. Deleting the last Service with an identity revokes that
+        identity's certificates (revocation.py): its proxies are out of the mesh."""
+        identity = None
+        if key.kind == "Service":
+            try:
+                identity = self.identity_for(key.namespace, key.name)
+            except ValueError:  # not a name a Service can have: nothing to revoke
+                identity = None
         deleted = self.store.delete(key)
         if deleted is not None:
             self._resources_changed()
+            if identity is not None and not any(
+                self.identity_for(*other) == identity for other in self._view.services
+            ):
+                self.revoke(identity=identity, reason=f"service {key.namespace}/{key.name} deleted")
         return deleted
+
+    def revoke(
+        self, *, reason: str, proxy_id: str | None = None, identity: SpiffeId | None = None
+    ) -> list[str]:
+        """Revoke a proxy's or an identity's certificates: their streams are closed, their
+        endpoints removed at once, and every proxy is pushed the new list. Returns the serials
+        revoked."""
+        serials = self.revocations.revoke(
+            reason=reason, proxy_id=proxy_id,
+            identity=identity.uri if identity is not None else None,
+        )  # fmt: skip
+        revoked = set(serials)
+        for record in list(self.registry):
+            if record.proxy_id == proxy_id or record.identity == identity or (
+                record.serial in revoked
+            ):
+                self._cut_off(record, reason)
+        log.warning("revoked %d certificates (%s)", len(serials), reason)
+        self._dirty.update(self.registry.proxy_ids())
+        self._wake.set()
+        return serials
+
+    def _cut_off(self, record: ProxyRecord, reason: str) -> None:
+        """End a revoked proxy's stream and drop its endpoint without the grace period."""
+        session = record.session
+        if session is not None:
+            session.send(Refusal("revoked", f"certificate revoked: {reason}").to_json())
+            session.close()
+        if self.registry.disconnect(record):
+            timer = self._timers.pop(record.proxy_id, None)
+            if timer is not None:
+                timer.cancel()
+        self._expire(record.proxy_id, record.epoch)
 
     async def wait_for_change(self, timeout: float) -> None:
         """Return after the next resource change, on stop, or after ``timeout`` seconds."""
@@ -356,13 +426,16 @@ class ControlPlane:
     def cert_lifetime(self) -> timedelta:
         return self._view.cert_lifetime or self.settings.cert_lifetime
 
-    def _certificate_message(self, csr_pem: bytes, identity: SpiffeId) -> dict[str, Any]:
+    def _certificate_message(
+        self, csr_pem: bytes, identity: SpiffeId, proxy_id: str | None = None
+    ) -> dict[str, Any]:
         if identity.namespace == RESERVED_NAMESPACE:  # the control plane's own identity
             raise Refusal("bad-request", f"namespace {identity.namespace} is reserved")
         try:
             cert = self.ca.sign_csr(csr_pem, identity, self.cert_lifetime())
         except ValueError as exc:
             raise Refusal("bad-csr", str(exc)) from exc
+        self.revocations.issued(cert, identity.uri, proxy_id)
         return {
             "type": "certificate",
             "certificate": cert.decode(),
@@ -390,11 +463,19 @@ class ControlPlane:
 
     # ----------------------------------------------------------------- sessions
     def hello(
-        self, session: Session, peer: SpiffeId | None, message: Mapping[str, Any]
+        self,
+        session: Session,
+        peer: SpiffeId | None,
+        message: Mapping[str, Any],
+        certificate: tuple[str, float] | None = None,
     ) -> ProxyRecord:
-        """Register a proxy after checking its certificate identity matches its workload."""
+        """Register a proxy after checking its certificate (``certificate``: serial and
+        expiry) is not revoked and its identity matches its workload."""
         if peer is None:
             raise Refusal("unauthenticated", "hello needs a client certificate from join")
+        serial = certificate[0] if certificate is not None else None
+        if self.revocations.is_revoked(serial):
+            raise Refusal("revoked", "this certificate was revoked; join with a new token")
         proxy_id = _field(message, "proxy_id", str)
         if not 0 < len(proxy_id) <= MAX_NAME:
             raise Refusal("bad-request", "proxy_id must be 1 to 253 characters")
@@ -410,7 +491,13 @@ class ControlPlane:
         existing = self.registry.get(proxy_id)
         if existing is not None and existing.connected and existing.identity != peer:
             raise Refusal("proxy-id-conflict", f"proxy_id {proxy_id!r} is in use by another")
-        record, previous = self.registry.connect(proxy_id, peer, workload, session)
+        floor = message.get("config_version")
+        floor = floor if isinstance(floor, int) and not isinstance(floor, bool) else 0
+        record, previous = self.registry.connect(proxy_id, peer, workload, session, floor)
+        self._saved.changed(record)
+        if certificate is not None:
+            record.serial = serial
+            self.revocations.presented(certificate[0], peer.uri, certificate[1], proxy_id)
         left = _add_subscriptions(record, subscriptions)
         if left:  # served with what fits rather than refused: a refusal would cut it off
             log.warning("proxy %s: %d subscriptions over the cap of %d left out",
@@ -459,16 +546,29 @@ class ControlPlane:
         elif kind == "health":
             healthy = _field(message, "healthy", bool)
             if self.registry.set_healthy(record, healthy):
+                self._saved.changed(record)
                 self._mark_service(record.workload.key)
         elif kind == "status":
             record.cert_expiry = _optional_time(message, "cert_expiry")
         elif kind == "csr":
-            reply = self._certificate_message(_field(message, "csr", str).encode(), record.identity)
+            self._check_renewal(record)
+            csr = _field(message, "csr", str).encode()
+            reply = self._certificate_message(csr, record.identity, record.proxy_id)
+            record.renewed_at = time.monotonic()
             record.cert_expiry = float(reply["expires"])
             if record.session is not None:
                 record.session.send(reply)
         else:
             raise Refusal("bad-request", f"unknown message type {kind!r}")
+
+    def _check_renewal(self, record: ProxyRecord) -> None:
+        """Refuse a renewal for a revoked proxy, or sooner than its lifetime warrants."""
+        if self.revocations.is_revoked(record.serial):
+            raise Refusal("revoked", "this certificate was revoked; join with a new token")
+        if record.renewed_at is not None:
+            wait = record.renewed_at + renewal_spacing(self.cert_lifetime()) - time.monotonic()
+            if wait > 0:
+                raise Refusal("rate-limited", f"renewed recently; try again in {wait:.0f} s")
 
     def closed(self, record: ProxyRecord) -> None:
         """The stream of ``record`` ended; its endpoint stays for the grace period."""
@@ -480,10 +580,21 @@ class ControlPlane:
             self.settings.endpoint_grace, self._expire, record.proxy_id, record.epoch
         )
 
+    async def _save_loop(self) -> None:
+        """Save the registry's changes at most once a second (one transaction each)."""
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)
+            if self._saved.pending:
+                try:
+                    self._saved.save(self.registry)
+                except Exception:
+                    log.exception("saving the registry failed; will retry")
+
     def _expire(self, proxy_id: str, epoch: int) -> None:
         self._timers.pop(proxy_id, None)
         record = self.registry.expire(proxy_id, epoch)
         if record is not None:
+            self._saved.forgotten(proxy_id)
             log.info("proxy %s expired", proxy_id)
             self._mark_service(record.workload.key)
 
@@ -500,6 +611,7 @@ class ControlPlane:
             endpoints=self.registry.healthy_endpoints(),
             workload_services=self.registry.workload_services(),
             traffic=self._view.traffic,
+            revoked_serials=self.revocations.serials,
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:

@@ -75,6 +75,8 @@ class ProxyRecord:
     ack_state: AckState = "PENDING"
     nack_error: str | None = None
     cert_expiry: float | None = None
+    serial: str | None = None  # of the certificate it said hello with (revocation.py)
+    renewed_at: float | None = None  # monotonic time of its last renewal
     connected_since: float = field(default_factory=time.time)
     healthy: bool = True
     connected: bool = True
@@ -156,11 +158,18 @@ class Registry:
         return self._records.get(record.proxy_id) is record
 
     def connect(
-        self, proxy_id: str, identity: SpiffeId, workload: Workload, session: Session
+        self,
+        proxy_id: str,
+        identity: SpiffeId,
+        workload: Workload,
+        session: Session | None,
+        version_floor: int = 0,
     ) -> tuple[ProxyRecord, ProxyRecord | None]:
         """Register (or resume) a proxy; return (record, the record it replaced if any).
 
-        A resumed record keeps its version counter; its snapshot is sent again in full.
+        A resumed record keeps its version counter, never below ``version_floor`` (the last
+        version the proxy applied, which a restarted control plane did not know); its snapshot
+        is sent again in full.
         """
         self._epochs += 1
         previous = self._records.get(proxy_id)
@@ -169,7 +178,7 @@ class Registry:
             identity=identity,
             workload=workload,
             session=session,
-            config_version=self._versions.get(proxy_id, 0),
+            config_version=max(self._versions.get(proxy_id, 0), version_floor),
             epoch=self._epochs,
         )
         if previous is not None:
@@ -181,6 +190,19 @@ class Registry:
         self._records[proxy_id] = record
         self._index(record)
         return record, previous
+
+    def restore(
+        self, proxy_id: str, identity: SpiffeId, workload: Workload, healthy: bool, version: int
+    ) -> ProxyRecord:
+        """A proxy a previous control plane had registered, not connected here (yet): its
+        endpoint counts until it reconnects or its grace period ends (``registry_store``)."""
+        record, _ = self.connect(proxy_id, identity, workload, None, version)
+        self._versions[proxy_id] = record.config_version
+        record.connected = False
+        record.healthy = healthy
+        if record.is_endpoint:
+            self._stale.add(workload.key)
+        return record
 
     def disconnect(self, record: ProxyRecord) -> bool:
         """Mark the stream of ``record`` closed; False if a newer connection replaced it."""

@@ -32,6 +32,7 @@ from gossamer.control.settings import (
     ControlSettings,
     HostPort,
     default_data_dir,
+    is_loopback,
 )
 from gossamer.control.store import Store
 from gossamer.control.stream import StreamServer, server_ssl_context
@@ -65,7 +66,8 @@ async def serve(
     data_dir = prepare_data_dir(settings.data_dir)
     admin_token = load_or_create_admin_token(data_dir)
     ca = CertificateAuthority.load_or_create(data_dir, settings.trust_domain)
-    cert_path, key_path = ensure_serving_cert(data_dir, ca)
+    names = (settings.api_addr.host, settings.stream_addr.host, *settings.tls_sans)
+    cert_path, key_path = ensure_serving_cert(data_dir, ca, names)
     api_socket = _bind(settings.api_addr)
     store = Store(data_dir / "store.db")
     loop = asyncio.get_running_loop()
@@ -80,25 +82,16 @@ async def serve(
         settings.stream_addr.port,
         server_ssl_context(cert_path, key_path, data_dir / "ca" / "root.crt"),
     )
-    config = uvicorn.Config(
-        create_app(plane, admin_token),
-        lifespan="off",
-        log_config=None,
-        access_log=settings.log_level == "debug",
-        timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
-        server_header=False,
-    )
-    config.load()
-    api = uvicorn.Server(config)
-    api.lifespan = config.lifespan_class(config)
+    api = _api_server(settings, plane, admin_token, (cert_path, key_path))
     try:
         await plane.start()
         stream_host, stream_port = await stream.start()
         await api.startup(sockets=[api_socket])
         api_task = asyncio.create_task(api.main_loop(), name="control-api-ticks")
         api_bound = api_socket.getsockname()
+        scheme = "https://" if settings.api_tls else ""
         on_ready(
-            str(HostPort(str(api_bound[0]), int(api_bound[1]))),
+            scheme + str(HostPort(str(api_bound[0]), int(api_bound[1]))),
             str(HostPort(stream_host, stream_port)),
         )
         await stop.wait()
@@ -115,6 +108,27 @@ async def serve(
             api_socket.close()
 
 
+def _api_server(
+    settings: ControlSettings, plane: ControlPlane, admin_token: str, tls: tuple[Path, Path]
+) -> uvicorn.Server:
+    """The config API's server (over TLS with the serving certificate ``tls`` when
+    ``--api-tls``), ready for ``startup`` on our own socket."""
+    config = uvicorn.Config(
+        create_app(plane, admin_token),
+        lifespan="off",
+        log_config=None,
+        access_log=settings.log_level == "debug",
+        timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
+        server_header=False,
+        ssl_certfile=str(tls[0]) if settings.api_tls else None,
+        ssl_keyfile=str(tls[1]) if settings.api_tls else None,
+    )
+    config.load()
+    api = uvicorn.Server(config)
+    api.lifespan = config.lifespan_class(config)
+    return api
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gossamer control", description="Run the Gossamer control plane."
@@ -127,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--api-addr", default="127.0.0.1:15010", help="config API HOST:PORT")
     parser.add_argument(
+        "--api-tls",
+        action="store_true",
+        help="serve the config API over TLS with the control plane's certificate (from the "
+        "mesh CA); required when --api-addr is not a loopback address",
+    )
+    parser.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an extra DNS name or IP address for the serving certificate (repeatable)",
+    )
+    parser.add_argument(
         "--stream-addr", default="127.0.0.1:15012", help="sidecar stream (TLS) HOST:PORT"
     )
     parser.add_argument("--trust-domain", default="gossamer.local")
@@ -135,6 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3.0,
         help="seconds an endpoint outlives its closed stream",
+    )
+    parser.add_argument(
+        "--restore-grace",
+        type=float,
+        default=30.0,
+        help="seconds a proxy the previous control plane knew keeps its endpoint while it "
+        "reconnects after a restart",
     )
     parser.add_argument(
         "--cert-lifetime",
@@ -163,6 +197,14 @@ def parse_settings(argv: list[str] | None = None) -> ControlSettings:
         lifetime = parse_duration(args.cert_lifetime) if args.cert_lifetime else None
     except ValueError as exc:
         parser.error(str(exc))
+    if not args.api_tls and not is_loopback(api_addr.host):
+        parser.error(
+            f"--api-addr {api_addr} is not a loopback address: the config API carries the "
+            "admin token and the mesh's configuration, so off this machine it is served only "
+            "over TLS (add --api-tls)"
+        )
+    if args.restore_grace < 0:
+        parser.error("--restore-grace must not be negative")
     if args.endpoint_grace < 0:
         parser.error("--endpoint-grace must not be negative")
     if args.peer_timeout <= 0:
@@ -177,6 +219,9 @@ def parse_settings(argv: list[str] | None = None) -> ControlSettings:
         log_level=args.log_level,
         peer_timeout=args.peer_timeout,
         ping_interval=min(5.0, args.peer_timeout / 3),
+        restore_grace=args.restore_grace,
+        api_tls=args.api_tls,
+        tls_sans=tuple(args.tls_san),
     )
 
 

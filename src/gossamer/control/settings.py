@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -9,7 +10,13 @@ from pathlib import Path
 
 from gossamer.identity.spiffe import DEFAULT_TRUST_DOMAIN
 
-__all__ = ["DEFAULT_CERT_LIFETIME", "ControlSettings", "HostPort", "default_data_dir"]
+__all__ = [
+    "DEFAULT_CERT_LIFETIME",
+    "ControlSettings",
+    "HostPort",
+    "default_data_dir",
+    "is_loopback",
+]
 
 DEFAULT_CERT_LIFETIME = timedelta(hours=24)
 
@@ -18,6 +25,16 @@ def default_data_dir() -> Path:
     """``$GOSSAMER_DATA_DIR`` or ``~/.gossamer``."""
     env = os.environ.get("GOSSAMER_DATA_DIR")
     return Path(env) if env else Path.home() / ".gossamer"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only reaches this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +70,6 @@ class ControlSettings:
     log_level: str = "info"
     peer_timeout: float = 15.0
     ping_interval: float = 5.0
+    restore_grace: float = 30.0  # a proxy restored from the store has this long to reconnect
+    api_tls: bool = False  # serve the config API over TLS (required off loopback)
+    tls_sans: tuple[str, ...] = ()  # extra names/addresses in the serving certificate

@@ -111,6 +111,7 @@ class MeshView:
     endpoints: Mapping[ServiceKey, Sequence[EndpointInfo]]  # healthy only
     workload_services: frozenset[ServiceKey] = frozenset()
     traffic: Mapping[ServiceKey, ServiceTraffic] = field(default_factory=dict)
+    revoked_serials: tuple[str, ...] = ()  # unexpired revoked certificates (revocation.py)
 
     def is_known(self, key: ServiceKey) -> bool:
         return key in self.services or key in self.workload_services
@@ -274,6 +275,7 @@ def build_snapshot(
     own = (namespace, service)
     return {
         "trust_domain": view.trust_domain,
+        "revoked_serials": list(view.revoked_serials),
         "proxy": {
             "service": service,
             "namespace": namespace,

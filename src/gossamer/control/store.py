@@ -1,8 +1,12 @@
-"""The durable store: resources, revision counter, change log and join tokens in SQLite (WAL).
+"""The durable store: resources, revision counter, change log, join tokens and the ledger of
+issued certificates in SQLite (WAL).
 
 Lives in ``<data-dir>/store.db``. Every write is one transaction: an apply of N documents
 is all or nothing. Each change takes the next global revision; each resource keeps a
 generation that grows when its content changes. Join tokens are stored only as SHA-256 hashes.
+Certificates are kept (serial, identity, proxy, expiry, revocation) until they expire. The
+registered proxies are kept too (``registry_store``), so a restarted control plane starts from
+what the last one knew.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Literal
 
 from gossamer.config.base import Resource, ResourceKey
 
-__all__ = ["ApplyResult", "Change", "JoinGrant", "Store"]
+__all__ = ["ApplyResult", "Change", "IssuedCertificate", "JoinGrant", "Store"]
 
 Action = Literal["created", "configured", "unchanged"]
 CHANGE_LOG_KEEP = 10_000
@@ -40,6 +44,15 @@ CREATE TABLE IF NOT EXISTS join_tokens (
     token_hash TEXT PRIMARY KEY, service TEXT NOT NULL, namespace TEXT NOT NULL,
     expires REAL NOT NULL, used INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS certificates (
+    serial TEXT PRIMARY KEY, identity TEXT NOT NULL, proxy_id TEXT,
+    not_after REAL NOT NULL, revoked_at REAL, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_identity ON certificates (identity);
+CREATE TABLE IF NOT EXISTS proxies (
+    proxy_id TEXT PRIMARY KEY, record TEXT NOT NULL, seen REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS certificates_proxy ON certificates (proxy_id);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', 0);
 """
 
@@ -83,6 +96,28 @@ class JoinGrant:
     service: str
     namespace: str
     expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """One row of the certificate ledger."""
+
+    serial: str  # upper-case hex, no leading zeros
+    identity: str
+    proxy_id: str | None
+    not_after: float
+    revoked_at: float | None
+    reason: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "serial": self.serial,
+            "identity": self.identity,
+            "proxy_id": self.proxy_id,
+            "not_after": self.not_after,
+            "revoked_at": self.revoked_at,
+            "reason": self.reason,
+        }
 
 
 def _canonical(document: dict[str, Any]) -> str:
@@ -263,3 +298,80 @@ class Store:
                 return None
             db.execute("UPDATE join_tokens SET used=1 WHERE token_hash=?", (digest,))
         return JoinGrant(row[0], row[1], float(row[2]))
+
+    # ------------------------------------------------------------ certificate ledger
+    def record_certificate(
+        self, serial: str, identity: str, not_after: float, proxy_id: str | None = None
+    ) -> None:
+        """Note an issued (or presented) certificate; the proxy is kept once known. Rows of
+        certificates that expired are dropped here: an expired one is refused anyway."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM certificates WHERE not_after < ?", (time.time(),))
+            db.execute(
+                "INSERT INTO certificates (serial, identity, proxy_id, not_after) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (serial) DO UPDATE SET "
+                "proxy_id=coalesce(excluded.proxy_id, certificates.proxy_id)",
+                (serial, identity, proxy_id, not_after),
+            )
+
+    def revoke_certificates(
+        self, *, reason: str, proxy_id: str | None = None, identity: str | None = None
+    ) -> list[str]:
+        """Revoke every unexpired, unrevoked certificate of a proxy or of an identity; return
+        the serials revoked now."""
+        column, value = ("proxy_id", proxy_id) if proxy_id is not None else ("identity", identity)
+        if value is None:
+            raise ValueError("revoke_certificates needs proxy_id or identity")
+        now = time.time()
+        with self._transaction() as db:
+            rows = db.execute(
+                f"SELECT serial FROM certificates WHERE {column}=? AND revoked_at IS NULL "
+                "AND not_after >= ?",
+                (value, now),
+            ).fetchall()
+            serials = [str(row[0]) for row in rows]
+            db.executemany(
+                "UPDATE certificates SET revoked_at=?, reason=? WHERE serial=?",
+                [(now, reason, serial) for serial in serials],
+            )
+        return serials
+
+    def has_certificates_of(self, proxy_id: str) -> bool:
+        """Whether the ledger holds an unexpired certificate of ``proxy_id``."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM certificates WHERE proxy_id=? AND not_after >= ? LIMIT 1",
+                (proxy_id, time.time()),
+            ).fetchone()
+        return row is not None
+
+    def certificates(self, *, revoked_only: bool = False) -> list[IssuedCertificate]:
+        """Unexpired certificates of the ledger (only revoked ones when asked), oldest expiry
+        first."""
+        query = (
+            "SELECT serial, identity, proxy_id, not_after, revoked_at, reason FROM certificates "
+            "WHERE not_after >= ?"
+        )
+        if revoked_only:
+            query += " AND revoked_at IS NOT NULL"
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY not_after, serial", (time.time(),))
+            return [IssuedCertificate(*row) for row in rows.fetchall()]
+
+    # ------------------------------------------------------------ registered proxies
+    def save_proxies(self, records: Sequence[tuple[str, str]], deleted: Sequence[str]) -> None:
+        """Upsert ``(proxy_id, JSON record)`` rows and delete ``deleted``, in one transaction."""
+        now = time.time()
+        with self._transaction() as db:
+            db.executemany("DELETE FROM proxies WHERE proxy_id=?", [(p,) for p in deleted])
+            db.executemany(
+                "INSERT INTO proxies (proxy_id, record, seen) VALUES (?, ?, ?) "
+                "ON CONFLICT (proxy_id) DO UPDATE SET record=excluded.record, seen=excluded.seen",
+                [(proxy_id, record, now) for proxy_id, record in records],
+            )
+
+    def load_proxies(self) -> list[tuple[str, str, float]]:
+        """Every saved ``(proxy_id, JSON record, when saved)``, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT proxy_id, record, seen FROM proxies ORDER BY seen")
+            return [(str(r[0]), str(r[1]), float(r[2])) for r in rows.fetchall()]

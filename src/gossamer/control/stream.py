@@ -20,6 +20,7 @@ from typing import Any
 
 from gossamer.control.plane import ControlPlane, Refusal
 from gossamer.control.registry import ProxyRecord
+from gossamer.control.revocation import canonical_serial
 from gossamer.identity.spiffe import SpiffeId
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "MAX_LINE",
     "StreamServer",
     "StreamSession",
+    "peer_certificate",
     "peer_spiffe_id",
     "server_ssl_context",
 ]
@@ -66,6 +68,17 @@ def peer_spiffe_id(peercert: Mapping[str, Any] | None) -> SpiffeId | None:
     try:
         return SpiffeId.parse(uris[0])
     except ValueError:
+        return None
+
+
+def peer_certificate(peercert: Mapping[str, Any] | None) -> tuple[str, float] | None:
+    """The serial (canonical hex) and expiry (unix time) of a verified peer cert."""
+    if not peercert:
+        return None
+    try:
+        serial = canonical_serial(str(peercert["serialNumber"]))
+        return serial, float(ssl.cert_time_to_seconds(str(peercert["notAfter"])))
+    except (KeyError, ValueError):
         return None
 
 
@@ -175,8 +188,9 @@ class StreamServer:
             return
         self._connections.add(task)
         session = StreamSession(writer)
+        peercert = writer.get_extra_info("peercert")
         try:
-            await self._serve(reader, session, peer_spiffe_id(writer.get_extra_info("peercert")))
+            await self._serve(reader, session, peer_spiffe_id(peercert), peer_certificate(peercert))
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -208,7 +222,11 @@ class StreamServer:
         return message
 
     async def _serve(
-        self, reader: asyncio.StreamReader, session: StreamSession, peer: SpiffeId | None
+        self,
+        reader: asyncio.StreamReader,
+        session: StreamSession,
+        peer: SpiffeId | None,
+        certificate: tuple[str, float] | None,
     ) -> None:
         try:
             first = await self._read(reader)
@@ -226,7 +244,7 @@ class StreamServer:
                 return
             if first["type"] != "hello":
                 raise Refusal("bad-request", "the first message must be join or hello")
-            record = self._plane.hello(session, peer, first)
+            record = self._plane.hello(session, peer, first, certificate)
         except Refusal as refusal:
             log.info("refused %s: %s %s", peer, refusal.code, refusal.message)
             session.send(refusal.to_json())

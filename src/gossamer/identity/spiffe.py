@@ -56,6 +56,17 @@ class SpiffeId:
         return self.uri
 
 
+def peer_serial(peercert: object) -> str:
+    """The serial number of a peer certificate (``getpeercert()`` form) as upper-case hex
+    without leading zeros, the form revocation lists use; empty without one."""
+    if not isinstance(peercert, dict):
+        return ""
+    serial = peercert.get("serialNumber")
+    if not isinstance(serial, str):
+        return ""
+    return serial.upper().lstrip("0") or "0"
+
+
 def peer_uri_sans(peercert: object) -> tuple[str, ...]:
     """The URI SANs of a peer certificate in the dict form of ``SSLSocket.getpeercert()``."""
     if not isinstance(peercert, dict):

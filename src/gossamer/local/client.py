@@ -7,8 +7,10 @@ with messages meant for people: ``ControlUnreachable``, ``Unauthorized``, ``NotF
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -93,15 +95,40 @@ def _error_message(response: httpx.Response) -> str:
     return str(body)
 
 
-class ControlClient:
-    """Calls the config API at ``base_url`` with the admin ``token``."""
+def _verify_context(url: str, ca_file: Path | None) -> ssl.SSLContext:
+    if ca_file is None:
+        raise ControlError(
+            f"the config API at {url} is served over TLS and no root certificate of the mesh "
+            "is known to check it: set GOSSAMER_CA_FILE to a copy of the control plane's "
+            "<data-dir>/ca/root.crt"
+        )
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ControlError(f"cannot read the mesh's root certificate {ca_file}: {exc}") from exc
 
-    def __init__(self, base_url: str, token: str | None, *, timeout: float = 10.0) -> None:
+
+class ControlClient:
+    """Calls the config API at ``base_url`` with the admin ``token``. An ``https://`` API is
+    verified against the mesh's root certificate ``ca_file`` (required then)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 10.0,
+        ca_file: Path | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        verify: ssl.SSLContext | bool = False
+        if self.base_url.startswith("https://"):
+            verify = _verify_context(self.base_url, ca_file)
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, trust_env=False
-        )
+            base_url=self.base_url, headers=headers, timeout=timeout, trust_env=False,
+            verify=verify,
+        )  # fmt: skip
 
     def __enter__(self) -> ControlClient:
         return self
@@ -131,6 +158,13 @@ class ControlClient:
             response = self._http.request(
                 method, path, content=content, json=json, params=params, headers=headers
             )
+        except httpx.ConnectError as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise ControlError(
+                    f"the config API at {self.base_url} presented a certificate the mesh's root "
+                    f"does not vouch for ({exc}); refusing to send the admin token"
+                ) from exc
+            raise ControlUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
         except httpx.TransportError as exc:
             raise ControlUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
         if response.status_code == 401:
@@ -194,11 +228,20 @@ class ControlClient:
             raise ApiError(200, "join-token answer has no token")
         return token
 
-    def trust_bundle(self) -> str:
-        response = self._request("GET", "/v1/trust-bundle")
-        if response.status_code != 200:
-            raise ApiError(response.status_code, _error_message(response))
-        return response.text
+    def revoke(self, *, reason: str, proxy_id: str | None = None,
+               service: str | None = None, namespace: str = "default") -> dict[str, Any]:
+        """Revoke a proxy's certificates, or every certificate of a service's identity."""
+        body: dict[str, Any] = {"reason": reason}
+        if proxy_id is not None:
+            body["proxy_id"] = proxy_id
+        else:
+            body.update(service=service, namespace=namespace)
+        answer = self._json(self._request("POST", "/v1/revocations", json=body))
+        return answer if isinstance(answer, dict) else {}
+
+    def revocations(self) -> list[dict[str, Any]]:
+        """The revoked certificates that have not expired yet."""
+        return list(self._json(self._request("GET", "/v1/revocations")).get("items", []))
 
 
 def _field_errors(response: httpx.Response) -> list[FieldError]:

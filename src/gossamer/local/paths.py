@@ -31,6 +31,17 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".gossamer"
 
 
+def mesh_ca_file(root: Path) -> Path | None:
+    """The mesh's root certificate a client trusts: ``$GOSSAMER_CA_FILE``, else the data
+    directory's own (on the control plane's machine); None when neither exists. Never
+    fetched over the network: whoever answers a fetch could hand out its own root."""
+    env = os.environ.get("GOSSAMER_CA_FILE")
+    if env:
+        return Path(env).expanduser()
+    path = root / "ca" / "root.crt"
+    return path if path.is_file() else None
+
+
 @dataclass(frozen=True, slots=True)
 class DataDir:
     """The files of one data directory (shared by the control plane and the local runner)."""

@@ -16,10 +16,13 @@ __all__ = [
     "LAST_CHUNK",
     "HeadScan",
     "ProxyError",
+    "check_request_head",
     "encode_chunk",
     "error_response",
+    "parse_error",
     "redirect_response",
     "render_headers",
+    "same_authority",
     "scan_headers",
     "split_absolute_target",
 ]
@@ -86,7 +89,9 @@ class HeadScan:
         self.host: bytes | None = None
         self.hosts = 0  # how many Host fields (a request with more than one is refused)
         self.request_id: bytes | None = None
-        self.transfer_encoding = b""  # the whole value, so codings before chunked survive
+        # Every Transfer-Encoding line's value, joined as one list (RFC 9110 5.3), so codings
+        # before chunked survive and a request's framing is judged on all of them.
+        self.transfer_encoding = b""
         self.upgrade = b""
         self.chunked = False
 
@@ -155,7 +160,8 @@ def scan_headers(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()
             previous = scan.connection
             scan.connection = pair[1] if previous is None else previous + b"," + pair[1]
         elif action == _TE:
-            value = pair[1]
+            previous = scan.transfer_encoding
+            value = pair[1] if not previous else previous + b", " + pair[1]
             scan.transfer_encoding = value
             scan.chunked = value.rpartition(b",")[2].strip().lower() == b"chunked"
         else:  # _UPGRADE
@@ -166,6 +172,66 @@ def scan_headers(headers: Iterable[Header], drop: frozenset[bytes] = frozenset()
         if named:
             scan.kept = [(n, v) for n, v in kept if n.lower() not in named]
     return scan
+
+
+def check_request_head(scan: HeadScan, target: bytes, http10: bool) -> None:
+    """Refuse (``ProxyError`` 400 ``bad-request``) a request head whose framing or destination
+    two parsers could read differently, before any of it is forwarded:
+
+    - more than one Host (which one would route? RFC 9112 3.2);
+    - Transfer-Encoding in HTTP/1.0, which has no chunked framing (RFC 9112 6.1);
+    - a Transfer-Encoding other than exactly one ``chunked`` (any case; its lines taken
+      together, so two lines are two codings): the proxy frames request bodies by chunks
+      only, and a server that reads ``identity, chunked``, ``gzip, chunked``, ``, chunked``
+      or two lines otherwise would not end the body where the proxy did (HAProxy answers
+      these 422, nginx 501);
+    - an absolute-form target whose authority is not the Host it came with (the proxy would
+      route by one and the app might by the other; HAProxy refuses it too).
+    """
+    if scan.hosts > 1:
+        raise ProxyError(400, "bad-request", "more than one Host header")
+    if scan.transfer_encoding:
+        if http10:
+            raise ProxyError(400, "bad-request", "Transfer-Encoding in an HTTP/1.0 request")
+        codings = [c.strip(b" \t").lower() for c in scan.transfer_encoding.split(b",")]
+        if codings != [b"chunked"]:
+            raise ProxyError(400, "bad-request", "a Transfer-Encoding other than chunked")
+    if target[:1] != b"/" and scan.host is not None:
+        scheme = target[:8].lower()
+        if scheme.startswith((b"http://", b"https://")):
+            rest = target[target.find(b"//") + 2 :]
+            end = len(rest)
+            for delimiter in (b"/", b"?", b"#"):
+                i = rest.find(delimiter)
+                if 0 <= i < end:
+                    end = i
+            authority = rest[:end].rpartition(b"@")[2]
+            default = b":443" if scheme.startswith(b"https") else b":80"
+            if not same_authority(authority, scan.host, default):
+                raise ProxyError(
+                    400, "bad-request", "Host differs from the authority of the request target"
+                )
+
+
+def same_authority(a: bytes, b: bytes, default_port: bytes = b":80") -> bool:
+    """Whether two authorities (``host[:port]``) name the same place: case-insensitive, the
+    scheme's default port the same as none."""
+    a, b = a.strip().lower(), b.strip().lower()
+    if a.endswith(default_port):
+        a = a[: -len(default_port)]
+    if b.endswith(default_port):
+        b = b[: -len(default_port)]
+    return a == b
+
+
+def parse_error(detail: str) -> ProxyError:
+    """The answer to a request llhttp could not parse: 505 only for a request line whose
+    version is well formed but not one llhttp knows (``Invalid HTTP version``: HTTP/1.2,
+    HTTP/3.0); any other error, including llhttp's ``Expected CRLF after version`` for a
+    bare CR or LF ending the request line, is a malformed request: 400."""
+    if detail.startswith("Invalid HTTP version"):
+        return ProxyError(505, "http-version-not-supported", detail)
+    return ProxyError(400, "bad-request", detail)
 
 
 def render_headers(headers: Iterable[Header]) -> bytes:

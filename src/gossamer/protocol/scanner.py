@@ -55,7 +55,8 @@ class PythonScanner:
 
     def request(self, data: bytes, want_host: bool) -> PlainRequest | None:
         """The pieces of ``data`` when it is one whole bodyless plain request; else None.
-        The Host value is only looked for when ``want_host``."""
+        The Host value is reported whatever ``want_host`` says, as the native scanner does:
+        the connection sets the authority from it, which must not depend on the scanner."""
         end = data.find(b"\r\n\r\n")
         if end != len(data) - 4 or end > MAX_PLAIN_HEAD:
             return None
@@ -63,7 +64,13 @@ class PythonScanner:
         line_end = data.find(b"\r\n")
         if not data.startswith(b"/", space + 1) or not data.endswith(b" HTTP/1.1", 0, line_end):
             return None  # absolute-form, asterisk-form, HTTP/1.0: the full path
-        plain = plain_request_head(data[:end], want_host=want_host)
+        target = data[space + 1 : line_end - 9]
+        if b" " in target or data.find(b"\n", 0, line_end) >= 0:
+            # A bare LF in the request line: llhttp reads an HTTP/0.9 request ending there
+            # (and ignores the rest), not the HTTP/1.1 line this scanner would forward. A
+            # second space: llhttp's target ends at the first one, this slice would not.
+            return None
+        plain = plain_request_head(data[:end], want_host=True)
         if plain is None:
             return None
         frame = self._request_frame
@@ -75,7 +82,7 @@ class PythonScanner:
         if method == b"CONNECT":
             return None
         head, host, request_id = plain
-        return method, data[space + 1 : line_end - 9], head, host, request_id, frame.keep_alive
+        return method, target, head, host, request_id, frame.keep_alive
 
     def response(self, data: bytes) -> PlainResponse | None:
         """The pieces of ``data`` when it is one whole plain final response; else None."""

@@ -25,14 +25,18 @@ class AcceptedConnection:
     direction: str
     transport: asyncio.Transport | None
     last_active_ns: int
+    peer_serial: str  # of the caller's certificate (inbound mTLS), else empty
 
     def busy(self) -> bool:
         """Whether requests are in flight (a drain lets them finish)."""
         raise TypeError("connection responsibility")
 
-    def sweep(self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int) -> None:
+    def sweep(
+        self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int, stream_ns: int
+    ) -> None:
         """The periodic check: answer a request head not whole after ``head_ns`` or a body
-        without progress for ``body_ns`` (408), close a connection idle for ``idle_ns``."""
+        without progress for ``body_ns`` (408), a response without progress for
+        ``stream_ns`` (504), close a connection idle for ``idle_ns``."""
         raise TypeError("connection responsibility")
 
     def close(self) -> None:
@@ -45,11 +49,20 @@ class AcceptedConnection:
             transport.abort()
 
     def counted(self) -> None:
-        """The connection was accepted: count it and join the set."""
-        metrics = self.proxy.metrics
+        """The connection was accepted: count it and join the set; past the sidecar's cap
+        (``max_connections``, TCP relays included) it is cut at once (and leaves the set
+        through ``uncounted`` like any other)."""
+        proxy = self.proxy
+        metrics = proxy.metrics
         metrics.connections_opened[self.direction] += 1
         metrics.connections_open[self.direction] += 1
-        self.proxy.connections.add(self)
+        connections = proxy.connections
+        connections.add(self)
+        if len(connections) + proxy.tcp_open > proxy.max_connections:
+            metrics.error(self.direction, "connection-overflow")
+            transport = self.transport
+            if transport is not None:
+                transport.abort()
 
     def uncounted(self) -> None:
         """The connection is gone: leave the set (waking a drain waiting for it to empty)."""

@@ -38,6 +38,9 @@ DISCOVERY_TIMEOUT = 3.0
 IDLE_TIMEOUT = 120.0  # a keep-alive downstream connection with nothing to do is closed after
 HEADER_TIMEOUT = 30.0  # a request head must arrive whole within this (slow-loris guard)
 BODY_TIMEOUT = 60.0  # a request body that makes no progress this long gets 408
+# A stream whose request is whole and whose response makes no progress this long (no policy
+# timeout cut it first) gets 504 ``upstream-idle-timeout`` (or is cut, once started).
+STREAM_IDLE_TIMEOUT = 300.0
 NEGATIVE_TTL = 5.0  # an "unknown service" answer is reused this long, then asked again
 SWEEP_INTERVAL = 2.0
 
@@ -61,6 +64,8 @@ class ProxyState:
         app = settings.workload.app
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[AcceptedConnection] = set()
+        self.tcp_open = 0  # TCP relays (kept by tcp.proxy); they count toward the cap too
+        self.max_connections = settings.listen.max_connections
         self._subscriptions: set[str] = set()
         # Names the control plane answered as unknown, and when: trusted for NEGATIVE_TTL.
         self._unknown_at: dict[str, float] = {}
@@ -111,13 +116,14 @@ class ProxyState:
 
     def sweep(self) -> None:
         """Close idle keep-alive connections; answer stalled request heads and bodies with
-        408."""
+        408 and stalled responses with 504."""
         now_ns = time.monotonic_ns()
         head_ns = int(HEADER_TIMEOUT * 1e9)
         idle_ns = int(IDLE_TIMEOUT * 1e9)
         body_ns = int(BODY_TIMEOUT * 1e9)
+        stream_ns = int(STREAM_IDLE_TIMEOUT * 1e9)
         for conn in list(self.connections):
-            conn.sweep(now_ns, head_ns, idle_ns, body_ns)
+            conn.sweep(now_ns, head_ns, idle_ns, body_ns, stream_ns)
 
     async def sweep_forever(self) -> None:
         while True:
@@ -142,9 +148,12 @@ class ProxyState:
             self.last_error = f"version {version}: {exc}"
             log.warning("refusing config version %s: %s", version, exc)
             raise
+        previous = self.table
         self.table = table
         self.snapshot = snapshot
         self.last_error = None
+        if table.revoked != (previous.revoked if previous is not None else frozenset()):
+            self._revoked_changed(table.revoked)
         for key in list(self._waiters):
             if key in table.services or key in table.unknown:
                 waiter = self._waiters.pop(key)
@@ -161,6 +170,17 @@ class ProxyState:
             unknown_at.setdefault(name, now)
         for name in [n for n in unknown_at if n not in table.unknown]:
             del unknown_at[name]
+
+    def _revoked_changed(self, revoked: frozenset[str]) -> None:
+        """Revocations take effect on what is open too: connections from a revoked caller
+        are cut, pooled connections to a revoked upstream are closed."""
+        self.outbound_pool.revoke(revoked)
+        runtime = self.h2_runtime
+        if runtime is not None:
+            runtime.outbound_pool.revoke(revoked)
+        for conn in [c for c in self.connections if c.peer_serial in revoked]:
+            self.metrics.error(conn.direction, "revoked-peer")
+            conn.abort()
 
     def known_unknown(self, key: str) -> bool:
         """Whether the control plane said ``key`` is no service, recently enough to trust."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from gossamer.control.ca import CertificateAuthority
@@ -72,3 +73,37 @@ def test_flags_parse_into_settings(tmp_path: Path) -> None:
     assert settings.endpoint_grace == 0.5
     assert settings.cert_lifetime.total_seconds() == 1800
     assert settings.data_dir == tmp_path
+
+
+def test_api_off_loopback_needs_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Finding 6: the config API (admin token, whole configuration) is refused on a
+    non-loopback address unless served over TLS."""
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(["--data-dir", str(tmp_path), "--api-addr", "0.0.0.0:15010"])
+    assert exited.value.code == 2
+    assert "add --api-tls" in capsys.readouterr().err
+    settings = parse_settings(
+        ["--data-dir", str(tmp_path), "--api-addr", "0.0.0.0:15010", "--api-tls",
+         "--tls-san", "cp.example.com", "--tls-san", "10.1.2.3"]
+    )  # fmt: skip
+    assert settings.api_tls and settings.tls_sans == ("cp.example.com", "10.1.2.3")
+    assert not parse_settings(["--data-dir", str(tmp_path), "--api-addr", "[::1]:1"]).api_tls
+
+
+def test_serving_cert_names_the_addresses_it_serves(tmp_path: Path) -> None:
+    """The serving certificate carries the loopback names, the listen addresses and
+    --tls-san names (not the wildcard), and is re-issued when one is missing."""
+    ca = CertificateAuthority.load_or_create(tmp_path)
+    cert_path, _ = ensure_serving_cert(tmp_path, ca, ("0.0.0.0", "127.0.0.1"))
+    first = cert_path.read_bytes()
+    cert_path2, _ = ensure_serving_cert(tmp_path, ca, ("cp.example.com", "10.1.2.3"))
+    cert = x509.load_pem_x509_certificate(cert_path2.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "cp.example.com"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1", "::1", "10.1.2.3"
+    }  # fmt: skip
+    second = cert_path2.read_bytes()
+    assert second != first
+    ensure_serving_cert(tmp_path, ca, ("cp.example.com",))
+    assert cert_path2.read_bytes() == second  # every name there: kept

@@ -8,9 +8,12 @@ from gossamer.protocol.http1 import (
     HOP_BY_HOP,
     LAST_CHUNK,
     ProxyError,
+    check_request_head,
     encode_chunk,
     error_response,
+    parse_error,
     render_headers,
+    same_authority,
     scan_headers,
     split_absolute_target,
 )
@@ -99,6 +102,113 @@ class TestScanHeaders:
         scan = scan_headers([(b"Transfer-Encoding", value)])
         assert scan.chunked is chunked
         assert scan.kept == []
+
+
+class TestCheckRequestHead:
+    """Request heads two parsers could frame or route differently are refused before any of
+    them is forwarded (found by tests/integration/test_differential.py against HAProxy)."""
+
+    @staticmethod
+    def refused(headers: list[tuple[bytes, bytes]], target: bytes = b"/",
+                http10: bool = False) -> str | None:  # fmt: skip
+        try:
+            check_request_head(scan_headers(headers), target, http10)
+        except ProxyError as exc:
+            assert (exc.status, exc.cause) == (400, "bad-request")
+            return exc.detail
+        return None
+
+    @pytest.mark.parametrize(
+        "lines",
+        [
+            [b"chunked"],
+            [b"Chunked"],
+            [b" chunked\t"],
+        ],
+    )
+    def test_chunked_alone_is_accepted(self, lines: list[bytes]) -> None:
+        assert self.refused([(b"Transfer-Encoding", v) for v in lines]) is None
+
+    @pytest.mark.parametrize(
+        "lines",
+        [
+            [b"chunked, identity"],
+            [b"identity, chunked"],
+            [b"identity", b"chunked"],  # two lines are one list: identity, chunked
+            [b"gzip, chunked"],
+            [b", chunked"],
+            [b"chunked,"],
+            [b"chunked", b"chunked"],
+            [b"xchunked"],
+        ],
+    )
+    def test_any_other_transfer_encoding_is_refused(self, lines: list[bytes]) -> None:
+        detail = self.refused([(b"Transfer-Encoding", v) for v in lines])
+        assert detail == "a Transfer-Encoding other than chunked"
+
+    def test_transfer_encoding_lines_are_joined(self) -> None:
+        scan = scan_headers([(b"Transfer-Encoding", b"gzip"), (b"transfer-encoding", b"chunked")])
+        assert scan.transfer_encoding == b"gzip, chunked"
+        assert scan.chunked
+
+    def test_transfer_encoding_in_http10_and_two_hosts_are_refused(self) -> None:
+        assert self.refused([(b"Transfer-Encoding", b"chunked")], http10=True) == (
+            "Transfer-Encoding in an HTTP/1.0 request"
+        )
+        assert self.refused([(b"Host", b"a"), (b"host", b"a")]) == "more than one Host header"
+
+    @pytest.mark.parametrize(
+        ("target", "host"),
+        [
+            (b"http://catalog/abs", b"catalog"),
+            (b"http://Catalog/abs", b"catalog:80"),
+            (b"http://catalog:80/abs", b"CATALOG"),
+            (b"https://catalog/x", b"catalog:443"),
+            (b"http://user@catalog?q=1", b"catalog"),
+        ],
+    )
+    def test_absolute_form_with_its_own_host_is_accepted(self, target: bytes, host: bytes) -> None:
+        assert self.refused([(b"Host", host)], target) is None
+
+    @pytest.mark.parametrize(
+        ("target", "host"),
+        [
+            (b"http://catalog/abs", b"evil.example"),
+            (b"http://catalog:8080/", b"catalog"),
+            (b"HTTP://catalog/", b"payments"),
+            (b"https://catalog/x", b"catalog:80"),
+            (b"http://evil@catalog/", b"evil"),
+        ],
+    )
+    def test_absolute_form_with_another_host_is_refused(self, target: bytes, host: bytes) -> None:
+        assert self.refused([(b"Host", host)], target) == (
+            "Host differs from the authority of the request target"
+        )
+
+    def test_absolute_form_without_host_and_origin_form_are_left_alone(self) -> None:
+        assert self.refused([], b"http://catalog/abs") is None
+        assert self.refused([(b"Host", b"anything")], b"/path") is None
+        assert same_authority(b"a:80", b"A") and not same_authority(b"a:81", b"a")
+
+
+class TestParseError:
+    @pytest.mark.parametrize(
+        "detail",
+        [
+            "Expected CRLF after version",  # a bare LF or CR ends the request line
+            "Invalid major version",
+            "Invalid minor version",
+            "Expected dot",
+            "Invalid header value char",
+        ],
+    )
+    def test_malformed_requests_are_400(self, detail: str) -> None:
+        error = parse_error(detail)
+        assert (error.status, error.cause, error.detail) == (400, "bad-request", detail)
+
+    def test_an_unknown_but_well_formed_version_is_505(self) -> None:
+        error = parse_error("Invalid HTTP version")
+        assert (error.status, error.cause) == (505, "http-version-not-supported")
 
 
 class TestSplitAbsoluteTarget:

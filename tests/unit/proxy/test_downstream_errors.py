@@ -85,10 +85,10 @@ def responses(data: bytes | bytearray, *, head_only: bool = False) -> list[Respo
     return out
 
 
-def settings(default_service: str | None = None) -> ProxySettings:
+def settings(default_service: str | None = None, max_connections: int = 4096) -> ProxySettings:
     return ProxySettings(
         workload=WorkloadSettings(service="frontend"),
-        listen=ListenSettings(default_service=default_service),
+        listen=ListenSettings(default_service=default_service, max_connections=max_connections),
         control=ControlSettings(),
         identity=IdentitySettings(workdir=Path("/nonexistent/gossamer-test")),
     )
@@ -445,6 +445,26 @@ class TestDiscovery:
         assert (resp.status, resp.headers["x-gossamer-error"]) == (503, "discovery-timeout")
 
 
+class TestConnectionCap:
+    def test_connections_past_the_cap_are_closed_at_once(self) -> None:
+        """Issue 11, finding 8: a global cap on open connections (HTTP connections and TCP
+        relays together); beyond it a new connection is cut and counted."""
+        state = ProxyState(settings(max_connections=2), client_context=None)
+        transports = []
+        for _ in range(3):
+            conn = OutboundConnection(state)
+            transport = FakeTransport()
+            conn.connection_made(transport)
+            transports.append(transport)
+        assert [t.aborted for t in transports] == [False, False, True]
+        assert state.metrics.errors[("outbound", "connection-overflow")] == 1
+        state.tcp_open = 1  # a TCP relay counts too
+        conn = OutboundConnection(state)
+        transport = FakeTransport()
+        conn.connection_made(transport)
+        assert transport.aborted
+
+
 class TestSweep:
     def test_stalled_request_head_gets_408(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A request head not finished within HEADER_TIMEOUT is answered 408 and closed."""
@@ -481,6 +501,39 @@ class TestSweep:
             state.sweep()
             time.sleep(0.02)
         assert transport.data == b"" and not transport.closed
+
+    def test_a_response_that_stops_coming_gets_504(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """An upstream that sends nothing for STREAM_IDLE_TIMEOUT (and no policy timeout is
+        set) holds the connection no longer: 504 upstream-idle-timeout, upstream closed
+        (issue 11, finding 8)."""
+        monkeypatch.setattr(state_module, "STREAM_IDLE_TIMEOUT", 0.005)
+        state, conn, transport = connect(with_table=True)
+        upstream = pooled_upstream(state)
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert upstream.data  # the request went out; no answer comes
+        state.sweep()  # the clock starts
+        time.sleep(0.02)
+        state.sweep()
+        resp = only_response(transport)
+        assert (resp.status, resp.headers["x-gossamer-error"]) == (504, "upstream-idle-timeout")
+        assert transport.closed and upstream.closed
+
+    def test_a_response_that_keeps_coming_is_left_alone(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(state_module, "STREAM_IDLE_TIMEOUT", 0.05)
+        state, conn, transport = connect(with_table=True)
+        pooled_upstream(state)
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        upstream = conn.queue[0].upstream
+        assert upstream is not None
+        upstream.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(5):
+            upstream.data_received(b"0123456789")
+            state.sweep()
+            time.sleep(0.02)
+        assert not transport.closed
+        assert b"504" not in bytes(transport.data)
 
     def test_request_head_within_timeout_is_left_alone(self) -> None:
         """A partial head younger than HEADER_TIMEOUT is neither answered nor closed."""

@@ -130,6 +130,7 @@ backend: Any = getattr(ffi, "_backend", ffi)
 ERR_DEFERRED = -508
 ERR_TEMPORAL_CALLBACK_FAILURE = -521
 ERR_CALLBACK_FAILURE = -902
+ERR_FLOODED = -904  # libnghttp2's own guard (PING/SETTINGS acks piling up, and the like)
 DATA_FLAG_EOF = 0x01
 DATA_FLAG_NO_END_STREAM = 0x02
 FLAG_NONE = 0

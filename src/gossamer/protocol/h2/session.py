@@ -420,11 +420,14 @@ class H2Session:
             self._busy = True
             try:
                 n = _native.gossamer_h2_send(ptr, ctx, out)
+                # Copied out before ``_leave``: a close asked for during the call frees the
+                # collector's buffer there.
+                data = _unpack(out[0], n) if n > 0 else b""
             finally:
                 self._leave()
             if n < 0:
                 raise H2Error(n, "send")
-            return _unpack(out[0], n) if n else b""
+            return data
         send_ptr = self._send_ptr
         parts: list[bytes] = []
         self._busy = True

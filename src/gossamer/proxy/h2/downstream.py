@@ -28,6 +28,7 @@ import logging
 import time
 from typing import ClassVar
 
+from gossamer.protocol.h2 import binding
 from gossamer.protocol.h2.session import (
     CLOSED,
     DATA,
@@ -41,7 +42,12 @@ from gossamer.protocol.h2.session import (
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.accepted import AcceptedConnection
 from gossamer.proxy.h2 import H2_PREFACE
-from gossamer.proxy.h2.connection import CONNECTION_WINDOW, SERVER_SETTINGS, FlushingConnection
+from gossamer.proxy.h2.connection import (
+    CONNECTION_WINDOW,
+    MAX_HEADER_LIST_SIZE,
+    SERVER_SETTINGS,
+    FlushingConnection,
+)
 from gossamer.proxy.h2.headers import scan_request, strip_connection_fields
 from gossamer.proxy.h2.limits import OVERFLOW, QUEUED
 from gossamer.proxy.h2.mirror import fire_mirror
@@ -63,6 +69,10 @@ CANCEL = 8
 ENHANCE_YOUR_CALM = 11
 MAX_RESETS = 200  # early client resets per connection and window before it is cut off
 RESET_WINDOW_NS = 1_000_000_000
+# Bytes a client may send that complete nothing (no headers, no body data, no end): beyond
+# the whole connection window and two header blocks only a flood gets here (CONTINUATION
+# frames, CVE-2024-28182; PING, SETTINGS, WINDOW_UPDATE, PRIORITY or empty DATA frames).
+MAX_IDLE_FRAME_BYTES = CONNECTION_WINDOW + 2 * MAX_HEADER_LIST_SIZE
 
 
 class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
@@ -77,6 +87,7 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
         self.closed = False
         self.write_paused = False
         self.last_active_ns = time.monotonic_ns()
+        self.peer_serial = ""
         self.session = H2Session(
             client=False, settings=SERVER_SETTINGS, connection_window=CONNECTION_WINDOW
         )
@@ -85,6 +96,7 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
         self.runtime = runtime_for(proxy)
         self.grpc_stats = self.runtime.grpc
         self.going_away = False
+        self._idle_bytes = 0  # received since the last event (see MAX_IDLE_FRAME_BYTES)
         self._resets = 0  # streams the client reset early, in the current window
         self._reset_window = 0
 
@@ -110,12 +122,22 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
         try:
             events = self.session.receive(data)
         except H2Error as exc:
+            if exc.code == binding.ERR_FLOODED:
+                self._calm("h2-frame-flood", str(exc))
+                return
             log.info("%s HTTP/2 session failed: %s", self.direction, exc)
             self.proxy.metrics.error(self.direction, "bad-request")
             self.flush()
             if self.transport is not None:
                 self.transport.close()
             return
+        if events:
+            self._idle_bytes = 0
+        else:
+            self._idle_bytes += len(data)
+            if self._idle_bytes > MAX_IDLE_FRAME_BYTES:
+                self._calm("h2-frame-flood", f"{self._idle_bytes} bytes of frames to no effect")
+                return
         self.handle_events(events)
         self.flush()
 
@@ -158,14 +180,17 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
         self._resets += 1
         if self._resets <= MAX_RESETS:
             return False
-        log.warning("%s HTTP/2 client reset %d streams within a second: GOAWAY",
-                    self.direction, self._resets)  # fmt: skip
-        self.proxy.metrics.error(self.direction, "h2-reset-flood")
+        self._calm("h2-reset-flood", f"{self._resets} streams reset within a second")
+        return True
+
+    def _calm(self, cause: str, detail: str) -> None:
+        """An abusive client: GOAWAY ENHANCE_YOUR_CALM, counted as ``cause``, and close."""
+        log.warning("%s HTTP/2 %s: %s; GOAWAY", self.direction, cause, detail)
+        self.proxy.metrics.error(self.direction, cause)
         self.session.goaway(ENHANCE_YOUR_CALM)
         self.flush()
         if self.transport is not None:
             self.transport.close()
-        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -183,9 +208,28 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
     def busy(self) -> bool:
         return bool(self.streams)
 
-    def sweep(self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int) -> None:
-        if not self.streams and now_ns - self.last_active_ns > idle_ns:
-            self.close()
+    def sweep(
+        self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int, stream_ns: int
+    ) -> None:
+        streams = self.streams
+        if not streams:
+            if now_ns - self.last_active_ns > idle_ns:
+                self.close()
+            return
+        for stream in list(streams.values()):
+            if stream.moved != stream.moved_mark:
+                stream.moved_mark = stream.moved
+                stream.moved_since = now_ns
+                continue
+            still = now_ns - stream.moved_since
+            if stream.done:
+                if still > body_ns:
+                    stream.stalled(0, "", "")  # answered, but its client holds it open
+            elif not stream.req_ended and not stream.grpc:  # gRPC streams idle at will
+                if still > body_ns:
+                    stream.stalled(408, "request-body-timeout", "the request body stopped arriving")
+            elif still > stream_ns:
+                stream.stalled(504, "upstream-idle-timeout", "no bytes either way for too long")
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -384,9 +428,11 @@ class H2Inbound(H2Downstream):
         self.stats: RouteStats | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer, self.stats = inbound.caller(self.proxy, transport.get_extra_info("peercert"))
+        peercert = transport.get_extra_info("peercert")
+        peer, self.stats = inbound.caller(self.proxy, peercert)
         self.peer = peer.encode()
         super().connection_made(transport)
+        self.peer_serial = inbound.refuse_revoked(self.proxy, peercert, transport)
 
     def add_headers(self, headers: list[Header]) -> None:
         if self.peer:

@@ -94,6 +94,11 @@ def scan_request(headers: Iterable[Header], drop: frozenset[bytes]) -> RequestSc
             scan.request_id = pair[1]
         elif name == b"host":
             host = pair[1]
+            if scan.authority and host.lower() != scan.authority.lower():
+                # A Host naming another destination than the :authority routed on (RFC 9113
+                # 8.3.1): the app must not see two. Pseudo-fields come first (nghttp2 checks),
+                # so :authority is known here; HAProxy likewise sets Host from :authority.
+                kept.pop()
     if not scan.authority:
         scan.authority = host
     return scan

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 from gossamer.protocol.h2.session import H2Error, Header, Outgoing
 from gossamer.proxy.h2.headers import (
     GRPC_CANCELLED,
+    GRPC_DEADLINE_EXCEEDED,
     error_body,
     error_headers,
     grpc_code_for_error,
@@ -86,6 +87,9 @@ class ProxiedStream(Call):
         "grpc_status",
         "headers",
         "is_head",
+        "moved",
+        "moved_mark",
+        "moved_since",
         "plan",
         "req_buf",
         "req_ended",
@@ -135,6 +139,10 @@ class ProxiedStream(Call):
         self.attempts = 0
         self.done = False
         self.plan: StreamPlan | None = None
+        # Body bytes either way; the connection's sweep watches it move (``stalled``).
+        self.moved = 0
+        self.moved_mark = 0
+        self.moved_since = self.start_ns
 
     # === the pipeline's Call ===
 
@@ -194,6 +202,7 @@ class ProxiedStream(Call):
     # === request direction (called by the downstream connection) ===
 
     def request_data(self, data: bytes) -> None:
+        self.moved += len(data)
         plan = self.plan
         if plan is not None:
             plan.received += len(data)
@@ -373,6 +382,7 @@ class ProxiedStream(Call):
             self.down.schedule_flush()
 
     def response_data(self, data: bytes) -> None:
+        self.moved += len(data)
         plan = self.plan
         if plan is not None and plan.held is not None:
             plan.release_held(self)
@@ -536,6 +546,20 @@ class ProxiedStream(Call):
         if self.grpc:
             self.grpc_status = grpc_code
         self.finish()
+
+    def stalled(self, status: int, cause: str, detail: str) -> None:
+        """No body bytes moved for too long (the connection's sweep decides): answer
+        ``status`` if nothing was answered yet, else cut the stream; a client that keeps its
+        half open after our answer is reset at the next sweep."""
+        if self.done:
+            if self.down_open:
+                self.down.session.reset(self.down_id, CANCEL)
+                self.down.schedule_flush()
+            return
+        if self.resp_started:
+            self.cut(cause, status, GRPC_DEADLINE_EXCEEDED)
+        else:
+            self.respond_error(status, cause, detail)
 
     def finish(self) -> None:
         """Record the stream once (HTTP status, gRPC status, latency) and free its endpoint."""

@@ -15,6 +15,7 @@ import logging
 import ssl
 from collections.abc import Callable
 
+from gossamer.identity.spiffe import peer_serial
 from gossamer.protocol.h2.session import (
     CLOSED,
     DATA,
@@ -28,7 +29,7 @@ from gossamer.protocol.h2.session import (
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.connection import CLIENT_SETTINGS, CONNECTION_WINDOW, FlushingConnection
 from gossamer.proxy.h2.stream import INTERNAL_ERROR, ProxiedStream
-from gossamer.proxy.http1.upstream import identity_mismatch, open_upstream
+from gossamer.proxy.http1.upstream import open_upstream, refused_peer
 
 __all__ = ["H2Pool", "H2Upstream"]
 
@@ -43,6 +44,7 @@ class H2Upstream(FlushingConnection, asyncio.Protocol):
     def __init__(self, pool: H2Pool, key: PoolKey) -> None:
         self.pool = pool
         self.key = key
+        self.peer_serial = ""  # of the upstream's certificate (mTLS), else empty
         self.session = H2Session(
             client=True, settings=CLIENT_SETTINGS, connection_window=CONNECTION_WINDOW
         )
@@ -144,6 +146,7 @@ class H2Pool:
         self._conns: dict[PoolKey, H2Upstream] = {}
         self._connecting: dict[tuple[PoolKey, str | None], asyncio.Future[H2Upstream]] = {}
         self.opened = 0
+        self.revoked: frozenset[str] = frozenset()  # upstream certificates refused
 
     def take(self, key: PoolKey) -> H2Upstream | None:
         conn = self._conns.get(key)
@@ -157,6 +160,14 @@ class H2Pool:
 
     def connections(self) -> list[H2Upstream]:
         return list(self._conns.values())
+
+    def revoke(self, revoked: frozenset[str]) -> None:
+        """Refuse upstreams with these certificates from now on: connections to them take no
+        new streams (those in flight finish)."""
+        self.revoked = revoked
+        for conn in [c for c in self._conns.values() if c.peer_serial in revoked]:
+            self.discard(conn)
+            conn.close()
 
     def close_all(self) -> None:
         for conn in list(self._conns.values()):
@@ -208,8 +219,9 @@ class H2Pool:
                     502, "connect-failed", f"{host}:{port}: peer did not agree to h2 ({alpn})"
                 )
             if identity is not None:
-                mismatch = identity_mismatch(transport, identity)
-                if mismatch is not None:
+                refusal = refused_peer(transport, identity, self.revoked)
+                if refusal is not None:
                     conn.abort()
-                    raise mismatch
+                    raise refusal
+                conn.peer_serial = peer_serial(transport.get_extra_info("peercert"))
         return conn

@@ -21,8 +21,10 @@ from gossamer.protocol.http1 import (
     LAST_CHUNK,
     HeadScan,
     ProxyError,
+    check_request_head,
     encode_chunk,
     error_response,
+    parse_error,
     render_headers,
     scan_headers,
 )
@@ -68,6 +70,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         self.write_paused = False
         self.closed = False
         self.last_active_ns = time.monotonic_ns()
+        self.peer_serial = ""
         # After a 101, bytes flow both ways untouched: the upstream connection we tunnel to.
         self.tunnel: UpstreamConnection | None = None
         self.upgrading: Exchange | None = None  # an upgrade request waiting for its answer
@@ -78,10 +81,15 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         # syscall (a response head and its body usually arrive together).
         self.held: list[bytes] | None = None
         self.scanner: Scanner | None = None  # takes plain requests (made on first use)
+        # A request whose head was just parsed, dispatched only once the rest of the bytes in
+        # hand parsed cleanly: a request they show to be malformed is refused unforwarded.
+        self.ready: Exchange | None = None
         # Request body bytes parsed, and where the sweep last saw the count (a stalled body).
         self.body_seen = 0
         self.body_mark = -1
         self.body_since = 0
+        self.response_mark = -1  # upstream bytes seen at the last sweep, -1: not watching
+        self.response_since = 0
 
     # === asyncio callbacks ===
 
@@ -110,6 +118,30 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
             self._hold_early(data)  # read before the pause took effect
             return
         try:
+            self._feed(data)
+        finally:
+            ready = self.ready
+            self.ready = None
+        if ready is not None and not self.closed:
+            self._dispatch_ready(ready)
+
+    def _dispatch_ready(self, ex: Exchange) -> None:
+        """Dispatch a request parsed in full from the bytes in hand (as the parser's callback
+        did before: a ``ProxyError`` is the answer, any other exception a logged 500)."""
+        try:
+            self.dispatch(ex)
+        except ProxyError as exc:
+            self.refuse(exc.status, exc.cause, exc.detail)
+            return
+        except Exception as exc:
+            log.exception("internal error while dispatching a request", exc_info=exc)
+            self.refuse(500, "proxy-internal-error", type(exc).__name__)
+            return
+        if ex.upstream is not None:
+            self._resume(PAUSE_BUFFER)  # its body, buffered meanwhile, went out with it
+
+    def _feed(self, data: bytes) -> None:
+        try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if self.upgrading is not None:
@@ -127,11 +159,8 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
                 log.exception("internal error while parsing a request", exc_info=cause)
                 self.refuse(500, "proxy-internal-error", type(cause).__name__)
         except httptools.HttpParserError as exc:
-            detail = str(exc) or type(exc).__name__
-            if "version" in detail.lower():  # llhttp: "Invalid HTTP version"
-                self.refuse(505, "http-version-not-supported", detail)
-            else:
-                self.refuse(400, "bad-request", detail)
+            error = parse_error(str(exc) or type(exc).__name__)
+            self.refuse(error.status, error.cause, error.detail)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -163,7 +192,9 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
     def busy(self) -> bool:
         return bool(self.queue)
 
-    def sweep(self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int) -> None:
+    def sweep(
+        self, now_ns: int, head_ns: int, idle_ns: int, body_ns: int, stream_ns: int
+    ) -> None:
         ex = self.parsing
         if ex is not None and not ex.method and not self.queue:  # head still incomplete
             if now_ns - ex.start_ns > head_ns:
@@ -177,6 +208,21 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
                 self.refuse(408, "request-body-timeout", "the request body stopped arriving")
         elif not self.queue and ex is None and now_ns - self.last_active_ns > idle_ns:
             self.close()
+        if self.queue and not self.closed:
+            self._sweep_response(self.queue[0], now_ns, stream_ns)
+
+    def _sweep_response(self, ex: Exchange, now_ns: int, stream_ns: int) -> None:
+        """Is the answer to the oldest request moving? Bytes from its upstream count."""
+        upstream = ex.upstream
+        if upstream is None or not ex.body_done or ex.upgrade or self.tunnel is not None:
+            self.response_mark = -1
+            return
+        if upstream.received != self.response_mark:
+            self.response_mark = upstream.received
+            self.response_since = now_ns
+        elif now_ns - self.response_since > stream_ns:
+            self.response_mark = -1
+            self.refuse(504, "upstream-idle-timeout", "the upstream stopped answering")
 
     def drop_parsers(self) -> None:
         """Let the parsers go: each calls back into this connection, which holds it, so the
@@ -215,7 +261,17 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self.parsing
         assert ex is not None
-        ex.headers.append((name, value))
+        if ex.method:
+            # A trailer field (the head is done): never a header of the request, and not
+            # forwarded (the proxy ends a chunked body with the last chunk alone).
+            self.header_bytes += len(name) + len(value) + 4
+            if self.header_bytes > MAX_HEADER_BYTES:
+                raise ProxyError(431, "headers-too-large", "trailer block too large")
+            return
+        # llhttp skips the whitespace before a value but keeps what trails it, which is not
+        # part of the value either (RFC 9110 5.5): "Host: catalog " names catalog, as on the
+        # plain path (whose scanners strip both ends).
+        ex.headers.append((name, value.rstrip(b" \t")))
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > MAX_HEADER_BYTES:
             raise ProxyError(
@@ -234,11 +290,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         ex.keep_alive = parser.should_keep_alive()
         ex.is_head = ex.method == b"HEAD"
         scan = scan_headers(ex.headers, self.drop_headers)
-        if scan.hosts > 1:  # which one would route? (RFC 9112 3.2)
-            raise ProxyError(400, "bad-request", "more than one Host header")
-        if ex.http10 and scan.transfer_encoding:
-            # HTTP/1.0 has no chunked framing: a smuggling attempt (RFC 9112 6.1).
-            raise ProxyError(400, "bad-request", "Transfer-Encoding in an HTTP/1.0 request")
+        check_request_head(scan, ex.target, ex.http10)  # Host, framing: ambiguous is refused
         if parser.should_upgrade():
             if not scan.upgrade:
                 raise ProxyError(400, "bad-request", "Connection: upgrade without Upgrade")
@@ -254,7 +306,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         queue = self.queue
         queue.append(ex)
         if len(queue) == 1:
-            self.dispatch(ex)
+            self.ready = ex  # dispatched by data_received once the bytes in hand are parsed
         else:
             self._pause(PAUSE_PIPELINE)
 

@@ -55,7 +55,9 @@ class InboundConnection(DownstreamConnection):
             self.drop_parsers()
             return
         super().connection_made(transport)
-        peer, self.stats = inbound.caller(self.proxy, transport.get_extra_info("peercert"))
+        peercert = transport.get_extra_info("peercert")
+        peer, self.stats = inbound.caller(self.proxy, peercert)
+        self.peer_serial = inbound.refuse_revoked(self.proxy, peercert, transport)
         self.peer = peer.encode()
         self.peer_line = b"\r\n%b: %b\r\n\r\n" % (PEER_HEADER, self.peer)
 

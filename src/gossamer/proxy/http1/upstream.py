@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httptools
 
-from gossamer.identity.spiffe import peer_uri_sans
+from gossamer.identity.spiffe import peer_serial, peer_uri_sans
 from gossamer.protocol.http1 import LAST_CHUNK, ProxyError, encode_chunk, scan_headers
 from gossamer.protocol.scanner import Scanner, new_scanner
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.pipeline.balancer import EndpointState
     from gossamer.proxy.snapshot.table import ConnectionAccount
 
-__all__ = ["Pool", "UpstreamConnection", "identity_mismatch", "open_upstream"]
+__all__ = ["Pool", "UpstreamConnection", "open_upstream", "refused_peer"]
 
 CONNECT_TIMEOUT = 5.0
 MAX_IDLE_PER_ENDPOINT = 128
@@ -61,8 +61,10 @@ class UpstreamConnection(asyncio.Protocol):
         "key",
         "out_chunked",
         "parser",
+        "peer_serial",
         "pool",
         "reason",
+        "received",
         "reused",
         "scanner",
         "served",
@@ -75,6 +77,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: Pool, key: PoolKey) -> None:
         self.pool = pool
         self.key = key
+        self.peer_serial = ""  # of the upstream's certificate (mTLS), else empty
+        self.received = 0  # bytes read (the idle sweep watches it move)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -100,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        self.received += len(data)
         peer = self.tunnel_peer
         if peer is not None:
             peer.write(data)
@@ -395,6 +400,7 @@ class Pool:
         self.ssl_context = ssl_context
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self.opened = 0
+        self.revoked: frozenset[str] = frozenset()  # upstream certificates refused
 
     def take(self, key: PoolKey) -> UpstreamConnection | None:
         stack = self._idle.get(key)
@@ -406,7 +412,7 @@ class Pool:
 
     def release(self, conn: UpstreamConnection) -> None:
         stack = self._idle.setdefault(conn.key, [])
-        if len(stack) >= MAX_IDLE_PER_ENDPOINT:
+        if len(stack) >= MAX_IDLE_PER_ENDPOINT or (conn.peer_serial in self.revoked):
             conn.close()
         else:
             stack.append(conn)
@@ -418,6 +424,15 @@ class Pool:
 
     def idle_count(self) -> int:
         return sum(len(stack) for stack in self._idle.values())
+
+    def revoke(self, revoked: frozenset[str]) -> None:
+        """Refuse upstreams with these certificates from now on; close idle connections to
+        them (busy ones close when their exchange ends)."""
+        self.revoked = revoked
+        for stack in self._idle.values():
+            for conn in [c for c in stack if c.peer_serial in revoked]:
+                stack.remove(conn)
+                conn.close()
 
     def close_all(self) -> None:
         for stack in self._idle.values():
@@ -437,10 +452,11 @@ class Pool:
         )
         self.opened += 1
         if identity is not None and self.ssl_context is not None:
-            mismatch = identity_mismatch(transport, identity)
-            if mismatch is not None:
+            refusal = refused_peer(transport, identity, self.revoked)
+            if refusal is not None:
                 conn.close()
-                raise mismatch
+                raise refusal
+            conn.peer_serial = peer_serial(transport.get_extra_info("peercert"))
         return conn
 
 
@@ -468,11 +484,17 @@ async def open_upstream(
     return transport, conn
 
 
-def identity_mismatch(transport: asyncio.BaseTransport, identity: str) -> ProxyError | None:
-    """The 502 ``upstream-identity-mismatch`` error when the TLS peer of ``transport`` does not
-    carry the URI SAN ``identity``; None when it does."""
-    sans = peer_uri_sans(transport.get_extra_info("peercert"))
-    if identity in sans:
-        return None
-    got = ", ".join(sans) or "no SPIFFE ID"
-    return ProxyError(502, "upstream-identity-mismatch", f"expected {identity}, got {got}")
+def refused_peer(
+    transport: asyncio.BaseTransport, identity: str, revoked: frozenset[str]
+) -> ProxyError | None:
+    """The 502 error when the TLS peer of ``transport`` does not carry the URI SAN ``identity``
+    (``upstream-identity-mismatch``) or its certificate is revoked (``upstream-revoked``);
+    None when it may be used."""
+    peercert = transport.get_extra_info("peercert")
+    sans = peer_uri_sans(peercert)
+    if identity not in sans:
+        got = ", ".join(sans) or "no SPIFFE ID"
+        return ProxyError(502, "upstream-identity-mismatch", f"expected {identity}, got {got}")
+    if revoked and peer_serial(peercert) in revoked:
+        return ProxyError(502, "upstream-revoked", f"{identity}: its certificate is revoked")
+    return None

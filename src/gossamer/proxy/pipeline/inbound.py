@@ -20,7 +20,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from gossamer.identity.spiffe import SpiffeId, peer_uri_sans
+from gossamer.identity.spiffe import SpiffeId, peer_serial, peer_uri_sans
 
 if TYPE_CHECKING:
     from gossamer.proxy.observe.metrics import RouteStats
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.snapshot.table import RouteTable
     from gossamer.proxy.state import ProxyState
 
-__all__ = ["admit", "caller"]
+__all__ = ["admit", "caller", "refuse_revoked"]
 
 
 def caller(proxy: ProxyState, peercert: Any) -> tuple[str, RouteStats]:
@@ -42,6 +42,19 @@ def caller(proxy: ProxyState, peercert: Any) -> tuple[str, RouteStats]:
         source = "unknown"
     stats = proxy.metrics.route("inbound", source, proxy.settings.workload.service, peer or "none")
     return peer, stats
+
+
+def refuse_revoked(proxy: ProxyState, peercert: Any, transport: Any) -> str:
+    """The serial of the caller's certificate (empty without one); a caller whose certificate
+    the control plane revoked (``RouteTable.revoked``) is cut off before any request."""
+    if not peercert:
+        return ""
+    serial = peer_serial(peercert)
+    table = proxy.table
+    if table is not None and serial in table.revoked:
+        proxy.metrics.error("inbound", "revoked-peer")
+        transport.abort()
+    return serial
 
 
 def admit(call: Call, table: RouteTable | None) -> bool:

@@ -113,6 +113,7 @@ class ControlClient:
         self._healthy: bool | None = None
         self._renewals = 0
         self._join_material: tuple[Path, bytes] | None = None
+        self.revoked = False  # the control plane revoked our certificate: we stay out
 
     # ------------------------------------------------------------------ state for admin/ready
 
@@ -180,6 +181,13 @@ class ControlClient:
     async def _connect_loop(self) -> None:
         backoff = _Backoff()
         while not self._stop.is_set():
+            if self.revoked:
+                log.error(
+                    "this proxy's certificate was revoked; it no longer connects to the control "
+                    "plane and other proxies refuse it: restart it with a new join token"
+                )
+                await self._stop.wait()
+                return
             try:
                 if not self._credentials.has_certificate:
                     await self._join()
@@ -266,6 +274,7 @@ class ControlClient:
                     "workload": self._workload(),
                     "subscriptions": list(self._handler.subscriptions()),
                     "cert_expiry": self._expiry_seconds(),
+                    "config_version": self._last_applied or 0,
                 }
             )
             await writer.drain()
@@ -343,6 +352,8 @@ class ControlClient:
         elif kind == "error":
             code, message = msg.get("code"), msg.get("message")
             log.error("control plane error %s: %s", code, message)
+            if code == "revoked":
+                self.revoked = True
             if self._pending_cert is not None and not self._pending_cert.done():
                 self._pending_cert.set_exception(ControlError(f"{code}: {message}"))
         elif kind != "pong":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -210,6 +211,22 @@ def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str,
     loop.default_exception_handler(context)
 
 
+def _raise_file_limit(max_connections: int) -> None:
+    """Let the process hold the connections its cap allows (each may need an upstream too):
+    raise the soft limit on open files toward the hard one when it is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * max_connections + 512
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("gossamer.proxy").warning(
+                "cannot raise the open-file limit to %d: %s", wanted, exc
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sidecar from ``GOSSAMER_PROXY_*`` settings; exit code 2 for bad settings."""
     logging.basicConfig(
@@ -222,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gossamer proxy: {exc}", file=sys.stderr)
         return 2
+    _raise_file_limit(settings.listen.max_connections)
     try:
         uvloop.run(serve(settings))
     except CredentialsError as exc:

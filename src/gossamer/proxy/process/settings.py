@@ -123,6 +123,8 @@ class ListenSettings:
     # Inbound connections waiting for their first bytes or their TLS handshake; beyond, new
     # ones are closed at once (a flood of silent connections cannot exhaust the sidecar).
     max_pending_handshakes: int = 1024
+    # Open connections (HTTP connections accepted and TCP relays); beyond, a new one is cut.
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,7 @@ class ProxySettings:
                 workers=workers,
                 upstreams=parse_upstreams(_get(env, "UPSTREAMS", "") or ""),
                 max_pending_handshakes=_positive(env, "MAX_PENDING_HANDSHAKES", 1024),
+                max_connections=_positive(env, "MAX_CONNECTIONS", 4096),
             ),
             control=ControlSettings(
                 address=control,

@@ -218,6 +218,8 @@ class RouteTable:
         self.unknown = unknown
         self.namespace = namespace
         self.default_service = default_service
+        # Serials of revoked certificates: refused as callers and as upstreams.
+        self.revoked: frozenset[str] = frozenset()
         self._hosts: dict[bytes, OutboundService | None] = {}
 
     def resolve(self, host: bytes) -> OutboundService | None:
@@ -286,6 +288,7 @@ def compile_snapshot(
         version, services, frozenset(unknown_raw), namespace, default, mtls,
         rate_limiter, rate_limit_raw,
     )
+    table.revoked = _compile_revoked(raw)
     inbound = raw.get("inbound") or {}
     for direction, where, part in (
         ("inbound", "snapshot.inbound.filters", inbound),
@@ -300,6 +303,15 @@ def compile_snapshot(
         else:
             table.outbound_stages = stages
     return table
+
+
+def _compile_revoked(snapshot: Mapping[str, Any]) -> frozenset[str]:
+    """``snapshot.revoked_serials``: upper-case hex serials (absent from older control
+    planes: none)."""
+    raw = snapshot.get("revoked_serials", [])
+    if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
+        raise SnapshotError("snapshot.revoked_serials: expected a list of hex serials")
+    return frozenset(s.upper().lstrip("0") or "0" for s in raw)
 
 
 def _compile_inbound(

@@ -153,10 +153,13 @@ class TcpProxy:
     def _new_relay(self, stats: TcpStats) -> Relay:
         relay = Relay(stats, self.buffers, self._relay_done)
         self._relays.add(relay)
+        self.state.tcp_open = len(self._relays)
         self._idle.clear()
         return relay
 
-    def _accept_outbound(self, key: str) -> asyncio.BufferedProtocol:
+    def _accept_outbound(self, key: str) -> asyncio.BaseProtocol:
+        if self._full("outbound"):
+            return _Refuse()
         relay = self._new_relay(TcpStats(""))  # counted under its backend once routed
         relay.service_key = key
         spawn(self._route(relay, key), name=f"tcp connect {key}")
@@ -258,6 +261,10 @@ class TcpProxy:
         except OSError as exc:
             raise TlsFailure("connect-failed", f"{addr}: {exc.strerror or exc}") from None
         await stream.ready
+        table = self.state.table
+        if table is not None and stream.peer_serial in table.revoked:
+            stream.abort()
+            raise TlsFailure("upstream-revoked", f"{addr}: its certificate is revoked")
         return stream
 
     def _attach(
@@ -277,8 +284,17 @@ class TcpProxy:
         self._by_service.setdefault(key, set()).add(relay)
         stream.attach(relay.up)
 
+    def _full(self, direction: str) -> bool:
+        """Whether the sidecar's connection cap is reached (then a new relay is refused)."""
+        state = self.state
+        if len(state.connections) + len(self._relays) < state.max_connections:
+            return False
+        self.metrics.error(direction, "connection-overflow")
+        return True
+
     def _relay_done(self, relay: Relay) -> None:
         self._relays.discard(relay)
+        self.state.tcp_open = len(self._relays)
         group = self._by_service.get(relay.service_key)
         if group is not None:
             group.discard(relay)
@@ -299,6 +315,10 @@ class TcpProxy:
         if table is None or table is self._table:
             return
         self._table = table
+        if table.revoked:
+            for relay in [r for r in self._relays if _revoked_peer(r, table.revoked)]:
+                self.metrics.error("inbound", "revoked-peer")
+                relay.close()
         for key, relays in self._by_service.items():
             service = table.services.get(key)
             route = service.tcp_route if service is not None else None
@@ -439,6 +459,9 @@ class TcpProxy:
         return self._new_relay(self.metrics.tcp("inbound", source, self._source))
 
     async def _accept_inbound(self, conn: socket.socket) -> None:
+        if self._full("inbound"):
+            conn.close()
+            return
         loop = asyncio.get_running_loop()
         stream = TlsStream(self.server_context, self.buffers, server_side=True)
         try:
@@ -448,6 +471,11 @@ class TcpProxy:
             self.metrics.tls_handshake_failures += 1
             log.info("inbound TLS handshake (tcp) failed: %s", exc)
             conn.close()
+            return
+        table = self.state.table
+        if table is not None and stream.peer_serial in table.revoked:
+            self.metrics.error("inbound", "revoked-peer")
+            stream.abort()
             return
         relay = self._inbound_relay(stream.peer_identity)
         if relay is None:
@@ -475,6 +503,20 @@ class TcpProxy:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection accepted past the cap: cut at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.abort()  # type: ignore[attr-defined]
+
+
+def _revoked_peer(relay: Relay, revoked: frozenset[str]) -> bool:
+    """Whether either end of ``relay`` is a TLS peer whose certificate is revoked."""
+    return any(
+        getattr(end.transport, "peer_serial", "") in revoked for end in (relay.down, relay.up)
+    )
 
 
 class TcpSnapshotHandler:

@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
-from gossamer.identity.spiffe import peer_uri_sans
+from gossamer.identity.spiffe import peer_serial, peer_uri_sans
 
 __all__ = [
     "TCP_ALPN",
@@ -100,6 +100,7 @@ class TlsStream(asyncio.BufferedProtocol):
         self.raw: asyncio.Transport | None = None
         self.app: AppProtocol | None = None
         self.peer_identity = ""
+        self.peer_serial = ""  # of the peer's certificate, after the handshake
         self._handshaking = True
         self._read_paused = False
         self._read_closed = False  # close_notify received
@@ -187,8 +188,10 @@ class TlsStream(asyncio.BufferedProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        sans = peer_uri_sans(self._obj.getpeercert())
+        peercert = self._obj.getpeercert()
+        sans = peer_uri_sans(peercert)
         self.peer_identity = sans[0] if sans else ""
+        self.peer_serial = peer_serial(peercert)
         if self._expect is not None and self._expect not in sans:
             got = ", ".join(sans) or "no SPIFFE ID"
             self._fail(

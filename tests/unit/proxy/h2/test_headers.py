@@ -89,3 +89,18 @@ def test_grpc_metrics_render_with_route_labels() -> None:
     assert 'dst_service="catalog",peer_identity="spiffe://x",grpc_status="0"} 2' in text
     assert 'grpc_status="14"} 1' in text
     assert render_grpc_metrics(Metrics("other", "default")) == b""
+
+
+def test_scan_drops_a_host_that_is_not_the_authority() -> None:
+    """``:authority`` routes; a ``host`` naming another destination is not forwarded, so the
+    app cannot be told a different one (found by tests/integration/test_differential.py)."""
+    scan = scan_request(
+        [(b":method", b"GET"), (b":authority", b"catalog"), (b":path", b"/"),
+         (b"host", b"evil.example"), (b"accept", b"*/*")],
+        frozenset(),
+    )  # fmt: skip
+    assert scan.authority == b"catalog"
+    assert scan.kept == [(b":method", b"GET"), (b":authority", b"catalog"), (b":path", b"/"),
+                         (b"accept", b"*/*")]  # fmt: skip
+    same = scan_request([(b":authority", b"Catalog"), (b"host", b"catalog")], frozenset())
+    assert (b"host", b"catalog") in same.kept

@@ -182,3 +182,38 @@ def test_oversized_header_block_resets_only_that_stream() -> None:
     back, got = settle(client, server)
     assert [e[1] for e in of_kind(got, HEADERS)] == [good]
     assert any(e[0] == CLOSED and e[1] == bad and e[2] != 0 for e in back)
+
+
+def test_bytes_are_copied_out_before_a_close_asked_for_during_send_frees_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Work deferred during ``data_to_send`` runs when the call returns, and may close the
+    session (a connection torn down), which frees the native collector's buffer; the frames
+    must be copied out first (issue 11, lows: the copy came after the free). Asserted on the
+    order of the two, which a freed buffer still holding the right bytes cannot hide."""
+    from gossamer.protocol.h2 import session as session_module
+
+    if session_module._native is None:
+        pytest.skip("the native collector is not built")
+    client, server = pair()
+    settle(client, server)
+    sid, _ = client.submit_request(REQUEST, end_stream=False)
+    order: list[str] = []
+    real_unpack, real_close = session_module._unpack, client.close
+
+    def unpack(*args: object) -> bytes:
+        order.append("copy")
+        return real_unpack(*args)
+
+    def close() -> None:
+        if not client._busy:
+            order.append("free")
+        real_close()
+
+    monkeypatch.setattr(session_module, "_unpack", unpack)
+    monkeypatch.setattr(client, "close", close)
+    client.send_data(sid, b"z" * 1000)
+    client._deferred.append(client.close)  # as a deferred operation that tears down would
+    data = client.data_to_send()
+    assert order[-2:] == ["copy", "free"]
+    assert data.endswith(b"z" * 1000)

@@ -9,6 +9,8 @@ from gossamer.proxy.h2.stream import ProxiedStream
 from gossamer.proxy.observe.metrics import Metrics
 from tests.unit.proxy.h2.pairs import REQUEST, of_kind, pair, settle
 
+CANCEL_CODE = 8
+
 
 class FakeProxy:
     def __init__(self) -> None:
@@ -144,3 +146,85 @@ def test_response_bytes_are_credited_upstream_only_as_they_leave() -> None:
     assert credited == []
     down.session.data_to_send()
     assert credited == [1000]
+
+
+def test_a_stalled_request_body_is_answered_408_then_reset() -> None:
+    """Issue 11, finding 8: a stream whose body stopped arriving is answered 408
+    request-body-timeout (the upstream is cancelled); if the client still holds its half of
+    the stream open at the next sweep, it is reset."""
+    app, down, up, upstream = sides()
+    stream = open_stream(app, down)
+    stream.attach(up)  # type: ignore[arg-type]
+    stream.stalled(408, "request-body-timeout", "the request body stopped arriving")
+    back, _ = settle(app, down.session)
+    head = dict(of_kind(back, HEADERS)[0][2])
+    assert head[b":status"] == b"408"
+    assert head[b"x-gossamer-error"] == b"request-body-timeout"
+    assert stream.done
+    _, at_upstream = settle(up.session, upstream)
+    assert not of_kind(at_upstream, DATA)  # the upstream try is cancelled, nothing more goes
+    stream.stalled(0, "", "")  # the next sweep: still open on the client's side
+    back, _ = settle(app, down.session)
+    assert [e[2] for e in of_kind(back, CLOSED)] == [CANCEL_CODE]
+
+
+def test_a_stalled_response_already_started_is_cut() -> None:
+    """Once the response started, a stall cuts the stream (gRPC: DEADLINE_EXCEEDED)."""
+    app, down, up, _upstream = sides()
+    stream = open_stream(app, down, grpc=True)
+    stream.attach(up)  # type: ignore[arg-type]
+    stream.request_end()
+    stream.commit([(b":status", b"200"), (b"content-type", b"application/grpc")], False)
+    stream.stalled(504, "upstream-idle-timeout", "no bytes either way for too long")
+    back, _ = settle(app, down.session)
+    trailers = dict(of_kind(back, HEADERS)[-1][2])
+    assert trailers[b"grpc-status"] == b"4"
+    assert stream.done and stream.status == 504
+
+
+class _Stuck:
+    """What the connection's sweep reads of a stream, and whether it was called stalled."""
+
+    def __init__(self, *, req_ended: bool, grpc: bool = False, done: bool = False) -> None:
+        self.moved, self.moved_mark, self.moved_since = 0, 0, 0
+        self.req_ended, self.grpc, self.done = req_ended, grpc, done
+        self.calls: list[tuple[int, str]] = []
+
+    def stalled(self, status: int, cause: str, detail: str) -> None:
+        self.calls.append((status, cause))
+
+
+def test_the_connection_sweep_picks_the_right_timeout() -> None:
+    """Request body unfinished: ``body_ns``, except gRPC; request whole: ``stream_ns``;
+    bytes that moved since the last sweep restart the clock."""
+    from pathlib import Path
+
+    from gossamer.proxy.h2.downstream import H2Outbound
+    from gossamer.proxy.process.settings import (
+        ControlSettings,
+        IdentitySettings,
+        ListenSettings,
+        ProxySettings,
+        WorkloadSettings,
+    )  # fmt: skip
+    from gossamer.proxy.state import ProxyState
+
+    state = ProxyState(ProxySettings(
+        workload=WorkloadSettings(service="frontend"), listen=ListenSettings(),
+        control=ControlSettings(), identity=IdentitySettings(workdir=Path("/nonexistent")),
+    ), client_context=None)  # fmt: skip
+    conn = H2Outbound(state)
+    body, grpc, whole, moving = (
+        _Stuck(req_ended=False), _Stuck(req_ended=False, grpc=True), _Stuck(req_ended=True),
+        _Stuck(req_ended=False),
+    )  # fmt: skip
+    moving.moved = 10
+    conn.streams.update({1: body, 3: grpc, 5: whole, 7: moving})  # type: ignore[dict-item]
+    conn.sweep(100, head_ns=1, idle_ns=1, body_ns=50, stream_ns=500)
+    assert body.calls == [(408, "request-body-timeout")]
+    assert grpc.calls == [] and whole.calls == [] and moving.calls == []
+    assert moving.moved_since == 100
+    conn.sweep(600, head_ns=1, idle_ns=1, body_ns=50, stream_ns=500)
+    assert whole.calls == [(504, "upstream-idle-timeout")]
+    assert grpc.calls == [(504, "upstream-idle-timeout")]
+    conn.session.close()

@@ -1,0 +1,91 @@
+"""A control plane restarted on the same store starts from the proxies the last one knew
+(issue 12, item 1): no snapshot drops an endpoint it has not seen go, and config versions
+keep growing."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from gossamer.control.ca import CertificateAuthority
+from gossamer.control.plane import ControlPlane
+from gossamer.control.settings import ControlSettings
+from gossamer.control.store import Store
+from tests.unit.control.test_cp_plane import FakeSession, hello, ident, settle
+
+
+def _run(tmp_path: Path, body: Any, restore_grace: float = 30.0) -> None:
+    async def main() -> None:
+        store = Store(tmp_path / "store.db")
+        ca = CertificateAuthority.load_or_create(tmp_path)
+        settings = ControlSettings(
+            data_dir=tmp_path, endpoint_grace=0.05, restore_grace=restore_grace
+        )
+        plane = ControlPlane(settings, store, ca)
+        await plane.start()
+        try:
+            await body(plane)
+        finally:
+            await plane.stop()
+            store.close()
+
+    asyncio.run(main())
+
+
+def _endpoints(session: FakeSession) -> list[Any]:
+    services = session.snapshots()[-1]["snapshot"]["outbound"]["services"]
+    return list(services[0]["endpoints"]) if services else []
+
+
+async def _first_life(plane: ControlPlane) -> None:
+    plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-1", port=4000))
+    plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-2", port=4001))
+    await settle()  # killed here: stop() saves, and so does the loop within a second
+
+
+def test_a_restarted_control_plane_keeps_the_endpoints_it_has_not_seen_go(
+    tmp_path: Path,
+) -> None:
+    """Before: the new control plane answered the first caller with no endpoint at all."""
+    _run(tmp_path, _first_life)
+
+    async def second_life(plane: ControlPlane) -> None:
+        front = FakeSession()
+        plane.hello(front, ident("web"), hello("web", "web-1", subs=["cat"]))
+        await settle()
+        assert sorted(e["port"] for e in _endpoints(front)) == [4000, 4001]
+        plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-1", port=4000))  # back
+        await settle()
+        assert sorted(e["port"] for e in _endpoints(front)) == [4000, 4001]
+
+    _run(tmp_path, second_life)
+
+
+def test_restored_proxies_that_do_not_return_leave_after_the_grace(tmp_path: Path) -> None:
+    _run(tmp_path, _first_life)
+
+    async def second_life(plane: ControlPlane) -> None:
+        front = FakeSession()
+        plane.hello(front, ident("web"), hello("web", "web-1", subs=["cat"]))
+        plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-2", port=4001))
+        await asyncio.sleep(0.3)
+        await settle()
+        assert [e["port"] for e in _endpoints(front)] == [4001]  # cat-1 never came back
+        assert plane.registry.get("cat-1") is None
+
+    _run(tmp_path, second_life, restore_grace=0.1)
+
+
+def test_config_versions_keep_growing_across_restarts(tmp_path: Path) -> None:
+    """A sidecar's hello says the last version it applied; the next is above it."""
+
+    async def life(plane: ControlPlane) -> None:
+        session = FakeSession()
+        message = hello("web", "web-1")
+        message["config_version"] = 41
+        plane.hello(session, ident("web"), message)
+        await settle()
+        assert session.snapshots()[-1]["version"] == 42
+
+    _run(tmp_path, life)
