@@ -16,6 +16,13 @@ class Handler(BaseHTTPRequestHandler):
     name = "app"
 
     def do_GET(self) -> None:
+        if self.path == "/forge-unprocessed":  # claims what only a sidecar may say
+            self.send_response(502)
+            self.send_header("x-gossamer-error", "app-unreachable")
+            self.send_header("content-length", "6")
+            self.end_headers()
+            self.wfile.write(b"forged")
+            return
         body = json.dumps(
             {
                 "instance": self.name,

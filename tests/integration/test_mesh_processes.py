@@ -6,6 +6,7 @@ frontend sidecar (no app; the test is the app) → mTLS → catalog sidecars (2 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -392,3 +393,43 @@ def test_one_replica_app_killed_under_load_loses_nothing(mesh: RunningMesh) -> N
     results = _load_while(mesh, kill, 4.0)
     assert results["ok"] > 100
     assert set(results) == {"ok"}, results
+
+
+def test_an_app_cannot_claim_the_mesh_error_header(mesh: RunningMesh) -> None:
+    """The caller's sidecar takes a request elsewhere when the destination's sidecar says no
+    app saw it; an app answering with that same header is not believed: its sidecar removes
+    the header, and its answer reaches the caller as it is."""
+    r = mesh.get("/forge-unprocessed")
+    assert r.status_code == 502
+    assert r.content == b"forged"
+    assert "x-gossamer-error" not in r.headers
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="needs root to run a client as another user")  # fmt: skip
+def test_only_the_apps_user_may_use_the_outbound_port(mesh: RunningMesh) -> None:
+    """Issue 11, finding 10: with GOSSAMER_PROXY_LOCAL_UIDS, a process of another local user
+    cannot use the sidecar's outbound port to call the mesh as the workload: its connection
+    is closed before a byte is read. The app's user (here the test's) calls as before."""
+    guarded = mesh.procs.sidecar(mesh.cp, "guarded-sidecar", "frontend", None,
+                                 extra_env={"GOSSAMER_PROXY_LOCAL_UIDS": str(os.getuid())})
+    wait_ready(guarded)
+    port = guarded.ports["outbound"]
+    with httpx.Client(proxy=f"http://127.0.0.1:{port}", timeout=10) as client:
+        assert client.get("http://catalog/").status_code == 200
+    client_code = (
+        "import socket\n"
+        f"s = socket.create_connection(('127.0.0.1', {port}), timeout=5)\n"
+        "s.sendall(b'GET / HTTP/1.1\\r\\nHost: catalog\\r\\n\\r\\n')\n"
+        "s.settimeout(5)\n"
+        "try:\n    data = s.recv(65536)\nexcept OSError:\n    data = b''\n"
+        "print(repr(data))\n"
+    )
+    other = subprocess.run(
+        ["/usr/bin/python3", "-c", client_code], capture_output=True, text=True, timeout=30,
+        preexec_fn=lambda: os.setuid(65534), cwd="/", check=False,
+    )  # fmt: skip
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == "b''"  # closed, nothing answered
+    text = httpx.get(f"http://127.0.0.1:{guarded.ports['admin']}/metrics").text
+    assert 'cause="local-peer-refused"} 1' in text

@@ -37,6 +37,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "gossamer.proxy.observe",
         "gossamer.proxy.tasks",
         "gossamer.proxy.loop_calls",
+        "gossamer.proxy.local_peers",
     ),
     # 2: codecs on connections (``accepted``: the interface every accepted connection offers)
     (

@@ -26,7 +26,7 @@ from gossamer.cli.output import (
 )
 from gossamer.local.client import ControlError
 from gossamer.local.join import JoinSpec, run_joined
-from gossamer.local.meshfile import load_mesh_file
+from gossamer.local.meshfile import load_mesh_file, with_ports, workers_problem
 from gossamer.local.paths import DataDir
 from gossamer.local.procs import is_running
 from gossamer.local.state import MeshState, read_state
@@ -65,21 +65,31 @@ def print_summary(state: MeshState) -> None:
             else f"ingress: {state.ingress_url}")
 
 
+def _port_option(flag: str, field: str) -> object:
+    return typer.Option(flag, min=1, max=65535, show_default=False,
+                        help=f"Use this port instead of the mesh file's {field}")
+
+
 def up(
     file: Annotated[Path, typer.Option("--filename", "-f", help="Mesh file (YAML)")],
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background")] = False,
     data_dir: DataDirOption = None,
+    api_port: Annotated[int | None, _port_option("--api-port", "controlPlane.apiPort")] = None,
+    stream_port: Annotated[
+        int | None, _port_option("--stream-port", "controlPlane.streamPort")] = None,
+    ingress_port: Annotated[int | None, _port_option("--ingress-port", "ingress.port")] = None,
     foreground_supervisor: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Start a local mesh (control plane, sidecars, apps, ingress) from a mesh file."""
     root = data_dir_of(data_dir)
+    ports = {"api_port": api_port, "stream_port": stream_port, "ingress_port": ingress_port}
     with expected_errors():
-        mesh = load_mesh_file(file)
+        mesh = with_ports(load_mesh_file(file), **ports)
         if foreground_supervisor:
             raise typer.Exit(serve(mesh, root, on_ready=lambda s: _supervisor_log("ready"),
                                    log=_supervisor_log))
         if detach:
-            state = start_detached(file, root, log=_log)
+            state = start_detached(file, root, log=_log, ports=ports)
             print_summary(state)
             say("stop it with: gossamer down" + ("" if data_dir is None else f" --data-dir {root}"))
             return
@@ -143,7 +153,12 @@ def status(
 def run(
     command: Annotated[list[str], typer.Argument(help="Command to run (after --)")],
     service: Annotated[str, typer.Option("--service", help="Service name of this process")],
-    port: Annotated[int, typer.Option("--port", help="Port the command listens on (PORT)")],
+    port: Annotated[int | None, typer.Option(
+        "--port", min=1, max=65535, show_default=False,
+        help="Port the command listens on (PORT); without it the job is client-only: it "
+        "calls the mesh and serves nothing")] = None,
+    workers: Annotated[int, typer.Option(
+        "--workers", help="Processes serving the sidecar's data path (1 .. 4 per CPU)")] = 1,
     namespace: Annotated[str, typer.Option("--namespace", "-n")] = "default",
     label: Annotated[list[str] | None, typer.Option("--label", "-l", help="k=v")] = None,
     upstream: Annotated[list[str] | None, typer.Option(
@@ -155,7 +170,13 @@ def run(
     control_url: ControlUrlOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Run a command beside a sidecar joined to a running mesh; exit with its exit code."""
+    """Run a command beside a sidecar joined to a running mesh; exit with its exit code.
+
+    A dead sidecar is restarted on the same ports; if it keeps failing, `run` exits 1."""
+    problem = workers_problem(workers)
+    if problem is not None:
+        error(f"--workers: {problem}")
+        raise typer.Exit(2)
     labels: dict[str, str] = {}
     for item in label or []:
         key, sep, value = item.partition("=")
@@ -177,7 +198,8 @@ def run(
         upstreams.append((parsed.service, parsed.address.port))
     root = data_dir_of(data_dir)
     spec = JoinSpec(service=service, app_port=port, command=tuple(command),
-                    namespace=namespace, labels=labels, upstreams=tuple(upstreams))
+                    namespace=namespace, labels=labels, upstreams=tuple(upstreams),
+                    workers=workers)
     with expected_errors(), connect(control_url, root) as client:
         code = run_joined(spec, client=client, data_dir=root,
                           stream_addr=stream_addr_of(stream_addr, root), log=_log)

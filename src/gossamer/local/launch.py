@@ -1,9 +1,10 @@
 """How each kind of process is started: command lines, environments, readiness probes.
 
 The sidecar's environment follows ``gossamer.proxy.process.settings``
-(``GOSSAMER_PROXY_*``); apps get ``PORT`` and ``HTTP_PROXY`` pointing at their sidecar's
-outbound port, with ``NO_PROXY`` empty so that plain service names (``http://catalog/...``)
-go through the mesh.
+(``GOSSAMER_PROXY_*``, none inherited from the parent: the runner sets each one it wants,
+workers included); apps get ``PORT`` (when they serve) and ``HTTP_PROXY`` pointing at their
+sidecar's outbound port, with ``NO_PROXY`` empty so that plain service names
+(``http://catalog/...``) go through the mesh.
 """
 
 from __future__ import annotations
@@ -77,12 +78,13 @@ class SidecarConfig:
     control_addr: str
     ca_file: Path
     workdir: Path
-    app_port: int | None = None
+    app_port: int | None = None  # None: no local app (a gateway, a client-only job)
     outbound_port: int | None = None
-    inbound_port: int | None = None  # None: no inbound listener (a gateway)
+    inbound_port: int | None = None  # None: no inbound listener (a gateway, a client-only job)
     default_service: str | None = None
     labels: Mapping[str, str] = field(default_factory=dict)
     upstreams: tuple[tuple[str, int], ...] = ()  # (service, local port) TCP listeners
+    workers: int = 1  # GOSSAMER_PROXY_WORKERS
 
     @property
     def admin_address(self) -> str:
@@ -102,6 +104,7 @@ def sidecar_env(
     env[p + "JOIN_TOKEN"] = join_token
     env[p + "WORKDIR"] = str(config.workdir)
     env[p + "LABELS"] = ",".join(f"{k}={v}" for k, v in sorted(config.labels.items()))
+    env[p + "WORKERS"] = str(config.workers)
     env[p + "OUTBOUND_ADDR"] = (
         f"127.0.0.1:{config.outbound_port}" if config.outbound_port is not None else "off"
     )
@@ -130,15 +133,20 @@ def upstream_env(upstreams: tuple[tuple[str, int], ...]) -> dict[str, str]:
 
 def app_env(
     *,
-    port: int,
+    port: int | None,
     outbound_port: int,
     parent: Mapping[str, str],
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
+    """An app's environment: ``PORT`` to listen on (none for a job that serves nothing, and
+    none inherited) and ``HTTP_PROXY`` at its sidecar."""
     env = base_env(parent)
+    env.pop("PORT", None)
     env.update(extra or {})
+    if port is not None:
+        env["PORT"] = str(port)
     proxy = f"http://127.0.0.1:{outbound_port}"
-    env.update(PORT=str(port), HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="", no_proxy="")
+    env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="", no_proxy="")
     return env
 
 

@@ -7,15 +7,23 @@ reported as ``MeshFileError`` whose lines carry the document index and the field
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gossamer.local.paths import DEFAULT_API_PORT, DEFAULT_STREAM_PORT
 
@@ -29,16 +37,45 @@ __all__ = [
     "MeshServiceSpec",
     "MeshSpec",
     "MeshUpstream",
+    "SidecarSpec",
     "expand_command",
     "format_loc",
     "load_mesh_file",
+    "max_workers",
     "parse_mesh_text",
+    "with_ports",
+    "workers_problem",
 ]
 
 API_VERSION = "gossamer.dev/v1alpha1"
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 _NAME_RE = re.compile(_NAME)
 _SERVICE_REF = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)?$"
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def max_workers() -> int:
+    """The most workers a sidecar may be given here (mesh file or ``run --workers``): four
+    per CPU this process may run on. More only adds processes that wait for a CPU."""
+    return 4 * _cpus()
+
+
+def workers_problem(workers: int) -> str | None:
+    """What is wrong with a sidecar's worker count, or None. (No ``": "`` in the text: the
+    mesh file's errors read that as a field path.)"""
+    if workers < 1:
+        return f"must be at least 1, got {workers}"
+    if workers > max_workers():
+        cpus = _cpus()
+        return (f"at most {max_workers()} (4 per CPU, {cpus} CPU{'s' if cpus != 1 else ''} "
+                f"here), got {workers}")
+    return None
 
 
 class MeshFileError(ValueError):
@@ -63,9 +100,27 @@ class ControlPlaneSpec(_Model):
     stream_port: int = Field(default=DEFAULT_STREAM_PORT, alias="streamPort", ge=1, le=65535)
 
 
+def _check_workers(value: int) -> int:
+    problem = workers_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 class IngressSpec(_Model):
     port: int = Field(default=8080, ge=1, le=65535)
     service: str = Field(pattern=_NAME)
+    workers: int = 1  # the gateway's GOSSAMER_PROXY_WORKERS
+
+    _workers = field_validator("workers")(_check_workers)
+
+
+class SidecarSpec(_Model):
+    """Settings of a service's sidecars (each replica's)."""
+
+    workers: int = 1  # GOSSAMER_PROXY_WORKERS: processes serving the data path
+
+    _workers = field_validator("workers")(_check_workers)
 
 
 class MeshUpstream(_Model):
@@ -84,6 +139,7 @@ class MeshServiceSpec(_Model):
     labels: dict[str, str] = Field(default_factory=dict)
     env: dict[str, str] = Field(default_factory=dict)
     upstreams: tuple[MeshUpstream, ...] = ()
+    sidecar: SidecarSpec = Field(default_factory=SidecarSpec)
 
 
 class MeshSpec(_Model):
@@ -104,6 +160,18 @@ class MeshSpec(_Model):
                 f"ingress.service: {self.ingress.service!r} is not one of the services "
                 f"({', '.join(names)})"
             )
+        for i, service in enumerate(self.services):
+            for j, upstream in enumerate(service.upstreams):
+                if upstream.port + service.replicas - 1 > 65535:
+                    raise ValueError(f"services[{i}].upstreams[{j}].port: port + replica "
+                                     "index passes 65535")
+        clash = _first_clash(self.fixed_ports())
+        if clash is not None:
+            raise ValueError(clash)
+        return self
+
+    def fixed_ports(self) -> dict[str, int]:
+        """Every port the mesh file fixes, by field path (inside ``spec``)."""
         ports = {"controlPlane.apiPort": self.control_plane.api_port,
                  "controlPlane.streamPort": self.control_plane.stream_port}
         if self.ingress is not None:
@@ -112,17 +180,20 @@ class MeshSpec(_Model):
             for j, upstream in enumerate(service.upstreams):
                 for replica in range(service.replicas):
                     where = f"services[{i}].upstreams[{j}].port"
-                    if upstream.port + replica > 65535:
-                        raise ValueError(f"{where}: port + replica index passes 65535")
                     ports[where + (f" (replica {replica})" if replica else "")] = (
                         upstream.port + replica
                     )
-        seen: dict[int, str] = {}
-        for where, port in ports.items():
-            if port in seen:
-                raise ValueError(f"{where}: port {port} is also used by {seen[port]}")
-            seen[port] = where
-        return self
+        return ports
+
+
+def _first_clash(ports: Mapping[str, int]) -> str | None:
+    """``"<where>: port N is also used by <other>"`` for the first port used twice."""
+    seen: dict[int, str] = {}
+    for where, port in ports.items():
+        if port in seen:
+            return f"{where}: port {port} is also used by {seen[port]}"
+        seen[port] = where
+    return None
 
 
 class MeshDocument(_Model):
@@ -139,6 +210,8 @@ class MeshFile:
     mesh: MeshDocument
     resources: tuple[Mapping[str, Any], ...]
     source: str
+    # Ports given on the command line (``with_ports``): field path → flag, for messages.
+    port_flags: Mapping[str, str] = field(default_factory=dict)
 
     def namespace_of(self, service: MeshServiceSpec) -> str:
         return service.namespace or self.mesh.metadata.namespace
@@ -227,3 +300,49 @@ def expand_command(command: Sequence[str], *, port: int) -> list[str]:
         part.replace("{python}", sys.executable).replace("{port}", str(port))
         for part in command
     ]
+
+
+_PORT_FLAGS = {"controlPlane.apiPort": "--api-port", "controlPlane.streamPort": "--stream-port",
+               "ingress.port": "--ingress-port"}
+
+
+def with_ports(
+    mesh: MeshFile,
+    *,
+    api_port: int | None = None,
+    stream_port: int | None = None,
+    ingress_port: int | None = None,
+) -> MeshFile:
+    """``mesh`` with the ports given on the command line (``gossamer up --api-port`` ...) in
+    place of the file's; raise ``MeshFileError`` naming the flag when one cannot be used."""
+    given = {where: port for where, port in zip(
+        _PORT_FLAGS, (api_port, stream_port, ingress_port), strict=True) if port is not None}
+    if not given:
+        return mesh
+    spec = mesh.mesh.spec
+    errors = [f"{_PORT_FLAGS[where]}: port {port} is not in 1..65535"
+              for where, port in given.items() if not 1 <= port <= 65535]
+    if "ingress.port" in given and spec.ingress is None:
+        errors.append(f"--ingress-port: the mesh file has no ingress ({mesh.source})")
+    if errors:
+        raise MeshFileError(errors)
+    control = spec.control_plane.model_copy(update={
+        "api_port": given.get("controlPlane.apiPort", spec.control_plane.api_port),
+        "stream_port": given.get("controlPlane.streamPort", spec.control_plane.stream_port),
+    })
+    ingress = spec.ingress
+    if ingress is not None and "ingress.port" in given:
+        ingress = ingress.model_copy(update={"port": given["ingress.port"]})
+    moved = spec.model_copy(update={"control_plane": control, "ingress": ingress})
+    ports = moved.fixed_ports()
+    # the file's own ports first, so that a clash is reported on the flag
+    named = {where: port for where, port in ports.items() if where not in given}
+    named.update({_PORT_FLAGS[where]: ports[where] for where in given})
+    clash = _first_clash(named)
+    if clash is not None:
+        raise MeshFileError([clash])
+    return MeshFile(
+        mesh=mesh.mesh.model_copy(update={"spec": moved}), resources=mesh.resources,
+        source=mesh.source, port_flags={**mesh.port_flags,
+                                        **{where: _PORT_FLAGS[where] for where in given}},
+    )

@@ -35,7 +35,7 @@ from gossamer.local.launch import (
     upstream_env,
     wait_for,
 )
-from gossamer.local.meshfile import MeshFile, MeshServiceSpec, expand_command
+from gossamer.local.meshfile import IngressSpec, MeshFile, MeshServiceSpec, expand_command
 from gossamer.local.paths import DataDir, resolve_token
 from gossamer.local.ports import PortAllocator, port_is_free
 from gossamer.local.procs import ProcessRef, is_running, proc_start_time, spawn, stop_all, tail
@@ -182,15 +182,19 @@ class Supervisor:
             for replica in range(service.replicas):
                 self._start_replica(service.name, namespace, replica, service)
         if spec.ingress is not None:
-            self._start_ingress(spec.ingress.port, spec.ingress.service)
+            self._start_ingress(spec.ingress)
         self._wait_ready()
 
     def _check_ports(self) -> None:
         spec = self.mesh.mesh.spec
-        wanted = {"control plane API (controlPlane.apiPort)": self.api_port,
-                  "control plane stream (controlPlane.streamPort)": self.stream_port}
+
+        def origin(where: str) -> str:  # the flag that set the port, else its field
+            return self.mesh.port_flags.get(where, where)
+
+        wanted = {f"control plane API ({origin('controlPlane.apiPort')})": self.api_port,
+                  f"control plane stream ({origin('controlPlane.streamPort')})": self.stream_port}
         if spec.ingress is not None:
-            wanted["ingress (ingress.port)"] = spec.ingress.port
+            wanted[f"ingress ({origin('ingress.port')})"] = spec.ingress.port
         for service in spec.services:
             for upstream in service.upstreams:
                 for replica in range(service.replicas):
@@ -201,7 +205,9 @@ class Supervisor:
                 if not port_is_free(port)]
         if busy:
             raise StartupError(
-                "already in use: " + "; ".join(busy) + " (change it in the mesh file)"
+                "already in use: " + "; ".join(busy) + " (change it in the mesh file; the "
+                "control plane's and the ingress's also with `gossamer up --api-port, "
+                "--stream-port, --ingress-port`)"
             )
 
     def _client_or_fail(self) -> ControlClient:
@@ -280,7 +286,7 @@ class Supervisor:
             service=service, namespace=namespace, admin_port=admin,
             control_addr=self.stream_addr, ca_file=self.data.ca_file, workdir=workdir,
             app_port=app_port, outbound_port=outbound, inbound_port=inbound,
-            labels=dict(spec.labels), upstreams=upstreams,
+            labels=dict(spec.labels), upstreams=upstreams, workers=spec.sidecar.workers,
         )
         ports = {"app": app_port, "outbound": outbound, "inbound": inbound, "admin": admin}
         sidecar = self._sidecar_child(f"{instance}-proxy", config, "sidecar", replica, ports)
@@ -297,18 +303,19 @@ class Supervisor:
         self.log(f"starting app {instance} on 127.0.0.1:{app_port}")
         self._launch(app)
 
-    def _start_ingress(self, port: int, default_service: str) -> None:
+    def _start_ingress(self, spec: IngressSpec) -> None:
         admin = self.ports.allocate()
         workdir = self.data.workdir("ingress")
         shutil.rmtree(workdir, ignore_errors=True)
         config = SidecarConfig(
             service="ingress", namespace=self.mesh.mesh.metadata.namespace, admin_port=admin,
             control_addr=self.stream_addr, ca_file=self.data.ca_file, workdir=workdir,
-            outbound_port=port, inbound_port=None, default_service=default_service,
+            outbound_port=spec.port, inbound_port=None, default_service=spec.service,
+            workers=spec.workers,
         )
         child = self._sidecar_child("ingress", config, "ingress", None,
-                                    {"outbound": port, "admin": admin})
-        self.log(f"starting ingress gateway on 127.0.0.1:{port} → {default_service}")
+                                    {"outbound": spec.port, "admin": admin})
+        self.log(f"starting ingress gateway on 127.0.0.1:{spec.port} → {spec.service}")
         self._launch(child)
 
     def _wait_ready(self) -> None:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -65,10 +65,13 @@ def serve(
 
 
 def start_detached(mesh_path: Path, data_dir: Path, *, timeout: float = DETACH_TIMEOUT,
-                   log: Log | None = None) -> MeshState:
+                   log: Log | None = None,
+                   ports: Mapping[str, int | None] | None = None) -> MeshState:
     """Start the supervisor in its own session and wait until it reports ready.
 
-    Raises ``StartupError`` with the supervisor's reason when it fails or takes too long.
+    ``ports`` are the port overrides of ``gossamer up`` (``api_port``, ``stream_port``,
+    ``ingress_port``), passed on to the supervisor. Raises ``StartupError`` with the
+    supervisor's reason when it fails or takes too long.
     """
     data = DataDir(data_dir.resolve())
     data.create()
@@ -76,6 +79,9 @@ def start_detached(mesh_path: Path, data_dir: Path, *, timeout: float = DETACH_T
     log_path = data.log_path("supervisor")
     argv = [sys.executable, "-m", "gossamer.cli", "up", "-f", str(mesh_path.resolve()),
             "--data-dir", str(data.root), "--foreground-supervisor"]
+    for name, port in (ports or {}).items():
+        if port is not None:
+            argv += ["--" + name.replace("_", "-"), str(port)]
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -60,12 +60,13 @@ class ProxyState:
         self.snapshot: Mapping[str, Any] | None = None
         self.last_error: str | None = None
         self.outbound_pool = Pool(ssl_context=client_context)
-        self.app_pool = Pool()
+        self.app_pool = Pool(from_app=True)
         app = settings.workload.app
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[AcceptedConnection] = set()
         self.tcp_open = 0  # TCP relays (kept by tcp.proxy); they count toward the cap too
         self.max_connections = settings.listen.max_connections
+        self.local_uids = settings.listen.local_uids  # who may use the local ports (None: any)
         self._subscriptions: set[str] = set()
         # Names the control plane answered as unknown, and when: trusted for NEGATIVE_TTL.
         self._unknown_at: dict[str, float] = {}

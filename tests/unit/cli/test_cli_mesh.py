@@ -153,8 +153,79 @@ def test_run_rejects_a_malformed_label(tmp_path: Path) -> None:
 
 def test_run_without_a_control_plane_fails_clearly(tmp_path: Path) -> None:
     """No control plane: the unreachable message, exit 1, no traceback."""
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "root.crt").write_text("a root from an earlier run\n")
     result = runner.invoke(app, ["run", "--service", "x", "--port", "1", "--control-url",
                                  "http://127.0.0.1:9", "--data-dir", str(tmp_path), "--",
                                  "true"])
     assert result.exit_code == 1
     assert "control plane not reachable at http://127.0.0.1:9" in result.stderr
+
+
+def test_run_needs_no_port(tmp_path: Path) -> None:
+    """Issue 12 item 5: `run` without --port is a client-only job, not a usage error; here it
+    gets as far as asking the (absent) control plane for a join token."""
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "root.crt").write_text("a root from an earlier run\n")
+    result = runner.invoke(app, ["run", "--service", "x", "--control-url",
+                                 "http://127.0.0.1:9", "--data-dir", str(tmp_path), "--",
+                                 "true"])
+    assert result.exit_code == 1, result.output
+    assert "control plane not reachable at http://127.0.0.1:9" in result.stderr
+
+
+@pytest.mark.parametrize(("workers", "message"), [
+    ("0", "--workers: must be at least 1, got 0"),
+    ("-1", "--workers: must be at least 1, got -1"),
+    ("100000", "--workers: at most "),
+    ("two", "Invalid value for '--workers'"),
+])
+def test_run_refuses_bad_workers(tmp_path: Path, workers: str, message: str) -> None:
+    """Issue 12 item 8: --workers is 1 .. 4 per CPU; anything else is a usage error."""
+    result = runner.invoke(app, ["run", "--service", "x", "--workers", workers,
+                                 "--data-dir", str(tmp_path), "--", "true"])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.stderr.split()), result.stderr
+
+
+def _busy_and_free() -> tuple[socket.socket, int, int]:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        free_port = free.getsockname()[1]
+    return busy, busy.getsockname()[1], free_port
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_up_takes_port_overrides(tmp_path: Path, detach: bool) -> None:
+    """Issue 12 item 10: --api-port wins over the mesh file (also for the detached
+    supervisor); the refusal names the flag the busy port came from."""
+    busy, busy_port, free_port = _busy_and_free()
+    with busy:
+        file = tmp_path / "mesh.yaml"
+        file.write_text(MESH.replace("API", str(free_port)).replace("STREAM", "15012"))
+        args = ["up", "-f", str(file), "--data-dir", str(tmp_path / "d"),
+                "--api-port", str(busy_port), "--stream-port", str(free_port)]
+        result = runner.invoke(app, args + (["--detach"] if detach else []))
+    assert result.exit_code == 1, result.output
+    assert f"port {busy_port} for the control plane API (--api-port)" in result.stderr
+    assert "already in use" in result.stderr
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--api-port", "70000"], "--api-port"),
+    (["--stream-port", "0"], "--stream-port"),
+    (["--ingress-port", "15012"], "--ingress-port: the mesh file has no ingress"),
+    (["--api-port", "15012"], "--api-port: port 15012 is also used by controlPlane.streamPort"),
+])
+def test_up_checks_port_overrides(tmp_path: Path, flags: list[str], message: str) -> None:
+    """Out-of-range ports are usage errors; clashes are refused before anything starts."""
+    file = tmp_path / "mesh.yaml"
+    file.write_text(MESH.replace("API", "15010").replace("STREAM", "15012"))
+    result = runner.invoke(app, ["up", "-f", str(file), "--data-dir", str(tmp_path / "d"),
+                                 *flags])
+    assert result.exit_code in (1, 2), result.output
+    assert message in result.stderr
+    assert not (tmp_path / "d" / "run" / "mesh.json").exists()

@@ -77,3 +77,23 @@ def test_the_admin_token_and_data_dir_reach_no_app_and_no_sidecar() -> None:
     ):
         assert "GOSSAMER_TOKEN" not in env and "GOSSAMER_DATA_DIR" not in env
         assert env["KEEP"] == "1"
+
+
+def test_sidecar_env_sets_the_workers() -> None:
+    """Issue 12 item 8: the runner's own GOSSAMER_PROXY_WORKERS reaches the sidecar (the
+    parent's is still dropped) and the proxy's settings read it back."""
+    env = sidecar_env(_config(workers=3), "tok", {"GOSSAMER_PROXY_WORKERS": "9"})
+    assert ProxySettings.from_env(env).listen.workers == 3
+    assert ProxySettings.from_env(sidecar_env(_config(), "tok", {})).listen.workers == 1
+
+
+def test_client_only_sidecar_and_app_env() -> None:
+    """Issue 12 item 5: a workload that serves nothing has no app, no inbound listener, and
+    its command gets HTTP_PROXY but no PORT."""
+    settings = ProxySettings.from_env(
+        sidecar_env(_config(app_port=None, inbound_port=None), "tok", {}))
+    assert settings.workload.app is None and settings.listen.inbound is None
+    assert str(settings.listen.outbound) == "127.0.0.1:4003"
+    env = app_env(port=None, outbound_port=5001, parent={"PORT": "80"})
+    assert "PORT" not in env
+    assert env["HTTP_PROXY"] == "http://127.0.0.1:5001"

@@ -12,7 +12,9 @@ from gossamer.local.meshfile import (
     expand_command,
     format_loc,
     load_mesh_file,
+    max_workers,
     parse_mesh_text,
+    with_ports,
 )
 
 REPO = Path(__file__).resolve().parents[3]
@@ -134,3 +136,64 @@ def test_expand_command_replaces_python_and_port() -> None:
 def test_format_loc_mixes_names_and_indexes() -> None:
     """Locations read like field paths."""
     assert format_loc(("spec", "services", 1, "replicas")) == "spec.services[1].replicas"
+
+
+def test_sidecar_workers_per_service_and_for_the_ingress() -> None:
+    """Issue 12 item 8: `sidecar: {workers: N}` per service and `workers: N` on the ingress;
+    both default to one worker."""
+    text = MINIMAL.replace("spec:\n", "spec:\n  ingress: {port: 9000, service: web, workers: 2}\n")
+    mesh = parse_mesh_text(text + "      sidecar: {workers: 3}\n")
+    assert mesh.mesh.spec.services[0].sidecar.workers == 3
+    assert mesh.mesh.spec.ingress is not None and mesh.mesh.spec.ingress.workers == 2
+    plain = parse_mesh_text(MINIMAL.replace("spec:\n", "spec:\n  ingress: {service: web}\n"))
+    assert plain.mesh.spec.services[0].sidecar.workers == 1
+    assert plain.mesh.spec.ingress is not None and plain.mesh.spec.ingress.workers == 1
+
+
+def test_sidecar_workers_out_of_range_name_the_field() -> None:
+    """Zero workers, or more than four per CPU, are refused with the field's path."""
+    assert any(line.startswith("document 0 (Mesh/shop): spec.services[0].sidecar.workers: ")
+               and "at least 1" in line
+               for line in _errors(MINIMAL + "      sidecar: {workers: 0}\n"))
+    too_many = max_workers() + 1
+    text = MINIMAL.replace("spec:\n", f"spec:\n  ingress: {{service: web, workers: {too_many}}}\n")
+    errors = _errors(text)
+    assert any(line.startswith("document 0 (Mesh/shop): spec.ingress.workers: ")
+               and f"at most {max_workers()}" in line and "CPU" in line
+               for line in errors), errors
+    assert any("spec.services[0].sidecar.colour" in line
+               for line in _errors(MINIMAL + "      sidecar: {colour: red}\n"))
+
+
+def test_port_overrides_replace_the_mesh_files_ports() -> None:
+    """Issue 12 item 10: `up --api-port/--stream-port/--ingress-port` win over the file and
+    are remembered as given on the command line."""
+    mesh = parse_mesh_text(MINIMAL.replace("spec:\n", "spec:\n  ingress: {service: web}\n"))
+    moved = with_ports(mesh, api_port=25010, stream_port=25012, ingress_port=28080)
+    assert moved.mesh.spec.control_plane.api_port == 25010
+    assert moved.mesh.spec.control_plane.stream_port == 25012
+    assert moved.mesh.spec.ingress is not None and moved.mesh.spec.ingress.port == 28080
+    assert moved.mesh.spec.ingress.service == "web"
+    assert moved.port_flags == {"controlPlane.apiPort": "--api-port",
+                                "controlPlane.streamPort": "--stream-port",
+                                "ingress.port": "--ingress-port"}
+    assert with_ports(mesh) is mesh
+
+
+def test_port_overrides_are_checked() -> None:
+    """A clash, a port out of range, or an ingress port for a mesh without an ingress is
+    refused, naming the flag."""
+    mesh = parse_mesh_text(MINIMAL.replace("spec:\n", "spec:\n  ingress: {service: web}\n"))
+    with pytest.raises(MeshFileError) as clash:
+        with_ports(mesh, ingress_port=15012)
+    assert clash.value.errors == (
+        "--ingress-port: port 15012 is also used by controlPlane.streamPort",)
+    with pytest.raises(MeshFileError) as both:
+        with_ports(mesh, api_port=9000, stream_port=9000)
+    assert both.value.errors == ("--stream-port: port 9000 is also used by --api-port",)
+    with pytest.raises(MeshFileError) as wide:
+        with_ports(mesh, api_port=0)
+    assert wide.value.errors == ("--api-port: port 0 is not in 1..65535",)
+    with pytest.raises(MeshFileError) as none:
+        with_ports(parse_mesh_text(MINIMAL), ingress_port=9000)
+    assert none.value.errors[0].startswith("--ingress-port: the mesh file has no ingress")

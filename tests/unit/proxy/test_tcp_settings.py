@@ -29,6 +29,17 @@ class TestProxySettings:
             Upstream("cache.prod", Address("127.0.0.1", 16379)),
         )
 
+    def test_local_uids_and_connection_cap_parse(self) -> None:
+        """GOSSAMER_PROXY_LOCAL_UIDS (who may use the local ports) and MAX_CONNECTIONS."""
+        env = {**BASE_ENV, "GOSSAMER_PROXY_LOCAL_UIDS": "1000, 0",
+               "GOSSAMER_PROXY_MAX_CONNECTIONS": "10"}  # fmt: skip
+        listen = ProxySettings.from_env(env).listen
+        assert listen.local_uids == frozenset({0, 1000})
+        assert listen.max_connections == 10
+        assert ProxySettings.from_env(BASE_ENV).listen.local_uids is None
+        with pytest.raises(SettingsError, match="GOSSAMER_PROXY_LOCAL_UIDS"):
+            ProxySettings.from_env({**BASE_ENV, "GOSSAMER_PROXY_LOCAL_UIDS": "root"})
+
     def test_environment_variable_reaches_the_listen_settings(self) -> None:
         """GOSSAMER_PROXY_UPSTREAMS fills ``listen.upstreams``; absent means none."""
         env = {**BASE_ENV, "GOSSAMER_PROXY_UPSTREAMS": "db=15432"}

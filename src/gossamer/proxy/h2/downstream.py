@@ -458,6 +458,8 @@ class H2Inbound(H2Downstream):
         try:
             conn = await self.runtime.app_pool.connect(key)
         except ProxyError as exc:
-            stream.respond_error(exc.status, exc.cause, f"local app {exc.detail}")
+            # No app saw the request: the caller's sidecar may take it elsewhere (retries.py).
+            cause = "app-unreachable" if exc.cause == "connect-failed" else exc.cause
+            stream.respond_error(exc.status, cause, f"local app {exc.detail}")
             return
         stream.attach(conn)

@@ -50,6 +50,8 @@ from gossamer.proxy.h2.headers import (
 )
 from gossamer.proxy.h2.plan import StreamPlan
 from gossamer.proxy.pipeline.call import HTTP2, Call
+from gossamer.proxy.pipeline.concrete import MAX_CONNECT_ATTEMPTS
+from gossamer.proxy.pipeline.retries import ERROR_HEADER, UNPROCESSED, may_reroute
 from gossamer.proxy.resilience.outlier import classify
 
 if TYPE_CHECKING:
@@ -64,6 +66,7 @@ INTERNAL_ERROR = 2
 REFUSED_STREAM = 7
 CANCEL = 8
 MAX_REFUSED_RETRIES = 1
+_UNPROCESSED_STATUS = frozenset({502, 503})
 
 
 def _status_of(headers: list[Header]) -> int:
@@ -325,6 +328,10 @@ class ProxiedStream(Call):
         status = _status_of(headers)
         if status < 200:
             return  # interim (1xx) responses are not forwarded
+        if self.down.direction == "inbound":  # from the app: never the mesh's own header
+            headers = [h for h in headers if h[0] != ERROR_HEADER]
+        elif status in _UNPROCESSED_STATUS and self._not_processed(headers):
+            return  # taken to another endpoint
         self.status = status
         endpoint = self.endpoint
         if endpoint is not None:
@@ -451,6 +458,29 @@ class ProxiedStream(Call):
             self.down.session.reset(self.down_id, code or INTERNAL_ERROR)
             self.down.schedule_flush()
         self.finish()
+
+    def _not_processed(self, headers: list[Header]) -> bool:
+        """The destination's sidecar says no app saw the stream (``retries.UNPROCESSED``):
+        eject that endpoint for a while and, when the stream can go again (no body sent, no
+        plan, tries and the retry budget left), start it on another endpoint."""
+        cause = next((v for n, v in headers if n == ERROR_HEADER), b"")
+        service, endpoint = self.service, self.endpoint
+        if cause not in UNPROCESSED or service is None or endpoint is None:
+            return False
+        endpoint.penalise(time.monotonic_ns())
+        service.record_outcome(endpoint, "connect-failure")
+        tries_left = (
+            self.attempts < MAX_CONNECT_ATTEMPTS - 1 and len(service.balancer.endpoints) > 1
+        )
+        if self.plan is not None or self.moved or not self.req_ended or not self.down_open:
+            return False
+        if not may_reroute(self, tries_left):
+            return False
+        self.attempts += 1
+        self.detach(CANCEL)
+        self.release()
+        self.down.reroute(self, endpoint)
+        return True
 
     # === outcomes (outlier detection) ===
 

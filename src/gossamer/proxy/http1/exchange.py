@@ -48,6 +48,7 @@ class Exchange(Call):
         "te",
         "timer",
         "try_timer",
+        "unprocessed",
         "upgrade",
         "upstream",
     )
@@ -75,6 +76,8 @@ class Exchange(Call):
         self.response_started = False
         self.upgrade = b""  # the Upgrade header value of an upgrade request (e.g. b"websocket")
         self.replay: list[bytes] | None = None  # body copies kept for a retry
+        # The upstream sidecar answered that no app saw the request: take it elsewhere now.
+        self.unprocessed = False
         self.replay_size = 0
         self.keep_limit = 0  # the largest body ``replay`` may hold
         self.timer: asyncio.TimerHandle | None = None  # the whole request's deadline

@@ -114,7 +114,9 @@ class InboundConnection(DownstreamConnection):
         try:
             upstream = await self.proxy.app_pool.connect(key)
         except ProxyError as exc:
-            self.respond_error(ex, exc.status, exc.cause, f"local app {exc.detail}")
+            # No app saw the request: the caller's sidecar may take it elsewhere (retries.py).
+            cause = "app-unreachable" if exc.cause == "connect-failed" else exc.cause
+            self.respond_error(ex, exc.status, cause, f"local app {exc.detail}")
             return
         self.attach(ex, upstream)
 

@@ -13,6 +13,7 @@ again when ``pipeline.retries`` allows it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import ClassVar
 
@@ -22,6 +23,7 @@ from gossamer.proxy.http1.downstream import PAUSE_BUFFER, DownstreamConnection
 from gossamer.proxy.http1.exchange import Exchange
 from gossamer.proxy.http1.mirror import send_copy
 from gossamer.proxy.http1.upstream import UpstreamConnection
+from gossamer.proxy.local_peers import foreign_user
 from gossamer.proxy.pipeline import concrete, outbound, retries
 from gossamer.proxy.pipeline.balancer import EndpointState
 from gossamer.proxy.resilience.outlier import classify
@@ -31,12 +33,24 @@ from gossamer.proxy.tasks import spawn
 
 __all__ = ["OutboundConnection"]
 
+log = logging.getLogger("gossamer.proxy")
+
 
 class OutboundConnection(DownstreamConnection):
     direction = "outbound"
     drop_headers: ClassVar[frozenset[bytes]] = frozenset({b"x-gossamer-peer-identity"})
     sniffed: bytes | None = b""  # first bytes while they may still be the HTTP/2 preface
     wants_host = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        allowed = self.proxy.local_uids
+        if allowed is not None:  # only the app's user may act as the workload
+            refusal = foreign_user(allowed, transport)
+            if refusal:
+                log.info("refusing a local connection to the outbound port: %s", refusal)
+                self.proxy.metrics.error("outbound", "local-peer-refused")
+                transport.abort()  # type: ignore[attr-defined]
 
     # === detect: HTTP/2 prior knowledge (h2c) goes to the HTTP/2 path ===
 
@@ -224,7 +238,36 @@ class OutboundConnection(DownstreamConnection):
         return ex.retry is not None and retries.may_retry(ex, status=status)
 
     def retry_dropped(self, ex: Exchange) -> None:
+        if ex.unprocessed:  # another endpoint, at once: nothing ran anywhere
+            ex.unprocessed = False
+            avoid = ex.endpoint
+            self._release_endpoint(ex)
+            self._retry_now(ex, avoid)
+            return
         self._schedule_retry(ex)
+
+    def not_processed(self, ex: Exchange, cause: str) -> bool:
+        """The destination's sidecar says no app saw the request: eject that endpoint for a
+        while and, when the request can be sent again (no body, or all of it kept), take it
+        to another endpoint, bounded by the tries and the retry budget (issue 12)."""
+        service = ex.service
+        endpoint = ex.endpoint
+        if service is None or endpoint is None:
+            return False
+        endpoint.penalise(time.monotonic_ns())
+        service.record_outcome(endpoint, "connect-failure")
+        if ex.has_body and not (ex.body_done and ex.replay is not None):
+            return False
+        tries_left = (
+            ex.tries < concrete.MAX_CONNECT_ATTEMPTS and len(service.balancer.endpoints) > 1
+        )
+        if not retries.may_reroute(ex, tries_left):
+            return False
+        ex.unprocessed = True
+        if ex.try_timer is not None:
+            ex.try_timer.cancel()
+            ex.try_timer = None
+        return True
 
     def upstream_failed(self, ex: Exchange, cause: str, detail: str, *, reused: bool) -> None:
         if ex.try_timer is not None:

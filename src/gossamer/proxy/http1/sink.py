@@ -41,6 +41,11 @@ class ResponseSink(asyncio.Protocol):
         """The response to ``ex`` was dropped for a retry."""
         raise TypeError("sink responsibility")
 
+    def not_processed(self, ex: Exchange, cause: str) -> bool:
+        """The upstream sidecar answered that no app saw ``ex`` (``retries.UNPROCESSED``):
+        True drops that answer and takes the request to another endpoint."""
+        return False
+
     def response_head(self, ex: Exchange, head: bytes) -> None:
         raise TypeError("sink responsibility")
 

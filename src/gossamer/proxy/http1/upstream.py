@@ -19,8 +19,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httptools
 
 from gossamer.identity.spiffe import peer_serial, peer_uri_sans
-from gossamer.protocol.http1 import LAST_CHUNK, ProxyError, encode_chunk, scan_headers
+from gossamer.protocol.http1 import (
+    LAST_CHUNK,
+    HeadScan,
+    ProxyError,
+    encode_chunk,
+    scan_headers,
+)
 from gossamer.protocol.scanner import Scanner, new_scanner
+from gossamer.proxy.pipeline.retries import ERROR_HEADER, UNPROCESSED
 
 if TYPE_CHECKING:
     from gossamer.proxy.http1.downstream import DownstreamConnection
@@ -41,6 +48,17 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 class _HeadResponseDone(Exception):
     """Raised from the parser callback to stop parsing after the head of a HEAD response."""
+
+
+_APP_RESPONSE_DROP = frozenset({ERROR_HEADER})
+_UNPROCESSED_STATUS = frozenset({502, 503})
+
+
+def _error_cause(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for name, value in headers:
+        if len(name) == len(ERROR_HEADER) and name.lower() == ERROR_HEADER:
+            return value.strip()
+    return b""
 
 
 class _ResponseDropped(Exception):
@@ -244,6 +262,12 @@ class UpstreamConnection(asyncio.Protocol):
         if plain is None:
             return False
         status, forward, keep_alive = plain
+        pool = self.pool
+        if pool.from_app:
+            if b"x-gossamer-error" in data[: data.find(b"\r\n\r\n")].lower():
+                return False  # the full parser drops it
+        elif status in _UNPROCESSED_STATUS:
+            return False  # perhaps no app saw it: the full parser reads why
         if downstream.on_response_status(ex, status):  # dropped for a retry
             self.exchange = None
             self.downstream = None
@@ -270,25 +294,16 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None or downstream is None:
             raise ProxyError(502, "upstream-protocol-error", "response without a request")
         status = self.parser.get_status_code()
-        scan = scan_headers(self.headers)
+        pool = self.pool
+        headers = self.headers
         self.headers = []
-        if status == 101:
-            if not ex.upgrade or not scan.upgrade:
-                raise ProxyError(502, "upstream-protocol-error", "101 without an upgrade")
-            ex.status = 101
-            ex.response_started = True
-            downstream.write(
-                _status_line(101, self.reason) + _join(scan.kept)
-                + b"connection: upgrade\r\nupgrade: %b\r\n\r\n" % scan.upgrade
-            )
-            self.reason = b""
-            return
+        scan = scan_headers(headers, pool.response_drop)
+        if status in _UNPROCESSED_STATUS and not pool.from_app:
+            cause = _error_cause(headers)
+            if cause in UNPROCESSED and downstream.not_processed(ex, cause.decode("latin-1")):
+                raise _ResponseDropped
         if status < 200:
-            # 1xx interim responses go to HTTP/1.1 clients as they are; the final one follows.
-            self.interim = True
-            if not ex.http10 and status != 101:
-                downstream.write(_status_line(status, self.reason) + _join(scan.kept) + b"\r\n")
-            self.reason = b""
+            self._interim(ex, downstream, status, scan)
             return
         if downstream.on_response_status(ex, status):
             raise _ResponseDropped
@@ -321,6 +336,24 @@ class UpstreamConnection(asyncio.Protocol):
         downstream.response_head(ex, b"".join(parts))
         if ex.is_head:
             raise _HeadResponseDone
+
+    def _interim(self, ex: Exchange, downstream: ResponseSink, status: int, scan: HeadScan) -> None:
+        """A 1xx head: a 101 switches protocols (for an upgrade request only); other interim
+        responses go to HTTP/1.1 clients as they are, and the final one follows."""
+        if status == 101:
+            if not ex.upgrade or not scan.upgrade:
+                raise ProxyError(502, "upstream-protocol-error", "101 without an upgrade")
+            ex.status = 101
+            ex.response_started = True
+            downstream.write(
+                _status_line(101, self.reason) + _join(scan.kept)
+                + b"connection: upgrade\r\nupgrade: %b\r\n\r\n" % scan.upgrade
+            )
+        else:
+            self.interim = True
+            if not ex.http10:
+                downstream.write(_status_line(status, self.reason) + _join(scan.kept) + b"\r\n")
+        self.reason = b""
 
     def on_body(self, data: bytes) -> None:
         downstream = self.downstream
@@ -396,8 +429,14 @@ def _join(headers: list[tuple[bytes, bytes]]) -> bytes:
 class Pool:
     """Idle keep-alive connections per endpoint; opens new ones on demand."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, from_app: bool = False
+    ) -> None:
         self.ssl_context = ssl_context
+        # To the local app: its answers may not carry the mesh's own headers (they would
+        # claim what only a sidecar may say). Else to other sidecars: their answers may.
+        self.from_app = from_app
+        self.response_drop: frozenset[bytes] = _APP_RESPONSE_DROP if from_app else frozenset()
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self.opened = 0
         self.revoked: frozenset[str] = frozenset()  # upstream certificates refused

@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from gossamer.proxy.pipeline.call import Call
     from gossamer.proxy.resilience.retry import RetryPolicy
 
-__all__ = ["applies", "backoff", "may_retry"]
+__all__ = ["UNPROCESSED", "applies", "backoff", "may_reroute", "may_retry"]
+
+# ``x-gossamer-error`` causes with which a destination's sidecar answers a request that no app
+# saw (its app cannot be reached, it has none, or it has no config yet). The caller's sidecar
+# takes such a request to another endpoint by default, like a failed connection; sidecars
+# remove the header from what apps answer, so an app cannot claim it.
+UNPROCESSED = frozenset({b"app-unreachable", b"no-local-app", b"proxy-not-ready"})
+ERROR_HEADER = b"x-gossamer-error"
 
 _rng = random.Random()
 
@@ -43,6 +50,17 @@ def may_retry(
     if status and not retry.retriable_status(status, grpc_code):
         return False
     if cause and not retry.retriable_cause(cause):
+        return False
+    logical = call.logical or call.service
+    if logical is None:
+        return False
+    return logical.policy.budget.try_retry(time.monotonic())
+
+
+def may_reroute(call: Call, tries_left: bool) -> bool:
+    """Whether a request no app saw may go to another endpoint now: with tries left, no
+    response forwarded, and the retry budget of the service allowing it (withdrawn then)."""
+    if not tries_left:
         return False
     logical = call.logical or call.service
     if logical is None:

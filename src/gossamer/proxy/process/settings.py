@@ -125,6 +125,9 @@ class ListenSettings:
     max_pending_handshakes: int = 1024
     # Open connections (HTTP connections accepted and TCP relays); beyond, a new one is cut.
     max_connections: int = 4096
+    # The users whose processes may connect to the local ports (outbound, TCP upstreams);
+    # None: any local process (docs/internals.md §11, the local host).
+    local_uids: frozenset[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +185,7 @@ class ProxySettings:
                 upstreams=parse_upstreams(_get(env, "UPSTREAMS", "") or ""),
                 max_pending_handshakes=_positive(env, "MAX_PENDING_HANDSHAKES", 1024),
                 max_connections=_positive(env, "MAX_CONNECTIONS", 4096),
+                local_uids=_uids(env, "LOCAL_UIDS"),
             ),
             control=ControlSettings(
                 address=control,
@@ -241,6 +245,17 @@ def _parse_workers(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or int(text) < 1:
         raise SettingsError(f"{PREFIX}WORKERS: expected a positive integer")
     return int(text)
+
+
+def _uids(env: Mapping[str, str], name: str) -> frozenset[int] | None:
+    """``GOSSAMER_PROXY_<name>`` as comma-separated user IDs (None when unset)."""
+    raw = (_get(env, name, None) or "").strip()
+    if not raw:
+        return None
+    parts = [part.strip() for part in raw.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise SettingsError(f"GOSSAMER_PROXY_{name}: expected user IDs like 1000,1001, got {raw!r}")
+    return frozenset(int(part) for part in parts)
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.protocol.http1 import ProxyError
+from gossamer.proxy.local_peers import foreign_user
 from gossamer.proxy.loop_calls import remove_reader
 from gossamer.proxy.observe.metrics import TcpStats
 from gossamer.proxy.pipeline.balancer import EndpointState
@@ -181,6 +182,14 @@ class TcpProxy:
         return found
 
     async def _route(self, relay: Relay, key: str) -> None:
+        allowed = self.state.local_uids
+        if allowed is not None:  # only the app's user may act as the workload
+            refusal = foreign_user(allowed, relay.down.transport)
+            if refusal:
+                log.info("refusing a local connection to a TCP upstream port: %s", refusal)
+                self.metrics.error("outbound", "local-peer-refused")
+                relay.close()
+                return
         failure: TlsFailure | None = None
         try:
             for _attempt in range(MAX_CONNECT_ATTEMPTS):

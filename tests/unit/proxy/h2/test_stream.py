@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gossamer.protocol.h2.session import CLOSED, DATA, HEADERS, REFUSED_STREAM, H2Session
 from gossamer.proxy.h2.headers import GRPC_CANCELLED
 from gossamer.proxy.h2.stats import GrpcMetrics
@@ -228,3 +230,48 @@ def test_the_connection_sweep_picks_the_right_timeout() -> None:
     assert whole.calls == [(504, "upstream-idle-timeout")]
     assert grpc.calls == [(504, "upstream-idle-timeout")]
     conn.session.close()
+
+
+def _catalog_service() -> Any:
+    """A real compiled service with two endpoints (the snapshot as the control plane sends)."""
+    from gossamer.proxy.snapshot.table import compile_snapshot
+
+    endpoints = [{"address": "127.0.0.1", "port": p, "labels": {}} for p in (41001, 41002)]
+    table = compile_snapshot({  # type: ignore[typeddict-item]
+        "version": 1, "trust_domain": "gossamer.local",
+        "proxy": {"service": "frontend", "namespace": "default", "identity": "x"},
+        "outbound": {"services": [{
+            "name": "catalog", "namespace": "default", "protocol": "http2",
+            "identity": "spiffe://gossamer.local/ns/default/sa/catalog",
+            "endpoints": endpoints}], "unknown": []},
+    }, metrics=Metrics("frontend", "default"), previous=None)  # fmt: skip
+    return table.services["catalog.default"]
+
+
+def test_a_stream_no_app_saw_goes_to_another_endpoint() -> None:
+    """Issue 12, item 2: a 502 whose x-gossamer-error says the destination's app was never
+    reached (app-unreachable) is not forwarded: the endpoint is penalised and the stream,
+    which sent no body, is routed again away from it."""
+    app, down, up, _upstream = sides()
+    sid, _ = app.submit_request(REQUEST, end_stream=True)
+    _, _got = settle(app, down.session)
+    stream = ProxiedStream(
+        down, sid, list(REQUEST), authority=b"catalog", request_id=b"r1", grpc=False,
+        is_head=False, ended=True,
+    )  # type: ignore[arg-type]  # fmt: skip
+    service = _catalog_service()
+    endpoint = service.balancer.endpoints[0]
+    stream.service, stream.endpoint = service, endpoint
+    endpoint.pending += 1
+    stream.attach(up)  # type: ignore[arg-type]
+    stream.response_headers(
+        [(b":status", b"502"), (b"x-gossamer-error", b"app-unreachable")], True
+    )
+    assert down.routed == [stream]  # routed again (FakeDown records it)
+    assert not stream.resp_started and stream.status == 0
+    assert endpoint.pending == 0
+    other = [(b":status", b"502"), (b"x-gossamer-error", b"upstream-reset")]
+    stream.endpoint = endpoint
+    stream.response_headers(other, True)  # not a cause that says no app saw it: forwarded
+    back, _ = settle(app, down.session)
+    assert dict(of_kind(back, HEADERS)[0][2])[b":status"] == b"502"
