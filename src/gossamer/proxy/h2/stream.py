@@ -328,10 +328,11 @@ class ProxiedStream(Call):
         status = _status_of(headers)
         if status < 200:
             return  # interim (1xx) responses are not forwarded
-        if self.down.direction == "inbound":  # from the app: never the mesh's own header
-            headers = [h for h in headers if h[0] != ERROR_HEADER]
-        elif status in _UNPROCESSED_STATUS and self._not_processed(headers):
-            return  # taken to another endpoint
+        if status in _UNPROCESSED_STATUS:
+            if self.down.direction == "inbound":  # the app may not claim no app saw it
+                headers = [h for h in headers if h[0] != ERROR_HEADER]
+            elif self._not_processed(headers):
+                return  # taken to another endpoint
         self.status = status
         endpoint = self.endpoint
         if endpoint is not None:

@@ -262,12 +262,10 @@ class UpstreamConnection(asyncio.Protocol):
         if plain is None:
             return False
         status, forward, keep_alive = plain
-        pool = self.pool
-        if pool.from_app:
-            if b"x-gossamer-error" in data[: data.find(b"\r\n\r\n")].lower():
-                return False  # the full parser drops it
-        elif status in _UNPROCESSED_STATUS:
-            return False  # perhaps no app saw it: the full parser reads why
+        if status in _UNPROCESSED_STATUS:
+            # From another sidecar: perhaps no app saw it; from the app: it may not say so.
+            # Either way the full parser reads (or drops) ``x-gossamer-error``.
+            return False
         if downstream.on_response_status(ex, status):  # dropped for a retry
             self.exchange = None
             self.downstream = None
@@ -297,11 +295,14 @@ class UpstreamConnection(asyncio.Protocol):
         pool = self.pool
         headers = self.headers
         self.headers = []
-        scan = scan_headers(headers, pool.response_drop)
-        if status in _UNPROCESSED_STATUS and not pool.from_app:
-            cause = _error_cause(headers)
-            if cause in UNPROCESSED and downstream.not_processed(ex, cause.decode("latin-1")):
-                raise _ResponseDropped
+        if status in _UNPROCESSED_STATUS:
+            scan = scan_headers(headers, pool.response_drop)
+            if not pool.from_app:
+                cause = _error_cause(headers)
+                if cause in UNPROCESSED and downstream.not_processed(ex, cause.decode("latin-1")):
+                    raise _ResponseDropped
+        else:
+            scan = scan_headers(headers)
         if status < 200:
             self._interim(ex, downstream, status, scan)
             return
@@ -433,8 +434,8 @@ class Pool:
         self, *, ssl_context: ssl.SSLContext | None = None, from_app: bool = False
     ) -> None:
         self.ssl_context = ssl_context
-        # To the local app: its answers may not carry the mesh's own headers (they would
-        # claim what only a sidecar may say). Else to other sidecars: their answers may.
+        # To the local app: its 502 and 503 answers may not carry ``x-gossamer-error`` (that
+        # would claim no app saw the request, retries.py). Else to other sidecars: they may.
         self.from_app = from_app
         self.response_drop: frozenset[bytes] = _APP_RESPONSE_DROP if from_app else frozenset()
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
