@@ -7,6 +7,7 @@ bodies. Validation is :mod:`gossamer.config`; state changes go through
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import json
@@ -39,6 +40,7 @@ __all__ = ["MAX_BODY", "create_app"]
 log = logging.getLogger("gossamer.control.api")
 
 MAX_BODY = 16 * 1024 * 1024
+MAX_DOCUMENT = 1024 * 1024  # one resource, as stored (canonical JSON)
 MAX_SMALL_BODY = 64 * 1024  # a join-token request
 DEFAULT_TOKEN_TTL = 600.0
 MAX_TOKEN_TTL = 7 * 86400.0
@@ -201,26 +203,52 @@ def _too_large(limit: int) -> Response:
 
 
 async def apply(plane: ControlPlane, request: Request) -> Response:
+    """Parse, validate and store off the event loop (a large apply must not stall the
+    sidecars' streams); one apply at a time; then push on the loop."""
     try:
         body = await _read_body(request, MAX_BODY)
     except _TooLarge:
         return _too_large(MAX_BODY)
+    content_type = request.headers.get("content-type", "application/yaml")
     try:
-        text = body.decode("utf-8")
-        docs = parse_documents(text, request.headers.get("content-type", "application/yaml"))
-    except UnicodeDecodeError as exc:
-        return _error(400, "bad-document", f"body is not UTF-8: {exc}")
-    except DocumentParseError as exc:
-        return _error(400, "bad-document", str(exc))
-    try:
-        resources = validate_documents(docs)
+        resources = await asyncio.to_thread(_resources_of, body, content_type)
+    except _Refused as refused:
+        return refused.response
     except ValidationFailed as exc:
         return _invalid(exc)
-    try:
-        results = plane.apply(resources)
-    except ValidationFailed as exc:
-        return _invalid(exc)
+    async with plane.apply_lock:
+        try:
+            results = await asyncio.to_thread(plane.store_resources, resources)
+        except ValidationFailed as exc:
+            return _invalid(exc)
+        plane.resources_stored(results)
     return JSONResponse({"applied": [result.to_json() for result in results]})
+
+
+class _Refused(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _resources_of(body: bytes, content_type: str) -> list[Resource]:
+    """The body's documents, each within ``MAX_DOCUMENT``, validated (in a worker thread)."""
+    try:
+        docs = parse_documents(body.decode("utf-8"), content_type)
+    except UnicodeDecodeError as exc:
+        raise _Refused(_error(400, "bad-document", f"body is not UTF-8: {exc}")) from None
+    except DocumentParseError as exc:
+        raise _Refused(_error(400, "bad-document", str(exc))) from None
+    for index, doc in enumerate(docs):
+        try:
+            size = len(json.dumps(doc, separators=(",", ":"), default=str))
+        except (ValueError, TypeError, RecursionError):
+            continue  # validation names what is wrong with it
+        if size > MAX_DOCUMENT:
+            raise _Refused(_error(
+                413, "too-large", f"document {index} is {size} bytes as stored; a resource "
+                f"is limited to {MAX_DOCUMENT} bytes",
+            ))  # fmt: skip
+    return validate_documents(docs)
 
 
 def _resource_kind(request: Request) -> type[Resource] | None:

@@ -214,6 +214,7 @@ class ControlPlane:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._push_task: asyncio.Task[None] | None = None
         self._saved = RegistryStore(store)
+        self.apply_lock = asyncio.Lock()  # one apply at a time (api.apply)
         self._save_task: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- lifecycle
@@ -313,13 +314,23 @@ class ControlPlane:
         Raises ``ValidationFailed`` (nothing stored) when a kind that may exist once per
         service (TrafficPolicy, TCPRoute) would get a second one for the same service.
         """
+        results = self.store_resources(resources)
+        self.resources_stored(results)
+        return results
+
+    def store_resources(self, resources: Sequence[Resource]) -> list[ApplyResult]:
+        """The part of ``apply`` that may run in a worker thread (the store has its own lock;
+        the caller holds ``apply_lock`` so that the one-per-service check and the write are
+        one step)."""
         problems = self._one_per_service(resources)
         if problems:
             raise ValidationFailed(problems)
-        results = self.store.apply(resources)
+        return self.store.apply(resources)
+
+    def resources_stored(self, results: Sequence[ApplyResult]) -> None:
+        """On the event loop, after ``store_resources``: recompute and push what changed."""
         if any(result.action != "unchanged" for result in results):
             self._resources_changed()
-        return results
 
     def _one_per_service(self, resources: Sequence[Resource]) -> list[Problem]:
         """Problems for TrafficPolicies/TCPRoutes that target a service another one of the same
@@ -585,10 +596,11 @@ class ControlPlane:
         while True:
             await asyncio.sleep(SAVE_INTERVAL)
             if self._saved.pending:
-                try:
-                    self._saved.save(self.registry)
+                rows, gone = self._saved.take(self.registry)
+                try:  # off the loop: the store may be busy with a large apply
+                    await asyncio.to_thread(self._saved.write, rows, gone)
                 except Exception:
-                    log.exception("saving the registry failed; will retry")
+                    log.exception("saving the registry failed")
 
     def _expire(self, proxy_id: str, epoch: int) -> None:
         self._timers.pop(proxy_id, None)

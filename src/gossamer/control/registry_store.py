@@ -80,6 +80,10 @@ class RegistryStore:
 
     def save(self, registry: Registry) -> None:
         """Write what changed since the last save, in one transaction."""
+        self.write(*self.take(registry))
+
+    def take(self, registry: Registry) -> tuple[list[tuple[str, str]], list[str]]:
+        """What changed since the last ``take`` (on the event loop: it reads the registry)."""
         rows = []
         for proxy_id in self._changed:
             record = registry.get(proxy_id)
@@ -88,6 +92,10 @@ class RegistryStore:
         gone = list(self._gone)
         self._changed.clear()
         self._gone.clear()
+        return rows, gone
+
+    def write(self, rows: list[tuple[str, str]], gone: list[str]) -> None:
+        """Store what ``take`` returned (may run in a worker thread)."""
         self._store.save_proxies(rows, gone)
 
     def load(self, registry: Registry) -> list[ProxyRecord]:

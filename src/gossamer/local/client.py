@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 
+APPLY_TIMEOUT = 120.0  # seconds an apply may take (parsing and storing a large file)
+
+
 class ControlError(Exception):
     """An expected failure talking to the control plane."""
 
@@ -40,6 +43,10 @@ class ControlUnreachable(ControlError):
             f"control plane not reachable at {url} ({detail}); "
             "start it with `gossamer up` or `gossamer control`"
         )
+
+
+class ControlTimeout(ControlUnreachable):
+    """Connected, but no answer in time: what was sent may have been acted on."""
 
 
 class Unauthorized(ControlError):
@@ -153,11 +160,13 @@ class ControlClient:
         json: Any = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         try:
             response = self._http.request(
-                method, path, content=content, json=json, params=params, headers=headers
-            )
+                method, path, content=content, json=json, params=params, headers=headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )  # fmt: skip
         except httpx.ConnectError as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                 raise ControlError(
@@ -165,6 +174,10 @@ class ControlClient:
                     f"does not vouch for ({exc}); refusing to send the admin token"
                 ) from exc
             raise ControlUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent
+            raise ControlUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
+        except httpx.TimeoutException as exc:
+            raise ControlTimeout(self.base_url, str(exc) or type(exc).__name__) from exc
         except httpx.TransportError as exc:
             raise ControlUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
         if response.status_code == 401:
@@ -189,10 +202,20 @@ class ControlClient:
             return False
 
     def apply(self, text: str, *, content_type: str) -> list[dict[str, Any]]:
-        """POST documents; return the ``applied`` entries."""
-        response = self._request(
-            "POST", "/v1/resources", content=text, headers={"Content-Type": content_type}
-        )
+        """POST documents; return the ``applied`` entries. A large apply may take a while:
+        it waits ``APPLY_TIMEOUT``, and without an answer says that the outcome is unknown
+        (it was sent, it may have been stored) and how to check."""
+        try:
+            response = self._request(
+                "POST", "/v1/resources", content=text, headers={"Content-Type": content_type},
+                timeout=APPLY_TIMEOUT,
+            )  # fmt: skip
+        except ControlTimeout as exc:
+            raise ControlError(
+                f"the control plane at {self.base_url} did not answer within "
+                f"{APPLY_TIMEOUT:.0f} s: the documents were sent and may or may not have been "
+                "applied (all or none); check with `gossamer get <kind>`"
+            ) from exc
         if response.status_code == 400:
             raise BadDocument(f"bad document: {_error_message(response)}")
         if response.status_code == 422:

@@ -229,3 +229,39 @@ def test_up_checks_port_overrides(tmp_path: Path, flags: list[str], message: str
     assert result.exit_code in (1, 2), result.output
     assert message in result.stderr
     assert not (tmp_path / "d" / "run" / "mesh.json").exists()
+
+
+def test_an_apply_without_an_answer_says_its_outcome_is_unknown(tmp_path: Path) -> None:
+    """Issue 12, item 3: the CLI said "not reachable" when a large apply outlasted its
+    timeout, although every document was applied. A server that accepts the request and
+    never answers: the CLI says the documents were sent, may have been applied, and how to
+    check."""
+    import socket
+    import threading
+
+    from gossamer.local import client as client_module
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        conn, _ = server.accept()
+        held.append(conn)  # read nothing, answer nothing
+
+    threading.Thread(target=accept, daemon=True).start()
+    doc = tmp_path / "s.yaml"
+    doc.write_text("apiVersion: gossamer.dev/v1alpha1\nkind: Service\nmetadata: {name: a}\n")
+    original = client_module.APPLY_TIMEOUT
+    client_module.APPLY_TIMEOUT = 0.5
+    try:
+        result = runner.invoke(app, ["apply", "-f", str(doc), "--control-url",
+                                     f"http://127.0.0.1:{port}", "--data-dir", str(tmp_path)])
+    finally:
+        client_module.APPLY_TIMEOUT = original
+        for conn in held:
+            conn.close()
+        server.close()
+    assert result.exit_code == 1
+    assert "may or may not have been applied" in result.stderr
+    assert "gossamer get" in result.stderr

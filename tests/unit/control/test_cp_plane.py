@@ -261,3 +261,20 @@ def test_new_endpoint_pushes_only_to_its_watchers(tmp_path: Path) -> None:
         assert [e["port"] for e in endpoints] == [4000, 4001]
 
     run_with_plane(tmp_path, body)
+
+
+def test_hello_with_a_newline_in_its_service_name_is_refused_cleanly(tmp_path: Path) -> None:
+    """Issue 11, lows: ``"web\\n"`` passed the DNS-label check (``$`` before a final
+    newline) and the hello died with a traceback building the identity; now it is a
+    bad-request refusal naming the field."""
+
+    async def body(plane: ControlPlane) -> None:
+        for bad in ("web\n", "web\r\n", "we b"):
+            message = hello("web", "web-1")
+            message["workload"]["service"] = bad
+            with pytest.raises(Refusal) as caught:
+                plane.hello(FakeSession(), ident("web"), message)
+            assert caught.value.code == "bad-request"
+            assert "workload" in caught.value.message
+
+    run_with_plane(tmp_path, body)
