@@ -107,13 +107,14 @@ def _get_page(mesh: Mesh) -> httpx.Response:
 
 
 def test_up_records_every_process_as_ready(mesh: Mesh) -> None:
-    """The state file lists control plane, 5 sidecars, 5 apps and the ingress, all alive."""
+    """The state file lists control plane, 6 sidecars, 6 apps (catalog v1 twice and its v2
+    canary once) and the ingress, all alive."""
     state = mesh.state()
     assert state["status"] == "ready"
     roles = [child["role"] for child in state["children"]]
-    assert roles.count("sidecar") == 5 and roles.count("app") == 5
+    assert roles.count("sidecar") == 6 and roles.count("app") == 6
     assert roles.count("ingress") == 1 and roles.count("control-plane") == 1
-    assert len(mesh.alive()) == 13
+    assert len(mesh.alive()) == 15
 
 
 def test_ingress_page_has_catalog_orders_and_payments(mesh: Mesh) -> None:
@@ -140,7 +141,7 @@ def test_frontend_sidecar_counts_outbound_requests(mesh: Mesh) -> None:
 
 
 def test_get_proxies_lists_every_sidecar_acked(mesh: Mesh) -> None:
-    """`gossamer get proxies -o json`: six proxies (catalog twice), every one ACK."""
+    """`gossamer get proxies -o json`: seven proxies (catalog three times), every one ACK."""
     deadline = time.monotonic() + 15
     while True:
         result = mesh.cli("get", "proxies", "-o", "json")
@@ -149,8 +150,8 @@ def test_get_proxies_lists_every_sidecar_acked(mesh: Mesh) -> None:
         if all(item["ack_state"] == "ACK" for item in items) or time.monotonic() > deadline:
             break
         time.sleep(0.3)
-    assert sorted(item["service"] for item in items) == sorted([*SERVICES, "catalog"])
-    assert [item["ack_state"] for item in items] == ["ACK"] * 6
+    assert sorted(item["service"] for item in items) == sorted([*SERVICES, "catalog", "catalog"])
+    assert [item["ack_state"] for item in items] == ["ACK"] * 7
     admins = {c["admin_address"] for c in mesh.state()["children"] if c["admin_address"]}
     assert {item["admin_address"] for item in items} == admins
 
@@ -194,6 +195,42 @@ def test_crashed_app_is_restarted(mesh: Mesh) -> None:
     assert after["last_exit"] == -signal.SIGKILL
 
 
+def test_the_readmes_canary_commands_do_what_it_says(mesh: Mesh) -> None:
+    """Issue 12, item 7: the README's canary tour, as written (ports aside): after `gossamer
+    apply -f examples/traffic/canary.yaml`, a page asked for with `x-canary: 1` is served by
+    catalog v2, and about one page in ten without it; `gossamer delete httproute
+    catalog-canary` ends it."""
+    import re
+
+    def catalog_of(page: str) -> str:
+        found = re.search(r"answered by (catalog[-a-z0-9]*)", page)
+        assert found, page[:300]
+        return found.group(1)
+
+    _get_page(mesh)
+    applied = mesh.cli("apply", "-f", str(REPO / "examples" / "traffic" / "canary.yaml"))
+    assert applied.returncode == 0, applied.stderr
+    assert "httproute/catalog-canary created" in applied.stdout
+    url = f"http://127.0.0.1:{mesh.ingress_port}/"
+    try:
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            deadline = time.monotonic() + 10
+            while True:  # the route reaches the frontend's sidecar within a push
+                tester = catalog_of(client.get(url, headers={"x-canary": "1"}).text)
+                if tester == "catalog-v2-0" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert tester == "catalog-v2-0"
+            assert all(catalog_of(client.get(url, headers={"x-canary": "1"}).text)
+                       == "catalog-v2-0" for _ in range(5))  # fmt: skip
+            served = [catalog_of(client.get(url).text) for _ in range(100)]
+        canary = served.count("catalog-v2-0")
+        assert 1 <= canary <= 30, served  # 10% by weight
+    finally:
+        deleted = mesh.cli("delete", "httproute", "catalog-canary")
+    assert deleted.returncode == 0, deleted.stderr
+
+
 def test_down_stops_every_process(mesh: Mesh) -> None:
     """`gossamer down` ends every recorded PID and removes the state (keep this test last)."""
     mesh.state()
@@ -204,3 +241,4 @@ def test_down_stops_every_process(mesh: Mesh) -> None:
     assert not (mesh.data_dir / "run" / "mesh.json").exists()
     again = mesh.cli("down")
     assert again.returncode == 0 and "no mesh running" in again.stdout
+

@@ -623,7 +623,10 @@ def test_a_large_apply_does_not_stall_the_control_plane(tmp_path: Path) -> None:
 def test_a_huge_document_is_refused_with_413(tmp_path: Path) -> None:
     """One document over 1 MiB (here 80,000 labels) is refused as too large, naming it."""
     labels = ", ".join(f"k{i}: v{i}" for i in range(80_000))
-    text = f"apiVersion: gossamer.dev/v1alpha1\nkind: Service\nmetadata: {{name: huge, labels: {{{labels}}}}}\nspec: {{}}\n"
+    text = (
+        "apiVersion: gossamer.dev/v1alpha1\nkind: Service\n"
+        f"metadata: {{name: huge, labels: {{{labels}}}}}\nspec: {{}}\n"
+    )
     with running_control_plane(tmp_path / "cp") as big, big.client() as client:
         answer = client.post("/v1/resources", content=text, timeout=60,
                              headers={"Content-Type": "application/yaml"})  # fmt: skip

@@ -24,7 +24,7 @@ def test_example_resources_validate(path: Path) -> None:
 
 
 def test_storefront_mesh_file_loads() -> None:
-    """The demo's mesh file loads, with all four services."""
+    """The demo's mesh file loads, with all four services (catalog in two groups)."""
     mesh = load_mesh_file(ROOT / "examples" / "storefront" / "mesh.yaml")
-    names = {service.name for service in mesh.mesh.spec.services}
+    names = {service.service_name for service in mesh.mesh.spec.services}
     assert names == {"frontend", "catalog", "orders", "payments"}

@@ -21,6 +21,10 @@ from gossamer.demo.common import (
 
 CATALOG_URL = "http://catalog/items"
 ORDERS_URL = "http://orders/orders/recent"
+# Headers a route may match on, passed from the page's request to the calls it makes. The mesh
+# routes each hop on what that hop carries: passing them on is the app's part, as with trace
+# context (this demo passes the canary header of examples/traffic/canary.yaml).
+PROPAGATED = ("x-canary",)
 
 _STYLE = (
     "body{font-family:sans-serif;max-width:46em;margin:2em auto;color:#222}"
@@ -60,10 +64,11 @@ def index(request: Request) -> Response:
     parts: list[str] = []
     failed: list[str] = []
     degraded: list[str] = []
+    passed = {name: request.headers[name] for name in PROPAGATED if name in request.headers}
     for name, url, render in (("catalog", CATALOG_URL, _catalog_html),
                               ("orders", ORDERS_URL, _orders_html)):
         try:
-            data = fetch_json(url)
+            data = fetch_json(url, headers=passed)
             parts.append(render(data))
             if name == "orders" and not isinstance(data.get("payments"), dict):
                 degraded.append("payments")

@@ -132,7 +132,12 @@ class MeshUpstream(_Model):
 
 
 class MeshServiceSpec(_Model):
+    """One group of replicas. ``name`` names its processes (``<name>-<i>``); ``service`` is
+    the mesh service they serve, ``name`` unless given: two groups of one service with other
+    labels (``version: v2``) run a canary beside the stable replicas."""
+
     name: str = Field(pattern=_NAME)
+    service: str | None = Field(default=None, pattern=_NAME)
     command: tuple[str, ...] = Field(min_length=1)
     replicas: int = Field(default=1, ge=1, le=32)
     namespace: str | None = Field(default=None, pattern=_NAME)
@@ -140,6 +145,10 @@ class MeshServiceSpec(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     upstreams: tuple[MeshUpstream, ...] = ()
     sidecar: SidecarSpec = Field(default_factory=SidecarSpec)
+
+    @property
+    def service_name(self) -> str:
+        return self.service or self.name
 
 
 class MeshSpec(_Model):
@@ -155,10 +164,11 @@ class MeshSpec(_Model):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"services: duplicate service name(s): {', '.join(duplicates)}")
-        if self.ingress is not None and self.ingress.service not in names:
+        served = sorted({service.service_name for service in self.services})
+        if self.ingress is not None and self.ingress.service not in served:
             raise ValueError(
                 f"ingress.service: {self.ingress.service!r} is not one of the services "
-                f"({', '.join(names)})"
+                f"({', '.join(served)})"
             )
         for i, service in enumerate(self.services):
             for j, upstream in enumerate(service.upstreams):

@@ -180,7 +180,7 @@ class Supervisor:
         for service in spec.services:
             namespace = self.mesh.namespace_of(service)
             for replica in range(service.replicas):
-                self._start_replica(service.name, namespace, replica, service)
+                self._start_replica(service.name, namespace, replica, service)  # by group
         if spec.ingress is not None:
             self._start_ingress(spec.ingress)
         self._wait_ready()
@@ -275,9 +275,10 @@ class Supervisor:
             ports=ports, admin_address=config.admin_address,
         )
 
-    def _start_replica(self, service: str, namespace: str, replica: int,
+    def _start_replica(self, group: str, namespace: str, replica: int,
                        spec: MeshServiceSpec) -> None:
-        instance = f"{service}-{replica}"
+        instance = f"{group}-{replica}"
+        service = spec.service_name
         app_port, outbound, inbound, admin = (self.ports.allocate() for _ in range(4))
         upstreams = tuple((u.service, u.port + replica) for u in spec.upstreams)
         workdir = self.data.workdir(instance)

@@ -37,11 +37,16 @@ def _errors(text: str) -> list[str]:
 
 
 def test_storefront_example_is_valid() -> None:
-    """The shipped storefront mesh file loads: four services, catalog with two replicas."""
+    """The shipped storefront mesh file loads: four services, catalog with two v1 replicas
+    and a v2 canary group of one (``service: catalog``)."""
     mesh = load_mesh_file(REPO / "examples/storefront/mesh.yaml")
     services = {s.name: s for s in mesh.mesh.spec.services}
-    assert set(services) == {"frontend", "catalog", "orders", "payments"}
+    assert set(services) == {"frontend", "catalog", "catalog-v2", "orders", "payments"}
     assert services["catalog"].replicas == 2
+    canary = services["catalog-v2"]
+    assert (canary.service_name, canary.replicas, canary.labels) == (
+        "catalog", 1, {"version": "v2"}
+    )
     assert mesh.mesh.spec.ingress is not None and mesh.mesh.spec.ingress.service == "frontend"
     assert [r["kind"] for r in mesh.resources] == ["Service"] * 4
 
@@ -197,3 +202,23 @@ def test_port_overrides_are_checked() -> None:
     with pytest.raises(MeshFileError) as none:
         with_ports(parse_mesh_text(MINIMAL), ingress_port=9000)
     assert none.value.errors[0].startswith("--ingress-port: the mesh file has no ingress")
+
+
+def test_a_group_names_the_service_it_serves() -> None:
+    """Two groups of one service (a canary): processes are named by group, the ingress may
+    name the service; group names stay unique."""
+    text = """
+apiVersion: gossamer.dev/v1alpha1
+kind: Mesh
+metadata: {name: shop}
+spec:
+  ingress: {port: 18080, service: web}
+  services:
+    - {name: web, command: [x], labels: {version: v1}}
+    - {name: web-v2, service: web, command: [x], labels: {version: v2}}
+"""
+    mesh = parse_mesh_text(text)
+    assert {s.name: s.service_name for s in mesh.mesh.spec.services} == {
+        "web": "web", "web-v2": "web"
+    }  # fmt: skip
+    assert any("duplicate" in e for e in _errors(text.replace("name: web-v2", "name: web")))
