@@ -26,6 +26,7 @@ from gossamer.cli.output import (
     resource_rows,
     say,
 )
+from gossamer.config.kinds import KINDS, kind_for
 from gossamer.local.client import InvalidResources, NotFound
 
 __all__ = ["apply", "delete", "get", "register"]
@@ -43,6 +44,11 @@ def _read_input(file: str) -> tuple[str, str]:
             text = Path(file).read_text(encoding="utf-8")
         except OSError as exc:
             error(f"cannot read {file}: {exc.strerror or exc}")
+            raise typer.Exit(1) from None
+        except UnicodeDecodeError as exc:
+            line = Path(file).read_bytes()[: exc.start].count(b"\n") + 1
+            error(f"{file}: line {line}: byte 0x{exc.object[exc.start]:02x} is not UTF-8 "
+                  "(save the file as UTF-8)")
             raise typer.Exit(1) from None
     stripped = text.lstrip()
     is_json = file.endswith(".json") or stripped.startswith(("{", "["))
@@ -74,6 +80,16 @@ def apply(
         say(line)
 
 
+def _known_kind(kind: str, *, also: tuple[str, ...] = ()) -> None:
+    """Refuse an unknown kind the same way for every command, listing the kinds (exit 2)."""
+    if kind_for(kind) is not None or kind.lower() in also:
+        return
+    kinds = ", ".join(sorted(cls.PLURAL.lower() for cls in KINDS.values()))
+    extra = f"; and {', '.join(also[::2])}" if also else ""
+    error(f"unknown kind {kind!r}; kinds: {kinds}{extra}")
+    raise typer.Exit(2)
+
+
 def _print_items(items: list[dict[str, Any]], output: Format, headers: tuple[str, ...],
                  rows: list[list[str]], empty: str) -> None:
     if output is not Format.table:
@@ -94,6 +110,7 @@ def get(
 ) -> None:
     """Show resources, or the connected proxies (`gossamer get proxies`)."""
     lowered = kind.lower()
+    _known_kind(lowered, also=(*_PROXY_KINDS, *_ENDPOINT_KINDS))
     with expected_errors(), connect(control_url, data_dir) as client:
         if lowered in _PROXY_KINDS:
             items = client.proxies()
@@ -138,6 +155,7 @@ def delete(
 ) -> None:
     """Delete one resource."""
     lowered = kind.lower()
+    _known_kind(lowered)
     with expected_errors(), connect(control_url, data_dir) as client:
         try:
             client.delete_resource(lowered, namespace or "default", name)

@@ -265,3 +265,22 @@ def test_an_apply_without_an_answer_says_its_outcome_is_unknown(tmp_path: Path) 
     assert result.exit_code == 1
     assert "may or may not have been applied" in result.stderr
     assert "gossamer get" in result.stderr
+
+
+def test_messages_for_bad_input_name_the_problem(tmp_path: Path) -> None:
+    """Issue 12, item 9: a file that is not UTF-8 is named with its line (it raised a
+    traceback); an unknown kind gets the same answer from `get KIND` and `get KIND NAME`,
+    listing the kinds, before any control plane is asked; `gossamer proxy --help` helps."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_bytes(b"apiVersion: gossamer.dev/v1alpha1\nkind: Service\n"
+                    b"metadata: {name: caf\xe9}\n")
+    result = runner.invoke(app, ["apply", "-f", str(bad), "--control-url", "http://127.0.0.1:9"])
+    assert result.exit_code == 1
+    assert "line 3: byte 0xe9 is not UTF-8" in result.stderr
+    for args in (["get", "foo"], ["get", "foo", "bar"], ["delete", "foo", "bar"]):
+        result = runner.invoke(app, [*args, "--control-url", "http://127.0.0.1:9"])
+        assert result.exit_code == 2, args
+        assert "unknown kind 'foo'; kinds: httproutes" in result.stderr
+    from gossamer.proxy.process.main import main as proxy_main
+
+    assert proxy_main(["--help"]) == 0

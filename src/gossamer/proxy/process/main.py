@@ -227,8 +227,44 @@ def _raise_file_limit(max_connections: int) -> None:
             )
 
 
+HELP = """usage: gossamer proxy
+
+Run a sidecar proxy. It takes no flags: its settings come from the environment
+(docs/internals.md §1; gossamer up and gossamer run set them for you).
+
+required:
+  GOSSAMER_PROXY_SERVICE          the workload's service name
+  GOSSAMER_PROXY_WORKDIR          a private directory for its key and certificate
+  GOSSAMER_PROXY_CONTROL_ADDR     the control plane's stream, HOST:PORT
+  GOSSAMER_PROXY_CA_FILE          the mesh's root certificate
+  GOSSAMER_PROXY_JOIN_TOKEN       a one-time join token (gossamer: POST /v1/join-tokens)
+listeners (HOST:PORT, or off):
+  GOSSAMER_PROXY_OUTBOUND_ADDR    from the app (127.0.0.1:15001)
+  GOSSAMER_PROXY_INBOUND_ADDR     mTLS from other sidecars (127.0.0.1:15006)
+  GOSSAMER_PROXY_ADMIN_ADDR       /ready, /metrics, /config (127.0.0.1:15000)
+  GOSSAMER_PROXY_UPSTREAMS        TCP listeners, SERVICE=[HOST:]PORT,...
+the workload:
+  GOSSAMER_PROXY_APP_ADDR         the local app (none: client-only)
+  GOSSAMER_PROXY_TCP_APP_ADDR     the app's TCP port beside an HTTP one
+  GOSSAMER_PROXY_NAMESPACE, GOSSAMER_PROXY_LABELS (k=v,...), GOSSAMER_PROXY_ADVERTISE_HOST
+  GOSSAMER_PROXY_DEFAULT_SERVICE  a gateway: where a Host outside the mesh goes
+limits and scale:
+  GOSSAMER_PROXY_WORKERS, GOSSAMER_PROXY_MAX_CONNECTIONS (4096),
+  GOSSAMER_PROXY_MAX_PENDING_HANDSHAKES (1024), GOSSAMER_PROXY_LOCAL_UIDS (who may use
+  the local ports), GOSSAMER_LOG_LEVEL
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the sidecar from ``GOSSAMER_PROXY_*`` settings; exit code 2 for bad settings."""
+    args = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help") for arg in args):
+        print(HELP, end="")
+        return 0
+    if args:
+        print(f"gossamer proxy: takes no arguments (got {' '.join(args)}); see --help",
+              file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=os.environ.get("GOSSAMER_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
