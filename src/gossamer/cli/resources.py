@@ -72,12 +72,15 @@ def apply(
             for field_error in exc.errors:
                 say(str(field_error), err=True)
             raise typer.Exit(1) from None
+        warnings = client.last_warnings
     for item in applied:
         line = f"{str(item.get('kind', '?')).lower()}/{item.get('name')} {item.get('action')}"
         namespace = item.get("namespace")
         if namespace and namespace != "default":
             line += f" (namespace {namespace})"
         say(line)
+    for warning in warnings:
+        say(f"warning: {warning}", err=True)
 
 
 def _known_kind(kind: str, *, also: tuple[str, ...] = ()) -> None:

@@ -222,7 +222,11 @@ async def apply(plane: ControlPlane, request: Request) -> Response:
         except ValidationFailed as exc:
             return _invalid(exc)
         plane.resources_stored(results)
-    return JSONResponse({"applied": [result.to_json() for result in results]})
+    answer: dict[str, Any] = {"applied": [result.to_json() for result in results]}
+    warnings = plane.route_warnings(resources)
+    if warnings:
+        answer["warnings"] = [problem.to_json() for problem in warnings]
+    return JSONResponse(answer)
 
 
 class _Refused(Exception):

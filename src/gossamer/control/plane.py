@@ -332,6 +332,36 @@ class ControlPlane:
         if any(result.action != "unchanged" for result in results):
             self._resources_changed()
 
+    def route_warnings(self, resources: Sequence[Resource]) -> list[Problem]:
+        """What an applied HTTPRoute sends to that nothing serves now (applied anyway: it may
+        be deployed next): a backend service the mesh does not know (requests get 503
+        ``unknown-backend``), or a subset no registered endpoint of it carries (503
+        ``no-subset-endpoints``)."""
+        warnings: list[Problem] = []
+        known = set(self._view.services) | set(self.registry.workload_services())
+        for index, resource in enumerate(resources):
+            if not isinstance(resource, HTTPRoute):
+                continue
+            namespace, name = resource.metadata.namespace, resource.metadata.name
+            for i, rule in enumerate(resource.spec.rules):
+                for j, backend in enumerate(rule.backends):
+                    key = service_key(backend.service, namespace)
+                    where = f"spec.rules[{i}].backends[{j}]"
+                    if key not in known:
+                        warnings.append(Problem(index, resource.kind, name, f"{where}.service",
+                                                f"no service {key[1]}.{key[0]} is known yet"))
+                        continue
+                    subset = backend.subset
+                    records = self.registry.endpoints_of(*key)
+                    if subset and records and not any(
+                        all(r.workload.labels.get(k) == v for k, v in subset.items())
+                        for r in records
+                    ):
+                        labels = ",".join(f"{k}={v}" for k, v in subset.items())
+                        warnings.append(Problem(index, resource.kind, name, f"{where}.subset",
+                                                f"no endpoint of {key[1]} is labelled {labels}"))
+        return warnings
+
     def _one_per_service(self, resources: Sequence[Resource]) -> list[Problem]:
         """Problems for TrafficPolicies/TCPRoutes that target a service another one of the same
         kind (stored under a different name, or earlier in this batch) already targets."""

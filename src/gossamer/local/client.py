@@ -128,6 +128,7 @@ class ControlClient:
         ca_file: Path | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.last_warnings: list[FieldError] = []  # of the last apply
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         verify: ssl.SSLContext | bool = False
         if self.base_url.startswith("https://"):
@@ -220,7 +221,13 @@ class ControlClient:
             raise BadDocument(f"bad document: {_error_message(response)}")
         if response.status_code == 422:
             raise InvalidResources(_field_errors(response))
-        return list(self._json(response).get("applied", []))
+        answer = self._json(response)
+        self.last_warnings = [FieldError(
+            document=int(w.get("document", 0)), kind=str(w.get("kind") or "?"),
+            name=str(w.get("name") or "?"), path=str(w.get("path", "")),
+            message=str(w.get("message", "")),
+        ) for w in answer.get("warnings", [])]  # fmt: skip
+        return list(answer.get("applied", []))
 
     def list_resources(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         params = {"namespace": namespace} if namespace else None

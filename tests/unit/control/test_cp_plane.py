@@ -278,3 +278,28 @@ def test_hello_with_a_newline_in_its_service_name_is_refused_cleanly(tmp_path: P
             assert "workload" in caught.value.message
 
     run_with_plane(tmp_path, body)
+
+
+def test_a_route_to_nothing_is_applied_with_warnings(tmp_path: Path) -> None:
+    """Issue 12, item 9: an HTTPRoute to a service the mesh does not know, or to a subset no
+    endpoint carries, was applied silently and answered 503 no-healthy-endpoints later; it is
+    still applied (it may be deployed next) but the apply says what it points at."""
+    route = validate_documents([{
+        "apiVersion": "gossamer.dev/v1alpha1", "kind": "HTTPRoute",
+        "metadata": {"name": "r"},
+        "spec": {"service": "cat", "rules": [{"backends": [
+            {"service": "cat", "subset": {"version": "v3"}},
+            {"service": "nosuch"},
+        ]}]},
+    }])  # fmt: skip
+
+    async def body(plane: ControlPlane) -> None:
+        plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-1", port=4000))
+        plane.apply(route)
+        warnings = [(w.path, w.message) for w in plane.route_warnings(route)]
+        assert warnings == [
+            ("spec.rules[0].backends[0].subset", "no endpoint of cat is labelled version=v3"),
+            ("spec.rules[0].backends[1].service", "no service nosuch.default is known yet"),
+        ]
+
+    run_with_plane(tmp_path, body)

@@ -361,9 +361,8 @@ class H2Outbound(H2Downstream):
         stream.service = service
         endpoint = concrete.pick(service, subset, stream, avoid)  # skips ejected outliers
         if endpoint is None:
-            stream.respond_error(
-                503, "no-healthy-endpoints", f"{service.key} has no healthy endpoints"
-            )
+            cause, detail = concrete.no_endpoint(service, subset)
+            stream.respond_error(503, cause, detail)
             return
         endpoint.pending += 1
         stream.endpoint = endpoint

@@ -127,9 +127,8 @@ class OutboundConnection(DownstreamConnection):
         endpoint = concrete.pick(service, ex.subset, ex, avoid)
         ex.stats = service.stats
         if endpoint is None:
-            self.respond_error(
-                ex, 503, "no-healthy-endpoints", f"{service.key} has no healthy endpoints"
-            )
+            cause, detail = concrete.no_endpoint(service, ex.subset)
+            self.respond_error(ex, 503, cause, detail)
             return
         key = endpoint.pool_key
         upstream = self.proxy.outbound_pool.take(key)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.snapshot.service_policy import ServicePolicy
     from gossamer.proxy.snapshot.table import OutboundService
 
-__all__ = ["MAX_CONNECT_ATTEMPTS", "hash_key", "pick"]
+__all__ = ["MAX_CONNECT_ATTEMPTS", "hash_key", "no_endpoint", "pick"]
 
 # Endpoints tried for one request whose connection attempts fail (nothing was sent, so
 # another endpoint may take it whatever the retry policy says).
@@ -44,6 +44,21 @@ def pick(
     if avoid is not None and endpoint is avoid:
         endpoint = _another(service, subset, avoid) or endpoint
     return endpoint
+
+
+def no_endpoint(
+    service: OutboundService, subset: tuple[tuple[str, str], ...]
+) -> tuple[str, str]:
+    """Why ``pick`` found nothing, as ``(x-gossamer-error cause, detail)``: the service has
+    no healthy endpoint (``no-healthy-endpoints``), or it has some but none carries the
+    route's subset labels (``no-subset-endpoints``: a route to a version not deployed)."""
+    if subset and service.endpoints_all:
+        labels = ",".join(f"{k}={v}" for k, v in subset)
+        if not any(
+            all(ep.labels.get(k) == v for k, v in subset) for ep in service.endpoints_all
+        ):
+            return "no-subset-endpoints", f"{service.key} has no endpoint labelled {labels}"
+    return "no-healthy-endpoints", f"{service.key} has no healthy endpoints"
 
 
 def hash_key(headers: Sequence[Header], policy: ServicePolicy) -> bytes | None:

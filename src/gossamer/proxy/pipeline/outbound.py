@@ -112,7 +112,8 @@ def route(call: Call, table: RouteTable, service: OutboundService) -> None:
         ref = rule.pick_backend(_rng)
         backend = table.services.get(ref.service_key)
         if backend is None:
-            call.fail(503, "no-healthy-endpoints", f"backend {ref.service_key} is not known")
+            call.fail(503, "unknown-backend", f"the route's backend {ref.service_key} is not a "
+                      "mesh service")  # fmt: skip
             return
         call.service = backend
         call.subset = ref.subset_key

@@ -275,3 +275,15 @@ def test_a_stream_no_app_saw_goes_to_another_endpoint() -> None:
     stream.response_headers(other, True)  # not a cause that says no app saw it: forwarded
     back, _ = settle(app, down.session)
     assert dict(of_kind(back, HEADERS)[0][2])[b":status"] == b"502"
+
+
+def test_no_endpoint_says_why() -> None:
+    """A route to a version no endpoint carries is told apart from a service with no healthy
+    endpoint (issue 12, item 9)."""
+    from gossamer.proxy.pipeline.concrete import no_endpoint
+
+    service = _catalog_service()
+    assert no_endpoint(service, (("version", "v2"),)) == (
+        "no-subset-endpoints", "catalog.default has no endpoint labelled version=v2"
+    )
+    assert no_endpoint(service, ())[0] == "no-healthy-endpoints"
