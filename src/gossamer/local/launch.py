@@ -3,8 +3,8 @@
 The sidecar's environment follows ``gossamer.proxy.process.settings``
 (``GOSSAMER_PROXY_*``, none inherited from the parent: the runner sets each one it wants,
 workers included); apps get ``PORT`` (when they serve) and ``HTTP_PROXY`` pointing at their
-sidecar's outbound port, with ``NO_PROXY`` empty so that plain service names
-(``http://catalog/...``) go through the mesh.
+sidecar's outbound port, so that plain service names (``http://catalog/...``) go through the
+mesh, and ``NO_PROXY`` with the user's entries (but ``*``) and loopback.
 """
 
 from __future__ import annotations
@@ -139,15 +139,28 @@ def app_env(
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """An app's environment: ``PORT`` to listen on (none for a job that serves nothing, and
-    none inherited) and ``HTTP_PROXY`` at its sidecar."""
+    none inherited), ``HTTP_PROXY`` at its sidecar, and ``NO_PROXY`` with the user's own
+    entries and loopback (calls to this machine never go through the sidecar)."""
     env = base_env(parent)
     env.pop("PORT", None)
     env.update(extra or {})
     if port is not None:
         env["PORT"] = str(port)
     proxy = f"http://127.0.0.1:{outbound_port}"
-    env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="", no_proxy="")
+    bypass = no_proxy(parent.get("NO_PROXY") or parent.get("no_proxy") or "")
+    env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY=bypass, no_proxy=bypass)
     return env
+
+
+LOOPBACK_BYPASS = ("localhost", "127.0.0.1", "::1", "127.0.0.0/8")
+
+
+def no_proxy(user: str) -> str:
+    """The user's ``NO_PROXY`` entries (but ``*``, which would take every call around the
+    mesh), then the loopback ones not already there."""
+    entries = [entry.strip() for entry in user.split(",") if entry.strip() not in ("", "*")]
+    entries += [entry for entry in LOOPBACK_BYPASS if entry not in entries]
+    return ",".join(entries)
 
 
 def http_ok(url: str, timeout: float = 1.0) -> bool:

@@ -52,12 +52,17 @@ def test_sidecar_env_drops_inherited_proxy_settings() -> None:
 
 
 def test_app_env_points_http_proxy_at_the_sidecar() -> None:
-    """Apps get PORT, HTTP_PROXY (both spellings) and an empty NO_PROXY."""
-    env = app_env(port=5000, outbound_port=5001, parent={"NO_PROXY": "*", "KEEP": "1"},
-                  extra={"GOSSAMER_INSTANCE": "catalog-0"})
+    """Apps get PORT, HTTP_PROXY (both spellings) and a NO_PROXY that keeps the user's
+    entries (issue 12, item 6: it was emptied, so calls to this machine went to the sidecar
+    and got 404 unknown-service), but ``*``, and always exempts loopback."""
+    env = app_env(port=5000, outbound_port=5001,
+                  parent={"NO_PROXY": "*, .corp.example,10.0.0.0/8", "KEEP": "1"},
+                  extra={"GOSSAMER_INSTANCE": "catalog-0"})  # fmt: skip
     assert env["PORT"] == "5000"
     assert env["HTTP_PROXY"] == env["http_proxy"] == "http://127.0.0.1:5001"
-    assert env["NO_PROXY"] == env["no_proxy"] == ""
+    assert env["NO_PROXY"] == env["no_proxy"] == (
+        ".corp.example,10.0.0.0/8,localhost,127.0.0.1,::1,127.0.0.0/8"
+    )
     assert env["KEEP"] == "1" and env["GOSSAMER_INSTANCE"] == "catalog-0"
 
 
