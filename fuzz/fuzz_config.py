@@ -197,14 +197,19 @@ def _load(text: str, media: str) -> None:
 
 
 def _nodes(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Paths to every node (containers and leaves) under ``node``."""
-    found = [path]
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found += _nodes(value, (*path, key))
-    elif isinstance(node, list):
-        for index, value in enumerate(node):
-            found += _nodes(value, (*path, index))
+    """Paths to the nodes (containers and leaves) under ``node``, down to ``_COPY_DEPTH``
+    (a deep-nesting value is one target, not thousands; and no recursion in this harness)."""
+    found: list[tuple[Any, ...]] = []
+    stack = [(node, path)]
+    while stack:
+        current, where = stack.pop()
+        found.append(where)
+        if len(where) >= _COPY_DEPTH:
+            continue
+        if isinstance(current, dict):
+            stack.extend((value, (*where, key)) for key, value in current.items())
+        elif isinstance(current, list):
+            stack.extend((value, (*where, index)) for index, value in enumerate(current))
     return found
 
 
@@ -214,12 +219,20 @@ def _get(node: Any, path: tuple[Any, ...]) -> Any:
     return node
 
 
-def _copy(node: Any) -> Any:
+def _copy(node: Any, depth: int = 0) -> Any:
+    """A copy to graft elsewhere; below ``_COPY_DEPTH`` the subtree is shared instead (the
+    deep-nesting values of ``_value`` are deeper than Python's recursion limit: copying them
+    recursively crashed this harness, not the code under test)."""
+    if depth > _COPY_DEPTH:
+        return node
     if isinstance(node, dict):
-        return {key: _copy(value) for key, value in node.items()}
+        return {key: _copy(value, depth + 1) for key, value in node.items()}
     if isinstance(node, list):
-        return [_copy(value) for value in node]
+        return [_copy(value, depth + 1) for value in node]
     return node
+
+
+_COPY_DEPTH = 200
 
 
 def _value(fdp: Any) -> Any:
