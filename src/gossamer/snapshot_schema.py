@@ -29,6 +29,8 @@ from typing import Any, Literal, NotRequired, TypedDict
 __all__ = [
     "BackendSnapshot",
     "ConnectionPoolSnapshot",
+    "EgressHostSnapshot",
+    "EgressSnapshot",
     "EndpointSnapshot",
     "FaultSnapshot",
     "FilterFailure",
@@ -327,12 +329,27 @@ class InboundSnapshot(TypedDict):
     filters: list[FilterSnapshot]  # on requests to this workload
 
 
+class EgressHostSnapshot(TypedDict):
+    """A host outside the mesh an ``Egress`` names (``*.`` prefix: any name below it)."""
+
+    host: str
+    ports: list[int]  # empty: any port
+
+
+class EgressSnapshot(TypedDict):
+    """Calls to hosts that are no mesh service: any (``ALLOW_ANY``), or the hosts listed."""
+
+    mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"]
+    hosts: list[EgressHostSnapshot]
+
+
 class OutboundSnapshot(TypedDict):
     """The services this proxy may call, and the names it asked for that are not known."""
 
     services: list[ServiceSnapshot]
     unknown: list[str]
     filters: list[FilterSnapshot]  # on requests this workload makes
+    egress: EgressSnapshot
 
 
 class SnapshotContent(TypedDict):

@@ -433,3 +433,57 @@ def test_only_the_apps_user_may_use_the_outbound_port(mesh: RunningMesh) -> None
     assert other.stdout.strip() == "b''"  # closed, nothing answered
     text = httpx.get(f"http://127.0.0.1:{guarded.ports['admin']}/metrics").text
     assert 'cause="local-peer-refused"} 1' in text
+
+
+EGRESS_ONLY = """
+apiVersion: gossamer.dev/v1alpha1
+kind: MeshConfig
+metadata: {name: default}
+spec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}
+"""
+
+
+def test_calls_leave_the_mesh_as_the_egress_policy_says(mesh: RunningMesh) -> None:
+    """Issue 12, item 6: a host outside the mesh (here an HTTP server at 127.0.0.1:PORT, as
+    an IP literal) is reached straight from the caller's sidecar under ALLOW_ANY, the
+    default; under REGISTRY_ONLY it is refused 403 egress-denied until an Egress names it;
+    egress calls are counted under dst_service="egress:<host>"."""
+    outside = mesh.procs.app("outside")
+    wait_port(outside.ports["app"])
+    url = f"http://127.0.0.1:{outside.ports['app']}/from-the-mesh"
+    proxy = f"http://127.0.0.1:{mesh.frontend.ports['outbound']}"
+
+    def call() -> httpx.Response:
+        with httpx.Client(proxy=proxy, timeout=10) as client:
+            return client.get(url)
+
+    first = call()
+    assert first.status_code == 200 and first.json()["instance"] == "outside"
+    assert first.json()["peer"] == ""  # no mesh identity leaves the mesh
+    with mesh.cp.client() as api:
+        api.post("/v1/resources", content=EGRESS_ONLY,
+                 headers={"content-type": "application/yaml"}).raise_for_status()  # fmt: skip
+
+        def refused() -> bool:
+            r = call()
+            return r.status_code == 403 and r.headers["x-gossamer-error"] == "egress-denied"
+
+        assert _eventually(refused)
+        egress = ("apiVersion: gossamer.dev/v1alpha1\nkind: Egress\nmetadata: {name: outside}\n"
+                  f"spec: {{hosts: [127.0.0.1], ports: [{outside.ports['app']}]}}\n")
+        api.post("/v1/resources", content=egress,
+                 headers={"content-type": "application/yaml"}).raise_for_status()  # fmt: skip
+        assert _eventually(lambda: call().status_code == 200)
+        api.delete("/v1/resources/egress/default/outside")
+        api.delete("/v1/resources/meshconfig/default/default")
+    text = httpx.get(f"http://127.0.0.1:{mesh.frontend.ports['admin']}/metrics").text
+    assert 'dst_service="egress:127.0.0.1"' in text
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return check()

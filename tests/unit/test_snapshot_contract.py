@@ -29,6 +29,7 @@ from gossamer.config import (
     parse_documents,
     validate_documents,
 )
+from gossamer.config.egress import Egress
 from gossamer.config.meshconfig import MtlsMode as ConfigMtlsMode
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.service import PortProtocol as ConfigPortProtocol
@@ -38,6 +39,7 @@ from gossamer.control.snapshots import (
     EndpointInfo,
     MeshView,
     build_snapshot,
+    egress_snapshot,
     traffic_index,
     with_version,
 )
@@ -59,7 +61,12 @@ MESH = """
 apiVersion: gossamer.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: default}
-spec: {mtls: {mode: PERMISSIVE}}
+spec: {mtls: {mode: PERMISSIVE}, outboundTrafficPolicy: {mode: REGISTRY_ONLY}}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: Egress
+metadata: {name: apis}
+spec: {hosts: [api.example.com, "*.example.org"], ports: [443]}
 ---
 apiVersion: gossamer.dev/v1alpha1
 kind: Service
@@ -277,6 +284,8 @@ def mesh_view() -> MeshView:
             [r for r in resources if isinstance(r, TCPRoute)],
             [r for r in resources if isinstance(r, ProxyFilter)],
         ),
+        egress=egress_snapshot(mesh.spec.outbound_traffic_policy.mode,
+                               [r for r in resources if isinstance(r, Egress)]),
     )
 
 

@@ -7,6 +7,7 @@ in :data:`KINDS`.
 from __future__ import annotations
 
 from gossamer.config.base import Resource
+from gossamer.config.egress import Egress
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.meshconfig import MeshConfig
 from gossamer.config.proxyfilter import ProxyFilter
@@ -25,6 +26,7 @@ KINDS: dict[str, type[Resource]] = {
         TrafficPolicy,
         TCPRoute,
         ProxyFilter,
+        Egress,
     )
 }
 

@@ -53,11 +53,19 @@ class CertificateSettings(SpecModel):
     lifetime: CertLifetime | None = None
 
 
+class OutboundTrafficPolicy(SpecModel):
+    """``spec.outboundTrafficPolicy``: which hosts outside the mesh its workloads may call
+    (``gossamer.config.egress``): any (``ALLOW_ANY``) or those an Egress names."""
+
+    mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
+
+
 class MeshConfigSpec(SpecModel):
     """``spec`` of the MeshConfig."""
 
     mtls: MtlsSettings = Field(default_factory=MtlsSettings)
     certificates: CertificateSettings = Field(default_factory=CertificateSettings)
+    outbound_traffic_policy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
 
 
 class MeshConfig(Resource):

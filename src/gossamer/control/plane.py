@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from gossamer.config.base import RESERVED_NAMESPACE, Resource, ResourceKey, check_dns_label
 from gossamer.config.duration import parse_duration
+from gossamer.config.egress import Egress
 from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.proxyfilter import ProxyFilter
@@ -38,6 +39,7 @@ from gossamer.control.snapshots import (
     ServiceInfo,
     ServiceTraffic,
     build_snapshot,
+    egress_snapshot,
     normalize_service_name,
     select_services,
     traffic_index,
@@ -45,7 +47,12 @@ from gossamer.control.snapshots import (
 )
 from gossamer.control.store import ApplyResult, Store
 from gossamer.identity.spiffe import SpiffeId
-from gossamer.snapshot_schema import MtlsMode, PortProtocol, SnapshotContent
+from gossamer.snapshot_schema import (
+    EgressSnapshot,
+    MtlsMode,
+    PortProtocol,
+    SnapshotContent,
+)
 
 __all__ = ["ControlPlane", "Refusal"]
 
@@ -58,8 +65,8 @@ MAX_SUBSCRIPTIONS = 1024  # names of known services one proxy may subscribe to
 MAX_UNKNOWN = 256  # names answered as unknown that stay watched (for their appearance)
 MAX_NAME = 253
 SAVE_INTERVAL = 1.0  # seconds between two saves of the registry (registry_store)
-TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter
-_R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter)
+TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter | Egress
+_R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter, Egress)
 
 
 class Refusal(Exception):
@@ -80,6 +87,7 @@ class _ResourceView:
     mtls_mode: MtlsMode
     cert_lifetime: timedelta | None
     traffic: Mapping[ServiceKey, ServiceTraffic]
+    egress: EgressSnapshot
 
 
 def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
@@ -294,11 +302,13 @@ class ControlPlane:
         mesh = self.store.get(MESH_CONFIG_KEY) or {}
         spec = mesh.get("spec") or {}
         lifetime = (spec.get("certificates") or {}).get("lifetime")
+        mode = (spec.get("outboundTrafficPolicy") or {}).get("mode", "ALLOW_ANY")
         return _ResourceView(
             services=services,
             mtls_mode=(spec.get("mtls") or {}).get("mode", "STRICT"),
             cert_lifetime=parse_duration(lifetime) if lifetime else None,
             traffic=self._read_traffic(),
+            egress=egress_snapshot(mode, self._load(Egress)),
         )
 
     def _resources_changed(self) -> None:
@@ -654,6 +664,7 @@ class ControlPlane:
             workload_services=self.registry.workload_services(),
             traffic=self._view.traffic,
             revoked_serials=self.revocations.serials,
+            egress=self._view.egress,
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:

@@ -15,12 +15,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gossamer.config.egress import Egress
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.trafficpolicy import TrafficPolicy, default_policy_snapshot
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
+    EgressHostSnapshot,
+    EgressSnapshot,
     EndpointSnapshot,
     FilterSnapshot,
     HttpRuleSnapshot,
@@ -101,6 +104,19 @@ class EndpointInfo:
         return {"address": self.address, "port": self.port, "labels": dict(self.labels)}
 
 
+_ALLOW_ANY: EgressSnapshot = {"mode": "ALLOW_ANY", "hosts": []}
+
+
+def egress_snapshot(mode: str, egresses: Iterable[Egress]) -> EgressSnapshot:
+    """``outbound.egress``: the MeshConfig's outbound traffic mode and every Egress's hosts."""
+    hosts: list[EgressHostSnapshot] = [
+        {"host": host, "ports": list(egress.spec.ports)}
+        for egress in egresses
+        for host in egress.spec.hosts
+    ]
+    return {"mode": "REGISTRY_ONLY" if mode == "REGISTRY_ONLY" else "ALLOW_ANY", "hosts": hosts}
+
+
 @dataclass(frozen=True, slots=True)
 class MeshView:
     """A consistent read of the mesh for building snapshots."""
@@ -112,6 +128,7 @@ class MeshView:
     workload_services: frozenset[ServiceKey] = frozenset()
     traffic: Mapping[ServiceKey, ServiceTraffic] = field(default_factory=dict)
     revoked_serials: tuple[str, ...] = ()  # unexpired revoked certificates (revocation.py)
+    egress: EgressSnapshot = field(default_factory=lambda: _ALLOW_ANY)
 
     def is_known(self, key: ServiceKey) -> bool:
         return key in self.services or key in self.workload_services
@@ -291,6 +308,7 @@ def build_snapshot(
             "services": [_service_entry(key, view) for key in selection.known],
             "unknown": list(selection.unknown),
             "filters": list(view.traffic_of(own).outbound_filters),
+            "egress": view.egress,
         },
     }
 

@@ -60,6 +60,7 @@ class ProxyState:
         self.snapshot: Mapping[str, Any] | None = None
         self.last_error: str | None = None
         self.outbound_pool = Pool(ssl_context=client_context)
+        self.egress_pool = Pool()  # plain HTTP to hosts outside the mesh (snapshot/egress.py)
         self.app_pool = Pool(from_app=True)
         app = settings.workload.app
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)

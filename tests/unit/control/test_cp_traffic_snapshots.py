@@ -136,6 +136,7 @@ def test_routed_service_snapshot_example() -> None:
         ],
         "unknown": [],
         "filters": [],
+        "egress": {"mode": "ALLOW_ANY", "hosts": []},
     }  # fmt: skip
 
 

@@ -274,7 +274,7 @@ class TestRoutingErrors:
         """Two requests in one read each get their own answer, in order."""
         _, conn, transport = connect(with_table=True)
         conn.data_received(
-            b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: nosuch\r\n\r\n"
             b"GET / HTTP/1.1\r\nHost: empty\r\nX-Request-Id: second\r\n\r\n"
         )
         first, second = responses(transport.data)
@@ -282,15 +282,36 @@ class TestRoutingErrors:
         assert (second.status, second.headers["x-gossamer-error"]) == (503, "no-healthy-endpoints")
         assert second.headers["x-request-id"] == "second"
 
-    def test_foreign_host_gets_404_unknown_service(self) -> None:
-        """With a table installed, ``Host: www.example.com`` is 404 unknown-service."""
+    def test_unknown_single_name_gets_404_unknown_service(self) -> None:
+        """With a table installed, ``Host: nosuch`` (no dot: only a mesh service could
+        be meant) is 404 unknown-service."""
         state, conn, transport = connect(with_table=True)
-        conn.data_received(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: nosuch\r\n\r\n")
         resp = only_response(transport)
         assert (resp.status, resp.headers["x-gossamer-error"]) == (404, "unknown-service")
-        assert b"www.example.com" in resp.body
+        assert b"nosuch" in resp.body
         assert not transport.closed
         assert state.metrics.errors[("outbound", "unknown-service")] == 1
+
+    def test_a_host_outside_the_mesh_no_egress_names_gets_403(self) -> None:
+        """Issue 12, item 6: under REGISTRY_ONLY, ``Host: www.example.com`` (outside the
+        mesh, named by no Egress) is 403 egress-denied; a host an Egress names leaves."""
+        state = ProxyState(settings(), client_context=None)
+        snap = snapshot()
+        snap["outbound"]["egress"] = {
+            "mode": "REGISTRY_ONLY", "hosts": [{"host": "*.example.org", "ports": []}]
+        }  # fmt: skip
+        state.apply_snapshot(1, snap)
+        conn, transport = OutboundConnection(state), FakeTransport()
+        conn.connection_made(transport)
+        conn.data_received(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        resp = only_response(transport)
+        assert (resp.status, resp.headers["x-gossamer-error"]) == (403, "egress-denied")
+        table = state.table
+        assert table is not None and table.make_external is not None
+        allowed = table.egress.service(b"api.example.org:8080", table.make_external)
+        assert allowed is not None and allowed.external
+        assert allowed.endpoints_all[0].pool_key == ("api.example.org", 8080)
 
     def test_service_the_control_plane_called_unknown_gets_404(self) -> None:
         """A name listed under outbound.unknown is answered 404 without asking again."""
@@ -311,7 +332,7 @@ class TestRoutingErrors:
     def test_head_request_error_has_no_body(self) -> None:
         """An error answering HEAD carries the head only."""
         _, conn, transport = connect(with_table=True)
-        conn.data_received(b"HEAD / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        conn.data_received(b"HEAD / HTTP/1.1\r\nHost: nosuch\r\n\r\n")
         (resp,) = responses(transport.data, head_only=True)
         assert resp.status == 404
         assert bytes(transport.data).endswith(b"\r\n\r\n")
@@ -320,7 +341,7 @@ class TestRoutingErrors:
         """An error sent before the request body was read says ``connection: close``."""
         _, conn, transport = connect(with_table=True)
         conn.data_received(
-            b"POST / HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 10\r\n\r\nabc"
+            b"POST / HTTP/1.1\r\nHost: nosuch\r\nContent-Length: 10\r\n\r\nabc"
         )
         resp = only_response(transport)
         assert resp.status == 404

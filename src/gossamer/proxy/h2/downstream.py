@@ -367,7 +367,8 @@ class H2Outbound(H2Downstream):
         endpoint.pending += 1
         stream.endpoint = endpoint
         key = endpoint.pool_key
-        conn = self.runtime.outbound_pool.take(key)
+        runtime = self.runtime
+        conn = (runtime.egress_pool if service.external else runtime.outbound_pool).take(key)
         if conn is not None:
             stream.attach(conn)
         else:
@@ -384,10 +385,10 @@ class H2Outbound(H2Downstream):
         subset: tuple[tuple[str, str], ...],
         attempt: int,
     ) -> None:
+        runtime = self.runtime
+        pool = runtime.egress_pool if service.external else runtime.outbound_pool
         try:
-            conn = await self.runtime.outbound_pool.connect(
-                key, sni=service.sni, identity=service.identity
-            )
+            conn = await pool.connect(key, sni=service.sni, identity=service.identity)
         except ProxyError as exc:
             endpoint = stream.endpoint
             if endpoint is not None:

@@ -35,6 +35,7 @@ class H2Runtime:
 
         self.outbound_pool = H2Pool(tls)
         self.app_pool = H2Pool()
+        self.egress_pool = H2Pool()  # h2c to hosts outside the mesh (snapshot/egress.py)
         self.grpc: GrpcMetrics = grpc_metrics(state.metrics)
         self.accounts: dict[str, StreamAccount] = {}
 

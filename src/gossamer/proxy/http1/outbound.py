@@ -131,7 +131,8 @@ class OutboundConnection(DownstreamConnection):
             self.respond_error(ex, 503, cause, detail)
             return
         key = endpoint.pool_key
-        upstream = self.proxy.outbound_pool.take(key)
+        pool = self.proxy.egress_pool if service.external else self.proxy.outbound_pool
+        upstream = pool.take(key)
         if upstream is not None:
             endpoint.pending += 1
             ex.endpoint = endpoint
@@ -177,8 +178,9 @@ class OutboundConnection(DownstreamConnection):
     async def _connect(
         self, ex: Exchange, service: OutboundService, endpoint: EndpointState, attempt: int
     ) -> None:
+        pool = self.proxy.egress_pool if service.external else self.proxy.outbound_pool
         try:
-            upstream = await self.proxy.outbound_pool.connect(
+            upstream = await pool.connect(
                 endpoint.pool_key, sni=service.sni, identity=service.identity
             )
         except ProxyError as exc:
@@ -189,7 +191,7 @@ class OutboundConnection(DownstreamConnection):
         if not self.wants(ex):
             endpoint.pending -= 1
             if not service.account.hand_over(upstream):
-                self.proxy.outbound_pool.release(upstream)
+                pool.release(upstream)
             return
         self.start_try(ex, upstream)
         self._resume(PAUSE_BUFFER)

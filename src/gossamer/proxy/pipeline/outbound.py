@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.pipeline import retries
+from gossamer.proxy.snapshot.egress import external_host
 from gossamer.proxy.snapshot.table import service_key
 from gossamer.proxy.tasks import spawn
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.snapshot.table import OutboundService, RouteTable
     from gossamer.proxy.state import ProxyState
 
-__all__ = ["MAX_MIRROR_BODY", "route", "start"]
+__all__ = ["MAX_MIRROR_BODY", "leave_mesh", "route", "start"]
 
 # The largest request body a mirror copies (larger ones are not mirrored).
 MAX_MIRROR_BODY = 64 * 1024
@@ -56,9 +57,23 @@ def start(call: Call, proxy: ProxyState) -> None:
     host = call.authority.decode("latin-1")
     key = service_key(host, table.namespace)
     if key is None or (key in table.unknown and proxy.known_unknown(key)):
-        call.fail(404, "unknown-service", f"{host} is not a mesh service")
+        leave_mesh(call, table, host)
         return
     spawn(_discover(call, proxy, key), name=f"discover {key}")
+
+
+def leave_mesh(call: Call, table: RouteTable, host: str) -> None:
+    """A host that is no mesh service: out of the mesh if it names a host outside it and
+    the egress policy allows it (``snapshot.egress``), else why not."""
+    make = table.make_external
+    external = table.egress.service(call.authority, make) if make is not None else None
+    if external is not None:
+        admit(call, table, external)
+    elif external_host(host) is None:
+        call.fail(404, "unknown-service", f"{host} is not a mesh service")
+    else:
+        call.fail(403, "egress-denied", f"{host} is outside the mesh and no Egress names it "
+                  "(outboundTrafficPolicy REGISTRY_ONLY)")  # fmt: skip
 
 
 async def _discover(call: Call, proxy: ProxyState, key: str) -> None:
@@ -70,8 +85,10 @@ async def _discover(call: Call, proxy: ProxyState, key: str) -> None:
     if not call.wanted():
         return
     table = proxy.table
-    if service is None or table is None:
-        call.fail(404, "unknown-service", f"{key} is not a mesh service")
+    if table is None:
+        call.fail(503, "proxy-not-ready", "no configuration from the control plane")
+    elif service is None:
+        leave_mesh(call, table, call.authority.decode("latin-1"))
     else:
         admit(call, table, service)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from gossamer.proxy.observe.metrics import Metrics, RouteStats
@@ -28,6 +29,7 @@ from gossamer.proxy.pipeline.slots import Stages
 from gossamer.proxy.pipeline.user_filters import compile_filters
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
+from gossamer.proxy.snapshot.egress import EgressPolicy
 from gossamer.proxy.snapshot.errors import SnapshotError
 from gossamer.proxy.snapshot.http_rules import HttpRouter
 from gossamer.proxy.snapshot.service_policy import ServicePolicy
@@ -86,6 +88,7 @@ class OutboundService:
         "account",
         "balancer",
         "endpoints_all",
+        "external",
         "identity",
         "key",
         "name",
@@ -110,6 +113,7 @@ class OutboundService:
     ) -> None:
         self.name = name
         self.namespace = namespace
+        self.external = False  # a host outside the mesh (snapshot/egress.py): plain, own pool
         self.key = f"{name}.{namespace}"
         self.identity = identity
         self.protocol = protocol
@@ -220,6 +224,9 @@ class RouteTable:
         self.default_service = default_service
         # Serials of revoked certificates: refused as callers and as upstreams.
         self.revoked: frozenset[str] = frozenset()
+        # Hosts outside the mesh: whether a call may leave it, and their services.
+        self.egress = EgressPolicy("ALLOW_ANY", [])
+        self.make_external: Callable[[str, int, EndpointState], OutboundService] | None = None
         self._hosts: dict[bytes, OutboundService | None] = {}
 
     def resolve(self, host: bytes) -> OutboundService | None:
@@ -289,6 +296,8 @@ def compile_snapshot(
         rate_limiter, rate_limit_raw,
     )
     table.revoked = _compile_revoked(raw)
+    table.egress = EgressPolicy.from_snapshot(outbound.get("egress"), "snapshot.outbound.egress")
+    table.make_external = partial(_external_service, metrics, source)
     inbound = raw.get("inbound") or {}
     for direction, where, part in (
         ("inbound", "snapshot.inbound.filters", inbound),
@@ -303,6 +312,19 @@ def compile_snapshot(
         else:
             table.outbound_stages = stages
     return table
+
+
+def _external_service(
+    metrics: Metrics, source: str, host: str, port: int, endpoint: EndpointState
+) -> OutboundService:
+    """A host outside the mesh as a destination: one endpoint, default policy, plain HTTP;
+    its requests counted under ``dst_service="egress:<host>"``."""
+    stats = metrics.route("outbound", source, f"egress:{host}", "none")
+    service = OutboundService(host, "egress", "", "http", [endpoint], stats)
+    service.key = f"egress:{host}:{port}"
+    service.sni = host
+    service.external = True
+    return service
 
 
 def _compile_revoked(snapshot: Mapping[str, Any]) -> frozenset[str]:
