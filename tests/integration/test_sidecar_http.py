@@ -317,11 +317,18 @@ class TestErrors:
         assert status == 404
         assert headers["x-gossamer-error"] == "unknown-service"
 
-    def test_non_mesh_host_is_unknown(self, mesh: Mesh) -> None:
-        """A name that cannot be a mesh service is refused without asking anyone."""
+    def test_non_mesh_host_is_decided_without_asking_anyone(self, mesh: Mesh) -> None:
+        """A name that cannot be a mesh service is never asked of the control plane: here,
+        under REGISTRY_ONLY with no Egress naming it, it is refused 403 egress-denied at once
+        (under ALLOW_ANY it would leave the mesh: test_mesh_processes' egress test)."""
+        asked: list[list[str]] = []
+        mesh.client.state.subscribe_hook = asked.append
+        snap = snapshot(2, {"catalog": []}, source="frontend")
+        snap["outbound"]["egress"] = {"mode": "REGISTRY_ONLY", "hosts": []}
+        mesh.install(snap)
         status, headers, _ = mesh.request(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
-        assert status == 404
-        assert headers["x-gossamer-error"] == "unknown-service"
+        assert (status, headers["x-gossamer-error"]) == (403, "egress-denied")
+        assert asked == []
 
     def test_service_discovered_on_first_use(self, mesh: Mesh) -> None:
         """A service missing from the table is asked for, and the request waits for the answer."""
