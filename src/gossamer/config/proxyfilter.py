@@ -41,9 +41,28 @@ def _check_reference(value: str) -> str:
 
 
 def _check_config(value: dict[str, Any]) -> dict[str, Any]:
+    _text_keys(value)
     if len(json.dumps(value)) > MAX_CONFIG_BYTES:
         raise ValueError(f"config is over {MAX_CONFIG_BYTES // 1024} KiB as JSON")
     return value
+
+
+def _text_keys(value: Any) -> None:
+    """Every mapping key in the config is text: YAML reads ``on:``, ``yes:``, ``true:`` as a
+    boolean, which JSON would store as another key than the one written."""
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, list):
+            stack += [(child, f"{where}[{i}]") for i, child in enumerate(item)]
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ValueError(
+                        f"key {key!r} at config{where} is not text (YAML reads on, yes and "
+                        "true as booleans): quote it"
+                    )
+                stack.append((child, f"{where}.{key}"))
 
 
 class ProxyFilterSpec(SpecModel):

@@ -14,6 +14,7 @@ No I/O here beyond loading the library.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -42,6 +43,9 @@ __all__ = [
 PlainRequest = tuple[bytes, bytes, bytes, bytes | None, bytes | None, bool]
 # (status, the bytes to forward: head without the Connection line, and the body; keep-alive)
 PlainResponse = tuple[int, bytes, bool]
+
+
+_METHOD = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a token (RFC 9110 5.6.2)
 
 
 class PythonScanner:
@@ -79,8 +83,8 @@ class PythonScanner:
         if not frame.feed(data):
             return None
         method = data[:space]
-        if method == b"CONNECT":
-            return None
+        if method == b"CONNECT" or not _METHOD.fullmatch(method):
+            return None  # (llhttp skips CR and LF before a request line: the full path)
         head, host, request_id = plain
         return method, target, head, host, request_id, frame.keep_alive
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gossamer.config import ValidationFailed, validate_documents
-from gossamer.config.loader import format_path
+from gossamer.config.loader import format_path, parse_documents
 
 SERVICE = {
     "apiVersion": "gossamer.dev/v1alpha1",
@@ -46,3 +46,23 @@ def test_a_boolean_key_is_named_as_a_key_not_a_list_index() -> None:
     assert [p.path for p in failed.value.problems] == [
         "spec.rules[0].filters.requestHeaders.set.true"
     ]
+
+
+def test_a_filter_config_key_must_be_text() -> None:
+    """Found by the hour-long `config` run: YAML reads `on:` (and `yes:`, `true:`) as a
+    boolean; inside a ProxyFilter's free-form config such a key was stored as the JSON text
+    "true" and read back as another document than the one applied. Refused, with its path."""
+    text = """
+apiVersion: gossamer.dev/v1alpha1
+kind: ProxyFilter
+metadata: {name: tenants}
+spec:
+  service: frontend
+  filter: tenants
+  config: {retry: {on: [reset]}}
+"""
+    with pytest.raises(ValidationFailed) as failed:
+        validate_documents(parse_documents(text))
+    (problem,) = failed.value.problems
+    assert problem.path == "spec.config"
+    assert "key True at config.retry is not text" in problem.message
