@@ -235,6 +235,15 @@ def _copy(node: Any, depth: int = 0) -> Any:
 _COPY_DEPTH = 200
 
 
+def _text_of(value: Any) -> str:
+    """A container as text, without ``repr`` of a deep-nesting value (whose recursion, in the
+    instrumented process, crashed this harness in the hour-long run)."""
+    try:
+        return json.dumps(_copy(value), default=str)[:200]
+    except (RecursionError, ValueError):
+        return type(value).__name__
+
+
 def _value(fdp: Any) -> Any:
     choice = fdp.ConsumeIntInRange(0, 5)
     if choice == 0:
@@ -289,8 +298,8 @@ def _mutate(fdp: Any, docs: list[Any]) -> None:
             parent[step] = not old
         elif isinstance(old, int | float):
             parent[step] = old + fdp.ConsumeIntInRange(-70000, 70000)
-        else:
-            parent[step] = [old] if fdp.ConsumeBool() else str(old)
+        else:  # a container (or None): wrapped in a list, or turned into text
+            parent[step] = [old] if fdp.ConsumeBool() else _text_of(old)
     else:
         parent[step] = _copy(fdp.PickValueInList(INTERESTING))
 
