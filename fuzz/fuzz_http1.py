@@ -31,6 +31,7 @@ with instrumented("gossamer.protocol", "gossamer.proxy.http1"):
     from gossamer.protocol import scanner
     from gossamer.protocol.plain import header_pairs
     from gossamer.protocol.scanner import NativeScanner, PythonScanner
+    from gossamer.proxy.http1.downstream import DownstreamConnection
     from gossamer.proxy.http1.exchange import Exchange
     from gossamer.proxy.http1.inbound import InboundConnection
     from gossamer.proxy.http1.outbound import OutboundConnection
@@ -102,26 +103,12 @@ def _scanner(plain: str) -> NativeScanner | PythonScanner | None:
     return NativeScanner() if plain == "native" else PythonScanner() if plain else None
 
 
-class Outbound(OutboundConnection):
-    sniffed = None  # no HTTP/2 detection: that is the h2 target's
+class _Recording(DownstreamConnection):
+    """A connection that records what it dispatches and refuses instead of forwarding, with
+    the plain path on the scanner named (``""``: off). Mixed in before the real class."""
 
-    def __init__(self, proxy: ProxyState, plain: str) -> None:
-        super().__init__(proxy)
-        self.outcome = Outcome()
-        self.scanner = _scanner(plain)  # "": the plain path is off
+    outcome: Outcome
 
-    def plain_request(self, data: bytes) -> bool:
-        return self.scanner is not None and super().plain_request(data)
-
-    def dispatch(self, ex: Exchange) -> None:
-        self.outcome.dispatched.append(ex)
-
-    def refuse(self, status: int, cause: str, detail: str) -> None:
-        _refuse(self.outcome, status, cause, detail)
-        super().refuse(status, cause, detail)
-
-
-class Inbound(InboundConnection):
     def __init__(self, proxy: ProxyState, plain: str) -> None:
         super().__init__(proxy)
         self.outcome = Outcome()
@@ -136,6 +123,14 @@ class Inbound(InboundConnection):
     def refuse(self, status: int, cause: str, detail: str) -> None:
         _refuse(self.outcome, status, cause, detail)
         super().refuse(status, cause, detail)
+
+
+class Outbound(_Recording, OutboundConnection):
+    sniffed = None  # no HTTP/2 detection: that is the h2 target's
+
+
+class Inbound(_Recording, InboundConnection):
+    pass
 
 
 def _proxy() -> ProxyState:

@@ -1,8 +1,8 @@
 """Chaos: the storefront under steady load while its parts fail, one at a time (issue 12).
 
-The demo mesh runs from its own mesh file through the real CLI (`gossamer up --detach`, free
-ports). A load thread asks the ingress for the page, one request at a time, and counts each
-answer: a page is good when it is 200 and whole (no ``x-demo-degraded``: catalog, orders and
+The demo mesh runs from its mesh file through the real CLI (`gossamer up --detach`, its
+ports moved to free ones with `--api-port`, `--stream-port`, `--ingress-port`). A load thread
+asks the ingress for the page, one request at a time, and counts each answer: a page is good when it is 200 and whole (no ``x-demo-degraded``: catalog, orders and
 payments all answered). Each scenario does one thing to the running mesh and reports the
 requests sent, those that failed, and the longest gap between two good pages; the table is
 printed and written to ``$GOSSAMER_CHAOS_REPORT`` (JSON) when set.
@@ -31,7 +31,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 from bench.procs import free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -145,17 +144,13 @@ def run_scenario(mesh: Storefront, name: str, action: Callable[[], None],
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Storefront]:
     root = tmp_path_factory.mktemp("chaos")
-    docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
     api, stream, ingress = free_port(), free_port(), free_port()
-    docs[0]["spec"]["controlPlane"] = {"apiPort": api, "streamPort": stream}
-    docs[0]["spec"]["ingress"]["port"] = ingress
-    mesh_file = root / "mesh.yaml"
-    mesh_file.write_text(yaml.safe_dump_all(docs))
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("GOSSAMER_") and k.lower() not in ("http_proxy", "no_proxy")}
     env["GOSSAMER_DATA_DIR"] = str(root / "data")
     running = Storefront(root / "data", ingress, env)
-    started = running.cli("up", "-f", str(mesh_file), "--detach")
+    started = running.cli("up", "-f", str(EXAMPLE), "--detach", "--api-port", str(api),
+                          "--stream-port", str(stream), "--ingress-port", str(ingress))
     recorded: list[int] = []
     try:
         assert started.returncode == 0, started.stdout + started.stderr

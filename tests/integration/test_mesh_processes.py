@@ -405,12 +405,12 @@ def test_an_app_cannot_claim_the_mesh_error_header(mesh: RunningMesh) -> None:
     assert "x-gossamer-error" not in r.headers
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
-                    reason="needs root to run a client as another user")  # fmt: skip
 def test_only_the_apps_user_may_use_the_outbound_port(mesh: RunningMesh) -> None:
     """Issue 11, finding 10: with GOSSAMER_PROXY_LOCAL_UIDS, a process of another local user
     cannot use the sidecar's outbound port to call the mesh as the workload: its connection
     is closed before a byte is read. The app's user (here the test's) calls as before."""
+    require(os.geteuid() == 0 and Path("/usr/bin/python3").exists(),
+            "root and /usr/bin/python3 (to run a client as another user)")  # fmt: skip
     guarded = mesh.procs.sidecar(mesh.cp, "guarded-sidecar", "frontend", None,
                                  extra_env={"GOSSAMER_PROXY_LOCAL_UIDS": str(os.getuid())})
     wait_ready(guarded)

@@ -350,22 +350,24 @@ async def endpoints(plane: ControlPlane, request: Request) -> Response:
     return JSONResponse({"items": items})
 
 
-def _join_token_problems(body: dict[str, Any]) -> list[dict[str, str]]:
-    """What is wrong with a join-token request's fields (empty when it is valid)."""
+def _workload_problems(service: Any, namespace: Any) -> list[dict[str, str]]:
+    """What is wrong with a request's ``service`` and ``namespace`` (a workload's names)."""
     problems: list[dict[str, str]] = []
-    service = body.get("service")
-    namespace = body.get("namespace", "default")
-    ttl = body.get("ttl_seconds", DEFAULT_TOKEN_TTL)
-    for field, value in (("service", service), ("namespace", namespace)):
+    for field, value, check in (("service", service, check_dns_label),
+                                ("namespace", namespace, check_workload_namespace)):  # fmt: skip
         try:
             if not isinstance(value, str):
                 raise ValueError("required, must be a string")
-            if field == "namespace":
-                check_workload_namespace(value)
-            else:
-                check_dns_label(value)
+            check(value)
         except ValueError as exc:
             problems.append({"path": field, "message": str(exc)})
+    return problems
+
+
+def _join_token_problems(body: dict[str, Any]) -> list[dict[str, str]]:
+    """What is wrong with a join-token request's fields (empty when it is valid)."""
+    ttl = body.get("ttl_seconds", DEFAULT_TOKEN_TTL)
+    problems = _workload_problems(body.get("service"), body.get("namespace", "default"))
     if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TOKEN_TTL:
         problems.append(
             {"path": "ttl_seconds", "message": f"must be a number in 1..{MAX_TOKEN_TTL:.0f}"}
@@ -401,10 +403,7 @@ async def join_token(plane: ControlPlane, request: Request) -> Response:
         return body
     problems = _join_token_problems(body)
     if problems:
-        return JSONResponse(
-            {"error": "invalid", "message": "invalid join-token request", "errors": problems},
-            status_code=422,
-        )
+        return _error(422, "invalid", "invalid join-token request", errors=problems)
     service, namespace = body.get("service"), body.get("namespace", "default")
     ttl = body.get("ttl_seconds", DEFAULT_TOKEN_TTL)
     assert isinstance(service, str) and isinstance(namespace, str)
@@ -438,16 +437,8 @@ def _revocation_problems(body: dict[str, Any]) -> list[dict[str, str]]:
     proxy_id = body.get("proxy_id")
     if "proxy_id" in body and (not isinstance(proxy_id, str) or not 0 < len(proxy_id) <= 253):
         problems.append({"path": "proxy_id", "message": "must be a string of 1 to 253 chars"})
-    for field, check in (("service", check_dns_label), ("namespace", check_workload_namespace)):
-        value = body.get(field)
-        if field not in body:
-            continue
-        try:
-            if not isinstance(value, str):
-                raise ValueError("must be a string")
-            check(value)
-        except ValueError as exc:
-            problems.append({"path": field, "message": str(exc)})
+    if "service" in body:
+        problems += _workload_problems(body["service"], body.get("namespace", "default"))
     reason = body.get("reason", "revoked by the operator")
     if not isinstance(reason, str) or len(reason) > 256:
         problems.append({"path": "reason", "message": "must be a string of at most 256 chars"})
@@ -460,10 +451,7 @@ async def revoke(plane: ControlPlane, request: Request) -> Response:
         return body
     problems = _revocation_problems(body)
     if problems:
-        return JSONResponse(
-            {"error": "invalid", "message": "invalid revocation request", "errors": problems},
-            status_code=422,
-        )
+        return _error(422, "invalid", "invalid revocation request", errors=problems)
     reason = str(body.get("reason", "revoked by the operator"))
     proxy_id = body.get("proxy_id")
     if isinstance(proxy_id, str):

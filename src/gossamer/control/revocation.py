@@ -26,18 +26,12 @@ from datetime import timedelta
 from cryptography import x509
 
 from gossamer.control.store import IssuedCertificate, Store
+from gossamer.identity.spiffe import canonical_serial
 
-__all__ = ["Revocations", "canonical_serial", "renewal_spacing"]
+__all__ = ["Revocations", "renewal_spacing"]
 
 MIN_RENEWAL_SPACING = 1.0
 MAX_RENEWAL_SPACING = 300.0
-
-
-def canonical_serial(value: int | str) -> str:
-    """A serial number as upper-case hex without leading zeros (from an int or any hex form,
-    such as ``getpeercert()['serialNumber']``)."""
-    number = value if isinstance(value, int) else int(value, 16)
-    return format(number, "X")
 
 
 def renewal_spacing(lifetime: timedelta) -> float:

@@ -20,8 +20,7 @@ from typing import Any
 
 from gossamer.control.plane import ControlPlane, Refusal
 from gossamer.control.registry import ProxyRecord
-from gossamer.control.revocation import canonical_serial
-from gossamer.identity.spiffe import SpiffeId
+from gossamer.identity.spiffe import SpiffeId, canonical_serial
 
 __all__ = [
     "FIRST_LINE",

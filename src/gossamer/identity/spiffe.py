@@ -56,15 +56,22 @@ class SpiffeId:
         return self.uri
 
 
+def canonical_serial(value: int | str) -> str:
+    """A certificate serial number as revocation lists carry it (the control plane's ledger,
+    snapshots' ``revoked_serials``, what sidecars compare): upper-case hex without leading
+    zeros, from the number or any hex text (``getpeercert()['serialNumber']``)."""
+    if isinstance(value, int):
+        return format(value, "X")
+    return value.upper().lstrip("0") or "0"
+
+
 def peer_serial(peercert: object) -> str:
-    """The serial number of a peer certificate (``getpeercert()`` form) as upper-case hex
-    without leading zeros, the form revocation lists use; empty without one."""
+    """The serial number of a peer certificate (``getpeercert()`` form), canonical; empty
+    without one."""
     if not isinstance(peercert, dict):
         return ""
     serial = peercert.get("serialNumber")
-    if not isinstance(serial, str):
-        return ""
-    return serial.upper().lstrip("0") or "0"
+    return canonical_serial(serial) if isinstance(serial, str) else ""
 
 
 def peer_uri_sans(peercert: object) -> tuple[str, ...]:

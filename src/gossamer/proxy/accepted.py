@@ -56,9 +56,9 @@ class AcceptedConnection:
         metrics = proxy.metrics
         metrics.connections_opened[self.direction] += 1
         metrics.connections_open[self.direction] += 1
-        connections = proxy.connections
-        connections.add(self)
-        if len(connections) + proxy.tcp_open > proxy.max_connections:
+        over = proxy.full()
+        proxy.connections.add(self)
+        if over:
             metrics.error(self.direction, "connection-overflow")
             transport = self.transport
             if transport is not None:

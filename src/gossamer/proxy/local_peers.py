@@ -17,6 +17,7 @@ import ipaddress
 import os
 import socket
 import struct
+from typing import Any
 
 __all__ = ["LocalPeerError", "foreign_user", "peer_uid"]
 
@@ -72,10 +73,10 @@ def peer_uid(conn: socket.socket) -> int:
     raise LocalPeerError(f"no owner found for the connection from {peer[0]}:{peer[1]}")
 
 
-def foreign_user(allowed: frozenset[int], transport: object) -> str:
+def foreign_user(allowed: frozenset[int], transport: Any) -> str:
     """Why the loopback connection of ``transport`` is refused (its owner is not one of
     ``allowed``, or unknown: refused too); empty when it may go on."""
-    sock = getattr(transport, "get_extra_info", lambda name: None)("socket")
+    sock = transport.get_extra_info("socket")
     if sock is None:
         return "no socket"
     try:

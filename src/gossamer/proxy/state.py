@@ -173,6 +173,11 @@ class ProxyState:
         for name in [n for n in unknown_at if n not in table.unknown]:
             del unknown_at[name]
 
+    def full(self) -> bool:
+        """Whether the open connections (HTTP connections and TCP relays) reached the cap
+        (``GOSSAMER_PROXY_MAX_CONNECTIONS``): a new one is cut then."""
+        return len(self.connections) + self.tcp_open >= self.max_connections
+
     def _revoked_changed(self, revoked: frozenset[str]) -> None:
         """Revocations take effect on what is open too: connections from a revoked caller
         are cut, pooled connections to a revoked upstream are closed."""

@@ -60,11 +60,15 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-def run_with_plane(tmp_path: Path, body: Any) -> None:
+def run_with_plane(tmp_path: Path, body: Any, **settings: Any) -> None:
+    """Run ``body(plane)`` with a control plane on ``tmp_path`` (its store and CA there;
+    ``settings`` override ``ControlSettings``, the endpoint grace 0.05 s by default)."""
+    settings.setdefault("endpoint_grace", 0.05)
+
     async def main() -> None:
         store = Store(tmp_path / "store.db")
         ca = CertificateAuthority.load_or_create(tmp_path)
-        plane = ControlPlane(ControlSettings(data_dir=tmp_path, endpoint_grace=0.05), store, ca)
+        plane = ControlPlane(ControlSettings(data_dir=tmp_path, **settings), store, ca)
         await plane.start()
         try:
             await body(plane)

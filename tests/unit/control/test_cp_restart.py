@@ -8,29 +8,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from gossamer.control.ca import CertificateAuthority
 from gossamer.control.plane import ControlPlane
-from gossamer.control.settings import ControlSettings
-from gossamer.control.store import Store
-from tests.unit.control.test_cp_plane import FakeSession, hello, ident, settle
+from tests.unit.control.test_cp_plane import FakeSession, hello, ident, run_with_plane, settle
 
 
 def _run(tmp_path: Path, body: Any, restore_grace: float = 30.0) -> None:
-    async def main() -> None:
-        store = Store(tmp_path / "store.db")
-        ca = CertificateAuthority.load_or_create(tmp_path)
-        settings = ControlSettings(
-            data_dir=tmp_path, endpoint_grace=0.05, restore_grace=restore_grace
-        )
-        plane = ControlPlane(settings, store, ca)
-        await plane.start()
-        try:
-            await body(plane)
-        finally:
-            await plane.stop()
-            store.close()
-
-    asyncio.run(main())
+    run_with_plane(tmp_path, body, restore_grace=restore_grace)
 
 
 def _endpoints(session: FakeSession) -> list[Any]:

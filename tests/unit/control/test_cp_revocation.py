@@ -3,7 +3,6 @@ at hello and listed in every snapshot, renewals paced; the ledger survives a res
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +10,18 @@ import pytest
 from cryptography import x509
 
 from gossamer.config.base import ResourceKey
-from gossamer.control.ca import CertificateAuthority, generate_csr
+from gossamer.control.ca import generate_csr
 from gossamer.control.plane import ControlPlane, Refusal
-from gossamer.control.revocation import canonical_serial, renewal_spacing
-from gossamer.control.settings import ControlSettings
-from gossamer.control.store import Store
-from gossamer.identity.spiffe import peer_serial
-from tests.unit.control.test_cp_plane import FakeSession, hello, ident, service_doc, settle
+from gossamer.control.revocation import renewal_spacing
+from gossamer.identity.spiffe import canonical_serial, peer_serial
+from tests.unit.control.test_cp_plane import (
+    FakeSession,
+    hello,
+    ident,
+    run_with_plane,
+    service_doc,
+    settle,
+)
 
 
 def _csr() -> str:
@@ -34,21 +38,8 @@ def _join(plane: ControlPlane, service: str) -> tuple[str, float]:
     return _serial_of(plane.join({"type": "join", "token": token, "csr": _csr()}))
 
 
-def _with_plane(tmp_path: Path, body: Any, **settings: Any) -> None:
-    async def main() -> None:
-        store = Store(tmp_path / "store.db")
-        ca = CertificateAuthority.load_or_create(tmp_path)
-        plane = ControlPlane(
-            ControlSettings(data_dir=tmp_path, endpoint_grace=30.0, **settings), store, ca
-        )
-        await plane.start()
-        try:
-            await body(plane)
-        finally:
-            await plane.stop()
-            store.close()
-
-    asyncio.run(main())
+def _with_plane(tmp_path: Path, body: Any) -> None:
+    run_with_plane(tmp_path, body, endpoint_grace=30.0)
 
 
 def test_renewal_refused_once_the_service_is_deleted(tmp_path: Path) -> None:

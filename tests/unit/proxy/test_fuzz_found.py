@@ -25,6 +25,7 @@ from gossamer.proxy.process.settings import (
     WorkloadSettings,
 )
 from gossamer.proxy.state import ProxyState
+from tests.tools import require
 from tests.unit.proxy.test_downstream_errors import FakeTransport
 
 
@@ -76,8 +77,8 @@ def test_trailing_whitespace_is_not_part_of_a_header_value(kind: type[Outbound |
 def test_an_inbound_plain_request_has_the_host_as_its_authority(python_scanner: bool) -> None:
     """The Python scanner gave the inbound side (which asks without ``want_host``) no Host,
     so users' filters saw an empty authority only with GOSSAMER_HTTP1_NATIVE=off."""
-    if not python_scanner and scanner._lib is None:
-        pytest.skip("the native scanner is not built")
+    if not python_scanner:
+        require(scanner._lib is not None, "the native HTTP/1.1 scanner (make native)")
     seen = _parse(
         Inbound, b"GET / HTTP/1.1\r\nHost: orders:8080\r\n\r\n", python_scanner=python_scanner
     )

@@ -224,7 +224,7 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
             still = now_ns - stream.moved_since
             if stream.done:
                 if still > body_ns:
-                    stream.stalled(0, "", "")  # answered, but its client holds it open
+                    stream.reset_held()
             elif not stream.req_ended and not stream.grpc:  # gRPC streams idle at will
                 if still > body_ns:
                     stream.stalled(408, "request-body-timeout", "the request body stopped arriving")

@@ -50,7 +50,6 @@ from gossamer.proxy.h2.headers import (
 )
 from gossamer.proxy.h2.plan import StreamPlan
 from gossamer.proxy.pipeline.call import HTTP2, Call
-from gossamer.proxy.pipeline.concrete import MAX_CONNECT_ATTEMPTS
 from gossamer.proxy.pipeline.retries import ERROR_HEADER, UNPROCESSED, may_reroute
 from gossamer.proxy.resilience.outlier import classify
 
@@ -468,14 +467,8 @@ class ProxiedStream(Call):
         service, endpoint = self.service, self.endpoint
         if cause not in UNPROCESSED or service is None or endpoint is None:
             return False
-        endpoint.penalise(time.monotonic_ns())
-        service.record_outcome(endpoint, "connect-failure")
-        tries_left = (
-            self.attempts < MAX_CONNECT_ATTEMPTS - 1 and len(service.balancer.endpoints) > 1
-        )
-        if self.plan is not None or self.moved or not self.req_ended or not self.down_open:
-            return False
-        if not may_reroute(self, tries_left):
+        resendable = self.plan is None and not self.moved and self.req_ended and self.down_open
+        if not may_reroute(self, service, endpoint, self.attempts + 1, resendable):
             return False
         self.attempts += 1
         self.detach(CANCEL)
@@ -580,17 +573,17 @@ class ProxiedStream(Call):
 
     def stalled(self, status: int, cause: str, detail: str) -> None:
         """No body bytes moved for too long (the connection's sweep decides): answer
-        ``status`` if nothing was answered yet, else cut the stream; a client that keeps its
-        half open after our answer is reset at the next sweep."""
-        if self.done:
-            if self.down_open:
-                self.down.session.reset(self.down_id, CANCEL)
-                self.down.schedule_flush()
-            return
+        ``status`` if nothing was answered yet, else cut the stream."""
         if self.resp_started:
             self.cut(cause, status, GRPC_DEADLINE_EXCEEDED)
         else:
             self.respond_error(status, cause, detail)
+
+    def reset_held(self) -> None:
+        """Answered, but the client still holds its half of the stream open: reset it."""
+        if self.down_open:
+            self.down.session.reset(self.down_id, CANCEL)
+            self.down.schedule_flush()
 
     def finish(self) -> None:
         """Record the stream once (HTTP status, gRPC status, latency) and free its endpoint."""

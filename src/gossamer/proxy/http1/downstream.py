@@ -31,7 +31,7 @@ from gossamer.protocol.http1 import (
 from gossamer.protocol.scanner import Scanner, new_scanner
 from gossamer.proxy.accepted import AcceptedConnection
 from gossamer.proxy.http1.exchange import Exchange
-from gossamer.proxy.http1.sink import ResponseSink
+from gossamer.proxy.http1.sink import ResponseSink, response_started
 
 if TYPE_CHECKING:
     from gossamer.proxy.http1.upstream import UpstreamConnection
@@ -422,12 +422,11 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
             if held:
                 self.write(held[0] if len(held) == 1 else b"".join(held))
 
+    def not_processed(self, ex: Exchange, cause: str) -> bool:
+        return False  # the outbound side takes such a request elsewhere (outbound.py)
+
     def response_head(self, ex: Exchange, head: bytes) -> None:
-        ex.response_started = True
-        endpoint = ex.endpoint
-        if endpoint is not None:
-            now = time.monotonic_ns()
-            endpoint.observe(now - ex.sent_ns, now)
+        response_started(ex)
         self.write(head)
         if self.write_paused and ex.upstream is not None and ex.upstream.transport is not None:
             ex.upstream.transport.pause_reading()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.http1.exchange import Exchange
-from gossamer.proxy.http1.sink import ResponseSink
+from gossamer.proxy.http1.sink import ResponseSink, response_started
 from gossamer.proxy.pipeline import concrete
 from gossamer.proxy.resilience.outlier import classify
 from gossamer.proxy.tasks import spawn
@@ -121,12 +121,11 @@ class MirrorSink(ResponseSink):
     def retry_dropped(self, ex: Exchange) -> None:
         self.response_complete(ex)
 
+    def not_processed(self, ex: Exchange, cause: str) -> bool:
+        return False  # a copy is never sent twice
+
     def response_head(self, ex: Exchange, head: bytes) -> None:
-        ex.response_started = True
-        endpoint = ex.endpoint
-        if endpoint is not None:
-            now = time.monotonic_ns()
-            endpoint.observe(now - ex.sent_ns, now)
+        response_started(ex)
 
     def response_complete(self, ex: Exchange) -> None:
         if self.done:

@@ -255,14 +255,8 @@ class OutboundConnection(DownstreamConnection):
         endpoint = ex.endpoint
         if service is None or endpoint is None:
             return False
-        endpoint.penalise(time.monotonic_ns())
-        service.record_outcome(endpoint, "connect-failure")
-        if ex.has_body and not (ex.body_done and ex.replay is not None):
-            return False
-        tries_left = (
-            ex.tries < concrete.MAX_CONNECT_ATTEMPTS and len(service.balancer.endpoints) > 1
-        )
-        if not retries.may_reroute(ex, tries_left):
+        resendable = not ex.has_body or (ex.body_done and ex.replay is not None)
+        if not retries.may_reroute(ex, service, endpoint, ex.tries, resendable):
             return False
         ex.unprocessed = True
         if ex.try_timer is not None:

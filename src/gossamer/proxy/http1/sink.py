@@ -2,22 +2,34 @@
 
 ``ResponseSink`` is the interface ``UpstreamConnection`` calls while it relays one exchange:
 the downstream connection the request came on (``DownstreamConnection``) is one; a mirrored
-copy, whose response nobody reads (``http1.mirror.MirrorSink``), is another. Sinks share no
-code: each implements every method. It is a base class rather than a mypyc trait because the
-upstream calls it several times per response: a class's methods are called through its
-vtable, a trait's after a search for the trait's table.
+copy, whose response nobody reads (``http1.mirror.MirrorSink``), is another. Each implements
+every method (what both do when a response starts is ``response_started``). It is a base
+class rather than a mypyc trait because the upstream calls it several times per response: a
+class's methods are called through its vtable, a trait's after a search for the trait's
+table.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gossamer.proxy.http1.exchange import Exchange
     from gossamer.proxy.http1.upstream import UpstreamConnection
 
-__all__ = ["ResponseSink"]
+__all__ = ["ResponseSink", "response_started"]
+
+
+def response_started(ex: Exchange) -> None:
+    """The response to ``ex`` began: mark it, and give its endpoint the time to first byte
+    (the balancer's latency estimate)."""
+    ex.response_started = True
+    endpoint = ex.endpoint
+    if endpoint is not None:
+        now = time.monotonic_ns()
+        endpoint.observe(now - ex.sent_ns, now)
 
 
 class ResponseSink(asyncio.Protocol):
@@ -44,7 +56,7 @@ class ResponseSink(asyncio.Protocol):
     def not_processed(self, ex: Exchange, cause: str) -> bool:
         """The upstream sidecar answered that no app saw ``ex`` (``retries.UNPROCESSED``):
         True drops that answer and takes the request to another endpoint."""
-        return False
+        raise TypeError("sink responsibility")
 
     def response_head(self, ex: Exchange, head: bytes) -> None:
         raise TypeError("sink responsibility")

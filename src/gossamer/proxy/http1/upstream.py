@@ -51,6 +51,7 @@ class _HeadResponseDone(Exception):
 
 
 _APP_RESPONSE_DROP = frozenset({ERROR_HEADER})
+_NO_DROP: frozenset[bytes] = frozenset()
 _UNPROCESSED_STATUS = frozenset({502, 503})
 
 
@@ -296,7 +297,7 @@ class UpstreamConnection(asyncio.Protocol):
         headers = self.headers
         self.headers = []
         if status in _UNPROCESSED_STATUS:
-            scan = scan_headers(headers, pool.response_drop)
+            scan = scan_headers(headers, _APP_RESPONSE_DROP if pool.from_app else _NO_DROP)
             if not pool.from_app:
                 cause = _error_cause(headers)
                 if cause in UNPROCESSED and downstream.not_processed(ex, cause.decode("latin-1")):
@@ -437,7 +438,6 @@ class Pool:
         # To the local app: its 502 and 503 answers may not carry ``x-gossamer-error`` (that
         # would claim no app saw the request, retries.py). Else to other sidecars: they may.
         self.from_app = from_app
-        self.response_drop: frozenset[bytes] = _APP_RESPONSE_DROP if from_app else frozenset()
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self.opened = 0
         self.revoked: frozenset[str] = frozenset()  # upstream certificates refused

@@ -18,9 +18,13 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+from gossamer.proxy.pipeline.concrete import MAX_CONNECT_ATTEMPTS
+
 if TYPE_CHECKING:
+    from gossamer.proxy.pipeline.balancer import EndpointState
     from gossamer.proxy.pipeline.call import Call
     from gossamer.proxy.resilience.retry import RetryPolicy
+    from gossamer.proxy.snapshot.table import OutboundService
 
 __all__ = ["UNPROCESSED", "applies", "backoff", "may_reroute", "may_retry"]
 
@@ -57,15 +61,20 @@ def may_retry(
     return logical.policy.budget.try_retry(time.monotonic())
 
 
-def may_reroute(call: Call, tries_left: bool) -> bool:
-    """Whether a request no app saw may go to another endpoint now: with tries left, no
-    response forwarded, and the retry budget of the service allowing it (withdrawn then)."""
-    if not tries_left:
+def may_reroute(
+    call: Call, service: OutboundService, endpoint: EndpointState, tries: int, resendable: bool
+) -> bool:
+    """The destination's sidecar answered that no app saw ``call`` (``UNPROCESSED``): eject
+    ``endpoint`` for a while (outlier detection hears a connect failure), and say whether the
+    request may go to another endpoint now: the codec can send it again (``resendable``),
+    fewer than ``MAX_CONNECT_ATTEMPTS`` tries started, another endpoint exists, and the retry
+    budget allows it (withdrawn then)."""
+    endpoint.penalise(time.monotonic_ns())
+    service.record_outcome(endpoint, "connect-failure")
+    if not resendable or tries >= MAX_CONNECT_ATTEMPTS or len(service.balancer.endpoints) < 2:
         return False
     logical = call.logical or call.service
-    if logical is None:
-        return False
-    return logical.policy.budget.try_retry(time.monotonic())
+    return logical is not None and logical.policy.budget.try_retry(time.monotonic())
 
 
 def backoff(call: Call) -> float:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from gossamer.identity.spiffe import canonical_serial
 from gossamer.proxy.observe.metrics import Metrics, RouteStats
 from gossamer.proxy.pipeline.balancer import (
     Balancer,
@@ -333,7 +334,7 @@ def _compile_revoked(snapshot: Mapping[str, Any]) -> frozenset[str]:
     raw = snapshot.get("revoked_serials", [])
     if not isinstance(raw, list) or not all(isinstance(s, str) and s for s in raw):
         raise SnapshotError("snapshot.revoked_serials: expected a list of hex serials")
-    return frozenset(s.upper().lstrip("0") or "0" for s in raw)
+    return frozenset(canonical_serial(s) for s in raw)
 
 
 def _compile_inbound(

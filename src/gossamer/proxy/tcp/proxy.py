@@ -295,8 +295,7 @@ class TcpProxy:
 
     def _full(self, direction: str) -> bool:
         """Whether the sidecar's connection cap is reached (then a new relay is refused)."""
-        state = self.state
-        if len(state.connections) + len(self._relays) < state.max_connections:
+        if not self.state.full():
             return False
         self.metrics.error(direction, "connection-overflow")
         return True

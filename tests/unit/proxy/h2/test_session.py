@@ -16,6 +16,7 @@ from gossamer.protocol.h2.session import (
     REFUSED_STREAM,
     H2Error,
 )
+from tests.tools import require
 from tests.unit.proxy.h2.pairs import GET, REQUEST, of_kind, pair, pump, settle
 
 CANCEL = 8
@@ -193,8 +194,7 @@ def test_bytes_are_copied_out_before_a_close_asked_for_during_send_frees_them(
     order of the two, which a freed buffer still holding the right bytes cannot hide."""
     from gossamer.protocol.h2 import session as session_module
 
-    if session_module._native is None:
-        pytest.skip("the native collector is not built")
+    require(session_module._native is not None, "the native HTTP/2 collector (make native)")
     client, server = pair()
     settle(client, server)
     sid, _ = client.submit_request(REQUEST, end_stream=False)

@@ -165,7 +165,7 @@ def test_a_stalled_request_body_is_answered_408_then_reset() -> None:
     assert stream.done
     _, at_upstream = settle(up.session, upstream)
     assert not of_kind(at_upstream, DATA)  # the upstream try is cancelled, nothing more goes
-    stream.stalled(0, "", "")  # the next sweep: still open on the client's side
+    stream.reset_held()  # the next sweep: still open on the client's side
     back, _ = settle(app, down.session)
     assert [e[2] for e in of_kind(back, CLOSED)] == [CANCEL_CODE]
 
