@@ -2,8 +2,9 @@
 
 The demo mesh runs from its mesh file through the real CLI (`gossamer up --detach`, its
 ports moved to free ones with `--api-port`, `--stream-port`, `--ingress-port`). A load thread
-asks the ingress for the page, one request at a time, and counts each answer: a page is good when it is 200 and whole (no ``x-demo-degraded``: catalog, orders and
-payments all answered). Each scenario does one thing to the running mesh and reports the
+asks the ingress for the page, one request at a time, and counts each answer: a page is good
+when it is 200 and whole (no ``x-demo-degraded``: catalog, orders and payments all answered).
+Each scenario does one thing to the running mesh and reports the
 requests sent, those that failed, and the longest gap between two good pages; the table is
 printed and written to ``$GOSSAMER_CHAOS_REPORT`` (JSON) when set.
 
