@@ -28,6 +28,8 @@ native: $(STAMP)
 demo: native
 	$(BIN)/gossamer up -f examples/storefront/mesh.yaml
 
+# scripts/ensure-node-clients (in test:) installs node, npm and tests/clients/node: a gRPC
+# client from another ecosystem (grpc-js) that the tests run against the mesh.
 # Debian packages the tests use as real peers: PostgreSQL (the database story), nghttp2 (the
 # HTTP/2 codec and h2load), HAProxy, nginx and wrk (the benchmark smoke run); gcc and the
 # Python headers build the native parts.
@@ -38,6 +40,7 @@ TEST_PACKAGES := libnghttp2-14 libnghttp2-dev nghttp2-client postgresql haproxy 
 # need; the rest import the compiled data plane (gossamer.compiled), as sidecars run it.
 test: $(STAMP) lint typecheck
 	./scripts/ensure-debian-packages $(TEST_PACKAGES)
+	./scripts/ensure-node-clients
 	$(BIN)/python -m gossamer.build_native
 	$(BIN)/pytest -q tests/unit
 	$(BIN)/pytest -q --ignore=tests/unit

@@ -36,6 +36,7 @@ from gossamer.proxy.process.settings import (
     WorkloadSettings,
 )
 from gossamer.proxy.state import ProxyState
+from gossamer.proxy.tcp.proxy import TcpProxy
 
 TD = "gossamer.local"
 
@@ -83,12 +84,14 @@ class Sidecar:
 
 async def start_sidecar(
     ca: CertificateAuthority, workdir: Path, service: str, app: Address | None,
-    **listen: Any,
+    *, tcp_app: Address | None = None, **listen: Any,
 ) -> Sidecar:
-    """A sidecar in this process; ``listen`` overrides ``ListenSettings`` fields."""
+    """A sidecar in this process; ``listen`` overrides ``ListenSettings`` fields. Its TCP
+    side (``TcpProxy``: CONNECT tunnels' relays, inbound ``gossamer-tcp`` to ``tcp_app`` or
+    ``app``) is wired as the sidecar process wires it."""
     creds = make_credentials(ca, workdir, service)
     settings = ProxySettings(
-        workload=WorkloadSettings(service=service, app=app),
+        workload=WorkloadSettings(service=service, app=app, tcp_app=tcp_app),
         listen=ListenSettings(
             outbound=Address("127.0.0.1", 0), inbound=Address("127.0.0.1", 0),
             admin=Address("127.0.0.1", 0), **listen,
@@ -99,6 +102,8 @@ async def start_sidecar(
     state = ProxyState(settings, client_context=creds.client_context, credentials=creds)
     sidecar = Sidecar(state, creds)
     sidecar.listener = InboundListener(state, Address("127.0.0.1", 0), creds.server_context)
+    tcp = TcpProxy(state, creds, creds.server_context)
+    state.tunnels = sidecar.listener.tcp = tcp
     sidecar.inbound = sidecar.listener.start()
     loop = asyncio.get_running_loop()
     sidecar.server = await loop.create_server(lambda: OutboundConnection(state), "127.0.0.1", 0)

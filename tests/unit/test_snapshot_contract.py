@@ -727,9 +727,6 @@ UNREAD = {
     ("Snapshot", "trust_domain"),  # identities arrive whole, as SPIFFE IDs
     ("ProxySnapshot", "identity"),  # the sidecar's own identity is its certificate's
     ("InboundSnapshot", "ports"),  # read from the raw snapshot by the TCP proxy (tcp/proxy.py)
-    ("ServiceSnapshot", "ports"),  # callers address a service by name; not used yet
-    ("PortSnapshot", "port"),  # only in the two above
-    ("PortSnapshot", "protocol"),
 }
 
 

@@ -8,6 +8,8 @@ no I/O and never awaits.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Iterable
 from http import HTTPStatus
 
@@ -17,6 +19,7 @@ __all__ = [
     "HeadScan",
     "ProxyError",
     "check_request_head",
+    "connect_target",
     "encode_chunk",
     "error_response",
     "parse_error",
@@ -239,6 +242,29 @@ def render_headers(headers: Iterable[Header]) -> bytes:
     return b"".join([b"%b: %b\r\n" % pair for pair in headers])
 
 
+_HOST_NAME = re.compile(rb"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})")
+
+
+def connect_target(target: bytes) -> tuple[str, int]:
+    """The ``(host, port)`` of a CONNECT request's authority-form target (RFC 9110 9.3.6:
+    ``host:port``, the port required; an IPv6 address in brackets), lower-cased; ``ProxyError``
+    400 for anything else (a path, userinfo, a missing or out-of-range port)."""
+    host, sep, port_text = target.rpartition(b":")
+    if not sep or not port_text.isdigit() or len(port_text) > 5:
+        raise ProxyError(400, "bad-request", "a CONNECT target is host:port")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ProxyError(400, "bad-request", f"CONNECT port out of range: {port}")
+    if host.startswith(b"[") and host.endswith(b"]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1].decode("ascii"))), port
+        except (ValueError, UnicodeDecodeError):
+            raise ProxyError(400, "bad-request", "a CONNECT target's IPv6 address") from None
+    if not _HOST_NAME.fullmatch(host):
+        raise ProxyError(400, "bad-request", "a CONNECT target's host is a name or an address")
+    return host.decode("ascii").lower().rstrip("."), port
+
+
 def split_absolute_target(target: bytes) -> tuple[bytes | None, bytes]:
     """Turn ``http://host[:port]/path?q`` into (``host[:port]``, ``/path?q``).
 
@@ -249,7 +275,9 @@ def split_absolute_target(target: bytes) -> tuple[bytes | None, bytes]:
         return None, target
     scheme = target[:8].lower()
     if scheme == b"https://":
-        raise ProxyError(400, "bad-request", "https:// targets need CONNECT, not supported")
+        raise ProxyError(
+            400, "bad-request", "an https:// URL goes through a CONNECT tunnel (https_proxy)"
+        )
     if not scheme.startswith(b"http://"):
         return None, target
     rest = target[7:]

@@ -66,6 +66,7 @@ class ProxyState:
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[AcceptedConnection] = set()
         self.tcp_open = 0  # TCP relays (kept by tcp.proxy); they count toward the cap too
+        self.tunnels: Any = None  # the TcpProxy (tcp.proxy): CONNECT tunnels' relays
         self.max_connections = settings.listen.max_connections
         self.local_uids = settings.listen.local_uids  # who may use the local ports (None: any)
         self._subscriptions: set[str] = set()

@@ -41,10 +41,14 @@ INBOUND_ALPN = ["h2", "http/1.1", "gossamer-tcp"]
 
 
 def hand_over_outbound(
-    old: DownstreamConnection, transport: asyncio.Transport, data: bytes
+    old: DownstreamConnection,
+    transport: asyncio.Transport,
+    data: bytes,
+    pinned: bytes | None = None,
 ) -> None:
     """The app's first bytes on the outbound port were the HTTP/2 preface: move the
-    connection (already accepted and counted by ``old``) to the HTTP/2 path."""
+    connection (already accepted and counted by ``old``) to the HTTP/2 path. ``pinned``:
+    inside a CONNECT tunnel, the authority every stream goes to."""
     try:
         from gossamer.proxy.h2.downstream import H2Outbound
     except ImportError as exc:  # libnghttp2 missing or unusable: say why, once per connection
@@ -54,7 +58,9 @@ def hand_over_outbound(
     old.proxy.connections.discard(old)
     old.transport = None
     old.drop_parsers()
-    H2Outbound(old.proxy).take_over(transport, data)
+    conn = H2Outbound(old.proxy)
+    conn.pinned = pinned
+    conn.take_over(transport, data)
 
 
 def hand_over_inbound(proxy: ProxyState, transport: asyncio.BaseTransport) -> bool:

@@ -99,6 +99,8 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
         self._idle_bytes = 0  # received since the last event (see MAX_IDLE_FRAME_BYTES)
         self._resets = 0  # streams the client reset early, in the current window
         self._reset_window = 0
+        # Inside a CONNECT tunnel: the authority every stream goes to (its :authority aside).
+        self.pinned: bytes | None = None
 
     # === asyncio callbacks ===
 
@@ -267,7 +269,7 @@ class H2Downstream(asyncio.Protocol, FlushingConnection, AcceptedConnection):
             self,
             stream_id,
             kept,
-            authority=scan.authority,
+            authority=scan.authority if self.pinned is None else self.pinned,
             request_id=rid,
             grpc=scan.grpc,
             is_head=scan.method == b"HEAD",

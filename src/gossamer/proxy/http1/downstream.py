@@ -291,24 +291,34 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         ex.is_head = ex.method == b"HEAD"
         scan = scan_headers(ex.headers, self.drop_headers)
         check_request_head(scan, ex.target, ex.http10)  # Host, framing: ambiguous is refused
-        if parser.should_upgrade():
-            if not scan.upgrade:
-                raise ProxyError(400, "bad-request", "Connection: upgrade without Upgrade")
-            ex.upgrade = scan.upgrade
-            ex.keep_alive = False  # the connection becomes a tunnel, or closes after the answer
-            self.upgrading = ex
         ex.chunked = scan.chunked
         ex.has_body = scan.chunked or (
             scan.content_length is not None and scan.content_length.strip() != b"0"
         )
         ex.body_done = not ex.has_body
-        ex.head = self.request_head(ex, scan)
+        if parser.should_upgrade():  # an Upgrade, or CONNECT
+            ex.keep_alive = False  # the connection becomes a tunnel, or closes after the answer
+            self.upgrading = ex
+            if ex.method == b"CONNECT":
+                self.connect_head(ex)  # no head to forward: the tunnel is opened here
+            elif not scan.upgrade:
+                raise ProxyError(400, "bad-request", "Connection: upgrade without Upgrade")
+            else:
+                ex.upgrade = scan.upgrade
+                ex.head = self.request_head(ex, scan)
+        else:
+            ex.head = self.request_head(ex, scan)
         queue = self.queue
         queue.append(ex)
         if len(queue) == 1:
             self.ready = ex  # dispatched by data_received once the bytes in hand are parsed
         else:
             self._pause(PAUSE_PIPELINE)
+
+    def connect_head(self, ex: Exchange) -> None:
+        """A CONNECT request's head was parsed: refused here (``ProxyError``); the outbound
+        port opens tunnels (``http1.connect``)."""
+        raise ProxyError(400, "bad-request", "CONNECT is served on the outbound port only")
 
     def on_body(self, data: bytes) -> None:
         ex = self.parsing

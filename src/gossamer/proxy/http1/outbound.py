@@ -1,7 +1,9 @@
 """Outbound HTTP/1.1: requests from the local app to other mesh services.
 
 The app sends plain HTTP/1.1 to the sidecar's outbound port, directly or as ``HTTP_PROXY``
-(absolute-form targets). This connection detects HTTP/2 prior knowledge (h2c goes to
+(absolute-form targets), or opens a CONNECT tunnel (``http1.connect``: inside one, what the
+client speaks is served as here, every request going to the CONNECT authority, the
+``pinned`` destination). This connection detects HTTP/2 prior knowledge (h2c goes to
 ``proxy/h2/``), parses each request into an ``Exchange`` and hands it to the outbound
 pipeline (``pipeline.outbound``: discovery, the request slots, the logical stage). What stays
 here is HTTP/1.1's part of the concrete and endpoint stages: connection limits (circuit
@@ -17,9 +19,12 @@ import logging
 import time
 from typing import ClassVar
 
-from gossamer.protocol.http1 import HeadScan, ProxyError, split_absolute_target
+import httptools
+
+from gossamer.protocol.http1 import HeadScan, ProxyError, connect_target, split_absolute_target
 from gossamer.proxy.h2 import H2_PREFACE, hand_over_outbound
-from gossamer.proxy.http1.downstream import PAUSE_BUFFER, DownstreamConnection
+from gossamer.proxy.http1.connect import open_tunnel
+from gossamer.proxy.http1.downstream import PAUSE_BUFFER, PAUSE_UPGRADE, DownstreamConnection
 from gossamer.proxy.http1.exchange import Exchange
 from gossamer.proxy.http1.mirror import send_copy
 from gossamer.proxy.http1.upstream import UpstreamConnection
@@ -30,10 +35,16 @@ from gossamer.proxy.resilience.outlier import classify
 from gossamer.proxy.snapshot.http_rules import MirrorPolicy
 from gossamer.proxy.snapshot.table import OutboundService
 from gossamer.proxy.tasks import spawn
+from gossamer.proxy.tcp.relay import Relay
 
 __all__ = ["OutboundConnection"]
 
 log = logging.getLogger("gossamer.proxy")
+
+CONNECT_ESTABLISHED = b"HTTP/1.1 200 Connection established\r\n\r\n"
+# A TLS fatal alert (handshake_failure), for a ClientHello sent through a tunnel to an HTTP
+# port: the mesh encrypts between sidecars; the client should ask for http:// instead.
+TLS_HANDSHAKE_FAILURE = b"\x15\x03\x01\x00\x02\x02\x28"
 
 
 class OutboundConnection(DownstreamConnection):
@@ -41,6 +52,9 @@ class OutboundConnection(DownstreamConnection):
     drop_headers: ClassVar[frozenset[bytes]] = frozenset({b"x-gossamer-peer-identity"})
     sniffed: bytes | None = b""  # first bytes while they may still be the HTTP/2 preface
     wants_host = True
+    # Inside a CONNECT tunnel to a mesh service's HTTP port: the CONNECT authority, where
+    # every request on this connection goes (whatever its Host says).
+    pinned: bytes | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -62,9 +76,25 @@ class OutboundConnection(DownstreamConnection):
                 return
             self.sniffed = None
             if data.startswith(H2_PREFACE) and self.transport is not None:
-                hand_over_outbound(self, self.transport, data)
+                hand_over_outbound(self, self.transport, data, self.pinned)
+                return
+            if self.pinned is not None and data[0] == 0x16:  # a TLS record: a ClientHello
+                self._tls_in_tunnel()
                 return
         super().data_received(data)
+
+    def _tls_in_tunnel(self) -> None:
+        pinned = self.pinned or b""
+        log.info(
+            "TLS inside a CONNECT tunnel to %s, an HTTP port: the mesh encrypts between "
+            "sidecars, so call it with http:// (or declare the port tcp)",
+            pinned.decode("latin-1"),
+        )
+        self.proxy.metrics.error("outbound", "tls-in-http-tunnel")
+        self.write(TLS_HANDSHAKE_FAILURE)
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
 
     # === parse: the request as the pipeline sees it ===
 
@@ -80,7 +110,7 @@ class OutboundConnection(DownstreamConnection):
             if not ex.http10:
                 raise ProxyError(400, "bad-request", "missing Host header")
             scan.host = b""
-        ex.authority = scan.host
+        ex.authority = scan.host if self.pinned is None else self.pinned
         scan.kept = headers
         self.keep_head(ex, path, scan)
         return b""  # rendered when routed: route filters may change the path and headers
@@ -91,7 +121,7 @@ class OutboundConnection(DownstreamConnection):
         if host is None:
             raise ProxyError(400, "bad-request", "missing Host header")
         ex.path = ex.target
-        ex.authority = host
+        ex.authority = host if self.pinned is None else self.pinned
         lines = head[head.find(b"\r\n") :]
         if request_id is None:
             request_id = self.proxy.new_request_id()
@@ -101,7 +131,62 @@ class OutboundConnection(DownstreamConnection):
         return b""  # rendered when routed, like the full path's head
 
     def dispatch(self, ex: Exchange) -> None:
+        if self.upgrading is ex and ex.method == b"CONNECT":
+            spawn(open_tunnel(self, ex), name="connect tunnel")
+            return
         outbound.start(ex, self.proxy)
+
+    # === CONNECT (http1.connect opens the tunnel) ===
+
+    def connect_head(self, ex: Exchange) -> None:
+        if self.pinned is not None:
+            raise ProxyError(400, "bad-request", "CONNECT inside a CONNECT tunnel")
+        if self.queue:
+            raise ProxyError(400, "bad-request", "CONNECT behind a pipelined request")
+        if ex.has_body:
+            raise ProxyError(400, "bad-request", "a CONNECT request has no content")
+        connect_target(ex.target)  # refuses anything but host:port
+        ex.authority = ex.target
+        ex.request_id = self.proxy.new_request_id()
+
+    def tunnel_http(self, ex: Exchange) -> None:
+        """The tunnel goes to a mesh service's HTTP, HTTP/2 or gRPC port: answer 200, then
+        serve what it carries as a new connection (detect, parse, the pipeline), with every
+        request going to the CONNECT authority."""
+        early = self._connect_answered(ex)
+        self.pinned = ex.authority
+        self.parsing = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.sniffed = b""
+        self._resume(PAUSE_UPGRADE)
+        if early:
+            self.data_received(early)
+
+    def tunnel_relay(self, ex: Exchange, relay: Relay) -> None:
+        """The tunnel goes to a TCP port or out of the mesh, and ``relay``'s upstream end is
+        connected: answer 200 and give the connection to the relay."""
+        early = self._connect_answered(ex)
+        transport = self.transport
+        self.closed = True
+        self.transport = None
+        self.uncounted()  # the relay counts now (TCP relays count toward the cap)
+        self.drop_parsers()
+        if transport is None:
+            relay.close()
+        else:
+            relay.take_downstream(transport, early)
+
+    def _connect_answered(self, ex: Exchange) -> bytes:
+        """Answer CONNECT ``ex`` with 200 and end it; the bytes read after its head."""
+        if self.queue and self.queue[0] is ex:
+            self.queue.popleft()
+        self.upgrading = None
+        early = b"".join(self.early) if self.early else b""
+        self.early = None
+        ex.status = 200
+        ex.response_started = True
+        self.write(CONNECT_ESTABLISHED)
+        return early
 
     # === after the logical stage ===
 

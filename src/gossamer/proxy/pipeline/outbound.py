@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from gossamer.proxy.snapshot.table import OutboundService, RouteTable
     from gossamer.proxy.state import ProxyState
 
-__all__ = ["MAX_MIRROR_BODY", "leave_mesh", "route", "start"]
+__all__ = [
+    "MAX_MIRROR_BODY", "destination", "leave_mesh", "outside_refusal", "route", "start",
+]
 
 # The largest request body a mirror copies (larger ones are not mirrored).
 MAX_MIRROR_BODY = 64 * 1024
@@ -69,11 +71,35 @@ def leave_mesh(call: Call, table: RouteTable, host: str) -> None:
     external = table.egress.service(call.authority, make) if make is not None else None
     if external is not None:
         admit(call, table, external)
-    elif external_host(host) is None:
-        call.fail(404, "unknown-service", f"{host} is not a mesh service")
     else:
-        call.fail(403, "egress-denied", f"{host} is outside the mesh and no Egress names it "
-                  "(outboundTrafficPolicy REGISTRY_ONLY)")  # fmt: skip
+        refusal = outside_refusal(host)
+        call.fail(refusal.status, refusal.cause, refusal.detail)
+
+
+def outside_refusal(host: str) -> ProxyError:
+    """Why a call to ``host`` (no mesh service) may not leave the mesh: it names no host
+    outside it (404 ``unknown-service``), or the egress policy refuses it (403)."""
+    if external_host(host) is None:
+        return ProxyError(404, "unknown-service", f"{host} is not a mesh service")
+    return ProxyError(403, "egress-denied", f"{host} is outside the mesh and no Egress names "
+                      "it (outboundTrafficPolicy REGISTRY_ONLY)")  # fmt: skip
+
+
+async def destination(proxy: ProxyState, authority: bytes) -> OutboundService | None:
+    """The mesh service ``authority`` names, asked of the control plane on first use (as
+    ``start`` does), or None when it names none; ``ProxyError`` when the sidecar cannot tell
+    (503 ``proxy-not-ready``, ``discovery-timeout``). For CONNECT tunnels, which are not
+    requests: what a tunnel carries goes through ``start`` like any other request."""
+    table = proxy.table
+    if table is None:
+        raise ProxyError(503, "proxy-not-ready", "no configuration from the control plane yet")
+    service = table.resolve(authority)
+    if service is not None:
+        return service
+    key = service_key(authority.decode("latin-1"), table.namespace)
+    if key is None or (key in table.unknown and proxy.known_unknown(key)):
+        return None
+    return await proxy.discover(key)
 
 
 async def _discover(call: Call, proxy: ProxyState, key: str) -> None:

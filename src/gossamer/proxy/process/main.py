@@ -96,6 +96,7 @@ async def start_data_path(
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_exception_handler)
     tcp = TcpProxy(state, credentials, server_context)
+    state.tunnels = tcp
     listener: InboundListener | None = None
     inbound_addr: Address | None = None
     if settings.listen.inbound is not None:

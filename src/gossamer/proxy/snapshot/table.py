@@ -95,6 +95,7 @@ class OutboundService:
         "name",
         "namespace",
         "policy",
+        "ports",
         "protocol",
         "router",
         "sni",
@@ -118,6 +119,7 @@ class OutboundService:
         self.key = f"{name}.{namespace}"
         self.identity = identity
         self.protocol = protocol
+        self.ports: dict[int, str] = {}  # port -> protocol, as the service declares them
         self.stats = stats
         self.sni = f"{name}.{namespace}.svc"
         self.policy = policy or ServicePolicy()
@@ -160,6 +162,12 @@ class OutboundService:
         if hash_key is not None and isinstance(balancer, ConsistentHashBalancer):
             return balancer.pick_for(hash_key)
         return balancer.pick()
+
+    def port_protocol(self, port: int) -> str:
+        """What callers speak to ``port`` of this service: the port's declared protocol, or
+        the service's own (its first port's) for a port it does not declare (callers of HTTP
+        services often name port 80 whatever the app listens on)."""
+        return self.ports.get(port, self.protocol)
 
     def record_outcome(self, endpoint: EndpointState, outcome: str) -> None:
         """Tell outlier detection how a request to ``endpoint`` went (see resilience.outlier)."""
@@ -420,10 +428,27 @@ def _compile_service(
             raw["http_routes"], f"{where}.http_routes", default_service=key
         )
     service.tcp_route = TcpRoute.from_snapshot(raw.get("tcp_route"), f"{where}.tcp_route")
+    service.ports = _compile_ports(raw.get("ports", []), f"{where}.ports")
     if old is not None:
         service.account = old.account
     service.account.limits = policy.limits
     return service
+
+
+def _compile_ports(raw: Any, where: str) -> dict[int, str]:
+    """``where`` (a service's ``ports``): port -> protocol."""
+    if not isinstance(raw, list):
+        raise SnapshotError(f"{where}: expected a list")
+    ports: dict[int, str] = {}
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise SnapshotError(f"{where}[{i}]: expected an object")
+        port = _require(entry, "port", int, f"{where}[{i}]")
+        protocol = entry.get("protocol", "http")
+        if protocol not in ("http", "http2", "grpc", "tcp"):
+            raise SnapshotError(f"{where}[{i}].protocol: unknown protocol {protocol!r}")
+        ports[port] = str(protocol)
+    return ports
 
 
 def _compile_endpoints(

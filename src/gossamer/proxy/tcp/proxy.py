@@ -63,6 +63,13 @@ HELLO_TIMEOUT = 10.0
 Fallback = Callable[[socket.socket], Coroutine[Any, Any, None]]
 _TCP_ALPN = TCP_ALPN.encode()
 _HTTP_ALPN = frozenset({b"h2", b"http/1.1"})
+# The status a refused CONNECT tunnel is answered with, by cause (otherwise 502).
+_TUNNEL_STATUS = {
+    "unknown-service": 404,
+    "no-healthy-endpoints": 503,
+    "discovery-timeout": 503,
+    "proxy-not-ready": 503,
+}
 
 
 class _Refused(Exception):
@@ -190,52 +197,99 @@ class TcpProxy:
                 self.metrics.error("outbound", "local-peer-refused")
                 relay.close()
                 return
-        failure: TlsFailure | None = None
         try:
-            for _attempt in range(MAX_CONNECT_ATTEMPTS):
-                service = await self._service(key)
-                route: TcpRoute | None = service.tcp_route
-                backend_key = route.pick(self._rng) if route is not None else service.key
-                table = self.state.table
-                backend = table.services.get(backend_key) if table is not None else None
-                if backend is None:
-                    raise _Refused("unknown-service", f"route backend {backend_key} is unknown")
-                endpoint = backend.pick()
-                if endpoint is None:
-                    raise _Refused("no-healthy-endpoints", f"{backend.key} has no endpoints")
-                try:
-                    context = self._client_context()
-                except TlsFailure as exc:  # no certificate of our own (yet)
-                    raise _Refused(exc.cause, exc.detail) from None
-                started = time.monotonic_ns()
-                try:
-                    stream = await self._open(context, backend, endpoint)
-                except TlsFailure as exc:
-                    endpoint.penalise(time.monotonic_ns())
-                    failure = exc
-                    if relay.closed:
-                        return
-                    if exc.cause != "connect-failed":
-                        break
-                    continue
-                now = time.monotonic_ns()
-                endpoint.observe(now - started, now)
-                if relay.closed:
-                    stream.close()
-                    return
-                table = self.state.table
-                current = table.services.get(key) if table is not None else None
-                if current is None or not still_routed(current.tcp_route, key, backend.key):
-                    stream.close()  # the route changed while we connected: route again
-                    continue
-                self._attach(relay, key, current.tcp_route, backend, endpoint, stream)
-                return
+            await self._connect_upstream(relay, key)
         except _Refused as exc:
             self._refuse(relay, exc.cause, f"{key}: {exc.detail}")
+
+    async def _connect_upstream(self, relay: Relay, key: str) -> None:
+        """Route ``relay`` (for service ``key``) and connect its upstream end: the TCP route's
+        backend, an endpoint by its balancer, mTLS offering ``gossamer-tcp`` and checking the
+        backend's SPIFFE ID, another endpoint after a refused connection; ``_Refused`` says
+        why none could be opened. Returns early, unattached, when the relay closed meanwhile."""
+        failure: TlsFailure | None = None
+        for _attempt in range(MAX_CONNECT_ATTEMPTS):
+            service = await self._service(key)
+            route: TcpRoute | None = service.tcp_route
+            backend_key = route.pick(self._rng) if route is not None else service.key
+            table = self.state.table
+            backend = table.services.get(backend_key) if table is not None else None
+            if backend is None:
+                raise _Refused("unknown-service", f"route backend {backend_key} is unknown")
+            endpoint = backend.pick()
+            if endpoint is None:
+                raise _Refused("no-healthy-endpoints", f"{backend.key} has no endpoints")
+            try:
+                context = self._client_context()
+            except TlsFailure as exc:  # no certificate of our own (yet)
+                raise _Refused(exc.cause, exc.detail) from None
+            started = time.monotonic_ns()
+            try:
+                stream = await self._open(context, backend, endpoint)
+            except TlsFailure as exc:
+                endpoint.penalise(time.monotonic_ns())
+                failure = exc
+                if relay.closed:
+                    return
+                if exc.cause != "connect-failed":
+                    break
+                continue
+            now = time.monotonic_ns()
+            endpoint.observe(now - started, now)
+            if relay.closed:
+                stream.close()
+                return
+            table = self.state.table
+            current = table.services.get(key) if table is not None else None
+            if current is None or not still_routed(current.tcp_route, key, backend.key):
+                stream.close()  # the route changed while we connected: route again
+                continue
+            self._attach(relay, key, current.tcp_route, backend, endpoint, stream)
             return
         cause = failure.cause if failure is not None else "connect-failed"
         detail = failure.detail if failure is not None else "route changed repeatedly"
-        self._refuse(relay, cause, f"{key}: {detail}")
+        raise _Refused(cause, detail)
+
+    # === CONNECT tunnels (http1.connect) ===
+
+    async def tunnel_to_service(self, key: str) -> Relay:
+        """For a CONNECT to a ``tcp`` port of service ``key``: a relay whose upstream end is
+        connected as for a connection to an upstream listener (``_connect_upstream``) and
+        whose downstream end waits for the client's connection (``Relay.take_downstream``);
+        ``ProxyError`` naming why when none could be opened."""
+        relay = self._tunnel_relay(TcpStats(""))
+        relay.service_key = key
+        try:
+            await self._connect_upstream(relay, key)
+        except _Refused as exc:
+            self._refuse(relay, exc.cause, f"{key}: {exc.detail}")
+            raise ProxyError(_TUNNEL_STATUS.get(exc.cause, 502), exc.cause,
+                             f"{key}: {exc.detail}") from None  # fmt: skip
+        return relay
+
+    async def tunnel_to_host(self, host: str, port: int) -> Relay:
+        """For a CONNECT to a host outside the mesh that the egress policy lets out: a relay
+        whose upstream end is a plain TCP connection to ``host:port`` (the name resolved
+        here), counted under ``egress:<host>``; ``ProxyError`` 502 when it cannot connect."""
+        relay = self._tunnel_relay(self.metrics.tcp("outbound", self._source, f"egress:{host}"))
+        relay.service_key = f"egress:{host}:{port}"
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: relay.up, host, port), CONNECT_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            relay.stats.connect_failures += 1
+            self.metrics.error("outbound", "connect-failed")
+            relay.close()
+            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+            raise ProxyError(502, "connect-failed", f"{host}:{port}: {reason}") from None
+        return relay
+
+    def _tunnel_relay(self, stats: TcpStats) -> Relay:
+        if self._full("outbound"):
+            raise ProxyError(503, "connection-overflow", "the sidecar's connection cap")
+        return self._new_relay(stats)
 
     def _refuse(self, relay: Relay, cause: str, detail: str) -> None:
         name = relay.service_key.partition(".")[0]

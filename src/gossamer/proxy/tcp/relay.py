@@ -215,6 +215,23 @@ class Relay:
         stats.opened += 1
         stats.open += 1
 
+    def take_downstream(self, transport: Any, early: bytes) -> None:
+        """Make ``transport``, a connection another protocol accepted (a CONNECT tunnel's,
+        reading paused), the downstream end; ``early``: bytes it already read, relayed as if
+        read now."""
+        end = self.down
+        transport.set_protocol(end)
+        end.connection_made(transport)
+        view = memoryview(early)
+        while view and end.relay is not None:
+            buffer = end.get_buffer(len(view))
+            n = min(len(buffer), len(view))
+            buffer[:n] = view[:n]
+            end.buffer_updated(n)
+            view = view[n:]
+        if end.relay is not None:
+            transport.resume_reading()
+
     def set_stats(self, stats: TcpStats) -> None:
         """Move the relay's accounting to ``stats`` (once the backend is known)."""
         old = self.stats
