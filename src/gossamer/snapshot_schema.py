@@ -29,6 +29,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 __all__ = [
     "BackendSnapshot",
     "ConnectionPoolSnapshot",
+    "EgressEndpointSnapshot",
     "EgressHostSnapshot",
     "EgressSnapshot",
     "EndpointSnapshot",
@@ -329,11 +330,19 @@ class InboundSnapshot(TypedDict):
     filters: list[FilterSnapshot]  # on requests to this workload
 
 
+class EgressEndpointSnapshot(TypedDict):
+    """Where an ``Egress``'s hosts are served, instead of the host's own name."""
+
+    address: str  # an IP address or a DNS name
+    port: int | None  # None: the port the call asked for
+
+
 class EgressHostSnapshot(TypedDict):
     """A host outside the mesh an ``Egress`` names (``*.`` prefix: any name below it)."""
 
     host: str
     ports: list[int]  # empty: any port
+    endpoints: list[EgressEndpointSnapshot]  # empty: the host itself (DNS)
 
 
 class EgressSnapshot(TypedDict):

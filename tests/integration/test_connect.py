@@ -105,6 +105,7 @@ class Mesh:
     frontend: Sidecar
     sidecars: list[Sidecar]
     echo_port: int
+    app_port: int  # the recording HTTP app (catalog's)
     grpc_peers: list[str]
     snapshot: dict[str, Any]
 
@@ -203,7 +204,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         db.state.apply_snapshot(1, _own_snapshot("db", [{"port": 5432, "protocol": "tcp"}]))
 
     lt.run(install())
-    mesh = Mesh(lt, frontend, [catalog, greeter, db, frontend], echo_port, peers, snap)
+    mesh = Mesh(lt, frontend, [catalog, greeter, db, frontend], echo_port, app_port, peers, snap)
     try:
         yield mesh
     finally:
@@ -350,6 +351,39 @@ def test_a_tunnel_out_of_the_mesh_follows_the_egress_policy(mesh: Mesh) -> None:
         sock, status, _ = mesh.connect(target)
         sock.close()
         assert status == 200
+    finally:
+        mesh.install(mode="ALLOW_ANY", hosts=[])
+
+
+def test_a_tunnel_to_an_egress_host_goes_to_its_endpoints(mesh: Mesh) -> None:
+    """An Egress with endpoints: a CONNECT to its host's name reaches the listed address
+    (no DNS for the name), the first that accepts."""
+    dead = ("127.0.0.1", 1)
+    try:
+        mesh.install(mode="REGISTRY_ONLY", hosts=[{
+            "host": "api.partner.example", "ports": [443],
+            "endpoints": [{"address": dead[0], "port": dead[1]},
+                          {"address": "127.0.0.1", "port": mesh.echo_port}],
+        }])  # fmt: skip
+        sock, status, _ = mesh.connect("api.partner.example:443")
+        with sock:
+            assert status == 200
+            sock.sendall(b"partner")
+            assert sock.recv(100) == b"echo:partner"
+        assert 'dst_service="egress:api.partner.example"' in mesh.errors()
+        sock, status, headers = mesh.connect("api.partner.example:8443")
+        sock.close()
+        assert (status, headers["x-gossamer-error"]) == (403, "egress-denied")
+        # Plain http:// through the proxy (absolute form) goes to the endpoints too.
+        mesh.install(mode="REGISTRY_ONLY", hosts=[{
+            "host": "api.partner.example", "ports": [80],
+            "endpoints": [{"address": "127.0.0.1", "port": mesh.app_port}],
+        }])  # fmt: skip
+        with socket.create_connection(("127.0.0.1", mesh.port), timeout=10) as sock:
+            sock.sendall(b"GET http://api.partner.example/v1/quote HTTP/1.1\r\n"
+                         b"Host: api.partner.example\r\n\r\n")
+            code, _, body = recv_response(sock)
+        assert code == 200 and json.loads(body)["line"] == "GET /v1/quote HTTP/1.1"
     finally:
         mesh.install(mode="ALLOW_ANY", hosts=[])
 

@@ -69,6 +69,13 @@ metadata: {name: apis}
 spec: {hosts: [api.example.com, "*.example.org"], ports: [443]}
 ---
 apiVersion: gossamer.dev/v1alpha1
+kind: Egress
+metadata: {name: partner}
+spec:
+  hosts: [api.partner.example]
+  endpoints: [{address: 10.0.0.9, port: 8443}, {address: 10.0.0.10}]
+---
+apiVersion: gossamer.dev/v1alpha1
 kind: Service
 metadata: {name: web}
 spec:

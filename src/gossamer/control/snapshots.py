@@ -110,7 +110,11 @@ _ALLOW_ANY: EgressSnapshot = {"mode": "ALLOW_ANY", "hosts": []}
 def egress_snapshot(mode: str, egresses: Iterable[Egress]) -> EgressSnapshot:
     """``outbound.egress``: the MeshConfig's outbound traffic mode and every Egress's hosts."""
     hosts: list[EgressHostSnapshot] = [
-        {"host": host, "ports": list(egress.spec.ports)}
+        {
+            "host": host,
+            "ports": list(egress.spec.ports),
+            "endpoints": [{"address": e.address, "port": e.port} for e in egress.spec.endpoints],
+        }
         for egress in egresses
         for host in egress.spec.hosts
     ]

@@ -218,3 +218,27 @@ def test_a_trailing_newline_is_not_a_name(document: dict[str, Any], path: str) -
     with pytest.raises(ValidationFailed) as caught:
         validate_documents([{"apiVersion": "gossamer.dev/v1alpha1", **document}])
     assert [p.path for p in caught.value.problems] == [path]
+
+
+class TestEgressEndpoints:
+    def egress(self, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": API, "kind": "Egress", "metadata": {"name": "partner"},
+                "spec": {"hosts": ["api.partner.example"], **spec}}  # fmt: skip
+
+    def test_endpoints_are_accepted_with_or_without_a_port(self) -> None:
+        (doc,) = validate_documents([self.egress(endpoints=[
+            {"address": "10.0.0.9", "port": 8443}, {"address": "edge.partner.example"}])])
+        assert [(e.address, e.port) for e in doc.spec.endpoints] == [  # type: ignore[attr-defined]
+            ("10.0.0.9", 8443), ("edge.partner.example", None)]
+
+    @pytest.mark.parametrize(("endpoint", "path"), [
+        ({"address": "10.0.0.9", "port": 70000}, "spec.endpoints[0].port"),
+        ({"address": "*.partner.example"}, "spec.endpoints[0].address"),
+        ({"address": "Not A Host"}, "spec.endpoints[0].address"),
+        ({"port": 80}, "spec.endpoints[0].address"),
+        ({"address": "10.0.0.9", "weight": 3}, "spec.endpoints[0].weight"),
+    ])  # fmt: skip
+    def test_a_bad_endpoint_is_refused_at_its_path(
+        self, endpoint: dict[str, Any], path: str
+    ) -> None:
+        assert only(self.egress(endpoints=[endpoint])).path == path

@@ -43,3 +43,33 @@ def test_a_bad_egress_snapshot_names_the_field() -> None:
         EgressPolicy.from_snapshot({"mode": "ALLOW_ANY", "hosts": [{"host": 3}]}, "egress")
     with pytest.raises(SnapshotError, match=r"egress\.mode"):
         EgressPolicy.from_snapshot({"mode": "SOMETIMES"}, "egress")
+
+
+def test_egress_endpoints_say_where_a_host_is_served() -> None:
+    """An Egress with endpoints: calls to its hosts connect there (the endpoint's port, or
+    the one asked for), in either mode; a host without: at its own name."""
+    hosts = [
+        {"host": "api.partner.example", "ports": [443],
+         "endpoints": [{"address": "10.0.0.9", "port": 8443}, {"address": "10.0.0.10"}]},
+        {"host": "*.eu.partner.example", "ports": [], "endpoints": [{"address": "10.0.1.1"}]},
+        {"host": "*.partner.example", "ports": [], "endpoints": []},
+    ]  # fmt: skip
+    for mode in ("REGISTRY_ONLY", "ALLOW_ANY"):
+        policy = EgressPolicy.from_snapshot({"mode": mode, "hosts": hosts}, "egress")
+        assert policy.where("api.partner.example", 443) == (("10.0.0.9", 8443),
+                                                           ("10.0.0.10", 443))  # fmt: skip
+        assert policy.where("db.eu.partner.example", 5432) == (("10.0.1.1", 5432),)
+        assert policy.where("www.partner.example", 80) == (("www.partner.example", 80),)
+    registry_only = EgressPolicy.from_snapshot({"mode": "REGISTRY_ONLY", "hosts": hosts}, "e")
+    # Not the exact entry's port: the wildcard entry takes it, at the host's own name.
+    assert registry_only.where("api.partner.example", 80) == (("api.partner.example", 80),)
+    assert registry_only.where("other.example", 80) is None
+    exact_only = EgressPolicy.from_snapshot({"mode": "REGISTRY_ONLY", "hosts": hosts[:1]}, "e")
+    assert exact_only.where("api.partner.example", 80) is None
+
+
+def test_a_bad_egress_endpoint_names_the_field() -> None:
+    bad = {"mode": "ALLOW_ANY", "hosts": [
+        {"host": "a.example", "ports": [], "endpoints": [{"address": "10.0.0.1", "port": 0}]}]}
+    with pytest.raises(SnapshotError, match=r"egress\.hosts\[0\]\.endpoints\[0\]"):
+        EgressPolicy.from_snapshot(bad, "egress")

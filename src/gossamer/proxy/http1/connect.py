@@ -83,9 +83,10 @@ async def _relay_or_http(conn: OutboundConnection, ex: Exchange) -> Relay | None
         return relay
     table = proxy.table
     authority = ex.authority.decode("latin-1")
-    if table is None or external_host(authority) is None or not table.egress.allows(host, port):
+    addresses = table.egress.where(host, port) if table is not None else None
+    if addresses is None or external_host(authority) is None:
         raise outside_refusal(authority)
     if tunnels is None:
         raise ProxyError(503, "proxy-not-ready", "no TCP relays in this sidecar")
-    relay = await tunnels.tunnel_to_host(host, port)
+    relay = await tunnels.tunnel_to_host(host, addresses)
     return relay

@@ -235,7 +235,9 @@ class RouteTable:
         self.revoked: frozenset[str] = frozenset()
         # Hosts outside the mesh: whether a call may leave it, and their services.
         self.egress = EgressPolicy("ALLOW_ANY", [])
-        self.make_external: Callable[[str, int, EndpointState], OutboundService] | None = None
+        self.make_external: (
+            Callable[[str, int, list[EndpointState]], OutboundService] | None
+        ) = None
         self._hosts: dict[bytes, OutboundService | None] = {}
 
     def resolve(self, host: bytes) -> OutboundService | None:
@@ -324,12 +326,13 @@ def compile_snapshot(
 
 
 def _external_service(
-    metrics: Metrics, source: str, host: str, port: int, endpoint: EndpointState
+    metrics: Metrics, source: str, host: str, port: int, endpoints: list[EndpointState]
 ) -> OutboundService:
-    """A host outside the mesh as a destination: one endpoint, default policy, plain HTTP;
-    its requests counted under ``dst_service="egress:<host>"``."""
+    """A host outside the mesh as a destination: its endpoints (the host itself, or those
+    its ``Egress`` lists), default policy, plain HTTP; its requests counted under
+    ``dst_service="egress:<host>"``."""
     stats = metrics.route("outbound", source, f"egress:{host}", "none")
-    service = OutboundService(host, "egress", "", "http", [endpoint], stats)
+    service = OutboundService(host, "egress", "", "http", endpoints, stats)
     service.key = f"egress:{host}:{port}"
     service.sni = host
     service.external = True

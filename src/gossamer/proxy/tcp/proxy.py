@@ -27,7 +27,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gossamer.identity.spiffe import SpiffeId
@@ -267,24 +267,28 @@ class TcpProxy:
                              f"{key}: {exc.detail}") from None  # fmt: skip
         return relay
 
-    async def tunnel_to_host(self, host: str, port: int) -> Relay:
+    async def tunnel_to_host(self, host: str, addresses: Sequence[tuple[str, int]]) -> Relay:
         """For a CONNECT to a host outside the mesh that the egress policy lets out: a relay
-        whose upstream end is a plain TCP connection to ``host:port`` (the name resolved
-        here), counted under ``egress:<host>``; ``ProxyError`` 502 when it cannot connect."""
+        whose upstream end is a plain TCP connection to the first of ``addresses`` (the host
+        itself, its name resolved here, or its ``Egress``'s endpoints) that accepts, counted
+        under ``egress:<host>``; ``ProxyError`` 502 when none does."""
         relay = self._tunnel_relay(self.metrics.tcp("outbound", self._source, f"egress:{host}"))
-        relay.service_key = f"egress:{host}:{port}"
+        relay.service_key = f"egress:{host}"
         loop = asyncio.get_running_loop()
-        try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: relay.up, host, port), CONNECT_TIMEOUT
-            )
-        except (OSError, TimeoutError) as exc:
-            relay.stats.connect_failures += 1
-            self.metrics.error("outbound", "connect-failed")
-            relay.close()
-            reason = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-            raise ProxyError(502, "connect-failed", f"{host}:{port}: {reason}") from None
-        return relay
+        reasons = []
+        for address, port in addresses:
+            try:
+                await asyncio.wait_for(
+                    loop.create_connection(lambda: relay.up, address, port), CONNECT_TIMEOUT
+                )
+                return relay
+            except (OSError, TimeoutError) as exc:
+                why = "timed out" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+                reasons.append(f"{address}:{port}: {why}")
+        relay.stats.connect_failures += 1
+        self.metrics.error("outbound", "connect-failed")
+        relay.close()
+        raise ProxyError(502, "connect-failed", f"{host}: " + "; ".join(reasons))
 
     def _tunnel_relay(self, stats: TcpStats) -> Relay:
         if self._full("outbound"):
