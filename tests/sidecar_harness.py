@@ -223,3 +223,13 @@ def cyclic_garbage(action: Callable[[], None]) -> Counter[str]:
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+
+
+def app_proxy_env(monkeypatch: Any, outbound_port: int) -> None:
+    """Give this process the proxy environment `gossamer run` gives an app, with the sidecar's
+    outbound port (grpcio reads it when a channel is made: a channel to ``greeter:80`` then
+    tunnels with CONNECT); ``monkeypatch`` undoes it."""
+    for name in ("grpc_proxy", "https_proxy", "HTTPS_PROXY", "no_grpc_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{outbound_port}")
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1,::1")

@@ -25,7 +25,14 @@ import pytest
 from gossamer.control.ca import CertificateAuthority
 from gossamer.proxy.h2 import close_h2
 from gossamer.proxy.process.settings import Address
-from tests.sidecar_harness import LoopThread, Sidecar, identity, recv_response, start_sidecar
+from tests.sidecar_harness import (
+    LoopThread,
+    Sidecar,
+    app_proxy_env,
+    identity,
+    recv_response,
+    start_sidecar,
+)
 
 FORGED = "spiffe://gossamer.local/ns/default/sa/admin"
 
@@ -233,10 +240,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 def proxied(mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> Mesh:
     """The environment an app started by ``gossamer run`` has: ``http_proxy`` at its sidecar
     (grpcio reads it when a channel is made), loopback bypassed."""
-    for name in ("grpc_proxy", "https_proxy", "HTTPS_PROXY", "no_grpc_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{mesh.port}")
-    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1,::1")
+    app_proxy_env(monkeypatch, mesh.port)
     return mesh
 
 

@@ -25,7 +25,7 @@ import pytest
 
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
 from tests.process_harness import ROOT, Proc, Processes, wait_port, wait_ready
-from tests.sidecar_harness import free_port
+from tests.sidecar_harness import app_proxy_env, free_port
 
 EXAMPLE = ROOT / "examples" / "filters"
 TENANTS = {"plans": {"acme": "gold", "globex": "silver"}, "suspended": ["initech"]}
@@ -70,13 +70,12 @@ class FilterMesh:
     def grpc_call(self, method: str, *metadata: tuple[str, str]) -> tuple[dict[str, Any], Any]:
         """Call ``/test.Echo/<method>`` on greeter through the frontend sidecar (h2c); the
         answer's JSON and the call (for its initial metadata)."""
-        with grpc.insecure_channel(
-            f"127.0.0.1:{self.frontend.ports['outbound']}",
-            options=[("grpc.default_authority", "greeter"), ("grpc.enable_http_proxy", 0)],
-        ) as channel:
-            stub = channel.unary_unary(f"/test.Echo/{method}")
-            reply, call = stub.with_call(b"", metadata=metadata, timeout=10)
-            return json.loads(reply), call
+        with pytest.MonkeyPatch.context() as env:
+            app_proxy_env(env, self.frontend.ports["outbound"])  # as `gossamer run` would
+            with grpc.insecure_channel("greeter:80") as channel:
+                stub = channel.unary_unary(f"/test.Echo/{method}")
+                reply, call = stub.with_call(b"", metadata=metadata, timeout=10)
+                return json.loads(reply), call
 
     def metrics(self, proc: Proc) -> str:
         return httpx.get(f"http://127.0.0.1:{proc.ports['admin']}/metrics", timeout=5).text

@@ -41,6 +41,7 @@ from tests.process_harness import Processes, wait_ready
 from tests.sidecar_harness import (
     LoopThread,
     Sidecar,
+    app_proxy_env,
     cyclic_garbage,
     identity,
     snapshot,
@@ -316,27 +317,29 @@ class Mesh:
         assert self.client.outbound is not None
         return self.client.outbound.port
 
-    def channel(self, authority: str = "catalog") -> grpc.Channel:
-        ch = grpc.insecure_channel(
-            f"127.0.0.1:{self.outbound_port}",
-            options=[
-                ("grpc.default_authority", authority),
-                ("grpc.enable_http_proxy", 0),
-                ("grpc.http2.bdp_probe", 0),
-            ],
-        )
+    def channel(self, authority: str = "catalog", *, direct: bool = False) -> grpc.Channel:
+        """A channel as an app's (the sidecar from ``http_proxy``: a CONNECT tunnel to
+        ``authority``), or, ``direct``, dialling the outbound port with h2c prior knowledge."""
+        if direct:
+            ch = grpc.insecure_channel(
+                f"127.0.0.1:{self.outbound_port}",
+                options=[("grpc.default_authority", authority), ("grpc.enable_http_proxy", 0),
+                         ("grpc.http2.bdp_probe", 0)],
+            )  # fmt: skip
+        else:
+            ch = grpc.insecure_channel(f"{authority}:80", options=[("grpc.http2.bdp_probe", 0)])
         self.channels.append(ch)
         return ch
 
-    def unary(self, authority: str = "catalog") -> Any:
-        return self.channel(authority).unary_unary("/test.Echo/Unary")
+    def unary(self, authority: str = "catalog", *, direct: bool = False) -> Any:
+        return self.channel(authority, direct=direct).unary_unary("/test.Echo/Unary")
 
     def stream(self) -> Any:
         return self.channel().unary_stream("/test.Echo/Stream")
 
 
 @pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[Mesh]:
+def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mesh]:
     lt = LoopThread()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     grpc_app = start_grpc_app()
@@ -367,6 +370,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
 
     lt.run(install())
     m = Mesh(lt, grpc_app, client, server, web, h2_hits=h2_hits)
+    app_proxy_env(monkeypatch, m.outbound_port)
     try:
         yield m
     finally:
@@ -454,9 +458,11 @@ class TestGrpc:
         assert 'grpc_status="5"} 1' in text
 
     def test_unknown_service_is_refused_with_cause(self, mesh: Mesh) -> None:
-        """A call to a service the mesh does not know fails with the proxy's cause."""
+        """A call to a service the mesh does not know fails with the proxy's cause (dialling
+        the outbound port directly: through CONNECT the tunnel itself is refused, and grpcio
+        reports the proxy's 404 as UNAVAILABLE; tests/integration/test_connect.py)."""
         with pytest.raises(grpc.RpcError) as info:
-            mesh.unary("nosuch")(b"x", timeout=5)
+            mesh.unary("nosuch", direct=True)(b"x", timeout=5)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "unknown-service" in (info.value.details() or "")
 
@@ -766,7 +772,7 @@ class Split:
 
 
 @pytest.fixture
-def split(tmp_path: Path) -> Iterator[Split]:
+def split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Split]:
     lt = LoopThread()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     apps = {v: start_grpc_app(v) for v in ("v1", "v2")}
@@ -776,11 +782,8 @@ def split(tmp_path: Path) -> Iterator[Split]:
     }
     client = lt.run(start_sidecar(ca, tmp_path / "c", "frontend", None))
     assert client.outbound is not None
-    channel = grpc.insecure_channel(
-        f"127.0.0.1:{client.outbound.port}",
-        options=[("grpc.default_authority", "catalog"), ("grpc.enable_http_proxy", 0),
-                 ("grpc.http2.bdp_probe", 0)],
-    )  # fmt: skip
+    app_proxy_env(monkeypatch, client.outbound.port)
+    channel = grpc.insecure_channel("catalog:80", options=[("grpc.http2.bdp_probe", 0)])
     sp = Split(lt, apps, sidecars, client, channel)
     try:
         yield sp
@@ -1116,7 +1119,9 @@ class TestPlainH2Traffic:
 # --------------------------------------------------------------------------- real processes
 
 
-def test_grpc_crosses_real_sidecar_processes(tmp_path: Path) -> None:
+def test_grpc_crosses_real_sidecar_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``gossamer proxy`` processes joined to a real control plane carry gRPC calls (unary
     and streaming, discovered on first use) and count them by grpc-status in /metrics."""
     app = start_grpc_app()
@@ -1128,10 +1133,8 @@ def test_grpc_crosses_real_sidecar_processes(tmp_path: Path) -> None:
                 client = procs.sidecar(cp, "frontend-sidecar", "frontend", None)
                 wait_ready(server)
                 wait_ready(client)
-                channel = grpc.insecure_channel(
-                    f"127.0.0.1:{client.ports['outbound']}",
-                    options=[("grpc.default_authority", "catalog"), ("grpc.enable_http_proxy", 0)],
-                )
+                app_proxy_env(monkeypatch, client.ports["outbound"])
+                channel = grpc.insecure_channel("catalog:80")
                 try:
                     unary = channel.unary_unary("/test.Echo/Unary")
                     assert unary(b"proc", timeout=10) == b"echo:proc"

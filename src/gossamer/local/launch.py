@@ -2,9 +2,12 @@
 
 The sidecar's environment follows ``gossamer.proxy.process.settings``
 (``GOSSAMER_PROXY_*``, none inherited from the parent: the runner sets each one it wants,
-workers included); apps get ``PORT`` (when they serve) and ``HTTP_PROXY`` pointing at their
-sidecar's outbound port, so that plain service names (``http://catalog/...``) go through the
-mesh, and ``NO_PROXY`` with the user's entries (but ``*``) and loopback.
+workers included); apps get ``PORT`` (when they serve) and the proxy variables every common
+client reads (``APP_PROXY_VARS``: ``http_proxy``, ``https_proxy``, ``grpc_proxy`` and their
+upper-case forms) pointing at their sidecar's outbound port, so that plain service names
+(``http://catalog/...``, a gRPC channel to ``greeter:80``, which tunnels with CONNECT) go
+through the mesh, and ``no_proxy``/``NO_PROXY`` with the user's entries (but ``*``) and
+loopback. README "Which clients use the sidecar" says which client reads which.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 import httpx
 
 __all__ = [
+    "APP_PROXY_VARS",
     "Probe",
     "SidecarConfig",
     "app_env",
@@ -35,8 +39,14 @@ __all__ = [
     "wait_for",
 ]
 
-_PROXY_VARS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
-               "all_proxy", "NO_PROXY", "no_proxy")
+# Set for apps, each to the sidecar's outbound port (grpc_proxy is read by gRPC's C core and
+# by grpc-js, lower case only; grpc-go reads HTTPS_PROXY; curl reads http_proxy in lower case
+# only, and https_proxy in either).
+APP_PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "grpc_proxy")
+# Not inherited from the parent: the runner sets the ones above and the bypass list, and the
+# others would take calls around the sidecar (no_grpc_proxy replaces no_proxy for gRPC).
+_PROXY_VARS = (*APP_PROXY_VARS, "GRPC_PROXY", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy",
+               "no_grpc_proxy", "NO_GRPC_PROXY")
 
 
 # The operator's credentials: with the admin token, app code could mint join tokens for any
@@ -139,8 +149,9 @@ def app_env(
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """An app's environment: ``PORT`` to listen on (none for a job that serves nothing, and
-    none inherited), ``HTTP_PROXY`` at its sidecar, and ``NO_PROXY`` with the user's own
-    entries and loopback (calls to this machine never go through the sidecar)."""
+    none inherited), the proxy variables (``APP_PROXY_VARS``) at its sidecar, and ``no_proxy``
+    with the user's own entries and loopback (calls to this machine never go through the
+    sidecar)."""
     env = base_env(parent)
     env.pop("PORT", None)
     env.update(extra or {})
@@ -148,7 +159,8 @@ def app_env(
         env["PORT"] = str(port)
     proxy = f"http://127.0.0.1:{outbound_port}"
     bypass = no_proxy(parent.get("NO_PROXY") or parent.get("no_proxy") or "")
-    env.update(HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY=bypass, no_proxy=bypass)
+    env.update(dict.fromkeys(APP_PROXY_VARS, proxy))
+    env.update(NO_PROXY=bypass, no_proxy=bypass)
     return env
 
 

@@ -3,10 +3,11 @@
 // nothing about the mesh and, like any grpc-js app, takes its proxy from the environment
 // (grpc_proxy, else https_proxy, else http_proxy; no_grpc_proxy, else no_proxy).
 //
-// Usage: node grpc_client.js TARGET METHOD COUNT [DEADLINE_MS] [--stream]
+// Usage: node grpc_client.js TARGET METHOD COUNT [DEADLINE_MS] [--stream] [--request=TEXT]
 //   e.g. node grpc_client.js greeter:80 /test.Echo/Meta 5
-// Makes COUNT calls, one after another, over ONE channel, each with an empty request and a
-// deadline (default 10000 ms), and prints one JSON line per call on stdout:
+// Makes COUNT calls, one after another, over ONE channel, each with the request TEXT as UTF-8
+// bytes (default: empty) and a deadline (default 10000 ms), and prints one JSON line per call
+// on stdout:
 //   {"ok": true, "reply": "<utf-8 text>"}                  unary
 //   {"ok": true, "messages": ["<utf-8 text>", ...]}        --stream (server streaming)
 //   {"ok": false, "code": <grpc status code>, "details": "..."}
@@ -14,7 +15,7 @@
 
 const grpc = require('@grpc/grpc-js');
 
-// Messages are raw bytes: no protobuf, the request is empty and the answer is read as text.
+// Messages are raw bytes: no protobuf; the answer is read as UTF-8 text.
 const serialize = (buf) => buf;
 const deserialize = (buf) => buf;
 
@@ -29,16 +30,16 @@ function failure(err) {
     details: String(err.details !== undefined ? err.details : err.message) };
 }
 
-function unaryCall(client, method, deadlineMs) {
+function unaryCall(client, method, request, deadlineMs) {
   return new Promise((resolve) => {
-    client.makeUnaryRequest(method, serialize, deserialize, Buffer.alloc(0), new grpc.Metadata(),
+    client.makeUnaryRequest(method, serialize, deserialize, request, new grpc.Metadata(),
       { deadline: Date.now() + deadlineMs }, (err, reply) => {
         resolve(err ? failure(err) : { ok: true, reply: reply.toString('utf8') });
       });
   });
 }
 
-function streamCall(client, method, deadlineMs) {
+function streamCall(client, method, request, deadlineMs) {
   return new Promise((resolve) => {
     const messages = [];
     let ended = false;
@@ -49,7 +50,7 @@ function streamCall(client, method, deadlineMs) {
       if (status && status.code !== grpc.status.OK) resolve(failure(status));
       else if (ended && status) resolve({ ok: true, messages });
     };
-    const call = client.makeServerStreamRequest(method, serialize, deserialize, Buffer.alloc(0),
+    const call = client.makeServerStreamRequest(method, serialize, deserialize, request,
       new grpc.Metadata(), { deadline: Date.now() + deadlineMs });
     call.on('data', (msg) => messages.push(msg.toString('utf8')));
     call.on('error', (err) => resolve(failure(err)));
@@ -61,18 +62,21 @@ function streamCall(client, method, deadlineMs) {
 async function main() {
   const args = process.argv.slice(2);
   const stream = args.includes('--stream');
-  const [target, method, countArg, deadlineArg] = args.filter((a) => a !== '--stream');
+  const requestArg = args.find((a) => a.startsWith('--request='));
+  const request = Buffer.from(requestArg ? requestArg.slice('--request='.length) : '', 'utf8');
+  const [target, method, countArg, deadlineArg] = args.filter((a) => !a.startsWith('--'));
   const count = Number.parseInt(countArg, 10);
   const deadlineMs = deadlineArg === undefined ? 10000 : Number.parseInt(deadlineArg, 10);
   if (!target || !method || !(count >= 0) || !(deadlineMs > 0)) {
-    process.stderr.write('usage: node grpc_client.js TARGET METHOD COUNT [DEADLINE_MS] [--stream]\n');
+    process.stderr.write(
+      'usage: node grpc_client.js TARGET METHOD COUNT [DEADLINE_MS] [--stream] [--request=TEXT]\n');
     process.exitCode = 2;
     return;
   }
   const client = new grpc.Client(target, grpc.credentials.createInsecure());
   let allOk = true;
   for (let i = 0; i < count; i++) {
-    const result = await (stream ? streamCall : unaryCall)(client, method, deadlineMs);
+    const result = await (stream ? streamCall : unaryCall)(client, method, request, deadlineMs);
     allOk = allOk && result.ok;
     process.stdout.write(line(result) + '\n');
   }

@@ -52,14 +52,21 @@ def test_sidecar_env_drops_inherited_proxy_settings() -> None:
 
 
 def test_app_env_points_http_proxy_at_the_sidecar() -> None:
-    """Apps get PORT, HTTP_PROXY (both spellings) and a NO_PROXY that keeps the user's
-    entries (issue 12, item 6: it was emptied, so calls to this machine went to the sidecar
-    and got 404 unknown-service), but ``*``, and always exempts loopback."""
+    """Apps get PORT, every proxy variable common clients read (issue 15: http_proxy,
+    https_proxy and grpc_proxy, upper case too but for grpc_proxy) at the sidecar, and a
+    NO_PROXY that keeps the user's entries (issue 12, item 6: it was emptied, so calls to this
+    machine went to the sidecar and got 404 unknown-service), but ``*``, and always exempts
+    loopback. The parent's own proxy settings, no_grpc_proxy included, are not inherited."""
     env = app_env(port=5000, outbound_port=5001,
-                  parent={"NO_PROXY": "*, .corp.example,10.0.0.0/8", "KEEP": "1"},
+                  parent={"NO_PROXY": "*, .corp.example,10.0.0.0/8", "KEEP": "1",
+                          "grpc_proxy": "http://corp-proxy:3128", "no_grpc_proxy": "*",
+                          "ALL_PROXY": "socks5://corp"},
                   extra={"GOSSAMER_INSTANCE": "catalog-0"})  # fmt: skip
     assert env["PORT"] == "5000"
-    assert env["HTTP_PROXY"] == env["http_proxy"] == "http://127.0.0.1:5001"
+    proxy = "http://127.0.0.1:5001"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "grpc_proxy"):
+        assert env[name] == proxy, name
+    assert "no_grpc_proxy" not in env and "ALL_PROXY" not in env
     assert env["NO_PROXY"] == env["no_proxy"] == (
         ".corp.example,10.0.0.0/8,localhost,127.0.0.1,::1,127.0.0.0/8"
     )
