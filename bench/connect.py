@@ -57,7 +57,7 @@ def _load(outbound: int, variant: str, seconds: float, concurrency: int) -> dict
     return result
 
 
-def _run(rounds: int, seconds: float, concurrency: int) -> dict[str, dict[str, list[float]]]:
+def measure(rounds: int, seconds: float, concurrency: int) -> dict[str, dict[str, list[float]]]:
     subprocess.run([str(ROOT / "scripts" / "ensure-node-clients")], check=True)
     results: dict[str, dict[str, list[float]]] = {
         v: {"rps": [], "caller_us": [], "callee_us": [], "errors": []}
@@ -101,7 +101,7 @@ def _run(rounds: int, seconds: float, concurrency: int) -> dict[str, dict[str, l
     return results
 
 
-def _table(results: dict[str, dict[str, list[float]]]) -> str:
+def render(results: dict[str, dict[str, list[float]]]) -> str:
     med = {v: {k: statistics.median(xs) for k, xs in r.items()} for v, r in results.items()}
     lines = [
         "| path | calls/s | caller sidecar CPU us/call | callee sidecar CPU us/call | errors |",
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
-    results = _run(args.rounds, args.seconds, args.concurrency)
-    table = _table(results)
+    results = measure(args.rounds, args.seconds, args.concurrency)
+    table = render(results)
     print(table)
     if args.write:
         _write(table)
