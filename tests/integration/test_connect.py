@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -421,3 +422,29 @@ def test_connect_inside_a_tunnel_is_refused(mesh: Mesh) -> None:
         sock.sendall(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n")
         code, headers, _ = recv_response(sock)
         assert (code, headers["x-gossamer-error"]) == (400, "bad-request")
+
+
+def test_a_gateway_opens_no_tunnel(tmp_path: Path) -> None:
+    """An ingress gateway (a default service) serves clients from outside the mesh: CONNECT
+    there would tunnel into any service's TCP port, so it is refused."""
+    lt = LoopThread()
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    gateway = lt.run(start_sidecar(ca, tmp_path / "gw", "ingress", None,
+                                   default_service="catalog"))  # fmt: skip
+    try:
+        assert gateway.outbound is not None
+        with socket.create_connection(("127.0.0.1", gateway.outbound.port), timeout=10) as sock:
+            sock.sendall(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n")
+            code, headers, body = recv_response(sock)
+        assert (code, headers["x-gossamer-error"]) == (400, "bad-request")
+        assert b"gateway" in body
+    finally:
+
+        async def shutdown() -> None:
+            if gateway.listener:
+                gateway.listener.close()
+            if gateway.server:
+                gateway.server.close()
+
+        lt.run(shutdown())
+        lt.stop()

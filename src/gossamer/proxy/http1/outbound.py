@@ -139,6 +139,9 @@ class OutboundConnection(DownstreamConnection):
     # === CONNECT (http1.connect opens the tunnel) ===
 
     def connect_head(self, ex: Exchange) -> None:
+        if self.proxy.settings.listen.default_service is not None:
+            # A gateway serves clients from outside the mesh: never a tunnel into it.
+            raise ProxyError(400, "bad-request", "a gateway does not open CONNECT tunnels")
         if self.pinned is not None:
             raise ProxyError(400, "bad-request", "CONNECT inside a CONNECT tunnel")
         if self.queue:
