@@ -25,6 +25,7 @@ from bench.procs import free_port as free_port  # re-exported: outside the ephem
 from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.credentials import Credentials
 from gossamer.identity.spiffe import SpiffeId
+from gossamer.proxy.h2 import close_h2
 from gossamer.proxy.http1.inbound import InboundListener
 from gossamer.proxy.http1.outbound import OutboundConnection
 from gossamer.proxy.process.settings import (
@@ -80,6 +81,21 @@ class Sidecar:
         self.inbound: Address | None = None
         self.listener: InboundListener | None = None
         self.server: asyncio.Server | None = None
+
+    async def close(self) -> None:
+        """Stop listening and close what is open: connections, TCP relays (CONNECT tunnels
+        among them), pools, the HTTP/2 pools."""
+        if self.listener:
+            self.listener.close()
+        if self.server:
+            self.server.close()
+        for conn in list(self.state.connections):
+            conn.close()
+        if self.state.tunnels is not None:
+            await self.state.tunnels.drain(0.5)
+        self.state.outbound_pool.close_all()
+        self.state.app_pool.close_all()
+        close_h2(self.state)
 
 
 async def start_sidecar(

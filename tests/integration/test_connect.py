@@ -24,7 +24,6 @@ import grpc
 import pytest
 
 from gossamer.control.ca import CertificateAuthority
-from gossamer.proxy.h2 import close_h2
 from gossamer.proxy.process.settings import Address
 from tests.sidecar_harness import (
     LoopThread,
@@ -219,15 +218,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
         async def shutdown() -> None:
             for sc in mesh.sidecars:
-                if sc.listener:
-                    sc.listener.close()
-                if sc.server:
-                    sc.server.close()
-                for conn in list(sc.state.connections):
-                    conn.close()
-                if sc.state.tunnels is not None:
-                    await sc.state.tunnels.drain(0.5)
-                close_h2(sc.state)
+                await sc.close()
             app.close()
             echo.close()
             await asyncio.sleep(0.05)
@@ -439,12 +430,5 @@ def test_a_gateway_opens_no_tunnel(tmp_path: Path) -> None:
         assert (code, headers["x-gossamer-error"]) == (400, "bad-request")
         assert b"gateway" in body
     finally:
-
-        async def shutdown() -> None:
-            if gateway.listener:
-                gateway.listener.close()
-            if gateway.server:
-                gateway.server.close()
-
-        lt.run(shutdown())
+        lt.run(gateway.close())
         lt.stop()

@@ -379,13 +379,7 @@ def mesh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mesh]:
 
         async def shutdown() -> None:
             for sc in (client, server, web):
-                if sc.listener:
-                    sc.listener.close()
-                if sc.server:
-                    sc.server.close()
-                for conn in list(sc.state.connections):
-                    conn.close()
-                close_h2(sc.state)
+                await sc.close()
             h2_server.close()
             await asyncio.sleep(0.05)
 
@@ -792,13 +786,7 @@ def split(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Split]:
 
         async def shutdown() -> None:
             for sc in (client, *sidecars.values()):
-                if sc.listener:
-                    sc.listener.close()
-                if sc.server:
-                    sc.server.close()
-                for conn in list(sc.state.connections):
-                    conn.close()
-                close_h2(sc.state)
+                await sc.close()
             await asyncio.sleep(0.05)
 
         lt.run(shutdown())

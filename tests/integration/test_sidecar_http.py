@@ -159,14 +159,7 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     finally:
         async def shutdown() -> None:
             for sc in (client, server):
-                if sc.listener:
-                    sc.listener.close()
-                if sc.server:
-                    sc.server.close()
-                for conn in list(sc.state.connections):
-                    conn.close()
-                sc.state.outbound_pool.close_all()
-                sc.state.app_pool.close_all()
+                await sc.close()
             app.close()
             await asyncio.sleep(0.05)
 
@@ -526,11 +519,5 @@ def test_inbound_handshakes_in_waiting_are_bounded(tmp_path: Path) -> None:
         for sock in socks:
             sock.close()
 
-        async def stop() -> None:
-            if sidecar.listener:
-                sidecar.listener.close()
-            if sidecar.server:
-                sidecar.server.close()
-
-        lt.run(stop())
+        lt.run(sidecar.close())
         lt.stop()

@@ -148,14 +148,7 @@ class Mesh:
     def close(self) -> None:
         async def stop() -> None:
             for sc in [*self.sidecars.values(), self.client]:
-                if sc.listener:
-                    sc.listener.close()
-                if sc.server:
-                    sc.server.close()
-                for conn in list(sc.state.connections):
-                    conn.close()
-                sc.state.outbound_pool.close_all()
-                sc.state.app_pool.close_all()
+                await sc.close()
             for server in self.servers:
                 server.close()
             await asyncio.sleep(0.05)

@@ -59,12 +59,7 @@ def two_sidecars(
         async def stop() -> None:
             server.close()
             for sc in (client, upstream):
-                if sc.listener:
-                    sc.listener.close()
-                if sc.server:
-                    sc.server.close()
-                for conn in list(sc.state.connections):
-                    conn.close()
+                await sc.close()
             await asyncio.sleep(0.05)
 
         lt.run(stop())
