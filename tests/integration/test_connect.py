@@ -296,6 +296,17 @@ def test_bytes_sent_with_the_connect_are_served_after_it(mesh: Mesh) -> None:
         assert code == 200 and json.loads(body)["line"] == "GET /early HTTP/1.1"
 
 
+def test_anything_else_in_a_tunnel_is_answered_as_a_malformed_request(mesh: Mesh) -> None:
+    """Bytes that are neither HTTP/2, HTTP/1.1 nor TLS get the answer a direct connection
+    would: 400 bad-request, nothing forwarded."""
+    sock, status, _ = mesh.connect("catalog:80")
+    with sock:
+        assert status == 200
+        sock.sendall(b"\x00\x01 not a protocol\r\n\r\n")
+        code, headers, _ = recv_response(sock)
+        assert (code, headers["x-gossamer-error"]) == (400, "bad-request")
+
+
 def test_tls_into_a_tunnel_to_an_http_port_gets_an_alert(mesh: Mesh) -> None:
     """An https:// client tunnelling to a mesh service's HTTP port: a TLS alert (the mesh
     encrypts; the app should use http://), counted, never a hang."""
