@@ -27,6 +27,11 @@ sidecar may all import it, and the sidecar loads no more than ``typing`` for it.
 from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
+    "AuthzConditionSnapshot",
+    "AuthzOperationSnapshot",
+    "AuthzPolicySnapshot",
+    "AuthzRuleSnapshot",
+    "AuthzSourceSnapshot",
     "BackendSnapshot",
     "ConnectionPoolSnapshot",
     "EgressEndpointSnapshot",
@@ -323,11 +328,62 @@ class FilterSnapshot(TypedDict):
     failure: FilterFailure
 
 
+class AuthzSourceSnapshot(TypedDict):
+    """``from[].source`` of an authorization rule (values: exact, ``x*``, ``*x`` or ``*``)."""
+
+    principals: list[str]
+    not_principals: list[str]
+    namespaces: list[str]
+    not_namespaces: list[str]
+
+
+class AuthzOperationSnapshot(TypedDict):
+    """``to[].operation`` of an authorization rule (hosts lower-cased)."""
+
+    methods: list[str]
+    not_methods: list[str]
+    paths: list[str]
+    not_paths: list[str]
+    ports: list[int]
+    not_ports: list[int]
+    hosts: list[str]
+    not_hosts: list[str]
+
+
+class AuthzConditionSnapshot(TypedDict):
+    """``when[]``: ``request.headers[<lower-case name>]``, ``source.principal``,
+    ``source.namespace`` or ``destination.port``."""
+
+    key: str
+    values: list[str]
+    not_values: list[str]
+
+
+# ``from`` is a Python keyword: the functional form names it.
+AuthzRuleSnapshot = TypedDict(
+    "AuthzRuleSnapshot",
+    {
+        "from": list[AuthzSourceSnapshot],
+        "to": list[AuthzOperationSnapshot],
+        "when": list[AuthzConditionSnapshot],
+    },
+)
+
+
+class AuthzPolicySnapshot(TypedDict):
+    """One ``AuthorizationPolicy`` that applies to this proxy's workload."""
+
+    name: str  # namespace/name
+    action: Literal["ALLOW", "DENY", "AUDIT"]
+    rules: list[AuthzRuleSnapshot]
+
+
 class InboundSnapshot(TypedDict):
     mtls: MtlsMode
     ports: list[PortSnapshot]
     rate_limit: RateLimitSnapshot | None
     filters: list[FilterSnapshot]  # on requests to this workload
+    authorization: list[AuthzPolicySnapshot]  # AuthorizationPolicies of this workload
 
 
 class EgressEndpointSnapshot(TypedDict):

@@ -25,6 +25,7 @@ import pytest
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.proxy.process.settings import Address
+from tests.apps.inprocess import Echo, RecordingApp
 from tests.sidecar_harness import (
     LoopThread,
     Sidecar,
@@ -38,39 +39,6 @@ FORGED = "spiffe://gossamer.local/ns/default/sa/admin"
 
 
 # --------------------------------------------------------------------------- apps
-
-
-class RecordingApp(asyncio.Protocol):
-    """HTTP/1.1 app: answers each request with its head (as JSON lines), keep-alive."""
-
-    def __init__(self) -> None:
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while b"\r\n\r\n" in self.buffer:  # requests without bodies only
-            head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            body = json.dumps(
-                {"line": lines[0], "headers": [line.split(": ", 1) for line in lines[1:]]}
-            ).encode()
-            assert self.transport is not None
-            self.transport.write(
-                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\n\r\n%b" % (len(body), body)
-            )
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(b"echo:" + data)
 
 
 def start_grpc_app() -> tuple[grpc.Server, int, list[str]]:

@@ -29,6 +29,7 @@ from gossamer.config import (
     parse_documents,
     validate_documents,
 )
+from gossamer.config.authorization import AuthorizationPolicy
 from gossamer.config.egress import Egress
 from gossamer.config.meshconfig import MtlsMode as ConfigMtlsMode
 from gossamer.config.proxyfilter import ProxyFilter
@@ -36,6 +37,7 @@ from gossamer.config.service import PortProtocol as ConfigPortProtocol
 from gossamer.config.traffic import RetryOn as ConfigRetryOn
 from gossamer.control.plane import _service_info
 from gossamer.control.snapshots import (
+    AuthorizationIndex,
     EndpointInfo,
     MeshView,
     build_snapshot,
@@ -91,6 +93,39 @@ apiVersion: gossamer.dev/v1alpha1
 kind: Service
 metadata: {name: orders, namespace: shop}
 spec: {ports: [{port: 50051, protocol: grpc}]}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: web-callers}
+spec:
+  selector: {service: web}
+  action: ALLOW
+  rules:
+    - from:
+        - source:
+            principals: [spiffe://gossamer.local/ns/default/sa/frontend, "*/sa/ops"]
+            notPrincipals: [spiffe://gossamer.local/ns/default/sa/old]
+            namespaces: [default]
+            notNamespaces: [legacy]
+      to:
+        - operation:
+            methods: [GET]
+            notMethods: [DELETE]
+            paths: ["/api/*"]
+            notPaths: [/api/admin]
+            ports: [8080]
+            notPorts: [9000]
+            hosts: [web, "*.example.com"]
+            notHosts: [evil.example.com]
+      when:
+        - {key: "request.headers[X-Tenant]", values: [acme], notValues: [initech]}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-legacy}
+spec:
+  action: DENY
+  rules: [{from: [{source: {namespaces: [legacy]}}]}]
 ---
 apiVersion: gossamer.dev/v1alpha1
 kind: Service
@@ -293,6 +328,9 @@ def mesh_view() -> MeshView:
         ),
         egress=egress_snapshot(mesh.spec.outbound_traffic_policy.mode,
                                [r for r in resources if isinstance(r, Egress)]),
+        authorization=AuthorizationIndex.of(
+            [r for r in resources if isinstance(r, AuthorizationPolicy)]
+        ),
     )
 
 
@@ -574,10 +612,12 @@ def test_filters_in_priority_order_per_direction(table: RouteTable) -> None:
     inbound = table.inbound_stages
     outbound = table.outbound_stages
     assert inbound is not None and outbound is not None
-    assert [s.name for s in inbound.all] == ["default/pass-in", "default/tag-in"]
+    filters = [s.name for s in inbound.all if s.slot == "filter"]
+    assert filters == ["default/pass-in", "default/tag-in"]
     assert [s.name for s in outbound.all] == ["default/tag-out"]
     assert [s.name for s in inbound.responses] == ["default/tag-in"]
-    assert compiled("catalog").inbound_stages is None  # no ProxyFilter for catalog
+    catalog = compiled("catalog").inbound_stages  # no ProxyFilter for catalog
+    assert catalog is not None and [s.slot for s in catalog.all] == ["authorize"]
 
 
 def test_tcp_route(table: RouteTable) -> None:
@@ -760,3 +800,17 @@ def test_closed_value_sets_agree_with_both_sides() -> None:
     assert set(get_args(schema.HeaderMatchType)) == set(http_rules._HEADER_KINDS)
     assert set(get_args(schema.QueryMatchType)) == set(http_rules._QUERY_KINDS)
     assert set(get_args(schema.RedirectStatus)) == http_rules._REDIRECT_CODES
+
+
+def test_authorization_policies_of_the_workload(table: RouteTable) -> None:
+    """The web proxy gets its own policy and the namespace-wide one, catalog only the
+    latter; both compile into the inbound authorize stage."""
+    assert table.authorization is not None and table.inbound_stages is not None
+    assert [p.name for p in table.authorization.allow] == ["default/web-callers"]
+    assert [p.name for p in table.authorization.deny] == ["default/no-legacy"]
+    assert table.authorization.reads_headers
+    assert "authorize" in [stage.slot for stage in table.inbound_stages.all]
+    catalog = compiled("catalog")
+    assert catalog.authorization is not None
+    assert [p.name for p in catalog.authorization.allow] == []
+    assert [p.name for p in catalog.authorization.deny] == ["default/no-legacy"]

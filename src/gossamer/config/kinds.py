@@ -6,6 +6,7 @@ in :data:`KINDS`.
 
 from __future__ import annotations
 
+from gossamer.config.authorization import AuthorizationPolicy
 from gossamer.config.base import Resource
 from gossamer.config.egress import Egress
 from gossamer.config.httproute import HTTPRoute
@@ -27,6 +28,7 @@ KINDS: dict[str, type[Resource]] = {
         TCPRoute,
         ProxyFilter,
         Egress,
+        AuthorizationPolicy,
     )
 }
 

@@ -20,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 from pydantic import ValidationError
 
+from gossamer.config.authorization import AuthorizationPolicy
 from gossamer.config.base import RESERVED_NAMESPACE, Resource, ResourceKey, check_dns_label
 from gossamer.config.duration import parse_duration
 from gossamer.config.egress import Egress
@@ -35,6 +36,7 @@ from gossamer.control.registry_store import RegistryStore
 from gossamer.control.revocation import Revocations, renewal_spacing
 from gossamer.control.settings import ControlSettings
 from gossamer.control.snapshots import (
+    AuthorizationIndex,
     MeshView,
     ServiceInfo,
     ServiceTraffic,
@@ -65,8 +67,8 @@ MAX_SUBSCRIPTIONS = 1024  # names of known services one proxy may subscribe to
 MAX_UNKNOWN = 256  # names answered as unknown that stay watched (for their appearance)
 MAX_NAME = 253
 SAVE_INTERVAL = 1.0  # seconds between two saves of the registry (registry_store)
-TrafficResource = HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter | Egress
-_R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter, Egress)
+ModelResource = HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter | Egress | AuthorizationPolicy
+_R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter, Egress, AuthorizationPolicy)
 
 
 class Refusal(Exception):
@@ -88,6 +90,7 @@ class _ResourceView:
     cert_lifetime: timedelta | None
     traffic: Mapping[ServiceKey, ServiceTraffic]
     egress: EgressSnapshot
+    authorization: AuthorizationIndex
 
 
 def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
@@ -213,7 +216,7 @@ class ControlPlane:
         self.registry = Registry()
         self.revocations = Revocations(store)
         # Validated traffic resources by (kind, namespace, name), with their store revision.
-        self._models: dict[tuple[str, str, str], tuple[int | None, TrafficResource]] = {}
+        self._models: dict[tuple[str, str, str], tuple[int | None, ModelResource]] = {}
         self._view = self._read_resources()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -284,15 +287,26 @@ class ControlPlane:
             out.append(resource)
         return out
 
-    def _read_traffic(self) -> dict[ServiceKey, ServiceTraffic]:
+    def _read_models(
+        self,
+    ) -> tuple[dict[ServiceKey, ServiceTraffic], list[Egress], list[AuthorizationPolicy]]:
+        """The kinds kept as validated models: traffic (compiled per service), egress and
+        authorization; models of deleted resources are forgotten."""
         http_routes = self._load(HTTPRoute)
         policies = self._load(TrafficPolicy)
         tcp_routes = self._load(TCPRoute)
         proxy_filters = self._load(ProxyFilter)
-        live = {r.key for r in (*http_routes, *policies, *tcp_routes, *proxy_filters)}
+        egresses = self._load(Egress)
+        authorization = self._load(AuthorizationPolicy)
+        live = {
+            r.key
+            for r in (*http_routes, *policies, *tcp_routes, *proxy_filters, *egresses,
+                      *authorization)
+        }  # fmt: skip
         for key in [k for k in self._models if ResourceKey(*k) not in live]:
             del self._models[key]
-        return traffic_index(http_routes, policies, tcp_routes, proxy_filters)
+        traffic = traffic_index(http_routes, policies, tcp_routes, proxy_filters)
+        return traffic, egresses, authorization
 
     def _read_resources(self) -> _ResourceView:
         services = {
@@ -303,12 +317,14 @@ class ControlPlane:
         spec = mesh.get("spec") or {}
         lifetime = (spec.get("certificates") or {}).get("lifetime")
         mode = (spec.get("outboundTrafficPolicy") or {}).get("mode", "ALLOW_ANY")
+        traffic, egresses, authorization = self._read_models()
         return _ResourceView(
             services=services,
             mtls_mode=(spec.get("mtls") or {}).get("mode", "STRICT"),
             cert_lifetime=parse_duration(lifetime) if lifetime else None,
-            traffic=self._read_traffic(),
-            egress=egress_snapshot(mode, self._load(Egress)),
+            traffic=traffic,
+            egress=egress_snapshot(mode, egresses),
+            authorization=AuthorizationIndex.of(authorization),
         )
 
     def _resources_changed(self) -> None:
@@ -665,6 +681,7 @@ class ControlPlane:
             traffic=self._view.traffic,
             revoked_serials=self.revocations.serials,
             egress=self._view.egress,
+            authorization=self._view.authorization,
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:

@@ -242,3 +242,51 @@ class TestEgressEndpoints:
         self, endpoint: dict[str, Any], path: str
     ) -> None:
         assert only(self.egress(endpoints=[endpoint])).path == path
+
+
+class TestAuthorizationPolicy:
+    def policy(self, **spec: Any) -> dict[str, Any]:
+        metadata = {"name": "orders-readers", "namespace": "shop"}
+        return {"apiVersion": API, "kind": "AuthorizationPolicy", "metadata": metadata,
+                "spec": spec}  # fmt: skip
+
+    def test_a_policy_with_every_part_is_accepted(self) -> None:
+        (doc,) = validate_documents([self.policy(
+            selector={"service": "orders"}, action="DENY",
+            rules=[{"from": [{"source": {"principals": ["*/sa/batch"]}}],
+                    "to": [{"operation": {"methods": ["DELETE"], "paths": ["/orders/*"]}}],
+                    "when": [{"key": "request.headers[X-Tenant]", "values": ["acme"]}]}],
+        )])  # fmt: skip
+        snap = doc.to_snapshot()  # type: ignore[attr-defined]
+        assert snap["name"] == "shop/orders-readers" and snap["action"] == "DENY"
+        assert snap["rules"][0]["when"][0]["key"] == "request.headers[x-tenant]"
+        assert doc.applies_to("shop", "orders")  # type: ignore[attr-defined]
+        assert not doc.applies_to("shop", "payments")  # type: ignore[attr-defined]
+        assert not doc.applies_to("default", "orders")  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize(("rules", "path", "words"), [
+        ([{"from": [{"source": {"requestPrincipals": ["iss/sub"]}}]}],
+         "spec.rules[0].from[0].source", "RequestAuthentication"),
+        ([{"when": [{"key": "request.auth.claims[groups]", "values": ["x"]}]}],
+         "spec.rules[0].when[0].key", "RequestAuthentication"),
+        ([{"when": [{"key": "request.body", "values": ["x"]}]}],
+         "spec.rules[0].when[0].key", "not a condition key"),
+        ([{"when": [{"key": "source.principal"}]}], "spec.rules[0].when[0]", "values"),
+        ([{"to": [{"operation": {"paths": ["/a*b"]}}]}],
+         "spec.rules[0].to[0].operation.paths[0]", "'*' may stand only"),
+        ([{"to": [{"operation": {"methods": ["get"]}}]}],
+         "spec.rules[0].to[0].operation.methods[0]", ""),
+        ([{"to": [{"operation": {"ports": [0]}}]}],
+         "spec.rules[0].to[0].operation.ports[0]", ""),
+        ([{"from": [{"source": {"principals": ["has space"]}}]}],
+         "spec.rules[0].from[0].source.principals[0]", "visible ASCII"),
+    ])  # fmt: skip
+    def test_a_bad_rule_is_refused_at_its_path(
+        self, rules: list[dict[str, Any]], path: str, words: str
+    ) -> None:
+        problem = only(self.policy(rules=rules))
+        assert problem.path == path, problem
+        assert words in problem.message
+
+    def test_an_unknown_action_is_refused(self) -> None:
+        assert only(self.policy(action="CUSTOM")).path == "spec.action"

@@ -76,6 +76,8 @@ class Metrics:
         # Users' filters (gossamer.filters): what they count, and how often they raised.
         self.filter_events: dict[tuple[str, str], int] = {}
         self.filter_failures: dict[tuple[str, str], int] = {}
+        # AuthorizationPolicy decisions (pipeline.authorize, tcp.proxy): (policy, decision).
+        self.authz_decisions: dict[tuple[str, str], int] = {}
         # gossamer.proxy.h2.stats.GrpcMetrics, made there on first gRPC use (untyped here:
         # this module does not load the HTTP/2 path).
         self.grpc: Any = None
@@ -111,6 +113,12 @@ class Metrics:
     def filter_failed(self, name: str, phase: str) -> None:
         key = (name, phase)
         self.filter_failures[key] = self.filter_failures.get(key, 0) + 1
+
+    def authz(self, policy: str, decision: str) -> None:
+        """Count one decision (allow, deny, audit) of ``policy`` (``none``: no ALLOW policy
+        matched)."""
+        key = (policy, decision)
+        self.authz_decisions[key] = self.authz_decisions.get(key, 0) + 1
 
     def error(self, direction: str, cause: str) -> None:
         key = (direction, cause)
@@ -150,6 +158,13 @@ class Metrics:
                 f'gossamer_proxy_errors_total{{direction="{direction}",cause="{cause}"}} {count}'
             )
         out += _filter_families(self.filter_events, self.filter_failures)
+        out += [
+            "# HELP gossamer_authz_decisions_total AuthorizationPolicy decisions, by policy.",
+            "# TYPE gossamer_authz_decisions_total counter",
+        ]
+        for (policy, decision), count in sorted(self.authz_decisions.items()):
+            labels = f'policy="{_escape(policy)}",decision="{decision}"'
+            out.append(f"gossamer_authz_decisions_total{{{labels}}} {count}")
         out += [
             "# HELP gossamer_tcp_connections_opened_total Downstream connections accepted.",
             "# TYPE gossamer_tcp_connections_opened_total counter",

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gossamer.identity.spiffe import canonical_serial
 from gossamer.proxy.observe.metrics import Metrics, RouteStats
+from gossamer.proxy.pipeline.authorize import AuthorizeStage
 from gossamer.proxy.pipeline.balancer import (
     Balancer,
     ConsistentHashBalancer,
@@ -30,6 +31,7 @@ from gossamer.proxy.pipeline.slots import Stages
 from gossamer.proxy.pipeline.user_filters import compile_filters
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
+from gossamer.proxy.snapshot.authorization import Authorization, compile_authorization
 from gossamer.proxy.snapshot.egress import EgressPolicy
 from gossamer.proxy.snapshot.errors import SnapshotError
 from gossamer.proxy.snapshot.http_rules import HttpRouter
@@ -233,6 +235,9 @@ class RouteTable:
         self.default_service = default_service
         # Serials of revoked certificates: refused as callers and as upstreams.
         self.revoked: frozenset[str] = frozenset()
+        # The workload's AuthorizationPolicies (HTTP: the inbound ``authorize`` stage; TCP:
+        # the relay asks them itself); None: no policy applies.
+        self.authorization: Authorization | None = None
         # Hosts outside the mesh: whether a call may leave it, and their services.
         self.egress = EgressPolicy("ALLOW_ANY", [])
         self.make_external: (
@@ -309,20 +314,34 @@ def compile_snapshot(
     table.revoked = _compile_revoked(raw)
     table.egress = EgressPolicy.from_snapshot(outbound.get("egress"), "snapshot.outbound.egress")
     table.make_external = partial(_external_service, metrics, source)
-    inbound = raw.get("inbound") or {}
+    _compile_stages(table, raw.get("inbound") or {}, outbound, metrics, source)
+    return table
+
+
+def _compile_stages(
+    table: RouteTable, inbound: Any, outbound: Mapping[str, Any], metrics: Metrics, source: str
+) -> None:
+    """Each direction's slots: users' filters, and the workload's AuthorizationPolicies."""
     for direction, where, part in (
         ("inbound", "snapshot.inbound.filters", inbound),
         ("outbound", "snapshot.outbound.filters", outbound),
     ):
         stages = compile_filters(
             part.get("filters") if isinstance(part, Mapping) else None, where, direction,
-            metrics=metrics, service=source, namespace=namespace,
+            metrics=metrics, service=source, namespace=table.namespace,
         )  # fmt: skip
         if direction == "inbound":
             table.inbound_stages = stages
         else:
             table.outbound_stages = stages
-    return table
+    authorization = compile_authorization(
+        inbound.get("authorization") if isinstance(inbound, Mapping) else None,
+        "snapshot.inbound.authorization",
+    )
+    if authorization is not None:
+        table.authorization = authorization
+        others = table.inbound_stages.all if table.inbound_stages is not None else ()
+        table.inbound_stages = Stages([*others, AuthorizeStage(authorization, metrics)])
 
 
 def _external_service(

@@ -37,6 +37,7 @@ from gossamer.proxy.loop_calls import remove_reader
 from gossamer.proxy.observe.metrics import TcpStats
 from gossamer.proxy.pipeline.balancer import EndpointState
 from gossamer.proxy.process.settings import Address
+from gossamer.proxy.snapshot.authorization import Attributes, Authorization
 from gossamer.proxy.snapshot.tcp_rules import TcpRoute, still_routed
 from gossamer.proxy.tasks import spawn
 from gossamer.proxy.tcp.relay import Relay, RelayBuffers
@@ -108,6 +109,7 @@ class TcpProxy:
         self._table: Any = None
         self._ports_table: Any = None
         self._tcp_inbound = False
+        self._tcp_port = 0  # the workload's tcp port (the first one it declares)
 
     # === lifecycle ===
 
@@ -497,6 +499,7 @@ class TcpProxy:
             snapshot = self.state.snapshot or {}
             inbound = snapshot.get("inbound")
             ports = inbound.get("ports") if isinstance(inbound, Mapping) else None
+            self._tcp_port = _first_tcp_port(ports)
             if not isinstance(ports, list):
                 self._tcp_inbound = True
             else:
@@ -508,6 +511,23 @@ class TcpProxy:
                     kinds == {"tcp"} or self.settings.workload.tcp_app is not None
                 )
         return self._tcp_inbound
+
+    def _authorized(self, authorization: Authorization, peer: str) -> bool:
+        """Whether the workload's AuthorizationPolicies let ``peer`` open a TCP connection
+        to its ``tcp`` port (judged by source and port: ``snapshot.authorization``)."""
+        self._inbound_allows_tcp()  # brings self._tcp_port up to date
+        decision = authorization.decide(Attributes(peer, self._tcp_port, http=False))
+        for name in decision.audit:
+            self.metrics.authz(name, "audit")
+        if decision.allowed:
+            if decision.policy:
+                self.metrics.authz(decision.policy, "allow")
+            return True
+        self.metrics.authz(decision.policy or "none", "deny")
+        self.metrics.error("inbound", "forbidden")
+        log.info("TCP connection from %s refused: %s", peer or "a plaintext caller",
+                 decision.reason)  # fmt: skip
+        return False
 
     def _inbound_relay(self, peer: str) -> Relay | None:
         workload = self.settings.workload
@@ -543,6 +563,11 @@ class TcpProxy:
             self.metrics.error("inbound", "revoked-peer")
             stream.abort()
             return
+        if table is not None and table.authorization is not None and not self._authorized(
+            table.authorization, stream.peer_identity
+        ):
+            stream.abort()
+            return
         relay = self._inbound_relay(stream.peer_identity)
         if relay is None:
             stream.abort()
@@ -564,6 +589,17 @@ class TcpProxy:
             self.metrics.error("inbound", "connect-failed")
             log.info("local app %s refused a TCP connection: %s", app, exc)
             relay.abort()
+
+
+def _first_tcp_port(ports: object) -> int:
+    """The first port the workload declares ``tcp`` (``snapshot.inbound.ports``), else 0."""
+    if isinstance(ports, list):
+        for entry in ports:
+            if isinstance(entry, Mapping) and entry.get("protocol") == "tcp":
+                port = entry.get("port")
+                if isinstance(port, int):
+                    return port
+    return 0
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -1,0 +1,333 @@
+"""The AuthorizationPolicies of this sidecar's workload (``snapshot.inbound.authorization``;
+``gossamer.config.authorization`` says what they mean), compiled for the request path.
+
+``Authorization.decide`` judges one request (``Attributes``: who calls, and what) the way the
+policies say: DENY first, then ALLOW (none: allowed; any: one must match), AUDIT marks. It is
+sans-IO and the same for HTTP/1.1, HTTP/2, gRPC and TCP; the ``authorize`` stage
+(``pipeline.authorize``) and the TCP relay (``tcp.proxy``) call it.
+
+Cost: values are compiled into sets and prefix/suffix tuples, and each policy indexes its
+rules by the exact principals they name, so a request is checked against the rules that can
+name its caller plus those that name no exact principal (``bench/RESULTS.md``, "Authorization").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gossamer.proxy.snapshot.errors import SnapshotError
+
+__all__ = ["Attributes", "Authorization", "Decision", "compile_authorization"]
+
+
+class Values:
+    """One list of patterns: exact values, ``x*`` prefixes, ``*x`` suffixes, or ``*`` (any
+    non-empty value)."""
+
+    __slots__ = ("any", "exact", "prefixes", "suffixes")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        self.any = "*" in patterns
+        self.exact = frozenset(p for p in patterns if "*" not in p)
+        self.prefixes = tuple(p[:-1] for p in patterns if p.endswith("*") and p != "*")
+        self.suffixes = tuple(p[1:] for p in patterns if p.startswith("*") and p != "*")
+
+    def match(self, value: str) -> bool:
+        if value in self.exact:
+            return True
+        if not value:
+            return False
+        return self.any or value.startswith(self.prefixes) or value.endswith(self.suffixes)
+
+
+_NOTHING = Values([])
+
+
+class Attributes:
+    """What a rule can look at in one request or connection. ``http`` is False for a TCP
+    connection (then method, path, host and headers are unknown)."""
+
+    __slots__ = ("headers", "host", "http", "method", "namespace", "path", "port", "principal")
+
+    def __init__(
+        self,
+        principal: str,
+        port: int,
+        *,
+        http: bool = True,
+        method: str = "",
+        path: str = "",
+        host: str = "",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        self.principal = principal  # the caller's SPIFFE ID; empty: no mesh certificate
+        self.namespace = namespace_of(principal)
+        self.port = port
+        self.http = http
+        self.method = method
+        self.path = path
+        self.host = host  # lower case, the port kept when the caller named one
+        self.headers = headers
+
+    def header(self, name: bytes) -> list[str]:
+        return [v.decode("latin-1") for n, v in self.headers if n.lower() == name]
+
+
+def namespace_of(principal: str) -> str:
+    """The namespace of a SPIFFE ID ``spiffe://<td>/ns/<namespace>/sa/<name>``, else empty."""
+    parts = principal.split("/", 6)
+    return parts[4] if len(parts) >= 6 and parts[3] == "ns" else ""
+
+
+def _both(values: Values | None, nots: Values | None, value: str) -> bool:
+    """``value`` is among ``values`` (when given) and not among ``nots`` (when given)."""
+    return (values is None or values.match(value)) and (nots is None or not nots.match(value))
+
+
+def _values(raw: Mapping[str, Any], field: str, where: str) -> Values | None:
+    found = raw.get(field, [])
+    if not isinstance(found, list) or not all(isinstance(v, str) for v in found):
+        raise SnapshotError(f"{where}.{field}: expected a list of strings")
+    return Values(found) if found else None
+
+
+def _ports(raw: Mapping[str, Any], field: str, where: str) -> frozenset[int] | None:
+    found = raw.get(field, [])
+    if not isinstance(found, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in found
+    ):
+        raise SnapshotError(f"{where}.{field}: expected a list of ports")
+    return frozenset(found) if found else None
+
+
+class Source:
+    __slots__ = ("namespaces", "not_namespaces", "not_principals", "principals")
+
+    def __init__(self, raw: Mapping[str, Any], where: str) -> None:
+        self.principals = _values(raw, "principals", where)
+        self.not_principals = _values(raw, "not_principals", where)
+        self.namespaces = _values(raw, "namespaces", where)
+        self.not_namespaces = _values(raw, "not_namespaces", where)
+
+    def match(self, a: Attributes) -> bool:
+        return _both(self.principals, self.not_principals, a.principal) and _both(
+            self.namespaces, self.not_namespaces, a.namespace
+        )
+
+    def exact_principals(self) -> frozenset[str] | None:
+        """The only principals this source can match, when it names them exactly."""
+        p = self.principals
+        if p is None or p.any or p.prefixes or p.suffixes:
+            return None
+        return p.exact
+
+
+class Operation:
+    __slots__ = (
+        "hosts", "methods", "not_hosts", "not_methods", "not_paths", "not_ports", "paths",
+        "ports",
+    )  # fmt: skip
+
+    def __init__(self, raw: Mapping[str, Any], where: str) -> None:
+        self.methods = _values(raw, "methods", where)
+        self.not_methods = _values(raw, "not_methods", where)
+        self.paths = _values(raw, "paths", where)
+        self.not_paths = _values(raw, "not_paths", where)
+        self.hosts = _values(raw, "hosts", where)
+        self.not_hosts = _values(raw, "not_hosts", where)
+        self.ports = _ports(raw, "ports", where)
+        self.not_ports = _ports(raw, "not_ports", where)
+
+    @property
+    def http_only(self) -> bool:
+        return any(v is not None for v in (self.methods, self.not_methods, self.paths,
+                                           self.not_paths, self.hosts, self.not_hosts))  # fmt: skip
+
+    def match(self, a: Attributes) -> bool:
+        if self.ports is not None and a.port not in self.ports:
+            return False
+        if self.not_ports is not None and a.port in self.not_ports:
+            return False
+        if not a.http:
+            return True  # the HTTP parts are judged by the caller of match (Rule.match)
+        return (
+            _both(self.methods, self.not_methods, a.method)
+            and _both(self.paths, self.not_paths, a.path)
+            and self._host(a.host)
+        )
+
+    def _host(self, host: str) -> bool:
+        if self.hosts is None and self.not_hosts is None:
+            return True
+        bare = host.rsplit(":", 1)[0] if host.rpartition(":")[2].isdigit() else host
+        named = (self.hosts is None or self.hosts.match(host) or self.hosts.match(bare))
+        excluded = self.not_hosts is not None and (
+            self.not_hosts.match(host) or self.not_hosts.match(bare)
+        )
+        return named and not excluded
+
+
+class Condition:
+    __slots__ = ("header", "key", "not_values", "values")
+
+    def __init__(self, raw: Mapping[str, Any], where: str) -> None:
+        key = raw.get("key")
+        if not isinstance(key, str):
+            raise SnapshotError(f"{where}.key: expected a string")
+        self.key = key
+        self.header: bytes | None = None
+        if key.startswith("request.headers[") and key.endswith("]"):
+            self.header = key[len("request.headers[") : -1].lower().encode("latin-1")
+        elif key not in ("source.principal", "source.namespace", "destination.port"):
+            raise SnapshotError(f"{where}.key: unknown condition key {key!r}")
+        self.values = _values(raw, "values", where)
+        self.not_values = _values(raw, "not_values", where)
+
+    def match(self, a: Attributes) -> bool:
+        if self.header is not None:
+            found = a.header(self.header)
+        elif self.key == "source.principal":
+            found = [a.principal]
+        elif self.key == "source.namespace":
+            found = [a.namespace]
+        else:
+            found = [str(a.port)]
+        if self.values is not None and not any(self.values.match(v) for v in found):
+            return False
+        nots = self.not_values
+        return nots is None or not any(nots.match(v) for v in found)
+
+
+class Rule:
+    __slots__ = ("conditions", "http_only", "operations", "sources")
+
+    def __init__(self, raw: Mapping[str, Any], where: str) -> None:
+        self.sources = tuple(_each(raw, "from", where, Source))
+        self.operations = tuple(_each(raw, "to", where, Operation))
+        self.conditions = tuple(_each(raw, "when", where, Condition))
+        # Needs what only HTTP has: on TCP, an ALLOW rule never matches, a DENY rule matches
+        # on its other parts.
+        self.http_only = any(o.http_only for o in self.operations) or any(
+            c.header is not None for c in self.conditions
+        )
+
+    def match(self, a: Attributes) -> bool:
+        if self.sources and not any(s.match(a) for s in self.sources):
+            return False
+        if self.operations and not any(o.match(a) for o in self.operations):
+            return False
+        if not a.http:
+            return all(c.match(a) for c in self.conditions if c.header is None)
+        return all(c.match(a) for c in self.conditions)
+
+
+def _each(raw: Mapping[str, Any], field: str, where: str, kind: Any) -> list[Any]:
+    found = raw.get(field, [])
+    if not isinstance(found, list):
+        raise SnapshotError(f"{where}.{field}: expected a list")
+    out = []
+    for i, item in enumerate(found):
+        if not isinstance(item, Mapping):
+            raise SnapshotError(f"{where}.{field}[{i}]: expected an object")
+        out.append(kind(item, f"{where}.{field}[{i}]"))
+    return out
+
+
+class Policy:
+    """One policy's rules, indexed by the exact principals that can match them."""
+
+    __slots__ = ("action", "by_principal", "name", "others")
+
+    def __init__(self, name: str, action: str, rules: Sequence[Rule]) -> None:
+        self.name = name
+        self.action = action
+        self.by_principal: dict[str, list[Rule]] = {}
+        self.others: list[Rule] = []
+        for rule in rules:
+            exact = [s.exact_principals() for s in rule.sources]
+            if not rule.sources or any(e is None for e in exact):
+                self.others.append(rule)
+                continue
+            for principals in exact:
+                for principal in principals or ():
+                    self.by_principal.setdefault(principal, []).append(rule)
+
+    def match(self, a: Attributes) -> bool:
+        deny = self.action == "DENY"
+        for rules in (self.by_principal.get(a.principal, ()), self.others):
+            for rule in rules:
+                if not a.http and rule.http_only and not deny:
+                    continue
+                if rule.match(a):
+                    return True
+        return False
+
+
+class Decision:
+    """What the policies said: ``allowed``; ``policy``: the DENY policy that matched, or the
+    ALLOW policy that let the request through (empty: none, or no ALLOW policy applies);
+    ``reason``: why a refused request was refused; ``audit``: the AUDIT policies that
+    matched."""
+
+    __slots__ = ("allowed", "audit", "policy", "reason")
+
+    def __init__(self, allowed: bool, policy: str, reason: str, audit: tuple[str, ...]) -> None:
+        self.allowed = allowed
+        self.policy = policy
+        self.reason = reason
+        self.audit = audit
+
+
+class Authorization:
+    """The compiled policies of one workload, by action."""
+
+    __slots__ = ("allow", "audit", "deny", "reads_headers")
+
+    def __init__(self, policies: Sequence[Policy]) -> None:
+        self.deny = tuple(p for p in policies if p.action == "DENY")
+        self.allow = tuple(p for p in policies if p.action == "ALLOW")
+        self.audit = tuple(p for p in policies if p.action == "AUDIT")
+        # Whether a condition names a header (else a request's headers are never gathered).
+        self.reads_headers = any(
+            c.header is not None
+            for p in policies
+            for rules in (*p.by_principal.values(), p.others)
+            for rule in rules
+            for c in rule.conditions
+        )
+
+    def decide(self, a: Attributes) -> Decision:
+        audit = tuple(p.name for p in self.audit if p.match(a)) if self.audit else ()
+        for policy in self.deny:
+            if policy.match(a):
+                return Decision(False, policy.name, f"denied by AuthorizationPolicy "
+                                f"{policy.name}", audit)  # fmt: skip
+        if not self.allow:
+            return Decision(True, "", "", audit)
+        for policy in self.allow:
+            if policy.match(a):
+                return Decision(True, policy.name, "", audit)
+        names = ", ".join(p.name for p in self.allow)
+        return Decision(False, "", f"no ALLOW AuthorizationPolicy matched ({names})", audit)
+
+
+def compile_authorization(raw: object, where: str) -> Authorization | None:
+    """``inbound.authorization``; None when no policy applies to this workload."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise SnapshotError(f"{where}: expected a list")
+    policies = []
+    for i, entry in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(entry, Mapping):
+            raise SnapshotError(f"{at}: expected an object")
+        name, action = entry.get("name"), entry.get("action")
+        if not isinstance(name, str) or not name:
+            raise SnapshotError(f"{at}.name: expected a string")
+        if action not in ("ALLOW", "DENY", "AUDIT"):
+            raise SnapshotError(f"{at}.action: expected ALLOW, DENY or AUDIT")
+        rules = _each(entry, "rules", at, Rule)
+        policies.append(Policy(name, str(action), rules))
+    return Authorization(policies) if policies else None
