@@ -114,10 +114,9 @@ class Metrics:
         key = (name, phase)
         self.filter_failures[key] = self.filter_failures.get(key, 0) + 1
 
-    def authz(self, policy: str, decision: str) -> None:
-        """Count one decision (allow, deny, audit) of ``policy`` (``none``: no ALLOW policy
+    def authz(self, key: tuple[str, str]) -> None:
+        """Count one decision ``(policy, allow|deny|audit)`` (policy ``none``: no ALLOW policy
         matched)."""
-        key = (policy, decision)
         self.authz_decisions[key] = self.authz_decisions.get(key, 0) + 1
 
     def error(self, direction: str, cause: str) -> None:

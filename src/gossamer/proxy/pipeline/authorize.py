@@ -64,17 +64,17 @@ class AuthorizeStage(Stage):
             headers=call.header_list() if self.authorization.reads_headers else (),
         )
         decision = self.authorization.decide(attributes)
+        metrics = self.metrics
         if decision.audit:
             notes = call.notes
             if notes is None:
                 notes = call.notes = {}
             notes[AUDIT_NOTE] = decision.audit
             for name in decision.audit:
-                self.metrics.authz(name, "audit")
+                metrics.authz((name, "audit"))
+        if decision.counted is not None:
+            metrics.authz(decision.counted)
         if decision.allowed:
-            if decision.policy:
-                self.metrics.authz(decision.policy, "allow")
             return True
-        self.metrics.authz(decision.policy or "none", "deny")
         call.fail(403, "forbidden", decision.reason)
         return False

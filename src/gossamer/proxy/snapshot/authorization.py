@@ -6,9 +6,9 @@ policies say: DENY first, then ALLOW (none: allowed; any: one must match), AUDIT
 sans-IO and the same for HTTP/1.1, HTTP/2, gRPC and TCP; the ``authorize`` stage
 (``pipeline.authorize``) and the TCP relay (``tcp.proxy``) call it.
 
-Cost: values are compiled into sets and prefix/suffix tuples, and each policy indexes its
-rules by the exact principals they name, so a request is checked against the rules that can
-name its caller plus those that name no exact principal (``bench/RESULTS.md``, "Authorization").
+Cost: values are compiled into sets and prefix/suffix tuples, and each policy remembers, per
+caller, which of its rules have sources that name it (``Policy.candidates``), so a request
+checks only those rules' operations and conditions (``bench/RESULTS.md``, "Authorization").
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Attributes:
     """What a rule can look at in one request or connection. ``http`` is False for a TCP
     connection (then method, path, host and headers are unknown)."""
 
-    __slots__ = ("headers", "host", "http", "method", "namespace", "path", "port", "principal")
+    __slots__ = ("headers", "host", "http", "method", "path", "port", "principal")
 
     def __init__(
         self,
@@ -62,13 +62,16 @@ class Attributes:
         headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
         self.principal = principal  # the caller's SPIFFE ID; empty: no mesh certificate
-        self.namespace = namespace_of(principal)
         self.port = port
         self.http = http
         self.method = method
         self.path = path
         self.host = host  # lower case, the port kept when the caller named one
         self.headers = headers
+
+    @property
+    def namespace(self) -> str:
+        return namespace_of(self.principal)
 
     def header(self, name: bytes) -> list[str]:
         return [v.decode("latin-1") for n, v in self.headers if n.lower() == name]
@@ -114,13 +117,6 @@ class Source:
         return _both(self.principals, self.not_principals, a.principal) and _both(
             self.namespaces, self.not_namespaces, a.namespace
         )
-
-    def exact_principals(self) -> frozenset[str] | None:
-        """The only principals this source can match, when it names them exactly."""
-        p = self.principals
-        if p is None or p.any or p.prefixes or p.suffixes:
-            return None
-        return p.exact
 
 
 class Operation:
@@ -213,8 +209,13 @@ class Rule:
         )
 
     def match(self, a: Attributes) -> bool:
+        """Whether the whole rule matches (its sources too)."""
         if self.sources and not any(s.match(a) for s in self.sources):
             return False
+        return self.match_request(a)
+
+    def match_request(self, a: Attributes) -> bool:
+        """Whether its operations and conditions match (the sources known to)."""
         if self.operations and not any(o.match(a) for o in self.operations):
             return False
         if not a.http:
@@ -234,33 +235,43 @@ def _each(raw: Mapping[str, Any], field: str, where: str, kind: Any) -> list[Any
     return out
 
 
-class Policy:
-    """One policy's rules, indexed by the exact principals that can match them."""
+MAX_CALLERS = 4096  # callers whose candidate rules a policy remembers (then it starts over)
 
-    __slots__ = ("action", "by_principal", "name", "others")
+
+class Policy:
+    """One policy's rules. Which rules can match depends, for their sources, on the caller
+    alone (its SPIFFE ID and namespace), so a policy works that out once per caller and keeps
+    it (``candidates``): a request then checks only the operations and conditions of the
+    rules whose sources named its caller."""
+
+    __slots__ = ("action", "allowed", "callers", "denied", "name", "rules")
 
     def __init__(self, name: str, action: str, rules: Sequence[Rule]) -> None:
         self.name = name
         self.action = action
-        self.by_principal: dict[str, list[Rule]] = {}
-        self.others: list[Rule] = []
-        for rule in rules:
-            exact = [s.exact_principals() for s in rule.sources]
-            if not rule.sources or any(e is None for e in exact):
-                self.others.append(rule)
-                continue
-            for principals in exact:
-                for principal in principals or ():
-                    self.by_principal.setdefault(principal, []).append(rule)
+        self.rules = tuple(rules)
+        self.callers: dict[str, tuple[Rule, ...]] = {}
+        # The decisions this policy gives when no AUDIT policy matched (made once).
+        self.allowed = Decision(True, name, "", ())
+        self.denied = Decision(False, name, f"denied by AuthorizationPolicy {name}", ())
+
+    def candidates(self, a: Attributes) -> tuple[Rule, ...]:
+        found = self.callers.get(a.principal)
+        if found is None:
+            found = tuple(r for r in self.rules if not r.sources or any(
+                s.match(a) for s in r.sources))  # fmt: skip
+            if len(self.callers) >= MAX_CALLERS:
+                self.callers.clear()
+            self.callers[a.principal] = found
+        return found
 
     def match(self, a: Attributes) -> bool:
-        deny = self.action == "DENY"
-        for rules in (self.by_principal.get(a.principal, ()), self.others):
-            for rule in rules:
-                if not a.http and rule.http_only and not deny:
-                    continue
-                if rule.match(a):
-                    return True
+        skip_http = not a.http and self.action != "DENY"
+        for rule in self.candidates(a):
+            if skip_http and rule.http_only:
+                continue  # an ALLOW (or AUDIT) rule that needs HTTP never matches TCP
+            if rule.match_request(a):
+                return True
         return False
 
 
@@ -270,46 +281,54 @@ class Decision:
     ``reason``: why a refused request was refused; ``audit``: the AUDIT policies that
     matched."""
 
-    __slots__ = ("allowed", "audit", "policy", "reason")
+    __slots__ = ("allowed", "audit", "counted", "policy", "reason")
 
     def __init__(self, allowed: bool, policy: str, reason: str, audit: tuple[str, ...]) -> None:
         self.allowed = allowed
         self.policy = policy
         self.reason = reason
         self.audit = audit
+        # The (policy, decision) counter it adds to (None: allowed with no policy to name).
+        self.counted: tuple[str, str] | None = (
+            (policy or "none", "allow" if allowed else "deny") if policy or not allowed else None
+        )
+
+    def with_audit(self, audit: tuple[str, ...]) -> Decision:
+        return self if not audit else Decision(self.allowed, self.policy, self.reason, audit)
+
+
+_NO_POLICY = Decision(True, "", "", ())
 
 
 class Authorization:
     """The compiled policies of one workload, by action."""
 
-    __slots__ = ("allow", "audit", "deny", "reads_headers")
+    __slots__ = ("allow", "audit", "deny", "no_match", "reads_headers")
 
     def __init__(self, policies: Sequence[Policy]) -> None:
         self.deny = tuple(p for p in policies if p.action == "DENY")
         self.allow = tuple(p for p in policies if p.action == "ALLOW")
         self.audit = tuple(p for p in policies if p.action == "AUDIT")
+        names = ", ".join(p.name for p in self.allow)
+        self.no_match = Decision(
+            False, "", f"no ALLOW AuthorizationPolicy matched ({names})", ()
+        )
         # Whether a condition names a header (else a request's headers are never gathered).
         self.reads_headers = any(
-            c.header is not None
-            for p in policies
-            for rules in (*p.by_principal.values(), p.others)
-            for rule in rules
-            for c in rule.conditions
+            c.header is not None for p in policies for rule in p.rules for c in rule.conditions
         )
 
     def decide(self, a: Attributes) -> Decision:
         audit = tuple(p.name for p in self.audit if p.match(a)) if self.audit else ()
         for policy in self.deny:
             if policy.match(a):
-                return Decision(False, policy.name, f"denied by AuthorizationPolicy "
-                                f"{policy.name}", audit)  # fmt: skip
+                return policy.denied.with_audit(audit)
         if not self.allow:
-            return Decision(True, "", "", audit)
+            return _NO_POLICY.with_audit(audit)
         for policy in self.allow:
             if policy.match(a):
-                return Decision(True, policy.name, "", audit)
-        names = ", ".join(p.name for p in self.allow)
-        return Decision(False, "", f"no ALLOW AuthorizationPolicy matched ({names})", audit)
+                return policy.allowed.with_audit(audit)
+        return self.no_match.with_audit(audit)
 
 
 def compile_authorization(raw: object, where: str) -> Authorization | None:

@@ -518,12 +518,11 @@ class TcpProxy:
         self._inbound_allows_tcp()  # brings self._tcp_port up to date
         decision = authorization.decide(Attributes(peer, self._tcp_port, http=False))
         for name in decision.audit:
-            self.metrics.authz(name, "audit")
+            self.metrics.authz((name, "audit"))
+        if decision.counted is not None:
+            self.metrics.authz(decision.counted)
         if decision.allowed:
-            if decision.policy:
-                self.metrics.authz(decision.policy, "allow")
             return True
-        self.metrics.authz(decision.policy or "none", "deny")
         self.metrics.error("inbound", "forbidden")
         log.info("TCP connection from %s refused: %s", peer or "a plaintext caller",
                  decision.reason)  # fmt: skip
