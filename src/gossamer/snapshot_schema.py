@@ -33,6 +33,7 @@ __all__ = [
     "AuthzRuleSnapshot",
     "AuthzSourceSnapshot",
     "BackendSnapshot",
+    "ClaimHeaderSnapshot",
     "ConnectionPoolSnapshot",
     "EgressEndpointSnapshot",
     "EgressHostSnapshot",
@@ -47,6 +48,8 @@ __all__ = [
     "HeaderMatchType",
     "HttpRuleSnapshot",
     "InboundSnapshot",
+    "JwtHeaderSnapshot",
+    "JwtRuleSnapshot",
     "LoadBalancerSnapshot",
     "LoadBalancerType",
     "MatchSnapshot",
@@ -335,6 +338,8 @@ class AuthzSourceSnapshot(TypedDict):
     not_principals: list[str]
     namespaces: list[str]
     not_namespaces: list[str]
+    request_principals: list[str]  # <iss>/<sub> of a token RequestAuthentication verified
+    not_request_principals: list[str]
 
 
 class AuthzOperationSnapshot(TypedDict):
@@ -352,7 +357,8 @@ class AuthzOperationSnapshot(TypedDict):
 
 class AuthzConditionSnapshot(TypedDict):
     """``when[]``: ``request.headers[<lower-case name>]``, ``source.principal``,
-    ``source.namespace`` or ``destination.port``."""
+    ``source.namespace``, ``destination.port``, ``request.auth.principal``,
+    ``request.auth.audiences``, ``request.auth.presenter`` or ``request.auth.claims[a][b]``."""
 
     key: str
     values: list[str]
@@ -378,12 +384,43 @@ class AuthzPolicySnapshot(TypedDict):
     rules: list[AuthzRuleSnapshot]
 
 
+class JwtHeaderSnapshot(TypedDict):
+    """A header that carries the token (lower-case name), after ``prefix``."""
+
+    name: str
+    prefix: str
+
+
+class ClaimHeaderSnapshot(TypedDict):
+    """A claim (dotted for nested ones) copied into a header for the app."""
+
+    header: str
+    claim: str
+
+
+class JwtRuleSnapshot(TypedDict):
+    """Tokens of one issuer a RequestAuthentication of this workload accepts, with the keys
+    the control plane fetched (``jwks``: ``{"keys": [...]}`` as the provider serves it; None
+    until a fetch succeeded, then ``jwks_error`` says why)."""
+
+    issuer: str
+    audiences: list[str]
+    from_headers: list[JwtHeaderSnapshot]
+    from_cookies: list[str]
+    output_claim_to_headers: list[ClaimHeaderSnapshot]
+    forward_original_token: bool
+    clock_skew_ms: int
+    jwks: dict[str, Any] | None
+    jwks_error: str | None
+
+
 class InboundSnapshot(TypedDict):
     mtls: MtlsMode
     ports: list[PortSnapshot]
     rate_limit: RateLimitSnapshot | None
     filters: list[FilterSnapshot]  # on requests to this workload
     authorization: list[AuthzPolicySnapshot]  # AuthorizationPolicies of this workload
+    request_authentication: list[JwtRuleSnapshot]  # RequestAuthentications of this workload
 
 
 class EgressEndpointSnapshot(TypedDict):

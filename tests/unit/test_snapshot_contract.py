@@ -33,11 +33,12 @@ from gossamer.config.authorization import AuthorizationPolicy
 from gossamer.config.egress import Egress
 from gossamer.config.meshconfig import MtlsMode as ConfigMtlsMode
 from gossamer.config.proxyfilter import ProxyFilter
+from gossamer.config.requestauthn import RequestAuthentication
 from gossamer.config.service import PortProtocol as ConfigPortProtocol
 from gossamer.config.traffic import RetryOn as ConfigRetryOn
 from gossamer.control.plane import _service_info
+from gossamer.control.security import AuthorizationIndex, RequestAuthnIndex
 from gossamer.control.snapshots import (
-    AuthorizationIndex,
     EndpointInfo,
     MeshView,
     build_snapshot,
@@ -58,6 +59,13 @@ from gossamer.proxy.snapshot.http_rules import HttpRule
 from gossamer.proxy.snapshot.service_policy import LB_TYPES
 from gossamer.proxy.snapshot.table import OutboundService, RouteTable, compile_snapshot
 from gossamer.proxy.snapshot.tcp_rules import TcpBackend
+
+# A public EC P-256 key as an identity provider would publish it.
+JWKS = {"keys": [{
+    "kty": "EC", "crv": "P-256", "kid": "k1", "alg": "ES256", "use": "sig",
+    "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+    "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0",
+}]}  # fmt: skip
 
 MESH = """
 apiVersion: gossamer.dev/v1alpha1
@@ -107,6 +115,8 @@ spec:
             notPrincipals: [spiffe://gossamer.local/ns/default/sa/old]
             namespaces: [default]
             notNamespaces: [legacy]
+            requestPrincipals: ["https://idp.example.com/*"]
+            notRequestPrincipals: [https://idp.example.com/blocked]
       to:
         - operation:
             methods: [GET]
@@ -119,6 +129,23 @@ spec:
             notHosts: [evil.example.com]
       when:
         - {key: "request.headers[X-Tenant]", values: [acme], notValues: [initech]}
+        - {key: "request.auth.claims[realm_access][roles]", values: [orders-reader]}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: RequestAuthentication
+metadata: {name: web-tokens}
+spec:
+  selector: {service: web}
+  jwtRules:
+    - issuer: https://idp.example.com
+      audiences: [web-api]
+      fromHeaders: [{name: X-Token, prefix: ""}]
+      fromCookies: [session]
+      outputClaimToHeaders: [{header: X-User, claim: preferred_username}]
+      forwardOriginalToken: false
+      clockSkew: 30s
+    - issuer: https://old-idp.example.com
+      jwksUri: https://old-idp.example.com/keys
 ---
 apiVersion: gossamer.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -331,6 +358,12 @@ def mesh_view() -> MeshView:
         authorization=AuthorizationIndex.of(
             [r for r in resources if isinstance(r, AuthorizationPolicy)]
         ),
+        request_authn=RequestAuthnIndex.of(
+            [r for r in resources if isinstance(r, RequestAuthentication)]
+        ),
+        jwks={("https://idp.example.com", None): (JWKS, None),
+              ("https://old-idp.example.com", "https://old-idp.example.com/keys"):
+                  (None, "https://old-idp.example.com/keys answered 503")},
     )
 
 
@@ -814,3 +847,20 @@ def test_authorization_policies_of_the_workload(table: RouteTable) -> None:
     assert catalog.authorization is not None
     assert [p.name for p in catalog.authorization.allow] == []
     assert [p.name for p in catalog.authorization.deny] == ["default/no-legacy"]
+
+
+def test_request_authentication_of_the_workload(table: RouteTable) -> None:
+    """web accepts tokens of both issuers: the fetched keys of one, and for the other no
+    key set yet with the control plane's reason (its tokens are refused: fail closed)."""
+    assert table.inbound_stages is not None
+    (stage,) = [s for s in table.inbound_stages.all if s.slot == "authenticate"]
+    rules = {rule.issuer: rule for rule in stage.rules}  # type: ignore[attr-defined]
+    new, old = rules["https://idp.example.com"], rules["https://old-idp.example.com"]
+    assert new.audiences == ("web-api",) and new.cookies == ("session",)
+    assert new.headers == ((b"x-token", ""),) and not new.forward and new.skew == 30
+    assert new.claim_headers == ((b"x-user", "preferred_username"),)
+    assert new.keys is not None and list(new.keys) == ["k1"]
+    assert old.keys is None and "503" in old.jwks_error
+    assert old.headers == ((b"authorization", "Bearer "),) and old.forward
+    slots = [s.slot for s in table.inbound_stages.all]
+    assert slots.index("authenticate") < slots.index("authorize")

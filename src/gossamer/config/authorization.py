@@ -33,8 +33,13 @@ TCP connections are judged by their source and their port: a rule that needs an 
 (methods, paths, hosts, a header) never matches one in an ALLOW policy, and in a DENY policy
 matches on its other parts alone (either way the stricter reading).
 
-End-user fields (``requestPrincipals``, ``request.auth.claims[...]``) need
-``RequestAuthentication``, which this version does not have: they are refused.
+End-user fields come from a token a ``RequestAuthentication`` verified: ``requestPrincipals``
+(``<iss>/<sub>``; ``*`` is any verified token, so ``requestPrincipals: ["*"]`` requires one)
+and the ``when`` keys ``request.auth.principal``, ``request.auth.audiences``,
+``request.auth.presenter`` (``azp``) and ``request.auth.claims[<name>]`` (nested:
+``request.auth.claims[realm_access][roles]``; a list claim matches when one of its items
+does). A request without a verified token has none of them. They are HTTP fields: TCP
+connections carry no token.
 """
 
 from __future__ import annotations
@@ -60,9 +65,10 @@ MAX_VALUES = 256  # values in one list of a rule
 _PRINTABLE = re.compile(r"^[\x21-\x7e]{1,512}$")  # visible ASCII, no spaces
 _WHEN_KEY = re.compile(
     r"^(?:request\.headers\[[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\]|source\.principal|"
-    r"source\.namespace|destination\.port)$"
+    r"source\.namespace|destination\.port|request\.auth\.principal|"
+    r"request\.auth\.audiences|request\.auth\.presenter|"
+    r"request\.auth\.claims(?:\[[A-Za-z0-9_:.-]{1,128}\]){1,8})$"
 )
-_END_USER = "needs RequestAuthentication (end-user tokens), which this version does not have"
 
 
 def _check_pattern(value: str) -> str:
@@ -82,12 +88,11 @@ Method = Annotated[str, Field(pattern=r"^[A-Z]{1,20}$|^\*$")]
 
 
 def _check_when_key(value: str) -> str:
-    if value.startswith("request.auth."):
-        raise ValueError(f"{value!r} {_END_USER}")
     if not _WHEN_KEY.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a condition key: use request.headers[<name>], source.principal, "
-            "source.namespace or destination.port"
+            "source.namespace, destination.port, request.auth.principal, "
+            "request.auth.audiences, request.auth.presenter or request.auth.claims[<name>]..."
         )
     return value
 
@@ -102,18 +107,14 @@ class Source(SpecModel):
     request_principals: Patterns = Field(default_factory=list)
     not_request_principals: Patterns = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _no_end_user(self) -> Source:
-        if self.request_principals or self.not_request_principals:
-            raise ValueError(f"requestPrincipals {_END_USER}")
-        return self
-
     def to_snapshot(self) -> AuthzSourceSnapshot:
         return {
             "principals": list(self.principals),
             "not_principals": list(self.not_principals),
             "namespaces": list(self.namespaces),
             "not_namespaces": list(self.not_namespaces),
+            "request_principals": list(self.request_principals),
+            "not_request_principals": list(self.not_request_principals),
         }
 
 

@@ -12,6 +12,7 @@ from gossamer.config.egress import Egress
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.meshconfig import MeshConfig
 from gossamer.config.proxyfilter import ProxyFilter
+from gossamer.config.requestauthn import RequestAuthentication
 from gossamer.config.service import Service
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.trafficpolicy import TrafficPolicy
@@ -29,6 +30,7 @@ KINDS: dict[str, type[Resource]] = {
         ProxyFilter,
         Egress,
         AuthorizationPolicy,
+        RequestAuthentication,
     )
 }
 

@@ -27,16 +27,18 @@ from gossamer.config.egress import Egress
 from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.proxyfilter import ProxyFilter
+from gossamer.config.requestauthn import RequestAuthentication
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.traffic import service_key
 from gossamer.config.trafficpolicy import TrafficPolicy
 from gossamer.control.ca import CertificateAuthority, check_csr, leaf_expiry
+from gossamer.control.jwks import JwksFetcher
 from gossamer.control.registry import ProxyRecord, Registry, Session, Workload
 from gossamer.control.registry_store import RegistryStore
 from gossamer.control.revocation import Revocations, renewal_spacing
+from gossamer.control.security import AuthorizationIndex, RequestAuthnIndex
 from gossamer.control.settings import ControlSettings
 from gossamer.control.snapshots import (
-    AuthorizationIndex,
     MeshView,
     ServiceInfo,
     ServiceTraffic,
@@ -67,8 +69,14 @@ MAX_SUBSCRIPTIONS = 1024  # names of known services one proxy may subscribe to
 MAX_UNKNOWN = 256  # names answered as unknown that stay watched (for their appearance)
 MAX_NAME = 253
 SAVE_INTERVAL = 1.0  # seconds between two saves of the registry (registry_store)
-ModelResource = HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter | Egress | AuthorizationPolicy
-_R = TypeVar("_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter, Egress, AuthorizationPolicy)
+ModelResource = (
+    HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter | Egress | AuthorizationPolicy
+    | RequestAuthentication
+)
+_R = TypeVar(
+    "_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter, Egress, AuthorizationPolicy,
+    RequestAuthentication,
+)
 
 
 class Refusal(Exception):
@@ -91,6 +99,7 @@ class _ResourceView:
     traffic: Mapping[ServiceKey, ServiceTraffic]
     egress: EgressSnapshot
     authorization: AuthorizationIndex
+    request_authn: RequestAuthnIndex
 
 
 def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
@@ -217,6 +226,8 @@ class ControlPlane:
         self.revocations = Revocations(store)
         # Validated traffic resources by (kind, namespace, name), with their store revision.
         self._models: dict[tuple[str, str, str], tuple[int | None, ModelResource]] = {}
+        # Keys of the token issuers RequestAuthentications name (fetched once started).
+        self.jwks = JwksFetcher(self._keys_changed)
         self._view = self._read_resources()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
@@ -243,6 +254,7 @@ class ControlPlane:
                      len(restored), self.settings.restore_grace)  # fmt: skip
         self._push_task = asyncio.create_task(self._push_loop(), name="control-push")
         self._save_task = asyncio.create_task(self._save_loop(), name="control-save")
+        self.jwks.want(self._view.request_authn.sources())
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -265,6 +277,7 @@ class ControlPlane:
             self._push_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._push_task
+        await self.jwks.close()
 
     # ----------------------------------------------------------------- resources
     def _load(self, model: type[_R]) -> list[_R]:
@@ -289,24 +302,30 @@ class ControlPlane:
 
     def _read_models(
         self,
-    ) -> tuple[dict[ServiceKey, ServiceTraffic], list[Egress], list[AuthorizationPolicy]]:
+    ) -> tuple[
+        dict[ServiceKey, ServiceTraffic],
+        list[Egress],
+        list[AuthorizationPolicy],
+        list[RequestAuthentication],
+    ]:
         """The kinds kept as validated models: traffic (compiled per service), egress and
-        authorization; models of deleted resources are forgotten."""
+        the security kinds; models of deleted resources are forgotten."""
         http_routes = self._load(HTTPRoute)
         policies = self._load(TrafficPolicy)
         tcp_routes = self._load(TCPRoute)
         proxy_filters = self._load(ProxyFilter)
         egresses = self._load(Egress)
         authorization = self._load(AuthorizationPolicy)
+        authn = self._load(RequestAuthentication)
         live = {
             r.key
             for r in (*http_routes, *policies, *tcp_routes, *proxy_filters, *egresses,
-                      *authorization)
+                      *authorization, *authn)
         }  # fmt: skip
         for key in [k for k in self._models if ResourceKey(*k) not in live]:
             del self._models[key]
         traffic = traffic_index(http_routes, policies, tcp_routes, proxy_filters)
-        return traffic, egresses, authorization
+        return traffic, egresses, authorization, authn
 
     def _read_resources(self) -> _ResourceView:
         services = {
@@ -317,7 +336,7 @@ class ControlPlane:
         spec = mesh.get("spec") or {}
         lifetime = (spec.get("certificates") or {}).get("lifetime")
         mode = (spec.get("outboundTrafficPolicy") or {}).get("mode", "ALLOW_ANY")
-        traffic, egresses, authorization = self._read_models()
+        traffic, egresses, authorization, authn = self._read_models()
         return _ResourceView(
             services=services,
             mtls_mode=(spec.get("mtls") or {}).get("mode", "STRICT"),
@@ -325,10 +344,18 @@ class ControlPlane:
             traffic=traffic,
             egress=egress_snapshot(mode, egresses),
             authorization=AuthorizationIndex.of(authorization),
+            request_authn=RequestAuthnIndex.of(authn),
         )
+
+    def _keys_changed(self) -> None:
+        """A token issuer's key set changed: every proxy's config may hold it."""
+        self._dirty.update(self.registry.proxy_ids())
+        self._wake.set()
 
     def _resources_changed(self) -> None:
         self._view = self._read_resources()
+        if self._push_task is not None:  # started: a running loop fetches keys
+            self.jwks.want(self._view.request_authn.sources())
         self._dirty.update(self.registry.proxy_ids())
         self._wake.set()
         changed, self._changed = self._changed, asyncio.Event()
@@ -617,6 +644,8 @@ class ControlPlane:
                 self._mark_service(record.workload.key)
         elif kind == "status":
             record.cert_expiry = _optional_time(message, "cert_expiry")
+        elif kind == "jwks-refresh":  # the sidecar met a token signed by a key it lacks
+            self.jwks.refresh_soon(_field(message, "issuer", str))
         elif kind == "csr":
             self._check_renewal(record)
             csr = _field(message, "csr", str).encode()
@@ -682,6 +711,11 @@ class ControlPlane:
             revoked_serials=self.revocations.serials,
             egress=self._view.egress,
             authorization=self._view.authorization,
+            request_authn=self._view.request_authn,
+            jwks={
+                (s.issuer, s.jwks_uri): self.jwks.keys(s.issuer, s.jwks_uri)
+                for s in self._view.request_authn.sources()
+            },
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:

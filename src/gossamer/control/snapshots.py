@@ -15,16 +15,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from gossamer.config.authorization import AuthorizationPolicy
 from gossamer.config.egress import Egress
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.tcproute import TCPRoute
-from gossamer.config.traffic import service_key
 from gossamer.config.trafficpolicy import TrafficPolicy, default_policy_snapshot
+from gossamer.control.security import AuthorizationIndex, Jwks, RequestAuthnIndex
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
-    AuthzPolicySnapshot,
     EgressHostSnapshot,
     EgressSnapshot,
     EndpointSnapshot,
@@ -137,6 +135,9 @@ class MeshView:
     revoked_serials: tuple[str, ...] = ()  # unexpired revoked certificates (revocation.py)
     egress: EgressSnapshot = field(default_factory=lambda: _ALLOW_ANY)
     authorization: AuthorizationIndex = field(default_factory=lambda: AuthorizationIndex())
+    request_authn: RequestAuthnIndex = field(default_factory=lambda: RequestAuthnIndex())
+    # The key sets the control plane fetched: (issuer, jwksUri) -> (keys or None, error).
+    jwks: Jwks = field(default_factory=dict)
 
     def is_known(self, key: ServiceKey) -> bool:
         return key in self.services or key in self.workload_services
@@ -155,40 +156,6 @@ class MeshView:
 
     def traffic_of(self, key: ServiceKey) -> ServiceTraffic:
         return self.traffic.get(key, _NO_TRAFFIC)
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizationIndex:
-    """The AuthorizationPolicies in snapshot form, by what they select: a namespace's
-    workloads, or one service (each in name order, then namespace)."""
-
-    by_namespace: Mapping[str, tuple[AuthzPolicySnapshot, ...]] = field(default_factory=dict)
-    by_service: Mapping[ServiceKey, tuple[AuthzPolicySnapshot, ...]] = field(
-        default_factory=dict
-    )
-
-    @classmethod
-    def of(cls, policies: Iterable[AuthorizationPolicy]) -> AuthorizationIndex:
-        by_namespace: dict[str, list[AuthzPolicySnapshot]] = {}
-        by_service: dict[ServiceKey, list[AuthzPolicySnapshot]] = {}
-        for policy in sorted(policies, key=lambda p: (p.metadata.name, p.metadata.namespace)):
-            selector = policy.spec.selector
-            if selector is None:
-                by_namespace.setdefault(policy.metadata.namespace, []).append(
-                    policy.to_snapshot()
-                )
-            else:
-                key = service_key(selector.service, policy.metadata.namespace)
-                if key[0] == policy.metadata.namespace:  # only its own namespace's services
-                    by_service.setdefault(key, []).append(policy.to_snapshot())
-        return cls(
-            {ns: tuple(found) for ns, found in by_namespace.items()},
-            {key: tuple(found) for key, found in by_service.items()},
-        )
-
-    def of_workload(self, key: ServiceKey) -> list[AuthzPolicySnapshot]:
-        """The policies of the workloads of service ``key`` (``(namespace, name)``)."""
-        return [*self.by_namespace.get(key[0], ()), *self.by_service.get(key, ())]
 
 
 def _by_name(resource: HTTPRoute | TrafficPolicy | TCPRoute) -> tuple[str, str]:
@@ -346,6 +313,7 @@ def build_snapshot(
             "rate_limit": view.traffic_of(own).rate_limit,
             "filters": list(view.traffic_of(own).inbound_filters),
             "authorization": view.authorization.of_workload(own),
+            "request_authentication": view.request_authn.of_workload(own, view.jwks),
         },
         "outbound": {
             "services": [_service_entry(key, view) for key in selection.known],

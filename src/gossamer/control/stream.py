@@ -41,7 +41,7 @@ MAX_CONNECTIONS = 20_000
 HANDSHAKE_TIMEOUT = 10.0
 # Messages that cost the control plane real work (a whole snapshot, a signature): per stream,
 # a burst of RATE_BURST, then RATE_PER_SECOND; beyond, an error ``rate-limited``.
-RATED = frozenset({"subscribe", "csr"})
+RATED = frozenset({"subscribe", "csr", "jwks-refresh"})
 RATE_BURST = 20.0
 RATE_PER_SECOND = 5.0
 _CLOSE = object()

@@ -80,6 +80,8 @@ class ProxyState:
             template.__mod__, itertools.count(1)
         ).__next__
         self.subscribe_hook: Any = None  # set by main: callable(list[str]) -> None
+        # Set by main: callable(issuer) asking the control plane for an issuer's keys again.
+        self.jwks_hook: Any = None
         self.cert_ready: Any = lambda: True  # set by main: callable() -> bool
         self.started_at = time.time()
         self.draining = False
@@ -146,6 +148,7 @@ class ProxyState:
                 metrics=self.metrics,
                 previous=self.table,
                 default_service=self.settings.listen.default_service,
+                jwks_refresh=self.request_jwks,
             )
         except Exception as exc:
             self.last_error = f"version {version}: {exc}"
@@ -189,6 +192,12 @@ class ProxyState:
         for conn in [c for c in self.connections if c.peer_serial in revoked]:
             self.metrics.error(conn.direction, "revoked-peer")
             conn.abort()
+
+    def request_jwks(self, issuer: str) -> None:
+        """A token was signed by a key of ``issuer`` this sidecar does not have: ask the
+        control plane to fetch that issuer's keys again (``pipeline.authenticate``)."""
+        if self.jwks_hook is not None:
+            self.jwks_hook(issuer)
 
     def known_unknown(self, key: str) -> bool:
         """Whether the control plane said ``key`` is no service, recently enough to trust."""

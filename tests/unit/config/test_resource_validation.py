@@ -265,10 +265,10 @@ class TestAuthorizationPolicy:
         assert not doc.applies_to("default", "orders")  # type: ignore[attr-defined]
 
     @pytest.mark.parametrize(("rules", "path", "words"), [
-        ([{"from": [{"source": {"requestPrincipals": ["iss/sub"]}}]}],
-         "spec.rules[0].from[0].source", "RequestAuthentication"),
-        ([{"when": [{"key": "request.auth.claims[groups]", "values": ["x"]}]}],
-         "spec.rules[0].when[0].key", "RequestAuthentication"),
+        ([{"from": [{"source": {"requestPrincipals": ["iss / sub"]}}]}],
+         "spec.rules[0].from[0].source.requestPrincipals[0]", "visible ASCII"),
+        ([{"when": [{"key": "request.auth.claims", "values": ["x"]}]}],
+         "spec.rules[0].when[0].key", "not a condition key"),
         ([{"when": [{"key": "request.body", "values": ["x"]}]}],
          "spec.rules[0].when[0].key", "not a condition key"),
         ([{"when": [{"key": "source.principal"}]}], "spec.rules[0].when[0]", "values"),

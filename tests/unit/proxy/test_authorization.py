@@ -211,7 +211,7 @@ def test_a_bad_snapshot_names_the_field() -> None:
         compile_authorization([{"name": "x", "action": "MAYBE", "rules": []}], "a")
     with pytest.raises(SnapshotError, match=r"a\[0\]\.rules\[0\]\.when\[0\]\.key"):
         compile_authorization([policy("x", "ALLOW", rule(when=[
-            {"key": "request.auth.claims[iss]", "values": ["x"], "not_values": []}]))], "a")
+            {"key": "request.body", "values": ["x"], "not_values": []}]))], "a")
     with pytest.raises(SnapshotError, match=r"a\[0\]\.rules\[0\]\.to\[0\]\.ports"):
         compile_authorization([policy("x", "ALLOW", rule(
             operations=[operation(ports=["80"])]))], "a")

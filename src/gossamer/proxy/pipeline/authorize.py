@@ -6,6 +6,8 @@ stage reads who calls (``Call.peer``: the SPIFFE ID its certificate proved) and 
 path without the query, the authority and its port, headers when a condition names one),
 then:
 
+- the end user: the token the ``authenticate`` slot verified (``AUTH_NOTE``), for
+  ``requestPrincipals`` and ``request.auth.*`` conditions;
 - refused: 403 ``forbidden`` (gRPC ``PERMISSION_DENIED``), the policy's name in the body,
   before the request reaches the app;
 - AUDIT policies that matched are noted on the call (``AUDIT_NOTE``) for the audit log;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from gossamer.proxy.pipeline.authenticate import AUTH_NOTE
 from gossamer.proxy.pipeline.slots import Stage
 from gossamer.proxy.snapshot.authorization import Attributes, Authorization
 
@@ -55,6 +58,7 @@ class AuthorizeStage(Stage):
         cut = path.find(b"?")
         if cut >= 0:
             path = path[:cut]
+        notes = call.notes
         attributes = Attributes(
             call.peer.decode("latin-1"),
             request_port(call.authority, call.scheme),
@@ -62,11 +66,11 @@ class AuthorizeStage(Stage):
             path=path.decode("latin-1"),
             host=call.authority.decode("latin-1").lower(),
             headers=call.header_list() if self.authorization.reads_headers else (),
+            auth=notes.get(AUTH_NOTE) if notes is not None else None,
         )
         decision = self.authorization.decide(attributes)
         metrics = self.metrics
         if decision.audit:
-            notes = call.notes
             if notes is None:
                 notes = call.notes = {}
             notes[AUDIT_NOTE] = decision.audit

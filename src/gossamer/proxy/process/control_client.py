@@ -170,6 +170,10 @@ class ControlClient:
         if self._running:
             await self._stopped.wait()
 
+    def request_jwks(self, issuer: str) -> None:
+        """Ask the control plane to fetch ``issuer``'s keys again (if connected)."""
+        self._send({"type": "jwks-refresh", "issuer": issuer})
+
     def subscribe(self, names: Iterable[str]) -> None:
         """Ask for more services now (if connected); later hellos carry them via the handler."""
         services = [name for name in names if name]

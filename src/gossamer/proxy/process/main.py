@@ -146,6 +146,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
     workload = _workload_report(settings, path.inbound_addr, admin_addr)
     client = ControlClient(settings, credentials, TcpSnapshotHandler(state, path.tcp), workload)
     state.subscribe_hook = client.subscribe
+    state.jwks_hook = client.request_jwks
     client_task = spawn(client.run(), name="control-plane client")
     _log_started(settings, path, admin_addr)
 

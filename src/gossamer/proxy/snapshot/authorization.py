@@ -46,9 +46,10 @@ _NOTHING = Values([])
 
 class Attributes:
     """What a rule can look at in one request or connection. ``http`` is False for a TCP
-    connection (then method, path, host and headers are unknown)."""
+    connection (then method, path, host, headers and an end-user token are unknown).
+    ``auth``: the token ``pipeline.authenticate`` verified (``jwt_rules.Verified``), if any."""
 
-    __slots__ = ("headers", "host", "http", "method", "path", "port", "principal")
+    __slots__ = ("auth", "headers", "host", "http", "method", "path", "port", "principal")
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class Attributes:
         path: str = "",
         host: str = "",
         headers: Sequence[tuple[bytes, bytes]] = (),
+        auth: Any = None,
     ) -> None:
         self.principal = principal  # the caller's SPIFFE ID; empty: no mesh certificate
         self.port = port
@@ -68,10 +70,29 @@ class Attributes:
         self.path = path
         self.host = host  # lower case, the port kept when the caller named one
         self.headers = headers
+        self.auth = auth
 
     @property
     def namespace(self) -> str:
         return namespace_of(self.principal)
+
+    @property
+    def request_principal(self) -> str:
+        """``<iss>/<sub>`` of the verified token; empty without one."""
+        return str(self.auth.principal) if self.auth is not None else ""
+
+    def claim_values(self, path: tuple[str, ...]) -> list[str]:
+        """The verified token's claim at ``path`` as texts (a list claim: its items)."""
+        if self.auth is None:
+            return []
+        value: Any = self.auth.claims
+        for part in path:
+            if not isinstance(value, Mapping):
+                return []
+            value = value.get(part)
+        items = value if isinstance(value, list) else [value]
+        return [str(v) for v in items if isinstance(v, (str, int, float))
+                and not isinstance(v, bool)]  # fmt: skip
 
     def header(self, name: bytes) -> list[str]:
         return [v.decode("latin-1") for n, v in self.headers if n.lower() == name]
@@ -105,18 +126,33 @@ def _ports(raw: Mapping[str, Any], field: str, where: str) -> frozenset[int] | N
 
 
 class Source:
-    __slots__ = ("namespaces", "not_namespaces", "not_principals", "principals")
+    __slots__ = (
+        "namespaces", "not_namespaces", "not_principals", "not_request_principals", "principals",
+        "request_principals",
+    )  # fmt: skip
 
     def __init__(self, raw: Mapping[str, Any], where: str) -> None:
         self.principals = _values(raw, "principals", where)
         self.not_principals = _values(raw, "not_principals", where)
         self.namespaces = _values(raw, "namespaces", where)
         self.not_namespaces = _values(raw, "not_namespaces", where)
+        self.request_principals = _values(raw, "request_principals", where)
+        self.not_request_principals = _values(raw, "not_request_principals", where)
+
+    @property
+    def end_user(self) -> bool:
+        """Whether it names end users (an HTTP field: a TCP connection has no token)."""
+        return self.request_principals is not None or self.not_request_principals is not None
 
     def match(self, a: Attributes) -> bool:
+        """The caller's part (principal, namespace): the same for all its requests."""
         return _both(self.principals, self.not_principals, a.principal) and _both(
             self.namespaces, self.not_namespaces, a.namespace
         )
+
+    def match_user(self, a: Attributes) -> bool:
+        """The end user's part (``requestPrincipals``): per request."""
+        return _both(self.request_principals, self.not_request_principals, a.request_principal)
 
 
 class Operation:
@@ -164,8 +200,15 @@ class Operation:
         return named and not excluded
 
 
+_AUTH_KEYS = {
+    "request.auth.principal": None,
+    "request.auth.audiences": ("aud",),
+    "request.auth.presenter": ("azp",),
+}
+
+
 class Condition:
-    __slots__ = ("header", "key", "not_values", "values")
+    __slots__ = ("claim", "header", "key", "not_values", "values")
 
     def __init__(self, raw: Mapping[str, Any], where: str) -> None:
         key = raw.get("key")
@@ -173,16 +216,30 @@ class Condition:
             raise SnapshotError(f"{where}.key: expected a string")
         self.key = key
         self.header: bytes | None = None
+        self.claim: tuple[str, ...] | None = None  # a claim's path (request.auth.*)
         if key.startswith("request.headers[") and key.endswith("]"):
             self.header = key[len("request.headers[") : -1].lower().encode("latin-1")
+        elif key.startswith("request.auth.claims[") and key.endswith("]"):
+            self.claim = tuple(key[len("request.auth.claims[") : -1].split("]["))
+        elif key in _AUTH_KEYS:
+            self.claim = _AUTH_KEYS[key] or ()
         elif key not in ("source.principal", "source.namespace", "destination.port"):
             raise SnapshotError(f"{where}.key: unknown condition key {key!r}")
         self.values = _values(raw, "values", where)
         self.not_values = _values(raw, "not_values", where)
 
+    @property
+    def http_only(self) -> bool:
+        return self.header is not None or self.claim is not None
+
     def match(self, a: Attributes) -> bool:
         if self.header is not None:
             found = a.header(self.header)
+        elif self.claim is not None:
+            if self.claim:
+                found = a.claim_values(self.claim)
+            else:
+                found = [a.request_principal] if a.auth is not None else []
         elif self.key == "source.principal":
             found = [a.principal]
         elif self.key == "source.namespace":
@@ -196,7 +253,7 @@ class Condition:
 
 
 class Rule:
-    __slots__ = ("conditions", "http_only", "operations", "sources")
+    __slots__ = ("conditions", "http_only", "operations", "sources", "users")
 
     def __init__(self, raw: Mapping[str, Any], where: str) -> None:
         self.sources = tuple(_each(raw, "from", where, Source))
@@ -204,22 +261,34 @@ class Rule:
         self.conditions = tuple(_each(raw, "when", where, Condition))
         # Needs what only HTTP has: on TCP, an ALLOW rule never matches, a DENY rule matches
         # on its other parts.
-        self.http_only = any(o.http_only for o in self.operations) or any(
-            c.header is not None for c in self.conditions
+        self.http_only = (
+            any(o.http_only for o in self.operations)
+            or any(c.http_only for c in self.conditions)
+            or any(s.end_user for s in self.sources)
         )
+        # The sources naming end users, checked per request (the caller's part is per caller).
+        self.users = tuple(s for s in self.sources if s.end_user)
 
     def match(self, a: Attributes) -> bool:
         """Whether the whole rule matches (its sources too)."""
-        if self.sources and not any(s.match(a) for s in self.sources):
+        if self.sources and not any(s.match(a) and s.match_user(a) for s in self.sources):
             return False
-        return self.match_request(a)
+        return self._rest(a)
 
     def match_request(self, a: Attributes) -> bool:
-        """Whether its operations and conditions match (the sources known to)."""
+        """Whether it matches, its sources known to match the caller (``Policy.candidates``):
+        the end-user part of its sources, its operations and conditions."""
+        if self.users and a.http and not any(
+            s.match(a) and s.match_user(a) for s in self.sources
+        ):
+            return False
+        return self._rest(a)
+
+    def _rest(self, a: Attributes) -> bool:
         if self.operations and not any(o.match(a) for o in self.operations):
             return False
         if not a.http:
-            return all(c.match(a) for c in self.conditions if c.header is None)
+            return all(c.match(a) for c in self.conditions if not c.http_only)
         return all(c.match(a) for c in self.conditions)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gossamer.identity.spiffe import canonical_serial
 from gossamer.proxy.observe.metrics import Metrics, RouteStats
+from gossamer.proxy.pipeline.authenticate import AuthenticateStage, TokenCache
 from gossamer.proxy.pipeline.authorize import AuthorizeStage
 from gossamer.proxy.pipeline.balancer import (
     Balancer,
@@ -27,7 +28,7 @@ from gossamer.proxy.pipeline.balancer import (
     PeakEwmaBalancer,
     RoundRobinBalancer,
 )
-from gossamer.proxy.pipeline.slots import Stages
+from gossamer.proxy.pipeline.slots import Stage, Stages
 from gossamer.proxy.pipeline.user_filters import compile_filters
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
@@ -35,6 +36,7 @@ from gossamer.proxy.snapshot.authorization import Authorization, compile_authori
 from gossamer.proxy.snapshot.egress import EgressPolicy
 from gossamer.proxy.snapshot.errors import SnapshotError
 from gossamer.proxy.snapshot.http_rules import HttpRouter
+from gossamer.proxy.snapshot.jwt_rules import compile_jwt_rules, fingerprint
 from gossamer.proxy.snapshot.service_policy import ServicePolicy
 from gossamer.proxy.snapshot.tcp_rules import TcpRoute
 
@@ -238,6 +240,10 @@ class RouteTable:
         # The workload's AuthorizationPolicies (HTTP: the inbound ``authorize`` stage; TCP:
         # the relay asks them itself); None: no policy applies.
         self.authorization: Authorization | None = None
+        # RequestAuthentications: the verified-token cache, kept while the rules and keys
+        # (their fingerprint) stay the same from one snapshot to the next.
+        self.token_cache: TokenCache | None = None
+        self.jwt_fingerprint = ""
         # Hosts outside the mesh: whether a call may leave it, and their services.
         self.egress = EgressPolicy("ALLOW_ANY", [])
         self.make_external: (
@@ -284,6 +290,7 @@ def compile_snapshot(
     previous: RouteTable | None,
     default_service: str | None = None,
     balancer: str = "peak-ewma",
+    jwks_refresh: Callable[[str], None] | None = None,
 ) -> RouteTable:
     """Compile a snapshot into a route table; raise ``SnapshotError`` naming the bad field.
 
@@ -315,13 +322,14 @@ def compile_snapshot(
     table.egress = EgressPolicy.from_snapshot(outbound.get("egress"), "snapshot.outbound.egress")
     table.make_external = partial(_external_service, metrics, source)
     _compile_stages(table, raw.get("inbound") or {}, outbound, metrics, source)
+    _compile_security(table, raw.get("inbound") or {}, metrics, previous, jwks_refresh)
     return table
 
 
 def _compile_stages(
     table: RouteTable, inbound: Any, outbound: Mapping[str, Any], metrics: Metrics, source: str
 ) -> None:
-    """Each direction's slots: users' filters, and the workload's AuthorizationPolicies."""
+    """Each direction's slots for users' filters."""
     for direction, where, part in (
         ("inbound", "snapshot.inbound.filters", inbound),
         ("outbound", "snapshot.outbound.filters", outbound),
@@ -334,14 +342,37 @@ def _compile_stages(
             table.inbound_stages = stages
         else:
             table.outbound_stages = stages
+
+
+def _compile_security(
+    table: RouteTable,
+    inbound: Any,
+    metrics: Metrics,
+    previous: RouteTable | None,
+    jwks_refresh: Callable[[str], None] | None,
+) -> None:
+    """The inbound ``authenticate`` (RequestAuthentications) and ``authorize``
+    (AuthorizationPolicies) slots; nothing when no such resource applies to the workload."""
+    part = inbound if isinstance(inbound, Mapping) else {}
+    added: list[Stage] = []
+    raw_rules = part.get("request_authentication")
+    rules = compile_jwt_rules(raw_rules, "snapshot.inbound.request_authentication")
+    if rules:
+        table.jwt_fingerprint = fingerprint(raw_rules)
+        same = previous is not None and previous.jwt_fingerprint == table.jwt_fingerprint
+        cache = previous.token_cache if same and previous is not None else None
+        stage = AuthenticateStage(rules, metrics, jwks_refresh, cache)
+        table.token_cache = stage.cache
+        added.append(stage)
     authorization = compile_authorization(
-        inbound.get("authorization") if isinstance(inbound, Mapping) else None,
-        "snapshot.inbound.authorization",
+        part.get("authorization"), "snapshot.inbound.authorization"
     )
     if authorization is not None:
         table.authorization = authorization
+        added.append(AuthorizeStage(authorization, metrics))
+    if added:
         others = table.inbound_stages.all if table.inbound_stages is not None else ()
-        table.inbound_stages = Stages([*others, AuthorizeStage(authorization, metrics)])
+        table.inbound_stages = Stages([*others, *added])
 
 
 def _external_service(

@@ -17,7 +17,8 @@ Worker to supervisor:
 - ``{"type":"started","pid":P,"cert_generation":G,"cert_ok":bool}``: listeners are bound;
 - ``{"type":"applied","version":N,"error":null|"..."}``: the answer to a snapshot;
 - ``{"type":"cert","generation":G,"ok":bool}``: the answer to a cert reload;
-- ``{"type":"subscribe","services":[...]}``: on-demand discovery of a host it does not know.
+- ``{"type":"subscribe","services":[...]}``: on-demand discovery of a host it does not know;
+- ``{"type":"jwks-refresh","issuer":"..."}``: a token was signed by a key it does not have.
 
 Metrics channel: the supervisor writes ``{"type":"scrape","id":K}`` and waits (blocking, with a
 deadline; see ``BlockingChannel``) for ``{"type":"metrics","id":K,"text":"..."}``, the worker's

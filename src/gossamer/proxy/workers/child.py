@@ -142,6 +142,9 @@ class _Worker:
     def subscribe(self, names: list[str]) -> None:
         self.send({"type": "subscribe", "services": [n for n in names if n]})
 
+    def request_jwks(self, issuer: str) -> None:
+        self.send({"type": "jwks-refresh", "issuer": issuer})
+
     async def control_loop(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
@@ -219,6 +222,7 @@ async def run_worker(control_fd: int, metrics_fd: int) -> None:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     worker = _Worker(writer, TcpSnapshotHandler(state, path.tcp), credentials, stop)
     state.subscribe_hook = worker.subscribe
+    state.jwks_hook = worker.request_jwks
     worker.send(
         {
             "type": "started",

@@ -294,6 +294,10 @@ class Supervisor:
                 self._requested.update(names)
                 if self.client is not None and names:
                     self.client.subscribe(names)
+            elif kind == "jwks-refresh":
+                issuer = message.get("issuer")
+                if self.client is not None and isinstance(issuer, str) and issuer:
+                    self.client.request_jwks(issuer)
 
     def _broadcast(self, frame: bytes) -> None:
         for worker in self._workers:

@@ -1,0 +1,131 @@
+"""The security resources of each workload in snapshot form: the AuthorizationPolicies and
+RequestAuthentications that apply to it (a namespace's workloads, or one service of it)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gossamer.config.authorization import AuthorizationPolicy
+from gossamer.config.duration import duration_ms
+from gossamer.config.requestauthn import JwtRule, RequestAuthentication
+from gossamer.config.traffic import service_key
+from gossamer.control.jwks import JwksSource
+from gossamer.snapshot_schema import AuthzPolicySnapshot, JwtRuleSnapshot
+
+__all__ = ["AuthorizationIndex", "Jwks", "RequestAuthnIndex"]
+
+ServiceKey = tuple[str, str]  # (namespace, name)
+Jwks = Mapping[tuple[str, str | None], tuple[dict[str, Any] | None, str | None]]
+
+
+def _selected(resource: AuthorizationPolicy | RequestAuthentication) -> ServiceKey | None:
+    """The service a resource selects, None for its whole namespace; a selector naming a
+    service of another namespace selects nothing (the namespace's own, impossible key)."""
+    selector = resource.spec.selector
+    if selector is None:
+        return None
+    key = service_key(selector.service, resource.metadata.namespace)
+    return key if key[0] == resource.metadata.namespace else ("", "")
+
+
+def _by_name(resource: AuthorizationPolicy | RequestAuthentication) -> tuple[str, str]:
+    return (resource.metadata.name, resource.metadata.namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationIndex:
+    """The AuthorizationPolicies in snapshot form, by what they select: a namespace's
+    workloads, or one service (each in name order, then namespace)."""
+
+    by_namespace: Mapping[str, tuple[AuthzPolicySnapshot, ...]] = field(default_factory=dict)
+    by_service: Mapping[ServiceKey, tuple[AuthzPolicySnapshot, ...]] = field(
+        default_factory=dict
+    )
+
+    @classmethod
+    def of(cls, policies: Iterable[AuthorizationPolicy]) -> AuthorizationIndex:
+        by_namespace: dict[str, list[AuthzPolicySnapshot]] = {}
+        by_service: dict[ServiceKey, list[AuthzPolicySnapshot]] = {}
+        for policy in sorted(policies, key=_by_name):
+            key = _selected(policy)
+            if key is None:
+                by_namespace.setdefault(policy.metadata.namespace, []).append(
+                    policy.to_snapshot()
+                )
+            else:
+                by_service.setdefault(key, []).append(policy.to_snapshot())
+        return cls(
+            {ns: tuple(found) for ns, found in by_namespace.items()},
+            {key: tuple(found) for key, found in by_service.items()},
+        )
+
+    def of_workload(self, key: ServiceKey) -> list[AuthzPolicySnapshot]:
+        """The policies of the workloads of service ``key`` (``(namespace, name)``)."""
+        return [*self.by_namespace.get(key[0], ()), *self.by_service.get(key, ())]
+
+
+
+
+def _rule_snapshot(rule: JwtRule, keys: dict[str, Any] | None,
+                   error: str | None) -> JwtRuleSnapshot:  # fmt: skip
+    return {
+        "issuer": rule.issuer,
+        "audiences": list(rule.audiences),
+        "from_headers": [{"name": n, "prefix": p} for n, p in rule.token_headers],
+        "from_cookies": list(rule.from_cookies),
+        "output_claim_to_headers": [
+            {"header": o.header.lower(), "claim": o.claim} for o in rule.output_claim_to_headers
+        ],
+        "forward_original_token": rule.forward_original_token,
+        "clock_skew_ms": duration_ms(rule.clock_skew),
+        "jwks": keys,
+        "jwks_error": None if keys is not None else error or "not fetched yet",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuthnIndex:
+    """The JWT rules of the RequestAuthentications, by what they select (each issuer once
+    per workload: the first resource in name order that names it)."""
+
+    by_namespace: Mapping[str, tuple[JwtRule, ...]] = field(default_factory=dict)
+    by_service: Mapping[ServiceKey, tuple[JwtRule, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, resources: Iterable[RequestAuthentication]) -> RequestAuthnIndex:
+        by_namespace: dict[str, list[JwtRule]] = {}
+        by_service: dict[ServiceKey, list[JwtRule]] = {}
+        for resource in sorted(resources, key=_by_name):
+            key = _selected(resource)
+            if key is None:
+                by_namespace.setdefault(resource.metadata.namespace, []).extend(
+                    resource.spec.jwt_rules
+                )
+            else:
+                by_service.setdefault(key, []).extend(resource.spec.jwt_rules)
+        return cls(
+            {ns: tuple(rules) for ns, rules in by_namespace.items()},
+            {key: tuple(rules) for key, rules in by_service.items()},
+        )
+
+    def sources(self) -> set[JwksSource]:
+        """Every key source the rules need."""
+        return {
+            JwksSource(rule.issuer, rule.jwks_uri, duration_ms(rule.jwks_refresh) / 1000)
+            for rules in (*self.by_namespace.values(), *self.by_service.values())
+            for rule in rules
+        }
+
+    def of_workload(self, key: ServiceKey, jwks: Jwks) -> list[JwtRuleSnapshot]:
+        """The rules of the workloads of service ``key``, with the keys fetched so far."""
+        out: list[JwtRuleSnapshot] = []
+        seen: set[str] = set()
+        for rule in (*self.by_service.get(key, ()), *self.by_namespace.get(key[0], ())):
+            if rule.issuer in seen:
+                continue
+            seen.add(rule.issuer)
+            keys, error = jwks.get((rule.issuer, rule.jwks_uri), (None, "not fetched yet"))
+            out.append(_rule_snapshot(rule, keys, error))
+        return out
