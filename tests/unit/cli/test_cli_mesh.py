@@ -280,7 +280,9 @@ def test_messages_for_bad_input_name_the_problem(tmp_path: Path) -> None:
     for args in (["get", "foo"], ["get", "foo", "bar"], ["delete", "foo", "bar"]):
         result = runner.invoke(app, [*args, "--control-url", "http://127.0.0.1:9"])
         assert result.exit_code == 2, args
-        assert "unknown kind 'foo'; kinds: egresses, httproutes" in result.stderr
+        assert "unknown kind 'foo'; kinds: authorizationpolicies, egresses, httproutes" in (
+            result.stderr
+        )
     from gossamer.proxy.process.main import main as proxy_main
 
     assert proxy_main(["--help"]) == 0

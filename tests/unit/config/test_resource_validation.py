@@ -290,3 +290,39 @@ class TestAuthorizationPolicy:
 
     def test_an_unknown_action_is_refused(self) -> None:
         assert only(self.policy(action="CUSTOM")).path == "spec.action"
+
+
+class TestRequestAuthentication:
+    def authn(self, *rules: dict[str, Any], **spec: Any) -> dict[str, Any]:
+        spec = {"jwtRules": list(rules), **spec}
+        return {"apiVersion": API, "kind": "RequestAuthentication",
+                "metadata": {"name": "tokens"}, "spec": spec}  # fmt: skip
+
+    def test_a_rule_with_every_field_is_accepted(self) -> None:
+        (doc,) = validate_documents([self.authn({
+            "issuer": "https://idp.example.com/realms/shop", "audiences": ["orders-api"],
+            "fromHeaders": [{"name": "X-Token"}], "fromCookies": ["session"],
+            "outputClaimToHeaders": [{"header": "X-Roles", "claim": "realm_access.roles"}],
+            "forwardOriginalToken": False, "clockSkew": "30s", "jwksRefresh": "1m",
+        }, selector={"service": "orders"})])  # fmt: skip
+        rule = doc.spec.jwt_rules[0]  # type: ignore[attr-defined]
+        assert rule.token_headers == [("x-token", "")]
+        assert doc.applies_to("default", "orders")  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize(("rule", "path"), [
+        ({"issuer": "not-a-url"}, "spec.jwtRules[0]"),  # keys from discovery need a URL
+        ({"issuer": "https://a.example", "jwksUri": "ftp://x"}, "spec.jwtRules[0].jwksUri"),
+        ({"issuer": "https://a.example", "fromCookies": ["a b"]},
+         "spec.jwtRules[0].fromCookies[0]"),
+        ({"issuer": "https://a.example",
+          "outputClaimToHeaders": [{"header": "x", "claim": "a..b"}]},
+         "spec.jwtRules[0].outputClaimToHeaders[0].claim"),
+        ({"issuer": "https://a.example", "clockSkew": "soon"}, "spec.jwtRules[0].clockSkew"),
+    ])  # fmt: skip
+    def test_a_bad_rule_is_refused_at_its_path(self, rule: dict[str, Any], path: str) -> None:
+        assert only(self.authn(rule)).path == path
+
+    def test_no_rules_and_an_issuer_twice_are_refused(self) -> None:
+        assert only(self.authn()).path == "spec.jwtRules"
+        twice = {"issuer": "https://a.example"}
+        assert only(self.authn(twice, twice)).path == "spec"

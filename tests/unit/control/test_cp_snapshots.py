@@ -120,6 +120,8 @@ def test_proxy_section_and_mtls_mode() -> None:
         "ports": [{"port": 80, "protocol": "http"}],
         "rate_limit": None,
         "filters": [],
+        "authorization": [],
+        "request_authentication": [],
     }
     assert snap["trust_domain"] == "gossamer.local"
 

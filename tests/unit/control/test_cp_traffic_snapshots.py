@@ -265,6 +265,8 @@ def test_inbound_rate_limit_only_for_the_services_own_proxies() -> None:
         "ports": [{"port": 8080, "protocol": "http"}, {"port": 9090, "protocol": "grpc"}],
         "rate_limit": {"requests_per_second": 100, "burst": 200, "per_identity": False},
         "filters": [],
+        "authorization": [],
+        "request_authentication": [],
     }
     caller = build_snapshot("default", "web", ["catalog"], view)
     assert caller["inbound"]["rate_limit"] is None
