@@ -83,6 +83,16 @@ def _claim_text(value: Any) -> str | None:
     return None if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text) else text
 
 
+def _claim_headers(verified: Verified) -> tuple[tuple[bytes, bytes], ...]:
+    """The rule's claim headers for one token (made once per verified token)."""
+    out = []
+    for name, claim in verified.rule.claim_headers:
+        text = _claim_text(verified.claim(claim))
+        if text is not None:
+            out.append((name, text.encode("latin-1", "replace")))
+    return tuple(out)
+
+
 class AuthenticateStage(Stage):
     """The RequestAuthentications of this workload, in the ``authenticate`` slot."""
 
@@ -127,13 +137,12 @@ class AuthenticateStage(Stage):
         if notes is None:
             notes = call.notes = {}
         notes[AUTH_NOTE] = verified
-        rule = verified.rule
-        if not rule.forward and header is not None:
+        if not verified.rule.forward and header is not None:
             headers = [h for h in headers if h[0].lower() != header]
-        for name, claim in rule.claim_headers:
-            text = _claim_text(verified.claim(claim))
-            if text is not None:
-                headers.append((name, text.encode("latin-1", "replace")))
+        extra = verified.headers
+        if extra is None:
+            extra = verified.headers = _claim_headers(verified)
+        headers.extend(extra)
         call.set_header_list(headers)
         return True
 

@@ -266,8 +266,8 @@ class Rule:
             or any(c.http_only for c in self.conditions)
             or any(s.end_user for s in self.sources)
         )
-        # The sources naming end users, checked per request (the caller's part is per caller).
-        self.users = tuple(s for s in self.sources if s.end_user)
+        # Whether a source names end users (``Policy.candidates`` then keys on them too).
+        self.users = any(s.end_user for s in self.sources)
 
     def match(self, a: Attributes) -> bool:
         """Whether the whole rule matches (its sources too)."""
@@ -276,12 +276,8 @@ class Rule:
         return self._rest(a)
 
     def match_request(self, a: Attributes) -> bool:
-        """Whether it matches, its sources known to match the caller (``Policy.candidates``):
-        the end-user part of its sources, its operations and conditions."""
-        if self.users and a.http and not any(
-            s.match(a) and s.match_user(a) for s in self.sources
-        ):
-            return False
+        """Whether it matches, its sources known to match the caller and end user
+        (``Policy.candidates``): its operations and conditions."""
         return self._rest(a)
 
     def _rest(self, a: Attributes) -> bool:
@@ -313,25 +309,34 @@ class Policy:
     it (``candidates``): a request then checks only the operations and conditions of the
     rules whose sources named its caller."""
 
-    __slots__ = ("action", "allowed", "callers", "denied", "name", "rules")
+    __slots__ = ("action", "allowed", "callers", "denied", "name", "rules", "users")
 
     def __init__(self, name: str, action: str, rules: Sequence[Rule]) -> None:
         self.name = name
         self.action = action
         self.rules = tuple(rules)
+        # Whether a source names end users: then the candidates depend on the end user too.
+        self.users = any(rule.users for rule in self.rules)
         self.callers: dict[str, tuple[Rule, ...]] = {}
         # The decisions this policy gives when no AUDIT policy matched (made once).
         self.allowed = Decision(True, name, "", ())
         self.denied = Decision(False, name, f"denied by AuthorizationPolicy {name}", ())
 
     def candidates(self, a: Attributes) -> tuple[Rule, ...]:
-        found = self.callers.get(a.principal)
+        """The rules whose sources match the caller (and, when sources name end users and
+        the request is HTTP, its end user), worked out once per caller (and end user)."""
+        users = self.users and a.http
+        key = f"{a.principal}\n{a.request_principal}" if users else a.principal
+        found = self.callers.get(key)
         if found is None:
-            found = tuple(r for r in self.rules if not r.sources or any(
-                s.match(a) for s in r.sources))  # fmt: skip
+            found = tuple(
+                r for r in self.rules
+                if not r.sources or any(s.match(a) and (not users or s.match_user(a))
+                                        for s in r.sources)
+            )  # fmt: skip
             if len(self.callers) >= MAX_CALLERS:
                 self.callers.clear()
-            self.callers[a.principal] = found
+            self.callers[key] = found
         return found
 
     def match(self, a: Attributes) -> bool:

@@ -41,11 +41,13 @@ class Verified:
     """A token that passed: ``principal`` is ``<iss>/<sub>``; ``expires`` its ``exp``
     (epoch seconds; 0: none)."""
 
-    __slots__ = ("claims", "expires", "principal", "rule")
+    __slots__ = ("claims", "expires", "headers", "principal", "rule")
 
     def __init__(self, rule: JwtRule, claims: dict[str, Any]) -> None:
         self.rule = rule
         self.claims = claims
+        # The rule's claim headers for this token, made once (``pipeline.authenticate``).
+        self.headers: tuple[tuple[bytes, bytes], ...] | None = None
         self.principal = f"{claims.get('iss', '')}/{claims.get('sub', '')}"
         exp = claims.get("exp")
         self.expires = float(exp) if isinstance(exp, (int, float)) else 0.0
