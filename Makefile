@@ -28,8 +28,9 @@ native: $(STAMP)
 demo: native
 	$(BIN)/gossamer up -f examples/storefront/mesh.yaml
 
-# scripts/ensure-node-clients (in test:) installs node, npm and tests/clients/node: a gRPC
-# client from another ecosystem (grpc-js) that the tests run against the mesh.
+# scripts/ensure-node-clients (in test:) installs node, npm and tests/clients/node: real peers
+# from another ecosystem, a gRPC client (@grpc/grpc-js) and an OpenID provider (oidc-provider).
+
 # Debian packages the tests use as real peers: PostgreSQL (the database story), nghttp2 (the
 # HTTP/2 codec and h2load), HAProxy, nginx and wrk (the benchmark smoke run); gcc and the
 # Python headers build the native parts.

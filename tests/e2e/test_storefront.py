@@ -22,6 +22,8 @@ import pytest
 import yaml
 from bench.procs import free_port
 
+from tests.oidc import running_oidc_provider
+
 pytestmark = pytest.mark.timeout(120)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -229,6 +231,50 @@ def test_the_readmes_canary_commands_do_what_it_says(mesh: Mesh) -> None:
     finally:
         deleted = mesh.cli("delete", "httproute", "catalog-canary")
     assert deleted.returncode == 0, deleted.stderr
+
+
+def test_story_1_the_orders_api_moves_to_another_identity_provider(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """Story 1 on the demo, with a real OpenID provider: the README's orders-tokens.yaml (its
+    issuers pointed at the provider's) makes the orders API take only tokens with the
+    orders-reader role (the storefront's own pages still read it); one apply of the B file
+    moves it to issuer B: A's tokens refused, B's accepted; no app restarted."""
+    examples = REPO / "examples" / "security"
+    with running_oidc_provider(tmp_path / "idp") as idp:
+        files = {}
+        for name, port, issuer in (("a", "9001", idp.issuer_a), ("b", "9002", idp.issuer_b)):
+            source = examples / ("orders-tokens.yaml" if name == "a" else "orders-tokens-b.yaml")
+            files[name] = tmp_path / f"{name}.yaml"
+            files[name].write_text(source.read_text().replace(f"http://127.0.0.1:{port}", issuer))
+        pids = {c["name"]: c["pid"] for c in mesh.state()["children"]}
+
+        def orders(token: str | None) -> int:
+            headers = {"host": "orders"} | ({"authorization": f"Bearer {token}"} if token else {})
+            url = f"http://127.0.0.1:{mesh.ingress_port}/orders/recent"
+            return httpx.get(url, headers=headers, trust_env=False, timeout=10).status_code
+
+        def until(check: Any, what: str) -> None:
+            deadline = time.monotonic() + 20
+            while not check():
+                assert time.monotonic() < deadline, what
+                time.sleep(0.2)
+
+        a, b = idp.token(idp.issuer_a), idp.token(idp.issuer_b)
+        assert mesh.cli("apply", "-f", str(files["a"])).returncode == 0
+        try:
+            until(lambda: orders(a) == 200, "a token from A accepted")
+            assert orders(None) == 403
+            assert orders(idp.token(idp.issuer_a, client="intruder")) == 403
+            assert "ord-1001" in _get_page(mesh).text
+            assert mesh.cli("apply", "-f", str(files["b"])).returncode == 0
+            until(lambda: orders(a) == 401, "A refused once the mesh takes B")
+            assert orders(b) == 200
+            assert "ord-1001" in _get_page(mesh).text
+        finally:
+            mesh.cli("delete", "authorizationpolicy", "orders-api")
+            mesh.cli("delete", "requestauthentication", "orders-tokens")
+        assert {c["name"]: c["pid"] for c in mesh.state()["children"]} == pids
 
 
 def test_down_stops_every_process(mesh: Mesh) -> None:

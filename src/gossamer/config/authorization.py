@@ -50,7 +50,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from gossamer.config.base import Resource, SpecModel
-from gossamer.config.traffic import ServiceRef, service_key
+from gossamer.config.selector import Selector
 from gossamer.snapshot_schema import (
     AuthzConditionSnapshot,
     AuthzOperationSnapshot,
@@ -186,9 +186,6 @@ class Rule(SpecModel):
         }
 
 
-class Selector(SpecModel):
-    service: ServiceRef
-
 
 class AuthorizationPolicySpec(SpecModel):
     """``spec`` of an AuthorizationPolicy."""
@@ -207,15 +204,6 @@ class AuthorizationPolicy(Resource):
     kind: Literal["AuthorizationPolicy"]
     spec: AuthorizationPolicySpec
 
-    def applies_to(self, namespace: str, service: str) -> bool:
-        """Whether the policy governs requests to ``service`` in ``namespace``."""
-        if namespace != self.metadata.namespace:
-            return False
-        selector = self.spec.selector
-        return selector is None or service_key(selector.service, namespace) == (
-            namespace,
-            service,
-        )
 
     def to_snapshot(self) -> AuthzPolicySnapshot:
         return {

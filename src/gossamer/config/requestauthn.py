@@ -34,7 +34,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from gossamer.config.base import Resource, SpecModel
-from gossamer.config.traffic import Duration, HeaderName, ServiceRef, service_key
+from gossamer.config.selector import Selector
+from gossamer.config.traffic import Duration, HeaderName
 
 __all__ = ["JwtRule", "RequestAuthentication", "RequestAuthenticationSpec"]
 
@@ -114,9 +115,6 @@ class JwtRule(SpecModel):
         return [(h.name.lower(), h.prefix) for h in self.from_headers]
 
 
-class Selector(SpecModel):
-    service: ServiceRef
-
 
 class RequestAuthenticationSpec(SpecModel):
     """``spec`` of a RequestAuthentication."""
@@ -141,11 +139,3 @@ class RequestAuthentication(Resource):
     kind: Literal["RequestAuthentication"]
     spec: RequestAuthenticationSpec
 
-    def applies_to(self, namespace: str, service: str) -> bool:
-        if namespace != self.metadata.namespace:
-            return False
-        selector = self.spec.selector
-        return selector is None or service_key(selector.service, namespace) == (
-            namespace,
-            service,
-        )

@@ -3,14 +3,14 @@ RequestAuthentications that apply to it (a namespace's workloads, or one service
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gossamer.config.authorization import AuthorizationPolicy
 from gossamer.config.duration import duration_ms
 from gossamer.config.requestauthn import JwtRule, RequestAuthentication
-from gossamer.config.traffic import service_key
+from gossamer.config.selector import selected_service
 from gossamer.control.jwks import JwksSource
 from gossamer.snapshot_schema import AuthzPolicySnapshot, JwtRuleSnapshot
 
@@ -21,17 +21,34 @@ Jwks = Mapping[tuple[str, str | None], tuple[dict[str, Any] | None, str | None]]
 
 
 def _selected(resource: AuthorizationPolicy | RequestAuthentication) -> ServiceKey | None:
-    """The service a resource selects, None for its whole namespace; a selector naming a
-    service of another namespace selects nothing (the namespace's own, impossible key)."""
-    selector = resource.spec.selector
-    if selector is None:
-        return None
-    key = service_key(selector.service, resource.metadata.namespace)
-    return key if key[0] == resource.metadata.namespace else ("", "")
+    return selected_service(resource.spec.selector, resource.metadata.namespace)
 
 
 def _by_name(resource: AuthorizationPolicy | RequestAuthentication) -> tuple[str, str]:
     return (resource.metadata.name, resource.metadata.namespace)
+
+
+_R = TypeVar("_R", AuthorizationPolicy, RequestAuthentication)
+_T = TypeVar("_T")
+
+
+def _by_selection(
+    resources: Iterable[_R], items: Callable[[_R], Iterable[_T]]
+) -> tuple[dict[str, tuple[_T, ...]], dict[ServiceKey, tuple[_T, ...]]]:
+    """Each resource's ``items``, gathered by what it selects: its namespace's workloads, or
+    one service (resources in name order, then namespace)."""
+    by_namespace: dict[str, list[_T]] = {}
+    by_service: dict[ServiceKey, list[_T]] = {}
+    for resource in sorted(resources, key=_by_name):
+        key = _selected(resource)
+        if key is None:
+            by_namespace.setdefault(resource.metadata.namespace, []).extend(items(resource))
+        else:
+            by_service.setdefault(key, []).extend(items(resource))
+    return (
+        {ns: tuple(found) for ns, found in by_namespace.items()},
+        {key: tuple(found) for key, found in by_service.items()},
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +63,7 @@ class AuthorizationIndex:
 
     @classmethod
     def of(cls, policies: Iterable[AuthorizationPolicy]) -> AuthorizationIndex:
-        by_namespace: dict[str, list[AuthzPolicySnapshot]] = {}
-        by_service: dict[ServiceKey, list[AuthzPolicySnapshot]] = {}
-        for policy in sorted(policies, key=_by_name):
-            key = _selected(policy)
-            if key is None:
-                by_namespace.setdefault(policy.metadata.namespace, []).append(
-                    policy.to_snapshot()
-                )
-            else:
-                by_service.setdefault(key, []).append(policy.to_snapshot())
-        return cls(
-            {ns: tuple(found) for ns, found in by_namespace.items()},
-            {key: tuple(found) for key, found in by_service.items()},
-        )
+        return cls(*_by_selection(policies, lambda policy: [policy.to_snapshot()]))
 
     def of_workload(self, key: ServiceKey) -> list[AuthzPolicySnapshot]:
         """The policies of the workloads of service ``key`` (``(namespace, name)``)."""
@@ -95,20 +99,7 @@ class RequestAuthnIndex:
 
     @classmethod
     def of(cls, resources: Iterable[RequestAuthentication]) -> RequestAuthnIndex:
-        by_namespace: dict[str, list[JwtRule]] = {}
-        by_service: dict[ServiceKey, list[JwtRule]] = {}
-        for resource in sorted(resources, key=_by_name):
-            key = _selected(resource)
-            if key is None:
-                by_namespace.setdefault(resource.metadata.namespace, []).extend(
-                    resource.spec.jwt_rules
-                )
-            else:
-                by_service.setdefault(key, []).extend(resource.spec.jwt_rules)
-        return cls(
-            {ns: tuple(rules) for ns, rules in by_namespace.items()},
-            {key: tuple(rules) for key, rules in by_service.items()},
-        )
+        return cls(*_by_selection(resources, lambda resource: resource.spec.jwt_rules))
 
     def sources(self) -> set[JwksSource]:
         """Every key source the rules need."""

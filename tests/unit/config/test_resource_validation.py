@@ -14,6 +14,7 @@ from gossamer.config import (
     kind_for,
     validate_documents,
 )
+from gossamer.config.selector import selected_service
 
 API = "gossamer.dev/v1alpha1"
 
@@ -260,9 +261,11 @@ class TestAuthorizationPolicy:
         snap = doc.to_snapshot()  # type: ignore[attr-defined]
         assert snap["name"] == "shop/orders-readers" and snap["action"] == "DENY"
         assert snap["rules"][0]["when"][0]["key"] == "request.headers[x-tenant]"
-        assert doc.applies_to("shop", "orders")  # type: ignore[attr-defined]
-        assert not doc.applies_to("shop", "payments")  # type: ignore[attr-defined]
-        assert not doc.applies_to("default", "orders")  # type: ignore[attr-defined]
+        selector = doc.spec.selector  # type: ignore[attr-defined]
+        assert selected_service(selector, "shop") == ("shop", "orders")
+        other = selector.model_copy(update={"service": "orders.default"})
+        assert selected_service(other, "shop") == ("", "")  # another namespace's: nothing
+        assert selected_service(None, "shop") is None  # the whole namespace
 
     @pytest.mark.parametrize(("rules", "path", "words"), [
         ([{"from": [{"source": {"requestPrincipals": ["iss / sub"]}}]}],
@@ -307,7 +310,8 @@ class TestRequestAuthentication:
         }, selector={"service": "orders"})])  # fmt: skip
         rule = doc.spec.jwt_rules[0]  # type: ignore[attr-defined]
         assert rule.token_headers == [("x-token", "")]
-        assert doc.applies_to("default", "orders")  # type: ignore[attr-defined]
+        assert selected_service(doc.spec.selector, "default") == (  # type: ignore[attr-defined]
+            "default", "orders")
 
     @pytest.mark.parametrize(("rule", "path"), [
         ({"issuer": "not-a-url"}, "spec.jwtRules[0]"),  # keys from discovery need a URL
