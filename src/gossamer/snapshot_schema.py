@@ -59,7 +59,9 @@ __all__ = [
     "OutlierSnapshot",
     "PathMatchSnapshot",
     "PathMatchType",
+    "PeerMode",
     "PolicySnapshot",
+    "PortMtlsSnapshot",
     "PortProtocol",
     "PortSnapshot",
     "ProxySnapshot",
@@ -83,6 +85,8 @@ __all__ = [
 
 # ----------------------------------------------------------------- closed sets of values
 MtlsMode = Literal["STRICT", "PERMISSIVE"]
+# How a workload takes connections (PeerAuthentication): DISABLE, plaintext from callers.
+PeerMode = Literal["STRICT", "PERMISSIVE", "DISABLE"]
 FilterFailure = Literal["reject", "allow"]
 PortProtocol = Literal["http", "http2", "grpc", "tcp"]
 PathMatchType = Literal["Exact", "Prefix", "RegularExpression"]
@@ -300,6 +304,13 @@ class EndpointSnapshot(TypedDict):
     labels: dict[str, str]
 
 
+class PortMtlsSnapshot(TypedDict):
+    """A port of a workload whose mode differs from its own (PeerAuthentication)."""
+
+    port: int
+    mode: PeerMode
+
+
 class ServiceSnapshot(TypedDict):
     """One entry of ``outbound.services``."""
 
@@ -312,6 +323,9 @@ class ServiceSnapshot(TypedDict):
     http_routes: list[HttpRuleSnapshot]
     policy: PolicySnapshot
     tcp_route: TcpRouteSnapshot | None
+    # How its workloads take connections: DISABLE (service or port) means send plaintext.
+    mtls: PeerMode
+    port_mtls: list[PortMtlsSnapshot]
 
 
 class ProxySnapshot(TypedDict):
@@ -415,7 +429,8 @@ class JwtRuleSnapshot(TypedDict):
 
 
 class InboundSnapshot(TypedDict):
-    mtls: MtlsMode
+    mtls: PeerMode  # this workload's mode; port_mtls: its ports' where they differ
+    port_mtls: list[PortMtlsSnapshot]
     ports: list[PortSnapshot]
     rate_limit: RateLimitSnapshot | None
     filters: list[FilterSnapshot]  # on requests to this workload

@@ -64,6 +64,17 @@ class Mesh:
                    "spec": {"mtls": {"mode": mode}}}  # fmt: skip
             assert api.post("/v1/resources", json=doc).status_code == 200
 
+    def peer_authentication(self, spec: dict[str, Any] | None) -> None:
+        """Apply orders' PeerAuthentication (None: delete it)."""
+        with self.cp.client() as api:
+            if spec is None:
+                api.delete("/v1/resources/PeerAuthentication/default/orders")
+                return
+            doc = {"apiVersion": API, "kind": "PeerAuthentication",
+                   "metadata": {"name": "orders"}, "spec": {"selector": {"service": "orders"},
+                                                             **spec}}  # fmt: skip
+            assert api.post("/v1/resources", json=doc).status_code == 200
+
     def through_the_mesh(self, body: bytes) -> bytes:
         proxy = f"http://127.0.0.1:{self.frontend.ports['outbound']}"
         with httpx.Client(proxy=proxy, timeout=10, trust_env=False) as client:
@@ -71,10 +82,11 @@ class Mesh:
         assert response.status_code == 200, response.text
         return response.content
 
-    def plaintext_to_inbound(self, body: bytes) -> httpx.Response:
-        """As a client outside the mesh would: plain HTTP straight to orders' inbound port."""
+    def plaintext_to_inbound(self, body: bytes, host: str = "orders") -> httpx.Response:
+        """As a client outside the mesh would: plain HTTP straight to orders' inbound port,
+        naming ``host`` (its port is the one PeerAuthentication's portLevelMtls judges)."""
         url = f"http://127.0.0.1:{self.orders.ports['inbound']}/echo"
-        return httpx.post(url, content=body, headers={"host": "orders"}, timeout=10,
+        return httpx.post(url, content=body, headers={"host": host}, timeout=10,
                           trust_env=False)  # fmt: skip
 
 
@@ -180,3 +192,64 @@ def test_the_same_capture_shows_plaintext_under_permissive(mesh: Mesh) -> None:
         assert time.monotonic() < deadline, "STRICT did not come back"
         time.sleep(0.2)
     assert mesh.plaintext_to_inbound(b"probe").headers["x-gossamer-error"] == "mtls-required"
+
+
+def _until(check: Any, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_a_port_of_a_strict_workload_can_take_plaintext(mesh: Mesh) -> None:
+    """PeerAuthentication portLevelMtls: with the mesh STRICT, orders' port 8080 takes
+    plaintext (PERMISSIVE) while its other ports keep refusing it."""
+    mesh.mtls("STRICT")
+    mesh.peer_authentication({"mtls": {"mode": "STRICT"},
+                              "portLevelMtls": {"8080": {"mode": "PERMISSIVE"}}})  # fmt: skip
+    try:
+        _until(lambda: mesh.plaintext_to_inbound(b"x", "orders:8080").status_code == 200,
+               "port 8080 taking plaintext")  # fmt: skip
+        refused = mesh.plaintext_to_inbound(b"x", "orders")
+        assert (refused.status_code, refused.headers["x-gossamer-error"]) == (400,
+                                                                              "mtls-required")
+        assert mesh.through_the_mesh(b"still mTLS") == b"still mTLS"
+    finally:
+        mesh.peer_authentication(None)
+
+
+def test_a_disable_workload_is_called_in_plaintext(mesh: Mesh) -> None:
+    """PeerAuthentication DISABLE for orders: the caller's sidecar sends it plain HTTP (the
+    marker is in the capture), for an app that must be reached as if the mesh were not there;
+    deleting it brings mTLS back (the marker gone again)."""
+    mesh.mtls("STRICT")
+    mesh.peer_authentication({"mtls": {"mode": "DISABLE"}})
+    try:
+        marker = f"PLAIN-{uuid.uuid4().hex}".encode()
+
+        def plain_on_the_wire() -> bool:
+            capture = Capture(mesh.tmp / "disable.pcap", mesh.orders.ports["inbound"])
+            try:
+                answered = mesh.through_the_mesh(marker) == marker
+            except AssertionError:  # the two sidecars between configs: try again
+                answered = False
+            finally:
+                seen = capture.stop()
+            return answered and marker in seen
+
+        _until(plain_on_the_wire, "the caller's sidecar sending plaintext to orders")
+    finally:
+        mesh.peer_authentication(None)
+    secret = f"TLS-{uuid.uuid4().hex}".encode()
+
+    def encrypted_again() -> bool:
+        capture = Capture(mesh.tmp / "again.pcap", mesh.orders.ports["inbound"])
+        try:
+            answered = mesh.through_the_mesh(secret) == secret
+        except AssertionError:
+            answered = False
+        finally:
+            seen = capture.stop()
+        return answered and secret not in seen
+
+    _until(encrypted_again, "mTLS back once the PeerAuthentication is gone")

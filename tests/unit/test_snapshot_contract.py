@@ -32,12 +32,13 @@ from gossamer.config import (
 from gossamer.config.authorization import AuthorizationPolicy
 from gossamer.config.egress import Egress
 from gossamer.config.meshconfig import MtlsMode as ConfigMtlsMode
+from gossamer.config.peerauthn import PeerAuthentication
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.requestauthn import RequestAuthentication
 from gossamer.config.service import PortProtocol as ConfigPortProtocol
 from gossamer.config.traffic import RetryOn as ConfigRetryOn
 from gossamer.control.plane import _service_info
-from gossamer.control.security import AuthorizationIndex, RequestAuthnIndex
+from gossamer.control.security import AuthorizationIndex, PeerAuthnIndex, RequestAuthnIndex
 from gossamer.control.snapshots import (
     EndpointInfo,
     MeshView,
@@ -146,6 +147,21 @@ spec:
       clockSkew: 30s
     - issuer: https://old-idp.example.com
       jwksUri: https://old-idp.example.com/keys
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: web-ports}
+spec:
+  selector: {service: web}
+  mtls: {mode: UNSET}
+  portLevelMtls: {"9000": {mode: DISABLE}, "8080": {mode: STRICT}}
+---
+apiVersion: gossamer.dev/v1alpha1
+kind: PeerAuthentication
+metadata: {name: catalog-plain}
+spec:
+  selector: {service: catalog}
+  mtls: {mode: DISABLE}
 ---
 apiVersion: gossamer.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -361,6 +377,7 @@ def mesh_view() -> MeshView:
         request_authn=RequestAuthnIndex.of(
             [r for r in resources if isinstance(r, RequestAuthentication)]
         ),
+        peer_authn=PeerAuthnIndex.of([r for r in resources if isinstance(r, PeerAuthentication)]),
         jwks={("https://idp.example.com", None): (JWKS, None),
               ("https://old-idp.example.com", "https://old-idp.example.com/keys"):
                   (None, "https://old-idp.example.com/keys answered 503")},
@@ -756,7 +773,7 @@ def test_the_walk_finds_undeclared_and_mistyped_keys() -> None:
     del snapshot["trust_domain"]
     problems = _problems(snapshot, schema.Snapshot, "snapshot", set())
     assert sorted(problems) == [
-        "snapshot.inbound.mtls: 'OFF' not in ('STRICT', 'PERMISSIVE')",
+        "snapshot.inbound.mtls: 'OFF' not in ('STRICT', 'PERMISSIVE', 'DISABLE')",
         "snapshot.outbound.services[0].policy.retry_budget.jitter: not declared in "
         "RetryBudgetSnapshot",
         "snapshot: 'trust_domain' missing",
@@ -864,3 +881,16 @@ def test_request_authentication_of_the_workload(table: RouteTable) -> None:
     assert old.headers == ((b"authorization", "Bearer "),) and old.forward
     slots = [s.slot for s in table.inbound_stages.all]
     assert slots.index("authenticate") < slots.index("authorize")
+
+
+def test_peer_authentication_modes(table: RouteTable) -> None:
+    """The mesh is PERMISSIVE (MeshConfig); web's own port 9000 takes plaintext from callers'
+    sidecars (DISABLE) and 8080 only mTLS; catalog's workloads take plaintext: its callers
+    send it so, on any port."""
+    assert table.mtls == "PERMISSIVE" and table.port_mtls == {9000: "DISABLE", 8080: "STRICT"}
+    assert table.plaintext_ok and table.strict_for(8080) and not table.strict_for(80)
+    catalog = outbound(table, "catalog.default")
+    assert catalog.plaintext(b"catalog", b"http") and catalog.plaintext(b"catalog:9000", b"http")
+    web_mode, web_ports = mesh_view().peer_authn.modes(("default", "web"), "STRICT")
+    assert web_mode == "STRICT"  # UNSET: the level above (here a STRICT mesh) decides
+    assert web_ports == [{"port": 9000, "mode": "DISABLE"}]  # 8080 is the mode already

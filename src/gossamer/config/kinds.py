@@ -11,6 +11,7 @@ from gossamer.config.base import Resource
 from gossamer.config.egress import Egress
 from gossamer.config.httproute import HTTPRoute
 from gossamer.config.meshconfig import MeshConfig
+from gossamer.config.peerauthn import PeerAuthentication
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.requestauthn import RequestAuthentication
 from gossamer.config.service import Service
@@ -31,6 +32,7 @@ KINDS: dict[str, type[Resource]] = {
         Egress,
         AuthorizationPolicy,
         RequestAuthentication,
+        PeerAuthentication,
     )
 }
 

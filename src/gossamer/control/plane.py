@@ -26,6 +26,7 @@ from gossamer.config.duration import parse_duration
 from gossamer.config.egress import Egress
 from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
+from gossamer.config.peerauthn import PeerAuthentication
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.requestauthn import RequestAuthentication
 from gossamer.config.tcproute import TCPRoute
@@ -36,7 +37,7 @@ from gossamer.control.jwks import JwksFetcher
 from gossamer.control.registry import ProxyRecord, Registry, Session, Workload
 from gossamer.control.registry_store import RegistryStore
 from gossamer.control.revocation import Revocations, renewal_spacing
-from gossamer.control.security import AuthorizationIndex, RequestAuthnIndex
+from gossamer.control.security import AuthorizationIndex, PeerAuthnIndex, RequestAuthnIndex
 from gossamer.control.settings import ControlSettings
 from gossamer.control.snapshots import (
     MeshView,
@@ -71,11 +72,11 @@ MAX_NAME = 253
 SAVE_INTERVAL = 1.0  # seconds between two saves of the registry (registry_store)
 ModelResource = (
     HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter | Egress | AuthorizationPolicy
-    | RequestAuthentication
+    | RequestAuthentication | PeerAuthentication
 )
 _R = TypeVar(
     "_R", HTTPRoute, TrafficPolicy, TCPRoute, ProxyFilter, Egress, AuthorizationPolicy,
-    RequestAuthentication,
+    RequestAuthentication, PeerAuthentication,
 )
 
 
@@ -92,6 +93,15 @@ class Refusal(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class _Security:
+    """The security kinds' resources, as validated models."""
+
+    authorization: list[AuthorizationPolicy]
+    request_authn: list[RequestAuthentication]
+    peer_authn: list[PeerAuthentication]
+
+
+@dataclass(frozen=True, slots=True)
 class _ResourceView:
     services: Mapping[ServiceKey, ServiceInfo]
     mtls_mode: MtlsMode
@@ -100,6 +110,7 @@ class _ResourceView:
     egress: EgressSnapshot
     authorization: AuthorizationIndex
     request_authn: RequestAuthnIndex
+    peer_authn: PeerAuthnIndex
 
 
 def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
@@ -302,12 +313,7 @@ class ControlPlane:
 
     def _read_models(
         self,
-    ) -> tuple[
-        dict[ServiceKey, ServiceTraffic],
-        list[Egress],
-        list[AuthorizationPolicy],
-        list[RequestAuthentication],
-    ]:
+    ) -> tuple[dict[ServiceKey, ServiceTraffic], list[Egress], _Security]:
         """The kinds kept as validated models: traffic (compiled per service), egress and
         the security kinds; models of deleted resources are forgotten."""
         http_routes = self._load(HTTPRoute)
@@ -317,15 +323,17 @@ class ControlPlane:
         egresses = self._load(Egress)
         authorization = self._load(AuthorizationPolicy)
         authn = self._load(RequestAuthentication)
+        peers = self._load(PeerAuthentication)
         live = {
             r.key
             for r in (*http_routes, *policies, *tcp_routes, *proxy_filters, *egresses,
-                      *authorization, *authn)
+                      *authorization, *authn, *peers)
         }  # fmt: skip
         for key in [k for k in self._models if ResourceKey(*k) not in live]:
             del self._models[key]
         traffic = traffic_index(http_routes, policies, tcp_routes, proxy_filters)
-        return traffic, egresses, authorization, authn
+        security = _Security(authorization, authn, peers)
+        return traffic, egresses, security
 
     def _read_resources(self) -> _ResourceView:
         services = {
@@ -336,15 +344,16 @@ class ControlPlane:
         spec = mesh.get("spec") or {}
         lifetime = (spec.get("certificates") or {}).get("lifetime")
         mode = (spec.get("outboundTrafficPolicy") or {}).get("mode", "ALLOW_ANY")
-        traffic, egresses, authorization, authn = self._read_models()
+        traffic, egresses, security = self._read_models()
         return _ResourceView(
             services=services,
             mtls_mode=(spec.get("mtls") or {}).get("mode", "STRICT"),
             cert_lifetime=parse_duration(lifetime) if lifetime else None,
             traffic=traffic,
             egress=egress_snapshot(mode, egresses),
-            authorization=AuthorizationIndex.of(authorization),
-            request_authn=RequestAuthnIndex.of(authn),
+            authorization=AuthorizationIndex.of(security.authorization),
+            request_authn=RequestAuthnIndex.of(security.request_authn),
+            peer_authn=PeerAuthnIndex.of(security.peer_authn),
         )
 
     def _keys_changed(self) -> None:
@@ -712,6 +721,7 @@ class ControlPlane:
             egress=self._view.egress,
             authorization=self._view.authorization,
             request_authn=self._view.request_authn,
+            peer_authn=self._view.peer_authn,
             jwks={
                 (s.issuer, s.jwks_uri): self.jwks.keys(s.issuer, s.jwks_uri)
                 for s in self._view.request_authn.sources()

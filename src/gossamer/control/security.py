@@ -9,26 +9,35 @@ from typing import Any, TypeVar
 
 from gossamer.config.authorization import AuthorizationPolicy
 from gossamer.config.duration import duration_ms
+from gossamer.config.peerauthn import PeerAuthentication
 from gossamer.config.requestauthn import JwtRule, RequestAuthentication
 from gossamer.config.selector import selected_service
 from gossamer.control.jwks import JwksSource
-from gossamer.snapshot_schema import AuthzPolicySnapshot, JwtRuleSnapshot
+from gossamer.snapshot_schema import (
+    AuthzPolicySnapshot,
+    JwtRuleSnapshot,
+    PeerMode,
+    PortMtlsSnapshot,
+)
 
-__all__ = ["AuthorizationIndex", "Jwks", "RequestAuthnIndex"]
+__all__ = ["AuthorizationIndex", "Jwks", "PeerAuthnIndex", "RequestAuthnIndex"]
 
 ServiceKey = tuple[str, str]  # (namespace, name)
 Jwks = Mapping[tuple[str, str | None], tuple[dict[str, Any] | None, str | None]]
 
 
-def _selected(resource: AuthorizationPolicy | RequestAuthentication) -> ServiceKey | None:
+Secured = AuthorizationPolicy | RequestAuthentication | PeerAuthentication
+
+
+def _selected(resource: Secured) -> ServiceKey | None:
     return selected_service(resource.spec.selector, resource.metadata.namespace)
 
 
-def _by_name(resource: AuthorizationPolicy | RequestAuthentication) -> tuple[str, str]:
+def _by_name(resource: Secured) -> tuple[str, str]:
     return (resource.metadata.name, resource.metadata.namespace)
 
 
-_R = TypeVar("_R", AuthorizationPolicy, RequestAuthentication)
+_R = TypeVar("_R", AuthorizationPolicy, RequestAuthentication, PeerAuthentication)
 _T = TypeVar("_T")
 
 
@@ -120,3 +129,40 @@ class RequestAuthnIndex:
             keys, error = jwks.get((rule.issuer, rule.jwks_uri), (None, "not fetched yet"))
             out.append(_rule_snapshot(rule, keys, error))
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthnIndex:
+    """The PeerAuthentications by level (the first in name order at each): a namespace's mode,
+    and a service's mode and port modes (``UNSET``: the level above decides)."""
+
+    by_namespace: Mapping[str, str] = field(default_factory=dict)
+    by_service: Mapping[ServiceKey, tuple[str, Mapping[int, str]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, resources: Iterable[PeerAuthentication]) -> PeerAuthnIndex:
+        namespaces, services = _by_selection(resources, lambda resource: [resource.spec])
+        return cls(
+            {ns: specs[0].mtls.mode for ns, specs in namespaces.items()},
+            {key: (specs[0].mtls.mode,
+                   {int(p): m.mode for p, m in specs[0].port_level_mtls.items()})
+             for key, specs in services.items()},
+        )  # fmt: skip
+
+    def modes(self, key: ServiceKey, mesh: str) -> tuple[PeerMode, list[PortMtlsSnapshot]]:
+        """The mode of the workloads of service ``key``, and their ports' where they differ."""
+        mode = mesh
+        for level in (self.by_namespace.get(key[0]), self.by_service.get(key, ("UNSET",))[0]):
+            if level is not None and level != "UNSET":
+                mode = level
+        ports = self.by_service.get(key, ("UNSET", {}))[1]
+        return _mode(mode), [
+            {"port": port, "mode": _mode(m)}
+            for port, m in sorted(ports.items()) if m not in ("UNSET", mode)
+        ]  # fmt: skip
+
+
+def _mode(value: str) -> PeerMode:
+    if value == "PERMISSIVE":
+        return "PERMISSIVE"
+    return "DISABLE" if value == "DISABLE" else "STRICT"

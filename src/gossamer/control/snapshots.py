@@ -20,7 +20,12 @@ from gossamer.config.httproute import HTTPRoute
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.trafficpolicy import TrafficPolicy, default_policy_snapshot
-from gossamer.control.security import AuthorizationIndex, Jwks, RequestAuthnIndex
+from gossamer.control.security import (
+    AuthorizationIndex,
+    Jwks,
+    PeerAuthnIndex,
+    RequestAuthnIndex,
+)
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
     EgressHostSnapshot,
@@ -136,6 +141,7 @@ class MeshView:
     egress: EgressSnapshot = field(default_factory=lambda: _ALLOW_ANY)
     authorization: AuthorizationIndex = field(default_factory=lambda: AuthorizationIndex())
     request_authn: RequestAuthnIndex = field(default_factory=lambda: RequestAuthnIndex())
+    peer_authn: PeerAuthnIndex = field(default_factory=lambda: PeerAuthnIndex())
     # The key sets the control plane fetched: (issuer, jwksUri) -> (keys or None, error).
     jwks: Jwks = field(default_factory=dict)
 
@@ -275,6 +281,7 @@ def _service_entry(key: ServiceKey, view: MeshView) -> ServiceSnapshot:
     info = view.services.get(key)
     traffic = view.traffic_of(key)
     endpoints = sorted(view.endpoints.get(key, ()), key=lambda e: (e.address, e.port))
+    mode, port_modes = view.peer_authn.modes(key, view.mtls_mode)
     return {
         "name": key[1],
         "namespace": key[0],
@@ -285,6 +292,8 @@ def _service_entry(key: ServiceKey, view: MeshView) -> ServiceSnapshot:
         "http_routes": list(traffic.http_routes),
         "policy": traffic.policy if traffic.policy is not None else default_policy_snapshot(),
         "tcp_route": traffic.tcp_route,
+        "mtls": mode,
+        "port_mtls": port_modes,
     }
 
 
@@ -299,6 +308,7 @@ def build_snapshot(
     if selection is None:
         selection = select_services(namespace, service, on_demand, view)
     own = (namespace, service)
+    own_mode, own_ports = view.peer_authn.modes(own, view.mtls_mode)
     return {
         "trust_domain": view.trust_domain,
         "revoked_serials": list(view.revoked_serials),
@@ -308,7 +318,8 @@ def build_snapshot(
             "identity": view.identity(own).uri,
         },
         "inbound": {
-            "mtls": view.mtls_mode,
+            "mtls": own_mode,
+            "port_mtls": own_ports,
             "ports": view.ports(own),
             "rate_limit": view.traffic_of(own).rate_limit,
             "filters": list(view.traffic_of(own).inbound_filters),

@@ -330,3 +330,27 @@ class TestRequestAuthentication:
         assert only(self.authn()).path == "spec.jwtRules"
         twice = {"issuer": "https://a.example"}
         assert only(self.authn(twice, twice)).path == "spec"
+
+
+class TestPeerAuthentication:
+    def peer(self, **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": API, "kind": "PeerAuthentication", "metadata": {"name": "p"},
+                "spec": spec}  # fmt: skip
+
+    def test_levels_are_accepted(self) -> None:
+        docs = validate_documents([
+            self.peer(mtls={"mode": "PERMISSIVE"}),
+            {**self.peer(selector={"service": "orders"}, mtls={"mode": "DISABLE"},
+                         portLevelMtls={"8080": {"mode": "STRICT"}}),
+             "metadata": {"name": "orders"}},
+        ])  # fmt: skip
+        assert docs[1].spec.port_level_mtls["8080"].mode == "STRICT"  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize(("spec", "path"), [
+        ({"portLevelMtls": {"8080": {"mode": "STRICT"}}}, "spec"),  # ports need a selector
+        ({"selector": {"service": "orders"}, "portLevelMtls": {"http": {"mode": "STRICT"}}},
+         "spec.portLevelMtls.http"),
+        ({"mtls": {"mode": "OPTIONAL"}}, "spec.mtls.mode"),
+    ])  # fmt: skip
+    def test_a_bad_spec_is_refused_at_its_path(self, spec: dict[str, Any], path: str) -> None:
+        assert only(self.peer(**spec)).path.startswith(path)

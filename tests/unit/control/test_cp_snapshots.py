@@ -76,6 +76,8 @@ def test_known_by_resource_without_endpoints() -> None:
             "retry_budget": {"ratio": 0.2, "min_per_second": 10, "window_ms": 10000},
         },
         "tcp_route": None,
+        "mtls": "STRICT",
+        "port_mtls": [],
     }  # fmt: skip
 
 
@@ -117,6 +119,7 @@ def test_proxy_section_and_mtls_mode() -> None:
     }
     assert snap["inbound"] == {
         "mtls": "PERMISSIVE",
+        "port_mtls": [],
         "ports": [{"port": 80, "protocol": "http"}],
         "rate_limit": None,
         "filters": [],

@@ -132,6 +132,8 @@ def test_routed_service_snapshot_example() -> None:
                     "retry_budget": {"ratio": 0.2, "min_per_second": 10, "window_ms": 10000},
                 },
                 "tcp_route": None,
+                "mtls": "STRICT",
+                "port_mtls": [],
             }
         ],
         "unknown": [],
@@ -262,6 +264,7 @@ def test_inbound_rate_limit_only_for_the_services_own_proxies() -> None:
     own = build_snapshot("default", "catalog", [], view)
     assert own["inbound"] == {
         "mtls": "STRICT",
+        "port_mtls": [],
         "ports": [{"port": 8080, "protocol": "http"}, {"port": 9090, "protocol": "grpc"}],
         "rate_limit": {"requests_per_second": 100, "burst": 200, "per_identity": False},
         "filters": [],

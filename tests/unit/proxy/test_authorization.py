@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gossamer.proxy.pipeline.authorize import request_port
+from gossamer.proxy.pipeline.call import authority_port as request_port
 from gossamer.proxy.snapshot.authorization import (
     Attributes,
     Authorization,

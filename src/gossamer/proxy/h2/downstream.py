@@ -370,7 +370,8 @@ class H2Outbound(H2Downstream):
         stream.endpoint = endpoint
         key = endpoint.pool_key
         runtime = self.runtime
-        conn = (runtime.egress_pool if service.external else runtime.outbound_pool).take(key)
+        plain = service.plaintext(stream.authority, stream.scheme)
+        conn = (runtime.egress_pool if plain else runtime.outbound_pool).take(key)
         if conn is not None:
             stream.attach(conn)
         else:
@@ -388,7 +389,8 @@ class H2Outbound(H2Downstream):
         attempt: int,
     ) -> None:
         runtime = self.runtime
-        pool = runtime.egress_pool if service.external else runtime.outbound_pool
+        plain = service.plaintext(stream.authority, stream.scheme)
+        pool = runtime.egress_pool if plain else runtime.outbound_pool
         try:
             conn = await pool.connect(key, sni=service.sni, identity=service.identity)
         except ProxyError as exc:

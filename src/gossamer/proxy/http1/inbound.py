@@ -220,7 +220,7 @@ class InboundListener:
             spawn(self._accept_tls(conn), name="inbound tls handshake")
             return
         table = self.proxy.table
-        if table is not None and table.mtls == "PERMISSIVE":
+        if table is not None and table.plaintext_ok:  # a port takes plaintext (per request)
             h2c = head == H2_PREFACE[: len(head)] and len(head) >= 8  # HTTP/2 prior knowledge
             spawn(self._accept_plain(conn, h2c), name="inbound plaintext")
             return

@@ -22,7 +22,7 @@ from gossamer.proxy.resilience.outlier import classify
 from gossamer.proxy.tasks import spawn
 
 if TYPE_CHECKING:
-    from gossamer.proxy.http1.upstream import UpstreamConnection
+    from gossamer.proxy.http1.upstream import Pool, UpstreamConnection
     from gossamer.proxy.pipeline.balancer import EndpointState
     from gossamer.proxy.snapshot.http_rules import MirrorPolicy
     from gossamer.proxy.snapshot.table import OutboundService
@@ -69,7 +69,7 @@ class MirrorSink(ResponseSink):
             return
         endpoint.pending += 1
         copy.endpoint = endpoint
-        upstream = self.proxy.outbound_pool.take(endpoint.pool_key)
+        upstream = self._pool(copy, target).take(endpoint.pool_key)
         if upstream is not None:
             upstream.send(copy, self)
             return
@@ -84,7 +84,7 @@ class MirrorSink(ResponseSink):
         self, copy: Exchange, target: OutboundService, endpoint: EndpointState
     ) -> None:
         try:
-            upstream = await self.proxy.outbound_pool.connect(
+            upstream = await self._pool(copy, target).connect(
                 endpoint.pool_key, sni=target.sni, identity=target.identity
             )
         except ProxyError as exc:
@@ -95,6 +95,12 @@ class MirrorSink(ResponseSink):
         upstream.account = target.account
         upstream.endpoint = endpoint
         upstream.send(copy, self)
+
+    def _pool(self, copy: Exchange, target: OutboundService) -> Pool:
+        """Plain connections for a target that takes plaintext (DISABLE), else mTLS."""
+        if target.plaintext(copy.authority, copy.scheme):
+            return self.proxy.egress_pool
+        return self.proxy.outbound_pool
 
     def _failed(self, copy: Exchange, cause: str) -> None:
         self.proxy.metrics.error("mirror", cause)

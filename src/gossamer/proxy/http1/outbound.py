@@ -219,7 +219,8 @@ class OutboundConnection(DownstreamConnection):
             self.respond_error(ex, 503, cause, detail)
             return
         key = endpoint.pool_key
-        pool = self.proxy.egress_pool if service.external else self.proxy.outbound_pool
+        plain = service.plaintext(ex.authority, ex.scheme)
+        pool = self.proxy.egress_pool if plain else self.proxy.outbound_pool
         upstream = pool.take(key)
         if upstream is not None:
             endpoint.pending += 1
@@ -266,7 +267,8 @@ class OutboundConnection(DownstreamConnection):
     async def _connect(
         self, ex: Exchange, service: OutboundService, endpoint: EndpointState, attempt: int
     ) -> None:
-        pool = self.proxy.egress_pool if service.external else self.proxy.outbound_pool
+        plain = service.plaintext(ex.authority, ex.scheme)
+        pool = self.proxy.egress_pool if plain else self.proxy.outbound_pool
         try:
             upstream = await pool.connect(
                 endpoint.pool_key, sni=service.sni, identity=service.identity

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gossamer.proxy.pipeline.authenticate import AUTH_NOTE
+from gossamer.proxy.pipeline.call import authority_port
 from gossamer.proxy.pipeline.slots import Stage
 from gossamer.proxy.snapshot.authorization import Attributes, Authorization
 
@@ -26,21 +27,9 @@ if TYPE_CHECKING:
     from gossamer.proxy.observe.metrics import Metrics
     from gossamer.proxy.pipeline.call import Call
 
-__all__ = ["AUDIT_NOTE", "AuthorizeStage", "request_port"]
+__all__ = ["AUDIT_NOTE", "AuthorizeStage"]
 
 AUDIT_NOTE = "audit"  # Call.notes key: the AUDIT policies that matched (a tuple of names)
-
-
-def request_port(authority: bytes, scheme: bytes) -> int:
-    """The port the caller asked for: its authority's, else the scheme's default."""
-    if authority.startswith(b"["):  # [v6]:port
-        rest = authority.partition(b"]")[2]
-        port = rest[1:] if rest.startswith(b":") else b""
-    else:
-        port = authority.partition(b":")[2]
-    if port.isdigit() and 0 < len(port) <= 5:
-        return int(port)
-    return 443 if scheme == b"https" else 80
 
 
 class AuthorizeStage(Stage):
@@ -61,7 +50,7 @@ class AuthorizeStage(Stage):
         notes = call.notes
         attributes = Attributes(
             call.peer.decode("latin-1"),
-            request_port(call.authority, call.scheme),
+            authority_port(call.authority, call.scheme),
             method=call.method.decode("latin-1"),
             path=path.decode("latin-1"),
             host=call.authority.decode("latin-1").lower(),

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.snapshot.http_rules import MirrorPolicy
     from gossamer.proxy.snapshot.table import OutboundService
 
-__all__ = ["HTTP1", "HTTP2", "Call", "Header"]
+__all__ = ["HTTP1", "HTTP2", "Call", "Header", "authority_port"]
 
 Header = tuple[bytes, bytes]
 HTTP1 = "HTTP/1.1"
@@ -135,3 +135,15 @@ class Call:
         """Go on to the concrete and endpoint stages, under ``timeout`` (whole request,
         retries included) when one applies."""
         raise TypeError("codec responsibility")
+
+
+def authority_port(authority: bytes, scheme: bytes) -> int:
+    """The port the caller asked for: its authority's, else the scheme's default."""
+    if authority.startswith(b"["):  # [v6]:port
+        rest = authority.partition(b"]")[2]
+        port = rest[1:] if rest.startswith(b":") else b""
+    else:
+        port = authority.partition(b":")[2]
+    if port.isdigit() and 0 < len(port) <= 5:
+        return int(port)
+    return 443 if scheme == b"https" else 80

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gossamer.identity.spiffe import SpiffeId, peer_serial, peer_uri_sans
+from gossamer.proxy.pipeline.call import authority_port
 
 if TYPE_CHECKING:
     from gossamer.proxy.observe.metrics import RouteStats
@@ -61,6 +62,11 @@ def admit(call: Call, table: RouteTable | None) -> bool:
     """Run the inbound stages for ``call``; False when one of them answered it."""
     if table is None:
         return True
+    if not call.peer and table.port_mtls and table.strict_for(
+        authority_port(call.authority, call.scheme)
+    ):  # plaintext (no certificate), to a port that takes only mTLS
+        call.fail(400, "mtls-required", "this port accepts only mutual TLS from the mesh")
+        return False
     stages = table.inbound_stages
     if stages is not None and not stages.request(call):
         return False

@@ -28,6 +28,7 @@ from gossamer.proxy.pipeline.balancer import (
     PeakEwmaBalancer,
     RoundRobinBalancer,
 )
+from gossamer.proxy.pipeline.call import authority_port
 from gossamer.proxy.pipeline.slots import Stage, Stages
 from gossamer.proxy.pipeline.user_filters import compile_filters
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
@@ -98,6 +99,8 @@ class OutboundService:
         "key",
         "name",
         "namespace",
+        "plaintext_default",
+        "plaintext_ports",
         "policy",
         "ports",
         "protocol",
@@ -124,6 +127,10 @@ class OutboundService:
         self.identity = identity
         self.protocol = protocol
         self.ports: dict[int, str] = {}  # port -> protocol, as the service declares them
+        # Its workloads take plaintext (PeerAuthentication DISABLE): for the service, and by
+        # port where a port's mode differs; a host outside the mesh (``external``) always.
+        self.plaintext_default = False
+        self.plaintext_ports: dict[int, bool] = {}
         self.stats = stats
         self.sni = f"{name}.{namespace}.svc"
         self.policy = policy or ServicePolicy()
@@ -166,6 +173,15 @@ class OutboundService:
         if hash_key is not None and isinstance(balancer, ConsistentHashBalancer):
             return balancer.pick_for(hash_key)
         return balancer.pick()
+
+    def plaintext(self, authority: bytes, scheme: bytes) -> bool:
+        """Whether a request to ``authority`` goes out in plaintext (no mTLS): a host outside
+        the mesh, or a workload taking plaintext (DISABLE) on the port the request names."""
+        if self.external:
+            return True
+        if not self.plaintext_ports:
+            return self.plaintext_default
+        return self.plaintext_ports.get(authority_port(authority, scheme), self.plaintext_default)
 
     def port_protocol(self, port: int) -> str:
         """What callers speak to ``port`` of this service: the port's declared protocol, or
@@ -230,7 +246,9 @@ class RouteTable:
         self.inbound_stages: Stages | None = None
         self.outbound_stages: Stages | None = None
         self.version = version
-        self.mtls = mtls  # inbound mode: STRICT refuses plaintext, PERMISSIVE accepts it
+        self.mtls = mtls  # inbound mode: STRICT refuses plaintext, PERMISSIVE/DISABLE accept it
+        # Ports whose mode differs from ``mtls`` (PeerAuthentication portLevelMtls).
+        self.port_mtls: dict[int, str] = {}
         self.services = dict(services)  # by key "name.ns"
         self.unknown = unknown
         self.namespace = namespace
@@ -267,6 +285,15 @@ class RouteTable:
                 self._hosts.clear()
             self._hosts[host] = service
         return service
+
+    @property
+    def plaintext_ok(self) -> bool:
+        """Whether a plaintext connection may be taken at all (some port is not STRICT)."""
+        return self.mtls != "STRICT" or any(m != "STRICT" for m in self.port_mtls.values())
+
+    def strict_for(self, port: int) -> bool:
+        """Whether plaintext to ``port`` (the port a request names) is refused."""
+        return self.port_mtls.get(port, self.mtls) == "STRICT"
 
     def endpoints(self) -> dict[tuple[str, int], EndpointState]:
         return {
@@ -319,6 +346,11 @@ def compile_snapshot(
         rate_limiter, rate_limit_raw,
     )
     table.revoked = _compile_revoked(raw)
+    inbound_part = raw.get("inbound")
+    table.port_mtls = compile_port_modes(
+        inbound_part.get("port_mtls") if isinstance(inbound_part, Mapping) else None,
+        "snapshot.inbound.port_mtls",
+    )
     table.egress = EgressPolicy.from_snapshot(outbound.get("egress"), "snapshot.outbound.egress")
     table.make_external = partial(_external_service, metrics, source)
     _compile_stages(table, raw.get("inbound") or {}, outbound, metrics, source)
@@ -416,9 +448,30 @@ def _compile_inbound(
             rate_limiter = LocalRateLimiter.from_snapshot(
                 rate_limit_raw, "snapshot.inbound.rate_limit"
             )
-    if mtls not in ("STRICT", "PERMISSIVE"):
-        raise SnapshotError(f"snapshot.inbound.mtls: expected STRICT or PERMISSIVE, got {mtls!r}")
+    if mtls not in _MODES:
+        raise SnapshotError(
+            f"snapshot.inbound.mtls: expected STRICT, PERMISSIVE or DISABLE, got {mtls!r}"
+        )
     return mtls, rate_limiter, rate_limit_raw
+
+
+_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+
+
+def compile_port_modes(raw: object, where: str) -> dict[int, str]:
+    """``port_mtls`` (of the inbound part or of a service): port -> mode where it differs."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        raise SnapshotError(f"{where}: expected a list")
+    modes: dict[int, str] = {}
+    for i, entry in enumerate(raw):
+        port = entry.get("port") if isinstance(entry, Mapping) else None
+        mode = entry.get("mode") if isinstance(entry, Mapping) else None
+        if not isinstance(port, int) or isinstance(port, bool) or mode not in _MODES:
+            raise SnapshotError(f"{where}[{i}]: expected {{port, mode}}")
+        modes[port] = str(mode)
+    return modes
 
 
 def _compile_services(
@@ -482,6 +535,14 @@ def _compile_service(
         )
     service.tcp_route = TcpRoute.from_snapshot(raw.get("tcp_route"), f"{where}.tcp_route")
     service.ports = _compile_ports(raw.get("ports", []), f"{where}.ports")
+    mode = raw.get("mtls", "STRICT")
+    if mode not in _MODES:
+        raise SnapshotError(f"{where}.mtls: expected STRICT, PERMISSIVE or DISABLE")
+    service.plaintext_default = mode == "DISABLE"
+    service.plaintext_ports = {
+        port: m == "DISABLE"
+        for port, m in compile_port_modes(raw.get("port_mtls"), f"{where}.port_mtls").items()
+    }
     if old is not None:
         service.account = old.account
     service.account.limits = policy.limits
