@@ -303,6 +303,24 @@ def _proxy_id(mesh: RunningMesh, service: str) -> str:
     return str(next(p["proxy_id"] for p in items if p["service"] == service))
 
 
+def test_certs_status_shows_the_root_and_every_proxys_certificate(mesh: RunningMesh) -> None:
+    """`gossamer certs status -o json`: the root in the trust bundle every sidecar holds
+    (the control plane's, ten years ahead: no warning) and each connected proxy's certificate
+    expiry, from the real control plane."""
+    result = subprocess.run(
+        [sys.executable, "-m", "gossamer.cli", "certs", "status", "-o", "json",
+         "--control-url", mesh.cp.api_url, "--data-dir", str(mesh.cp.data_dir)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout)
+    (root,) = found["roots"]
+    assert "Gossamer root CA" in root["subject"] and root["expires_in_days"] > 3000
+    assert found["warnings"] == []
+    proxies = {p["service"] for p in found["proxies"] if p["connected"] and p["cert_expiry"]}
+    assert {"frontend", "catalog"} <= proxies
+
+
 def test_revoked_proxy_is_cut_off_by_the_control_plane_and_every_sidecar(
     mesh: RunningMesh,
 ) -> None:

@@ -1,13 +1,19 @@
-"""``gossamer revoke``: cut a proxy, or every proxy of a service, out of the mesh at once.
+"""``gossamer revoke`` and ``gossamer certs``: the mesh's certificates.
 
-A revoked certificate is refused by the control plane (no hello, no renewal) and by every
-sidecar (as a caller and as an upstream) until it expires (docs/internals.md §11).
+``revoke`` cuts a proxy, or every proxy of a service, out of the mesh at once: a revoked
+certificate is refused by the control plane (no hello, no renewal) and by every sidecar (as a
+caller and as an upstream) until it expires (docs/internals.md §11).
+
+``certs status`` shows the roots in the trust bundle every sidecar holds (subject, serial,
+expiry) and every proxy's certificate expiry, and warns, long before it happens, of a root
+that expires within ``ROOT_WARNING`` and of a connected proxy whose certificate has expired
+(renewal failing).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
 import typer
 
@@ -21,7 +27,9 @@ from gossamer.cli.common import (
 from gossamer.cli.output import Format, error, print_data, print_table, say
 from gossamer.local.client import NotFound
 
-__all__ = ["register", "revoke"]
+__all__ = ["ROOT_WARNING", "register", "revoke", "status"]
+
+ROOT_WARNING = timedelta(days=90)  # a root expiring sooner is warned about
 
 _TARGETS = ("proxy", "service", "list")
 
@@ -74,5 +82,75 @@ def revoke(
     say(f"{answer.get('target')}: {len(serials)} certificate(s) revoked")
 
 
+def _roots(bundle: bytes) -> list[dict[str, Any]]:
+    """Each certificate of a PEM bundle: subject, serial, expiry."""
+    from cryptography import x509  # here: the CLI's other commands never load it
+
+    roots = []
+    for cert in x509.load_pem_x509_certificates(bundle):
+        roots.append({
+            "subject": cert.subject.rfc4514_string(),
+            "serial": format(cert.serial_number, "X"),
+            "not_after": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
+            "expires_in_days": (cert.not_valid_after_utc - datetime.now(UTC)).days,
+        })  # fmt: skip
+    return roots
+
+
+def _expiry(text: object) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _warnings(roots: list[dict[str, Any]], proxies: list[dict[str, Any]]) -> list[str]:
+    now = datetime.now(UTC)
+    found = [
+        f"root {r['subject']} (serial {r['serial']}) expires on {r['not_after']}, in "
+        f"{r['expires_in_days']} days: every certificate of the mesh chains to it"
+        for r in roots if r["expires_in_days"] < ROOT_WARNING.days
+    ]  # fmt: skip
+    for proxy in proxies:
+        expiry = _expiry(proxy.get("cert_expiry"))
+        if proxy.get("connected") and expiry is not None and expiry <= now:
+            found.append(f"proxy {proxy.get('proxy_id')} ({proxy.get('identity')}): its "
+                         f"certificate expired at {proxy.get('cert_expiry')}; renewal is "
+                         "failing")  # fmt: skip
+    return found
+
+
+def status(
+    output: Annotated[Format, typer.Option("--output", "-o", help="Output format")] = Format.table,
+    control_url: ControlUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """The roots every sidecar trusts and every proxy's certificate, with warnings."""
+    with expected_errors(), connect(control_url, data_dir) as client:
+        roots = _roots(client.trust_bundle())
+        proxies = client.proxies()
+    warnings = _warnings(roots, proxies)
+    if output is not Format.table:
+        print_data({"roots": roots, "proxies": [
+            {k: p.get(k) for k in ("proxy_id", "service", "namespace", "identity",
+                                    "cert_expiry", "connected")} for p in proxies],
+            "warnings": warnings}, output)  # fmt: skip
+        return
+    print_table(("ROOT", "SERIAL", "EXPIRES", "DAYS LEFT"),
+                [[r["subject"], r["serial"], r["not_after"], str(r["expires_in_days"])]
+                 for r in roots])  # fmt: skip
+    say("")
+    print_table(("PROXY ID", "IDENTITY", "CERT EXPIRES", "CONNECTED"),
+                [[str(p.get("proxy_id")), str(p.get("identity")), str(p.get("cert_expiry") or "-"),
+                  str(p.get("connected"))] for p in proxies])  # fmt: skip
+    for warning in warnings:
+        say(f"warning: {warning}", err=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(revoke)
+    certs = typer.Typer(help="The mesh's certificates: roots and proxies.", no_args_is_help=True)
+    certs.command("status")(status)
+    app.add_typer(certs, name="certs")

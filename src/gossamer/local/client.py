@@ -269,6 +269,13 @@ class ControlClient:
         answer = self._json(self._request("POST", "/v1/revocations", json=body))
         return answer if isinstance(answer, dict) else {}
 
+    def trust_bundle(self) -> bytes:
+        """The roots sidecars trust (PEM), as the control plane serves them."""
+        response = self._request("GET", "/v1/trust-bundle")
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _error_message(response))
+        return response.content
+
     def revocations(self) -> list[dict[str, Any]]:
         """The revoked certificates that have not expired yet."""
         return list(self._json(self._request("GET", "/v1/revocations")).get("items", []))
