@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -319,6 +320,14 @@ def test_certs_status_shows_the_root_and_every_proxys_certificate(mesh: RunningM
     assert found["warnings"] == []
     proxies = {p["service"] for p in found["proxies"] if p["connected"] and p["cert_expiry"]}
     assert {"frontend", "catalog"} <= proxies
+    # Each sidecar's /metrics has the same figures, for an alert long before they come.
+    text = httpx.get(f"http://127.0.0.1:{mesh.frontend.ports['admin']}/metrics").text
+    family = "gossamer_certificate_expiry_timestamp_seconds"
+    assert f'{family}{{certificate="workload"}}' in text
+    root_line = next(line for line in text.splitlines()
+                     if line.startswith(f'{family}{{certificate="root",root="0"}}'))  # fmt: skip
+    expiry = datetime.fromisoformat(root["not_after"].replace("Z", "+00:00")).timestamp()
+    assert abs(float(root_line.rsplit(" ", 1)[1]) - expiry) < 2
 
 
 def test_revoked_proxy_is_cut_off_by_the_control_plane_and_every_sidecar(

@@ -314,6 +314,8 @@ class AlpnContextSource(Protocol):
 
     def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None: ...
 
+    def expiries(self) -> list[tuple[str, str, float]]: ...
+
 
 class CredentialFiles:
     """What every holder of a workload identity shares (``Credentials``, and a worker
@@ -339,6 +341,24 @@ class CredentialFiles:
     def _trust_bundles(self) -> list[str]:
         """The trusted CA bundles, as PEM text (what a new context is given)."""
         raise TypeError("subclass responsibility")
+
+    def expiries(self) -> list[tuple[str, str, float]]:
+        """When the certificates this identity relies on expire (unix seconds): its own
+        (``("workload", "", t)``) and each root of its trust bundle (``("root", "<n>", t)``,
+        in bundle order), for the expiry metric."""
+        found: list[tuple[str, str, float]] = []
+        if self._info is not None:
+            found.append(("workload", "", self._info.not_after))
+        index = 0
+        for text in self._trust_bundles():
+            for block in _PEM_CERT.finditer(text.encode("ascii", "replace")):
+                try:
+                    not_after = parse_certificate(block.group(0)).not_after
+                except CredentialsError:
+                    continue
+                found.append(("root", str(index), not_after))
+                index += 1
+        return found
 
     def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None:
         """The mTLS client context offering ALPN ``protocol`` (None without a certificate).

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.stats import render_grpc_metrics
 from gossamer.proxy.http1.upstream import Pool
-from gossamer.proxy.observe.metrics import Metrics
+from gossamer.proxy.observe.metrics import Metrics, render_expiries
 from gossamer.proxy.process.settings import ProxySettings
 from gossamer.proxy.snapshot.table import OutboundService, RouteTable, compile_snapshot, service_key
 
@@ -219,7 +219,10 @@ class ProxyState:
         return True, "ready"
 
     def render_metrics(self) -> bytes:
-        return self.metrics.render() + render_grpc_metrics(self.metrics)
+        out = self.metrics.render() + render_grpc_metrics(self.metrics)
+        if self.credentials is not None:
+            out += render_expiries(self.credentials.expiries())
+        return out
 
     def config_json(self) -> dict[str, Any]:
         return {

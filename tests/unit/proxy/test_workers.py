@@ -331,3 +331,17 @@ def test_worker_contexts_require_peer_certificates(tmp_path: Path) -> None:
     assert worker.server_context.verify_mode == ssl.CERT_REQUIRED
     assert worker.client_context.verify_mode == ssl.CERT_REQUIRED
     assert worker.client_context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+def test_points_in_time_are_not_added_up_across_workers() -> None:
+    """Every worker reports when the same certificates expire: the merge keeps the latest
+    figure of a ``*_timestamp_seconds`` family instead of a sum."""
+    from gossamer.proxy.observe.metrics import render_expiries
+    from gossamer.proxy.workers.metrics_merge import merge, parse_exposition, render_exposition
+
+    first = render_expiries([("workload", "", 1000.0), ("root", "0", 5000.0)]).decode()
+    second = render_expiries([("workload", "", 1200.0), ("root", "0", 5000.0)]).decode()
+    merged = render_exposition(merge([parse_exposition(first), parse_exposition(second)]))
+    text = merged.decode()
+    assert 'gossamer_certificate_expiry_timestamp_seconds{certificate="workload"} 1200' in text
+    assert 'gossamer_certificate_expiry_timestamp_seconds{certificate="root",root="0"} 5000' in text

@@ -12,7 +12,13 @@ from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LATENCY_BUCKETS_MS", "Metrics", "RouteStats", "TcpStats"]
+__all__ = [
+    "LATENCY_BUCKETS_MS",
+    "Metrics",
+    "RouteStats",
+    "TcpStats",
+    "render_expiries",
+]
 
 # Upper bounds in milliseconds (Linkerd-like spread from sub-millisecond to tens of seconds).
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -231,3 +237,20 @@ def _filter_families(
             labels = f'filter="{_escape(name)}",phase="{phase}"'
             out.append(f"gossamer_filter_failures_total{{{labels}}} {count}")
     return out
+
+
+def render_expiries(expiries: list[tuple[str, str, float]]) -> bytes:
+    """``gossamer_certificate_expiry_timestamp_seconds``: when the workload's certificate and
+    each root of its trust bundle expire, so that an alert fires long before (a root's expiry
+    ends every certificate of the mesh)."""
+    if not expiries:
+        return b""
+    out = [
+        "# HELP gossamer_certificate_expiry_timestamp_seconds When a certificate the sidecar "
+        "relies on expires (its own, each trusted root).",
+        "# TYPE gossamer_certificate_expiry_timestamp_seconds gauge",
+    ]
+    for kind, index, when in expiries:
+        labels = f'certificate="{kind}"' + (f',root="{index}"' if index else "")
+        out.append(f"gossamer_certificate_expiry_timestamp_seconds{{{labels}}} {when:.0f}")
+    return ("\n".join(out) + "\n").encode()

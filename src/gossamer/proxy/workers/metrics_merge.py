@@ -7,6 +7,10 @@ counters and histogram buckets/sums/counts add up, and its gauges count open con
 which add up too. Working on the text rather than on ``Metrics`` objects keeps this
 independent of which families exist (HTTP, gRPC, TCP relay, and whatever comes next).
 
+A point in time (a family named ``*_timestamp_seconds``, such as when the certificates
+expire) is not added up: the workers report the same certificates, and the merge keeps the
+latest.
+
 Counters must not go backwards when a worker is restarted (a scraper would see a reset of
 the whole sidecar). So the supervisor keeps, per worker, the last exposition it scraped, and
 when that worker exits it folds the monotonic families (counters, histograms) of it into a
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 __all__ = ["Exposition", "Family", "merge", "parse_exposition", "render_exposition"]
 
 _MONOTONIC = frozenset({"counter", "histogram", "summary"})
+_POINT_IN_TIME = "_timestamp_seconds"
 
 Number = int | float
 
@@ -99,8 +104,12 @@ def merge(parts: Iterable[Exposition], *, monotonic_only: bool = False) -> Expos
             if into.kind == "untyped":
                 into.kind = family.kind
             samples = into.samples
+            latest = name.endswith(_POINT_IN_TIME)
             for key, value in family.samples.items():
-                samples[key] = samples.get(key, 0) + value
+                if key not in samples:
+                    samples[key] = value
+                else:
+                    samples[key] = max(samples[key], value) if latest else samples[key] + value
     return total
 
 
