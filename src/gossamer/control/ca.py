@@ -1,13 +1,23 @@
-"""The mesh's certificate authority: root key and certificate, and signing workload certs.
+"""The mesh's certificate authority: the issuing key and certificate, and signing workload
+certs.
 
-Owns ``<data-dir>/ca/root.key`` (ECDSA P-256, PKCS#8 PEM, mode 0600) and ``ca/root.crt`` (the
-trust bundle). Leaves carry the workload's SPIFFE ID as their only URI SAN; only a CSR's public
-key is used, never its subject or extensions.
+Built in: owns ``<data-dir>/ca/root.key`` (ECDSA P-256, PKCS#8 PEM, mode 0600) and
+``ca/root.crt`` (the trust bundle), a self-signed root that signs the leaves.
+
+Brought by the operator (``import_issuer``, from ``gossamer control --ca-cert --ca-key
+--ca-bundle``): an intermediate under the organisation's root. ``ca/issuer.crt`` holds the
+intermediate (and any intermediates above it), ``ca/issuer.key`` its key (EC or RSA, 0600),
+``ca/root.crt`` the organisation's root(s): the trust bundle. Leaves are signed by the
+intermediate and handed out with its chain, so every peer can build the path to the root.
+
+Leaves carry the workload's SPIFFE ID as their only URI SAN; only a CSR's public key is used,
+never its subject or extensions.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -22,7 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gossamer.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
 
-__all__ = ["CertificateAuthority", "check_csr", "generate_csr", "leaf_expiry"]
+__all__ = ["CertificateAuthority", "check_csr", "generate_csr", "import_issuer", "leaf_expiry"]
 
 ROOT_LIFETIME = timedelta(days=3650)
 BACKDATE = timedelta(seconds=60)
@@ -90,12 +100,23 @@ class CertificateAuthority:
     """The mesh CA. Create with :meth:`load_or_create`."""
 
     def __init__(
-        self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate, trust_domain: str
+        self,
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+        cert: x509.Certificate,
+        trust_domain: str,
+        *,
+        chain: bytes = b"",
+        bundle: bytes | None = None,
     ) -> None:
         self._key = key
         self._cert = cert
         self._trust_domain = trust_domain
-        self._root_pem = cert.public_bytes(serialization.Encoding.PEM)
+        # The trust bundle (the roots peers trust) and the intermediates handed out with each
+        # leaf (empty when the issuer is itself the root).
+        self._root_pem = bundle if bundle is not None else cert.public_bytes(
+            serialization.Encoding.PEM
+        )
+        self._chain = chain
         self._ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
 
     @classmethod
@@ -105,6 +126,8 @@ class CertificateAuthority:
         """Load ``directory/ca/root.{key,crt}``, creating them on first use."""
         ca_dir = Path(directory) / "ca"
         key_path, cert_path = ca_dir / "root.key", ca_dir / "root.crt"
+        if (ca_dir / ISSUER_KEY).exists() and (ca_dir / ISSUER_CERT).exists():
+            return cls._brought(ca_dir, trust_domain)
         if key_path.exists() and cert_path.exists():
             loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             if not isinstance(loaded, ec.EllipticCurvePrivateKey):
@@ -126,6 +149,17 @@ class CertificateAuthority:
         )
         _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert, trust_domain)
+
+    @classmethod
+    def _brought(cls, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+        """The operator's intermediate (``import_issuer`` checked it when it was imported)."""
+        chain_pem = (ca_dir / ISSUER_CERT).read_bytes()
+        issuer = x509.load_pem_x509_certificates(chain_pem)[0]
+        key = serialization.load_pem_private_key((ca_dir / ISSUER_KEY).read_bytes(), None)
+        if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+            raise ValueError(f"{ca_dir / ISSUER_KEY}: expected an EC or RSA private key")
+        return cls(key, issuer, trust_domain, chain=chain_pem,
+                   bundle=(ca_dir / "root.crt").read_bytes())  # fmt: skip
 
     @classmethod
     def ephemeral(cls, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> CertificateAuthority:
@@ -178,17 +212,25 @@ class CertificateAuthority:
 
     @property
     def root_pem(self) -> bytes:
+        """The trust bundle: the root(s) every peer trusts."""
         return self._root_pem
+
+    @property
+    def issuer(self) -> x509.Certificate:
+        """The certificate that signs the leaves (the root itself, or the operator's
+        intermediate)."""
+        return self._cert
 
     @property
     def trust_domain(self) -> str:
         return self._trust_domain
 
     def sign_csr(self, csr_pem: bytes, identity: SpiffeId, lifetime: timedelta) -> bytes:
-        """Issue a leaf for ``identity`` over the CSR's public key; ``ValueError`` if bad CSR."""
+        """Issue a leaf for ``identity`` over the CSR's public key, followed by the chain up
+        to the trust bundle (if any); ``ValueError`` if bad CSR."""
         public = check_csr(csr_pem)
         cert = self._issue(public, identity, lifetime, (), ())
-        return cert.public_bytes(serialization.Encoding.PEM)
+        return cert.public_bytes(serialization.Encoding.PEM) + self._chain
 
     def issue_keypair(
         self,
@@ -211,7 +253,7 @@ class CertificateAuthority:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        return cert.public_bytes(serialization.Encoding.PEM), key_pem
+        return cert.public_bytes(serialization.Encoding.PEM) + self._chain, key_pem
 
     def _issue(
         self,
@@ -267,6 +309,55 @@ class CertificateAuthority:
             )
             .sign(self._key, hashes.SHA256())
         )
+
+
+ISSUER_CERT = "issuer.crt"
+ISSUER_KEY = "issuer.key"
+
+
+def import_issuer(directory: Path, cert_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
+    """Make the operator's intermediate the mesh's issuer: check it and copy it into
+    ``directory/ca`` (see the module docstring). ``cert_pem``: the intermediate, then any
+    intermediates above it, in order; ``bundle_pem``: the root(s) peers are to trust.
+
+    Refused (``ValueError`` naming what is wrong): a key that does not match, a certificate
+    that is no CA, a chain whose links do not sign each other, or whose top is not signed by
+    a root of the bundle."""
+    chain = x509.load_pem_x509_certificates(cert_pem)
+    roots = x509.load_pem_x509_certificates(bundle_pem)
+    key = serialization.load_pem_private_key(key_pem, None)
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise ValueError("the CA key must be an EC or RSA private key")
+    if chain[0].public_key() != key.public_key():
+        raise ValueError("the CA key does not match the CA certificate")
+    try:
+        constraints = chain[0].extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise ValueError("the CA certificate is not a CA (basicConstraints CA:TRUE)")
+    for child, parent in itertools.pairwise(chain):
+        if not _issued_by(child, parent):
+            raise ValueError(f"{child.subject.rfc4514_string()} is not signed by "
+                             f"{parent.subject.rfc4514_string()}")  # fmt: skip
+    if not any(_issued_by(chain[-1], root) for root in roots):
+        raise ValueError(f"{chain[-1].subject.rfc4514_string()} is not signed by a root of the "
+                         "bundle")  # fmt: skip
+    ca_dir = Path(directory) / "ca"
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    _write_private(ca_dir / ISSUER_KEY, key_pem)
+    _write_public(ca_dir / ISSUER_CERT, b"".join(
+        c.public_bytes(serialization.Encoding.PEM) for c in chain))  # fmt: skip
+    _write_public(ca_dir / "root.crt", b"".join(
+        r.public_bytes(serialization.Encoding.PEM) for r in roots))  # fmt: skip
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def generate_csr(identity_hint: str) -> tuple[bytes, bytes]:

@@ -94,11 +94,11 @@ def _still_fresh(
         return False
     if not names <= _sans(cert):
         return False
-    root = x509.load_pem_x509_certificate(ca.root_pem)
-    if cert.issuer != root.subject:
+    issuer = ca.issuer
+    if cert.issuer != issuer.subject:
         return False
     try:
-        cert.verify_directly_issued_by(root)
+        cert.verify_directly_issued_by(issuer)
     except (InvalidSignature, ValueError, TypeError):
         return False
     now = datetime.now(UTC)

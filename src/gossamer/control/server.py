@@ -20,7 +20,7 @@ import uvicorn
 
 from gossamer.config.duration import parse_duration
 from gossamer.control.api import create_app
-from gossamer.control.ca import CertificateAuthority
+from gossamer.control.ca import CertificateAuthority, import_issuer
 from gossamer.control.datadir import (
     ensure_serving_cert,
     load_or_create_admin_token,
@@ -65,6 +65,11 @@ async def serve(
     """Run the control plane until ``stop`` is set (or SIGTERM/SIGINT when not given)."""
     data_dir = prepare_data_dir(settings.data_dir)
     admin_token = load_or_create_admin_token(data_dir)
+    if settings.ca_files is not None:
+        cert_file, key_file, bundle_file = settings.ca_files
+        import_issuer(data_dir, cert_file.read_bytes(), key_file.read_bytes(),
+                      bundle_file.read_bytes())  # fmt: skip
+        log.info("the mesh's certificates are signed by %s", cert_file)
     ca = CertificateAuthority.load_or_create(data_dir, settings.trust_domain)
     names = (settings.api_addr.host, settings.stream_addr.host, *settings.tls_sans)
     cert_path, key_path = ensure_serving_cert(data_dir, ca, names)
@@ -158,6 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--trust-domain", default="gossamer.local")
     parser.add_argument(
+        "--ca-cert",
+        type=Path,
+        help="bring your own CA: an intermediate under your organisation's root (PEM; any "
+        "intermediates above it may follow), which signs every workload certificate",
+    )
+    parser.add_argument("--ca-key", type=Path, help="the private key of --ca-cert (PEM)")
+    parser.add_argument(
+        "--ca-bundle", type=Path, help="the root(s) every peer is to trust (PEM): the trust bundle"
+    )
+    parser.add_argument(
         "--endpoint-grace",
         type=float,
         default=3.0,
@@ -209,6 +224,9 @@ def parse_settings(argv: list[str] | None = None) -> ControlSettings:
         parser.error("--endpoint-grace must not be negative")
     if args.peer_timeout <= 0:
         parser.error("--peer-timeout must be positive")
+    ca_files = (args.ca_cert, args.ca_key, args.ca_bundle)
+    if any(ca_files) and not all(ca_files):
+        parser.error("--ca-cert, --ca-key and --ca-bundle go together")
     return ControlSettings(
         data_dir=args.data_dir or default_data_dir(),
         api_addr=api_addr,
@@ -222,6 +240,7 @@ def parse_settings(argv: list[str] | None = None) -> ControlSettings:
         restore_grace=args.restore_grace,
         api_tls=args.api_tls,
         tls_sans=tuple(args.tls_san),
+        ca_files=ca_files if all(ca_files) else None,
     )
 
 

@@ -73,3 +73,5 @@ class ControlSettings:
     restore_grace: float = 30.0  # a proxy restored from the store has this long to reconnect
     api_tls: bool = False  # serve the config API over TLS (required off loopback)
     tls_sans: tuple[str, ...] = ()  # extra names/addresses in the serving certificate
+    # The operator's CA (--ca-cert, --ca-key, --ca-bundle): imported into the data dir at start.
+    ca_files: tuple[Path, Path, Path] | None = None

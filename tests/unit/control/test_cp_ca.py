@@ -6,6 +6,7 @@ import stat
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from gossamer.control.ca import CertificateAuthority, generate_csr
+from gossamer.control.ca import CertificateAuthority, generate_csr, import_issuer
 from gossamer.identity.spiffe import SpiffeId
 
 IDENTITY = SpiffeId("gossamer.local", "default", "catalog")
@@ -169,3 +170,66 @@ def test_issued_at_moves_the_validity_window(ca: CertificateAuthority) -> None:
     leaf = x509.load_pem_x509_certificate(cert_pem)
     assert leaf.not_valid_after_utc == (issued_at + timedelta(hours=1)).replace(microsecond=0)
     assert leaf.not_valid_after_utc < datetime.now(UTC)
+
+
+class TestImportedIssuer:
+    """The operator's intermediate (``import_issuer``): checked, then signing the leaves,
+    handed out with its chain; the trust bundle is the organisation's root."""
+
+    @staticmethod
+    def _cert(name: str, key: Any, issuer: Any = None, issuer_key: Any = None,
+              ca: bool = True) -> Any:  # fmt: skip
+        now = datetime.now(UTC)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        builder = (x509.CertificateBuilder().subject_name(subject)
+                   .issuer_name(issuer.subject if issuer is not None else subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - timedelta(minutes=1))
+                   .not_valid_after(now + timedelta(days=30)))  # fmt: skip
+        if ca:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None),
+                                            critical=True)  # fmt: skip
+        return builder.sign(issuer_key or key, hashes.SHA256())
+
+    @staticmethod
+    def _pem(*certs: Any) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+    @staticmethod
+    def _key(key: Any) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())  # fmt: skip
+
+    def test_leaves_are_signed_by_the_intermediate_and_carry_it(self, tmp_path: Path) -> None:
+        root_key, mesh_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+            ec.SECP256R1())  # fmt: skip
+        root = self._cert("org root", root_key)
+        mesh = self._cert("mesh ca", mesh_key, root, root_key)
+        import_issuer(tmp_path, self._pem(mesh), self._key(mesh_key), self._pem(root))
+        ca = CertificateAuthority.load_or_create(tmp_path)
+        assert ca.root_pem == self._pem(root) and ca.issuer == mesh
+        leaf_pem, _ = ca.issue_keypair(SpiffeId("gossamer.local", "default", "web"),
+                                       timedelta(hours=1))  # fmt: skip
+        leaf, carried = x509.load_pem_x509_certificates(leaf_pem)
+        leaf.verify_directly_issued_by(mesh)
+        assert carried == mesh
+        assert (tmp_path / "ca" / "issuer.key").stat().st_mode & 0o777 == 0o600
+
+    def test_what_does_not_chain_to_the_bundle_is_refused(self, tmp_path: Path) -> None:
+        root_key, mesh_key, other_key = (ec.generate_private_key(ec.SECP256R1())
+                                         for _ in range(3))  # fmt: skip
+        root = self._cert("org root", root_key)
+        mesh = self._cert("mesh ca", mesh_key, root, root_key)
+        stranger = self._cert("other root", other_key)
+        leafish = self._cert("not a ca", mesh_key, root, root_key, ca=False)
+        cases = [
+            (self._pem(mesh), self._key(other_key), self._pem(root), "does not match"),
+            (self._pem(leafish), self._key(mesh_key), self._pem(root), "is not a CA"),
+            (self._pem(mesh), self._key(mesh_key), self._pem(stranger), "not signed by a root"),
+            (self._pem(mesh, stranger), self._key(mesh_key), self._pem(root),
+             "CN=mesh ca is not signed by CN=other root"),
+        ]  # fmt: skip
+        for cert, key, bundle, words in cases:
+            with pytest.raises(ValueError, match=words):
+                import_issuer(tmp_path, cert, key, bundle)
+        assert not (tmp_path / "ca" / "issuer.key").exists()
