@@ -162,16 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream-addr", default="127.0.0.1:15012", help="sidecar stream (TLS) HOST:PORT"
     )
     parser.add_argument("--trust-domain", default="gossamer.local")
-    parser.add_argument(
-        "--ca-cert",
-        type=Path,
-        help="bring your own CA: an intermediate under your organisation's root (PEM; any "
-        "intermediates above it may follow), which signs every workload certificate",
-    )
-    parser.add_argument("--ca-key", type=Path, help="the private key of --ca-cert (PEM)")
-    parser.add_argument(
-        "--ca-bundle", type=Path, help="the root(s) every peer is to trust (PEM): the trust bundle"
-    )
+    _add_ca_flags(parser)
     parser.add_argument(
         "--endpoint-grace",
         type=float,
@@ -200,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     return parser
+
+
+def _add_ca_flags(parser: argparse.ArgumentParser) -> None:
+    """Bring your own CA (``control/ca.py`` ``import_issuer``): all three flags or none."""
+    parser.add_argument(
+        "--ca-cert",
+        type=Path,
+        help="bring your own CA: an intermediate under your organisation's root (PEM; any "
+        "intermediates above it may follow), which signs every workload certificate",
+    )
+    parser.add_argument("--ca-key", type=Path, help="the private key of --ca-cert (PEM)")
+    parser.add_argument(
+        "--ca-bundle", type=Path, help="the root(s) every peer is to trust (PEM): the trust bundle"
+    )
 
 
 def parse_settings(argv: list[str] | None = None) -> ControlSettings:
