@@ -125,7 +125,7 @@ def _jwt_stage() -> tuple[AuthenticateStage, bytes]:
               "exp": int(time.time()) + 3600, "preferred_username": "alice",
               "realm_access": {"roles": ["orders-reader"]}}  # fmt: skip
     token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
-    return AuthenticateStage(rules, Metrics("orders", "default")), token.encode()
+    return AuthenticateStage(rules), token.encode()
 
 
 def _claims_stage() -> AuthorizeStage:

@@ -88,12 +88,14 @@ class JwksFetcher:
                 self._keep(source, entry), name=f"jwks {source.issuer}"
             )
 
+    def key_sets(self) -> dict[tuple[str, str | None], tuple[dict[str, Any] | None, str | None]]:
+        """Each wanted source's last good key set and, while none, why (by issuer and
+        ``jwks_uri``)."""
+        return {(s.issuer, s.jwks_uri): (e.keys, e.error) for s, e in self._entries.items()}
+
     def keys(self, issuer: str, jwks_uri: str | None) -> tuple[dict[str, Any] | None, str | None]:
         """The last good key set of a source and, while none, why."""
-        for source, entry in self._entries.items():
-            if source.issuer == issuer and source.jwks_uri == jwks_uri:
-                return entry.keys, entry.error
-        return None, "not fetched yet"
+        return self.key_sets().get((issuer, jwks_uri), (None, "not fetched yet"))
 
     def refresh_soon(self, issuer: str) -> None:
         """A sidecar saw an unknown key id from ``issuer``: fetch again now, unless a fetch

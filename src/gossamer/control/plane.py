@@ -722,10 +722,7 @@ class ControlPlane:
             authorization=self._view.authorization,
             request_authn=self._view.request_authn,
             peer_authn=self._view.peer_authn,
-            jwks={
-                (s.issuer, s.jwks_uri): self.jwks.keys(s.issuer, s.jwks_uri)
-                for s in self._view.request_authn.sources()
-            },
+            jwks=self.jwks.key_sets(),
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:

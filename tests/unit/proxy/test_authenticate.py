@@ -13,7 +13,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from gossamer.proxy.observe.metrics import Metrics
 from gossamer.proxy.pipeline import authenticate
 from gossamer.proxy.pipeline.authenticate import AUTH_NOTE, AuthenticateStage, TokenCache
 from gossamer.proxy.pipeline.call import Call, Header
@@ -75,8 +74,7 @@ class FakeCall(Call):
 
 
 def stage(refresh: Any = None, **fields: Any) -> AuthenticateStage:
-    return AuthenticateStage(compile_jwt_rules([raw_rule(**fields)], "r"), Metrics("o", "d"),
-                             refresh)  # fmt: skip
+    return AuthenticateStage(compile_jwt_rules([raw_rule(**fields)], "r"), refresh)
 
 
 @pytest.mark.parametrize(("alg", "kid", "key"), [

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gossamer.proxy.snapshot.authorization import Decision
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
@@ -120,10 +123,15 @@ class Metrics:
         key = (name, phase)
         self.filter_failures[key] = self.filter_failures.get(key, 0) + 1
 
-    def authz(self, key: tuple[str, str]) -> None:
-        """Count one decision ``(policy, allow|deny|audit)`` (policy ``none``: no ALLOW policy
-        matched)."""
-        self.authz_decisions[key] = self.authz_decisions.get(key, 0) + 1
+    def authz(self, decision: Decision) -> None:
+        """Count one authorization decision: ``(policy, allow|deny)`` (policy ``none``: no
+        ALLOW policy matched) and ``(policy, audit)`` for each AUDIT policy that matched."""
+        counts = self.authz_decisions
+        for name in decision.audit:
+            counts[(name, "audit")] = counts.get((name, "audit"), 0) + 1
+        key = decision.counted
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
 
     def error(self, direction: str, cause: str) -> None:
         key = (direction, cause)

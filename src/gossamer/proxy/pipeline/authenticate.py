@@ -30,7 +30,6 @@ from gossamer.proxy.pipeline.slots import Stage
 from gossamer.proxy.snapshot.jwt_rules import JwtRule, TokenError, Verified, verify
 
 if TYPE_CHECKING:
-    from gossamer.proxy.observe.metrics import Metrics
     from gossamer.proxy.pipeline.call import Call, Header
 
 __all__ = ["AUTH_NOTE", "AuthenticateStage", "TokenCache"]
@@ -102,18 +101,14 @@ class AuthenticateStage(Stage):
     def __init__(
         self,
         rules: Sequence[JwtRule],
-        metrics: Metrics,
         refresh: Callable[[str], None] | None = None,
         cache: TokenCache | None = None,
     ) -> None:
         self.rules = tuple(rules)
-        self.metrics = metrics
         self.refresh = refresh
         self.cache = cache if cache is not None else TokenCache()
         self.asked: dict[str, float] = {}  # issuer -> when its keys were last asked for
         self.output = frozenset(h for r in self.rules for h, _ in r.claim_headers)
-        self.token_headers = frozenset(h for r in self.rules for h, _ in r.headers)
-        self.cookies = any(r.cookies for r in self.rules)
 
     def on_request(self, call: Call) -> bool:
         headers = call.header_list()
@@ -131,7 +126,7 @@ class AuthenticateStage(Stage):
             try:
                 verified = verify(token, self.rules)
             except TokenError as exc:
-                return self._refused(call, token, exc)
+                return self._refused(call, exc)
             self.cache.put(token, verified, now)
         notes = call.notes
         if notes is None:
@@ -168,9 +163,9 @@ class AuthenticateStage(Stage):
                                 return token, None
         return None
 
-    def _refused(self, call: Call, token: str, exc: TokenError) -> bool:
-        if exc.unknown_kid and self.refresh is not None:
-            self._ask_for_keys(token)
+    def _refused(self, call: Call, exc: TokenError) -> bool:
+        if exc.refetch and self.refresh is not None:
+            self._ask_for_keys(exc.refetch)
         description = str(exc).replace('"', "'")
         challenge = ('Bearer realm="gossamer", error="invalid_token", '
                      f'error_description="{description}"')  # fmt: skip
@@ -178,15 +173,9 @@ class AuthenticateStage(Stage):
                   ((b"www-authenticate", challenge.encode("latin-1", "replace")),))  # fmt: skip
         return False
 
-    def _ask_for_keys(self, token: str) -> None:
-        import jwt
-
-        try:
-            issuer = str(jwt.decode(token, options={"verify_signature": False}).get("iss", ""))
-        except jwt.PyJWTError:
-            return
+    def _ask_for_keys(self, issuer: str) -> None:
         now = time.monotonic()
-        if issuer and now - self.asked.get(issuer, -REFRESH_SPACING) >= REFRESH_SPACING:
+        if now - self.asked.get(issuer, -REFRESH_SPACING) >= REFRESH_SPACING:
             self.asked[issuer] = now
             assert self.refresh is not None
             self.refresh(issuer)

@@ -16,7 +16,7 @@ then:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from gossamer.proxy.pipeline.authenticate import AUTH_NOTE
 from gossamer.proxy.pipeline.call import authority_port
@@ -26,6 +26,7 @@ from gossamer.proxy.snapshot.authorization import Attributes, Authorization
 if TYPE_CHECKING:
     from gossamer.proxy.observe.metrics import Metrics
     from gossamer.proxy.pipeline.call import Call
+    from gossamer.proxy.snapshot.jwt_rules import Verified
 
 __all__ = ["AUDIT_NOTE", "AuthorizeStage"]
 
@@ -55,18 +56,14 @@ class AuthorizeStage(Stage):
             path=path.decode("latin-1"),
             host=call.authority.decode("latin-1").lower(),
             headers=call.header_list() if self.authorization.reads_headers else (),
-            auth=notes.get(AUTH_NOTE) if notes is not None else None,
+            auth=cast("Verified | None", notes.get(AUTH_NOTE)) if notes is not None else None,
         )
         decision = self.authorization.decide(attributes)
-        metrics = self.metrics
+        self.metrics.authz(decision)
         if decision.audit:
             if notes is None:
                 notes = call.notes = {}
             notes[AUDIT_NOTE] = decision.audit
-            for name in decision.audit:
-                metrics.authz((name, "audit"))
-        if decision.counted is not None:
-            metrics.authz(decision.counted)
         if decision.allowed:
             return True
         call.fail(403, "forbidden", decision.reason)

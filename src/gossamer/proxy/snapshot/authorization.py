@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gossamer.proxy.snapshot.errors import SnapshotError
+from gossamer.proxy.snapshot.jwt_rules import Verified
 
 __all__ = ["Attributes", "Authorization", "Decision", "compile_authorization"]
 
@@ -41,9 +42,6 @@ class Values:
         return self.any or value.startswith(self.prefixes) or value.endswith(self.suffixes)
 
 
-_NOTHING = Values([])
-
-
 class Attributes:
     """What a rule can look at in one request or connection. ``http`` is False for a TCP
     connection (then method, path, host, headers and an end-user token are unknown).
@@ -61,7 +59,7 @@ class Attributes:
         path: str = "",
         host: str = "",
         headers: Sequence[tuple[bytes, bytes]] = (),
-        auth: Any = None,
+        auth: Verified | None = None,
     ) -> None:
         self.principal = principal  # the caller's SPIFFE ID; empty: no mesh certificate
         self.port = port
@@ -79,17 +77,13 @@ class Attributes:
     @property
     def request_principal(self) -> str:
         """``<iss>/<sub>`` of the verified token; empty without one."""
-        return str(self.auth.principal) if self.auth is not None else ""
+        return self.auth.principal if self.auth is not None else ""
 
     def claim_values(self, path: tuple[str, ...]) -> list[str]:
         """The verified token's claim at ``path`` as texts (a list claim: its items)."""
         if self.auth is None:
             return []
-        value: Any = self.auth.claims
-        for part in path:
-            if not isinstance(value, Mapping):
-                return []
-            value = value.get(part)
+        value = self.auth.claim_at(path)
         items = value if isinstance(value, list) else [value]
         return [str(v) for v in items if isinstance(v, (str, int, float))
                 and not isinstance(v, bool)]  # fmt: skip
@@ -261,26 +255,23 @@ class Rule:
         self.conditions = tuple(_each(raw, "when", where, Condition))
         # Needs what only HTTP has: on TCP, an ALLOW rule never matches, a DENY rule matches
         # on its other parts.
-        self.http_only = (
-            any(o.http_only for o in self.operations)
-            or any(c.http_only for c in self.conditions)
-            or any(s.end_user for s in self.sources)
-        )
         # Whether a source names end users (``Policy.candidates`` then keys on them too).
         self.users = any(s.end_user for s in self.sources)
+        self.http_only = (
+            self.users
+            or any(o.http_only for o in self.operations)
+            or any(c.http_only for c in self.conditions)
+        )
 
     def match(self, a: Attributes) -> bool:
         """Whether the whole rule matches (its sources too)."""
         if self.sources and not any(s.match(a) and s.match_user(a) for s in self.sources):
             return False
-        return self._rest(a)
+        return self.match_request(a)
 
     def match_request(self, a: Attributes) -> bool:
         """Whether it matches, its sources known to match the caller and end user
         (``Policy.candidates``): its operations and conditions."""
-        return self._rest(a)
-
-    def _rest(self, a: Attributes) -> bool:
         if self.operations and not any(o.match(a) for o in self.operations):
             return False
         if not a.http:

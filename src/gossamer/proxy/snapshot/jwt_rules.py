@@ -9,8 +9,8 @@ public key can never serve as an HMAC secret), the unverified ``iss`` picks the 
 header's ``kid`` picks the key (a token without one tries every key), then the signature,
 ``iss``, ``aud`` and ``exp``/``nbf`` (with the rule's clock skew). The outcome is a
 ``Verified`` (the request principal ``<iss>/<sub>`` and the claims) or a ``TokenError`` whose
-message says what failed; ``unknown_kid`` tells the caller to ask the control plane for the
-issuer's keys again.
+message says what failed; its ``refetch`` (an unknown key id) names the issuer whose keys the
+caller asks the control plane for again.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ ALGORITHMS = frozenset({
 class TokenError(Exception):
     """Why a token was refused (the message goes into ``WWW-Authenticate``)."""
 
-    def __init__(self, message: str, *, unknown_kid: bool = False) -> None:
+    def __init__(self, message: str, *, refetch: str = "") -> None:
         super().__init__(message)
-        self.unknown_kid = unknown_kid
+        self.refetch = refetch  # an issuer whose keys to fetch again (an unknown key id)
 
 
 class Verified:
@@ -54,8 +54,12 @@ class Verified:
 
     def claim(self, path: str) -> Any:
         """A claim by dotted path (``realm_access.roles``), None when absent."""
+        return self.claim_at(path.split("."))
+
+    def claim_at(self, parts: Sequence[str]) -> Any:
+        """A claim by its path as parts (``("realm_access", "roles")``), None when absent."""
         value: Any = self.claims
-        for part in path.split("."):
+        for part in parts:
             if not isinstance(value, Mapping):
                 return None
             value = value.get(part)
@@ -182,7 +186,7 @@ def verify(token: str, rules: Sequence[JwtRule]) -> Verified:
     if isinstance(kid, str) and kid:
         key = rule.keys.get(kid)
         if key is None:
-            raise TokenError(f"unknown key id {kid!r}", unknown_kid=True)
+            raise TokenError(f"unknown key id {kid!r}", refetch=rule.issuer)
         candidates = [key]
     else:
         candidates = list(rule.keys.values())

@@ -393,7 +393,7 @@ def _compile_security(
         table.jwt_fingerprint = fingerprint(raw_rules)
         same = previous is not None and previous.jwt_fingerprint == table.jwt_fingerprint
         cache = previous.token_cache if same and previous is not None else None
-        stage = AuthenticateStage(rules, metrics, jwks_refresh, cache)
+        stage = AuthenticateStage(rules, jwks_refresh, cache)
         table.token_cache = stage.cache
         added.append(stage)
     authorization = compile_authorization(

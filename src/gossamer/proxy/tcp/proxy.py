@@ -517,10 +517,7 @@ class TcpProxy:
         to its ``tcp`` port (judged by source and port: ``snapshot.authorization``)."""
         self._inbound_allows_tcp()  # brings self._tcp_port up to date
         decision = authorization.decide(Attributes(peer, self._tcp_port, http=False))
-        for name in decision.audit:
-            self.metrics.authz((name, "audit"))
-        if decision.counted is not None:
-            self.metrics.authz(decision.counted)
+        self.metrics.authz(decision)
         if decision.allowed:
             return True
         self.metrics.error("inbound", "forbidden")
