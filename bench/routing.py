@@ -89,7 +89,7 @@ def _state(rules: list[dict[str, Any]]) -> ProxyState:
         control=ControlSettings(),
         identity=IdentitySettings(Path("/nonexistent")),
     )
-    state = ProxyState(settings, client_context=None)
+    state = ProxyState(settings)
     service: dict[str, Any] = {
         "name": "catalog",
         "namespace": "default",

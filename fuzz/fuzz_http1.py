@@ -140,7 +140,7 @@ def _proxy() -> ProxyState:
         control=ControlSettings(),
         identity=IdentitySettings(workdir=Path("/nonexistent/gossamer-fuzz")),
     )
-    proxy = ProxyState(settings, client_context=None)
+    proxy = ProxyState(settings)
     proxy.new_request_id = lambda: REQUEST_ID  # the same on both paths, to compare them
     return proxy
 

@@ -115,10 +115,10 @@ async def start_sidecar(
         control=ControlSettings(),
         identity=IdentitySettings(workdir=workdir),
     )
-    state = ProxyState(settings, client_context=creds.client_context, credentials=creds)
+    state = ProxyState(settings, credentials=creds)
     sidecar = Sidecar(state, creds)
-    sidecar.listener = InboundListener(state, Address("127.0.0.1", 0), creds.server_context)
-    tcp = TcpProxy(state, creds, creds.server_context)
+    sidecar.listener = InboundListener(state, Address("127.0.0.1", 0), creds)
+    tcp = TcpProxy(state, creds)
     state.tunnels = sidecar.listener.tcp = tcp
     sidecar.inbound = sidecar.listener.start()
     loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -279,6 +280,49 @@ def test_story_1_the_orders_api_moves_to_another_identity_provider(
             mesh.cli("delete", "authorizationpolicy", "orders-api")
             mesh.cli("delete", "requestauthentication", "orders-tokens")
         assert {c["name"]: c["pid"] for c in mesh.state()["children"]} == pids
+
+
+def test_story_2_the_root_rotates_under_load_and_no_request_fails(mesh: Mesh) -> None:
+    """Story 2 on the demo: `gossamer certs rotate` while the storefront page is loaded
+    (ingress -> frontend -> catalog, orders -> payments over mTLS) from two threads; every
+    page is whole, `certs status` then shows the new root alone, and no process restarted."""
+    pids = {c["name"]: c["pid"] for c in mesh.state()["children"]}
+    before = json.loads(mesh.cli("certs", "status", "-o", "json").stdout)["roots"]
+    results: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 60  # bounded whatever happens
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    page = client.get(f"http://127.0.0.1:{mesh.ingress_port}/")
+                    whole = page.status_code == 200 and "x-demo-degraded" not in page.headers
+                    results.append("ok" if whole else f"{page.status_code} "
+                                   f"{page.headers.get('x-demo-degraded', '')}")  # fmt: skip
+                except httpx.HTTPError as exc:
+                    results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        rotated = mesh.cli("certs", "rotate", "--timeout", "60", timeout=90)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(70)
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert "root rotation done" in rotated.stdout
+    failed = [r for r in results if r != "ok"]
+    assert not failed and len(results) > 20, (len(results), failed[:5])
+    after = json.loads(mesh.cli("certs", "status", "-o", "json").stdout)
+    assert len(after["roots"]) == 1 and after["roots"][0]["serial"] != before[0]["serial"]
+    assert {p["signed_by"] for p in after["proxies"] if p["connected"]} == {
+        after["rotation"]["last"]["new_root"]["key_id"]}  # fmt: skip
+    assert {c["name"]: c["pid"] for c in mesh.state()["children"]} == pids
 
 
 def test_down_stops_every_process(mesh: Mesh) -> None:

@@ -104,11 +104,11 @@ async def start_node(
         control=ControlSettings(),
         identity=IdentitySettings(workdir=workdir),
     )
-    state = ProxyState(settings, client_context=creds.client_context)
-    tcp = TcpProxy(state, creds, creds.server_context)
+    state = ProxyState(settings, credentials=creds)
+    tcp = TcpProxy(state, creds)
     node = Node(state, tcp, TcpSnapshotHandler(state, tcp), creds)
     if app is not None:
-        node.listener = InboundListener(state, Address("127.0.0.1", 0), creds.server_context)
+        node.listener = InboundListener(state, Address("127.0.0.1", 0), creds)
         node.listener.tcp = tcp
         node.inbound = node.listener.start()
     node.upstreams = await tcp.start()

@@ -7,11 +7,16 @@ caller and as an upstream) until it expires (docs/internals.md §11).
 ``certs status`` shows the roots in the trust bundle every sidecar holds (subject, serial,
 expiry) and every proxy's certificate expiry, and warns, long before it happens, of a root
 that expires within ``ROOT_WARNING`` and of a connected proxy whose certificate has expired
-(renewal failing).
+(renewal failing); during a root rotation, its phase and the proxies it waits for.
+
+``certs rotate`` replaces the built-in root with a new one (``control/rotation.py``): the new
+root enters every bundle, every leaf is issued again under it, the old root leaves. It follows
+the phases until the rotation is over (or ``--timeout``; the rotation goes on regardless).
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -27,7 +32,7 @@ from gossamer.cli.common import (
 from gossamer.cli.output import Format, error, print_data, print_table, say
 from gossamer.local.client import NotFound
 
-__all__ = ["ROOT_WARNING", "register", "revoke", "status"]
+__all__ = ["ROOT_WARNING", "register", "revoke", "rotate", "status"]
 
 ROOT_WARNING = timedelta(days=90)  # a root expiring sooner is warned about
 
@@ -85,11 +90,12 @@ def revoke(
 def _roots(bundle: bytes) -> list[dict[str, Any]]:
     """Each certificate of a PEM bundle: subject, serial, expiry."""
     from cryptography import x509  # here: the CLI's other commands never load it
+    from cryptography.x509.oid import NameOID
 
     roots = []
     for cert in x509.load_pem_x509_certificates(bundle):
         roots.append({
-            "subject": cert.subject.rfc4514_string(),
+            "subject": cert.subject.rfc4514_string({NameOID.SERIAL_NUMBER: "serialNumber"}),
             "serial": format(cert.serial_number, "X"),
             "not_after": cert.not_valid_after_utc.isoformat().replace("+00:00", "Z"),
             "expires_in_days": (cert.not_valid_after_utc - datetime.now(UTC)).days,
@@ -131,13 +137,17 @@ def status(
     with expected_errors(), connect(control_url, data_dir) as client:
         roots = _roots(client.trust_bundle())
         proxies = client.proxies()
+        rotation = client.root_rotation()
     warnings = _warnings(roots, proxies)
     if output is not Format.table:
         print_data({"roots": roots, "proxies": [
             {k: p.get(k) for k in ("proxy_id", "service", "namespace", "identity",
-                                    "cert_expiry", "connected")} for p in proxies],
-            "warnings": warnings}, output)  # fmt: skip
+                                    "cert_expiry", "connected", "signed_by")} for p in proxies],
+            "rotation": rotation, "warnings": warnings}, output)  # fmt: skip
         return
+    if rotation.get("phase") is not None:
+        say(_progress(rotation))
+        say("")
     print_table(("ROOT", "SERIAL", "EXPIRES", "DAYS LEFT"),
                 [[r["subject"], r["serial"], r["not_after"], str(r["expires_in_days"])]
                  for r in roots])  # fmt: skip
@@ -149,8 +159,51 @@ def status(
         say(f"warning: {warning}", err=True)
 
 
+def _progress(rotation: dict[str, Any]) -> str:
+    waiting = rotation.get("waiting") or []
+    line = f"root rotation: phase {rotation.get('phase')}"
+    if waiting:
+        shown = ", ".join(waiting[:5]) + (" ..." if len(waiting) > 5 else "")
+        line += f", waiting for {len(waiting)} of {rotation.get('connected')} proxies ({shown})"
+    return line
+
+
+def rotate(
+    timeout: Annotated[float, typer.Option(help="Seconds to follow the rotation")] = 300.0,
+    wait: Annotated[bool, typer.Option(help="Follow the phases until the rotation is over")] = (
+        True
+    ),
+    control_url: ControlUrlOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Replace the mesh's root: a new root in every bundle, every certificate issued again
+    under it, the old root out; no connection is refused on the way."""
+    with expected_errors(), connect(control_url, data_dir) as client:
+        state = client.start_root_rotation()
+        say(f"root rotation started: new root {state.get('new_root', {}).get('serial', '?')}")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        shown = ""
+        while state.get("phase") is not None:
+            line = _progress(state)
+            if line != shown:
+                say(line)
+                shown = line
+            if time.monotonic() > deadline:
+                error(f"the rotation is still in phase {state.get('phase')} after {timeout:g} s "
+                      "(it goes on; see `gossamer certs status`)")  # fmt: skip
+                raise typer.Exit(1)
+            time.sleep(0.2)
+            state = client.root_rotation()
+        last = state.get("last") or {}
+        say(f"root rotation done: {last.get('new_root', {}).get('subject', '?')} replaced "
+            f"{last.get('old_root', {}).get('subject', '?')}")  # fmt: skip
+
+
 def register(app: typer.Typer) -> None:
     app.command()(revoke)
     certs = typer.Typer(help="The mesh's certificates: roots and proxies.", no_args_is_help=True)
     certs.command("status")(status)
+    certs.command("rotate")(rotate)
     app.add_typer(certs, name="certs")

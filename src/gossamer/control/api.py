@@ -34,6 +34,7 @@ from gossamer.config import (
 from gossamer.config.base import Resource, check_dns_label, check_workload_namespace
 from gossamer.config.loader import json_value_problems
 from gossamer.control.plane import ControlPlane
+from gossamer.control.rotation import RotationError
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -96,6 +97,8 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
         Route("/v1/join-tokens", authed(join_token), methods=["POST"]),
         Route("/v1/revocations", authed(list_revocations), methods=["GET"]),
         Route("/v1/revocations", authed(revoke), methods=["POST"]),
+        Route("/v1/root-rotation", authed(rotation_status), methods=["GET"]),
+        Route("/v1/root-rotation", authed(start_rotation), methods=["POST"]),
     ]
     return Starlette(
         routes=routes,
@@ -151,7 +154,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def trust_bundle(plane: ControlPlane, request: Request) -> Response:
-    return Response(plane.ca.root_pem, media_type="application/x-pem-file")
+    return Response(plane.bundle, media_type="application/x-pem-file")
 
 
 @functools.cache
@@ -465,3 +468,18 @@ async def revoke(plane: ControlPlane, request: Request) -> Response:
         serials = plane.revoke(identity=identity, reason=reason)
         target = identity.uri
     return JSONResponse({"revoked": serials, "target": target, "reason": reason})
+
+
+# Root rotation (control/rotation.py): a new root everywhere, leaves re-issued, the old one out.
+
+
+async def rotation_status(plane: ControlPlane, request: Request) -> Response:
+    return JSONResponse(plane.trust.status())
+
+
+async def start_rotation(plane: ControlPlane, request: Request) -> Response:
+    try:
+        plane.trust.begin()
+    except RotationError as exc:
+        return _error(409, "conflict", str(exc))
+    return JSONResponse(plane.trust.status(), status_code=202)

@@ -32,7 +32,14 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gossamer.identity.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
 
-__all__ = ["CertificateAuthority", "check_csr", "generate_csr", "import_issuer", "leaf_expiry"]
+__all__ = [
+    "CertificateAuthority",
+    "check_csr",
+    "generate_csr",
+    "import_issuer",
+    "leaf_expiry",
+    "write_public_file",
+]
 
 ROOT_LIFETIME = timedelta(days=3650)
 BACKDATE = timedelta(seconds=60)
@@ -53,7 +60,8 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _write_public(path: Path, data: bytes) -> None:
+def write_public_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode 0644) by an atomic rename."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.chmod(tmp, 0o644)
@@ -123,32 +131,55 @@ class CertificateAuthority:
     def load_or_create(
         cls, directory: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN
     ) -> CertificateAuthority:
-        """Load ``directory/ca/root.{key,crt}``, creating them on first use."""
+        """Load ``directory/ca/root.{key,crt}``, creating them on first use (or the
+        operator's intermediate, ``import_issuer``)."""
         ca_dir = Path(directory) / "ca"
-        key_path, cert_path = ca_dir / "root.key", ca_dir / "root.crt"
         if (ca_dir / ISSUER_KEY).exists() and (ca_dir / ISSUER_CERT).exists():
             return cls._brought(ca_dir, trust_domain)
+        return cls.load_or_create_root(ca_dir, trust_domain)
+
+    @classmethod
+    def load_or_create_root(cls, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+        """The root in ``ca_dir/root.{key,crt}``, made there on first use."""
+        key_path, cert_path = ca_dir / "root.key", ca_dir / "root.crt"
         if key_path.exists() and cert_path.exists():
             loaded = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
             if not isinstance(loaded, ec.EllipticCurvePrivateKey):
                 raise ValueError(f"{key_path}: expected an ECDSA private key")
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            # root.crt is the trust bundle: during a rotation the old root, then the new one.
+            cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
             if cert.public_key() != loaded.public_key():
                 raise ValueError(f"{cert_path} does not match {key_path}")
             return cls(loaded, cert, trust_domain)
+        return cls.create_root(ca_dir, trust_domain)
+
+    @classmethod
+    def create_root(cls, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+        """A new self-signed root: its key in ``ca_dir/root.key`` (0600), its certificate in
+        ``ca_dir/root.crt``."""
         ca_dir.mkdir(parents=True, exist_ok=True)
         key = ec.generate_private_key(ec.SECP256R1())
         cert = cls._self_signed_root(key, trust_domain)
         _write_private(
-            key_path,
+            ca_dir / "root.key",
             key.private_bytes(
                 serialization.Encoding.PEM,
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ),
         )
-        _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        write_public_file(ca_dir / "root.crt", cert.public_bytes(serialization.Encoding.PEM))
         return cls(key, cert, trust_domain)
+
+    @property
+    def brought(self) -> bool:
+        """The issuer is the operator's intermediate (not a root of our own)."""
+        return bool(self._chain)
+
+    @property
+    def key_id(self) -> bytes:
+        """The issuer's subject key identifier (a leaf's authority key identifier names it)."""
+        return self._ski.digest
 
     @classmethod
     def _brought(cls, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
@@ -170,10 +201,11 @@ class CertificateAuthority:
     @staticmethod
     def _self_signed_root(key: ec.EllipticCurvePrivateKey, trust_domain: str) -> x509.Certificate:
         now = datetime.now(UTC)
-        name = x509.Name(
+        name = x509.Name(  # the serial number attribute tells a rotated root from the one before
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Gossamer"),
                 x509.NameAttribute(NameOID.COMMON_NAME, f"Gossamer root CA {trust_domain}"),
+                x509.NameAttribute(NameOID.SERIAL_NUMBER, now.strftime("%Y%m%d%H%M%S%f")),
             ]
         )
         public = key.public_key()
@@ -346,9 +378,9 @@ def import_issuer(directory: Path, cert_pem: bytes, key_pem: bytes, bundle_pem: 
     ca_dir = Path(directory) / "ca"
     ca_dir.mkdir(parents=True, exist_ok=True)
     _write_private(ca_dir / ISSUER_KEY, key_pem)
-    _write_public(ca_dir / ISSUER_CERT, b"".join(
+    write_public_file(ca_dir / ISSUER_CERT, b"".join(
         c.public_bytes(serialization.Encoding.PEM) for c in chain))  # fmt: skip
-    _write_public(ca_dir / "root.crt", b"".join(
+    write_public_file(ca_dir / "root.crt", b"".join(
         r.public_bytes(serialization.Encoding.PEM) for r in roots))  # fmt: skip
 
 

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar, cast
@@ -37,6 +37,7 @@ from gossamer.control.jwks import JwksFetcher
 from gossamer.control.registry import ProxyRecord, Registry, Session, Workload
 from gossamer.control.registry_store import RegistryStore
 from gossamer.control.revocation import Revocations, renewal_spacing
+from gossamer.control.rotation import RootRotation
 from gossamer.control.security import AuthorizationIndex, PeerAuthnIndex, RequestAuthnIndex
 from gossamer.control.settings import ControlSettings
 from gossamer.control.snapshots import (
@@ -51,6 +52,7 @@ from gossamer.control.snapshots import (
     with_version,
 )
 from gossamer.control.store import ApplyResult, Store
+from gossamer.control.trust import TrustRollout
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
     EgressSnapshot,
@@ -232,8 +234,12 @@ class ControlPlane:
     def __init__(self, settings: ControlSettings, store: Store, ca: CertificateAuthority) -> None:
         self.settings = settings
         self.store = store
-        self.ca = ca
         self.registry = Registry()
+        # The CA that signs and the bundle in force, moved through a root rotation.
+        self.trust = TrustRollout(
+            RootRotation(settings.data_dir, ca), self.registry, self._trust_changed
+        )
+        self.on_trust_change: Callable[[], None] | None = None  # set by the server (TLS)
         self.revocations = Revocations(store)
         # Validated traffic resources by (kind, namespace, name), with their store revision.
         self._models: dict[tuple[str, str, str], tuple[int | None, ModelResource]] = {}
@@ -519,6 +525,20 @@ class ControlPlane:
             stopping.cancel()
 
     # ----------------------------------------------------------------- identity
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The CA that signs certificates now (the new root from a rotation's reissue on)."""
+        return self.trust.signer
+
+    @property
+    def bundle(self) -> bytes:
+        """The trust bundle every proxy is to hold now."""
+        return self.trust.bundle
+
+    def _trust_changed(self) -> None:
+        if self.on_trust_change is not None:
+            self.on_trust_change()
+
     def service_account(self, namespace: str, service: str) -> str:
         info = self._view.services.get((namespace, service))
         return info.service_account if info is not None else service
@@ -542,7 +562,7 @@ class ControlPlane:
         return {
             "type": "certificate",
             "certificate": cert.decode(),
-            "ca": self.ca.root_pem.decode(),
+            "ca": self.bundle.decode(),
             "expires": int(leaf_expiry(cert).timestamp()),
         }
 
@@ -571,9 +591,11 @@ class ControlPlane:
         peer: SpiffeId | None,
         message: Mapping[str, Any],
         certificate: tuple[str, float] | None = None,
+        leaf_key_id: bytes | None = None,
     ) -> ProxyRecord:
         """Register a proxy after checking its certificate (``certificate``: serial and
-        expiry) is not revoked and its identity matches its workload."""
+        expiry; ``leaf_key_id``: the key id of the CA that signed it) is not revoked and its
+        identity matches its workload."""
         if peer is None:
             raise Refusal("unauthenticated", "hello needs a client certificate from join")
         serial = certificate[0] if certificate is not None else None
@@ -617,6 +639,8 @@ class ControlPlane:
         self._dirty.add(proxy_id)
         self._wake.set()
         log.info("proxy %s connected as %s", proxy_id, peer)
+        digest = message.get("bundle_digest")
+        self.trust.hello(record, digest if isinstance(digest, str) else None, leaf_key_id)
         return record
 
     def handle(self, record: ProxyRecord, message: Mapping[str, Any]) -> None:
@@ -651,8 +675,12 @@ class ControlPlane:
             if self.registry.set_healthy(record, healthy):
                 self._saved.changed(record)
                 self._mark_service(record.workload.key)
-        elif kind == "status":
+        elif kind == "status":  # sent once a renewed certificate is in force
             record.cert_expiry = _optional_time(message, "cert_expiry")
+            self.trust.installed(record)
+        elif kind == "bundle-applied":
+            digest = message.get("digest")
+            self.trust.bundle_applied(record, digest if isinstance(digest, str) else None)
         elif kind == "jwks-refresh":  # the sidecar met a token signed by a key it lacks
             self.jwks.refresh_soon(_field(message, "issuer", str))
         elif kind == "csr":
@@ -663,6 +691,7 @@ class ControlPlane:
             record.cert_expiry = float(reply["expires"])
             if record.session is not None:
                 record.session.send(reply)
+            self.trust.signed(record)
         else:
             raise Refusal("bad-request", f"unknown message type {kind!r}")
 
@@ -670,7 +699,7 @@ class ControlPlane:
         """Refuse a renewal for a revoked proxy, or sooner than its lifetime warrants."""
         if self.revocations.is_revoked(record.serial):
             raise Refusal("revoked", "this certificate was revoked; join with a new token")
-        if record.renewed_at is not None:
+        if record.renewed_at is not None and not record.renew_asked:
             wait = record.renewed_at + renewal_spacing(self.cert_lifetime()) - time.monotonic()
             if wait > 0:
                 raise Refusal("rate-limited", f"renewed recently; try again in {wait:.0f} s")
@@ -680,6 +709,7 @@ class ControlPlane:
         if not self.registry.disconnect(record):
             return
         log.info("proxy %s disconnected", record.proxy_id)
+        self.trust.closed()
         loop = asyncio.get_running_loop()
         self._timers[record.proxy_id] = loop.call_later(
             self.settings.endpoint_grace, self._expire, record.proxy_id, record.epoch

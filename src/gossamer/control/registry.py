@@ -77,6 +77,10 @@ class ProxyRecord:
     cert_expiry: float | None = None
     serial: str | None = None  # of the certificate it said hello with (revocation.py)
     renewed_at: float | None = None  # monotonic time of its last renewal
+    bundle_digest: str | None = None  # the trust bundle it holds (control/trust.py)
+    leaf_key_id: bytes | None = None  # the key id of the CA that signed its certificate
+    signed_key_id: bytes | None = None  # of the one signed last, until it says it installed it
+    renew_asked: bool = False  # asked to renew now by a root rotation (not yet renewed)
     connected_since: float = field(default_factory=time.time)
     healthy: bool = True
     connected: bool = True
@@ -117,6 +121,8 @@ class ProxyRecord:
             "ack_state": self.ack_state,
             "nack_error": self.nack_error,
             "cert_expiry": _rfc3339(self.cert_expiry),
+            "bundle_digest": self.bundle_digest,
+            "signed_by": self.leaf_key_id.hex() if self.leaf_key_id is not None else None,
             "connected_since": _rfc3339(self.connected_since),
             "healthy": self.healthy,
             "connected": self.connected,

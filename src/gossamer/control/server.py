@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from gossamer.control.datadir import (
     prepare_data_dir,
 )
 from gossamer.control.plane import ControlPlane
+from gossamer.control.serving_tls import ServingTls
 from gossamer.control.settings import (
     DEFAULT_CERT_LIFETIME,
     ControlSettings,
@@ -71,8 +73,6 @@ async def serve(
                       bundle_file.read_bytes())  # fmt: skip
         log.info("the mesh's certificates are signed by %s", cert_file)
     ca = CertificateAuthority.load_or_create(data_dir, settings.trust_domain)
-    names = (settings.api_addr.host, settings.stream_addr.host, *settings.tls_sans)
-    cert_path, key_path = ensure_serving_cert(data_dir, ca, names)
     api_socket = _bind(settings.api_addr)
     store = Store(data_dir / "store.db")
     loop = asyncio.get_running_loop()
@@ -81,13 +81,11 @@ async def serve(
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
     plane = ControlPlane(settings, store, ca)
+    stream_tls, api_tls = _serving_tls(settings, data_dir, plane)
     stream = StreamServer(
-        plane,
-        settings.stream_addr.host,
-        settings.stream_addr.port,
-        server_ssl_context(cert_path, key_path, data_dir / "ca" / "root.crt"),
+        plane, settings.stream_addr.host, settings.stream_addr.port, stream_tls.context
     )
-    api = _api_server(settings, plane, admin_token, (cert_path, key_path))
+    api = _api_server(settings, plane, admin_token, api_tls.context)
     try:
         await plane.start()
         stream_host, stream_port = await stream.start()
@@ -113,11 +111,41 @@ async def serve(
             api_socket.close()
 
 
+def _serving_tls(
+    settings: ControlSettings, data_dir: Path, plane: ControlPlane
+) -> tuple[ServingTls, ServingTls]:
+    """The stream's and the API's TLS, made again whenever the plane's trust changes (a root
+    rotation): the serving certificate is issued by the signer of the moment, and
+    ``ca/root.crt`` holds the bundle of the moment (``control/rotation.py``)."""
+    names = (settings.api_addr.host, settings.stream_addr.host, *settings.tls_sans)
+    cert_path, key_path = ensure_serving_cert(data_dir, plane.ca, names)
+    stream_tls = ServingTls(
+        lambda: server_ssl_context(cert_path, key_path, data_dir / "ca" / "root.crt")
+    )
+    api_tls = ServingTls(lambda: api_ssl_context(cert_path, key_path))
+
+    def trust_changed() -> None:
+        ensure_serving_cert(data_dir, plane.ca, names)  # issued again by a new signer
+        stream_tls.reload()
+        api_tls.reload()
+
+    plane.on_trust_change = trust_changed
+    return stream_tls, api_tls
+
+
+def api_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The config API's TLS server context (``--api-tls``): the serving certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
 def _api_server(
-    settings: ControlSettings, plane: ControlPlane, admin_token: str, tls: tuple[Path, Path]
+    settings: ControlSettings, plane: ControlPlane, admin_token: str, tls: ssl.SSLContext
 ) -> uvicorn.Server:
-    """The config API's server (over TLS with the serving certificate ``tls`` when
-    ``--api-tls``), ready for ``startup`` on our own socket."""
+    """The config API's server (over TLS with ``tls`` when ``--api-tls``), ready for
+    ``startup`` on our own socket."""
     config = uvicorn.Config(
         create_app(plane, admin_token),
         lifespan="off",
@@ -125,10 +153,10 @@ def _api_server(
         access_log=settings.log_level == "debug",
         timeout_graceful_shutdown=API_SHUTDOWN_GRACE,
         server_header=False,
-        ssl_certfile=str(tls[0]) if settings.api_tls else None,
-        ssl_keyfile=str(tls[1]) if settings.api_tls else None,
     )
     config.load()
+    if settings.api_tls:  # uvicorn listens with the context it finds here after load()
+        config.ssl = tls
     api = uvicorn.Server(config)
     api.lifespan = config.lifespan_class(config)
     return api

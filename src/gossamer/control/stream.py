@@ -20,6 +20,7 @@ from typing import Any
 
 from gossamer.control.plane import ControlPlane, Refusal
 from gossamer.control.registry import ProxyRecord
+from gossamer.control.rotation import leaf_key_id
 from gossamer.identity.spiffe import SpiffeId, canonical_serial
 
 __all__ = [
@@ -188,8 +189,11 @@ class StreamServer:
         self._connections.add(task)
         session = StreamSession(writer)
         peercert = writer.get_extra_info("peercert")
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         try:
-            await self._serve(reader, session, peer_spiffe_id(peercert), peer_certificate(peercert))
+            await self._serve(reader, session, peer_spiffe_id(peercert),
+                              peer_certificate(peercert), der)  # fmt: skip
         except asyncio.CancelledError:
             pass
         except Exception:
@@ -226,6 +230,7 @@ class StreamServer:
         session: StreamSession,
         peer: SpiffeId | None,
         certificate: tuple[str, float] | None,
+        der: bytes | None,
     ) -> None:
         try:
             first = await self._read(reader)
@@ -243,7 +248,8 @@ class StreamServer:
                 return
             if first["type"] != "hello":
                 raise Refusal("bad-request", "the first message must be join or hello")
-            record = self._plane.hello(session, peer, first, certificate)
+            key_id = leaf_key_id(der) if der else None
+            record = self._plane.hello(session, peer, first, certificate, key_id)
         except Refusal as refusal:
             log.info("refused %s: %s %s", peer, refusal.code, refusal.message)
             session.send(refusal.to_json())

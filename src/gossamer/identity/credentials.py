@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import os
 import re
@@ -35,19 +36,21 @@ from gossamer.identity.spiffe import SpiffeId
 __all__ = [
     "CONTROL_PLANE_NAMESPACE",
     "CONTROL_PLANE_SERVICE_ACCOUNT",
-    "AlpnContextSource",
     "CertificateInfo",
     "CredentialFiles",
     "Credentials",
     "CredentialsError",
     "KeygenError",
+    "TlsContexts",
     "build_alpn_context",
+    "bundle_digest",
     "generate_key_and_csr",
     "is_control_plane_id",
     "mtls_client_context",
     "mtls_server_context",
     "parse_certificate",
     "peer_spiffe_id",
+    "pem_certificates",
     "write_atomic",
 ]
 
@@ -309,22 +312,63 @@ def mtls_server_context() -> ssl.SSLContext:
     return ctx
 
 
-class AlpnContextSource(Protocol):
-    """What hands out ALPN client contexts: ``Credentials`` or a worker's ``WorkerCredentials``."""
+class TlsContexts(Protocol):
+    """Where the data path gets its TLS contexts, read when it accepts or opens a connection:
+    ``Credentials`` or a worker's ``WorkerCredentials``. A renewal loads into the same contexts;
+    a root leaving the trust bundle replaces them (an ``SSLContext``'s trust store only grows),
+    so holders must not keep a context across connections."""
+
+    @property
+    def server_context(self) -> ssl.SSLContext: ...
+
+    @property
+    def client_context(self) -> ssl.SSLContext: ...
+
+    def offer_alpn(self, protocols: list[str]) -> None: ...
 
     def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None: ...
 
     def expiries(self) -> list[tuple[str, str, float]]: ...
 
 
+def pem_certificates(pem: bytes) -> list[bytes]:
+    """The certificates of a PEM bundle, each as its normalised base64 body (how roots are
+    compared: the same root written with other line breaks is the same root)."""
+    return [b"".join(m.group(1).split()) for m in _PEM_CERT.finditer(pem)]
+
+
+def _pem_text(bodies: Iterable[bytes]) -> str:
+    out = []
+    for body in bodies:
+        lines = [body[i : i + 64].decode("ascii") for i in range(0, len(body), 64)]
+        body_text = "\n".join(lines)
+        out.append(f"-----BEGIN CERTIFICATE-----\n{body_text}\n-----END CERTIFICATE-----\n")
+    return "".join(out)
+
+
+def bundle_digest(pem: bytes) -> str:
+    """The trust bundle's fingerprint: SHA-256 over its roots in order (how the control plane
+    learns which bundle a sidecar trusts)."""
+    return hashlib.sha256(b"\n".join(pem_certificates(pem))).hexdigest()
+
+
 class CredentialFiles:
     """What every holder of a workload identity shares (``Credentials``, and a worker
-    process's copy): where the certificate, key and trust bundle live in ``workdir``, and the
-    ALPN client contexts made from them, one per protocol, kept so renewals load in place."""
+    process's copy): where the certificate, key and trust bundle live in ``workdir``, the
+    roots trusted now, and the TLS contexts made from them: the server context, the client
+    context, and one client context per ALPN protocol, made on first use.
+
+    Roots are added to the live contexts in place; when a root leaves the bundle every context
+    is built again without it and replaces the old one (``_rebuild``): connections open on the
+    old contexts carry on, new ones use the new contexts."""
 
     workdir: Path
     _info: CertificateInfo | None
     _alpn_contexts: dict[str, ssl.SSLContext]
+    _roots: list[bytes]  # the trusted roots (``pem_certificates`` bodies), in bundle order
+    _server_alpn: list[str]
+    server_context: ssl.SSLContext
+    client_context: ssl.SSLContext
 
     @property
     def cert_path(self) -> Path:
@@ -338,9 +382,68 @@ class CredentialFiles:
     def bundle_path(self) -> Path:
         return self.workdir / BUNDLE_FILE
 
+    @property
+    def has_bundle(self) -> bool:
+        return bool(self._roots)
+
+    @property
+    def bundle_digest(self) -> str | None:
+        """The fingerprint (``bundle_digest``) of the roots trusted now; None without any."""
+        if not self._roots:
+            return None
+        return hashlib.sha256(b"\n".join(self._roots)).hexdigest()
+
     def _trust_bundles(self) -> list[str]:
-        """The trusted CA bundles, as PEM text (what a new context is given)."""
-        raise TypeError("subclass responsibility")
+        """The trusted CA bundle, as PEM text (what a new context is given)."""
+        return [_pem_text(self._roots)] if self._roots else []
+
+    def _live_contexts(self) -> tuple[ssl.SSLContext, ...]:
+        return (self.server_context, self.client_context, *self._alpn_contexts.values())
+
+    def offer_alpn(self, protocols: list[str]) -> None:
+        """Offer ``protocols`` by ALPN on the server context, now and after every rebuild."""
+        self._server_alpn = list(protocols)
+        self.server_context.set_alpn_protocols(self._server_alpn)
+
+    def _trust(self, pem: bytes, *, only: bool) -> bool:
+        """Trust the roots of ``pem``; with ``only``, exactly those (roots not in ``pem``
+        leave). Returns whether the contexts were rebuilt. Raises ``ssl.SSLError`` or
+        ``ValueError`` for a bundle OpenSSL refuses (nothing changed then)."""
+        roots = pem_certificates(pem)
+        if not roots:
+            return False
+        mtls_client_context().load_verify_locations(cadata=_pem_text(roots))  # refuse first
+        if only and any(root not in roots for root in self._roots):
+            self._roots = roots
+            self._rebuild()
+            return True
+        added = [root for root in roots if root not in self._roots]
+        if added:
+            text = _pem_text(added)
+            for ctx in self._live_contexts():
+                ctx.load_verify_locations(cadata=text)
+            self._roots += added
+        return False
+
+    def _rebuild(self) -> None:
+        """Fresh contexts trusting ``_roots`` alone, with the current certificate."""
+        bundle = self._trust_bundles()
+        fresh = self._fresh_contexts()
+        for ctx in fresh.values():
+            for text in bundle:
+                ctx.load_verify_locations(cadata=text)
+            if self._info is not None:
+                ctx.load_cert_chain(self.cert_path, self.key_path)
+        if self._server_alpn:
+            fresh["server_context"].set_alpn_protocols(self._server_alpn)
+        for name, ctx in fresh.items():
+            setattr(self, name, ctx)
+        self._alpn_contexts = {}  # made again on first use, from the new roots
+        log.info("trust bundle now holds %d root(s); TLS contexts rebuilt", len(self._roots))
+
+    def _fresh_contexts(self) -> dict[str, ssl.SSLContext]:
+        """New, empty contexts for every attribute ``_rebuild`` replaces."""
+        return {"server_context": mtls_server_context(), "client_context": mtls_client_context()}
 
     def expiries(self) -> list[tuple[str, str, float]]:
         """When the certificates this identity relies on expire (unix seconds): its own
@@ -349,15 +452,12 @@ class CredentialFiles:
         found: list[tuple[str, str, float]] = []
         if self._info is not None:
             found.append(("workload", "", self._info.not_after))
-        index = 0
-        for text in self._trust_bundles():
-            for block in _PEM_CERT.finditer(text.encode("ascii", "replace")):
-                try:
-                    not_after = parse_certificate(block.group(0)).not_after
-                except CredentialsError:
-                    continue
-                found.append(("root", str(index), not_after))
-                index += 1
+        for index, text in enumerate(_pem_text([r]) for r in self._roots):
+            try:
+                not_after = parse_certificate(text.encode("ascii")).not_after
+            except CredentialsError:
+                continue
+            found.append(("root", str(index), not_after))
         return found
 
     def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None:
@@ -387,12 +487,12 @@ class Credentials(CredentialFiles):
         self.control_context = mtls_client_context()
         self._info: CertificateInfo | None = None
         self._expires_override: float | None = None
-        self._has_bundle = False
-        self._bundle_texts: list[str] = []  # every CA PEM loaded, for ALPN contexts made later
-        self._alpn_contexts: dict[str, ssl.SSLContext] = {}
+        self._roots = []
+        self._server_alpn = []
+        self._alpn_contexts = {}
         if bundle_file is not None:
-            try:
-                self._add_bundle(bundle_file.read_bytes())
+            try:  # the root to meet the control plane with, until it sends the bundle
+                self._trust(bundle_file.read_bytes(), only=False)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise CredentialsError(f"cannot load trust bundle {bundle_file}: {exc}") from exc
         self._load_existing()
@@ -406,8 +506,8 @@ class Credentials(CredentialFiles):
     def _live_contexts(self) -> tuple[ssl.SSLContext, ...]:
         return (*self.contexts, *self._alpn_contexts.values())
 
-    def _trust_bundles(self) -> list[str]:
-        return self._bundle_texts
+    def _fresh_contexts(self) -> dict[str, ssl.SSLContext]:
+        return {**super()._fresh_contexts(), "control_context": mtls_client_context()}
 
     @property
     def identity(self) -> SpiffeId | None:
@@ -426,14 +526,10 @@ class Credentials(CredentialFiles):
         return self._info is not None
 
     @property
-    def has_bundle(self) -> bool:
-        return self._has_bundle
-
-    @property
     def ready(self) -> bool:
         """A certificate is loaded, has not expired, and a trust bundle is present."""
         expires = self.expires_at
-        return expires is not None and self._has_bundle and time.time() < expires
+        return expires is not None and bool(self._roots) and time.time() < expires
 
     def install(
         self, cert_pem: bytes, key_path: Path, ca_pem: bytes, *, expires: float | None = None
@@ -442,7 +538,8 @@ class Credentials(CredentialFiles):
 
         The pair is checked on a scratch context first; only then are the files moved into
         place and loaded into the live contexts. ``key_path`` is renamed to ``tls.key``.
-        ``expires`` (the control plane's figure) is used only if it is earlier than notAfter.
+        ``ca_pem`` is the whole trust bundle (``adopt_bundle``). ``expires`` (the control
+        plane's figure) is used only if it is earlier than notAfter.
         """
         info = parse_certificate(cert_pem)
         pending_cert = self.workdir / f"{PENDING_KEY_PREFIX}{os.urandom(6).hex()}.crt"
@@ -455,9 +552,6 @@ class Credentials(CredentialFiles):
         except (OSError, ssl.SSLError, ValueError) as exc:
             pending_cert.unlink(missing_ok=True)
             raise CredentialsError(f"new certificate does not load: {exc}") from exc
-        if ca_pem.strip():
-            write_atomic(self.bundle_path, ca_pem)
-            self._add_bundle(ca_pem)
         try:
             os.chmod(key_path, 0o600)
             os.replace(key_path, self.key_path)
@@ -465,21 +559,34 @@ class Credentials(CredentialFiles):
             write_atomic(self.key_path, key_path.read_bytes(), mode=0o600)
             key_path.unlink(missing_ok=True)
         os.replace(pending_cert, self.cert_path)
-        for ctx in self._live_contexts():
-            ctx.load_cert_chain(self.cert_path, self.key_path)
         self._info = info
+        rebuilt = False
+        if ca_pem.strip():
+            write_atomic(self.bundle_path, ca_pem)
+            rebuilt = self._trust(ca_pem, only=True)
+        if not rebuilt:
+            for ctx in self._live_contexts():
+                ctx.load_cert_chain(self.cert_path, self.key_path)
         earlier = expires is not None and expires < info.not_after
         self._expires_override = expires if earlier else None
         log.info("installed certificate for %s, expires %.0f", self.identity, info.not_after)
 
-    def _add_bundle(self, ca_pem: bytes) -> None:
-        # Roots are added, never removed: an SSLContext's store only grows.
-        text = ca_pem.decode("ascii")
-        for ctx in self._live_contexts():
-            ctx.load_verify_locations(cadata=text)
-        if text not in self._bundle_texts:
-            self._bundle_texts.append(text)
-        self._has_bundle = True
+    async def settled(self) -> None:
+        """Return once what was installed or adopted last is in force in every process of
+        this sidecar (at once here; a multi-process sidecar waits for its workers)."""
+
+    def adopt_bundle(self, ca_pem: bytes) -> None:
+        """Trust exactly the roots of ``ca_pem`` from now on (the control plane's bundle
+        message): new roots are added in place; when one leaves, the contexts are rebuilt.
+        Raises ``CredentialsError`` (nothing changed) when the bundle does not load."""
+        if not pem_certificates(ca_pem):
+            raise CredentialsError("the trust bundle holds no certificate")
+        try:
+            mtls_client_context().load_verify_locations(cadata=ca_pem.decode("ascii"))
+        except (ssl.SSLError, ValueError) as exc:
+            raise CredentialsError(f"the trust bundle does not load: {exc}") from exc
+        write_atomic(self.bundle_path, ca_pem)
+        self._trust(ca_pem, only=True)
 
     def _load_existing(self) -> None:
         """Pick up a still-valid certificate left by an earlier run of this sidecar."""
@@ -491,11 +598,12 @@ class Credentials(CredentialFiles):
             if info.not_after <= time.time():
                 log.warning("stored certificate in %s has expired; ignoring it", self.workdir)
                 return
-            if self.bundle_path.exists():
-                self._add_bundle(self.bundle_path.read_bytes())
             for ctx in self._live_contexts():
                 ctx.load_cert_chain(self.cert_path, self.key_path)
+            self._info = info
+            if self.bundle_path.exists():  # the control plane's last bundle is what we trust
+                self._trust(self.bundle_path.read_bytes(), only=True)
         except (OSError, ssl.SSLError, ValueError, CredentialsError) as exc:
             log.warning("cannot reuse stored certificate in %s: %s", self.workdir, exc)
+            self._info = None
             return
-        self._info = info

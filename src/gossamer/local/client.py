@@ -280,6 +280,16 @@ class ControlClient:
         """The revoked certificates that have not expired yet."""
         return list(self._json(self._request("GET", "/v1/revocations")).get("items", []))
 
+    def root_rotation(self) -> dict[str, Any]:
+        """The root rotation's state: its phase (None when none is under way), who lags."""
+        answer = self._json(self._request("GET", "/v1/root-rotation"))
+        return answer if isinstance(answer, dict) else {}
+
+    def start_root_rotation(self) -> dict[str, Any]:
+        """Start a root rotation; ``ApiError`` 409 when one is under way or cannot be."""
+        answer = self._json(self._request("POST", "/v1/root-rotation"))
+        return answer if isinstance(answer, dict) else {}
+
 
 def _field_errors(response: httpx.Response) -> list[FieldError]:
     try:

@@ -26,7 +26,7 @@ from gossamer.proxy.snapshot.table import OutboundService, RouteTable, compile_s
 if TYPE_CHECKING:
     import ssl
 
-    from gossamer.identity.credentials import AlpnContextSource
+    from gossamer.identity.credentials import TlsContexts
     from gossamer.proxy.accepted import AcceptedConnection
     from gossamer.snapshot_schema import Snapshot
 
@@ -45,21 +45,25 @@ NEGATIVE_TTL = 5.0  # an "unknown service" answer is reused this long, then aske
 SWEEP_INTERVAL = 2.0
 
 
+def _client_context(credentials: TlsContexts) -> Callable[[], ssl.SSLContext]:
+    """The credentials' current mTLS client context, read per new upstream connection."""
+    return lambda: credentials.client_context
+
+
 class ProxyState:
     def __init__(
         self,
         settings: ProxySettings,
         *,
-        client_context: ssl.SSLContext | None,
-        credentials: AlpnContextSource | None = None,
+        credentials: TlsContexts | None = None,
     ) -> None:
         self.settings = settings
-        self.credentials = credentials  # ALPN client contexts (HTTP/2 upstreams); None: no mTLS
+        self.credentials = credentials  # the mTLS contexts to other sidecars; None: no mTLS
         self.metrics = Metrics(settings.workload.service, settings.workload.namespace)
         self.table: RouteTable | None = None
         self.snapshot: Mapping[str, Any] | None = None
         self.last_error: str | None = None
-        self.outbound_pool = Pool(ssl_context=client_context)
+        self.outbound_pool = Pool(tls=None if credentials is None else _client_context(credentials))
         self.egress_pool = Pool()  # plain HTTP to hosts outside the mesh (snapshot/egress.py)
         self.app_pool = Pool(from_app=True)
         app = settings.workload.app

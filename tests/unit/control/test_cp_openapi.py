@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import re
 from importlib import resources
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 class PublicOnlyPlane:
     """Enough of a control plane for the public routes; anything else it refuses to serve."""
 
-    ca = SimpleNamespace(root_pem=b"-----BEGIN CERTIFICATE-----\n")  # the trust bundle's
+    bundle = b"-----BEGIN CERTIFICATE-----\n"  # the trust bundle
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"a request without the token reached the plane ({name})")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gossamer.identity.credentials import Credentials, peer_spiffe_id
+from gossamer.identity.credentials import Credentials, bundle_digest, peer_spiffe_id
 from gossamer.proxy.process import control_client
 from gossamer.proxy.process.control_client import ControlClient
 from gossamer.proxy.process.settings import (
@@ -510,5 +510,41 @@ def test_close_stops_run(tmp_path: Path) -> None:
             assert not h.client.connected
         finally:
             await fake.stop()
+
+    run(scenario())
+
+
+def test_a_bundle_message_is_adopted_and_answered_with_its_digest(tmp_path: Path) -> None:
+    """The control plane's bundle replaces the trusted roots; the answer names it (and the
+    next hello carries it)."""
+
+    async def scenario() -> None:
+        async with running(tmp_path) as (fake, h):
+            _, hello = await fake.expect("hello")
+            assert hello["bundle_digest"] == bundle_digest(fake.ca.root_pem)
+            other = ca_helpers.FakeCA()
+            both = fake.ca.root_pem + other.root_pem
+            fake.send_all({"type": "bundle", "ca": both.decode()})
+            _, applied = await fake.expect("bundle-applied")
+            assert applied["digest"] == bundle_digest(both) == h.credentials.bundle_digest
+            fake.send_all({"type": "bundle", "ca": "not a bundle"})
+            _, refused = await fake.expect("bundle-applied")
+            assert refused["digest"] == bundle_digest(both)  # kept what it had
+
+    run(scenario())
+
+
+def test_renew_asks_for_a_certificate_at_once(tmp_path: Path) -> None:
+    """``renew`` (a root rotation) starts a renewal now, long before half-life."""
+
+    async def scenario() -> None:
+        async with running(tmp_path) as (fake, h):
+            await fake.expect("hello")
+            first = h.credentials.cert_path.read_bytes()
+            assert fake.count("csr") == 0
+            fake.send_all({"type": "renew"})
+            await fake.expect("csr", timeout=8)
+            await fake.expect("status")
+            assert h.credentials.cert_path.read_bytes() != first
 
     run(scenario())

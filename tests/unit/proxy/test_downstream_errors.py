@@ -127,7 +127,7 @@ def snapshot(version: int = 1, *, unknown: list[str] | None = None) -> dict[str,
 
 
 def connect(*, with_table: bool = False) -> tuple[ProxyState, OutboundConnection, FakeTransport]:
-    state = ProxyState(settings(), client_context=None)
+    state = ProxyState(settings())
     if with_table:
         state.apply_snapshot(1, snapshot())
     conn = OutboundConnection(state)
@@ -296,7 +296,7 @@ class TestRoutingErrors:
     def test_a_host_outside_the_mesh_no_egress_names_gets_403(self) -> None:
         """Issue 12, item 6: under REGISTRY_ONLY, ``Host: www.example.com`` (outside the
         mesh, named by no Egress) is 403 egress-denied; a host an Egress names leaves."""
-        state = ProxyState(settings(), client_context=None)
+        state = ProxyState(settings())
         snap = snapshot()
         snap["outbound"]["egress"] = {
             "mode": "REGISTRY_ONLY", "hosts": [{"host": "*.example.org", "ports": []}]
@@ -470,7 +470,7 @@ class TestConnectionCap:
     def test_connections_past_the_cap_are_closed_at_once(self) -> None:
         """Issue 11, finding 8: a global cap on open connections (HTTP connections and TCP
         relays together); beyond it a new connection is cut and counted."""
-        state = ProxyState(settings(max_connections=2), client_context=None)
+        state = ProxyState(settings(max_connections=2))
         transports = []
         for _ in range(3):
             conn = OutboundConnection(state)

@@ -36,7 +36,7 @@ def _state() -> ProxyState:
         control=ControlSettings(),
         identity=IdentitySettings(workdir=Path("/nonexistent/gossamer-test")),
     )
-    return ProxyState(settings, client_context=None)
+    return ProxyState(settings)
 
 
 class Outbound(OutboundConnection):

@@ -94,7 +94,7 @@ def _state() -> ProxyState:
         control=ControlSettings(),
         identity=IdentitySettings(Path("/nonexistent")),
     )
-    state = ProxyState(settings, client_context=None)
+    state = ProxyState(settings)
     state.apply_snapshot(
         1,
         {

@@ -42,7 +42,7 @@ def test_an_upstream_with_a_revoked_certificate_is_refused() -> None:
 
 
 def test_a_revoked_caller_is_cut_and_open_connections_too() -> None:
-    state = ProxyState(settings(), client_context=None)
+    state = ProxyState(settings())
     state.apply_snapshot(1, snapshot())
     caller = PeerTransport(_cert("BEEF"))
     assert inbound.refuse_revoked(state, caller.peercert, caller) == "BEEF"

@@ -275,8 +275,8 @@ def tcp_proxy(creds: Credentials) -> TcpProxy:
         control=ControlSettings(),
         identity=IdentitySettings(workdir=creds.workdir),
     )
-    state = ProxyState(settings, client_context=creds.client_context)
-    return TcpProxy(state, creds, creds.server_context)
+    state = ProxyState(settings, credentials=creds)
+    return TcpProxy(state, creds)
 
 
 class TestAlpnClientContext:

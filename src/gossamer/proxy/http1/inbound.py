@@ -16,7 +16,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from gossamer.protocol.http1 import HeadScan, ProxyError, error_response
 from gossamer.proxy.h2 import H2_PREFACE, INBOUND_ALPN, hand_over_inbound, plain_inbound
@@ -29,6 +29,9 @@ from gossamer.proxy.process.settings import Address
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
 from gossamer.proxy.tcp.proxy import TcpProxy
+
+if TYPE_CHECKING:
+    from gossamer.identity.credentials import TlsContexts
 
 __all__ = ["InboundConnection", "InboundListener"]
 
@@ -124,11 +127,11 @@ class InboundConnection(DownstreamConnection):
 class InboundListener:
     """Accepts inbound connections, detects TLS vs plaintext, and terminates mTLS."""
 
-    def __init__(self, proxy: ProxyState, address: Address, context: ssl.SSLContext) -> None:
+    def __init__(self, proxy: ProxyState, address: Address, credentials: TlsContexts) -> None:
         self.proxy = proxy
         self.address = address
-        self.context = context
-        context.set_alpn_protocols(INBOUND_ALPN)  # dispatched on after the handshake
+        self.credentials = credentials  # its server context is read per handshake
+        credentials.offer_alpn(INBOUND_ALPN)  # dispatched on after the handshake
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}
@@ -258,7 +261,7 @@ class InboundListener:
             await loop.connect_accepted_socket(
                 lambda: InboundConnection(self.proxy),
                 conn,
-                ssl=self.context,
+                ssl=self.credentials.server_context,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:

@@ -432,9 +432,9 @@ class Pool:
     """Idle keep-alive connections per endpoint; opens new ones on demand."""
 
     def __init__(
-        self, *, ssl_context: ssl.SSLContext | None = None, from_app: bool = False
+        self, *, tls: Callable[[], ssl.SSLContext] | None = None, from_app: bool = False
     ) -> None:
-        self.ssl_context = ssl_context
+        self.tls = tls  # the mTLS client context now (it is replaced when a root leaves)
         # To the local app: its 502 and 503 answers may not carry ``x-gossamer-error`` (that
         # would claim no app saw the request, retries.py). Else to other sidecars: they may.
         self.from_app = from_app
@@ -487,11 +487,12 @@ class Pool:
 
         Raises ``ProxyError`` (502 ``connect-failed`` or ``upstream-identity-mismatch``).
         """
+        context = None if self.tls is None else self.tls()
         transport, conn = await open_upstream(
-            lambda: UpstreamConnection(self, key), key, self.ssl_context, sni
+            lambda: UpstreamConnection(self, key), key, context, sni
         )
         self.opened += 1
-        if identity is not None and self.ssl_context is not None:
+        if identity is not None and context is not None:
             refusal = refused_peer(transport, identity, self.revoked)
             if refusal is not None:
                 conn.close()

@@ -278,6 +278,7 @@ class ControlClient:
                     "workload": self._workload(),
                     "subscriptions": list(self._handler.subscriptions()),
                     "cert_expiry": self._expiry_seconds(),
+                    "bundle_digest": self._credentials.bundle_digest,
                     "config_version": self._last_applied or 0,
                 }
             )
@@ -351,6 +352,12 @@ class ControlClient:
                 self._pending_cert.set_result(msg)
             else:
                 log.warning("unexpected certificate message from the control plane")
+        elif kind == "bundle":
+            self._on_bundle(msg)
+        elif kind == "renew":  # the control plane wants a certificate from its issuer now
+            log.info("the control plane asks for a new certificate now")
+            self._renew_at = time.time()
+            self._cert_changed.set()
         elif kind == "ping":
             self._send({"type": "pong"})
         elif kind == "error":
@@ -362,6 +369,23 @@ class ControlClient:
                 self._pending_cert.set_exception(ControlError(f"{code}: {message}"))
         elif kind != "pong":
             log.debug("ignoring control message of type %r", kind)
+
+    def _on_bundle(self, msg: dict[str, Any]) -> None:
+        """Trust exactly the roots of the control plane's bundle; say which bundle is in force
+        (the control plane moves a root rotation on when every proxy trusts the new bundle)."""
+        ca = msg.get("ca")
+        if not isinstance(ca, str):
+            log.error("bundle message without a PEM bundle; ignored")
+            return
+        try:
+            self._credentials.adopt_bundle(ca.encode("ascii"))
+        except (CredentialsError, OSError, UnicodeEncodeError) as exc:
+            log.error("refused the control plane's trust bundle: %s", exc)
+        spawn(self._say_bundle_applied(), name="control-bundle-applied")
+
+    async def _say_bundle_applied(self) -> None:
+        await self._credentials.settled()  # every process of the sidecar holds it
+        self._send({"type": "bundle-applied", "digest": self._credentials.bundle_digest})
 
     def _on_snapshot(self, msg: dict[str, Any]) -> None:
         version, snapshot = msg.get("version"), msg.get("snapshot")
@@ -449,6 +473,7 @@ class ControlClient:
             self._pending_cert = None
             key_path.unlink(missing_ok=True)
         self._renewals += 1
+        await self._credentials.settled()  # the control plane counts it in force from status
         self._send({"type": "status", "cert_expiry": self._expiry_seconds()})
         log.info("renewed certificate; new expiry %.0f", self._credentials.expires_at or 0)
 

@@ -13,7 +13,6 @@ import logging
 import os
 import resource
 import signal
-import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 import uvloop
 
 from gossamer import compiled
-from gossamer.identity.credentials import AlpnContextSource, Credentials, CredentialsError
+from gossamer.identity.credentials import Credentials, CredentialsError, TlsContexts
 from gossamer.proxy.h2 import close_h2
 from gossamer.proxy.http1.inbound import InboundListener
 from gossamer.proxy.http1.outbound import OutboundConnection
@@ -85,8 +84,7 @@ class DataPath:
 async def start_data_path(
     settings: ProxySettings,
     state: ProxyState,
-    credentials: AlpnContextSource,
-    server_context: ssl.SSLContext,
+    credentials: TlsContexts,
 ) -> DataPath:
     """Bind the outbound, inbound and TCP upstream listeners of ``settings`` for ``state``.
 
@@ -95,12 +93,12 @@ async def start_data_path(
     """
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_quiet_exception_handler)
-    tcp = TcpProxy(state, credentials, server_context)
+    tcp = TcpProxy(state, credentials)
     state.tunnels = tcp
     listener: InboundListener | None = None
     inbound_addr: Address | None = None
     if settings.listen.inbound is not None:
-        listener = InboundListener(state, settings.listen.inbound, server_context)
+        listener = InboundListener(state, settings.listen.inbound, credentials)
         listener.tcp = tcp
         inbound_addr = listener.start()
     outbound_server: asyncio.Server | None = None
@@ -135,14 +133,12 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
         await supervise(settings, stop)
         return
     credentials = Credentials(settings.identity.workdir, settings.control.ca_file)
-    state = ProxyState(
-        settings, client_context=credentials.client_context, credentials=credentials
-    )
+    state = ProxyState(settings, credentials=credentials)
     state.cert_ready = lambda: credentials.ready
 
     admin = AdminServer(settings.listen.admin, state)
     admin_addr = await admin.start()
-    path = await start_data_path(settings, state, credentials, credentials.server_context)
+    path = await start_data_path(settings, state, credentials)
     workload = _workload_report(settings, path.inbound_addr, admin_addr)
     client = ControlClient(settings, credentials, TcpSnapshotHandler(state, path.tcp), workload)
     state.subscribe_hook = client.subscribe

@@ -49,7 +49,7 @@ from gossamer.proxy.tcp.tls_stream import (
 )
 
 if TYPE_CHECKING:
-    from gossamer.identity.credentials import AlpnContextSource
+    from gossamer.identity.credentials import TlsContexts
     from gossamer.proxy.snapshot.table import OutboundService
     from gossamer.proxy.state import ProxyState
 
@@ -86,8 +86,7 @@ class TcpProxy:
     def __init__(
         self,
         state: ProxyState,
-        credentials: AlpnContextSource,
-        server_context: ssl.SSLContext,
+        credentials: TlsContexts,
         *,
         rng: random.Random | None = None,
     ) -> None:
@@ -95,7 +94,6 @@ class TcpProxy:
         self.settings = state.settings
         self.metrics = state.metrics
         self.buffers = RelayBuffers()
-        self.server_context = server_context
         self._credentials = credentials
         self._rng = rng or random.Random()
         self._source = self.settings.workload.service
@@ -545,7 +543,7 @@ class TcpProxy:
             conn.close()
             return
         loop = asyncio.get_running_loop()
-        stream = TlsStream(self.server_context, self.buffers, server_side=True)
+        stream = TlsStream(self._credentials.server_context, self.buffers, server_side=True)
         try:
             await loop.connect_accepted_socket(lambda: stream, conn)
             await stream.ready

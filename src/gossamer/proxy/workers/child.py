@@ -60,7 +60,8 @@ class WorkerCredentials(CredentialFiles):
 
     ``reload`` loads a changed certificate into the same ``SSLContext`` objects in place (after
     checking the pair on a scratch context), so open connections carry on and new handshakes
-    present the new certificate, exactly like ``Credentials.install`` does in one process.
+    present the new certificate, and adopts the workdir's bundle, exactly like
+    ``Credentials.install`` and ``Credentials.adopt_bundle`` do in one process.
     """
 
     def __init__(self, workdir: Path, ca_file: Path | None) -> None:
@@ -69,16 +70,11 @@ class WorkerCredentials(CredentialFiles):
         self.client_context = mtls_client_context()
         self._info: CertificateInfo | None = None
         self._cert_pem = b""
-        self._bundles: set[bytes] = set()
-        self._alpn_contexts: dict[str, ssl.SSLContext] = {}
+        self._roots = []
+        self._server_alpn = []
+        self._alpn_contexts = {}
         if ca_file is not None:
-            self._add_bundle(ca_file.read_bytes())
-
-    def _live_contexts(self) -> tuple[ssl.SSLContext, ...]:
-        return (self.server_context, self.client_context, *self._alpn_contexts.values())
-
-    def _trust_bundles(self) -> list[str]:
-        return [pem.decode("ascii") for pem in self._bundles]
+            self._trust(ca_file.read_bytes(), only=False)
 
     @property
     def expires_at(self) -> float | None:
@@ -87,20 +83,14 @@ class WorkerCredentials(CredentialFiles):
     @property
     def ready(self) -> bool:
         expires = self.expires_at
-        return expires is not None and bool(self._bundles) and time.time() < expires
-
-    def _add_bundle(self, pem: bytes) -> None:
-        if pem.strip() and pem not in self._bundles:
-            for ctx in self._live_contexts():
-                ctx.load_verify_locations(cadata=pem.decode("ascii"))
-            self._bundles.add(pem)
+        return expires is not None and bool(self._roots) and time.time() < expires
 
     def reload(self) -> bool:
         """Load what the workdir holds now; True when a valid certificate is in force."""
         try:
-            if self.bundle_path.exists():
-                self._add_bundle(self.bundle_path.read_bytes())
             if not self.cert_path.exists():
+                if self.bundle_path.exists():
+                    self._trust(self.bundle_path.read_bytes(), only=True)
                 return False
             cert_pem = self.cert_path.read_bytes()
             if cert_pem != self._cert_pem:
@@ -112,6 +102,8 @@ class WorkerCredentials(CredentialFiles):
                 self._cert_pem = cert_pem
                 self._info = info
                 log.info("loaded certificate expiring %.0f", info.not_after)
+            if self.bundle_path.exists():
+                self._trust(self.bundle_path.read_bytes(), only=True)
         except (OSError, ssl.SSLError, ValueError, CredentialsError) as exc:
             # e.g. read between the supervisor's renames of the key and the certificate: the
             # supervisor's cert message after the install makes us try again.
@@ -203,9 +195,7 @@ async def run_worker(control_fd: int, metrics_fd: int) -> None:
 
     credentials = WorkerCredentials(settings.identity.workdir, settings.control.ca_file)
     cert_ok = credentials.reload()
-    state = ProxyState(
-        settings, client_context=credentials.client_context, credentials=credentials
-    )
+    state = ProxyState(settings, credentials=credentials)
     state.cert_ready = lambda: credentials.ready
     # The supervisor's current config comes with init and is in force before the listeners
     # open: with SO_REUSEPORT the kernel hands a listening worker its share of connections at
@@ -217,7 +207,7 @@ async def run_worker(control_fd: int, metrics_fd: int) -> None:
             state.apply_snapshot(version, snapshot)
         except Exception as exc:  # reported to the supervisor below, like any snapshot
             first_error = str(exc) or type(exc).__name__
-    path = await start_data_path(settings, state, credentials, credentials.server_context)
+    path = await start_data_path(settings, state, credentials)
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     worker = _Worker(writer, TcpSnapshotHandler(state, path.tcp), credentials, stop)

@@ -45,7 +45,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -75,13 +75,16 @@ RESTART_FIRST = 0.2
 RESTART_MAX = 10.0
 STABLE_SECONDS = 10.0  # a worker up this long restarts with the first delay again
 SCRAPE_TIMEOUT = 1.0
+SETTLE_TIMEOUT = 5.0  # how long a renewal or new bundle waits for the workers to reload it
 STOP_GRACE = 3.0  # after the workers' own drain bound (DRAIN_SECONDS), kill what is left
 
 
 class _SupervisedCredentials(Credentials):
-    """``Credentials`` that tells the supervisor after every install."""
+    """``Credentials`` that tells the supervisor after every install and new bundle (the
+    workers reload both from the workdir)."""
 
     on_install: Callable[[], None] | None = None
+    workers_settled: Callable[[], Awaitable[None]] | None = None
 
     def install(
         self, cert_pem: bytes, key_path: Path, ca_pem: bytes, *, expires: float | None = None
@@ -89,6 +92,15 @@ class _SupervisedCredentials(Credentials):
         super().install(cert_pem, key_path, ca_pem, expires=expires)
         if self.on_install is not None:
             self.on_install()
+
+    def adopt_bundle(self, ca_pem: bytes) -> None:
+        super().adopt_bundle(ca_pem)
+        if self.on_install is not None:
+            self.on_install()
+
+    async def settled(self) -> None:
+        if self.workers_settled is not None:
+            await self.workers_settled()
 
 
 class _Worker:
@@ -136,7 +148,7 @@ class Supervisor:
     ) -> None:
         self.settings = settings  # with concrete ports
         self.credentials = credentials
-        self.state = ProxyState(settings, client_context=credentials.client_context)
+        self.state = ProxyState(settings)  # compiles snapshots; carries no traffic
         self.state.cert_ready = lambda: credentials.ready
         self.client: ControlClient | None = None
         self.version: int | None = None
@@ -151,6 +163,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._runners: list[asyncio.Task[None]] = []
         credentials.on_install = self._certificate_changed
+        credentials.workers_settled = self._workers_reloaded
 
     # === lifecycle ===
 
@@ -306,6 +319,15 @@ class Supervisor:
     def _certificate_changed(self) -> None:
         self.cert_generation += 1
         self._broadcast(encode({"type": "cert", "generation": self.cert_generation}))
+
+    async def _workers_reloaded(self) -> None:
+        """Until every running worker has reloaded the workdir's certificate and bundle
+        (bounded by ``SETTLE_TIMEOUT``; a worker that restarts loads them as it starts)."""
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while time.monotonic() < deadline and any(
+            w.started and w.cert_generation != self.cert_generation for w in self._workers
+        ):
+            await asyncio.sleep(0.01)
 
     # === SnapshotHandler (the control client's) ===
 

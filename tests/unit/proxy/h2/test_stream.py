@@ -214,7 +214,7 @@ def test_the_connection_sweep_picks_the_right_timeout() -> None:
     state = ProxyState(ProxySettings(
         workload=WorkloadSettings(service="frontend"), listen=ListenSettings(),
         control=ControlSettings(), identity=IdentitySettings(workdir=Path("/nonexistent")),
-    ), client_context=None)  # fmt: skip
+    ))  # fmt: skip
     conn = H2Outbound(state)
     body, grpc, whole, moving = (
         _Stuck(req_ended=False), _Stuck(req_ended=False, grpc=True), _Stuck(req_ended=True),

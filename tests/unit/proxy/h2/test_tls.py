@@ -146,14 +146,14 @@ def _connect_failure(state: ProxyState) -> ProxyError:
 
 def test_runtime_without_credentials_is_a_connect_failure(tmp_path: Path) -> None:
     """An h2 runtime whose state has no credentials refuses mTLS connections with a 502."""
-    error = _connect_failure(ProxyState(_settings(tmp_path), client_context=None))
+    error = _connect_failure(ProxyState(_settings(tmp_path)))
     assert (error.status, error.cause) == (502, "connect-failed")
 
 
 def test_runtime_before_the_first_certificate_is_a_connect_failure(tmp_path: Path) -> None:
     """With credentials but no certificate yet, a new h2 connection is ``connect-failed``."""
     creds = Credentials(tmp_path / "w")
-    state = ProxyState(_settings(tmp_path), client_context=None, credentials=creds)
+    state = ProxyState(_settings(tmp_path), credentials=creds)
     error = _connect_failure(state)
     assert (error.status, error.cause) == (502, "connect-failed")
     assert "no workload certificate" in str(error)
