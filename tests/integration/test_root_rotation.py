@@ -30,6 +30,7 @@ from cryptography import x509
 from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.spiffe import SpiffeId
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
+from tests.org_ca import ORG, organisation
 from tests.process_harness import ROOT, Processes, wait_ready
 
 LOAD_THREADS = 4
@@ -123,6 +124,19 @@ def _accepted(context: ssl.SSLContext, port: int) -> bool:
         return False
 
 
+def _rotate_under_load(cp: ControlPlaneProcess, outbound_port: int, *args: str) -> None:
+    """`gossamer certs rotate ARGS` while requests cross the mesh; none may fail."""
+    load = Load(outbound_port)
+    time.sleep(1.0)
+    rotated = _cli(cp, "certs", "rotate", "--timeout", "60", *args)
+    time.sleep(1.5)  # traffic after the rotation, on the new contexts
+    outcomes = load.stop()
+    assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+    assert "root rotation done" in rotated.stdout
+    assert not load.failures, outcomes
+    assert outcomes["ok"] > 100, outcomes
+
+
 def test_certs_rotate_under_load_fails_no_request(tmp_path: Path) -> None:
     app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     threading.Thread(target=app.serve_forever, daemon=True).start()
@@ -142,15 +156,7 @@ def test_certs_rotate_under_load_fails_no_request(tmp_path: Path) -> None:
             inbound = orders.ports["inbound"]
             assert all(_accepted(_caller(old, old.root_pem, tmp_path), inbound) for _ in range(4))
 
-            load = Load(frontend.ports["outbound"])
-            time.sleep(1.0)
-            rotated = _cli(cp, "certs", "rotate", "--timeout", "60")
-            time.sleep(1.5)  # traffic after the rotation, on the new contexts
-            outcomes = load.stop()
-            assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-            assert "root rotation done" in rotated.stdout
-            assert not load.failures, outcomes
-            assert outcomes["ok"] > 100, outcomes
+            _rotate_under_load(cp, frontend.ports["outbound"])
 
             new = CertificateAuthority.load_or_create(cp.data_dir, "gossamer.local")
             assert new.issuer != old.issuer
@@ -177,6 +183,36 @@ def test_certs_rotate_under_load_fails_no_request(tmp_path: Path) -> None:
             roots = [line for line in metrics.splitlines()
                      if line.startswith('gossamer_certificate_expiry_timestamp_seconds{certificate="root"')]  # noqa: E501  # fmt: skip
             assert len(roots) == 1, roots
+        finally:
+            procs.stop_all()
+            app.shutdown()
+
+
+def test_a_running_mesh_moves_onto_the_organisations_intermediate(tmp_path: Path) -> None:
+    """`certs rotate --ca-cert --ca-key --ca-bundle`: from the built-in root to an
+    intermediate under the organisation's root, under load; the sidecars then hold leaves of
+    the intermediate (handed out with it) and trust the organisation's root alone."""
+    cert, key, roots, intermediate = organisation(tmp_path)
+    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=app.serve_forever, daemon=True).start()
+    with running_control_plane(tmp_path / "cp") as cp:
+        procs = Processes(tmp_path)
+        try:
+            orders = procs.sidecar(cp, "orders-sidecar", "orders", app.server_address[1])
+            frontend = procs.sidecar(cp, "frontend-sidecar", "frontend", None)
+            wait_ready(orders)
+            wait_ready(frontend)
+            _rotate_under_load(cp, frontend.ports["outbound"], "--ca-cert", str(cert),
+                               "--ca-key", str(key), "--ca-bundle", str(roots))  # fmt: skip
+            for sidecar in ("orders-sidecar", "frontend-sidecar"):
+                workdir = tmp_path / "proxies" / sidecar
+                chain = x509.load_pem_x509_certificates((workdir / "tls.crt").read_bytes())
+                assert chain[1:] == [intermediate]
+                chain[0].verify_directly_issued_by(intermediate)
+                assert (workdir / "bundle.pem").read_bytes() == roots.read_bytes()
+            assert not (cp.data_dir / "ca" / "root.key").exists()  # the built-in key is gone
+            status = json.loads(_cli(cp, "certs", "status", "-o", "json").stdout)
+            assert [r["subject"] for r in status["roots"]] == [f"CN={ORG}"]
         finally:
             procs.stop_all()
             app.shutdown()

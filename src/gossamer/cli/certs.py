@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -112,13 +113,20 @@ def _expiry(text: object) -> datetime | None:
         return None
 
 
-def _warnings(roots: list[dict[str, Any]], proxies: list[dict[str, Any]]) -> list[str]:
+def _warnings(roots: list[dict[str, Any]], proxies: list[dict[str, Any]],
+              issuer: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
     now = datetime.now(UTC)
     found = [
         f"root {r['subject']} (serial {r['serial']}) expires on {r['not_after']}, in "
         f"{r['expires_in_days']} days: every certificate of the mesh chains to it"
         for r in roots if r["expires_in_days"] < ROOT_WARNING.days
     ]  # fmt: skip
+    if issuer and issuer.get("intermediate") and isinstance(issuer.get("not_after"), int):
+        left = datetime.fromtimestamp(issuer["not_after"], UTC) - now
+        if left < ROOT_WARNING:
+            found.append(f"the mesh's intermediate {issuer.get('subject')} expires on "
+                         f"{_when(issuer['not_after'])}, in {left.days} days: rotate onto a "
+                         "new one (gossamer certs rotate --ca-cert ...)")  # fmt: skip
     for proxy in proxies:
         expiry = _expiry(proxy.get("cert_expiry"))
         if proxy.get("connected") and expiry is not None and expiry <= now:
@@ -138,7 +146,8 @@ def status(
         roots = _roots(client.trust_bundle())
         proxies = client.proxies()
         rotation = client.root_rotation()
-    warnings = _warnings(roots, proxies)
+    issuer = rotation.get("issuer")
+    warnings = _warnings(roots, proxies, issuer)
     if output is not Format.table:
         print_data({"roots": roots, "proxies": [
             {k: p.get(k) for k in ("proxy_id", "service", "namespace", "identity",
@@ -148,6 +157,9 @@ def status(
     if rotation.get("phase") is not None:
         say(_progress(rotation))
         say("")
+    if isinstance(issuer, dict) and issuer.get("intermediate"):
+        say(f"issuer (intermediate): {issuer.get('subject')}, serial {issuer.get('serial')}, "
+            f"expires {_when(issuer.get('not_after'))}")  # fmt: skip
     print_table(("ROOT", "SERIAL", "EXPIRES", "DAYS LEFT"),
                 [[r["subject"], r["serial"], r["not_after"], str(r["expires_in_days"])]
                  for r in roots])  # fmt: skip
@@ -168,7 +180,30 @@ def _progress(rotation: dict[str, Any]) -> str:
     return line
 
 
+def _brought(files: tuple[Path | None, Path | None, Path | None]) -> dict[str, str] | None:
+    """The operator's new CA read from ``--ca-cert``, ``--ca-key``, ``--ca-bundle`` (all three
+    or none: then the control plane makes a new root of its own)."""
+    if all(path is None for path in files):
+        return None
+    if any(path is None for path in files):
+        error("--ca-cert, --ca-key and --ca-bundle go together")
+        raise typer.Exit(2)
+    try:
+        names = ("ca_cert", "ca_key", "ca_bundle")
+        return {name: Path(str(path)).read_text("ascii")
+                for name, path in zip(names, files, strict=True)}  # fmt: skip
+    except (OSError, UnicodeDecodeError) as exc:
+        error(f"cannot read the new CA: {exc}")
+        raise typer.Exit(1) from None
+
+
 def rotate(
+    ca_cert: Annotated[Path | None, typer.Option(
+        help="An intermediate under your organisation's root (then the ones above it), PEM",
+    )] = None,
+    ca_key: Annotated[Path | None, typer.Option(help="The intermediate's private key, PEM")] = None,
+    ca_bundle: Annotated[Path | None, typer.Option(
+        help="The organisation's root(s) every sidecar is to trust, PEM")] = None,
     timeout: Annotated[float, typer.Option(help="Seconds to follow the rotation")] = 300.0,
     wait: Annotated[bool, typer.Option(help="Follow the phases until the rotation is over")] = (
         True
@@ -176,11 +211,15 @@ def rotate(
     control_url: ControlUrlOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Replace the mesh's root: a new root in every bundle, every certificate issued again
-    under it, the old root out; no connection is refused on the way."""
+    """Replace the mesh's root (or move it onto your organisation's intermediate with
+    --ca-cert/--ca-key/--ca-bundle): the new root in every bundle, every certificate issued
+    again under it, the old root out; no connection is refused on the way."""
+    brought = _brought((ca_cert, ca_key, ca_bundle))
     with expected_errors(), connect(control_url, data_dir) as client:
-        state = client.start_root_rotation()
-        say(f"root rotation started: new root {state.get('new_root', {}).get('serial', '?')}")
+        state = client.start_root_rotation(brought)
+        new = state.get("new_root", {})
+        say(f"root rotation started: new {'issuer' if brought else 'root'} "
+            f"{new.get('subject', '?')} (serial {new.get('serial', '?')})")  # fmt: skip
         if not wait:
             return
         deadline = time.monotonic() + timeout

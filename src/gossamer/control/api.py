@@ -34,7 +34,7 @@ from gossamer.config import (
 from gossamer.config.base import Resource, check_dns_label, check_workload_namespace
 from gossamer.config.loader import json_value_problems
 from gossamer.control.plane import ControlPlane
-from gossamer.control.rotation import RotationError
+from gossamer.control.rotation import CaRefused, RotationError
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -477,9 +477,39 @@ async def rotation_status(plane: ControlPlane, request: Request) -> Response:
     return JSONResponse(plane.trust.status())
 
 
+_CA_FIELDS = ("ca_cert", "ca_key", "ca_bundle")
+
+
+def _rotation_problems(body: dict[str, Any]) -> list[dict[str, str]]:
+    """What is wrong with a root-rotation request: nothing (a new root of our own), or all
+    of ``ca_cert``, ``ca_key`` and ``ca_bundle`` as PEM text (the operator's intermediate)."""
+    problems = [{"path": name, "message": "unknown field"}
+                for name in sorted(set(body) - set(_CA_FIELDS))]  # fmt: skip
+    given = [name for name in _CA_FIELDS if name in body]
+    if given and len(given) != len(_CA_FIELDS):
+        problems += [{"path": name, "message": "ca_cert, ca_key and ca_bundle go together"}
+                     for name in _CA_FIELDS if name not in body]  # fmt: skip
+    problems += [{"path": name, "message": "must be PEM text"} for name in given
+                 if not isinstance(body[name], str) or "-----BEGIN" not in body[name]]  # fmt: skip
+    return problems
+
+
 async def start_rotation(plane: ControlPlane, request: Request) -> Response:
+    body: dict[str, Any] = {}
+    headers = request.headers
+    if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
+        parsed = await _small_json_object(request)  # no body: a new root of our own
+        if isinstance(parsed, Response):
+            return parsed
+        body = parsed
+    problems = _rotation_problems(body)
+    if problems:
+        return _error(422, "invalid", "invalid root-rotation request", errors=problems)
+    cert, key, bundle = (str(body.get(name, "")).encode() for name in _CA_FIELDS)
     try:
-        plane.trust.begin()
+        plane.trust.begin((cert, key, bundle) if body else None)
+    except CaRefused as exc:
+        return _error(422, "invalid", str(exc))
     except RotationError as exc:
         return _error(409, "conflict", str(exc))
     return JSONResponse(plane.trust.status(), status_code=202)

@@ -133,7 +133,12 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """Load ``directory/ca/root.{key,crt}``, creating them on first use (or the
         operator's intermediate, ``import_issuer``)."""
-        ca_dir = Path(directory) / "ca"
+        return cls.load_dir(Path(directory) / "ca", trust_domain)
+
+    @classmethod
+    def load_dir(cls, ca_dir: Path, trust_domain: str) -> CertificateAuthority:
+        """The issuer kept in ``ca_dir``: the operator's intermediate when ``issuer.*`` are
+        there, else the root in ``root.*`` (made on first use)."""
         if (ca_dir / ISSUER_KEY).exists() and (ca_dir / ISSUER_CERT).exists():
             return cls._brought(ca_dir, trust_domain)
         return cls.load_or_create_root(ca_dir, trust_domain)
@@ -347,10 +352,11 @@ ISSUER_CERT = "issuer.crt"
 ISSUER_KEY = "issuer.key"
 
 
-def import_issuer(directory: Path, cert_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
+def import_issuer(ca_dir: Path, cert_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> None:
     """Make the operator's intermediate the mesh's issuer: check it and copy it into
-    ``directory/ca`` (see the module docstring). ``cert_pem``: the intermediate, then any
-    intermediates above it, in order; ``bundle_pem``: the root(s) peers are to trust.
+    ``ca_dir`` (``<data-dir>/ca``, or ``ca/next`` for a rotation; see the module docstring).
+    ``cert_pem``: the intermediate, then any intermediates above it, in order;
+    ``bundle_pem``: the root(s) peers are to trust.
 
     Refused (``ValueError`` naming what is wrong): a key that does not match, a certificate
     that is no CA, a chain whose links do not sign each other, or whose top is not signed by
@@ -375,7 +381,6 @@ def import_issuer(directory: Path, cert_pem: bytes, key_pem: bytes, bundle_pem: 
     if not any(_issued_by(chain[-1], root) for root in roots):
         raise ValueError(f"{chain[-1].subject.rfc4514_string()} is not signed by a root of the "
                          "bundle")  # fmt: skip
-    ca_dir = Path(directory) / "ca"
     ca_dir.mkdir(parents=True, exist_ok=True)
     _write_private(ca_dir / ISSUER_KEY, key_pem)
     write_public_file(ca_dir / ISSUER_CERT, b"".join(

@@ -38,10 +38,24 @@ from typing import Any, Literal
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from gossamer.control.ca import CertificateAuthority, write_public_file
-from gossamer.identity.credentials import bundle_digest
+from gossamer.control.ca import (
+    ISSUER_CERT,
+    ISSUER_KEY,
+    CertificateAuthority,
+    import_issuer,
+    write_public_file,
+)
+from gossamer.identity.credentials import bundle_digest, pem_bundle, pem_certificates
 
-__all__ = ["Phase", "RootRotation", "RotationError", "leaf_key_id"]
+__all__ = [
+    "Brought",
+    "CaRefused",
+    "Phase",
+    "RootRotation",
+    "RotationError",
+    "leaf_key_id",
+    "root_summary",
+]
 
 log = logging.getLogger("gossamer.control")
 
@@ -51,10 +65,25 @@ STATE_FILE = "rotation.json"
 
 
 class RotationError(Exception):
-    """A rotation cannot start (one is under way, or the issuer is the operator's)."""
+    """A rotation cannot start: one is under way."""
 
 
-def _root_summary(ca: CertificateAuthority) -> dict[str, Any]:
+class CaRefused(RotationError):
+    """The operator's new CA is refused (the message says why); nothing changed."""
+
+
+Brought = tuple[bytes, bytes, bytes]  # an operator's CA: its chain, its key, the bundle (PEM)
+
+
+def _merged(first: bytes, second: bytes) -> bytes:
+    """The roots of ``first``, then those of ``second`` not already there (PEM)."""
+    seen = pem_certificates(first)
+    extra = [body for body in pem_certificates(second) if body not in seen]
+    return first + pem_bundle(extra).encode("ascii")
+
+
+def root_summary(ca: CertificateAuthority) -> dict[str, Any]:
+    """The issuing certificate of ``ca``: subject, serial, expiry, key id."""
     cert = ca.issuer
     return {
         "subject": cert.subject.rfc4514_string({NameOID.SERIAL_NUMBER: "serialNumber"}),
@@ -92,7 +121,7 @@ class RootRotation:
             return self.current.root_pem
         if self.phase == "retire":
             return self.next.root_pem
-        return self.current.root_pem + self.next.root_pem
+        return _merged(self.current.root_pem, self.next.root_pem)
 
     @property
     def digest(self) -> str:
@@ -105,24 +134,29 @@ class RootRotation:
             out.update(
                 started=self.started_at,
                 phase_since=self.phase_since,
-                old_root=_root_summary(self.current),
-                new_root=_root_summary(self.next),
+                old_root=root_summary(self.current),
+                new_root=root_summary(self.next),
             )
         return out
 
     # ------------------------------------------------------------------ moves
-    def begin(self) -> None:
-        """Make a new root and enter ``trust``; ``RotationError`` if that cannot be."""
+    def begin(self, brought: Brought | None = None) -> None:
+        """Make a new root (or take the operator's new intermediate, ``brought``: its chain,
+        key and bundle as PEM) and enter ``trust``; ``RotationError`` if that cannot be."""
         if self.phase is not None:
             raise RotationError(f"a root rotation is under way (phase {self.phase})")
-        if self.current.brought:
-            raise RotationError(
-                "the mesh's issuer is the operator's intermediate (--ca-cert): rotate it by "
-                "issuing a new intermediate under the organisation's root"
-            )
         next_dir = self._dir / "next"
         shutil.rmtree(next_dir, ignore_errors=True)
-        self.next = CertificateAuthority.create_root(next_dir, self.current.trust_domain)
+        domain = self.current.trust_domain
+        if brought is None:
+            self.next = CertificateAuthority.create_root(next_dir, domain)
+        else:
+            try:
+                import_issuer(next_dir, *brought)
+            except (ValueError, TypeError) as exc:  # refused: nothing changes
+                shutil.rmtree(next_dir, ignore_errors=True)
+                raise CaRefused(f"the new CA is refused: {exc}") from exc
+            self.next = CertificateAuthority.load_dir(next_dir, domain)
         self.started_at = time.time()
         self._enter("trust")
 
@@ -148,18 +182,25 @@ class RootRotation:
         old, new = self.current, self.next
         retired = self._dir / "retired"
         retired.mkdir(exist_ok=True)
-        old_serial = format(old.issuer.serial_number, "x")
-        write_public_file(retired / f"{old_serial}.crt", old.root_pem)
+        kept = pem_certificates(new.root_pem)
+        for body in pem_certificates(old.root_pem):
+            if body not in kept:  # a root that leaves the bundle
+                pem = pem_bundle([body]).encode("ascii")
+                serial = x509.load_pem_x509_certificate(pem).serial_number
+                write_public_file(retired / f"{serial:x}.crt", pem)
+        for name in ("root.key", ISSUER_KEY, ISSUER_CERT):  # the old signer's key is gone
+            (self._dir / name).unlink(missing_ok=True)
         next_dir = self._dir / "next"
-        os.replace(next_dir / "root.key", self._dir / "root.key")  # the old key is gone now
-        os.replace(next_dir / "root.crt", self._dir / "root.crt")
+        for path in next_dir.iterdir():  # root.crt (the bundle), and root.key or issuer.*
+            os.replace(path, self._dir / path.name)
         shutil.rmtree(next_dir, ignore_errors=True)
         self.last = {"started": self.started_at, "finished": time.time(),
-                     "old_root": _root_summary(old), "new_root": _root_summary(new)}  # fmt: skip
+                     "old_root": root_summary(old), "new_root": root_summary(new)}  # fmt: skip
         self.current, self.next = new, None
         self.phase = self.started_at = self.phase_since = None
         self._save()
-        log.info("root rotation over: %s replaced %s", self.last["new_root"]["serial"], old_serial)
+        log.info("root rotation over: %s replaced %s", self.last["new_root"]["subject"],
+                 self.last["old_root"]["subject"])  # fmt: skip
 
     # ------------------------------------------------------------------ files
     def _save(self) -> None:
@@ -176,8 +217,7 @@ class RootRotation:
         phase = state.get("phase")
         if phase not in _NEXT:
             return
-        next_dir = self._dir / "next"
-        self.next = CertificateAuthority.load_or_create_root(next_dir, self.current.trust_domain)
+        self.next = CertificateAuthority.load_dir(self._dir / "next", self.current.trust_domain)
         self.phase, self.started_at = phase, state.get("started")
         self.phase_since = state.get("phase_since")
         log.info("resuming the root rotation in phase %s", phase)

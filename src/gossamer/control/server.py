@@ -69,7 +69,7 @@ async def serve(
     admin_token = load_or_create_admin_token(data_dir)
     if settings.ca_files is not None:
         cert_file, key_file, bundle_file = settings.ca_files
-        import_issuer(data_dir, cert_file.read_bytes(), key_file.read_bytes(),
+        import_issuer(data_dir / "ca", cert_file.read_bytes(), key_file.read_bytes(),
                       bundle_file.read_bytes())  # fmt: skip
         log.info("the mesh's certificates are signed by %s", cert_file)
     ca = CertificateAuthority.load_or_create(data_dir, settings.trust_domain)

@@ -18,7 +18,7 @@ from typing import Any
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.control.registry import ProxyRecord, Registry
-from gossamer.control.rotation import RootRotation
+from gossamer.control.rotation import Brought, RootRotation, root_summary
 
 __all__ = ["TrustRollout"]
 
@@ -43,14 +43,16 @@ class TrustRollout:
     def bundle(self) -> bytes:
         return self.rotation.bundle
 
-    def begin(self) -> None:
-        """Start a rotation (``RotationError`` if one cannot start now)."""
-        self.rotation.begin()
+    def begin(self, brought: Brought | None = None) -> None:
+        """Start a rotation, to a new root of our own or to the operator's intermediate
+        (``RotationError`` if one cannot start now)."""
+        self.rotation.begin(brought)
         self._entered()
         self._step()  # with no proxy connected there is nobody to wait for
 
     def status(self) -> dict[str, Any]:
         out = self.rotation.status()
+        out["issuer"] = {**root_summary(self.signer), "intermediate": self.signer.brought}
         out["bundle_digest"] = self.rotation.digest
         out["waiting"] = sorted(record.proxy_id for record in self._lagging())
         out["connected"] = sum(1 for record in self._registry if record.connected)

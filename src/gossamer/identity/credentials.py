@@ -337,7 +337,8 @@ def pem_certificates(pem: bytes) -> list[bytes]:
     return [b"".join(m.group(1).split()) for m in _PEM_CERT.finditer(pem)]
 
 
-def _pem_text(bodies: Iterable[bytes]) -> str:
+def pem_bundle(bodies: Iterable[bytes]) -> str:
+    """PEM text of certificates given as ``pem_certificates`` bodies."""
     out = []
     for body in bodies:
         lines = [body[i : i + 64].decode("ascii") for i in range(0, len(body), 64)]
@@ -367,6 +368,7 @@ class CredentialFiles:
     _alpn_contexts: dict[str, ssl.SSLContext]
     _roots: list[bytes]  # the trusted roots (``pem_certificates`` bodies), in bundle order
     _server_alpn: list[str]
+    _issuers: list[float]  # when each certificate after the leaf in our chain expires
     server_context: ssl.SSLContext
     client_context: ssl.SSLContext
 
@@ -395,7 +397,7 @@ class CredentialFiles:
 
     def _trust_bundles(self) -> list[str]:
         """The trusted CA bundle, as PEM text (what a new context is given)."""
-        return [_pem_text(self._roots)] if self._roots else []
+        return [pem_bundle(self._roots)] if self._roots else []
 
     def _live_contexts(self) -> tuple[ssl.SSLContext, ...]:
         return (self.server_context, self.client_context, *self._alpn_contexts.values())
@@ -412,14 +414,14 @@ class CredentialFiles:
         roots = pem_certificates(pem)
         if not roots:
             return False
-        mtls_client_context().load_verify_locations(cadata=_pem_text(roots))  # refuse first
+        mtls_client_context().load_verify_locations(cadata=pem_bundle(roots))  # refuse first
         if only and any(root not in roots for root in self._roots):
             self._roots = roots
             self._rebuild()
             return True
         added = [root for root in roots if root not in self._roots]
         if added:
-            text = _pem_text(added)
+            text = pem_bundle(added)
             for ctx in self._live_contexts():
                 ctx.load_verify_locations(cadata=text)
             self._roots += added
@@ -447,18 +449,30 @@ class CredentialFiles:
 
     def expiries(self) -> list[tuple[str, str, float]]:
         """When the certificates this identity relies on expire (unix seconds): its own
-        (``("workload", "", t)``) and each root of its trust bundle (``("root", "<n>", t)``,
-        in bundle order), for the expiry metric."""
+        (``("workload", "", t)``), each intermediate its certificate came with
+        (``("intermediate", "<n>", t)``, an operator's CA) and each root of its trust bundle
+        (``("root", "<n>", t)``, in bundle order), for the expiry metric."""
         found: list[tuple[str, str, float]] = []
         if self._info is not None:
             found.append(("workload", "", self._info.not_after))
-        for index, text in enumerate(_pem_text([r]) for r in self._roots):
+            found += [("intermediate", str(i), when) for i, when in enumerate(self._issuers)]
+        for index, text in enumerate(pem_bundle([r]) for r in self._roots):
             try:
                 not_after = parse_certificate(text.encode("ascii")).not_after
             except CredentialsError:
                 continue
             found.append(("root", str(index), not_after))
         return found
+
+    def _note_chain(self, cert_pem: bytes) -> None:
+        """Remember when the intermediates after the leaf in ``cert_pem`` expire."""
+        found = []
+        for body in pem_certificates(cert_pem)[1:]:
+            try:
+                found.append(parse_certificate(pem_bundle([body]).encode("ascii")).not_after)
+            except CredentialsError:
+                continue
+        self._issuers = found
 
     def alpn_client_context(self, protocol: str) -> ssl.SSLContext | None:
         """The mTLS client context offering ALPN ``protocol`` (None without a certificate).
@@ -489,6 +503,7 @@ class Credentials(CredentialFiles):
         self._expires_override: float | None = None
         self._roots = []
         self._server_alpn = []
+        self._issuers = []
         self._alpn_contexts = {}
         if bundle_file is not None:
             try:  # the root to meet the control plane with, until it sends the bundle
@@ -560,6 +575,7 @@ class Credentials(CredentialFiles):
             key_path.unlink(missing_ok=True)
         os.replace(pending_cert, self.cert_path)
         self._info = info
+        self._note_chain(cert_pem)
         rebuilt = False
         if ca_pem.strip():
             write_atomic(self.bundle_path, ca_pem)
@@ -601,6 +617,7 @@ class Credentials(CredentialFiles):
             for ctx in self._live_contexts():
                 ctx.load_cert_chain(self.cert_path, self.key_path)
             self._info = info
+            self._note_chain(cert_pem)
             if self.bundle_path.exists():  # the control plane's last bundle is what we trust
                 self._trust(self.bundle_path.read_bytes(), only=True)
         except (OSError, ssl.SSLError, ValueError, CredentialsError) as exc:

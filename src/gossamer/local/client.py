@@ -285,9 +285,11 @@ class ControlClient:
         answer = self._json(self._request("GET", "/v1/root-rotation"))
         return answer if isinstance(answer, dict) else {}
 
-    def start_root_rotation(self) -> dict[str, Any]:
-        """Start a root rotation; ``ApiError`` 409 when one is under way or cannot be."""
-        answer = self._json(self._request("POST", "/v1/root-rotation"))
+    def start_root_rotation(self, brought: dict[str, str] | None = None) -> dict[str, Any]:
+        """Start a root rotation, to a new root of the control plane's own or to the
+        operator's intermediate (``brought``: ``ca_cert``, ``ca_key``, ``ca_bundle`` PEM);
+        ``ApiError`` 409 when one is under way, 422 when the intermediate is refused."""
+        answer = self._json(self._request("POST", "/v1/root-rotation", json=brought or {}))
         return answer if isinstance(answer, dict) else {}
 
 

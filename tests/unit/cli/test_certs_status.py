@@ -42,3 +42,17 @@ def test_a_root_near_its_end_and_an_expired_proxy_certificate_are_warned_of() ->
     assert len(warnings) == 2
     assert warnings[0].startswith("root CN=root 30 ") and "in 29 days" in warnings[0]
     assert warnings[1].startswith("proxy a (spiffe://x/ns/d/sa/a): its certificate expired")
+
+
+def test_an_operators_intermediate_near_its_end_is_warned_of() -> None:
+    """The mesh's issuer, when it is an intermediate (not in the bundle), is watched too; the
+    built-in root as issuer is covered by the root warning."""
+    soon = int((datetime.now(UTC) + timedelta(days=20)).timestamp())
+    later = int((datetime.now(UTC) + timedelta(days=400)).timestamp())
+    issuer = {"subject": "CN=Example Org Mesh CA", "serial": "AB", "not_after": soon,
+              "intermediate": True}  # fmt: skip
+    (warning,) = _warnings([], [], issuer)
+    assert warning.startswith("the mesh's intermediate CN=Example Org Mesh CA expires on ")
+    assert "in 19 days" in warning
+    assert _warnings([], [], {**issuer, "not_after": later}) == []
+    assert _warnings([], [], {**issuer, "intermediate": False}) == []

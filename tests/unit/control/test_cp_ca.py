@@ -205,7 +205,7 @@ class TestImportedIssuer:
             ec.SECP256R1())  # fmt: skip
         root = self._cert("org root", root_key)
         mesh = self._cert("mesh ca", mesh_key, root, root_key)
-        import_issuer(tmp_path, self._pem(mesh), self._key(mesh_key), self._pem(root))
+        import_issuer(tmp_path / "ca", self._pem(mesh), self._key(mesh_key), self._pem(root))
         ca = CertificateAuthority.load_or_create(tmp_path)
         assert ca.root_pem == self._pem(root) and ca.issuer == mesh
         leaf_pem, _ = ca.issue_keypair(SpiffeId("gossamer.local", "default", "web"),
@@ -231,5 +231,5 @@ class TestImportedIssuer:
         ]  # fmt: skip
         for cert, key, bundle, words in cases:
             with pytest.raises(ValueError, match=words):
-                import_issuer(tmp_path, cert, key, bundle)
+                import_issuer(tmp_path / "ca", cert, key, bundle)
         assert not (tmp_path / "ca" / "issuer.key").exists()

@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from gossamer.control.ca import CertificateAuthority, generate_csr
 from gossamer.control.plane import ControlPlane, Refusal
 from gossamer.control.rotation import RotationError
 from gossamer.identity.credentials import bundle_digest
+from tests.org_ca import key_pem, organisation
 from tests.unit.control.test_cp_plane import FakeSession, hello, ident, run_with_plane
 
 
@@ -178,13 +180,46 @@ def test_a_restarted_control_plane_resumes_the_phase(tmp_path: Path) -> None:
     run_with_plane(tmp_path, second)
 
 
-def test_an_operators_intermediate_is_not_rotated_here(tmp_path: Path) -> None:
+def test_a_mesh_moves_onto_the_organisations_intermediate(tmp_path: Path) -> None:
+    """From the built-in root to an operator's intermediate: the organisation's root joins the
+    bundle, the intermediate signs (leaves handed out with it), the built-in root leaves and
+    its key is deleted; the data directory then holds the operator's CA as ``--ca-cert``
+    would have put it there."""
+    cert, key, roots, intermediate = organisation(tmp_path / "files")
+    org_root = roots.read_bytes()
+
     async def body(plane: ControlPlane) -> None:
-        plane.trust.rotation.current = CertificateAuthority(
-            plane.ca._key, plane.ca.issuer, plane.ca.trust_domain, chain=b"x"
-        )
+        old = plane.ca
+        web = _connect(plane, "web")
+        plane.trust.begin((cert.read_bytes(), key.read_bytes(), org_root))
+        assert _of(web, "bundle")[-1]["ca"].encode() == old.root_pem + org_root
+        _apply_bundle(plane, "web", web)
+        assert plane.ca.issuer == intermediate and plane.ca.brought
+        reply = _renew(plane, "web")
+        chain = x509.load_pem_x509_certificates(reply["certificate"].encode())
+        assert chain[1] == intermediate  # handed out with the intermediate
+        chain[0].verify_directly_issued_by(intermediate)
+        assert _of(web, "bundle")[-1]["ca"].encode() == org_root
+        _apply_bundle(plane, "web", web)
+        assert plane.trust.rotation.phase is None
+        assert not (tmp_path / "ca" / "root.key").exists()
+        assert (tmp_path / "ca" / "root.crt").read_bytes() == org_root
+        again = CertificateAuthority.load_or_create(tmp_path)
+        assert again.brought and again.issuer == intermediate
+
+    run_with_plane(tmp_path, body)
+
+
+def test_a_refused_intermediate_changes_nothing(tmp_path: Path) -> None:
+    cert, _key, roots, _ = organisation(tmp_path / "files")
+    other_key = key_pem(ec.generate_private_key(ec.SECP256R1()))
+
+    async def body(plane: ControlPlane) -> None:
+        before = plane.bundle
         with pytest.raises(RotationError) as caught:
-            plane.trust.begin()
-        assert "operator's intermediate" in str(caught.value)
+            plane.trust.begin((cert.read_bytes(), other_key, roots.read_bytes()))
+        assert "the CA key does not match the CA certificate" in str(caught.value)
+        assert plane.trust.rotation.phase is None and plane.bundle == before
+        assert not (tmp_path / "ca" / "next").exists()
 
     run_with_plane(tmp_path, body)

@@ -8,17 +8,22 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from gossamer.control.ca import CertificateAuthority, import_issuer
 from gossamer.identity.credentials import (
     Credentials,
     CredentialsError,
     bundle_digest,
     pem_certificates,
 )
+from gossamer.identity.spiffe import SpiffeId
+from gossamer.proxy.observe.metrics import render_expiries
 from gossamer.proxy.workers.child import WorkerCredentials
+from tests.org_ca import organisation
 from tests.unit.identity.ca_helpers import FakeCA, workload_id
 
 SERVER_ID = workload_id("orders")
@@ -195,3 +200,22 @@ def test_a_worker_follows_the_workdir_bundle(tmp_path: Path) -> None:
         server.connect(_client(tmp_path, new, old.root_pem + new.root_pem, "new")).close()
     finally:
         server.close()
+
+
+def test_the_intermediates_a_certificate_came_with_have_an_expiry(tmp_path: Path) -> None:
+    """An operator's intermediate (handed out after the leaf) is in ``expiries`` for the
+    metric, as the workload's certificate and the roots are."""
+    cert, key, roots, intermediate = organisation(tmp_path / "org")
+    import_issuer(tmp_path / "ca", cert.read_bytes(), key.read_bytes(), roots.read_bytes())
+    ca = CertificateAuthority.load_dir(tmp_path / "ca", "gossamer.local")
+    leaf, leaf_key = ca.issue_keypair(SpiffeId.parse(SERVER_ID), timedelta(hours=1))
+    (tmp_path / "incoming.key").write_bytes(leaf_key)
+    creds = Credentials(tmp_path / "work")
+    creds.install(leaf, tmp_path / "incoming.key", roots.read_bytes())
+    kinds = [(kind, index) for kind, index, _ in creds.expiries()]
+    assert kinds == [("workload", ""), ("intermediate", "0"), ("root", "0")]
+    when = dict(((k, i), t) for k, i, t in creds.expiries())
+    assert when[("intermediate", "0")] == intermediate.not_valid_after_utc.timestamp()
+    text = render_expiries(creds.expiries()).decode()
+    assert 'certificate="intermediate",intermediate="0"' in text
+    assert 'certificate="root",root="0"' in text

@@ -248,17 +248,17 @@ def _filter_families(
 
 
 def render_expiries(expiries: list[tuple[str, str, float]]) -> bytes:
-    """``gossamer_certificate_expiry_timestamp_seconds``: when the workload's certificate and
-    each root of its trust bundle expire, so that an alert fires long before (a root's expiry
-    ends every certificate of the mesh)."""
+    """``gossamer_certificate_expiry_timestamp_seconds``: when the workload's certificate, each
+    intermediate it came with and each root of its trust bundle expire, so that an alert fires
+    long before (a root's or intermediate's expiry ends every certificate under it)."""
     if not expiries:
         return b""
     out = [
         "# HELP gossamer_certificate_expiry_timestamp_seconds When a certificate the sidecar "
-        "relies on expires (its own, each trusted root).",
+        "relies on expires (its own, each intermediate, each trusted root).",
         "# TYPE gossamer_certificate_expiry_timestamp_seconds gauge",
     ]
     for kind, index, when in expiries:
-        labels = f'certificate="{kind}"' + (f',root="{index}"' if index else "")
+        labels = f'certificate="{kind}"' + (f',{kind}="{index}"' if index else "")
         out.append(f"gossamer_certificate_expiry_timestamp_seconds{{{labels}}} {when:.0f}")
     return ("\n".join(out) + "\n").encode()

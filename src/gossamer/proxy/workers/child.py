@@ -72,6 +72,7 @@ class WorkerCredentials(CredentialFiles):
         self._cert_pem = b""
         self._roots = []
         self._server_alpn = []
+        self._issuers = []
         self._alpn_contexts = {}
         if ca_file is not None:
             self._trust(ca_file.read_bytes(), only=False)
@@ -101,6 +102,7 @@ class WorkerCredentials(CredentialFiles):
                     ctx.load_cert_chain(self.cert_path, self.key_path)
                 self._cert_pem = cert_pem
                 self._info = info
+                self._note_chain(cert_pem)
                 log.info("loaded certificate expiring %.0f", info.not_after)
             if self.bundle_path.exists():
                 self._trust(self.bundle_path.read_bytes(), only=True)
