@@ -47,7 +47,7 @@ test: $(STAMP) lint typecheck
 	$(BIN)/pytest -q --ignore=tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -469,10 +469,21 @@ class OutboundSnapshot(TypedDict):
     egress: EgressSnapshot
 
 
+class TracingSnapshot(TypedDict):
+    """Where and how much the sidecars trace (the MeshConfig's ``spec.tracing``)."""
+
+    endpoint: str  # OTLP/HTTP: http://host[:port][/path] (path default /v1/traces)
+    ratio: float  # 0..1: traces started here that are sampled (a parent's decision wins)
+    max_queue: int  # spans waiting for export; beyond, dropped and counted
+    batch: int  # spans per export request
+    interval: float  # seconds between exports when no batch fills
+
+
 class SnapshotContent(TypedDict):
     """What ``build_snapshot`` returns: the snapshot without its ``version``."""
 
     trust_domain: str
+    tracing: TracingSnapshot | None  # None: no tracing
     # Serials (upper-case hex, no leading zeros) of revoked certificates that have not
     # expired: refused on every listener and as an upstream.
     revoked_serials: list[str]

@@ -325,6 +325,59 @@ def test_story_2_the_root_rotates_under_load_and_no_request_fails(mesh: Mesh) ->
     assert {c["name"]: c["pid"] for c in mesh.state()["children"]} == pids
 
 
+TREE = [  # (depth, service, kind, name) of each span of the page's trace, parents first
+    (0, "ingress", "CLIENT", "GET frontend"),
+    (1, "frontend", "SERVER", "GET frontend"),
+    (2, "frontend", "CLIENT", "GET catalog"),
+    (3, "catalog", "SERVER", "GET catalog"),
+    (2, "frontend", "CLIENT", "GET orders"),
+    (3, "orders", "SERVER", "GET orders"),
+    (4, "orders", "CLIENT", "GET payments"),
+    (5, "payments", "SERVER", "GET payments"),
+]
+
+
+def _trees(text: str) -> list[list[tuple[int, str, str, str]]]:
+    """The traces examples/tracing/print_traces.py printed, as (depth, service, kind, name)."""
+    trees = []
+    for block in text.split("\ntrace ")[1:]:
+        rows = []
+        for line in block.splitlines()[1:]:
+            if "─ " not in line:
+                continue
+            prefix, _, rest = line.partition("─ ")
+            service, kind, method, name = rest.split()[:4]
+            rows.append(((len(prefix) - 1) // 3, service, kind, f"{method} {name}"))
+        trees.append(rows)
+    return trees
+
+
+def test_the_storefront_page_is_one_trace_tree(mesh: Mesh, tmp_path: Path) -> None:
+    """The README's tracing tour: the example receiver, the example MeshConfig pointed at it,
+    one page: ingress -> frontend -> catalog, orders -> payments, as one tree (the demo apps
+    pass the trace headers on, as any app in a mesh does)."""
+    port = _free_ports(1)[0]
+    out = tmp_path / "traces.txt"
+    config = tmp_path / "tracing.yaml"
+    config.write_text((REPO / "examples" / "tracing" / "tracing.yaml").read_text()
+                      .replace("127.0.0.1:4318", f"127.0.0.1:{port}"))  # fmt: skip
+    with open(out, "wb") as sink:
+        receiver = subprocess.Popen(
+            [sys.executable, str(REPO / "examples" / "tracing" / "print_traces.py"),
+             "--port", str(port)], stdout=sink, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        assert mesh.cli("apply", "-f", str(config)).returncode == 0
+        deadline = time.monotonic() + 40
+        while TREE not in _trees(out.read_text()):
+            assert time.monotonic() < deadline, out.read_text()[-3000:]
+            assert _get_page(mesh).status_code == 200
+            time.sleep(1.5)
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
+        mesh.cli("delete", "meshconfig", "default")
+
+
 def test_down_stops_every_process(mesh: Mesh) -> None:
     """`gossamer down` ends every recorded PID and removes the state (keep this test last)."""
     mesh.state()

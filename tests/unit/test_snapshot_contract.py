@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import types
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
+from typing import Any, Literal, Union, cast, get_args, get_origin, get_type_hints, is_typeddict
 
 import pytest
 
@@ -72,7 +72,8 @@ MESH = """
 apiVersion: gossamer.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: default}
-spec: {mtls: {mode: PERMISSIVE}, outboundTrafficPolicy: {mode: REGISTRY_ONLY}}
+spec: {mtls: {mode: PERMISSIVE}, outboundTrafficPolicy: {mode: REGISTRY_ONLY},
+       tracing: {otlpEndpoint: "http://127.0.0.1:4318", samplingPercent: 10.0}}
 ---
 apiVersion: gossamer.dev/v1alpha1
 kind: Egress
@@ -360,6 +361,8 @@ def mesh_view() -> MeshView:
     return MeshView(
         trust_domain="gossamer.local",
         mtls_mode=mesh.spec.mtls.mode,
+        tracing=cast(schema.TracingSnapshot, mesh.spec.tracing.to_snapshot())
+        if mesh.spec.tracing is not None else None,
         services={(info.namespace, info.name): info for info in infos},
         endpoints=ENDPOINTS,
         workload_services=WORKLOAD_ONLY,

@@ -1,4 +1,4 @@
-"""The ``MeshConfig`` kind: mesh-wide settings (mTLS mode, certificate lifetime).
+"""The ``MeshConfig`` kind: mesh-wide settings (mTLS mode, certificate lifetime, tracing).
 
 There is exactly one, named ``default``. It is cluster-wide: whatever namespace a document
 names, it is stored in namespace ``default`` (so ``GET /v1/resources/meshconfig/default/default``).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -22,6 +23,7 @@ __all__ = [
     "MeshConfigSpec",
     "MtlsMode",
     "MtlsSettings",
+    "TracingSettings",
 ]
 
 MtlsMode = Literal["STRICT", "PERMISSIVE"]
@@ -60,10 +62,49 @@ class OutboundTrafficPolicy(SpecModel):
     mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
 
 
+def _check_endpoint(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"expected http://host[:port][/path] (OTLP/HTTP), got {value!r}")
+    try:
+        parts.port  # noqa: B018  # raises on a port out of range
+    except ValueError as exc:
+        raise ValueError(f"bad port in {value!r}: {exc}") from exc
+    return value
+
+
+def _check_flush(value: str) -> str:
+    if not timedelta(milliseconds=10) <= parse_duration(value) <= timedelta(seconds=60):
+        raise ValueError(f"flushInterval {value!r} must be between 10ms and 60s")
+    return value
+
+
+class TracingSettings(SpecModel):
+    """``spec.tracing``: every sidecar records spans and exports them over OTLP/HTTP
+    (protobuf) to ``otlpEndpoint``; ``samplingPercent`` of the traces that start at a sidecar
+    are sampled (a caller's decision is followed)."""
+
+    otlp_endpoint: Annotated[str, AfterValidator(_check_endpoint)]
+    sampling_percent: float = Field(default=1.0, ge=0.0, le=100.0)
+    max_queue: int = Field(default=2048, ge=1, le=1_000_000)
+    batch_size: int = Field(default=512, ge=1, le=10_000)
+    flush_interval: Annotated[str, AfterValidator(_check_flush)] = "1s"
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.otlp_endpoint,
+            "ratio": self.sampling_percent / 100.0,
+            "max_queue": self.max_queue,
+            "batch": self.batch_size,
+            "interval": parse_duration(self.flush_interval).total_seconds(),
+        }
+
+
 class MeshConfigSpec(SpecModel):
     """``spec`` of the MeshConfig."""
 
     mtls: MtlsSettings = Field(default_factory=MtlsSettings)
+    tracing: TracingSettings | None = None
     certificates: CertificateSettings = Field(default_factory=CertificateSettings)
     outbound_traffic_policy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
 

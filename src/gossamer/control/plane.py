@@ -26,6 +26,7 @@ from gossamer.config.duration import parse_duration
 from gossamer.config.egress import Egress
 from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
+from gossamer.config.meshconfig import TracingSettings
 from gossamer.config.peerauthn import PeerAuthentication
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.requestauthn import RequestAuthentication
@@ -59,6 +60,7 @@ from gossamer.snapshot_schema import (
     MtlsMode,
     PortProtocol,
     SnapshotContent,
+    TracingSnapshot,
 )
 
 __all__ = ["ControlPlane", "Refusal"]
@@ -113,6 +115,15 @@ class _ResourceView:
     authorization: AuthorizationIndex
     request_authn: RequestAuthnIndex
     peer_authn: PeerAuthnIndex
+    tracing: TracingSnapshot | None
+
+
+def _tracing(spec: Mapping[str, Any]) -> TracingSnapshot | None:
+    """The stored MeshConfig's ``spec.tracing`` in snapshot form (None: off)."""
+    raw = spec.get("tracing")
+    if raw is None:
+        return None
+    return cast(TracingSnapshot, TracingSettings.model_validate(raw).to_snapshot())
 
 
 def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
@@ -360,6 +371,7 @@ class ControlPlane:
             authorization=AuthorizationIndex.of(security.authorization),
             request_authn=RequestAuthnIndex.of(security.request_authn),
             peer_authn=PeerAuthnIndex.of(security.peer_authn),
+            tracing=_tracing(spec),
         )
 
     def _keys_changed(self) -> None:
@@ -753,6 +765,7 @@ class ControlPlane:
             request_authn=self._view.request_authn,
             peer_authn=self._view.peer_authn,
             jwks=self.jwks.key_sets(),
+            tracing=self._view.tracing,
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:

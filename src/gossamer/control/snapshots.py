@@ -42,6 +42,7 @@ from gossamer.snapshot_schema import (
     Snapshot,
     SnapshotContent,
     TcpRouteSnapshot,
+    TracingSnapshot,
 )
 
 __all__ = [
@@ -144,6 +145,7 @@ class MeshView:
     peer_authn: PeerAuthnIndex = field(default_factory=lambda: PeerAuthnIndex())
     # The key sets the control plane fetched: (issuer, jwksUri) -> (keys or None, error).
     jwks: Jwks = field(default_factory=dict)
+    tracing: TracingSnapshot | None = None  # the MeshConfig's spec.tracing, snapshot form
 
     def is_known(self, key: ServiceKey) -> bool:
         return key in self.services or key in self.workload_services
@@ -311,6 +313,7 @@ def build_snapshot(
     own_mode, own_ports = view.peer_authn.modes(own, view.mtls_mode)
     return {
         "trust_domain": view.trust_domain,
+        "tracing": view.tracing,
         "revoked_serials": list(view.revoked_serials),
         "proxy": {
             "service": service,

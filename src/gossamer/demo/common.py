@@ -19,6 +19,7 @@ from typing import Any
 
 __all__ = [
     "CALL_TIMEOUT",
+    "TRACE_HEADERS",
     "DependencyError",
     "Request",
     "Response",
@@ -32,12 +33,21 @@ __all__ = [
 
 CALL_TIMEOUT = 5.0
 PEER_HEADER = "x-gossamer-peer-identity"
+# What every app in a mesh passes from the request it serves to the calls it makes, so that
+# the sidecars' spans of one request join into one trace (docs/internals.md §6).
+TRACE_HEADERS = ("traceparent", "tracestate", "b3", "x-b3-traceid", "x-b3-spanid",
+                 "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags", "x-request-id")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class Request:
     path: str
     headers: Mapping[str, str]
+
+    def passed_on(self, *extra: str) -> dict[str, str]:
+        """The trace headers (and ``extra`` ones) this request came with, to send on."""
+        return {name: self.headers[name] for name in (*TRACE_HEADERS, *extra)
+                if name in self.headers}  # fmt: skip
 
     @property
     def peer_identity(self) -> str | None:

@@ -23,7 +23,8 @@ CATALOG_URL = "http://catalog/items"
 ORDERS_URL = "http://orders/orders/recent"
 # Headers a route may match on, passed from the page's request to the calls it makes. The mesh
 # routes each hop on what that hop carries: passing them on is the app's part, as with trace
-# context (this demo passes the canary header of examples/traffic/canary.yaml).
+# context (this demo passes the canary header of examples/traffic/canary.yaml, and the trace
+# headers, common.TRACE_HEADERS).
 PROPAGATED = ("x-canary",)
 
 _STYLE = (
@@ -64,7 +65,7 @@ def index(request: Request) -> Response:
     parts: list[str] = []
     failed: list[str] = []
     degraded: list[str] = []
-    passed = {name: request.headers[name] for name in PROPAGATED if name in request.headers}
+    passed = request.passed_on(*PROPAGATED)
     for name, url, render in (("catalog", CATALOG_URL, _catalog_html),
                               ("orders", ORDERS_URL, _orders_html)):
         try:

@@ -29,7 +29,7 @@ def recent(request: Request) -> Response:
         "orders": list(RECENT),
     }
     try:
-        body["payments"] = fetch_json(PAYMENTS_URL)
+        body["payments"] = fetch_json(PAYMENTS_URL, headers=request.passed_on())
     except DependencyError as exc:
         body["payments_error"] = str(exc)
     return json_response(body)

@@ -19,9 +19,14 @@ from typing import TYPE_CHECKING, Any, cast
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.stats import render_grpc_metrics
 from gossamer.proxy.http1.upstream import Pool
-from gossamer.proxy.observe.metrics import Metrics, render_expiries
+from gossamer.proxy.observe.metrics import Metrics, render_expiries, render_span_counts
+from gossamer.proxy.observe.otlp import SpanExporter
+from gossamer.proxy.observe.trace_context import Tracing
+from gossamer.proxy.pipeline.slots import Stages
+from gossamer.proxy.pipeline.tracing import TraceStage
 from gossamer.proxy.process.settings import ProxySettings
 from gossamer.proxy.snapshot.table import OutboundService, RouteTable, compile_snapshot, service_key
+from gossamer.proxy.tasks import spawn
 
 if TYPE_CHECKING:
     import ssl
@@ -66,6 +71,8 @@ class ProxyState:
         self.outbound_pool = Pool(tls=None if credentials is None else _client_context(credentials))
         self.egress_pool = Pool()  # plain HTTP to hosts outside the mesh (snapshot/egress.py)
         self.app_pool = Pool(from_app=True)
+        self.span_exporter: SpanExporter | None = None  # while the snapshot traces
+        self._export: tuple[str, int, int, float] | None = None
         app = settings.workload.app
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[AcceptedConnection] = set()
@@ -159,6 +166,7 @@ class ProxyState:
             log.warning("refusing config version %s: %s", version, exc)
             raise
         previous = self.table
+        self._trace(table)
         self.table = table
         self.snapshot = snapshot
         self.last_error = None
@@ -180,6 +188,35 @@ class ProxyState:
             unknown_at.setdefault(name, now)
         for name in [n for n in unknown_at if n not in table.unknown]:
             del unknown_at[name]
+
+    def _trace(self, table: RouteTable) -> None:
+        """Put a ``TraceStage`` in both directions' ``trace`` slot when the snapshot traces,
+        with the span exporter of its export settings (kept while they stay the same)."""
+        config = table.tracing
+        exporter = self.span_exporter
+        if exporter is not None and (config is None or config.export != self._export):
+            spawn(exporter.close(), name="span-exporter-close")  # sends what it holds
+            self.span_exporter = exporter = None
+        if config is None:
+            return
+        if exporter is None:
+            workload = self.settings.workload
+            resource = (("service.name", workload.service),
+                        ("service.namespace", workload.namespace),
+                        ("service.instance.id", f"{workload.service}-{os.getpid()}"))  # fmt: skip
+            exporter = SpanExporter(config.endpoint, resource, max_queue=config.max_queue,
+                                    batch=config.batch, interval=config.interval)  # fmt: skip
+            self.span_exporter, self._export = exporter, config.export
+        tracing = Tracing(config.ratio)
+        service = self.settings.workload.service
+        for direction in ("inbound", "outbound"):
+            stage = TraceStage(direction, tracing, exporter, service)
+            stages = table.inbound_stages if direction == "inbound" else table.outbound_stages
+            joined = Stages([stage, *(stages.all if stages is not None else ())])
+            if direction == "inbound":
+                table.inbound_stages = joined
+            else:
+                table.outbound_stages = joined
 
     def full(self) -> bool:
         """Whether the open connections (HTTP connections and TCP relays) reached the cap
@@ -224,6 +261,8 @@ class ProxyState:
 
     def render_metrics(self) -> bytes:
         out = self.metrics.render() + render_grpc_metrics(self.metrics)
+        if self.span_exporter is not None:
+            out += render_span_counts(self.span_exporter)
         if self.credentials is not None:
             out += render_expiries(self.credentials.expiries())
         return out

@@ -142,6 +142,19 @@ class TestRefusals:
         """mTLS mode is STRICT or PERMISSIVE."""
         assert only(mesh(mtls={"mode": "OFF"})).path == "spec.mtls.mode"
 
+    def test_bad_tracing_settings(self) -> None:
+        """Tracing needs an http:// OTLP endpoint; each bound is refused at its field."""
+        assert only(mesh(tracing={})).path == "spec.tracing.otlpEndpoint"
+        assert only(mesh(tracing={"otlpEndpoint": "grpc://x:4317"})).path == (
+            "spec.tracing.otlpEndpoint")  # fmt: skip
+        assert only(mesh(tracing={"otlpEndpoint": "http://x:99999"})).path == (
+            "spec.tracing.otlpEndpoint")  # fmt: skip
+        base = {"otlpEndpoint": "http://127.0.0.1:4318"}
+        for field, value in (("samplingPercent", 100.5), ("samplingPercent", -1.0),
+                             ("maxQueue", 0), ("batchSize", 10_001),
+                             ("flushInterval", "5ms"), ("sampling", 1.0)):  # fmt: skip
+            assert only(mesh(tracing={**base, field: value})).path == f"spec.tracing.{field}"
+
     def test_mesh_config_must_be_named_default(self) -> None:
         """There is one MeshConfig, named default."""
         assert only(mesh(name="prod")).path == "metadata.name"
@@ -187,6 +200,15 @@ class TestAccepted:
         assert resource.key.namespace == "default"
         assert resource.certificate_lifetime is not None
         assert resource.certificate_lifetime.total_seconds() == 1800
+
+    def test_tracing_settings_and_their_snapshot_form(self) -> None:
+        tracing = {"otlpEndpoint": "http://127.0.0.1:4318", "samplingPercent": 100,
+                   "flushInterval": "250ms"}  # fmt: skip
+        (resource,) = validate_documents([mesh(tracing=tracing)])
+        assert isinstance(resource, MeshConfig) and resource.spec.tracing is not None
+        assert resource.spec.tracing.to_snapshot() == {
+            "endpoint": "http://127.0.0.1:4318", "ratio": 1.0, "max_queue": 2048, "batch": 512,
+            "interval": 0.25}  # fmt: skip
 
     def test_store_bookkeeping_fields_are_accepted_and_dropped(self) -> None:
         """A document read back from the store (revision, generation) can be re-applied."""

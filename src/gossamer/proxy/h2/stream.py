@@ -599,12 +599,12 @@ class ProxiedStream(Call):
                 if code is None:
                     code = grpc_code_for_http(self.status) if self.status != 200 else 2
                 self.down.grpc_stats.record(stats, code)
+        if self.stages is not None:  # before the endpoint is let go: a span names it
+            self.stages.complete(self)
         self.release()
         plan = self.plan
         if plan is not None:
             plan.finish(self)
-        if self.stages is not None:
-            self.stages.complete(self)
 
     @staticmethod
     def _drop_outgoing(*queues: Outgoing | None) -> None:

@@ -450,12 +450,12 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         stats = ex.stats
         if stats is not None:
             stats.record(ex.status, now - ex.start_ns)
+        if ex.stages is not None:  # before the endpoint is let go: a span names it
+            ex.stages.complete(ex)
         endpoint = ex.endpoint
         if endpoint is not None:
             endpoint.pending -= 1
             ex.endpoint = None
-        if ex.stages is not None:
-            ex.stages.complete(ex)
         queue = self.queue
         if queue and queue[0] is ex:
             queue.popleft()

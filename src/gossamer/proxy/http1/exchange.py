@@ -11,6 +11,7 @@ request's timers; the Call methods it implements go to its downstream connection
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING
 
 from gossamer.protocol.http1 import redirect_response
@@ -23,6 +24,15 @@ if TYPE_CHECKING:
     from gossamer.proxy.snapshot.http_rules import MirrorPolicy
 
 __all__ = ["Exchange"]
+
+
+# A pattern per tuple of names ``header_values`` is asked for: the lines of those headers.
+_LINES: dict[tuple[bytes, ...], re.Pattern[bytes]] = {}
+
+
+def _lines_pattern(names: tuple[bytes, ...]) -> re.Pattern[bytes]:
+    alternatives = b"|".join(re.escape(name) for name in sorted(names, key=len, reverse=True))
+    return re.compile(rb"\n(" + alternatives + rb"):[ \t]*([^\r\n]*)", re.IGNORECASE)
 
 
 class Exchange(Call):
@@ -99,6 +109,27 @@ class Exchange(Call):
     def set_header_list(self, headers: list[Header]) -> None:
         self.headers = headers
         self.plain = b""
+
+    def header_values(self, names: tuple[bytes, ...]) -> list[bytes | None]:
+        """Read from the plain lines while they are unparsed: one search, not a parse."""
+        plain = self.plain
+        if not plain:
+            return super().header_values(names)
+        pattern = _LINES.get(names)
+        if pattern is None:
+            pattern = _LINES[names] = _lines_pattern(names)
+        found: list[bytes | None] = [None] * len(names)
+        for name, value in pattern.findall(plain):
+            at = names.index(name.lower())
+            if found[at] is None:
+                found[at] = value.rstrip()
+        return found
+
+    def add_header(self, name: bytes, value: bytes) -> None:
+        if self.plain:
+            self.plain += b"\r\n%b: %b" % (name, value)
+        else:
+            self.headers.append((name, value))
 
     def set_path(self, path: bytes) -> None:
         self.path = path

@@ -10,18 +10,29 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gossamer.proxy.snapshot.authorization import Decision
+
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
     "Metrics",
     "RouteStats",
+    "SpanCounts",
     "TcpStats",
     "render_expiries",
+    "render_span_counts",
 ]
+
+class SpanCounts(Protocol):
+    """What the span exporter counts (``observe/otlp.py``)."""
+
+    exported: int
+    dropped_full: int
+    dropped_failed: int
+
 
 # Upper bounds in milliseconds (Linkerd-like spread from sub-millisecond to tens of seconds).
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -262,3 +273,16 @@ def render_expiries(expiries: list[tuple[str, str, float]]) -> bytes:
         labels = f'certificate="{kind}"' + (f',{kind}="{index}"' if index else "")
         out.append(f"gossamer_certificate_expiry_timestamp_seconds{{{labels}}} {when:.0f}")
     return ("\n".join(out) + "\n").encode()
+
+
+def render_span_counts(exporter: SpanCounts) -> bytes:
+    """``gossamer_trace_spans_total{outcome}``: spans exported, and dropped because the
+    export queue was full or the collector did not take them."""
+    return (
+        "# HELP gossamer_trace_spans_total Spans this sidecar recorded, by what became of them.\n"
+        "# TYPE gossamer_trace_spans_total counter\n"
+        f'gossamer_trace_spans_total{{outcome="exported"}} {exporter.exported}\n'
+        f'gossamer_trace_spans_total{{outcome="dropped_queue_full"}} {exporter.dropped_full}\n'
+        f'gossamer_trace_spans_total{{outcome="dropped_export_failed"}} '
+        f"{exporter.dropped_failed}\n"
+    ).encode()

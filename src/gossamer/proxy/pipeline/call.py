@@ -92,6 +92,23 @@ class Call:
         """Forward ``headers`` (a list ``header_list`` returned, edited) instead."""
         raise TypeError("codec responsibility")
 
+    def header_values(self, names: tuple[bytes, ...]) -> list[bytes | None]:
+        """The first value of each header of ``names`` (lower case), None where the request
+        has none. A codec may answer without building the header list."""
+        found: list[bytes | None] = [None] * len(names)
+        for name, value in self.header_list():
+            lower = name.lower()
+            for i, wanted in enumerate(names):
+                if lower == wanted and found[i] is None:
+                    found[i] = value
+        return found
+
+    def add_header(self, name: bytes, value: bytes) -> None:
+        """Forward one more header field (a codec may add it without building the list)."""
+        headers = self.header_list()
+        headers.append((name, value))
+        self.set_header_list(headers)
+
     def set_path(self, path: bytes) -> None:
         """Forward the request to ``path`` (origin form, query included)."""
         raise TypeError("codec responsibility")

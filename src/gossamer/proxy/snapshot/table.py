@@ -40,6 +40,7 @@ from gossamer.proxy.snapshot.http_rules import HttpRouter
 from gossamer.proxy.snapshot.jwt_rules import compile_jwt_rules, fingerprint
 from gossamer.proxy.snapshot.service_policy import ServicePolicy
 from gossamer.proxy.snapshot.tcp_rules import TcpRoute
+from gossamer.proxy.snapshot.tracing import TracingConfig, compile_tracing
 
 if TYPE_CHECKING:
     from gossamer.snapshot_schema import Snapshot
@@ -245,6 +246,7 @@ class RouteTable:
         # The pipeline's slots for each direction (``pipeline.slots``); None: nothing in any.
         self.inbound_stages: Stages | None = None
         self.outbound_stages: Stages | None = None
+        self.tracing: TracingConfig | None = None  # the trace stages are the state's
         self.version = version
         self.mtls = mtls  # inbound mode: STRICT refuses plaintext, PERMISSIVE/DISABLE accept it
         # Ports whose mode differs from ``mtls`` (PeerAuthentication portLevelMtls).
@@ -346,6 +348,7 @@ def compile_snapshot(
         rate_limiter, rate_limit_raw,
     )
     table.revoked = _compile_revoked(raw)
+    table.tracing = compile_tracing(raw.get("tracing"))
     inbound_part = raw.get("inbound")
     table.port_mtls = compile_port_modes(
         inbound_part.get("port_mtls") if isinstance(inbound_part, Mapping) else None,

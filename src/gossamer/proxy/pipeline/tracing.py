@@ -1,0 +1,172 @@
+"""Distributed tracing in the ``trace`` slot: one span per request and direction.
+
+``TraceStage`` reads the context the request came with (``trace_context.read_context``:
+W3C or B3), decides whether the trace is sampled (the parent's decision, else the ratio of the
+mesh's ``tracing`` settings), gives this hop a span id and sends the request on naming that span
+as the parent (``trace_context.propagate``). So the caller's sidecar records a CLIENT span
+(outbound direction) whose child is the callee's SERVER span (inbound direction), whose child
+is whatever the app records when it continues the trace.
+
+A request that is not sampled costs the header read and, when it came without a context,
+one added ``traceparent``; one whose caller sent a W3C context that is not sampled goes on with
+that context untouched (nothing of this hop is recorded, so no span of it can be a parent). A
+span is recorded when the request completes, only when sampled: a ``SpanRecord`` appended to
+the exporter's bounded queue (``otlp.SpanExporter``), nothing else on the request path. Its name
+is ``<METHOD> <service>`` (the destination for a CLIENT span, the workload for a SERVER span);
+its attributes follow OpenTelemetry's HTTP conventions (``http.request.method``, ``url.path``,
+``url.scheme``, ``server.address``, ``http.response.status_code``, ``network.protocol.version``,
+``http.request.resend_count`` for retries, ``peer.service``, ``network.peer.address`` /
+``network.peer.port`` of the endpoint chosen) plus the mesh's own (``gossamer.request_id``,
+``gossamer.peer.identity``: the caller's SPIFFE ID on a SERVER span, the destination's expected
+one on a CLIENT span). A 5xx (or 4xx on a CLIENT span), or a caller gone before the answer,
+marks the span as an error.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from gossamer.proxy.observe.otlp import CLIENT, SERVER, SpanExporter, SpanRecord, Value
+from gossamer.proxy.observe.trace_context import (
+    TraceContext,
+    Tracing,
+    new_root,
+    new_span_id,
+    new_trace_id,
+    parse_traceparent,
+    propagate,
+    ratio_sampled,
+    read_context,
+    trace_headers,
+)
+from gossamer.proxy.pipeline.slots import Stage
+
+if TYPE_CHECKING:
+    from gossamer.proxy.pipeline.call import Call
+
+__all__ = ["TRACE_NOTE", "TraceStage"]
+
+TRACE_NOTE = "trace"  # Call.notes key: the span of this hop while the request runs
+# What a request is looked at first: W3C, and whether any B3 form came (then the full read).
+_FIRST_LOOK = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-sampled", b"x-b3-flags")
+_NO_B3 = [None, None, None, None]
+
+
+class _Span:
+    """A sampled request's span while it runs."""
+
+    __slots__ = ("parent", "span_id", "start_ns", "state", "trace_id")
+
+    def __init__(
+        self, trace_id: bytes, span_id: bytes, parent: TraceContext | None, state: bytes
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent = parent
+        self.state = state
+        self.start_ns = time.time_ns()
+
+
+class TraceStage(Stage):
+    """Propagates the trace context and records this hop's span (see the module docstring)."""
+
+    slot = "trace"
+    name = "tracing"
+    sees_completions = True
+
+    def __init__(
+        self, direction: str, tracing: Tracing, exporter: SpanExporter, service: str
+    ) -> None:
+        self.kind = SERVER if direction == "inbound" else CLIENT
+        self.tracing = tracing
+        self.exporter = exporter
+        self.service = service  # this workload (the SERVER span's name)
+
+    def on_request(self, call: Call) -> bool:
+        traceparent, *b3 = call.header_values(_FIRST_LOOK)
+        w3c_only = b3 == _NO_B3
+        if w3c_only and traceparent is None:
+            return self._root(call)
+        if w3c_only and traceparent is not None:
+            parent = parse_traceparent(traceparent)
+            if parent is not None and not parent.sampled:
+                return True  # not recorded: the caller's traceparent goes on as it came
+        headers = call.header_list()
+        parent, state = read_context(trace_headers(headers))
+        if parent is None or not parent.trace_id:  # none valid, or a B3 decision alone
+            trace_id = new_trace_id()
+            decided = parent.sampled if parent is not None else None
+        else:
+            trace_id, decided = parent.trace_id, parent.sampled
+        sampled = ratio_sampled(trace_id, self.tracing) if decided is None else decided
+        span_id = new_span_id()
+        call.set_header_list(propagate(headers, trace_id, span_id, sampled, parent, state))
+        if sampled:
+            self._start(call, _Span(trace_id, span_id, parent, state))
+        return True
+
+    def _root(self, call: Call) -> bool:
+        """A request with no trace header: a trace starts here, decided by the ratio."""
+        trace_id, sampled = new_root(self.tracing)
+        # Not sampled, this hop is never recorded: any non-zero parent id will do.
+        span_id = new_span_id() if sampled else trace_id[16:]
+        flags = b"01" if sampled else b"00"
+        call.add_header(b"traceparent", b"00-%s-%s-%s" % (trace_id, span_id, flags))
+        if sampled:
+            self._start(call, _Span(trace_id, span_id, None, b""))
+        return True
+
+    @staticmethod
+    def _start(call: Call, span: _Span) -> None:
+        notes = call.notes
+        if notes is None:
+            call.notes = notes = {}
+        notes[TRACE_NOTE] = span
+
+    def on_complete(self, call: Call) -> None:
+        notes = call.notes
+        span = notes.get(TRACE_NOTE) if notes is not None else None
+        if not isinstance(span, _Span):  # not sampled: nothing to record
+            return
+        status = call.status
+        client = self.kind == CLIENT
+        service = call.service.name if client and call.service is not None else self.service
+        method = call.method.decode("latin-1")
+        parent = span.parent
+        self.exporter.record(SpanRecord(
+            span.trace_id, span.span_id, parent.parent_id if parent is not None else b"",
+            span.state, f"{method} {service}", self.kind, span.start_ns, time.time_ns(),
+            _attributes(call, method, client), status == 0 or status >= (400 if client else 500),
+        ))  # fmt: skip
+
+
+def _attributes(call: Call, method: str, client: bool) -> tuple[tuple[str, Value], ...]:
+    path = call.path.partition(b"?")[0].decode("latin-1")
+    found: list[tuple[str, Value]] = [
+        ("http.request.method", method),
+        ("url.path", path),
+        ("url.scheme", call.scheme.decode("latin-1")),
+        ("server.address", call.authority.decode("latin-1")),
+        ("network.protocol.version", "2" if call.protocol == "HTTP/2" else "1.1"),
+        ("gossamer.request_id", call.request_id.decode("latin-1")),
+    ]
+    if call.status:
+        found.append(("http.response.status_code", call.status))
+    if client:
+        service = call.service
+        if service is not None:
+            found.append(("peer.service", service.name))
+            if service.identity:
+                found.append(("gossamer.peer.identity", service.identity))
+        endpoint = call.endpoint
+        if endpoint is not None:
+            found += [("network.peer.address", endpoint.addr.host),
+                      ("network.peer.port", endpoint.addr.port)]  # fmt: skip
+        if call.tries > 1:
+            found.append(("http.request.resend_count", call.tries - 1))
+    elif call.peer:
+        found.append(("gossamer.peer.identity", call.peer.decode("latin-1")))
+    if call.grpc:
+        found.append(("rpc.system", "grpc"))
+    return tuple(found)

@@ -1,0 +1,216 @@
+"""Distributed tracing with real parts (issue 14, item 1): sidecar processes record a CLIENT
+span (the caller's sidecar) and a SERVER span (the callee's), export them over OTLP/HTTP to a
+collector that decodes them with the official ``opentelemetry-proto`` package, and an app
+instrumented with the OpenTelemetry SDK continues the same trace as the SERVER span's child.
+B3 callers are answered in B3, a caller's "not sampled" is followed, and the MeshConfig's
+ratio decides for a trace that starts at a sidecar.
+"""
+
+from __future__ import annotations
+
+import http.server
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
+from tests.process_harness import ROOT, Proc, Processes, free_port, wait_port, wait_ready
+
+API = "gossamer.dev/v1alpha1"
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+@dataclass(frozen=True)
+class Received:
+    service: str  # the resource's service.name
+    span: Any  # opentelemetry.proto Span
+
+
+class Collector(http.server.ThreadingHTTPServer):
+    """An OTLP/HTTP receiver: every span it is sent, with its resource's service name."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Receive)
+        self.received: list[Received] = []
+        self.lock = threading.Lock()
+
+    def spans_of(self, trace_id: str) -> list[Received]:
+        with self.lock:
+            return [r for r in self.received if r.span.trace_id.hex() == trace_id]
+
+
+class _Receive(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Collector
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        request = ExportTraceServiceRequest.FromString(body)
+        with self.server.lock:
+            for resource_spans in request.resource_spans:
+                names = [a.value.string_value for a in resource_spans.resource.attributes
+                         if a.key == "service.name"]  # fmt: skip
+                for scope in resource_spans.scope_spans:
+                    self.server.received += [Received(names[0], s) for s in scope.spans]
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Mesh:
+    cp: ControlPlaneProcess
+    frontend: Proc
+    orders: Proc
+    collector: Collector
+
+    def tracing(self, percent: float) -> None:
+        url = f"http://127.0.0.1:{self.collector.server_address[1]}"
+        doc = {"apiVersion": API, "kind": "MeshConfig", "metadata": {"name": "default"},
+               "spec": {"tracing": {"otlpEndpoint": url, "samplingPercent": percent,
+                                    "flushInterval": "100ms"}}}  # fmt: skip
+        with self.cp.client() as api:
+            assert api.post("/v1/resources", json=doc).status_code == 200
+
+    def call(self, headers: dict[str, str] | None = None) -> dict[str, str]:
+        """GET http://orders/items through the frontend's sidecar: the headers the app saw."""
+        proxy = f"http://127.0.0.1:{self.frontend.ports['outbound']}"
+        with httpx.Client(proxy=proxy, timeout=10, trust_env=False) as client:
+            answer = client.get("http://orders/items", headers=headers or {})
+        assert answer.status_code == 200, answer.text
+        seen: dict[str, str] = answer.json()["headers"]
+        return seen
+
+    def spans(self, trace_id: str, count: int) -> list[Received]:
+        deadline = time.monotonic() + 15
+        while len(found := self.collector.spans_of(trace_id)) < count:
+            assert time.monotonic() < deadline, f"{len(found)} of {count} spans: {found}"
+            time.sleep(0.1)
+        return found
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("tracing")
+    collector = Collector()
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    traces_url = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
+    with running_control_plane(tmp / "cp") as cp:
+        procs = Processes(tmp)
+        try:
+            port = free_port()
+            app = procs.spawn("orders-app", [sys.executable, str(ROOT / "tests/apps/traced_app.py"),
+                                             str(port), "orders-app", traces_url])  # fmt: skip
+            wait_port(port)
+            assert app.proc.poll() is None
+            orders = procs.sidecar(cp, "orders-sidecar", "orders", port)
+            frontend = procs.sidecar(cp, "frontend-sidecar", "frontend", None)
+            wait_ready(orders)
+            wait_ready(frontend)
+            running = Mesh(cp, frontend, orders, collector)
+            running.tracing(100.0)
+            deadline = time.monotonic() + 20  # until both sidecars trace
+            while "traceparent" not in running.call():
+                assert time.monotonic() < deadline, "tracing never reached the sidecars"
+                time.sleep(0.2)
+            yield running
+        finally:
+            procs.stop_all()
+            collector.shutdown()
+
+
+def _by_kind(spans: list[Received]) -> dict[str, Received]:
+    out = {}
+    for received in spans:
+        kind = "app" if received.service == "orders-app" else Span.SpanKind.Name(
+            received.span.kind)  # fmt: skip
+        out[kind] = received
+    return out
+
+
+def test_one_request_is_one_trace_across_both_sidecars_and_the_app(mesh: Mesh) -> None:
+    seen = mesh.call()
+    _, trace_id, server_span, flags = seen["traceparent"].split("-")
+    assert flags == "01"
+    spans = _by_kind(mesh.spans(trace_id, 3))
+    client, server, app = spans["SPAN_KIND_CLIENT"], spans["SPAN_KIND_SERVER"], spans["app"]
+    assert (client.service, server.service) == ("frontend", "orders")
+    assert client.span.parent_span_id == b""  # the trace started at the caller's sidecar
+    assert server.span.parent_span_id == client.span.span_id
+    assert server.span.span_id.hex() == server_span  # the app's parent is the SERVER span
+    assert app.span.parent_span_id == server.span.span_id
+    assert client.span.name == "GET orders" and server.span.name == "GET orders"
+    attributes = {a.key: a.value for a in client.span.attributes}
+    assert attributes["http.request.method"].string_value == "GET"
+    assert attributes["url.path"].string_value == "/items"
+    assert attributes["http.response.status_code"].int_value == 200
+    assert attributes["peer.service"].string_value == "orders"
+    assert attributes["network.peer.port"].int_value == mesh.orders.ports["inbound"]
+    assert attributes["gossamer.peer.identity"].string_value.endswith("/sa/orders")
+    inbound = {a.key: a.value for a in server.span.attributes}
+    assert inbound["gossamer.peer.identity"].string_value.endswith("/sa/frontend")
+    assert inbound["gossamer.request_id"].string_value == seen["x-request-id"]
+    assert client.span.start_time_unix_nano <= server.span.start_time_unix_nano
+    assert server.span.end_time_unix_nano <= client.span.end_time_unix_nano
+
+
+def test_an_instrumented_callers_trace_is_continued(mesh: Mesh) -> None:
+    seen = mesh.call({"traceparent": f"00-{TRACE}-{CALLER_SPAN}-01", "tracestate": "acme=1"})
+    assert seen["traceparent"].split("-")[1] == TRACE and seen["tracestate"] == "acme=1"
+    spans = _by_kind(mesh.spans(TRACE, 3))
+    assert spans["SPAN_KIND_CLIENT"].span.parent_span_id.hex() == CALLER_SPAN
+    assert spans["SPAN_KIND_CLIENT"].span.trace_state == "acme=1"
+
+
+def test_b3_callers_get_b3_and_w3c_on(mesh: Mesh) -> None:
+    trace_id = "a3ce929d0e0e4736"  # 64-bit, as older Zipkin clients send
+    seen = mesh.call({"b3": f"{trace_id}-{CALLER_SPAN}-1"})
+    widened = "0" * 16 + trace_id
+    b3_trace, b3_span, b3_sampled = seen["b3"].split("-")
+    assert (b3_trace, b3_sampled) == (widened, "1")
+    assert seen["traceparent"] == f"00-{widened}-{b3_span}-01"
+    spans = _by_kind(mesh.spans(widened, 3))
+    assert spans["SPAN_KIND_CLIENT"].span.parent_span_id.hex() == CALLER_SPAN
+
+
+def test_a_callers_not_sampled_is_followed(mesh: Mesh) -> None:
+    trace_id = "11112222333344445555666677778888"
+    seen = mesh.call({"traceparent": f"00-{trace_id}-{CALLER_SPAN}-00"})
+    assert seen["traceparent"].startswith(f"00-{trace_id}-") and seen["traceparent"].endswith(
+        "-00")  # fmt: skip
+    mesh.call()  # a sampled request after it: once its spans arrive, the first had its chance
+    time.sleep(1.0)
+    assert mesh.collector.spans_of(trace_id) == []
+
+
+def test_at_zero_percent_traces_that_start_here_are_not_recorded(mesh: Mesh) -> None:
+    mesh.tracing(0.0)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            seen = mesh.call()
+            if seen["traceparent"].endswith("-00"):
+                break
+            assert time.monotonic() < deadline, "0% never reached the sidecars"
+            time.sleep(0.2)
+        trace_id = seen["traceparent"].split("-")[1]
+        time.sleep(1.0)
+        assert mesh.collector.spans_of(trace_id) == []
+        metrics = httpx.get(f"http://127.0.0.1:{mesh.frontend.ports['admin']}/metrics").text
+        counter = 'gossamer_trace_spans_total{outcome="exported"} '
+        (exported,) = [line for line in metrics.splitlines() if line.startswith(counter)]
+        assert int(exported.removeprefix(counter)) >= 3
+    finally:
+        mesh.tracing(100.0)
