@@ -9,6 +9,7 @@ ratio decides for a trace that starts at a sidecar.
 from __future__ import annotations
 
 import http.server
+import json
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -23,6 +25,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
 from tests.process_harness import ROOT, Proc, Processes, free_port, wait_port, wait_ready
+from tests.sidecar_harness import app_proxy_env
 
 API = "gossamer.dev/v1alpha1"
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -76,6 +79,17 @@ class Mesh:
     orders: Proc
     collector: Collector
 
+    def grpc_meta(self, metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+        """Call the greeter (gRPC, through a CONNECT tunnel as an unchanged app does): the
+        metadata it saw."""
+        with pytest.MonkeyPatch.context() as env:
+            app_proxy_env(env, self.frontend.ports["outbound"])
+            with grpc.insecure_channel("greeter:80") as channel:
+                reply = channel.unary_unary("/test.Echo/Meta")(b"", metadata=metadata,
+                                                                timeout=10)  # fmt: skip
+        seen: dict[str, str] = json.loads(reply)["metadata"]
+        return seen
+
     def tracing(self, percent: float) -> None:
         url = f"http://127.0.0.1:{self.collector.server_address[1]}"
         doc = {"apiVersion": API, "kind": "MeshConfig", "metadata": {"name": "default"},
@@ -110,6 +124,15 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with running_control_plane(tmp / "cp") as cp:
         procs = Processes(tmp)
         try:
+            with cp.client() as api:
+                greeter = {"apiVersion": API, "kind": "Service", "metadata": {"name": "greeter"},
+                           "spec": {"ports": [{"port": 80, "protocol": "grpc"}]}}  # fmt: skip
+                assert api.post("/v1/resources", json=greeter).status_code == 200
+            greeter_port = free_port()
+            procs.spawn("greeter-app", [sys.executable, str(ROOT / "tests/apps/grpc_echo.py"),
+                                        str(greeter_port), "greeter-1"])  # fmt: skip
+            wait_port(greeter_port)
+            wait_ready(procs.sidecar(cp, "greeter-sidecar", "greeter", greeter_port))
             port = free_port()
             app = procs.spawn("orders-app", [sys.executable, str(ROOT / "tests/apps/traced_app.py"),
                                              str(port), "orders-app", traces_url])  # fmt: skip
@@ -214,3 +237,24 @@ def test_at_zero_percent_traces_that_start_here_are_not_recorded(mesh: Mesh) -> 
         assert int(exported.removeprefix(counter)) >= 3
     finally:
         mesh.tracing(100.0)
+
+
+def test_grpc_calls_are_traced_too(mesh: Mesh) -> None:
+    """A gRPC call (HTTP/2 through a CONNECT tunnel) gets the same two spans, marked as gRPC,
+    and the app sees the context in its metadata."""
+    seen = mesh.grpc_meta((("traceparent", f"00-{TRACE[:-4]}abcd-{CALLER_SPAN}-01"),))
+    trace_id = TRACE[:-4] + "abcd"
+    _, sent_trace, server_span, flags = seen["traceparent"].split("-")
+    assert (sent_trace, flags) == (trace_id, "01")
+    spans = _by_kind(mesh.spans(trace_id, 2))
+    client, server = spans["SPAN_KIND_CLIENT"], spans["SPAN_KIND_SERVER"]
+    assert client.span.parent_span_id.hex() == CALLER_SPAN
+    assert server.span.parent_span_id == client.span.span_id
+    assert server.span.span_id.hex() == server_span
+    assert (client.service, server.service) == ("frontend", "greeter")
+    for received in (client, server):
+        attributes = {a.key: a.value for a in received.span.attributes}
+        assert attributes["rpc.system"].string_value == "grpc"
+        assert attributes["network.protocol.version"].string_value == "2"
+        assert attributes["url.path"].string_value == "/test.Echo/Meta"
+        assert attributes["http.response.status_code"].int_value == 200
