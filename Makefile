@@ -35,7 +35,7 @@ demo: native
 # HTTP/2 codec and h2load), HAProxy, nginx and wrk (the benchmark smoke run), tcpdump (mTLS on
 # the wire, story 2); gcc and the Python headers build the native parts.
 TEST_PACKAGES := libnghttp2-14 libnghttp2-dev nghttp2-client postgresql haproxy nginx wrk gcc \
-	python3-dev tcpdump
+	python3-dev tcpdump prometheus
 
 # Two sessions (tests/conftest.py): the unit tests import the source, which their test doubles
 # need; the rest import the compiled data plane (gossamer.compiled), as sidecars run it.

@@ -12,6 +12,7 @@ import functools
 import hmac
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from importlib import resources
@@ -93,6 +94,7 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
         ),
         Route("/v1/watch", authed(watch), methods=["GET"]),
         Route("/v1/proxies", authed(proxies), methods=["GET"]),
+        Route("/v1/prometheus/targets", authed(prometheus_targets), methods=["GET"]),
         Route("/v1/endpoints/{namespace}/{service}", authed(endpoints), methods=["GET"]),
         Route("/v1/join-tokens", authed(join_token), methods=["POST"]),
         Route("/v1/revocations", authed(list_revocations), methods=["GET"]),
@@ -334,6 +336,35 @@ async def watch(plane: ControlPlane, request: Request) -> Response:
 async def proxies(plane: ControlPlane, request: Request) -> Response:
     items = sorted((r.to_json() for r in plane.registry), key=lambda r: r["proxy_id"])
     return JSONResponse({"items": items})
+
+
+async def prometheus_targets(plane: ControlPlane, request: Request) -> Response:
+    """Prometheus HTTP service discovery (``http_sd_configs``): one target group per
+    connected proxy with an admin port, its metrics endpoint and who it is."""
+    groups = []
+    for record in sorted(plane.registry, key=lambda r: r.proxy_id):
+        workload = record.workload
+        if not record.connected or workload.admin_port is None:
+            continue
+        host = workload.address if ":" not in workload.address else f"[{workload.address}]"
+        groups.append({
+            "targets": [f"{host}:{workload.admin_port}"],
+            "labels": {
+                "__metrics_path__": "/metrics",
+                "namespace": workload.namespace,
+                "service": workload.service,
+                "proxy_id": record.proxy_id,
+                "identity": record.identity.uri,
+                **{f"__meta_gossamer_label_{_label_name(k)}": v
+                   for k, v in workload.labels.items()},
+            },
+        })  # fmt: skip
+    return JSONResponse(groups)
+
+
+def _label_name(key: str) -> str:
+    """A workload label's key as a Prometheus label name (other characters become ``_``)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
 
 
 async def endpoints(plane: ControlPlane, request: Request) -> Response:
