@@ -9,6 +9,7 @@ and stopped by PID.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
-from tests.process_harness import Proc, Processes, free_port, wait_port, wait_ready
+from tests.process_harness import ROOT, Proc, Processes, free_port, wait_port, wait_ready
 from tests.tools import require
 
 OK_CALLS = 20
@@ -125,3 +126,28 @@ def test_promql_answers_per_edge_success_rate_and_p99(mesh: Mesh) -> None:
         f"(gossamer_request_duration_seconds_bucket{{{edge}}}))"
     )
     assert len(p99) == 1 and 0 < float(p99[0]["value"][1]) < 5.0
+
+
+def test_every_panel_of_the_grafana_dashboard_is_a_query_prometheus_answers(
+    mesh: Mesh,
+) -> None:
+    """examples/grafana/gossamer-mesh.json: each panel's PromQL runs on the real Prometheus;
+    those about HTTP traffic and certificates have series for this mesh (gRPC, TCP,
+    authorization and spans have none here, and must still be valid queries)."""
+    dashboard = json.loads((ROOT / "examples/grafana/gossamer-mesh.json").read_text())
+    proxy = f"http://127.0.0.1:{mesh.frontend.ports['outbound']}"
+    with httpx.Client(proxy=proxy, timeout=10, trust_env=False) as client:
+        for _ in range(3):  # traffic over several scrapes, so that rates have an increase
+            assert all(client.get("http://orders/items").status_code == 200 for _ in range(10))
+            time.sleep(1.2)
+    with_data = {"Success rate per edge", "Requests per second per edge",
+                 "p50 / p95 / p99 latency per edge",
+                 "Inbound requests per second by caller identity",
+                 "Days until a certificate expires"}  # fmt: skip
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            result = mesh.query(target["expr"])  # a PromQL error fails here
+            if panel["title"] in with_data:
+                assert result, f"{panel['title']}: no series for {target['expr']}"
+    days = mesh.query(dashboard["panels"][8]["targets"][0]["expr"])
+    assert all(0 < float(r["value"][1]) < 3650 for r in days)
