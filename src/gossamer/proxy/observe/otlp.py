@@ -34,6 +34,7 @@ SERVER = 2  # SpanKind
 CLIENT = 3
 STATUS_ERROR = 2
 EXPORT_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 2.0  # what is queued at close is sent within this, or dropped (a sidecar stops)
 SCOPE = "gossamer"
 Value = str | int | float | bool
 
@@ -189,16 +190,18 @@ class SpanExporter:
                 await self._send_batch()
 
     async def close(self) -> None:
-        """Send what is queued (bounded by ``EXPORT_TIMEOUT``), then stop."""
+        """Send what is queued (bounded by ``CLOSE_TIMEOUT``), then stop."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(EXPORT_TIMEOUT):
+            async with asyncio.timeout(CLOSE_TIMEOUT):
                 while self._queue:
                     await self._send_batch()
+        self.dropped_failed += len(self._queue)
+        self._queue.clear()
         self._disconnect()
 
     async def _send_batch(self) -> None:
@@ -207,6 +210,10 @@ class SpanExporter:
         try:
             async with asyncio.timeout(EXPORT_TIMEOUT):
                 status = await self._post(body)
+        except asyncio.CancelledError:  # stopped mid-export: those spans are lost, and counted
+            self._disconnect()
+            self.dropped_failed += len(spans)
+            raise
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError) as exc:
             self._disconnect()
             self._failed(len(spans), f"{type(exc).__name__}: {exc}")

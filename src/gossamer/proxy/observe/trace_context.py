@@ -146,8 +146,7 @@ def _b3_multi(found: dict[bytes, bytes]) -> TraceContext | None:
 
 
 def trace_headers(headers: list[Header]) -> dict[bytes, bytes]:
-    """The first value of each trace header in ``headers``, by lower-case name (what
-    ``Call.headers_named(NAMES)`` answers)."""
+    """The first value of each trace header in ``headers``, by lower-case name."""
     found: dict[bytes, bytes] = {}
     lengths = _LENGTHS
     for name, value in headers:

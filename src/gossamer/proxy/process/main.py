@@ -79,6 +79,8 @@ class DataPath:
         state.app_pool.close_all()
         close_h2(state)
         self.sweeper.cancel()
+        if state.span_exporter is not None:  # the spans of the last requests go out too
+            await state.span_exporter.close()
 
 
 async def start_data_path(
