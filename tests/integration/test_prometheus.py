@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -151,3 +154,48 @@ def test_every_panel_of_the_grafana_dashboard_is_a_query_prometheus_answers(
                 assert result, f"{panel['title']}: no series for {target['expr']}"
     days = mesh.query(dashboard["panels"][8]["targets"][0]["expr"])
     assert all(0 < float(r["value"][1]) < 3650 for r in days)
+
+
+def _cli_json(mesh: Mesh, command: str, window: float) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "gossamer.cli", command, "--window", str(window), "-o", "json",
+         "--control-url", mesh.cp.api_url, "--data-dir", str(mesh.cp.data_dir)],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def test_stat_and_edges_read_the_sidecars_now(mesh: Mesh) -> None:
+    """`gossamer stat` and `gossamer edges` scrape every sidecar twice and report what
+    happened in between: while calls go on (four answered, one failing, over and over), the
+    figures are those of the window."""
+    stop = threading.Event()
+    made = {"calls": 0}
+
+    def traffic() -> None:
+        proxy = f"http://127.0.0.1:{mesh.frontend.ports['outbound']}"
+        deadline = time.monotonic() + 30
+        with httpx.Client(proxy=proxy, timeout=10, trust_env=False) as client:
+            while not stop.is_set() and time.monotonic() < deadline:
+                for path in ("/items", "/items", "/items", "/items", "/forge-unprocessed"):
+                    client.get(f"http://orders{path}")
+                    made["calls"] += 1
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    try:
+        time.sleep(0.5)
+        stats = _cli_json(mesh, "stat", 2.0)
+        links = _cli_json(mesh, "edges", 2.0)
+    finally:
+        stop.set()
+        thread.join(40)
+    assert made["calls"] > 50
+    (orders,) = [i for i in stats["items"] if i["service"] == "orders"]
+    assert 0.7 < orders["success"] < 0.9  # 4 of 5, cut anywhere by the window
+    assert orders["rps"] > 5 and 0 < orders["p50"] <= orders["p95"] <= orders["p99"] < 5
+    (edge,) = [i for i in links["items"] if (i["src"], i["dst"]) == ("frontend", "orders")]
+    assert edge["identity"] == "spiffe://gossamer.local/ns/default/sa/orders" and edge["mtls"]
+    assert 0.7 < edge["success"] < 0.9 and edge["rps"] > 5

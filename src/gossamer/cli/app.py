@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gossamer import __version__
-from gossamer.cli import certs, mesh, resources
+from gossamer.cli import certs, mesh, resources, stat
 
 __all__ = ["app", "run"]
 
@@ -57,6 +57,7 @@ def proxy(ctx: typer.Context) -> None:
 resources.register(app)
 mesh.register(app)
 certs.register(app)
+stat.register(app)
 
 
 def run(args: list[str]) -> int:
