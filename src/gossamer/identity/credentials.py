@@ -350,7 +350,11 @@ def pem_bundle(bodies: Iterable[bytes]) -> str:
 def bundle_digest(pem: bytes) -> str:
     """The trust bundle's fingerprint: SHA-256 over its roots in order (how the control plane
     learns which bundle a sidecar trusts)."""
-    return hashlib.sha256(b"\n".join(pem_certificates(pem))).hexdigest()
+    return _roots_digest(pem_certificates(pem))
+
+
+def _roots_digest(roots: list[bytes]) -> str:
+    return hashlib.sha256(b"\n".join(roots)).hexdigest()
 
 
 class CredentialFiles:
@@ -391,9 +395,7 @@ class CredentialFiles:
     @property
     def bundle_digest(self) -> str | None:
         """The fingerprint (``bundle_digest``) of the roots trusted now; None without any."""
-        if not self._roots:
-            return None
-        return hashlib.sha256(b"\n".join(self._roots)).hexdigest()
+        return _roots_digest(self._roots) if self._roots else None
 
     def _trust_bundles(self) -> list[str]:
         """The trusted CA bundle, as PEM text (what a new context is given)."""
@@ -416,8 +418,7 @@ class CredentialFiles:
             return False
         mtls_client_context().load_verify_locations(cadata=pem_bundle(roots))  # refuse first
         if only and any(root not in roots for root in self._roots):
-            self._roots = roots
-            self._rebuild()
+            self._rebuild(roots)
             return True
         added = [root for root in roots if root not in self._roots]
         if added:
@@ -427,19 +428,21 @@ class CredentialFiles:
             self._roots += added
         return False
 
-    def _rebuild(self) -> None:
-        """Fresh contexts trusting ``_roots`` alone, with the current certificate."""
-        bundle = self._trust_bundles()
+    def _rebuild(self, roots: list[bytes]) -> None:
+        """Fresh contexts trusting ``roots`` alone, with the current certificate. Nothing
+        changes when one does not load (the caller's error): the roots are taken only once
+        every context is made."""
+        bundle = pem_bundle(roots)
         fresh = self._fresh_contexts()
         for ctx in fresh.values():
-            for text in bundle:
-                ctx.load_verify_locations(cadata=text)
+            ctx.load_verify_locations(cadata=bundle)
             if self._info is not None:
                 ctx.load_cert_chain(self.cert_path, self.key_path)
         if self._server_alpn:
             fresh["server_context"].set_alpn_protocols(self._server_alpn)
         for name, ctx in fresh.items():
             setattr(self, name, ctx)
+        self._roots = roots
         self._alpn_contexts = {}  # made again on first use, from the new roots
         log.info("trust bundle now holds %d root(s); TLS contexts rebuilt", len(self._roots))
 
@@ -598,11 +601,10 @@ class Credentials(CredentialFiles):
         if not pem_certificates(ca_pem):
             raise CredentialsError("the trust bundle holds no certificate")
         try:
-            mtls_client_context().load_verify_locations(cadata=ca_pem.decode("ascii"))
+            self._trust(ca_pem, only=True)  # refuses a bundle OpenSSL does not load, first
         except (ssl.SSLError, ValueError) as exc:
             raise CredentialsError(f"the trust bundle does not load: {exc}") from exc
         write_atomic(self.bundle_path, ca_pem)
-        self._trust(ca_pem, only=True)
 
     def _load_existing(self) -> None:
         """Pick up a still-valid certificate left by an earlier run of this sidecar."""

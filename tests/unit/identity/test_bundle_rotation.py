@@ -219,3 +219,29 @@ def test_the_intermediates_a_certificate_came_with_have_an_expiry(tmp_path: Path
     text = render_expiries(creds.expiries()).decode()
     assert 'certificate="intermediate",intermediate="0"' in text
     assert 'certificate="root",root="0"' in text
+
+
+def test_a_rebuild_cut_short_is_made_again_by_the_next_reload(tmp_path: Path) -> None:
+    """A worker that reads the workdir between the supervisor's renames (key and certificate
+    not matching) keeps its old contexts and roots; the next reload, on matching files, drops
+    the old root (the roots are taken only once every context is made)."""
+    old, new = FakeCA(), FakeCA()
+    creds = _credentials(tmp_path, old, old.root_pem + new.root_pem)
+    worker = WorkerCredentials(tmp_path / "work", None)
+    assert worker.reload()
+    worker.offer_alpn(["h2"])
+    server = _Server(worker)
+    try:
+        from_old = _client(tmp_path, old, old.root_pem + new.root_pem, "old")
+        creds.adopt_bundle(new.root_pem)
+        key = (tmp_path / "work" / "tls.key").read_bytes()
+        _, other_key = old.issue(SERVER_ID)
+        (tmp_path / "work" / "tls.key").write_bytes(other_key)  # mid-rename: no match
+        assert not worker.reload()
+        assert not server.refused(from_old)  # nothing changed yet
+        (tmp_path / "work" / "tls.key").write_bytes(key)
+        assert worker.reload()
+        assert worker.bundle_digest == creds.bundle_digest
+        assert server.refused(from_old)
+    finally:
+        server.close()

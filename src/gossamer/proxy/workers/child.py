@@ -89,9 +89,9 @@ class WorkerCredentials(CredentialFiles):
     def reload(self) -> bool:
         """Load what the workdir holds now; True when a valid certificate is in force."""
         try:
+            if self.bundle_path.exists():  # a rebuild keeps the certificate loaded so far
+                self._trust(self.bundle_path.read_bytes(), only=True)
             if not self.cert_path.exists():
-                if self.bundle_path.exists():
-                    self._trust(self.bundle_path.read_bytes(), only=True)
                 return False
             cert_pem = self.cert_path.read_bytes()
             if cert_pem != self._cert_pem:
@@ -104,8 +104,6 @@ class WorkerCredentials(CredentialFiles):
                 self._info = info
                 self._note_chain(cert_pem)
                 log.info("loaded certificate expiring %.0f", info.not_after)
-            if self.bundle_path.exists():
-                self._trust(self.bundle_path.read_bytes(), only=True)
         except (OSError, ssl.SSLError, ValueError, CredentialsError) as exc:
             # e.g. read between the supervisor's renames of the key and the certificate: the
             # supervisor's cert message after the install makes us try again.
