@@ -24,13 +24,12 @@ Interleaved rounds, medians; the section is written into bench/RESULTS.md betwee
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.routing import _state, section_main
+from bench.routing import _state, compiled_section_main, cost_lines, median_row
 from gossamer.proxy.http1.exchange import Exchange
 from gossamer.proxy.http1.outbound import OutboundConnection
 from gossamer.proxy.observe.metrics import Metrics
@@ -159,10 +158,8 @@ def measure(rounds: int = 7, requests: int = 20_000) -> dict[str, Any]:
     for _ in range(rounds):
         for name, (stages, ex) in cases.items():
             samples[name].append(_cost(stages, ex, plains[name], requests))
-    rows = [{"case": "no policy", "us_per_request": 0.0, "spread_us": 0.0}]
-    for name, values in samples.items():
-        rows.append({"case": name, "us_per_request": statistics.median(values),
-                     "spread_us": (max(values) - min(values)) / 2})  # fmt: skip
+    rows = [median_row("no policy", [0.0])]
+    rows += [median_row(name, values) for name, values in samples.items()]
     return {"rounds": rounds, "requests": requests, "rows": rows}
 
 
@@ -179,20 +176,13 @@ def render(result: dict[str, Any], code: str) -> str:
         "| policies | us/request |",
         "|---|---|",
     ]
-    for row in result["rows"]:
-        lines.append(f"| {row['case']} | {row['us_per_request']:.2f} ± {row['spread_us']:.2f} |")
-    lines += ["", END]
+    lines += [*cost_lines(result["rows"]), "", END]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from gossamer import compiled
-
-    def render_here(result: dict[str, Any]) -> str:
-        return render(result, f"code={compiled.STATE}")
-
-    return section_main(argv, "python -m bench.authorization", __doc__, measure, render_here,
-                        rounds=7)  # fmt: skip
+    return compiled_section_main(argv, "python -m bench.authorization", __doc__, measure,
+                                 render, rounds=7)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -186,6 +186,35 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def median_row(case: str, values: list[float]) -> dict[str, Any]:
+    """A cost table's row: the median of the rounds, and half their range."""
+    return {"case": case, "us_per_request": statistics.median(values),
+            "spread_us": (max(values) - min(values)) / 2}  # fmt: skip
+
+
+def cost_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """``| case | median ± spread |`` for each row of a cost table."""
+    return [f"| {row['case']} | {row['us_per_request']:.2f} ± {row['spread_us']:.2f} |"
+            for row in rows]  # fmt: skip
+
+
+def compiled_section_main(
+    argv: Sequence[str] | None,
+    prog: str,
+    doc: str | None,
+    measure: Callable[[int, int], dict[str, Any]],
+    render: Callable[[dict[str, Any], str], str],
+    rounds: int,
+) -> int:
+    """``section_main`` for a section that names the build it measured (``code=...``)."""
+    from gossamer import compiled
+
+    def render_here(result: dict[str, Any]) -> str:
+        return render(result, f"code={compiled.STATE}")
+
+    return section_main(argv, prog, doc, measure, render_here, rounds=rounds)
+
+
 def section_main(
     argv: Sequence[str] | None,
     prog: str,

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from bench.routing import _cycle_cost, _state, section_main
+from bench.routing import _cycle_cost, _state, compiled_section_main
 from gossamer.proxy.observe.metrics import Metrics
 from gossamer.proxy.pipeline.slots import Stage, Stages
 from gossamer.proxy.pipeline.user_filters import compile_filters
@@ -104,12 +104,8 @@ def render(result: dict[str, Any], code: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from gossamer import compiled
-
-    def render_here(result: dict[str, Any]) -> str:
-        return render(result, f"code={compiled.STATE}")
-
-    return section_main(argv, "python -m bench.stages", __doc__, measure, render_here, rounds=7)
+    return compiled_section_main(argv, "python -m bench.stages", __doc__, measure, render,
+                                 rounds=7)  # fmt: skip
 
 
 if __name__ == "__main__":

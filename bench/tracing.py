@@ -20,13 +20,12 @@ Interleaved rounds, medians; the section is written into bench/RESULTS.md betwee
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from bench.routing import _state, section_main
+from bench.routing import _state, compiled_section_main, cost_lines, median_row
 from gossamer.proxy.http1.exchange import Exchange
 from gossamer.proxy.http1.outbound import OutboundConnection
 from gossamer.proxy.observe.otlp import SpanExporter, encode_request
@@ -116,10 +115,9 @@ def _measure(rounds: int, requests: int) -> dict[str, Any]:
             samples[name].append(_cost(stage, exchanges[name], plain, requests))
         exports.append(_export_cost(sampled_stage, _exchange(sampled_plain), sampled_plain,
                                     min(requests, 5_120)))  # fmt: skip
-    rows = [{"case": "tracing off", "us_per_request": 0.0, "spread_us": 0.0}]
-    for name, values in [*samples.items(), ("export, per sampled span", exports)]:
-        rows.append({"case": name, "us_per_request": statistics.median(values),
-                     "spread_us": (max(values) - min(values)) / 2})  # fmt: skip
+    samples["export, per sampled span"] = exports
+    rows = [median_row("tracing off", [0.0])]
+    rows += [median_row(name, values) for name, values in samples.items()]
     return {"rounds": rounds, "requests": requests, "rows": rows}
 
 
@@ -136,20 +134,13 @@ def render(result: dict[str, Any], code: str) -> str:
         "| case | us/request |",
         "|---|---|",
     ]
-    for row in result["rows"]:
-        lines.append(f"| {row['case']} | {row['us_per_request']:.2f} ± {row['spread_us']:.2f} |")
-    lines += ["", END]
+    lines += [*cost_lines(result["rows"]), "", END]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from gossamer import compiled
-
-    def render_here(result: dict[str, Any]) -> str:
-        return render(result, f"code={compiled.STATE}")
-
-    return section_main(argv, "python -m bench.tracing", __doc__, measure, render_here,
-                        rounds=7)  # fmt: skip
+    return compiled_section_main(argv, "python -m bench.tracing", __doc__, measure, render,
+                                 rounds=7)  # fmt: skip
 
 
 if __name__ == "__main__":

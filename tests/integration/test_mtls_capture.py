@@ -11,13 +11,11 @@ body in its answer, and ``frontend``, the caller), tcpdump started and stopped b
 from __future__ import annotations
 
 import contextlib
-import http.server
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,27 +26,12 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.apps.post_echo import start_post_echo
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
 from tests.process_harness import Proc, Processes, wait_ready
 from tests.tools import require
 
 API = "gossamer.dev/v1alpha1"
-
-
-class Echo(http.server.BaseHTTPRequestHandler):
-    """Answers each POST with the body it received."""
-
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @dataclass
@@ -94,8 +77,7 @@ class Mesh:
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     require(shutil.which("tcpdump") is not None, "tcpdump (Debian package tcpdump)")
     tmp = tmp_path_factory.mktemp("capture")
-    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    app = start_post_echo()
     with running_control_plane(tmp / "cp") as cp:
         procs = Processes(tmp)
         try:

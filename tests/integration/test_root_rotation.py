@@ -10,7 +10,6 @@ app echoes each body, and ``frontend``, the caller), the CLI as a user runs it.
 
 from __future__ import annotations
 
-import http.server
 import json
 import shutil
 import socket
@@ -22,33 +21,19 @@ import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 from cryptography import x509
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.identity.spiffe import SpiffeId
+from tests.apps.post_echo import start_post_echo
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
 from tests.org_ca import ORG, organisation
 from tests.process_harness import ROOT, Processes, wait_ready
 
 LOAD_THREADS = 4
 LOAD_SECONDS_MAX = 60.0  # the load stops at the latest after this (bounded)
-
-
-class Echo(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("content-length", "0")))
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 class Load:
@@ -138,8 +123,7 @@ def _rotate_under_load(cp: ControlPlaneProcess, outbound_port: int, *args: str) 
 
 
 def test_certs_rotate_under_load_fails_no_request(tmp_path: Path) -> None:
-    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    app = start_post_echo()
     with running_control_plane(tmp_path / "cp") as cp:
         procs = Processes(tmp_path)
         try:
@@ -193,8 +177,7 @@ def test_a_running_mesh_moves_onto_the_organisations_intermediate(tmp_path: Path
     intermediate under the organisation's root, under load; the sidecars then hold leaves of
     the intermediate (handed out with it) and trust the organisation's root alone."""
     cert, key, roots, intermediate = organisation(tmp_path)
-    app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=app.serve_forever, daemon=True).start()
+    app = start_post_echo()
     with running_control_plane(tmp_path / "cp") as cp:
         procs = Processes(tmp_path)
         try:

@@ -540,12 +540,12 @@ class ControlPlane:
     @property
     def ca(self) -> CertificateAuthority:
         """The CA that signs certificates now (the new root from a rotation's reissue on)."""
-        return self.trust.signer
+        return self.trust.rotation.signer
 
     @property
     def bundle(self) -> bytes:
         """The trust bundle every proxy is to hold now."""
-        return self.trust.bundle
+        return self.trust.rotation.bundle
 
     def _trust_changed(self) -> None:
         if self.on_trust_change is not None:

@@ -104,7 +104,10 @@ class RootRotation:
         self.started_at: float | None = None
         self.phase_since: float | None = None
         self.last: dict[str, Any] | None = None  # the rotation that ended last
+        self.bundle = b""
+        self.digest = ""
         self._load()
+        self._in_force()
 
     # ------------------------------------------------------------------ what is in force
     @property
@@ -114,18 +117,17 @@ class RootRotation:
             return self.next
         return self.current
 
-    @property
-    def bundle(self) -> bytes:
-        """The trust bundle every proxy is to hold now."""
+    def _in_force(self) -> None:
+        """Work out ``bundle`` (the trust bundle every proxy is to hold now) and its
+        ``digest``, once per change of phase (every proxy's progress is checked against
+        them)."""
         if self.next is None or self.phase is None:
-            return self.current.root_pem
-        if self.phase == "retire":
-            return self.next.root_pem
-        return _merged(self.current.root_pem, self.next.root_pem)
-
-    @property
-    def digest(self) -> str:
-        return bundle_digest(self.bundle)
+            self.bundle = self.current.root_pem
+        elif self.phase == "retire":
+            self.bundle = self.next.root_pem
+        else:
+            self.bundle = _merged(self.current.root_pem, self.next.root_pem)
+        self.digest = bundle_digest(self.bundle)
 
     def status(self) -> dict[str, Any]:
         """The phase, since when, and the roots involved (for the API and ``certs``)."""
@@ -173,6 +175,7 @@ class RootRotation:
     def _enter(self, phase: Phase) -> None:
         self.phase = phase
         self.phase_since = time.time()
+        self._in_force()
         write_public_file(self._dir / "root.crt", self.bundle)
         self._save()
         log.info("root rotation: phase %s (bundle %s)", phase, self.digest[:12])
@@ -198,6 +201,7 @@ class RootRotation:
                      "old_root": root_summary(old), "new_root": root_summary(new)}  # fmt: skip
         self.current, self.next = new, None
         self.phase = self.started_at = self.phase_since = None
+        self._in_force()
         self._save()
         log.info("root rotation over: %s replaced %s", self.last["new_root"]["subject"],
                  self.last["old_root"]["subject"])  # fmt: skip

@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from gossamer.control.ca import CertificateAuthority
 from gossamer.control.registry import ProxyRecord, Registry
 from gossamer.control.rotation import Brought, RootRotation, root_summary
 
@@ -35,14 +34,6 @@ class TrustRollout:
         self._registry = registry
         self._on_change = on_change  # the serving certificate or the bundle changed
 
-    @property
-    def signer(self) -> CertificateAuthority:
-        return self.rotation.signer
-
-    @property
-    def bundle(self) -> bytes:
-        return self.rotation.bundle
-
     def begin(self, brought: Brought | None = None) -> None:
         """Start a rotation, to a new root of our own or to the operator's intermediate
         (``RotationError`` if one cannot start now)."""
@@ -52,7 +43,8 @@ class TrustRollout:
 
     def status(self) -> dict[str, Any]:
         out = self.rotation.status()
-        out["issuer"] = {**root_summary(self.signer), "intermediate": self.signer.brought}
+        signer = self.rotation.signer
+        out["issuer"] = {**root_summary(signer), "intermediate": signer.brought}
         out["bundle_digest"] = self.rotation.digest
         out["waiting"] = sorted(record.proxy_id for record in self._lagging())
         out["connected"] = sum(1 for record in self._registry if record.connected)
@@ -75,7 +67,7 @@ class TrustRollout:
     def signed(self, record: ProxyRecord) -> None:
         """The control plane just signed a certificate for ``record`` (in force once the
         proxy's ``status`` says it installed it)."""
-        record.signed_key_id = self.signer.key_id
+        record.signed_key_id = self.rotation.signer.key_id
         record.renew_asked = False
 
     def installed(self, record: ProxyRecord) -> None:
@@ -96,7 +88,7 @@ class TrustRollout:
             return []
         connected = [record for record in self._registry if record.connected]
         if phase == "reissue":
-            key_id = self.signer.key_id
+            key_id = self.rotation.signer.key_id
             return [record for record in connected if record.leaf_key_id != key_id]
         digest = self.rotation.digest
         return [record for record in connected if record.bundle_digest != digest]
@@ -121,8 +113,8 @@ class TrustRollout:
         digest = record.bundle_digest
         known = digest is not None or self.rotation.phase is not None  # else: said nothing
         if known and digest != self.rotation.digest:
-            session.send({"type": "bundle", "ca": self.bundle.decode("ascii")})
-        lacks_leaf = record.leaf_key_id != self.signer.key_id
+            session.send({"type": "bundle", "ca": self.rotation.bundle.decode("ascii")})
+        lacks_leaf = record.leaf_key_id != self.rotation.signer.key_id
         if self.rotation.phase == "reissue" and lacks_leaf and not record.renew_asked:
             record.renew_asked = True
             session.send({"type": "renew"})

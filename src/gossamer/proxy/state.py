@@ -209,14 +209,13 @@ class ProxyState:
             self.span_exporter, self._export = exporter, config.export
         tracing = Tracing(config.ratio)
         service = self.settings.workload.service
-        for direction in ("inbound", "outbound"):
-            stage = TraceStage(direction, tracing, exporter, service)
-            stages = table.inbound_stages if direction == "inbound" else table.outbound_stages
-            joined = Stages([stage, *(stages.all if stages is not None else ())])
-            if direction == "inbound":
-                table.inbound_stages = joined
-            else:
-                table.outbound_stages = joined
+
+        def traced(direction: str, stages: Stages | None) -> Stages:
+            others = stages.all if stages is not None else ()
+            return Stages([TraceStage(direction, tracing, exporter, service), *others])
+
+        table.inbound_stages = traced("inbound", table.inbound_stages)
+        table.outbound_stages = traced("outbound", table.outbound_stages)
 
     def full(self) -> bool:
         """Whether the open connections (HTTP connections and TCP relays) reached the cap
