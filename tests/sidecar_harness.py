@@ -100,11 +100,13 @@ class Sidecar:
 
 async def start_sidecar(
     ca: CertificateAuthority, workdir: Path, service: str, app: Address | None,
-    *, tcp_app: Address | None = None, **listen: Any,
+    *, tcp_app: Address | None = None, configured: bool = True, **listen: Any,
 ) -> Sidecar:
     """A sidecar in this process; ``listen`` overrides ``ListenSettings`` fields. Its TCP
     side (``TcpProxy``: CONNECT tunnels' relays, inbound ``gossamer-tcp`` to ``tcp_app`` or
-    ``app``) is wired as the sidecar process wires it."""
+    ``app``) is wired as the sidecar process wires it. ``configured``: it starts with a
+    config of its own (version 0, no outbound service, STRICT), as a sidecar has once its
+    control plane answered; without one it refuses every request (503 proxy-not-ready)."""
     creds = make_credentials(ca, workdir, service)
     settings = ProxySettings(
         workload=WorkloadSettings(service=service, app=app, tcp_app=tcp_app),
@@ -116,6 +118,8 @@ async def start_sidecar(
         identity=IdentitySettings(workdir=workdir),
     )
     state = ProxyState(settings, credentials=creds)
+    if configured:
+        state.apply_snapshot(0, snapshot(0, {}, source=service))
     sidecar = Sidecar(state, creds)
     sidecar.listener = InboundListener(state, Address("127.0.0.1", 0), creds)
     tcp = TcpProxy(state, creds)

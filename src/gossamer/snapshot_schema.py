@@ -479,11 +479,19 @@ class TracingSnapshot(TypedDict):
     interval: float  # seconds between exports when no batch fills
 
 
+class AuditSnapshot(TypedDict):
+    """How the sidecar spools audit records (the MeshConfig's ``spec.audit``)."""
+
+    spool_bytes: int  # bytes not yet acknowledged by the control plane, at most
+    block: bool  # full: refuse new audited requests (True) or let them through unrecorded
+
+
 class SnapshotContent(TypedDict):
     """What ``build_snapshot`` returns: the snapshot without its ``version``."""
 
     trust_domain: str
     tracing: TracingSnapshot | None  # None: no tracing
+    audit: AuditSnapshot
     # Serials (upper-case hex, no leading zeros) of revoked certificates that have not
     # expired: refused on every listener and as an upstream.
     revoked_serials: list[str]

@@ -143,13 +143,19 @@ class Mesh:
 
         self.lt.run(apply())
 
+    def configure_server(self, snap: dict[str, Any]) -> None:
+        async def apply() -> None:
+            self.server.state.apply_snapshot(snap["version"], snap)
 
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[Mesh]:
+        self.lt.run(apply())
+
+
+def _running_mesh(tmp_path: Path, configure_server: bool) -> Iterator[Mesh]:
     lt = LoopThread()
     ca = CertificateAuthority.load_or_create(tmp_path / "ca")
     app = App(lt)
-    server = lt.run(start_sidecar(ca, tmp_path / "server", "catalog", app.address))
+    server = lt.run(start_sidecar(ca, tmp_path / "server", "catalog", app.address,
+                                  configured=configure_server))  # fmt: skip
     client = lt.run(start_sidecar(ca, tmp_path / "client", "frontend", None))
     m = Mesh(lt, ca, app, client, server, tmp_path)
     assert server.inbound is not None
@@ -165,6 +171,17 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
 
         lt.run(shutdown())
         lt.stop()
+
+
+@pytest.fixture
+def mesh(tmp_path: Path) -> Iterator[Mesh]:
+    yield from _running_mesh(tmp_path, True)
+
+
+@pytest.fixture
+def unconfigured_mesh(tmp_path: Path) -> Iterator[Mesh]:
+    """The server sidecar has had no config yet (it just started)."""
+    yield from _running_mesh(tmp_path, False)
 
 
 class TestForwarding:
@@ -413,9 +430,10 @@ class TestErrors:
         assert status == 431
         assert headers["x-gossamer-error"] == "headers-too-large"
 
-    def test_plaintext_to_inbound_is_refused(self, mesh: Mesh) -> None:
+    def test_plaintext_to_inbound_is_refused(self, unconfigured_mesh: Mesh) -> None:
         """STRICT mTLS: plain HTTP to the inbound port gets 400 mtls-required and a close;
         before any config it gets 503 proxy-not-ready (STRICT or not is not known yet)."""
+        mesh = unconfigured_mesh
         assert mesh.server.inbound is not None
 
         def plain_get() -> tuple[int, str]:
@@ -434,6 +452,17 @@ class TestErrors:
         mesh.lt.run(strict())
         assert plain_get() == (400, "mtls-required")
         assert mesh.app.record.requests == []
+
+    def test_mtls_before_any_config_gets_503_not_the_app(self, unconfigured_mesh: Mesh) -> None:
+        """A sidecar that has had no config yet knows none of its workload's policies (who
+        may call, what is audited): a request over mTLS gets 503 proxy-not-ready, which the
+        caller's sidecar may send elsewhere, never the app unchecked. Before: served."""
+        mesh = unconfigured_mesh
+        status, headers, _ = mesh.request(b"GET /early HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert (status, headers["x-gossamer-error"]) == (503, "proxy-not-ready")
+        assert mesh.app.record.requests == []
+        mesh.configure_server(snapshot(1, {}, source="catalog"))
+        assert mesh.request(b"GET /late HTTP/1.1\r\nHost: catalog\r\n\r\n")[0] == 200
 
     def test_tls_without_mesh_certificate_is_refused(self, mesh: Mesh) -> None:
         """A TLS client without a client certificate from the mesh CA cannot get in."""

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gossamer import __version__
-from gossamer.cli import certs, mesh, resources, stat
+from gossamer.cli import audit, certs, mesh, resources, stat
 
 __all__ = ["app", "run"]
 
@@ -58,6 +58,7 @@ resources.register(app)
 mesh.register(app)
 certs.register(app)
 stat.register(app)
+audit.register(app)
 
 
 def run(args: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""The ``MeshConfig`` kind: mesh-wide settings (mTLS mode, certificate lifetime, tracing).
+"""The ``MeshConfig`` kind: mesh-wide settings (mTLS mode, certificate lifetime, tracing, audit).
 
 There is exactly one, named ``default``. It is cluster-wide: whatever namespace a document
 names, it is stored in namespace ``default`` (so ``GET /v1/resources/meshconfig/default/default``).
@@ -14,10 +14,12 @@ from pydantic import AfterValidator, Field, model_validator
 
 from gossamer.config.base import Resource, SpecModel
 from gossamer.config.duration import parse_duration
+from gossamer.config.traffic import parse_size
 
 __all__ = [
     "MAX_CERT_LIFETIME",
     "MIN_CERT_LIFETIME",
+    "AuditSettings",
     "CertificateSettings",
     "MeshConfig",
     "MeshConfigSpec",
@@ -100,11 +102,37 @@ class TracingSettings(SpecModel):
         }
 
 
+MIN_SPOOL = 4 * 1024
+MAX_SPOOL = 1024**4
+
+
+def _check_spool(value: int | str) -> int | str:
+    size = parse_size(value)
+    if not MIN_SPOOL <= size <= MAX_SPOOL:
+        raise ValueError(f"spoolSize {value!r} must be between 4KiB and 1TiB")
+    return value
+
+
+class AuditSettings(SpecModel):
+    """``spec.audit``: how each sidecar keeps the records of the requests an AUDIT
+    AuthorizationPolicy selects until the control plane has them (docs/internals.md §15):
+    at most ``spoolSize`` bytes on its disk; when full, ``block`` refuses new audited
+    requests (503 ``audit-unavailable``), ``drop`` lets them through unrecorded (counted, and
+    the gap noted in the chain)."""
+
+    spool_size: Annotated[int | str, AfterValidator(_check_spool)] = "256Mi"
+    on_spool_full: Literal["block", "drop"] = "block"
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {"spool_bytes": parse_size(self.spool_size), "block": self.on_spool_full == "block"}
+
+
 class MeshConfigSpec(SpecModel):
     """``spec`` of the MeshConfig."""
 
     mtls: MtlsSettings = Field(default_factory=MtlsSettings)
     tracing: TracingSettings | None = None
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     certificates: CertificateSettings = Field(default_factory=CertificateSettings)
     outbound_traffic_policy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
 

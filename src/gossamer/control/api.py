@@ -34,6 +34,7 @@ from gossamer.config import (
 )
 from gossamer.config.base import Resource, check_dns_label, check_workload_namespace
 from gossamer.config.loader import json_value_problems
+from gossamer.control.audit_api import audit_chain, audit_chains, audit_records
 from gossamer.control.plane import ControlPlane
 from gossamer.control.rotation import CaRefused, RotationError
 
@@ -101,6 +102,9 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
         Route("/v1/revocations", authed(revoke), methods=["POST"]),
         Route("/v1/root-rotation", authed(rotation_status), methods=["GET"]),
         Route("/v1/root-rotation", authed(start_rotation), methods=["POST"]),
+        Route("/v1/audit/records", authed(audit_records), methods=["GET"]),
+        Route("/v1/audit/chains", authed(audit_chains), methods=["GET"]),
+        Route("/v1/audit/chains/{chain}", authed(audit_chain), methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

@@ -26,13 +26,14 @@ from gossamer.config.duration import parse_duration
 from gossamer.config.egress import Egress
 from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
-from gossamer.config.meshconfig import TracingSettings
+from gossamer.config.meshconfig import AuditSettings, TracingSettings
 from gossamer.config.peerauthn import PeerAuthentication
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.requestauthn import RequestAuthentication
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.traffic import service_key
 from gossamer.config.trafficpolicy import TrafficPolicy
+from gossamer.control.audit_store import AuditRefused, AuditStore, Sender
 from gossamer.control.ca import CertificateAuthority, check_csr, leaf_expiry
 from gossamer.control.jwks import JwksFetcher
 from gossamer.control.registry import ProxyRecord, Registry, Session, Workload
@@ -56,6 +57,7 @@ from gossamer.control.store import ApplyResult, Store
 from gossamer.control.trust import TrustRollout
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
+    AuditSnapshot,
     EgressSnapshot,
     MtlsMode,
     PortProtocol,
@@ -116,6 +118,12 @@ class _ResourceView:
     request_authn: RequestAuthnIndex
     peer_authn: PeerAuthnIndex
     tracing: TracingSnapshot | None
+    audit: AuditSnapshot
+
+
+def _audit(spec: Mapping[str, Any]) -> AuditSnapshot:
+    """The stored MeshConfig's ``spec.audit`` (defaults when absent) in snapshot form."""
+    return cast(AuditSnapshot, AuditSettings.model_validate(spec.get("audit") or {}).to_snapshot())
 
 
 def _tracing(spec: Mapping[str, Any]) -> TracingSnapshot | None:
@@ -252,6 +260,7 @@ class ControlPlane:
         )
         self.on_trust_change: Callable[[], None] | None = None  # set by the server (TLS)
         self.revocations = Revocations(store)
+        self.audit = AuditStore(settings.data_dir / "audit.db")  # the sidecars' audit records
         # Validated traffic resources by (kind, namespace, name), with their store revision.
         self._models: dict[tuple[str, str, str], tuple[int | None, ModelResource]] = {}
         # Keys of the token issuers RequestAuthentications name (fetched once started).
@@ -306,6 +315,7 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._push_task
         await self.jwks.close()
+        self.audit.close()
 
     # ----------------------------------------------------------------- resources
     def _load(self, model: type[_R]) -> list[_R]:
@@ -372,6 +382,7 @@ class ControlPlane:
             request_authn=RequestAuthnIndex.of(security.request_authn),
             peer_authn=PeerAuthnIndex.of(security.peer_authn),
             tracing=_tracing(spec),
+            audit=_audit(spec),
         )
 
     def _keys_changed(self) -> None:
@@ -693,6 +704,8 @@ class ControlPlane:
         elif kind == "bundle-applied":
             digest = message.get("digest")
             self.trust.bundle_applied(record, digest if isinstance(digest, str) else None)
+        elif kind == "audit":
+            self._receive_audit(record, message)
         elif kind == "jwks-refresh":  # the sidecar met a token signed by a key it lacks
             self.jwks.refresh_soon(_field(message, "issuer", str))
         elif kind == "csr":
@@ -706,6 +719,20 @@ class ControlPlane:
             self.trust.signed(record)
         else:
             raise Refusal("bad-request", f"unknown message type {kind!r}")
+
+    def _receive_audit(self, record: ProxyRecord, message: Mapping[str, Any]) -> None:
+        """Store a batch of audit records; acknowledged only once committed (or refused)."""
+        workload = record.workload
+        sender = Sender(workload.namespace, workload.service, str(record.identity),
+                        record.proxy_id)  # fmt: skip
+        try:
+            chain, seq = self.audit.receive(message, sender)
+            reply: dict[str, Any] = {"type": "audit-ack", "chain": chain, "seq": seq}
+        except AuditRefused as exc:
+            log.warning("refused audit records from %s: %s", record.proxy_id, exc)
+            reply = {"type": "audit-ack", "chain": str(message.get("chain")), "error": str(exc)}
+        if record.session is not None:
+            record.session.send(reply)
 
     def _check_renewal(self, record: ProxyRecord) -> None:
         """Refuse a renewal for a revoked proxy, or sooner than its lifetime warrants."""
@@ -766,6 +793,7 @@ class ControlPlane:
             peer_authn=self._view.peer_authn,
             jwks=self.jwks.key_sets(),
             tracing=self._view.tracing,
+            audit=self._view.audit,
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:

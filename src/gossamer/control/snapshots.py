@@ -28,6 +28,7 @@ from gossamer.control.security import (
 )
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
+    AuditSnapshot,
     EgressHostSnapshot,
     EgressSnapshot,
     EndpointSnapshot,
@@ -112,6 +113,7 @@ class EndpointInfo:
 
 
 _ALLOW_ANY: EgressSnapshot = {"mode": "ALLOW_ANY", "hosts": []}
+DEFAULT_AUDIT: AuditSnapshot = {"spool_bytes": 256 * 1024 * 1024, "block": True}
 
 
 def egress_snapshot(mode: str, egresses: Iterable[Egress]) -> EgressSnapshot:
@@ -146,6 +148,7 @@ class MeshView:
     # The key sets the control plane fetched: (issuer, jwksUri) -> (keys or None, error).
     jwks: Jwks = field(default_factory=dict)
     tracing: TracingSnapshot | None = None  # the MeshConfig's spec.tracing, snapshot form
+    audit: AuditSnapshot = field(default_factory=lambda: DEFAULT_AUDIT)  # spec.audit
 
     def is_known(self, key: ServiceKey) -> bool:
         return key in self.services or key in self.workload_services
@@ -314,6 +317,7 @@ def build_snapshot(
     return {
         "trust_domain": view.trust_domain,
         "tracing": view.tracing,
+        "audit": view.audit,
         "revoked_serials": list(view.revoked_serials),
         "proxy": {
             "service": service,

@@ -292,6 +292,25 @@ class ControlClient:
         answer = self._json(self._request("POST", "/v1/root-rotation", json=brought or {}))
         return answer if isinstance(answer, dict) else {}
 
+    def audit_records(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
+        """``GET /v1/audit/records`` with a query's parameters."""
+        items: list[dict[str, Any]] = self._json(
+            self._request("GET", "/v1/audit/records", params=params)
+        )["items"]
+        return items
+
+    def audit_chains(self) -> dict[str, Any]:
+        """``GET /v1/audit/chains``: the chains and the roots (current and retired)."""
+        answer: dict[str, Any] = self._json(self._request("GET", "/v1/audit/chains"))
+        return answer
+
+    def audit_chain(self, chain: str, after: int, limit: int) -> dict[str, Any]:
+        """``GET /v1/audit/chains/{chain}``: a page of records as stored, and checkpoints."""
+        answer: dict[str, Any] = self._json(self._request(
+            "GET", f"/v1/audit/chains/{chain}", params={"after": str(after), "limit": str(limit)}
+        ))  # fmt: skip
+        return answer
+
 
 def _field_errors(response: httpx.Response) -> list[FieldError]:
     try:
@@ -312,3 +331,4 @@ def _field_errors(response: httpx.Response) -> list[FieldError]:
         for item in raw
         if isinstance(item, dict)
     ]
+

@@ -19,9 +19,16 @@ from typing import TYPE_CHECKING, Any, cast
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.stats import render_grpc_metrics
 from gossamer.proxy.http1.upstream import Pool
-from gossamer.proxy.observe.metrics import Metrics, render_expiries, render_span_counts
+from gossamer.proxy.observe.audit_spool import AuditSpool
+from gossamer.proxy.observe.metrics import (
+    Metrics,
+    render_audit_counts,
+    render_expiries,
+    render_span_counts,
+)
 from gossamer.proxy.observe.otlp import SpanExporter
 from gossamer.proxy.observe.trace_context import Tracing
+from gossamer.proxy.pipeline.audit import AuditStage
 from gossamer.proxy.pipeline.slots import Stages
 from gossamer.proxy.pipeline.tracing import TraceStage
 from gossamer.proxy.process.settings import ProxySettings
@@ -73,6 +80,10 @@ class ProxyState:
         self.app_pool = Pool(from_app=True)
         self.span_exporter: SpanExporter | None = None  # while the snapshot traces
         self._export: tuple[str, int, int, float] | None = None
+        # The audit spool, made when an AUDIT policy first applies to this workload; its
+        # directory is ``<workdir>/audit/<audit_slot>`` (a worker sets its own slot).
+        self.audit_spool: AuditSpool | None = None
+        self.audit_slot = "main"
         app = settings.workload.app
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[AcceptedConnection] = set()
@@ -166,6 +177,7 @@ class ProxyState:
             log.warning("refusing config version %s: %s", version, exc)
             raise
         previous = self.table
+        self._audit(table)
         self._trace(table)
         self.table = table
         self.snapshot = snapshot
@@ -217,6 +229,26 @@ class ProxyState:
         table.inbound_stages = traced("inbound", table.inbound_stages)
         table.outbound_stages = traced("outbound", table.outbound_stages)
 
+    def _audit(self, table: RouteTable) -> None:
+        """Put an ``AuditStage`` in the inbound ``observe`` slot when an AUDIT policy applies
+        to this workload, with the spool (made once, its limits following the snapshot)."""
+        authorization = table.authorization
+        if authorization is None or not authorization.audit:
+            return
+        config = table.audit
+        spool = self.audit_spool
+        if spool is None:
+            directory = self.settings.identity.workdir / "audit" / self.audit_slot
+            spool = self.audit_spool = AuditSpool(
+                directory, limit=config.spool_bytes, block=config.block
+            )
+        spool.limit, spool.block = config.spool_bytes, config.block
+        workload = self.settings.workload
+        others = table.inbound_stages.all if table.inbound_stages is not None else ()
+        table.inbound_stages = Stages(
+            [*others, AuditStage(spool, workload.namespace, workload.service)]
+        )
+
     def full(self) -> bool:
         """Whether the open connections (HTTP connections and TCP relays) reached the cap
         (``GOSSAMER_PROXY_MAX_CONNECTIONS``): a new one is cut then."""
@@ -262,6 +294,8 @@ class ProxyState:
         out = self.metrics.render() + render_grpc_metrics(self.metrics)
         if self.span_exporter is not None:
             out += render_span_counts(self.span_exporter)
+        if self.audit_spool is not None:
+            out += render_audit_counts(self.audit_spool)
         if self.credentials is not None:
             out += render_expiries(self.credentials.expiries())
         return out

@@ -205,6 +205,7 @@ class ProxiedStream(Call):
 
     def request_data(self, data: bytes) -> None:
         self.moved += len(data)
+        self.request_bytes += len(data)
         plan = self.plan
         if plan is not None:
             plan.received += len(data)
@@ -390,6 +391,7 @@ class ProxiedStream(Call):
 
     def response_data(self, data: bytes) -> None:
         self.moved += len(data)
+        self.response_bytes += len(data)
         plan = self.plan
         if plan is not None and plan.held is not None:
             plan.release_held(self)

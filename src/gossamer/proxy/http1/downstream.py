@@ -324,6 +324,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         ex = self.parsing
         assert ex is not None
         self.body_seen += len(data)
+        ex.request_bytes += len(data)
         self._forward_body(ex, encode_chunk(data) if ex.chunked else data)
 
     def on_message_complete(self) -> None:
@@ -442,16 +443,18 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
             ex.upstream.transport.pause_reading()
 
     def response_complete(self, ex: Exchange) -> None:
-        if self.held is not None:
-            self.flush()
         if ex.timer is not None or ex.try_timer is not None:
             ex.cancel_timers()
         now = self.last_active_ns = time.monotonic_ns()
         stats = ex.stats
         if stats is not None:
             stats.record(ex.status, now - ex.start_ns)
-        if ex.stages is not None:  # before the endpoint is let go: a span names it
+        # Before the endpoint is let go (a span names it) and before the last bytes held go
+        # out (an audit record is written before the caller has the whole answer).
+        if ex.stages is not None:
             ex.stages.complete(ex)
+        if self.held is not None:
+            self.flush()
         endpoint = ex.endpoint
         if endpoint is not None:
             endpoint.pending -= 1

@@ -275,6 +275,9 @@ class UpstreamConnection(asyncio.Protocol):
             downstream.retry_dropped(ex)
             return True
         ex.status = status
+        if ex.stages is not None:  # an observer: the body's size, and the response held
+            ex.response_bytes = len(forward) - forward.find(b"\r\n\r\n") - 4
+            downstream.hold()  # until the stages completed (docs/internals.md §15)
         downstream.response_head(ex, forward)
         self._finish(keep_alive)
         return True
@@ -360,6 +363,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         downstream = self.downstream
         if downstream is not None:
+            ex = self.exchange
+            if ex is not None:
+                ex.response_bytes += len(data)
             downstream.write(encode_chunk(data) if self.out_chunked else data)
 
     def on_message_complete(self) -> None:

@@ -18,10 +18,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
+    "AuditCounts",
     "Metrics",
     "RouteStats",
     "SpanCounts",
     "TcpStats",
+    "render_audit_counts",
     "render_expiries",
     "render_span_counts",
 ]
@@ -32,6 +34,14 @@ class SpanCounts(Protocol):
     exported: int
     dropped_full: int
     dropped_failed: int
+
+
+class AuditCounts(Protocol):
+    """What the audit spool counts (``observe/audit_spool.py``)."""
+
+    counts: dict[str, int]
+    used: int
+    limit: int
 
 
 # Upper bounds in milliseconds (Linkerd-like spread from sub-millisecond to tens of seconds).
@@ -286,3 +296,21 @@ def render_span_counts(exporter: SpanCounts) -> bytes:
         f'gossamer_trace_spans_total{{outcome="dropped_export_failed"}} '
         f"{exporter.dropped_failed}\n"
     ).encode()
+
+
+def render_audit_counts(spool: AuditCounts) -> bytes:
+    """``gossamer_audit_records_total{outcome}`` (written, dropped, refused) and the spool's
+    bytes not yet acknowledged by the control plane, and its limit."""
+    counts = spool.counts
+    return (
+        "# HELP gossamer_audit_records_total Audited requests, by what became of their record.\n"
+        "# TYPE gossamer_audit_records_total counter\n"
+        + "".join(f'gossamer_audit_records_total{{outcome="{outcome}"}} {counts[outcome]}\n'
+                  for outcome in ("written", "dropped", "refused"))
+        + "# HELP gossamer_audit_spool_bytes Audit records on disk not yet acknowledged.\n"
+        "# TYPE gossamer_audit_spool_bytes gauge\n"
+        f"gossamer_audit_spool_bytes {spool.used}\n"
+        "# HELP gossamer_audit_spool_limit_bytes The audit spool's limit (spec.audit.spoolSize).\n"
+        "# TYPE gossamer_audit_spool_limit_bytes gauge\n"
+        f"gossamer_audit_spool_limit_bytes {spool.limit}\n"
+    ).encode()  # fmt: skip

@@ -10,7 +10,8 @@ then:
   ``requestPrincipals`` and ``request.auth.*`` conditions;
 - refused: 403 ``forbidden`` (gRPC ``PERMISSION_DENIED``), the policy's name in the body,
   before the request reaches the app;
-- AUDIT policies that matched are noted on the call (``AUDIT_NOTE``) for the audit log;
+- when an AUDIT policy matched, the decision is noted on the call (``AUDIT_NOTE``) for the
+  audit log (``pipeline.audit``);
 - each decision is counted in ``gossamer_authz_decisions_total{policy, decision}``.
 """
 
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AUDIT_NOTE", "AuthorizeStage"]
 
-AUDIT_NOTE = "audit"  # Call.notes key: the AUDIT policies that matched (a tuple of names)
+AUDIT_NOTE = "audit"  # Call.notes key: the Decision of a request an AUDIT policy matched
 
 
 class AuthorizeStage(Stage):
@@ -63,7 +64,7 @@ class AuthorizeStage(Stage):
         if decision.audit:
             if notes is None:
                 notes = call.notes = {}
-            notes[AUDIT_NOTE] = decision.audit
+            notes[AUDIT_NOTE] = decision
         if decision.allowed:
             return True
         call.fail(403, "forbidden", decision.reason)

@@ -41,7 +41,9 @@ class Call:
         "notes",
         "path",
         "peer",
+        "request_bytes",
         "request_id",
+        "response_bytes",
         "retry",
         "rule",
         "scheme",
@@ -64,6 +66,8 @@ class Call:
         self.peer = b""  # the caller's SPIFFE ID (inbound over mTLS), else empty
         self.grpc = False
         self.status = 0
+        self.request_bytes = 0  # body bytes from the caller (as decoded from its framing)
+        self.response_bytes = 0  # body bytes of the response (as decoded from its framing)
         self.stats: RouteStats | None = None
         self.endpoint: EndpointState | None = None
         # What the logical stage decided (None / empty while no route or policy applies).

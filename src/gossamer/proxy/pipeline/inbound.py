@@ -6,6 +6,8 @@ and named the caller (``Call.peer``: the SPIFFE ID of its certificate, written i
 ``x-gossamer-peer-identity`` after any such header from outside was removed). ``admit`` runs
 what is decided once for HTTP/1.1 and HTTP/2 alike, in this order:
 
+0. no config yet: 503 ``proxy-not-ready`` (the workload's policies are not known, so no
+   request reaches the app unchecked);
 1. the request slots (``pipeline.slots``: authentication, authorization, the user's
    filters), a no-op when no config puts anything there;
 2. the local rate limit of the service's TrafficPolicy (429 ``rate-limited`` with
@@ -61,7 +63,11 @@ def refuse_revoked(proxy: ProxyState, peercert: Any, transport: Any) -> str:
 def admit(call: Call, table: RouteTable | None) -> bool:
     """Run the inbound stages for ``call``; False when one of them answered it."""
     if table is None:
-        return True
+        # No config yet: the workload's policies (who may call, what is audited) are not
+        # known, so nothing is let through unchecked. Nothing was processed: the caller's
+        # sidecar may send the request elsewhere (``retries.UNPROCESSED``).
+        call.fail(503, "proxy-not-ready", "no configuration from the control plane yet")
+        return False
     if not call.peer and table.port_mtls and table.strict_for(
         authority_port(call.authority, call.scheme)
     ):  # plaintext (no certificate), to a port that takes only mTLS

@@ -114,6 +114,8 @@ class ControlClient:
         self._renewals = 0
         self._join_material: tuple[Path, bytes] | None = None
         self.revoked = False  # the control plane revoked our certificate: we stay out
+        # Handlers of further message types (the audit shipper's ``audit-ack``).
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     # ------------------------------------------------------------------ state for admin/ready
 
@@ -320,6 +322,10 @@ class ControlClient:
         except OSError:
             return  # the read loop notices the broken stream and reconnects
 
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Send ``msg`` on the stream if it is up; False when it is not."""
+        return self._up.is_set() and self._send(msg)
+
     def _send(self, msg: dict[str, Any]) -> bool:
         writer = self._writer
         if writer is None or writer.is_closing():
@@ -367,6 +373,8 @@ class ControlClient:
                 self.revoked = True
             if self._pending_cert is not None and not self._pending_cert.done():
                 self._pending_cert.set_exception(ControlError(f"{code}: {message}"))
+        elif kind in self.handlers:
+            self.handlers[kind](msg)
         elif kind != "pong":
             log.debug("ignoring control message of type %r", kind)
 

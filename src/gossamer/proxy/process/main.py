@@ -25,11 +25,12 @@ from gossamer.proxy.h2 import close_h2
 from gossamer.proxy.http1.inbound import InboundListener
 from gossamer.proxy.http1.outbound import OutboundConnection
 from gossamer.proxy.process.admin import AdminServer
+from gossamer.proxy.process.audit_shipper import start_shipping
 from gossamer.proxy.process.control_client import ControlClient
 from gossamer.proxy.process.heap import settle_heap
 from gossamer.proxy.process.settings import Address, ProxySettings, SettingsError
 from gossamer.proxy.state import ProxyState
-from gossamer.proxy.tasks import spawn
+from gossamer.proxy.tasks import cancel_and_wait, spawn
 from gossamer.proxy.tcp.proxy import TcpProxy, TcpSnapshotHandler
 
 __all__ = ["DataPath", "main", "serve", "start_data_path"]
@@ -81,6 +82,8 @@ class DataPath:
         self.sweeper.cancel()
         if state.span_exporter is not None:  # the spans of the last requests go out too
             await state.span_exporter.close()
+        if state.audit_spool is not None:  # written and fsynced
+            state.audit_spool.close()
 
 
 async def start_data_path(
@@ -146,6 +149,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
     state.subscribe_hook = client.subscribe
     state.jwks_hook = client.request_jwks
     client_task = spawn(client.run(), name="control-plane client")
+    shipper = start_shipping(client, settings.identity.workdir, credentials)
     _log_started(settings, path, admin_addr)
 
     settle_heap()  # what exists now lives as long as the process
@@ -153,6 +157,7 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
 
     # Drain: stop accepting, finish what is in flight (bounded), then close everything.
     await path.drain()
+    await cancel_and_wait([shipper.task] if shipper.task is not None else [])
     await client.close()
     client_task.cancel()
     await admin.close()

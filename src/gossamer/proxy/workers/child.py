@@ -180,7 +180,7 @@ async def _serve_metrics(sock: socket.socket, state: ProxyState) -> None:
         writer.close()
 
 
-async def run_worker(control_fd: int, metrics_fd: int) -> None:
+async def run_worker(control_fd: int, metrics_fd: int, index: int = 0) -> None:
     """Run one worker until the supervisor says drain, SIGTERM, or the supervisor is gone."""
     loop = asyncio.get_running_loop()
     control = socket.socket(fileno=control_fd)
@@ -197,6 +197,7 @@ async def run_worker(control_fd: int, metrics_fd: int) -> None:
     cert_ok = credentials.reload()
     state = ProxyState(settings, credentials=credentials)
     state.cert_ready = lambda: credentials.ready
+    state.audit_slot = f"worker-{index}"  # each worker writes its own audit chain
     # The supervisor's current config comes with init and is in force before the listeners
     # open: with SO_REUSEPORT the kernel hands a listening worker its share of connections at
     # once, and a worker with no config could only refuse them.
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     try:
-        uvloop.run(run_worker(control_fd, metrics_fd))
+        uvloop.run(run_worker(control_fd, metrics_fd, index))
     except FrameError as exc:
         log.error("worker %d: %s", index, exc)
         return 2

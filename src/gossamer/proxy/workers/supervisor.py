@@ -53,6 +53,7 @@ from typing import Any
 import gossamer
 from gossamer.identity.credentials import Credentials
 from gossamer.proxy.process.admin import AdminServer
+from gossamer.proxy.process.audit_shipper import start_shipping
 from gossamer.proxy.process.control_client import ControlClient
 from gossamer.proxy.process.main import DRAIN_SECONDS
 from gossamer.proxy.process.settings import ProxySettings
@@ -430,6 +431,7 @@ async def supervise(settings: ProxySettings, stop: asyncio.Event | None = None) 
         supervisor.client = client
         supervisor.start()
         client_task = spawn(client.run(), name="control-plane client")
+        shipper = start_shipping(client, settings.identity.workdir, credentials)
         for upstream in worker_settings.listen.upstreams:
             log.info("tcp upstream %s listening on %s", upstream.service, upstream.address)
         log.info(
@@ -447,6 +449,7 @@ async def supervise(settings: ProxySettings, stop: asyncio.Event | None = None) 
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await supervisor.stop()
+        await cancel_and_wait([shipper.task] if shipper.task is not None else [])
         await client.close()
         client_task.cancel()
         await admin.close()

@@ -1,0 +1,105 @@
+"""The audit record of each audited request, in the ``observe`` slot (inbound).
+
+A request is audited when an AUDIT AuthorizationPolicy of the called workload matched it (the
+``authorize`` slot notes the decision: ``AUDIT_NOTE``). ``AuditStage`` is in the inbound
+direction only when this workload has an AUDIT policy and the MeshConfig's ``audit`` is on, so
+every other sidecar pays nothing. For an audited request it:
+
+- on the request: with ``onSpoolFull: block`` and no room in the spool, refuses it with 503
+  ``audit-unavailable`` before it reaches the app (the caller may try again; nothing happens
+  unrecorded);
+- on completion: appends the record to the spool (``observe.audit_spool``), whatever the
+  outcome (allowed, denied by a policy, failed): time, the called workload, the caller's
+  SPIFFE ID, the end user (the verified token's ``<iss>/<sub>``), method, authority, path,
+  status, body bytes each way, duration, trace id, request id, the decision and the policy
+  that made it, and the AUDIT policies that matched (docs/internals.md §15 lists the fields).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from gossamer.proxy.pipeline.authenticate import AUTH_NOTE
+from gossamer.proxy.pipeline.authorize import AUDIT_NOTE
+from gossamer.proxy.pipeline.slots import Stage
+from gossamer.proxy.pipeline.tracing import TRACE_NOTE
+from gossamer.proxy.snapshot.authorization import Decision
+from gossamer.proxy.snapshot.jwt_rules import Verified
+
+if TYPE_CHECKING:
+    from gossamer.proxy.observe.audit_spool import AuditSpool
+    from gossamer.proxy.pipeline.call import Call
+
+__all__ = ["AuditStage", "record_fields"]
+
+_TRACEPARENT = (b"traceparent",)
+
+
+def _trace_id(call: Call, notes: dict[object, object]) -> str | None:
+    span = notes.get(TRACE_NOTE)
+    if span is not None:
+        return bytes(getattr(span, "trace_id", b"")).decode("ascii") or None
+    (traceparent,) = call.header_values(_TRACEPARENT)
+    if traceparent is not None and len(traceparent) >= 35:
+        return traceparent[3:35].decode("latin-1")
+    return None
+
+
+def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> dict[str, Any]:
+    """What the record of ``call`` says (``gossamer.audit_chain`` seals it)."""
+    notes = call.notes or {}
+    elapsed_ns = time.monotonic_ns() - call.start_ns
+    started = datetime.fromtimestamp(time.time() - elapsed_ns / 1e9, UTC)
+    verified = notes.get(AUTH_NOTE)
+    return {
+        "time": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "namespace": workload[0],
+        "service": workload[1],
+        "caller": call.peer.decode("latin-1") or None,
+        "subject": verified.principal if isinstance(verified, Verified) else None,
+        "protocol": call.protocol,
+        "method": call.method.decode("latin-1"),
+        "authority": call.authority.decode("latin-1"),
+        "path": call.path.decode("latin-1"),
+        "status": call.status,
+        "request_bytes": call.request_bytes,
+        "response_bytes": call.response_bytes,
+        "duration_ms": round(elapsed_ns / 1e6, 3),
+        "trace_id": _trace_id(call, notes),
+        "request_id": call.request_id.decode("latin-1") or None,
+        "decision": "allow" if decision.allowed else "deny",
+        "policy": decision.policy or None,
+        "audit_policies": list(decision.audit),
+    }
+
+
+class AuditStage(Stage):
+    """Records each audited request in the spool (see the module docstring)."""
+
+    slot = "observe"
+    name = "audit"
+    sees_completions = True
+
+    def __init__(self, spool: AuditSpool, namespace: str, service: str) -> None:
+        self.spool = spool
+        self.workload = (namespace, service)
+
+    def on_request(self, call: Call) -> bool:
+        notes = call.notes
+        if notes is None or AUDIT_NOTE not in notes:
+            return True
+        spool = self.spool
+        if spool.block and not spool.accepting:
+            del notes[AUDIT_NOTE]  # refused before the app: nothing to record
+            spool.refused()
+            call.fail(503, "audit-unavailable", "the audit spool is full; try again later")
+            return False
+        return True
+
+    def on_complete(self, call: Call) -> None:
+        notes = call.notes
+        decision = notes.get(AUDIT_NOTE) if notes is not None else None
+        if isinstance(decision, Decision):
+            self.spool.append(record_fields(call, decision, self.workload))
