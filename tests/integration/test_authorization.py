@@ -24,6 +24,7 @@ import pytest
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.proxy.process.settings import Address
+from gossamer.proxy.observe.audit_spool import segments
 from tests.apps.inprocess import Echo, RecordingApp
 from tests.sidecar_harness import (
     LoopThread,
@@ -63,6 +64,7 @@ ORDERS_POLICIES = [
 ]  # fmt: skip
 GREETER_POLICIES = [
     {"name": "default/greeter-web", "action": "ALLOW", "rules": [rule([WEB])]},
+    {"name": "default/audit-greeter", "action": "AUDIT", "rules": [rule()]},
 ]
 DB_POLICIES = [
     {"name": "default/db-web", "action": "ALLOW", "rules": [rule([WEB], ports=[5432])]},
@@ -251,6 +253,46 @@ def test_grpc_callers_are_judged_the_same_way(
         caught.value.details() or ""
     )
     assert mesh.grpc_seen == [WEB]
+
+
+def _audit_records(sidecar: Sidecar) -> list[dict[str, Any]]:
+    spool = sidecar.state.audit_spool
+    assert spool is not None
+    spool.flush()
+    return [json.loads(line) for segment in segments(spool.directory)
+            for line in segment.read_bytes().splitlines()]  # fmt: skip
+
+
+def test_audited_calls_are_recorded_on_http1_and_grpc_alike(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One record per audited call, allowed or refused, with the same fields on both
+    protocols (the gRPC call's bytes are its framed messages)."""
+    code, _, _ = mesh.get("web", "GET", "/orders/export?fmt=csv")
+    assert code == 200
+    (record,) = [r for r in _audit_records(mesh.servers["orders"])
+                 if r["path"] == "/orders/export?fmt=csv"]  # fmt: skip
+    assert (record["protocol"], record["method"], record["status"], record["caller"]) == (
+        "HTTP/1.1", "GET", 200, WEB)  # fmt: skip
+    assert record["audit_policies"] == ["default/watch-exports"] and record["decision"] == "allow"
+    before = len(_audit_records(mesh.servers["greeter"]))
+    for caller in ("web", "batch"):
+        app_proxy_env(monkeypatch, mesh.port(caller))
+        with grpc.insecure_channel("greeter:80") as channel:
+            try:
+                channel.unary_unary("/test.Greeter/Hello")(b"audit me", timeout=10)
+            except grpc.RpcError:
+                assert caller == "batch"
+    records = _audit_records(mesh.servers["greeter"])[before:]
+    assert [(r["caller"], r["decision"], r["protocol"], r["method"], r["path"])
+            for r in records] == [
+        (WEB, "allow", "HTTP/2", "POST", "/test.Greeter/Hello"),
+        (BATCH, "deny", "HTTP/2", "POST", "/test.Greeter/Hello"),
+    ]  # fmt: skip
+    allowed = records[0]
+    assert allowed["status"] == 200 and allowed["request_bytes"] == 5 + len(b"audit me")
+    assert allowed["response_bytes"] == 5 + len(b"hello audit me")
+    assert (allowed["grpc_status"], records[1]["grpc_status"]) == (0, 7)  # PERMISSION_DENIED
 
 
 # --------------------------------------------------------------------------- TCP

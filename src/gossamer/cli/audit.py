@@ -131,13 +131,18 @@ def _report(results: list[dict[str, Any]], output: Format) -> None:
         print_data({"items": results}, output)
         return
     for r in results:
-        state = "intact" if not r["problems"] else f"{len(r['problems'])} problem(s)"
+        state = "intact" if not r["problems"] else _count(len(r["problems"]), "problem")
         say(f"chain {r['chain']} ({r['namespace']}/{r['service']}, {r['identity']}): "
-            f"{r['checked_records']} records, {r['checked_checkpoints']} checkpoints: {state}")
+            f"{_count(r['checked_records'], 'record')}, "
+            f"{_count(r['checked_checkpoints'], 'checkpoint')}: {state}")
         for p in r["problems"]:
             say(f"  record {p['seq']}: {p['kind']}: {p['detail']}")
     if not results:
         say("no audit records yet")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 def register(app: typer.Typer) -> None:

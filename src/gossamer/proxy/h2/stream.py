@@ -524,7 +524,9 @@ class ProxiedStream(Call):
             try:
                 down.session.submit_response(self.down_id, headers, end_stream=bodyless)
                 if not bodyless:
-                    down.session.send_data(self.down_id, error_body(status, cause, detail))
+                    body = error_body(status, cause, detail)
+                    self.response_bytes += len(body)
+                    down.session.send_data(self.down_id, body)
                     down.session.end_stream(self.down_id)
             except H2Error:
                 down.session.reset(self.down_id, INTERNAL_ERROR)

@@ -563,17 +563,18 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         ex.response_started = True
         if not ex.body_done:
             ex.keep_alive = False  # the rest of the request body would be read as a new request
-        self.write(
-            error_response(
-                status,
-                cause,
-                detail,
-                request_id=ex.request_id or None,
-                close=not ex.keep_alive,
-                head_only=ex.is_head,
-                headers=headers,
-            )
+        response = error_response(
+            status,
+            cause,
+            detail,
+            request_id=ex.request_id or None,
+            close=not ex.keep_alive,
+            head_only=ex.is_head,
+            headers=headers,
         )
+        if ex.stages is not None:  # an observer may count the body
+            ex.response_bytes = len(response) - response.find(b"\r\n\r\n") - 4
+        self.write(response)
         self.response_complete(ex)
 
     def respond_whole(self, ex: Exchange, status: int, response: bytes) -> None:

@@ -307,7 +307,8 @@ def render_audit_counts(spool: AuditCounts) -> bytes:
         "# TYPE gossamer_audit_records_total counter\n"
         + "".join(f'gossamer_audit_records_total{{outcome="{outcome}"}} {counts[outcome]}\n'
                   for outcome in ("written", "dropped", "refused"))
-        + "# HELP gossamer_audit_spool_bytes Audit records on disk not yet acknowledged.\n"
+        + "# HELP gossamer_audit_spool_bytes Bytes of the audit spool on disk (shipped segments "
+        "are deleted; the one being written stays).\n"
         "# TYPE gossamer_audit_spool_bytes gauge\n"
         f"gossamer_audit_spool_bytes {spool.used}\n"
         "# HELP gossamer_audit_spool_limit_bytes The audit spool's limit (spec.audit.spoolSize).\n"

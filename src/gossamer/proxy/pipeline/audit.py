@@ -11,8 +11,9 @@ every other sidecar pays nothing. For an audited request it:
 - on completion: appends the record to the spool (``observe.audit_spool``), whatever the
   outcome (allowed, denied by a policy, failed): time, the called workload, the caller's
   SPIFFE ID, the end user (the verified token's ``<iss>/<sub>``), method, authority, path,
-  status, body bytes each way, duration, trace id, request id, the decision and the policy
-  that made it, and the AUDIT policies that matched (docs/internals.md §15 lists the fields).
+  status, body bytes each way, duration, trace id, request id, the decision, the policy
+  that made it and why a refused request was refused, the AUDIT policies that matched, and a gRPC call's status (docs/internals.md
+  §15 lists the fields).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> 
     elapsed_ns = time.monotonic_ns() - call.start_ns
     started = datetime.fromtimestamp(time.time() - elapsed_ns / 1e9, UTC)
     verified = notes.get(AUTH_NOTE)
-    return {
+    fields = {
         "time": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "namespace": workload[0],
         "service": workload[1],
@@ -71,8 +72,12 @@ def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> 
         "request_id": call.request_id.decode("latin-1") or None,
         "decision": "allow" if decision.allowed else "deny",
         "policy": decision.policy or None,
+        "reason": decision.reason or None,
         "audit_policies": list(decision.audit),
     }
+    if call.grpc:  # the call's own outcome, beside the HTTP status it came with
+        fields["grpc_status"] = getattr(call, "grpc_status", None)
+    return fields
 
 
 class AuditStage(Stage):

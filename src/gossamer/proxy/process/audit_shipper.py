@@ -184,7 +184,8 @@ class AuditShipper:
         message: dict[str, Any] = {"type": "audit", "chain": chain.chain,
                                    "records": [line for _, _, line in batch]}  # fmt: skip
         due = time.monotonic() - chain.signed_at >= CHECKPOINT_INTERVAL
-        if chain.last_hash and chain.last_seq > chain.signed_seq and (due or not batch):
+        if chain.last_hash and chain.last_seq > chain.signed_seq and due:
+            chain.signed_at = time.monotonic()  # tried: the next try waits its turn
             checkpoint = await self._checkpoint(chain)
             if checkpoint is not None:
                 message["checkpoint"] = checkpoint
@@ -202,7 +203,7 @@ class AuditShipper:
             return False
         seq = int(reply.get("seq", 0))
         if "checkpoint" in message:
-            chain.signed_seq, chain.signed_at = message["checkpoint"]["seq"], time.monotonic()
+            chain.signed_seq = message["checkpoint"]["seq"]
         chain.cursor = chain.next_cursor if seq == chain.last_seq else None
         if seq > chain.acked:
             self.shipped += seq - chain.acked
