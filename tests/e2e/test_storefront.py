@@ -378,6 +378,69 @@ def test_the_storefront_page_is_one_trace_tree(mesh: Mesh, tmp_path: Path) -> No
         mesh.cli("delete", "meshconfig", "default")
 
 
+def test_story_3_every_paid_page_has_one_audit_record_through_a_sidecar_kill(
+    mesh: Mesh,
+) -> None:
+    """Story 3 on the demo (docs/walkthrough-audit.md): every call to payments audited; pages
+    are loaded with their own request id (the demo apps pass it on to payments) while the
+    payments sidecar is SIGKILLed and restarted by the supervisor. Every page whose payments
+    part was answered has exactly one record, and the chain verifies intact."""
+    applied = mesh.cli("apply", "-f", str(REPO / "examples" / "audit" / "audit-payments.yaml"))
+    assert applied.returncode == 0, applied.stderr
+    time.sleep(1.0)  # the policy reaches payments' sidecar
+    paid: list[str] = []
+    counter = iter(range(1, 100_000))
+    stop = threading.Event()
+
+    def load() -> None:
+        deadline = time.monotonic() + 40  # bounded whatever happens
+        with httpx.Client(trust_env=False, timeout=10) as client:
+            while not stop.is_set() and time.monotonic() < deadline:
+                rid = f"story3-{next(counter)}"
+                try:
+                    page = client.get(f"http://127.0.0.1:{mesh.ingress_port}/",
+                                      headers={"x-request-id": rid})  # fmt: skip
+                except httpx.HTTPError:
+                    continue
+                if "payments: accepting" in page.text:
+                    paid.append(rid)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.5)
+        sidecar = next(c for c in mesh.state()["children"] if c["name"] == "payments-0-proxy")
+        os.kill(sidecar["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # restarted by the supervisor
+            after = next(c for c in mesh.state()["children"] if c["name"] == "payments-0-proxy")
+            if after["pid"] != sidecar["pid"] and _start_time(after["pid"]) == after["start_time"]:
+                break
+            time.sleep(0.2)
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(50)
+    assert len(paid) > 50
+    deadline = time.monotonic() + 30
+    while True:
+        query = mesh.cli("audit", "query", "--service", "payments", "--limit", "10000",
+                         "-o", "json")  # fmt: skip
+        assert query.returncode == 0, query.stderr
+        ids = [r["request_id"] for r in json.loads(query.stdout)["items"]]
+        if set(paid) <= set(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    missing = sorted(set(paid) - set(ids))
+    assert not missing, missing[:5]
+    assert len(ids) == len(set(ids))  # none twice
+    verified = mesh.cli("audit", "verify")
+    assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout
+    assert mesh.cli("delete", "authorizationpolicy", "audit-payments").returncode == 0
+
+
 def test_down_stops_every_process(mesh: Mesh) -> None:
     """`gossamer down` ends every recorded PID and removes the state (keep this test last)."""
     mesh.state()

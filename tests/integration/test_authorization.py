@@ -23,8 +23,8 @@ import grpc
 import pytest
 
 from gossamer.control.ca import CertificateAuthority
-from gossamer.proxy.process.settings import Address
 from gossamer.proxy.observe.audit_spool import segments
+from gossamer.proxy.process.settings import Address
 from tests.apps.inprocess import Echo, RecordingApp
 from tests.sidecar_harness import (
     LoopThread,

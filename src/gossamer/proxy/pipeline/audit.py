@@ -12,8 +12,8 @@ every other sidecar pays nothing. For an audited request it:
   outcome (allowed, denied by a policy, failed): time, the called workload, the caller's
   SPIFFE ID, the end user (the verified token's ``<iss>/<sub>``), method, authority, path,
   status, body bytes each way, duration, trace id, request id, the decision, the policy
-  that made it and why a refused request was refused, the AUDIT policies that matched, and a gRPC call's status (docs/internals.md
-  §15 lists the fields).
+  that made it and why a refused request was refused, the AUDIT policies that matched, and
+  a gRPC call's status (docs/internals.md §15 lists the fields).
 """
 
 from __future__ import annotations
