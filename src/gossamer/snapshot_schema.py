@@ -27,6 +27,9 @@ sidecar may all import it, and the sidecar loads no more than ``typing`` for it.
 from typing import Any, Literal, NotRequired, TypedDict
 
 __all__ = [
+    "ACCESS_LOG_FIELDS",
+    "AccessLogSnapshot",
+    "AuditSnapshot",
     "AuthzConditionSnapshot",
     "AuthzOperationSnapshot",
     "AuthzPolicySnapshot",
@@ -479,6 +482,22 @@ class TracingSnapshot(TypedDict):
     interval: float  # seconds between exports when no batch fills
 
 
+ACCESS_LOG_FIELDS = (
+    "time", "direction", "protocol", "method", "authority", "path", "status", "error",
+    "request_bytes", "response_bytes", "duration_ms", "service", "upstream", "peer",
+    "request_id", "trace_id", "user_agent",
+)  # fmt: skip
+
+
+class AccessLogSnapshot(TypedDict):
+    """This workload's access log (the MeshConfig's ``spec.accessLog``, unless its Service
+    turns it off): one line per request, in both directions."""
+
+    format: Literal["json", "text"]
+    template: str  # text: ``{field}`` of ACCESS_LOG_FIELDS; json: unused
+    path: str  # an absolute file path, /dev/stdout or /dev/stderr
+
+
 class AuditSnapshot(TypedDict):
     """How the sidecar spools audit records (the MeshConfig's ``spec.audit``)."""
 
@@ -492,6 +511,7 @@ class SnapshotContent(TypedDict):
     trust_domain: str
     tracing: TracingSnapshot | None  # None: no tracing
     audit: AuditSnapshot
+    access_log: AccessLogSnapshot | None  # None: no access log for this workload
     # Serials (upper-case hex, no leading zeros) of revoked certificates that have not
     # expired: refused on every listener and as an upstream.
     revoked_serials: list[str]

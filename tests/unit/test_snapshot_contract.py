@@ -73,7 +73,9 @@ apiVersion: gossamer.dev/v1alpha1
 kind: MeshConfig
 metadata: {name: default}
 spec: {mtls: {mode: PERMISSIVE}, outboundTrafficPolicy: {mode: REGISTRY_ONLY},
-       tracing: {otlpEndpoint: "http://127.0.0.1:4318", samplingPercent: 10.0}}
+       tracing: {otlpEndpoint: "http://127.0.0.1:4318", samplingPercent: 10.0},
+       audit: {spoolSize: 64Mi, onSpoolFull: drop},
+       accessLog: {format: text, template: "{method} {path} {status}", path: /dev/null}}
 ---
 apiVersion: gossamer.dev/v1alpha1
 kind: Egress
@@ -363,6 +365,9 @@ def mesh_view() -> MeshView:
         mtls_mode=mesh.spec.mtls.mode,
         tracing=cast(schema.TracingSnapshot, mesh.spec.tracing.to_snapshot())
         if mesh.spec.tracing is not None else None,
+        audit=cast(schema.AuditSnapshot, mesh.spec.audit.to_snapshot()),
+        access_log=cast(schema.AccessLogSnapshot, mesh.spec.access_log.to_snapshot())
+        if mesh.spec.access_log is not None else None,
         services={(info.namespace, info.name): info for info in infos},
         endpoints=ENDPOINTS,
         workload_services=WORKLOAD_ONLY,

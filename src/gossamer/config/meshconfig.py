@@ -1,4 +1,5 @@
-"""The ``MeshConfig`` kind: mesh-wide settings (mTLS mode, certificate lifetime, tracing, audit).
+"""The ``MeshConfig`` kind: mesh-wide settings (mTLS mode, certificate lifetime, tracing, audit,
+access logs).
 
 There is exactly one, named ``default``. It is cluster-wide: whatever namespace a document
 names, it is stored in namespace ``default`` (so ``GET /v1/resources/meshconfig/default/default``).
@@ -6,6 +7,7 @@ names, it is stored in namespace ``default`` (so ``GET /v1/resources/meshconfig/
 
 from __future__ import annotations
 
+import string
 from datetime import timedelta
 from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlsplit
@@ -15,10 +17,13 @@ from pydantic import AfterValidator, Field, model_validator
 from gossamer.config.base import Resource, SpecModel
 from gossamer.config.duration import parse_duration
 from gossamer.config.traffic import parse_size
+from gossamer.snapshot_schema import ACCESS_LOG_FIELDS
 
 __all__ = [
+    "DEFAULT_ACCESS_LOG_TEMPLATE",
     "MAX_CERT_LIFETIME",
     "MIN_CERT_LIFETIME",
+    "AccessLogSettings",
     "AuditSettings",
     "CertificateSettings",
     "MeshConfig",
@@ -127,12 +132,56 @@ class AuditSettings(SpecModel):
         return {"spool_bytes": parse_size(self.spool_size), "block": self.on_spool_full == "block"}
 
 
+DEFAULT_ACCESS_LOG_TEMPLATE = (
+    '[{time}] {direction} "{method} {path} {protocol}" {status} {error} {request_bytes} '
+    '{response_bytes} {duration_ms} "{user_agent}" "{request_id}" "{authority}" '
+    '"{upstream}" {service} {peer} {trace_id}'
+)
+
+
+def _check_template(value: str) -> str:
+    try:
+        parts = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(value)
+                 if name is not None]  # fmt: skip
+    except ValueError as exc:
+        raise ValueError(f"bad template: {exc}") from None
+    if any(spec or conv for _, spec, conv in parts):
+        raise ValueError("a field is named alone: {status}, not {status:>3} or {status!r}")
+    names = [name for name, _, _ in parts]
+    unknown = sorted({n for n in names if n not in ACCESS_LOG_FIELDS})
+    if unknown or "" in names:
+        bad = unknown[0] if unknown else "{}"
+        raise ValueError(f"unknown field {bad!r}; the fields are {', '.join(ACCESS_LOG_FIELDS)}")
+    return value
+
+
+def _check_log_path(value: str) -> str:
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError(f"expected an absolute path (or /dev/stdout), got {value!r}")
+    return value
+
+
+class AccessLogSettings(SpecModel):
+    """``spec.accessLog``: every sidecar writes one line per request, in both directions, to
+    ``path`` (a file, appended to, or ``/dev/stdout``), as JSON or as a ``text`` line made from
+    ``template`` (``{field}`` placeholders); a Service with ``accessLog: false`` has none.
+    Without this section, only Services with ``accessLog: true`` log (with these defaults)."""
+
+    format: Literal["json", "text"] = "json"
+    template: Annotated[str, AfterValidator(_check_template)] = DEFAULT_ACCESS_LOG_TEMPLATE
+    path: Annotated[str, AfterValidator(_check_log_path)] = "/dev/stdout"
+
+    def to_snapshot(self) -> dict[str, Any]:
+        return {"format": self.format, "template": self.template, "path": self.path}
+
+
 class MeshConfigSpec(SpecModel):
     """``spec`` of the MeshConfig."""
 
     mtls: MtlsSettings = Field(default_factory=MtlsSettings)
     tracing: TracingSettings | None = None
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    access_log: AccessLogSettings | None = None
     certificates: CertificateSettings = Field(default_factory=CertificateSettings)
     outbound_traffic_policy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
 

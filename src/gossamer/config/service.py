@@ -49,6 +49,8 @@ class ServiceSpec(SpecModel):
     ports: list[ServicePort] = Field(default_factory=_default_ports, min_length=1)
     service_account: DnsLabel | None = None
     calls: list[ServiceRef] = Field(default_factory=list)
+    # Its sidecars' access log: on or off whatever the MeshConfig says (None: as it says).
+    access_log: bool | None = None
 
 
 class Service(Resource):

@@ -26,7 +26,7 @@ from gossamer.config.duration import parse_duration
 from gossamer.config.egress import Egress
 from gossamer.config.errors import Problem, ValidationFailed
 from gossamer.config.httproute import HTTPRoute
-from gossamer.config.meshconfig import AuditSettings, TracingSettings
+from gossamer.config.meshconfig import AccessLogSettings, AuditSettings, TracingSettings
 from gossamer.config.peerauthn import PeerAuthentication
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.requestauthn import RequestAuthentication
@@ -57,6 +57,7 @@ from gossamer.control.store import ApplyResult, Store
 from gossamer.control.trust import TrustRollout
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
+    AccessLogSnapshot,
     AuditSnapshot,
     EgressSnapshot,
     MtlsMode,
@@ -119,6 +120,15 @@ class _ResourceView:
     peer_authn: PeerAuthnIndex
     tracing: TracingSnapshot | None
     audit: AuditSnapshot
+    access_log: AccessLogSnapshot | None
+
+
+def _access_log(spec: Mapping[str, Any]) -> AccessLogSnapshot | None:
+    """The stored MeshConfig's ``spec.accessLog`` in snapshot form (None: off by default)."""
+    raw = spec.get("accessLog")
+    if raw is None:
+        return None
+    return cast(AccessLogSnapshot, AccessLogSettings.model_validate(raw).to_snapshot())
 
 
 def _audit(spec: Mapping[str, Any]) -> AuditSnapshot:
@@ -143,6 +153,7 @@ def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
         service_account=spec.get("serviceAccount") or metadata["name"],
         protocol=ports[0].get("protocol", "http"),
         calls=tuple(spec.get("calls") or ()),
+        access_log=spec.get("accessLog"),
         ports=tuple(  # stored documents were validated: the protocol is a PortProtocol
             (int(p["port"]), cast(PortProtocol, str(p.get("protocol", "http")))) for p in ports
         ),
@@ -383,6 +394,7 @@ class ControlPlane:
             peer_authn=PeerAuthnIndex.of(security.peer_authn),
             tracing=_tracing(spec),
             audit=_audit(spec),
+            access_log=_access_log(spec),
         )
 
     def _keys_changed(self) -> None:
@@ -794,6 +806,7 @@ class ControlPlane:
             jwks=self.jwks.key_sets(),
             tracing=self._view.tracing,
             audit=self._view.audit,
+            access_log=self._view.access_log,
         )
 
     def _send_snapshot(self, record: ProxyRecord, content: SnapshotContent) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from gossamer.config.egress import Egress
 from gossamer.config.httproute import HTTPRoute
+from gossamer.config.meshconfig import DEFAULT_ACCESS_LOG_TEMPLATE
 from gossamer.config.proxyfilter import ProxyFilter
 from gossamer.config.tcproute import TCPRoute
 from gossamer.config.trafficpolicy import TrafficPolicy, default_policy_snapshot
@@ -28,6 +29,7 @@ from gossamer.control.security import (
 )
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
+    AccessLogSnapshot,
     AuditSnapshot,
     EgressHostSnapshot,
     EgressSnapshot,
@@ -77,6 +79,7 @@ class ServiceInfo:
     protocol: PortProtocol = "http"
     calls: tuple[str, ...] = ()
     ports: tuple[tuple[int, PortProtocol], ...] = DEFAULT_PORTS  # (port, protocol)
+    access_log: bool | None = None  # its sidecars' access log on/off (None: the mesh's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,11 @@ class EndpointInfo:
 
 
 _ALLOW_ANY: EgressSnapshot = {"mode": "ALLOW_ANY", "hosts": []}
+# What a Service with ``accessLog: true`` gets when the MeshConfig has no ``accessLog``
+# (config/meshconfig.py AccessLogSettings' defaults).
+DEFAULT_ACCESS_LOG: AccessLogSnapshot = {
+    "format": "json", "template": DEFAULT_ACCESS_LOG_TEMPLATE, "path": "/dev/stdout",
+}  # fmt: skip
 DEFAULT_AUDIT: AuditSnapshot = {"spool_bytes": 256 * 1024 * 1024, "block": True}
 
 
@@ -149,6 +157,7 @@ class MeshView:
     jwks: Jwks = field(default_factory=dict)
     tracing: TracingSnapshot | None = None  # the MeshConfig's spec.tracing, snapshot form
     audit: AuditSnapshot = field(default_factory=lambda: DEFAULT_AUDIT)  # spec.audit
+    access_log: AccessLogSnapshot | None = None  # spec.accessLog (None: off by default)
 
     def is_known(self, key: ServiceKey) -> bool:
         return key in self.services or key in self.workload_services
@@ -302,6 +311,18 @@ def _service_entry(key: ServiceKey, view: MeshView) -> ServiceSnapshot:
     }
 
 
+def access_log_for(view: MeshView, own: ServiceKey) -> AccessLogSnapshot | None:
+    """The access log of the workloads of ``own``: its Service's ``accessLog`` when set,
+    else the MeshConfig's."""
+    info = view.services.get(own)
+    override = info.access_log if info is not None else None
+    if override is None:
+        return view.access_log
+    if not override:
+        return None
+    return view.access_log or DEFAULT_ACCESS_LOG
+
+
 def build_snapshot(
     namespace: str,
     service: str,
@@ -318,6 +339,7 @@ def build_snapshot(
         "trust_domain": view.trust_domain,
         "tracing": view.tracing,
         "audit": view.audit,
+        "access_log": access_log_for(view, own),
         "revoked_serials": list(view.revoked_serials),
         "proxy": {
             "service": service,

@@ -19,15 +19,18 @@ from typing import TYPE_CHECKING, Any, cast
 from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.h2.stats import render_grpc_metrics
 from gossamer.proxy.http1.upstream import Pool
+from gossamer.proxy.observe.access_log import AccessLog
 from gossamer.proxy.observe.audit_spool import AuditSpool
 from gossamer.proxy.observe.metrics import (
     Metrics,
+    render_access_log_counts,
     render_audit_counts,
     render_expiries,
     render_span_counts,
 )
 from gossamer.proxy.observe.otlp import SpanExporter
 from gossamer.proxy.observe.trace_context import Tracing
+from gossamer.proxy.pipeline.access_log import AccessLogStage
 from gossamer.proxy.pipeline.audit import AuditStage
 from gossamer.proxy.pipeline.slots import Stages
 from gossamer.proxy.pipeline.tracing import TraceStage
@@ -84,6 +87,7 @@ class ProxyState:
         # directory is ``<workdir>/audit/<audit_slot>`` (a worker sets its own slot).
         self.audit_spool: AuditSpool | None = None
         self.audit_slot = "main"
+        self.access_log: AccessLog | None = None  # while the config has one
         app = settings.workload.app
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[AcceptedConnection] = set()
@@ -178,6 +182,14 @@ class ProxyState:
             raise
         previous = self.table
         self._audit(table)
+        try:
+            self._log_access(table)
+        except OSError as exc:
+            path = table.access_log.path if table.access_log is not None else ""
+            why = f"snapshot.access_log.path: cannot open {path}: {exc}"
+            self.last_error = f"version {version}: {why}"
+            log.warning("refusing config version %s: %s", version, why)
+            raise
         self._trace(table)
         self.table = table
         self.snapshot = snapshot
@@ -249,6 +261,30 @@ class ProxyState:
             [*others, AuditStage(spool, workload.namespace, workload.service)]
         )
 
+    def _log_access(self, table: RouteTable) -> None:
+        """Put an ``AccessLogStage`` in both directions' ``observe`` slot when the config has
+        an access log, with its writer (kept while its settings stay; ``OSError`` when the
+        path cannot be opened, which refuses the snapshot)."""
+        config = table.access_log
+        writer = self.access_log
+        key = None if config is None else (config.format, config.template, config.path)
+        if writer is not None and writer.key != key:
+            self.access_log = None
+            writer.close()
+            writer = None
+        if config is None:
+            return
+        if writer is None:
+            writer = self.access_log = AccessLog(config.format, config.template, config.path)
+        service = self.settings.workload.service
+        app = self.settings.workload.app
+        where = f"{app.host}:{app.port}" if app is not None else ""
+        for direction in ("inbound", "outbound"):
+            stage = AccessLogStage(writer, direction, service, where)
+            stages = getattr(table, f"{direction}_stages")
+            setattr(table, f"{direction}_stages",
+                    Stages([*(stages.all if stages is not None else ()), stage]))  # fmt: skip
+
     def full(self) -> bool:
         """Whether the open connections (HTTP connections and TCP relays) reached the cap
         (``GOSSAMER_PROXY_MAX_CONNECTIONS``): a new one is cut then."""
@@ -296,6 +332,8 @@ class ProxyState:
             out += render_span_counts(self.span_exporter)
         if self.audit_spool is not None:
             out += render_audit_counts(self.audit_spool)
+        if self.access_log is not None:
+            out += render_access_log_counts(self.access_log)
         if self.credentials is not None:
             out += render_expiries(self.credentials.expiries())
         return out

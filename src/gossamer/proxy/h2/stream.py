@@ -509,6 +509,7 @@ class ProxiedStream(Call):
         self.resp_started = True
         self.resp_ended = True
         self.status = status
+        self.error = cause
         if self.grpc:
             self.grpc_status = grpc_code_for_error(status, cause)
         if self.down_open:
@@ -562,6 +563,7 @@ class ProxiedStream(Call):
             self.up.session.reset(self.up_id, CANCEL)
             self.up.schedule_flush()
         self.status = status
+        self.error = cause
         if self.down_open:
             if self.grpc and not self.resp_ended and self.down_out is not None:
                 trailers = [(b"grpc-status", b"%d" % grpc_code),

@@ -503,9 +503,14 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         """The upstream failed mid-response: the only honest signal left is to cut the stream."""
         self.proxy.metrics.error(self.direction, cause)
         ex.status = 502
+        ex.error = cause
         if ex.stats is not None:
             ex.stats.record(502, time.monotonic_ns() - ex.start_ns)
             ex.stats = None
+        stages = ex.stages
+        if stages is not None:  # the request is over (the connection's loss will not say so)
+            ex.stages = None
+            stages.complete(ex)
         if self.transport is not None:
             self.transport.abort()
 
@@ -560,6 +565,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
             self.abort_response(ex, cause)
             return
         ex.status = status
+        ex.error = cause
         ex.response_started = True
         if not ex.body_done:
             ex.keep_alive = False  # the rest of the request body would be read as a new request

@@ -18,11 +18,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LATENCY_BUCKETS_MS",
+    "AccessLogCounts",
     "AuditCounts",
     "Metrics",
     "RouteStats",
     "SpanCounts",
     "TcpStats",
+    "render_access_log_counts",
     "render_audit_counts",
     "render_expiries",
     "render_span_counts",
@@ -32,6 +34,14 @@ class SpanCounts(Protocol):
     """What the span exporter counts (``observe/otlp.py``)."""
 
     exported: int
+    dropped_full: int
+    dropped_failed: int
+
+
+class AccessLogCounts(Protocol):
+    """What the access log writer counts (``observe/access_log.py``)."""
+
+    written: int
     dropped_full: int
     dropped_failed: int
 
@@ -315,3 +325,16 @@ def render_audit_counts(spool: AuditCounts) -> bytes:
         "# TYPE gossamer_audit_spool_limit_bytes gauge\n"
         f"gossamer_audit_spool_limit_bytes {spool.limit}\n"
     ).encode()  # fmt: skip
+
+
+def render_access_log_counts(writer: AccessLogCounts) -> bytes:
+    """``gossamer_access_log_lines_total{outcome}``: lines written, and dropped because the
+    queue was full or the write failed."""
+    return (
+        "# HELP gossamer_access_log_lines_total Access log lines, by what became of them.\n"
+        "# TYPE gossamer_access_log_lines_total counter\n"
+        f'gossamer_access_log_lines_total{{outcome="written"}} {writer.written}\n'
+        f'gossamer_access_log_lines_total{{outcome="dropped_queue_full"}} {writer.dropped_full}\n'
+        f'gossamer_access_log_lines_total{{outcome="dropped_write_failed"}} '
+        f"{writer.dropped_failed}\n"
+    ).encode()

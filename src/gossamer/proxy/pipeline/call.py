@@ -35,6 +35,7 @@ class Call:
     __slots__ = (
         "authority",
         "endpoint",
+        "error",
         "grpc",
         "logical",
         "method",
@@ -66,6 +67,7 @@ class Call:
         self.peer = b""  # the caller's SPIFFE ID (inbound over mTLS), else empty
         self.grpc = False
         self.status = 0
+        self.error = ""  # the cause of an answer the proxy made or cut (x-gossamer-error)
         self.request_bytes = 0  # body bytes from the caller (as decoded from its framing)
         self.response_bytes = 0  # body bytes of the response (as decoded from its framing)
         self.stats: RouteStats | None = None

@@ -84,6 +84,8 @@ class DataPath:
             await state.span_exporter.close()
         if state.audit_spool is not None:  # written and fsynced
             state.audit_spool.close()
+        if state.access_log is not None:  # the lines of the last requests too
+            state.access_log.close()
 
 
 async def start_data_path(

@@ -33,6 +33,7 @@ from gossamer.proxy.pipeline.slots import Stage, Stages
 from gossamer.proxy.pipeline.user_filters import compile_filters
 from gossamer.proxy.resilience.limits import UNLIMITED, ConnectionLimits
 from gossamer.proxy.resilience.ratelimit import LocalRateLimiter
+from gossamer.proxy.snapshot.access_log import AccessLogConfig, compile_access_log
 from gossamer.proxy.snapshot.audit import DEFAULT_AUDIT, AuditConfig, compile_audit
 from gossamer.proxy.snapshot.authorization import Authorization, compile_authorization
 from gossamer.proxy.snapshot.egress import EgressPolicy
@@ -249,6 +250,7 @@ class RouteTable:
         self.outbound_stages: Stages | None = None
         self.tracing: TracingConfig | None = None  # the trace stages are the state's
         self.audit: AuditConfig = DEFAULT_AUDIT  # the audit stage and its spool are the state's
+        self.access_log: AccessLogConfig | None = None  # its stages and writer: the state's
         self.version = version
         self.mtls = mtls  # inbound mode: STRICT refuses plaintext, PERMISSIVE/DISABLE accept it
         # Ports whose mode differs from ``mtls`` (PeerAuthentication portLevelMtls).
@@ -352,6 +354,7 @@ def compile_snapshot(
     table.revoked = _compile_revoked(raw)
     table.tracing = compile_tracing(raw.get("tracing"))
     table.audit = compile_audit(raw.get("audit"))
+    table.access_log = compile_access_log(raw.get("access_log"))
     inbound_part = raw.get("inbound")
     table.port_mtls = compile_port_modes(
         inbound_part.get("port_mtls") if isinstance(inbound_part, Mapping) else None,
