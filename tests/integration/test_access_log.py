@@ -83,6 +83,18 @@ class Mesh:
             time.sleep(0.05)
 
 
+class CutShort(asyncio.Protocol):
+    """An app that promises 100 bytes of body, sends 10 and closes."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            self.transport.close()
+
+
 def start_grpc_app() -> tuple[grpc.Server, int]:
     def hello(request: bytes, context: grpc.ServicerContext) -> bytes:
         return b"hello " + request
@@ -102,10 +114,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     ca = CertificateAuthority.load_or_create(tmp / "ca")
     grpc_server, grpc_port = start_grpc_app()
 
-    async def http_app() -> asyncio.Server:
-        return await asyncio.get_running_loop().create_server(RecordingApp, "127.0.0.1", 0)
+    async def http_apps() -> tuple[asyncio.Server, asyncio.Server]:
+        loop = asyncio.get_running_loop()
+        return (await loop.create_server(RecordingApp, "127.0.0.1", 0),
+                await loop.create_server(CutShort, "127.0.0.1", 0))  # fmt: skip
 
-    app_server = lt.run(http_app())
+    app_server, cut_server = lt.run(http_apps())
     app = Address("127.0.0.1", app_server.sockets[0].getsockname()[1])
 
     def start(name: str, **kw: Any) -> Sidecar:
@@ -113,29 +127,33 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
 
     orders = start("orders", app=app)
     greeter = start("greeter", app=Address("127.0.0.1", grpc_port))
+    cutter = start("cutter", app=Address("127.0.0.1", cut_server.sockets[0].getsockname()[1]))
     web = start("web", app=None)
-    logs = {name: tmp / f"{name}.log" for name in ("web", "orders")}
+    logs = {name: tmp / f"{name}.log" for name in ("web", "orders", "cutter")}
     services = {
         "orders": (80, "http", [orders.inbound.port]),  # type: ignore[union-attr]
         "greeter": (80, "grpc", [greeter.inbound.port]),  # type: ignore[union-attr]
         "drained": (80, "http", []),
+        "cutter": (80, "http", [cutter.inbound.port]),  # type: ignore[union-attr]
     }
 
     async def install() -> None:
         web.state.apply_snapshot(1, _snapshot("web", services, logs["web"]))
         orders.state.apply_snapshot(1, _snapshot("orders", {}, logs["orders"]))
         greeter.state.apply_snapshot(1, _snapshot("greeter", {}, None))
+        cutter.state.apply_snapshot(1, _snapshot("cutter", {}, logs["cutter"]))
 
     lt.run(install())
-    mesh = Mesh(lt, web, {"orders": orders, "greeter": greeter}, logs, app)
+    mesh = Mesh(lt, web, {"orders": orders, "greeter": greeter, "cutter": cutter}, logs, app)
     try:
         yield mesh
     finally:
 
         async def shutdown() -> None:
-            for sidecar in (web, orders, greeter):
+            for sidecar in (web, orders, greeter, cutter):
                 await sidecar.close()
             app_server.close()
+            cut_server.close()
 
         lt.run(shutdown())
         lt.stop()
@@ -173,6 +191,23 @@ def test_the_proxys_own_errors_are_named(mesh: Mesh) -> None:
     assert (line["status"], line["error"], line["service"]) == (
         503, "no-healthy-endpoints", "drained")  # fmt: skip
     assert line["response_bytes"] > 0  # the body the proxy wrote
+
+
+def test_a_response_cut_short_is_logged_too(mesh: Mesh) -> None:
+    """The app closes mid-body: the sidecar can only cut the response, and the request is
+    logged with the cause. Before: a cut response never completed its stages (no line, no
+    audit record, no span)."""
+    assert mesh.web.outbound is not None
+    with socket.create_connection(("127.0.0.1", mesh.web.outbound.port), timeout=10) as s:
+        s.sendall(b"GET http://cutter/ HTTP/1.1\r\nHost: cutter\r\nx-request-id: rid-cut\r\n\r\n")
+        s.settimeout(5)
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    assert got.startswith(b"HTTP/1.1 200") and len(got.partition(b"\r\n\r\n")[2]) < 100
+    (line,) = mesh.lines("cutter", 1, request_id="rid-cut")
+    assert (line["direction"], line["status"], line["error"]) == ("inbound", 502, "upstream-reset")
+    assert line["response_bytes"] == 10
 
 
 def test_grpc_calls_are_logged_as_http2_and_a_workload_without_a_log_writes_none(
