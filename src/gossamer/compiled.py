@@ -100,6 +100,7 @@ COMPILED = (
     "proxy/pipeline/outbound.py",
     "proxy/pipeline/retries.py",
     "proxy/pipeline/slots.py",
+    "proxy/pipeline/tap.py",
     "proxy/pipeline/tracing.py",
     "proxy/pipeline/user_filters.py",
     "proxy/resilience/budget.py",

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gossamer import __version__
-from gossamer.cli import audit, certs, mesh, resources, stat
+from gossamer.cli import audit, certs, mesh, resources, stat, tap
 
 __all__ = ["app", "run"]
 
@@ -59,6 +59,7 @@ mesh.register(app)
 certs.register(app)
 stat.register(app)
 audit.register(app)
+tap.register(app)
 
 
 def run(args: list[str]) -> int:

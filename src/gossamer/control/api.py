@@ -37,6 +37,7 @@ from gossamer.config.loader import json_value_problems
 from gossamer.control.audit_api import audit_chain, audit_chains, audit_records
 from gossamer.control.plane import ControlPlane
 from gossamer.control.rotation import CaRefused, RotationError
+from gossamer.control.tap import tap_stream
 
 __all__ = ["MAX_BODY", "create_app"]
 
@@ -105,6 +106,7 @@ def create_app(plane: ControlPlane, admin_token: str) -> Starlette:
         Route("/v1/audit/records", authed(audit_records), methods=["GET"]),
         Route("/v1/audit/chains", authed(audit_chains), methods=["GET"]),
         Route("/v1/audit/chains/{chain}", authed(audit_chain), methods=["GET"]),
+        Route("/v1/tap/{namespace}/{service}", authed(tap_stream), methods=["GET"]),
     ]
     return Starlette(
         routes=routes,

@@ -54,6 +54,7 @@ from gossamer.control.snapshots import (
     with_version,
 )
 from gossamer.control.store import ApplyResult, Store
+from gossamer.control.tap import TapHub
 from gossamer.control.trust import TrustRollout
 from gossamer.identity.spiffe import SpiffeId
 from gossamer.snapshot_schema import (
@@ -272,6 +273,7 @@ class ControlPlane:
         self.on_trust_change: Callable[[], None] | None = None  # set by the server (TLS)
         self.revocations = Revocations(store)
         self.audit = AuditStore(settings.data_dir / "audit.db")  # the sidecars' audit records
+        self.tap = TapHub()  # live taps under way (control/tap.py)
         # Validated traffic resources by (kind, namespace, name), with their store revision.
         self._models: dict[tuple[str, str, str], tuple[int | None, ModelResource]] = {}
         # Keys of the token issuers RequestAuthentications name (fetched once started).
@@ -718,6 +720,8 @@ class ControlPlane:
             self.trust.bundle_applied(record, digest if isinstance(digest, str) else None)
         elif kind == "audit":
             self._receive_audit(record, message)
+        elif kind == "tap-event":
+            self.tap.events(record, dict(message))
         elif kind == "jwks-refresh":  # the sidecar met a token signed by a key it lacks
             self.jwks.refresh_soon(_field(message, "issuer", str))
         elif kind == "csr":

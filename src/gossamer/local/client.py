@@ -7,8 +7,9 @@ with messages meant for people: ``ControlUnreachable``, ``Unauthorized``, ``NotF
 
 from __future__ import annotations
 
+import json
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -291,6 +292,24 @@ class ControlClient:
         ``ApiError`` 409 when one is under way, 422 when the intermediate is refused."""
         answer = self._json(self._request("POST", "/v1/root-rotation", json=brought or {}))
         return answer if isinstance(answer, dict) else {}
+
+    def tap(self, namespace: str, service: str, params: Mapping[str, str],
+            seconds: float) -> Iterator[dict[str, Any]]:  # fmt: skip
+        """``GET /v1/tap/{namespace}/{service}``: each line of the stream as it comes."""
+        url = f"/v1/tap/{namespace}/{service}"
+        try:
+            with self._http.stream("GET", url, params=params, timeout=seconds + 15) as answer:
+                if answer.status_code == 401:
+                    answer.read()
+                    raise Unauthorized(_error_message(answer))
+                if answer.status_code >= 400:
+                    answer.read()
+                    self._json(answer)  # raises NotFound / ApiError with the message
+                for line in answer.iter_lines():
+                    if line:
+                        yield json.loads(line)
+        except httpx.TransportError as exc:
+            raise ControlUnreachable(self.base_url, str(exc) or type(exc).__name__) from exc
 
     def audit_records(self, params: Mapping[str, str]) -> list[dict[str, Any]]:
         """``GET /v1/audit/records`` with a query's parameters."""

@@ -32,7 +32,8 @@ from gossamer.proxy.observe.otlp import SpanExporter
 from gossamer.proxy.observe.trace_context import Tracing
 from gossamer.proxy.pipeline.access_log import AccessLogStage
 from gossamer.proxy.pipeline.audit import AuditStage
-from gossamer.proxy.pipeline.slots import Stages
+from gossamer.proxy.pipeline.slots import Stage, Stages
+from gossamer.proxy.pipeline.tap import TapSpec, TapStage
 from gossamer.proxy.pipeline.tracing import TraceStage
 from gossamer.proxy.process.settings import ProxySettings
 from gossamer.proxy.snapshot.table import OutboundService, RouteTable, compile_snapshot, service_key
@@ -58,6 +59,8 @@ BODY_TIMEOUT = 60.0  # a request body that makes no progress this long gets 408
 STREAM_IDLE_TIMEOUT = 300.0
 NEGATIVE_TTL = 5.0  # an "unknown service" answer is reused this long, then asked again
 SWEEP_INTERVAL = 2.0
+TAP_INTERVAL = 0.25  # between two batches of tap events
+TAP_BATCH = 1000  # events of one session waiting, at most (the rate limit keeps it far below)
 
 
 def _client_context(credentials: TlsContexts) -> Callable[[], ssl.SSLContext]:
@@ -88,6 +91,12 @@ class ProxyState:
         self.audit_spool: AuditSpool | None = None
         self.audit_slot = "main"
         self.access_log: AccessLog | None = None  # while the config has one
+        # Live taps (pipeline/tap.py): the sessions, their events not yet sent, and how they
+        # are sent (set by main: a tap-event message to the control plane).
+        self.taps: dict[str, TapSpec] = {}
+        self._tap_out: dict[str, list[dict[str, Any]]] = {}
+        self.tap_hook: Callable[[dict[str, Any]], object] | None = None
+        self._tap_task: asyncio.Task[None] | None = None
         app = settings.workload.app
         self.app_key: tuple[str, int] | None = None if app is None else (app.host, app.port)
         self.connections: set[AcceptedConnection] = set()
@@ -191,6 +200,8 @@ class ProxyState:
             log.warning("refusing config version %s: %s", version, why)
             raise
         self._trace(table)
+        if self.taps:
+            self._tap_stages(table)
         self.table = table
         self.snapshot = snapshot
         self.last_error = None
@@ -284,6 +295,53 @@ class ProxyState:
             stages = getattr(table, f"{direction}_stages")
             setattr(table, f"{direction}_stages",
                     Stages([*(stages.all if stages is not None else ()), stage]))  # fmt: skip
+
+    # === live tap (pipeline/tap.py) ===
+
+    def start_tap(self, message: dict[str, Any]) -> None:
+        """A ``tap-start`` from the control plane: tap both directions for its session."""
+        try:
+            spec = TapSpec(message)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a malformed tap-start: %s", exc)
+            return
+        self.taps[spec.id] = spec
+        if self.table is not None:
+            self._tap_stages(self.table)
+        if self._tap_task is None or self._tap_task.done():
+            self._tap_task = spawn(self._send_taps(), name="tap events")
+
+    def stop_tap(self, message: dict[str, Any]) -> None:
+        """A ``tap-stop``: the session ended (its last events still go out)."""
+        if self.taps.pop(str(message.get("id")), None) is not None and self.table is not None:
+            self._tap_stages(self.table)
+
+    def _tap_emit(self, session: str, event: dict[str, Any]) -> None:
+        waiting = self._tap_out.setdefault(session, [])
+        if len(waiting) < TAP_BATCH:
+            waiting.append(event)
+
+    def _tap_stages(self, table: RouteTable) -> None:
+        """Both directions' stages with a ``TapStage`` per session (none: as before)."""
+        for direction in ("inbound", "outbound"):
+            stages: Stages | None = getattr(table, f"{direction}_stages")
+            kept: list[Stage] = [s for s in (stages.all if stages is not None else ())
+                                 if not isinstance(s, TapStage)]  # fmt: skip
+            kept += [TapStage(spec, direction, self._tap_emit) for spec in self.taps.values()]
+            setattr(table, f"{direction}_stages", Stages(kept) if kept else None)
+
+    async def _send_taps(self) -> None:
+        """Send what the taps caught, every ``TAP_INTERVAL``, while any session lasts."""
+        while self.taps or self._tap_out:
+            await asyncio.sleep(TAP_INTERVAL)
+            out, self._tap_out = self._tap_out, {}
+            for session, events in out.items():
+                if self.tap_hook is not None:
+                    self.tap_hook({"type": "tap-event", "id": session, "events": events})
+            now = time.monotonic()
+            ended = [sid for sid, spec in self.taps.items() if now > spec.until]
+            for sid in ended:
+                self.stop_tap({"id": sid})
 
     def full(self) -> bool:
         """Whether the open connections (HTTP connections and TCP relays) reached the cap

@@ -152,6 +152,9 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
     state.jwks_hook = client.request_jwks
     client_task = spawn(client.run(), name="control-plane client")
     shipper = start_shipping(client, settings.identity.workdir, credentials)
+    client.handlers["tap-start"] = state.start_tap
+    client.handlers["tap-stop"] = state.stop_tap
+    state.tap_hook = client.send
     _log_started(settings, path, admin_addr)
 
     settle_heap()  # what exists now lives as long as the process

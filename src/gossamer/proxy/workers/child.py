@@ -29,6 +29,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,8 @@ class _Worker:
         self._handler = handler
         self._credentials = credentials
         self._stop = stop
+        # Further messages from the supervisor (a tap's start and stop), by type.
+        self.handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
 
     def send(self, message: dict[str, Any]) -> None:
         if not self._writer.is_closing():
@@ -162,6 +165,8 @@ class _Worker:
         elif kind == "cert":
             ok = self._credentials.reload()
             self.send({"type": "cert", "generation": message.get("generation"), "ok": ok})
+        elif kind in self.handlers:
+            self.handlers[kind](message)
         else:
             log.debug("ignoring supervisor message of type %r", kind)
 
@@ -214,6 +219,8 @@ async def run_worker(control_fd: int, metrics_fd: int, index: int = 0) -> None:
     worker = _Worker(writer, TcpSnapshotHandler(state, path.tcp), credentials, stop)
     state.subscribe_hook = worker.subscribe
     state.jwks_hook = worker.request_jwks
+    worker.handlers.update({"tap-start": state.start_tap, "tap-stop": state.stop_tap})
+    state.tap_hook = worker.send
     worker.send(
         {
             "type": "started",

@@ -312,10 +312,16 @@ class Supervisor:
                 issuer = message.get("issuer")
                 if self.client is not None and isinstance(issuer, str) and issuer:
                     self.client.request_jwks(issuer)
+            elif kind == "tap-event" and self.client is not None:
+                self.client.send(message)  # a worker's tap events, to the control plane
 
     def _broadcast(self, frame: bytes) -> None:
         for worker in self._workers:
             worker.send(frame)
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        """Pass a control-plane message on to every worker (a tap's start and stop)."""
+        self._broadcast(encode(message))
 
     def _certificate_changed(self) -> None:
         self.cert_generation += 1
@@ -432,6 +438,8 @@ async def supervise(settings: ProxySettings, stop: asyncio.Event | None = None) 
         supervisor.start()
         client_task = spawn(client.run(), name="control-plane client")
         shipper = start_shipping(client, settings.identity.workdir, credentials)
+        for kind in ("tap-start", "tap-stop"):  # every worker taps its share of the requests
+            client.handlers[kind] = supervisor.broadcast
         for upstream in worker_settings.listen.upstreams:
             log.info("tcp upstream %s listening on %s", upstream.service, upstream.address)
         log.info(
