@@ -91,6 +91,8 @@ bench: native
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.routing
 	$(BIN)/python -m bench.stages
+	$(BIN)/python -m bench.tracing
+	$(BIN)/python -m bench.observe
 
 bench-smoke: $(STAMP)
 	./scripts/ensure-debian-packages $(BENCH_PACKAGES)

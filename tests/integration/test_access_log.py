@@ -25,7 +25,7 @@ import pytest
 
 from gossamer.control.ca import CertificateAuthority
 from gossamer.proxy.process.settings import Address
-from tests.apps.inprocess import RecordingApp
+from tests.apps.inprocess import Echo, RecordingApp
 from tests.sidecar_harness import (
     LoopThread,
     Sidecar,
@@ -39,12 +39,16 @@ WEB = identity("web").uri
 ORDERS = identity("orders").uri
 
 
-def _snapshot(source: str, services: dict[str, tuple[int, str, list[int]]],
-              log: Path | None) -> dict[str, Any]:  # fmt: skip
+def _snapshot(
+    source: str,
+    services: dict[str, tuple[int, str, list[int]]],
+    log: Path | None,
+    ports: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     return {
         "version": 1, "trust_domain": "gossamer.local",
         "proxy": {"service": source, "namespace": "default", "identity": identity(source).uri},
-        "inbound": {"mtls": "STRICT"},
+        "inbound": {"mtls": "STRICT", "ports": ports or []},
         "access_log": None if log is None else {
             "format": "json", "template": "{status}", "path": str(log)},
         "outbound": {"services": [
@@ -114,12 +118,13 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     ca = CertificateAuthority.load_or_create(tmp / "ca")
     grpc_server, grpc_port = start_grpc_app()
 
-    async def http_apps() -> tuple[asyncio.Server, asyncio.Server]:
+    async def apps() -> tuple[asyncio.Server, asyncio.Server, asyncio.Server]:
         loop = asyncio.get_running_loop()
         return (await loop.create_server(RecordingApp, "127.0.0.1", 0),
-                await loop.create_server(CutShort, "127.0.0.1", 0))  # fmt: skip
+                await loop.create_server(CutShort, "127.0.0.1", 0),
+                await loop.create_server(Echo, "127.0.0.1", 0))  # fmt: skip
 
-    app_server, cut_server = lt.run(http_apps())
+    app_server, cut_server, echo_server = lt.run(apps())
     app = Address("127.0.0.1", app_server.sockets[0].getsockname()[1])
 
     def start(name: str, **kw: Any) -> Sidecar:
@@ -128,13 +133,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     orders = start("orders", app=app)
     greeter = start("greeter", app=Address("127.0.0.1", grpc_port))
     cutter = start("cutter", app=Address("127.0.0.1", cut_server.sockets[0].getsockname()[1]))
+    db = start("db", app=None,
+               tcp_app=Address("127.0.0.1", echo_server.sockets[0].getsockname()[1]))  # fmt: skip
     web = start("web", app=None)
-    logs = {name: tmp / f"{name}.log" for name in ("web", "orders", "cutter")}
+    logs = {name: tmp / f"{name}.log" for name in ("web", "orders", "cutter", "db")}
     services = {
         "orders": (80, "http", [orders.inbound.port]),  # type: ignore[union-attr]
         "greeter": (80, "grpc", [greeter.inbound.port]),  # type: ignore[union-attr]
         "drained": (80, "http", []),
         "cutter": (80, "http", [cutter.inbound.port]),  # type: ignore[union-attr]
+        "db": (5432, "tcp", [db.inbound.port]),  # type: ignore[union-attr]
     }
 
     async def install() -> None:
@@ -142,18 +150,21 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         orders.state.apply_snapshot(1, _snapshot("orders", {}, logs["orders"]))
         greeter.state.apply_snapshot(1, _snapshot("greeter", {}, None))
         cutter.state.apply_snapshot(1, _snapshot("cutter", {}, logs["cutter"]))
+        db.state.apply_snapshot(1, _snapshot("db", {}, logs["db"],
+                                             [{"port": 5432, "protocol": "tcp"}]))  # fmt: skip
 
     lt.run(install())
-    mesh = Mesh(lt, web, {"orders": orders, "greeter": greeter, "cutter": cutter}, logs, app)
+    servers = {"orders": orders, "greeter": greeter, "cutter": cutter, "db": db}
+    mesh = Mesh(lt, web, servers, logs, app)
     try:
         yield mesh
     finally:
 
         async def shutdown() -> None:
-            for sidecar in (web, orders, greeter, cutter):
+            for sidecar in (web, orders, greeter, cutter, db):
                 await sidecar.close()
-            app_server.close()
-            cut_server.close()
+            for server in (app_server, cut_server, echo_server):
+                server.close()
 
         lt.run(shutdown())
         lt.stop()
@@ -223,6 +234,26 @@ def test_grpc_calls_are_logged_as_http2_and_a_workload_without_a_log_writes_none
         "HTTP/2", "POST", "/test.Greeter/Hello", 200)  # fmt: skip
     assert (line["request_bytes"], line["response_bytes"]) == (5 + 6, 5 + 12)
     assert mesh.servers["greeter"].state.access_log is None  # its config has none
+
+
+def test_tcp_connections_are_logged_once_closed(mesh: Mesh) -> None:
+    """A TCP connection (a CONNECT tunnel to db's tcp port) is one line in each sidecar, with
+    the bytes each way and the peer's identity."""
+    assert mesh.web.outbound is not None
+    with socket.create_connection(("127.0.0.1", mesh.web.outbound.port), timeout=10) as s:
+        s.sendall(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n")
+        assert recv_response(s, head_request=True)[0] == 200
+        s.sendall(b"hello")
+        s.settimeout(5)
+        assert s.recv(100) == b"echo:hello"
+    (out,) = mesh.lines("web", 1, protocol="tcp")
+    (inn,) = mesh.lines("db", 1, protocol="tcp")
+    assert (out["direction"], out["service"], out["peer"], out["authority"]) == (
+        "outbound", "db", identity("db").uri, "db.default")  # fmt: skip
+    assert (inn["direction"], inn["service"], inn["peer"]) == ("inbound", "db", WEB)
+    for line in (out, inn):
+        assert (line["request_bytes"], line["response_bytes"]) == (5, 10)
+        assert line["status"] == 0 and line["duration_ms"] > 0 and line["error"] is None
 
 
 def test_lines_are_counted_on_metrics(mesh: Mesh) -> None:

@@ -11,6 +11,7 @@ the callers reach the servers as apps do (HTTP proxy, CONNECT for gRPC and TCP).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -68,6 +69,7 @@ GREETER_POLICIES = [
 ]
 DB_POLICIES = [
     {"name": "default/db-web", "action": "ALLOW", "rules": [rule([WEB], ports=[5432])]},
+    {"name": "default/audit-db", "action": "AUDIT", "rules": [rule(ports=[5432])]},
 ]
 
 
@@ -328,3 +330,34 @@ def test_tcp_connections_are_refused_before_any_byte_reaches_the_app(mesh: Mesh)
     text = mesh.metrics("db")
     assert 'gossamer_authz_decisions_total{policy="none",decision="deny"} 1' in text
     assert 'gossamer_authz_decisions_total{policy="default/db-web",decision="allow"} 1' in text
+
+
+def test_audited_tcp_connections_are_recorded_when_refused_and_when_closed(mesh: Mesh) -> None:
+    """The AUDIT policy on db's tcp port: a refused connection is recorded at once, an
+    allowed one when it closes, with the bytes each way."""
+    db = mesh.servers["db"]
+
+    def denied() -> int:
+        return sum(1 for r in _audit_records(db) if (r["caller"], r["decision"]) == (BATCH, "deny"))
+
+    time.sleep(0.3)  # the connections of the tests before have closed and been recorded
+    before = denied()
+    with _tunnel(mesh, "batch") as sock:  # refused by db's sidecar
+        sock.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            sock.sendall(b"x")
+            sock.recv(10)
+    with _tunnel(mesh, "web") as sock:
+        sock.sendall(b"hello, audit")
+        sock.settimeout(5)
+        assert sock.recv(100) == b"echo:hello, audit"
+    deadline = time.monotonic() + 5
+    allowed: list[dict[str, Any]] = []
+    while not allowed and time.monotonic() < deadline:
+        time.sleep(0.05)
+        allowed = [r for r in _audit_records(db) if r["request_bytes"] == 12]
+    assert denied() == before + 1
+    (record,) = allowed
+    assert (record["protocol"], record["caller"], record["decision"]) == ("tcp", WEB, "allow")
+    assert record["response_bytes"] == 17 and record["audit_policies"] == ["default/audit-db"]
+    assert record["duration_ms"] > 0 and record["path"] == "" and record["status"] == 0

@@ -134,3 +134,16 @@ def test_the_sidecar_refuses_a_bad_access_log_with_its_field() -> None:
     for field, value in (("format", "xml"), ("path", "x.log"), ("template", "{nope}")):
         with pytest.raises(SnapshotError, match=f"snapshot.access_log.{field}"):
             compile_access_log({**good, field: value})
+
+
+def test_the_observe_bench_runs_every_case() -> None:
+    """``python -m bench.observe`` (a few requests: it runs, and every case is there)."""
+    from bench.observe import measure
+
+    rows = measure(rounds=1, requests=200)["rows"]
+    assert [row["case"] for row in rows] == [
+        "none of them", "access log", "audit", "tap, while tapped",
+        "access log, writer per line (off the request path)",
+        "everything on (tracing 1%, access log, audit, tap)",
+    ]  # fmt: skip
+    assert all(row["us_per_request"] > 0 for row in rows[1:])

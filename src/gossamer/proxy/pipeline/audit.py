@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from gossamer.proxy.observe.audit_spool import AuditSpool
     from gossamer.proxy.pipeline.call import Call
 
-__all__ = ["AuditStage", "record_fields"]
+__all__ = ["AuditStage", "connection_fields", "record_fields"]
 
 _TRACEPARENT = (b"traceparent",)
 
@@ -48,14 +48,27 @@ def _trace_id(call: Call, notes: dict[object, object]) -> str | None:
     return None
 
 
+def _iso(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")  # fmt: skip
+
+
+def _decided(decision: Decision) -> dict[str, Any]:
+    return {
+        "decision": "allow" if decision.allowed else "deny",
+        "policy": decision.policy or None,
+        "reason": decision.reason or None,
+        "audit_policies": list(decision.audit),
+    }
+
+
 def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> dict[str, Any]:
     """What the record of ``call`` says (``gossamer.audit_chain`` seals it)."""
     notes = call.notes or {}
     elapsed_ns = time.monotonic_ns() - call.start_ns
-    started = datetime.fromtimestamp(time.time() - elapsed_ns / 1e9, UTC)
     verified = notes.get(AUTH_NOTE)
     fields = {
-        "time": started.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "time": _iso(time.time() - elapsed_ns / 1e9),
         "namespace": workload[0],
         "service": workload[1],
         "caller": call.peer.decode("latin-1") or None,
@@ -70,14 +83,26 @@ def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> 
         "duration_ms": round(elapsed_ns / 1e6, 3),
         "trace_id": _trace_id(call, notes),
         "request_id": call.request_id.decode("latin-1") or None,
-        "decision": "allow" if decision.allowed else "deny",
-        "policy": decision.policy or None,
-        "reason": decision.reason or None,
-        "audit_policies": list(decision.audit),
+        **_decided(decision),
     }
     if call.grpc:  # the call's own outcome, beside the HTTP status it came with
         fields["grpc_status"] = getattr(call, "grpc_status", None)
     return fields
+
+
+def connection_fields(
+    started_ns: int, peer: str, received: int, sent: int, decision: Decision,
+    workload: tuple[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """The record of a TCP connection (``proxy/tcp``), once it closed (or was refused): the
+    same fields as a request's, protocol ``tcp``, no method, path or status."""
+    return {
+        "time": _iso(started_ns / 1e9), "namespace": workload[0], "service": workload[1],
+        "caller": peer or None, "subject": None, "protocol": "tcp", "method": "",
+        "authority": "", "path": "", "status": 0, "request_bytes": received,
+        "response_bytes": sent, "duration_ms": round((time.time_ns() - started_ns) / 1e6, 3),
+        "trace_id": None, "request_id": None, **_decided(decision),
+    }  # fmt: skip
 
 
 class AuditStage(Stage):

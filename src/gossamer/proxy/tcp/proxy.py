@@ -35,9 +35,10 @@ from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.local_peers import foreign_user
 from gossamer.proxy.loop_calls import remove_reader
 from gossamer.proxy.observe.metrics import TcpStats
+from gossamer.proxy.pipeline.audit import connection_fields
 from gossamer.proxy.pipeline.balancer import EndpointState
 from gossamer.proxy.process.settings import Address
-from gossamer.proxy.snapshot.authorization import Attributes, Authorization
+from gossamer.proxy.snapshot.authorization import Attributes, Authorization, Decision
 from gossamer.proxy.snapshot.tcp_rules import TcpRoute, still_routed
 from gossamer.proxy.tasks import spawn
 from gossamer.proxy.tcp.relay import Relay, RelayBuffers
@@ -299,6 +300,7 @@ class TcpProxy:
         name = relay.service_key.partition(".")[0]
         relay.set_stats(self.metrics.tcp("outbound", self._source, name))
         relay.stats.connect_failures += 1
+        relay.cause = cause
         self.metrics.error("outbound", cause)
         log.info("TCP connection refused (%s): %s", cause, detail)
         relay.close()
@@ -345,6 +347,7 @@ class TcpProxy:
     ) -> None:
         relay.set_stats(self.metrics.tcp("outbound", self._source, backend.name))
         relay.backend_key = backend.key
+        relay.peer_identity = backend.identity
         relay.route_drain = route.drain if route is not None else 0.0
         relay.endpoint = endpoint
         endpoint.pending += 1
@@ -359,6 +362,14 @@ class TcpProxy:
         return True
 
     def _relay_done(self, relay: Relay) -> None:
+        if self.state.access_log is not None:
+            self._log(relay)
+        spool = self.state.audit_spool
+        if relay.audit is not None and spool is not None:
+            workload = (self.settings.workload.namespace, self.settings.workload.service)
+            spool.append(connection_fields(relay.started_ns, relay.peer_identity,
+                                           relay.down.moved, relay.up.moved, relay.audit,
+                                           workload))  # fmt: skip
         self._relays.discard(relay)
         self.state.tcp_open = len(self._relays)
         group = self._by_service.get(relay.service_key)
@@ -372,6 +383,26 @@ class TcpProxy:
             endpoint.pending -= 1
         if not self._relays:
             self._idle.set()
+
+    def _log(self, relay: Relay) -> None:
+        """The connection's access log line (docs/internals.md §16): protocol ``tcp``."""
+        writer = self.state.access_log
+        if writer is None:
+            return
+        elapsed = time.time_ns() - relay.started_ns
+        if relay.direction == "inbound":
+            app = self.settings.workload.tcp_app or self.settings.workload.app
+            service = self.settings.workload.service
+            upstream = f"{app.host}:{app.port}" if app is not None else ""
+        else:
+            service = (relay.backend_key or relay.service_key).partition(".")[0]
+            endpoint = relay.endpoint
+            upstream = f"{endpoint.addr.host}:{endpoint.addr.port}" if endpoint is not None else ""
+        writer.add((
+            relay.started_ns, relay.direction, "tcp", b"", relay.service_key.encode(), b"", 0,
+            relay.cause, relay.down.moved, relay.up.moved, elapsed, service, upstream,
+            relay.peer_identity, b"", None, None,
+        ))  # fmt: skip
 
     # === route changes ===
 
@@ -413,6 +444,7 @@ class TcpProxy:
         if relay.closed:
             return
         relay.stats.drained += 1
+        relay.cause = "route-drained"
         relay.close()
 
     # === inbound ===
@@ -510,18 +542,31 @@ class TcpProxy:
                 )
         return self._tcp_inbound
 
-    def _authorized(self, authorization: Authorization, peer: str) -> bool:
-        """Whether the workload's AuthorizationPolicies let ``peer`` open a TCP connection
+    def _authorized(self, authorization: Authorization, peer: str) -> Decision:
+        """What the workload's AuthorizationPolicies say of ``peer`` opening a TCP connection
         to its ``tcp`` port (judged by source and port: ``snapshot.authorization``)."""
         self._inbound_allows_tcp()  # brings self._tcp_port up to date
         decision = authorization.decide(Attributes(peer, self._tcp_port, http=False))
         self.metrics.authz(decision)
-        if decision.allowed:
-            return True
-        self.metrics.error("inbound", "forbidden")
-        log.info("TCP connection from %s refused: %s", peer or "a plaintext caller",
-                 decision.reason)  # fmt: skip
-        return False
+        if not decision.allowed:
+            self.metrics.error("inbound", "forbidden")
+            log.info("TCP connection from %s refused: %s", peer or "a plaintext caller",
+                     decision.reason)  # fmt: skip
+        return decision
+
+    def _admitted(self, decision: Decision | None, peer: str) -> bool:
+        """Whether a connection so judged goes on; an audited one is recorded when refused
+        (when allowed: once it closes), or refused when the spool is full (``block``)."""
+        spool = self.state.audit_spool
+        if decision is not None and decision.audit and spool is not None:
+            if decision.allowed and spool.block and not spool.accepting:
+                spool.refused()
+                self.metrics.error("inbound", "audit-unavailable")
+                return False
+            if not decision.allowed:
+                workload = (self.settings.workload.namespace, self.settings.workload.service)
+                spool.append(connection_fields(time.time_ns(), peer, 0, 0, decision, workload))
+        return decision is None or decision.allowed
 
     def _inbound_relay(self, peer: str) -> Relay | None:
         workload = self.settings.workload
@@ -536,7 +581,9 @@ class TcpProxy:
             source = SpiffeId.parse(peer).service_account if peer else "unknown"
         except ValueError:
             source = "unknown"
-        return self._new_relay(self.metrics.tcp("inbound", source, self._source))
+        relay = self._new_relay(self.metrics.tcp("inbound", source, self._source))
+        relay.direction, relay.peer_identity = "inbound", peer
+        return relay
 
     async def _accept_inbound(self, conn: socket.socket) -> None:
         if self._full("inbound"):
@@ -557,15 +604,19 @@ class TcpProxy:
             self.metrics.error("inbound", "revoked-peer")
             stream.abort()
             return
-        if table is not None and table.authorization is not None and not self._authorized(
-            table.authorization, stream.peer_identity
-        ):
+        peer = stream.peer_identity
+        decision = None
+        if table is not None and table.authorization is not None:
+            decision = self._authorized(table.authorization, peer)
+        if not self._admitted(decision, peer):
             stream.abort()
             return
-        relay = self._inbound_relay(stream.peer_identity)
+        relay = self._inbound_relay(peer)
         if relay is None:
             stream.abort()
             return
+        if decision is not None and decision.audit:
+            relay.audit = decision
         stream.attach(relay.down)
         await self._connect_app(relay)
 

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +78,7 @@ class RelayEnd(asyncio.BufferedProtocol):
         "_index",
         "_stash",
         "_stashed",
+        "moved",
         "peer",
         "read_eof",
         "relay",
@@ -93,6 +95,7 @@ class RelayEnd(asyncio.BufferedProtocol):
         self.read_eof = False
         self._stash: list[bytes] = []
         self._stashed = 0
+        self.moved = 0  # bytes read on this side (the access log's per-connection count)
 
     # === asyncio callbacks ===
 
@@ -111,6 +114,7 @@ class RelayEnd(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._counts[self._index] += nbytes
+        self.moved += nbytes
         buffers = self._buffers
         peer = self.peer
         out = peer.transport if peer is not None else None
@@ -180,14 +184,19 @@ class Relay:
     __slots__ = (
         "_close_timer",
         "_on_done",
+        "audit",
         "backend_key",
+        "cause",
         "closed",
+        "direction",
         "down",
         "drain_timer",
         "endpoint",
         "finished",
+        "peer_identity",
         "route_drain",
         "service_key",
+        "started_ns",
         "stats",
         "up",
     )
@@ -212,6 +221,13 @@ class Relay:
         self.backend_key = ""  # outbound: the service the connection went to
         self.route_drain = 0.0  # the drain of the route the connection was opened under
         self.endpoint: Any = None  # outbound: the EndpointState it holds a slot of
+        # For the access log: when it began (unix ns), which way, the peer's SPIFFE ID (the
+        # caller's inbound, the destination's outbound) and why the proxy ended it, if it did.
+        self.started_ns = time.time_ns()
+        self.direction = "outbound"
+        self.peer_identity = ""
+        self.cause = ""
+        self.audit: Any = None  # the Decision, when an AUDIT policy selected the connection
         stats.opened += 1
         stats.open += 1
 
