@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["audit_chain", "audit_chains", "audit_records"]
 
 _TEXT_FILTERS = ("namespace", "service", "caller", "subject", "method", "decision")
+_DECISIONS = ("allow", "deny")
 
 
 class _BadQuery(Exception):
@@ -35,7 +36,7 @@ class _BadQuery(Exception):
 def _refused(exc: _BadQuery) -> JSONResponse:
     return JSONResponse(
         {"error": "invalid", "message": str(exc),
-         "problems": [{"path": f"query.{exc.field}", "message": str(exc)}]},
+         "errors": [{"path": f"query.{exc.field}", "message": str(exc)}]},
         status_code=422,
     )  # fmt: skip
 
@@ -65,6 +66,9 @@ def _integer(request: Request, name: str, low: int, high: int, default: int | No
 
 def _selection(request: Request) -> AuditFilter:
     texts = {name: request.query_params.get(name) or None for name in _TEXT_FILTERS}
+    decision = request.query_params.get("decision")
+    if decision is not None and decision not in _DECISIONS:
+        raise _BadQuery("decision", f"decision: expected allow or deny, got {decision!r}")
     return AuditFilter(
         since=_time(request, "since"),
         until=_time(request, "until"),

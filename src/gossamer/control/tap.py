@@ -120,7 +120,7 @@ async def tap_stream(plane: ControlPlane, request: Request) -> Response:
         settings = _settings(request)
     except _BadQuery as exc:
         return JSONResponse({"error": "invalid", "message": str(exc),
-                             "problems": [{"path": f"query.{exc.name}", "message": str(exc)}]},
+                             "errors": [{"path": f"query.{exc.name}", "message": str(exc)}]},
                             status_code=422)  # fmt: skip
     records = [r for r in plane.registry
                if r.workload.key == (namespace, service) and r.session is not None]  # fmt: skip
