@@ -26,6 +26,7 @@ import httptools
 __all__ = [
     "MAX_PLAIN_HEAD",
     "MessageFrame",
+    "PlainHead",
     "RequestFrame",
     "ResponseFrame",
     "header_pairs",
@@ -38,11 +39,14 @@ MAX_PLAIN_HEAD = 8192
 
 # Header names the proxy acts on, found in the lower-cased head: the hop-by-hop ones (``proxy-``
 # catches Proxy-Connection and Proxy-Authorization/-Authenticate, and harmlessly others) and,
-# in requests, body framing, the request id, the peer identity (only the proxy sets it) and Host.
+# in requests, body framing, the request id, the peer identity (only the proxy sets it), Host
+# and the trace headers.
 _HOP = rb"connection:|keep-alive:|proxy-|te:|trailer:|transfer-encoding:|upgrade:"
 _RESPONSE_SPECIAL = re.compile(rb"\r\n(?:" + _HOP + rb")")
 _REQUEST_NAMES = _HOP + rb"|content-length:|x-request-id:|x-gossamer-peer-identity:"
-_REQUEST_SPECIAL_HOST = re.compile(rb"\r\n(" + _REQUEST_NAMES + rb"|host:)")
+# What tracing looks at first (docs/internals.md §13), reported so it needs no second search.
+_TRACE = rb"|traceparent:|b3:|x-b3-traceid:|x-b3-sampled:|x-b3-flags:"
+_REQUEST_SPECIAL_HOST = re.compile(rb"\r\n(" + _REQUEST_NAMES + _TRACE + rb"|host:)")
 _CONNECTION_PLAIN = frozenset({b"keep-alive", b"close"})
 
 
@@ -116,11 +120,13 @@ class ResponseFrame(MessageFrame):
         return cast(httptools.HttpResponseParser, self.parser).get_status_code()
 
 
-def plain_request_head(
-    head: bytes, *, want_host: bool
-) -> tuple[bytes, bytes | None, bytes | None] | None:
-    """(head without hop-by-hop lines, Host value, X-Request-Id value) for a bodyless request
-    head the proxy may forward by slicing; None when the full path must take it.
+PlainHead = tuple[bytes, bytes | None, bytes | None, bytes | None, bool]
+
+
+def plain_request_head(head: bytes, *, want_host: bool) -> PlainHead | None:
+    """(head without hop-by-hop lines, Host value, X-Request-Id value, first Traceparent
+    value, whether a B3 header tracing reads first came) for a bodyless request head the proxy
+    may forward by slicing; None when the full path must take it.
 
     ``Connection: keep-alive``/``close`` and ``x-gossamer-peer-identity`` lines are cut. A
     body (``Content-Length``/``Transfer-Encoding``), an upgrade, any other hop-by-hop header,
@@ -133,6 +139,8 @@ def plain_request_head(
     pattern = _REQUEST_SPECIAL_HOST
     host: bytes | None = None
     request_id: bytes | None = None
+    traceparent: bytes | None = None
+    b3 = False
     connection = False
     pieces: list[bytes] | None = None
     last = 0
@@ -152,6 +160,13 @@ def plain_request_head(
                 return None
             request_id = head[start:end].strip(b" \t")
             continue
+        if name == b"traceparent:":
+            if traceparent is None:
+                traceparent = head[start:end].strip(b" \t")
+            continue
+        if name.startswith((b"b3", b"x-b3-")):
+            b3 = True
+            continue
         if name == b"connection:":
             if connection or low[start:end].strip(b" \t") not in _CONNECTION_PLAIN:
                 return None
@@ -165,7 +180,7 @@ def plain_request_head(
     if pieces is not None:
         pieces.append(head[last:])
         head = b"".join(pieces)
-    return head, host if want_host else None, request_id
+    return head, host if want_host else None, request_id, traceparent, b3
 
 
 def plain_response_head(head: bytes) -> bytes | None:

@@ -39,8 +39,8 @@ __all__ = [
 ]
 
 # (method, target, head without hop-by-hop lines and final CRLF CRLF, Host value,
-#  X-Request-Id value, keep-alive)
-PlainRequest = tuple[bytes, bytes, bytes, bytes | None, bytes | None, bool]
+#  X-Request-Id value, keep-alive, first Traceparent value, whether a B3 header came)
+PlainRequest = tuple[bytes, bytes, bytes, bytes | None, bytes | None, bool, bytes | None, bool]
 # (status, the bytes to forward: head without the Connection line, and the body; keep-alive)
 PlainResponse = tuple[int, bytes, bool]
 
@@ -85,8 +85,8 @@ class PythonScanner:
         method = data[:space]
         if method == b"CONNECT" or not _METHOD.fullmatch(method):
             return None  # (llhttp skips CR and LF before a request line: the full path)
-        head, host, request_id = plain
-        return method, target, head, host, request_id, frame.keep_alive
+        head, host, request_id, traceparent, b3 = plain
+        return method, target, head, host, request_id, frame.keep_alive, traceparent, b3
 
     def response(self, data: bytes) -> PlainResponse | None:
         """The pieces of ``data`` when it is one whole plain final response; else None."""
@@ -144,7 +144,7 @@ class NativeScanner:
     def request(self, data: bytes, want_host: bool) -> PlainRequest | None:
         if not _lib.gossamer_plain_request(data, len(data), self._results):
             return None
-        end, keep, method_end, target_end, c1s, c1e, c2s, c2e, hs, he, rs, re_ = (
+        end, keep, method_end, target_end, c1s, c1e, c2s, c2e, hs, he, rs, re_, ts, te, b3 = (
             _RESULTS.unpack_from(self._buffer)
         )
         if c2e:
@@ -160,6 +160,8 @@ class NativeScanner:
             data[hs:he] if he else None,
             data[rs:re_] if re_ else None,
             keep == 1,
+            data[ts:te] if te else None,
+            b3 == 1,
         )
 
     def response(self, data: bytes) -> PlainResponse | None:

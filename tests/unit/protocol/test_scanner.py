@@ -53,6 +53,8 @@ _NAMES = [
     "Host", "Accept", "User-Agent", "X-Request-Id", "Connection", "X-Gossamer-Peer-Identity",
     "Keep-Alive", "Upgrade", "TE", "Trailer", "Proxy-Authorization", "Transfer-Encoding",
     "Content-Length", "Tea", "Hosting", "Connections", "X-Request-Ids", "Server", "Date",
+    "traceparent", "TraceParent", "tracestate", "b3", "B3s", "X-B3-TraceId", "x-b3-sampled",
+    "X-B3-Flags", "X-B3-SpanId", "X-B3-Sampledd",
 ]  # fmt: skip
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"]
 
@@ -180,7 +182,7 @@ def test_common_messages_are_taken_natively() -> None:
     """What wrk, curl, nginx and most apps send takes the native path."""
     taken = NativeScanner()
     assert taken.request(b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n", True) == (
-        b"GET", b"/", b"GET / HTTP/1.1\r\nHost: edge", b"edge", None, True
+        b"GET", b"/", b"GET / HTTP/1.1\r\nHost: edge", b"edge", None, True, None, False
     )  # fmt: skip
     curl = (
         b"GET /items?id=7 HTTP/1.1\r\nHost: catalog:8080\r\nUser-Agent: curl/7.88.1\r\n"
@@ -194,6 +196,8 @@ def test_common_messages_are_taken_natively() -> None:
         b"catalog:8080",
         b"abc-1",
         False,
+        None,
+        False,
     )
     nginx = (
         b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 22:00:00 GMT\r\n"
@@ -204,6 +208,22 @@ def test_common_messages_are_taken_natively() -> None:
     assert taken.response(b"HTTP/1.1 204 No Content\r\n\r\n") == (
         204, b"HTTP/1.1 204 No Content\r\n\r\n", True
     )  # fmt: skip
+
+
+def test_the_trace_headers_tracing_reads_first_are_reported() -> None:
+    """The first Traceparent value (blanks around it cut) and whether any B3 header tracing
+    reads first came: found by the scan, so tracing searches the head no more."""
+    parent = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    data = b"GET / HTTP/1.1\r\nHost: a\r\nTraceParent:  %b \r\ntraceparent: x\r\n\r\n" % parent
+    for taker in (NativeScanner(), PythonScanner()):
+        taken = taker.request(data, True)
+        assert taken is not None and taken[6:] == (parent, False)
+        for b3 in (b"B3: 1", b"X-B3-TraceId: 1", b"x-b3-sampled: 0", b"X-B3-FLAGS: 1"):
+            taken = taker.request(b"GET / HTTP/1.1\r\n%b\r\n\r\n" % b3, True)
+            assert taken is not None and taken[6:] == (None, True), b3
+        for other in (b"X-B3-SpanId: 1", b"b3s: 1", b"tracestate: a=1"):
+            taken = taker.request(b"GET / HTTP/1.1\r\n%b\r\n\r\n" % other, True)
+            assert taken is not None and taken[6:] == (None, False), other
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from gossamer.proxy.observe.trace_context import (
     Tracing,
+    new_root,
+    new_span_id,
     new_trace_id,
     propagate,
     ratio_sampled,
@@ -88,6 +90,38 @@ def test_the_ratio_decides_by_trace_id_alike_everywhere() -> None:
     assert chosen == [trace for trace in ids if ratio_sampled(trace, Tracing(0.1))]
     assert not any(ratio_sampled(trace, Tracing(0.0)) for trace in ids)
     assert all(ratio_sampled(trace, Tracing(1.0)) for trace in ids[:100])
+
+
+def test_a_root_is_decided_as_the_ratio_decides_its_id() -> None:
+    """``new_root`` answers without reading its id back: the same answer as ``ratio_sampled``
+    for that id, at every ratio, including 0 (none) and 1 (all); ids are 32 lower-case hex
+    digits, none repeated, none with a zero half."""
+    for ratio in (0.0, 0.01, 0.5, 1.0):
+        tracing = Tracing(ratio)
+        roots = [new_root(tracing) for _ in range(3000)]
+        assert all(sampled == ratio_sampled(trace, tracing) for trace, sampled in roots)
+        share = sum(sampled for _, sampled in roots) / len(roots)
+        assert abs(share - ratio) < 0.05, (ratio, share)
+    ids = [new_trace_id() for _ in range(3000)] + [new_span_id() for _ in range(3000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) in (32, 16) and i == i.lower() and int(i, 16) for i in ids)
+    assert all(int(i[:16], 16) and int(i[16:], 16) for i in ids if len(i) == 32)
+
+
+def test_the_scan_of_a_plain_request_answers_the_first_look() -> None:
+    """What the HTTP/1.1 scan found (the first traceparent, whether B3 came) answers
+    ``trace_first_look`` while the lines are those scanned; after an edit, a search does."""
+    from bench.tracing import _exchange
+
+    parent = b"00-%s-%s-01" % (TRACE, SPAN)
+    ex = _exchange(b"\r\nHost: orders\r\ntraceparent: %s\r\nX-B3-Sampled: 1" % parent)
+    assert (ex.scanned_traceparent, ex.scanned_b3) == (parent, True)
+    assert ex.trace_first_look() == (parent, True)
+    ex.scanned_traceparent = b"stale"  # the lines edited since: the scan no longer counts
+    ex.add_header(b"x-edited", b"1")
+    assert ex.trace_first_look() == (parent, True)
+    ex.set_header_list([(b"host", b"orders")])
+    assert ex.trace_first_look() == (None, False)
 
 
 def test_a_codec_answers_the_trace_headers_without_parsing_the_head() -> None:

@@ -15,7 +15,8 @@ __all__ = ["DECLARED", "PART", "RESULT_COUNT"]
 HEAD_END, KEEP_ALIVE, STATUS, TARGET_END = 0, 1, 2, 3
 CUT1_START, CUT1_END, CUT2_START, CUT2_END = 4, 5, 6, 7
 HOST_START, HOST_END, RID_START, RID_END = 8, 9, 10, 11
-RESULT_COUNT = 12
+TRACE_START, TRACE_END, B3 = 12, 13, 14
+RESULT_COUNT = 15
 
 DECLARED = """
 int gossamer_plain_request(const char *data, size_t len, uint32_t *results);

@@ -17,7 +17,9 @@
  *   - Connection, at most once, "keep-alive" or "close" (any case): reported, to be cut;
  *   - requests: no body (Content-Length refused) and nothing after the head; Host and
  *     X-Request-Id at most once each, values reported; X-Gossamer-Peer-Identity (set only by
- *     the proxy) reported, to be cut, at most once;
+ *     the proxy) reported, to be cut, at most once; the first Traceparent value reported,
+ *     and whether any of B3, X-B3-TraceId, X-B3-Sampled or X-B3-Flags came (what tracing
+ *     looks at first, docs/internals.md §13: found here, no second search of the head);
  *   - responses: exactly one Content-Length of digits, and exactly that many bytes after
  *     the head; for 204 and 304, no Content-Length and nothing after the head.
  *
@@ -41,6 +43,9 @@ enum {
     RESULT_HOST_END,
     RESULT_RID_START,  /* request: the X-Request-Id value (start == end == 0: none) */
     RESULT_RID_END,
+    RESULT_TRACE_START, /* request: the first Traceparent value (start == end == 0: none) */
+    RESULT_TRACE_END,
+    RESULT_B3,         /* request: 1 when a B3 header tracing reads first came */
     RESULT_COUNT
 };
 
@@ -88,13 +93,25 @@ static int value_is(const char *value, size_t len, const char *lit) {
     return name_is(value, len, lit);
 }
 
-enum { H_OTHER, H_REFUSE, H_CONNECTION, H_CONTENT_LENGTH, H_HOST, H_REQUEST_ID, H_PEER };
+enum {
+    H_OTHER,
+    H_REFUSE,
+    H_CONNECTION,
+    H_CONTENT_LENGTH,
+    H_HOST,
+    H_REQUEST_ID,
+    H_PEER,
+    H_TRACEPARENT,
+    H_B3
+};
 
 static int classify(const char *name, size_t len) {
     if (len >= 6 && name_is(name, 6, "proxy-")) {
         return H_REFUSE;
     }
     switch (lower((unsigned char)name[0])) {
+    case 'b':
+        return name_is(name, len, "b3") ? H_B3 : H_OTHER;
     case 'c':
         if (name_is(name, len, "connection")) return H_CONNECTION;
         if (name_is(name, len, "content-length")) return H_CONTENT_LENGTH;
@@ -104,6 +121,7 @@ static int classify(const char *name, size_t len) {
     case 'k':
         return name_is(name, len, "keep-alive") ? H_REFUSE : H_OTHER;
     case 't':
+        if (name_is(name, len, "traceparent")) return H_TRACEPARENT;
         if (name_is(name, len, "te") || name_is(name, len, "trailer") ||
             name_is(name, len, "transfer-encoding")) {
             return H_REFUSE;
@@ -114,6 +132,11 @@ static int classify(const char *name, size_t len) {
     case 'x':
         if (name_is(name, len, "x-request-id")) return H_REQUEST_ID;
         if (name_is(name, len, "x-gossamer-peer-identity")) return H_PEER;
+        if (len > 5 && name_is(name, 5, "x-b3-") &&
+            (name_is(name, len, "x-b3-traceid") || name_is(name, len, "x-b3-sampled") ||
+             name_is(name, len, "x-b3-flags"))) {
+            return H_B3;
+        }
         return H_OTHER;
     default:
         return H_OTHER;
@@ -205,6 +228,15 @@ static long scan_headers(const char *data, size_t len, size_t p, int request, ui
             break;
         case H_PEER:
             cut = request;
+            break;
+        case H_TRACEPARENT:
+            if (request && r[RESULT_TRACE_END] == 0) {
+                r[RESULT_TRACE_START] = (uint32_t)value;
+                r[RESULT_TRACE_END] = (uint32_t)value_end;
+            }
+            break;
+        case H_B3:
+            r[RESULT_B3] = (uint32_t)request;
             break;
         default:
             break;

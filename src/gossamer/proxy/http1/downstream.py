@@ -344,7 +344,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         plain = scanner.request(data, self.wants_host)
         if plain is None:
             return False
-        method, target, head, host, request_id, keep_alive = plain
+        method, target, head, host, request_id, keep_alive, traceparent, b3 = plain
         ex = Exchange(time.monotonic_ns(), self)
         ex.method = method
         ex.is_head = method == b"HEAD"
@@ -356,6 +356,9 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         except ProxyError as exc:
             self.refuse(exc.status, exc.cause, exc.detail)
             return True
+        ex.scanned_plain = ex.plain
+        ex.scanned_traceparent = traceparent
+        ex.scanned_b3 = b3
         self.queue.append(ex)
         self.dispatch(ex)
         return True

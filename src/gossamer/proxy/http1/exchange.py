@@ -53,6 +53,9 @@ class Exchange(Call):
         "replay",
         "replay_size",
         "response_started",
+        "scanned_b3",
+        "scanned_plain",
+        "scanned_traceparent",
         "sent_ns",
         "target",
         "te",
@@ -73,6 +76,11 @@ class Exchange(Call):
         # A plain request's header lines as forwarded (``gossamer.protocol.plain``), each
         # starting with CRLF; ``headers`` stays empty until ``header_list`` is called.
         self.plain = b""
+        # What the scan of a plain request found for tracing (``trace_first_look``), true
+        # while ``plain`` is still the very lines scanned (any edit makes a new object).
+        self.scanned_plain = b""
+        self.scanned_traceparent: bytes | None = None
+        self.scanned_b3 = False
         self.http10 = False
         self.keep_alive = True
         self.is_head = False
@@ -125,9 +133,16 @@ class Exchange(Call):
                 found[at] = value.rstrip()
         return found
 
+    def trace_first_look(self) -> tuple[bytes | None, bool]:
+        plain = self.plain
+        if plain and plain is self.scanned_plain:
+            return self.scanned_traceparent, self.scanned_b3
+        return super().trace_first_look()
+
     def add_header(self, name: bytes, value: bytes) -> None:
-        if self.plain:
-            self.plain += b"\r\n%b: %b" % (name, value)
+        plain = self.plain
+        if plain:
+            self.plain = b"".join((plain, b"\r\n", name, b": ", value))
         else:
             self.headers.append((name, value))
 

@@ -22,7 +22,10 @@ every sidecar that sees the trace.
 
 from __future__ import annotations
 
-import random
+import os
+from binascii import b2a_hex
+from collections import deque
+from os import urandom
 
 __all__ = [
     "NAMES",
@@ -50,7 +53,9 @@ NAMES = frozenset((b"traceparent", b"tracestate", b"b3", *_B3_MULTI))
 _LENGTHS = frozenset(len(name) for name in NAMES)
 _HEX_DASH = b"0123456789abcdef-"  # what a traceparent is made of (deleted: nothing left)
 _ODD = frozenset(b"13579bdf")  # the last hex digit of flags with bit 0 (sampled) set
-_ids = random.Random()  # trace and span ids need to be unique, not secret
+_BATCH = 512  # ids drawn at a time
+_pool: deque[bytes] = deque()  # random ids drawn ahead (new_trace_id)
+os.register_at_fork(after_in_child=_pool.clear)  # a forked process draws its own
 
 
 class TraceContext:
@@ -72,13 +77,17 @@ class TraceContext:
 
 
 class Tracing:
-    """The tracing settings of the moment (from the snapshot's ``tracing``)."""
+    """The tracing settings of the moment (from the snapshot's ``tracing``). ``threshold``:
+    a trace is sampled when the low 64 bits of its id are below it; ``threshold_hex``: the
+    same as a bound for those 16 hex digits compared as bytes (lower-case hex of one width
+    orders as the numbers do; ``g`` is above every digit: a ratio of 1 samples all)."""
 
-    __slots__ = ("ratio", "threshold")
+    __slots__ = ("ratio", "threshold", "threshold_hex")
 
     def __init__(self, ratio: float) -> None:
         self.ratio = ratio
         self.threshold = int(ratio * (1 << 64))
+        self.threshold_hex = b"%016x" % self.threshold if self.threshold < 1 << 64 else b"g"
 
 
 def _is_hex(value: bytes, length: int) -> bool:
@@ -174,19 +183,36 @@ def read_context(found: dict[bytes, bytes]) -> tuple[TraceContext | None, bytes]
     return _b3_multi(found), state
 
 
+def _refill() -> bytes:
+    """Draw the next batch of ids (one ``os.urandom`` and one ``b2a_hex``) and take one."""
+    digits = b2a_hex(urandom(16 * _BATCH))
+    ids = [digits[at : at + 32] for at in range(0, 32 * _BATCH, 32)]
+    # A zero half would be an invalid span id (2**-64 a draw): such an id is skipped.
+    _pool.extend(i for i in ids if i[:16] != _ZERO_SPAN and i[16:] != _ZERO_SPAN)
+    return _pool.popleft()
+
+
 def new_trace_id() -> bytes:
-    return b"%032x" % (_ids.getrandbits(128) or 1)
+    """A random trace id: 32 lower-case hex digits, from the pool of ids drawn ahead (an id
+    costs one ``popleft``, atomic under the GIL: the sidecar's threads share the pool)."""
+    try:
+        return _pool.popleft()
+    except IndexError:
+        return _refill()
 
 
 def new_span_id() -> bytes:
-    return b"%016x" % (_ids.getrandbits(64) or 1)
+    return new_trace_id()[16:]
 
 
 def new_root(tracing: Tracing) -> tuple[bytes, bool]:
     """A trace id for a trace that starts here, and the ratio's decision for it (as
     ``ratio_sampled`` would answer for that id, without reading it back)."""
-    number = _ids.getrandbits(128) | 1
-    return b"%032x" % number, (number & 0xFFFFFFFFFFFFFFFF) < tracing.threshold
+    try:
+        trace_id = _pool.popleft()
+    except IndexError:
+        trace_id = _refill()
+    return trace_id, trace_id[16:] < tracing.threshold_hex
 
 
 def ratio_sampled(trace_id: bytes, tracing: Tracing) -> bool:

@@ -24,11 +24,14 @@ if TYPE_CHECKING:
     from gossamer.proxy.snapshot.http_rules import MirrorPolicy
     from gossamer.proxy.snapshot.table import OutboundService
 
-__all__ = ["HTTP1", "HTTP2", "Call", "Header", "authority_port"]
+__all__ = ["HTTP1", "HTTP2", "TRACE_FIRST_LOOK", "Call", "Header", "authority_port"]
 
 Header = tuple[bytes, bytes]
 HTTP1 = "HTTP/1.1"
 HTTP2 = "HTTP/2"
+# What tracing looks at first: W3C, and whether a B3 form came (then it reads them all).
+TRACE_FIRST_LOOK = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-sampled", b"x-b3-flags")
+_NO_B3 = [None, None, None, None]
 
 
 class Call:
@@ -108,6 +111,13 @@ class Call:
                 if lower == wanted and found[i] is None:
                     found[i] = value
         return found
+
+    def trace_first_look(self) -> tuple[bytes | None, bool]:
+        """The first ``traceparent`` value (None: none) and whether any B3 header of
+        ``TRACE_FIRST_LOOK`` came. A codec whose scan of the head found them answers
+        without a search."""
+        traceparent, *b3 = self.header_values(TRACE_FIRST_LOOK)
+        return traceparent, b3 != _NO_B3
 
     def add_header(self, name: bytes, value: bytes) -> None:
         """Forward one more header field (a codec may add it without building the list)."""

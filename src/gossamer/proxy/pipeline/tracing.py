@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["TRACE_NOTE", "TraceStage"]
 
 TRACE_NOTE = "trace"  # Call.notes key: the span of this hop while the request runs
-# What a request is looked at first: W3C, and whether any B3 form came (then the full read).
-_FIRST_LOOK = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-sampled", b"x-b3-flags")
-_NO_B3 = [None, None, None, None]
 
 
 class _Span:
@@ -84,11 +81,10 @@ class TraceStage(Stage):
         self.service = service  # this workload (the SERVER span's name)
 
     def on_request(self, call: Call) -> bool:
-        traceparent, *b3 = call.header_values(_FIRST_LOOK)
-        w3c_only = b3 == _NO_B3
-        if w3c_only and traceparent is None:
+        traceparent, b3 = call.trace_first_look()
+        if not b3 and traceparent is None:
             return self._root(call)
-        if w3c_only and traceparent is not None:
+        if not b3 and traceparent is not None:
             parent = parse_traceparent(traceparent)
             if parent is not None and not parent.sampled:
                 return True  # not recorded: the caller's traceparent goes on as it came
@@ -111,8 +107,8 @@ class TraceStage(Stage):
         trace_id, sampled = new_root(self.tracing)
         # Not sampled, this hop is never recorded: any non-zero parent id will do.
         span_id = new_span_id() if sampled else trace_id[16:]
-        flags = b"01" if sampled else b"00"
-        call.add_header(b"traceparent", b"00-%s-%s-%s" % (trace_id, span_id, flags))
+        flags = b"-01" if sampled else b"-00"
+        call.add_header(b"traceparent", b"".join((b"00-", trace_id, b"-", span_id, flags)))
         if sampled:
             self._start(call, _Span(trace_id, span_id, None, b""))
         return True
