@@ -38,9 +38,12 @@ __all__ = [
 GENESIS = "0" * 64  # the ``prev`` of a chain's first record
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical(document: Mapping[str, Any]) -> bytes:
     """The one byte form of a JSON document that hashes and signatures cover."""
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _CANONICAL.encode(document).encode()
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -51,13 +54,13 @@ def record_hash(record: Mapping[str, Any]) -> str:
 
 
 def seal(record: dict[str, Any]) -> bytes:
-    """Set ``record["hash"]`` and return the record as one spool line (canonical JSON + LF)."""
+    """Set ``record["hash"]`` and return the record as one spool line: the canonical JSON the
+    hash covers (the record without ``hash``) with ``"hash"`` added as its last member, and
+    LF (one encoding per record; readers parse the line, so the member order is free)."""
     body = canonical(record)
     digest = hashlib.sha256(str(record["prev"]).encode() + b"\n" + body).hexdigest()
     record["hash"] = digest
-    # Same bytes as canonical(record) now: "hash" sorts between the keys already there, so
-    # the line is made again rather than spliced.
-    return canonical(record) + b"\n"
+    return b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode())
 
 
 def checkpoint_payload(chain: str, seq: int, head: str, time: float) -> bytes:

@@ -88,6 +88,7 @@ COMPILED = (
     "proxy/observe/access_log.py",
     "proxy/observe/audit_spool.py",
     "proxy/observe/metrics.py",
+    "proxy/observe/timestamps.py",
     "proxy/observe/trace_context.py",
     "proxy/pipeline/access_log.py",
     "proxy/pipeline/audit.py",

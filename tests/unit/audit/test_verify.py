@@ -119,3 +119,18 @@ def test_a_forged_checkpoint_is_refused(chain: Chain, tmp_path: Path) -> None:
     resigned = json.loads(chain.checkpoint(10, now=time.time(), key="forged.key"))
     forged["signature"] = resigned["signature"]
     assert chain.problems([json.dumps(forged)]) == [(10, "bad-checkpoint")]  # another CA
+
+
+def test_a_sealed_line_is_the_canonical_record_with_its_hash_last() -> None:
+    """``seal`` encodes once: the line is the canonical JSON the hash covers with ``hash``
+    added as the last member; parsed back, it verifies as any stored record does."""
+    from gossamer.audit_chain import GENESIS, canonical, record_hash, seal
+
+    record = {"chain": "c", "seq": 1, "prev": GENESIS, "path": "/caf\u00e9?q=\"x\"",
+              "status": 200, "audit_policies": ["default/a"], "subject": None}  # fmt: skip
+    line = seal(dict(record))
+    parsed = json.loads(line)
+    assert line.endswith(b'"}\n') and line.isascii()
+    assert line == canonical(record)[:-1] + b',"hash":"%b"}\n' % parsed["hash"].encode()
+    assert record_hash(parsed) == parsed["hash"]
+    assert {k: v for k, v in parsed.items() if k != "hash"} == record

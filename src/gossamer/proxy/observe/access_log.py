@@ -17,8 +17,9 @@ import logging
 import os
 import threading
 from collections import deque
-from datetime import UTC, datetime
 from typing import Any
+
+from gossamer.proxy.observe.timestamps import utc_millis
 
 __all__ = ["FLUSH_INTERVAL", "MAX_QUEUE", "AccessLog", "Entry", "format_line"]
 
@@ -26,6 +27,7 @@ log = logging.getLogger("gossamer.proxy.access_log")
 
 FLUSH_INTERVAL = 0.1
 MAX_QUEUE = 10_000
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 PIPE_ATOMIC = 4096  # a write at most this long to a pipe is never interleaved with another
 
 # (start in unix ns, direction, protocol, method, authority, path, status, error,
@@ -42,9 +44,8 @@ def _text(value: bytes | None) -> str | None:
 def _fields(entry: Entry) -> dict[str, Any]:
     (start, direction, protocol, method, authority, path, status, error, received, sent,
      duration, service, upstream, peer, request_id, trace_id, user_agent) = entry  # fmt: skip
-    when = datetime.fromtimestamp(start / 1e9, UTC).isoformat(timespec="milliseconds")
     return {
-        "time": when.replace("+00:00", "Z"), "direction": direction, "protocol": protocol,
+        "time": utc_millis(start), "direction": direction, "protocol": protocol,
         "method": _text(method), "authority": _text(authority), "path": _text(path),
         "status": status, "error": error or None, "request_bytes": received,
         "response_bytes": sent, "duration_ms": round(duration / 1e6, 3),
@@ -56,11 +57,10 @@ def _fields(entry: Entry) -> dict[str, Any]:
 def format_line(entry: Entry, fmt: str, template: str) -> bytes:
     """One line (ending in LF) for ``entry``."""
     fields = _fields(entry)
-    if fmt == "json":
-        text = json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
-    else:
-        text = template.format_map({k: "-" if v is None or v == "" else v
-                                    for k, v in fields.items()})  # fmt: skip
+    if fmt == "json":  # (JSON escapes any line break inside a value)
+        return (_JSON.encode(fields) + "\n").encode("utf-8", "replace")
+    text = template.format_map({k: "-" if v is None or v == "" else v
+                                for k, v in fields.items()})  # fmt: skip
     return (text.replace("\n", " ") + "\n").encode("utf-8", "replace")
 
 

@@ -19,9 +19,9 @@ every other sidecar pays nothing. For an audited request it:
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from gossamer.proxy.observe.timestamps import utc_millis
 from gossamer.proxy.pipeline.authenticate import AUTH_NOTE
 from gossamer.proxy.pipeline.authorize import AUDIT_NOTE
 from gossamer.proxy.pipeline.slots import Stage
@@ -48,11 +48,6 @@ def _trace_id(call: Call, notes: dict[object, object]) -> str | None:
     return None
 
 
-def _iso(unix_seconds: float) -> str:
-    return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")  # fmt: skip
-
-
 def _decided(decision: Decision) -> dict[str, Any]:
     return {
         "decision": "allow" if decision.allowed else "deny",
@@ -68,7 +63,7 @@ def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> 
     elapsed_ns = time.monotonic_ns() - call.start_ns
     verified = notes.get(AUTH_NOTE)
     fields = {
-        "time": _iso(time.time() - elapsed_ns / 1e9),
+        "time": utc_millis(time.time_ns() - elapsed_ns),
         "namespace": workload[0],
         "service": workload[1],
         "caller": call.peer.decode("latin-1") or None,
@@ -97,7 +92,7 @@ def connection_fields(
     """The record of a TCP connection (``proxy/tcp``), once it closed (or was refused): the
     same fields as a request's, protocol ``tcp``, no method, path or status."""
     return {
-        "time": _iso(started_ns / 1e9), "namespace": workload[0], "service": workload[1],
+        "time": utc_millis(started_ns), "namespace": workload[0], "service": workload[1],
         "caller": peer or None, "subject": None, "protocol": "tcp", "method": "",
         "authority": "", "path": "", "status": 0, "request_bytes": received,
         "response_bytes": sent, "duration_ms": round((time.time_ns() - started_ns) / 1e6, 3),
