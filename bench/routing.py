@@ -176,10 +176,14 @@ def render(result: dict[str, Any]) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
+    """Put ``section`` in place of the one between its own markers (its first line is
+    ``<!-- NAME:begin -->``, its last ``<!-- NAME:end -->``), or append it."""
+    begin = section.split("\n", 1)[0]
+    end = begin.replace(":begin -->", ":end -->")
     text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+    if begin.endswith(":begin -->") and begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         text = head + section + tail
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"

@@ -20,3 +20,18 @@ def test_routing_cost_rows_are_produced(tmp_path: Path) -> None:
     text = out.read_text()
     assert text.count("Routing cost per request") == 1
     assert "100 rules, last matches" in text
+
+
+def test_each_section_is_replaced_between_its_own_markers(tmp_path: Path) -> None:
+    """Another bench's section (its own markers) replaces itself, not the routing one, and
+    is not appended again on the next run (it was, before the markers came from the
+    section)."""
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# results\n")
+    routing = "<!-- routing-cost:begin -->\nrouting\n<!-- routing-cost:end -->"
+    for figure in ("1.0", "2.0", "3.0"):
+        write_section(out, routing)
+        write_section(out, f"<!-- tracing-cost:begin -->\n{figure}\n<!-- tracing-cost:end -->")
+    text = out.read_text()
+    assert text.count("tracing-cost:begin") == 1 and text.count("routing-cost:begin") == 1
+    assert "3.0" in text and "1.0" not in text and "routing" in text
