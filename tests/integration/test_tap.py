@@ -138,6 +138,44 @@ def test_tap_in_table_form_and_top(mesh: Mesh) -> None:
     assert 0 < row["best_ms"] <= row["worst_ms"]
 
 
+def test_a_sidecar_that_connects_mid_tap_is_tapped_for_the_time_left(
+    mesh: Mesh, tmp_path: Path
+) -> None:
+    """A new replica of the tapped service (or a restarted one) joins the session: the stream
+    says so, and its requests come too, not only those of the sidecars there at the start."""
+    env = {**os.environ, "GOSSAMER_TOKEN": mesh.cp.token}
+    tap = subprocess.Popen(
+        [sys.executable, "-m", "gossamer.cli", "tap", "orders", "--seconds", "20", "--max-rps",
+         "20", "-o", "json", "--control-url", mesh.cp.api_url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+    )  # fmt: skip
+    procs = Processes(tmp_path)
+    try:
+        assert tap.stdout is not None
+        started = json.loads(tap.stdout.readline())
+        assert started["type"] == "started" and len(started["proxies"]) == 1
+        app = procs.app("orders-app-2")
+        wait_port(app.ports["app"])
+        second = procs.sidecar(mesh.cp, "orders-sidecar-2", "orders", app.ports["app"])
+        wait_ready(second)
+        with Load(mesh):
+            time.sleep(6)  # web's sidecar learns the new endpoint; both serve
+        procs.stop_all()
+        out, err = tap.communicate(timeout=60)
+    finally:
+        procs.stop_all()
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait(10)
+    assert tap.returncode == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    joined = [e["proxy_id"] for e in events if e["type"] == "joined"]
+    assert len(joined) == 1 and joined[0] not in started["proxies"], events[:5]
+    by = Counter(e["proxy_id"] for e in events if e["type"] == "request")
+    assert by[joined[0]] > 0 and by[started["proxies"][0]] > 0, by
+    assert events[-1]["type"] == "end"
+
+
 def test_tap_needs_the_admin_token_and_a_running_service(mesh: Mesh) -> None:
     with mesh.cp.client(authenticated=False) as api:
         assert api.get("/v1/tap/default/orders", params={"seconds": "1"}).status_code == 401

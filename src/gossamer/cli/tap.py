@@ -84,6 +84,8 @@ def tap(
                 f"for {seconds} s, at most {max_rps} requests/s each")  # fmt: skip
         elif kind == "request":
             say(_line(event))
+        elif kind == "joined":
+            say(f"{event.get('proxy_id')} connected: tapped from now on")
         elif kind == "end" and event.get("dropped"):
             say(f"{event['dropped']} request(s) not shown (the tap could not keep up)")
 

@@ -678,6 +678,7 @@ class ControlPlane:
         log.info("proxy %s connected as %s", proxy_id, peer)
         digest = message.get("bundle_digest")
         self.trust.hello(record, digest if isinstance(digest, str) else None, leaf_key_id)
+        self.tap.joined(record)  # a live tap of its service takes it in
         return record
 
     def handle(self, record: ProxyRecord, message: Mapping[str, Any]) -> None:

@@ -5,8 +5,9 @@ requests. ``TapHub`` gives the session an id, sends ``tap-start`` (the id, ``max
 optional method and path prefix, ``seconds``) to every connected sidecar of the service, and
 queues the ``tap-event`` batches they send back (at most ``QUEUE`` events waiting; beyond,
 counted as dropped). ``tap_stream`` answers the API request with NDJSON: a ``started`` line
-naming the sidecars tapped, one ``request`` line per event (each naming its sidecar), and an
-``end`` line with what was dropped; when it ends (its time is up, the caller went away, the
+naming the sidecars tapped, one ``request`` line per event (each naming its sidecar), a
+``joined`` line for a sidecar of the service that connected mid-way (tapped from then on, for
+the time left), and an ``end`` line with what was dropped; when it ends (its time is up, the caller went away, the
 control plane stops) the sidecars get ``tap-stop``. A sidecar stops on its own after
 ``seconds`` too, should the stop never come.
 """
@@ -16,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -39,30 +41,63 @@ MAX_RPS = 100
 @dataclass
 class TapSession:
     id: str
-    proxies: list[str]
+    workload: tuple[str, str]  # (namespace, service) tapped
+    settings: dict[str, Any]  # what tap-start says, but the seconds
+    deadline: float  # the event loop's time when the session ends
+    proxies: list[str]  # the sidecars tapped so far (those that came mid-way too)
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(QUEUE))
     dropped: int = 0
 
 
 class TapHub:
-    """The tap sessions of this control plane."""
+    """The tap sessions of this control plane. A sidecar of the tapped service that connects
+    while a session lasts (a new replica, a restarted one) is tapped too, for the time left:
+    ``joined`` (called on every hello) sends it ``tap-start`` and tells the stream."""
 
     def __init__(self) -> None:
         self.sessions: dict[str, TapSession] = {}
 
-    def start(self, records: list[ProxyRecord], settings: dict[str, Any]) -> TapSession:
-        session = TapSession(secrets.token_hex(8), [r.proxy_id for r in records])
+    def start(
+        self,
+        workload: tuple[str, str],
+        records: list[ProxyRecord],
+        settings: dict[str, Any],
+        deadline: float,
+    ) -> TapSession:
+        session = TapSession(secrets.token_hex(8), workload, settings, deadline,
+                             [r.proxy_id for r in records])  # fmt: skip
         self.sessions[session.id] = session
-        message = {"type": "tap-start", "id": session.id, **settings}
         for record in records:
-            if record.session is not None:
-                record.session.send(message)
+            self._send_start(session, record)
         return session
 
-    def stop(self, session: TapSession, records: list[ProxyRecord]) -> None:
+    def joined(self, record: ProxyRecord) -> None:
+        """``record`` has just connected: tap it in each session of its workload."""
+        now = asyncio.get_running_loop().time()
+        for session in self.sessions.values():
+            if session.workload != record.workload.key or session.deadline <= now:
+                continue
+            if record.proxy_id not in session.proxies:
+                session.proxies.append(record.proxy_id)
+            self._send_start(session, record)  # (again, after a reconnection: it may be new)
+            try:
+                session.queue.put_nowait({"type": "joined", "proxy_id": record.proxy_id})
+            except asyncio.QueueFull:
+                session.dropped += 1
+
+    @staticmethod
+    def _send_start(session: TapSession, record: ProxyRecord) -> None:
+        if record.session is None:
+            return
+        left = max(1, math.ceil(session.deadline - asyncio.get_running_loop().time()))
+        record.session.send({"type": "tap-start", "id": session.id, **session.settings,
+                             "seconds": min(left, int(session.settings["seconds"]))})  # fmt: skip
+
+    def stop(self, session: TapSession, records: Iterable[ProxyRecord]) -> None:
+        """End ``session``: ``tap-stop`` to each of its sidecars still connected."""
         self.sessions.pop(session.id, None)
         for record in records:
-            if record.session is not None:
+            if record.proxy_id in session.proxies and record.session is not None:
                 record.session.send({"type": "tap-stop", "id": session.id})
 
     def events(self, record: ProxyRecord, message: dict[str, Any]) -> None:
@@ -128,8 +163,8 @@ async def tap_stream(plane: ControlPlane, request: Request) -> Response:
         return JSONResponse({"error": "not-found",
                              "message": f"no connected sidecar of {namespace}/{service}"},
                             status_code=404)  # fmt: skip
-    session = plane.tap.start(records, settings)
     deadline = asyncio.get_running_loop().time() + settings["seconds"]
+    session = plane.tap.start((namespace, service), records, settings, deadline)
 
     async def lines() -> AsyncIterator[bytes]:
         try:
@@ -142,6 +177,6 @@ async def tap_stream(plane: ControlPlane, request: Request) -> Response:
                     yield json.dumps(event).encode() + b"\n"
             yield json.dumps({"type": "end", "dropped": session.dropped}).encode() + b"\n"
         finally:
-            plane.tap.stop(session, records)
+            plane.tap.stop(session, plane.registry)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
