@@ -8,8 +8,8 @@ counted as dropped). ``tap_stream`` answers the API request with NDJSON: a ``sta
 naming the sidecars tapped, one ``request`` line per event (each naming its sidecar), a
 ``joined`` line for a sidecar of the service that connected mid-way (tapped from then on, for
 the time left), and an ``end`` line with what was dropped; when it ends (its time is up, the
-caller went away, the control plane stops) the sidecars get ``tap-stop``. A sidecar stops on its own after
-``seconds`` too, should the stop never come.
+caller went away, the control plane stops) the sidecars get ``tap-stop``. A sidecar stops on
+its own after ``seconds`` too, should the stop never come.
 """
 
 from __future__ import annotations
