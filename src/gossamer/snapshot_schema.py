@@ -475,7 +475,8 @@ class OutboundSnapshot(TypedDict):
 class TracingSnapshot(TypedDict):
     """Where and how much the sidecars trace (the MeshConfig's ``spec.tracing``)."""
 
-    endpoint: str  # OTLP/HTTP: http://host[:port][/path] (path default /v1/traces)
+    endpoint: str  # OTLP/HTTP: http(s)://host[:port][/path] (path default /v1/traces)
+    headers: list[list[str]]  # [name (lower case), value] sent with every export
     ratio: float  # 0..1: traces started here that are sampled (a parent's decision wins)
     max_queue: int  # spans waiting for export; beyond, dropped and counted
     batch: int  # spans per export request

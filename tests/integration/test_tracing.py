@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import http.server
 import json
+import ssl
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -23,6 +25,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from gossamer.control.ca import CertificateAuthority
+from gossamer.identity.spiffe import SpiffeId
 from tests.integration.control_helpers import ControlPlaneProcess, running_control_plane
 from tests.process_harness import ROOT, Proc, Processes, free_port, wait_port, wait_ready
 from tests.sidecar_harness import app_proxy_env
@@ -41,9 +45,12 @@ class Received:
 class Collector(http.server.ThreadingHTTPServer):
     """An OTLP/HTTP receiver: every span it is sent, with its resource's service name."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Receive)
+        if tls is not None:  # an https collector: the handshake on accept
+            self.socket = tls.wrap_socket(self.socket, server_side=True)
         self.received: list[Received] = []
+        self.api_keys: list[str | None] = []  # each export's x-api-key header
         self.lock = threading.Lock()
 
     def spans_of(self, trace_id: str) -> list[Received]:
@@ -59,6 +66,7 @@ class _Receive(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers["content-length"]))
         request = ExportTraceServiceRequest.FromString(body)
         with self.server.lock:
+            self.server.api_keys.append(self.headers.get("x-api-key"))
             for resource_spans in request.resource_spans:
                 names = [a.value.string_value for a in resource_spans.resource.attributes
                          if a.key == "service.name"]  # fmt: skip
@@ -78,6 +86,7 @@ class Mesh:
     frontend: Proc
     orders: Proc
     collector: Collector
+    secure: Collector  # https, its certificate from a CA the sidecars trust by SSL_CERT_FILE
 
     def grpc_meta(self, metadata: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
         """Call the greeter (gRPC, through a CONNECT tunnel as an unchanged app does): the
@@ -90,11 +99,14 @@ class Mesh:
         seen: dict[str, str] = json.loads(reply)["metadata"]
         return seen
 
-    def tracing(self, percent: float) -> None:
-        url = f"http://127.0.0.1:{self.collector.server_address[1]}"
+    def tracing(
+        self, percent: float, url: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
+        url = url or f"http://127.0.0.1:{self.collector.server_address[1]}"
+        tracing = {"otlpEndpoint": url, "samplingPercent": percent, "flushInterval": "100ms",
+                   "headers": headers or {}}  # fmt: skip
         doc = {"apiVersion": API, "kind": "MeshConfig", "metadata": {"name": "default"},
-               "spec": {"tracing": {"otlpEndpoint": url, "samplingPercent": percent,
-                                    "flushInterval": "100ms"}}}  # fmt: skip
+               "spec": {"tracing": tracing}}  # fmt: skip
         with self.cp.client() as api:
             assert api.post("/v1/resources", json=doc).status_code == 200
 
@@ -120,6 +132,17 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     tmp = tmp_path_factory.mktemp("tracing")
     collector = Collector()
     threading.Thread(target=collector.serve_forever, daemon=True).start()
+    ca = CertificateAuthority.ephemeral()
+    cert, key = ca.issue_keypair(SpiffeId("gossamer.local", "default", "collector"),
+                                 timedelta(hours=1), ["localhost"], ["127.0.0.1"])  # fmt: skip
+    (tmp / "collector.crt").write_bytes(cert)
+    (tmp / "collector.key").write_bytes(key)
+    (tmp / "roots.pem").write_bytes(ca.root_pem)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(tmp / "collector.crt", tmp / "collector.key")
+    secure = Collector(tls)
+    threading.Thread(target=secure.serve_forever, daemon=True).start()
+    trusted = {"SSL_CERT_FILE": str(tmp / "roots.pem")}
     traces_url = f"http://127.0.0.1:{collector.server_address[1]}/v1/traces"
     with running_control_plane(tmp / "cp") as cp:
         procs = Processes(tmp)
@@ -138,11 +161,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                                              str(port), "orders-app", traces_url])  # fmt: skip
             wait_port(port)
             assert app.proc.poll() is None
-            orders = procs.sidecar(cp, "orders-sidecar", "orders", port)
-            frontend = procs.sidecar(cp, "frontend-sidecar", "frontend", None)
+            orders = procs.sidecar(cp, "orders-sidecar", "orders", port, extra_env=trusted)
+            frontend = procs.sidecar(cp, "frontend-sidecar", "frontend", None,
+                                     extra_env=trusted)  # fmt: skip
             wait_ready(orders)
             wait_ready(frontend)
-            running = Mesh(cp, frontend, orders, collector)
+            running = Mesh(cp, frontend, orders, collector, secure)
             running.tracing(100.0)
             deadline = time.monotonic() + 20  # until both sidecars trace
             while "traceparent" not in running.call():
@@ -152,6 +176,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
         finally:
             procs.stop_all()
             collector.shutdown()
+            secure.shutdown()
 
 
 def _by_kind(spans: list[Received]) -> dict[str, Received]:
@@ -258,3 +283,28 @@ def test_grpc_calls_are_traced_too(mesh: Mesh) -> None:
         assert attributes["network.protocol.version"].string_value == "2"
         assert attributes["url.path"].string_value == "/test.Echo/Meta"
         assert attributes["http.response.status_code"].int_value == 200
+
+
+def test_spans_go_to_an_https_collector_with_the_configured_headers(mesh: Mesh) -> None:
+    """``otlpEndpoint: https://...``: the export is TLS, the collector's certificate checked
+    (here against the roots in the sidecars' SSL_CERT_FILE), with ``headers`` on each
+    export (an API key)."""
+    url = f"https://localhost:{mesh.secure.server_address[1]}"
+    mesh.tracing(100.0, url, {"X-Api-Key": "k-123"})
+    try:
+        deadline = time.monotonic() + 20  # until the new export settings reach the sidecars
+        while True:
+            trace = f"{time.monotonic_ns():032x}"
+            mesh.call({"traceparent": f"00-{trace}-{CALLER_SPAN}-01"})
+            time.sleep(0.5)
+            if len(mesh.secure.spans_of(trace)) >= 2:
+                break
+            assert time.monotonic() < deadline, "no span reached the https collector"
+        spans = mesh.secure.spans_of(trace)
+        assert {r.service for r in spans} >= {"frontend", "orders"}
+        with mesh.secure.lock:
+            assert mesh.secure.api_keys and set(mesh.secure.api_keys) == {"k-123"}
+        plain = [r for r in mesh.collector.spans_of(trace) if r.service != "orders-app"]
+        assert not plain  # the sidecars' spans no longer go to the plain collector
+    finally:
+        mesh.tracing(100.0)

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from gossamer.config.base import Resource, SpecModel
 from gossamer.config.duration import parse_duration
-from gossamer.config.traffic import parse_size
+from gossamer.config.traffic import HeaderName, HeaderValue, parse_size
 from gossamer.snapshot_schema import ACCESS_LOG_FIELDS
 
 __all__ = [
@@ -71,8 +71,8 @@ class OutboundTrafficPolicy(SpecModel):
 
 def _check_endpoint(value: str) -> str:
     parts = urlsplit(value)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"expected http://host[:port][/path] (OTLP/HTTP), got {value!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http(s)://host[:port][/path] (OTLP/HTTP), got {value!r}")
     try:
         parts.port  # noqa: B018  # raises on a port out of range
     except ValueError as exc:
@@ -86,12 +86,34 @@ def _check_flush(value: str) -> str:
     return value
 
 
+# The exporter writes these itself: a header of config may not say otherwise.
+_EXPORTER_HEADERS = frozenset({"host", "content-type", "content-length", "connection",
+                               "transfer-encoding", "te", "upgrade"})  # fmt: skip
+
+
+def _check_export_headers(value: dict[str, str]) -> dict[str, str]:
+    if len(value) > 32:
+        raise ValueError("at most 32 headers")
+    taken = sorted(name for name in value if name.lower() in _EXPORTER_HEADERS)
+    if taken:
+        raise ValueError(f"{', '.join(taken)}: set by the exporter itself")
+    for name, text in value.items():
+        if not (text.isascii() and text.isprintable()):
+            raise ValueError(f"{name}: the value must be printable ASCII")
+    return value
+
+
 class TracingSettings(SpecModel):
     """``spec.tracing``: every sidecar records spans and exports them over OTLP/HTTP
-    (protobuf) to ``otlpEndpoint``; ``samplingPercent`` of the traces that start at a sidecar
-    are sampled (a caller's decision is followed)."""
+    (protobuf) to ``otlpEndpoint`` (``https://`` verifies the collector's certificate with
+    the sidecar's system trust store, or ``SSL_CERT_FILE``), with ``headers`` on each export
+    (an API key, a tenant); ``samplingPercent`` of the traces that start at a sidecar are
+    sampled (a caller's decision is followed)."""
 
     otlp_endpoint: Annotated[str, AfterValidator(_check_endpoint)]
+    headers: Annotated[dict[HeaderName, HeaderValue], AfterValidator(_check_export_headers)] = (
+        Field(default_factory=dict)
+    )
     sampling_percent: float = Field(default=1.0, ge=0.0, le=100.0)
     max_queue: int = Field(default=2048, ge=1, le=1_000_000)
     batch_size: int = Field(default=512, ge=1, le=10_000)
@@ -100,6 +122,7 @@ class TracingSettings(SpecModel):
     def to_snapshot(self) -> dict[str, Any]:
         return {
             "endpoint": self.otlp_endpoint,
+            "headers": sorted([name.lower(), value] for name, value in self.headers.items()),
             "ratio": self.sampling_percent / 100.0,
             "max_queue": self.max_queue,
             "batch": self.batch_size,

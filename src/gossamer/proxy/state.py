@@ -85,7 +85,7 @@ class ProxyState:
         self.egress_pool = Pool()  # plain HTTP to hosts outside the mesh (snapshot/egress.py)
         self.app_pool = Pool(from_app=True)
         self.span_exporter: SpanExporter | None = None  # while the snapshot traces
-        self._export: tuple[str, int, int, float] | None = None
+        self._export: tuple[object, ...] | None = None
         # The audit spool, made when an AUDIT policy first applies to this workload; its
         # directory is ``<workdir>/audit/<audit_slot>`` (a worker sets its own slot).
         self.audit_spool: AuditSpool | None = None
@@ -239,8 +239,9 @@ class ProxyState:
             resource = (("service.name", workload.service),
                         ("service.namespace", workload.namespace),
                         ("service.instance.id", f"{workload.service}-{os.getpid()}"))  # fmt: skip
-            exporter = SpanExporter(config.endpoint, resource, max_queue=config.max_queue,
-                                    batch=config.batch, interval=config.interval)  # fmt: skip
+            exporter = SpanExporter(config.endpoint, resource, headers=config.headers,
+                                    max_queue=config.max_queue, batch=config.batch,
+                                    interval=config.interval)  # fmt: skip
             self.span_exporter, self._export = exporter, config.export
         tracing = Tracing(config.ratio)
         service = self.settings.workload.service

@@ -143,7 +143,8 @@ class TestRefusals:
         assert only(mesh(mtls={"mode": "OFF"})).path == "spec.mtls.mode"
 
     def test_bad_tracing_settings(self) -> None:
-        """Tracing needs an http:// OTLP endpoint; each bound is refused at its field."""
+        """Tracing needs an http(s):// OTLP endpoint; each bound is refused at its field, and
+        a header the exporter sets itself, or one that is not one printable line."""
         assert only(mesh(tracing={})).path == "spec.tracing.otlpEndpoint"
         assert only(mesh(tracing={"otlpEndpoint": "grpc://x:4317"})).path == (
             "spec.tracing.otlpEndpoint")  # fmt: skip
@@ -154,6 +155,11 @@ class TestRefusals:
                              ("maxQueue", 0), ("batchSize", 10_001),
                              ("flushInterval", "5ms"), ("sampling", 1.0)):  # fmt: skip
             assert only(mesh(tracing={**base, field: value})).path == f"spec.tracing.{field}"
+        for headers in ({"Content-Type": "text/plain"}, {"x-key": "caf\u00e9"},
+                        {"x-key": "a\r\nb: c"}, {"bad name": "1"},
+                        {f"x-{i}": "1" for i in range(33)}):  # fmt: skip
+            found = only(mesh(tracing={**base, "headers": headers}))
+            assert found.path.startswith("spec.tracing.headers"), (headers, found)
 
     def test_mesh_config_must_be_named_default(self) -> None:
         """There is one MeshConfig, named default."""
@@ -207,8 +213,15 @@ class TestAccepted:
         (resource,) = validate_documents([mesh(tracing=tracing)])
         assert isinstance(resource, MeshConfig) and resource.spec.tracing is not None
         assert resource.spec.tracing.to_snapshot() == {
-            "endpoint": "http://127.0.0.1:4318", "ratio": 1.0, "max_queue": 2048, "batch": 512,
-            "interval": 0.25}  # fmt: skip
+            "endpoint": "http://127.0.0.1:4318", "headers": [], "ratio": 1.0, "max_queue": 2048,
+            "batch": 512, "interval": 0.25}  # fmt: skip
+        secure = {"otlpEndpoint": "https://otlp.example.com/v1/traces",
+                  "headers": {"X-Api-Key": "k-1", "x-tenant": "acme"}}  # fmt: skip
+        (resource,) = validate_documents([mesh(tracing=secure)])
+        assert isinstance(resource, MeshConfig) and resource.spec.tracing is not None
+        snapshot = resource.spec.tracing.to_snapshot()
+        assert snapshot["endpoint"] == "https://otlp.example.com/v1/traces"
+        assert snapshot["headers"] == [["x-api-key", "k-1"], ["x-tenant", "acme"]]
 
     def test_store_bookkeeping_fields_are_accepted_and_dropped(self) -> None:
         """A document read back from the store (revision, generation) can be re-applied."""

@@ -4,7 +4,8 @@ The request path only appends a finished ``SpanRecord`` to a bounded queue (``re
 queue is full the span is dropped and counted. A task of its own (``run``) sends the queue in
 batches of at most ``batch`` spans, as soon as a batch is full or every ``interval`` seconds,
 as ``POST <endpoint>`` (``/v1/traces`` unless the endpoint names a path) with
-``content-type: application/x-protobuf`` over one kept-alive HTTP/1.1 connection. A batch the
+``content-type: application/x-protobuf`` and the configured headers over one kept-alive
+HTTP/1.1 connection (TLS for ``https://``, the collector's certificate verified). A batch the
 collector does not take (no answer within ``EXPORT_TIMEOUT``, or a status other than 2xx) is
 dropped and counted: spans are telemetry, never worth memory or a stall.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import time
 from binascii import unhexlify
@@ -132,13 +134,13 @@ def encode_request(resource: Sequence[tuple[str, Value]], spans: Sequence[SpanRe
 # --------------------------------------------------------------------------- export
 
 
-def parse_endpoint(url: str) -> tuple[str, int, str]:
-    """``http://host[:port][/path]`` → (host, port, path); ``ValueError`` when it is not one
-    (the path defaults to ``/v1/traces``, OTLP/HTTP's)."""
+def parse_endpoint(url: str) -> tuple[bool, str, int, str]:
+    """``http(s)://host[:port][/path]`` → (TLS?, host, port, path); ``ValueError`` when it is
+    not one (the port defaults to 4318 and the path to ``/v1/traces``, OTLP/HTTP's)."""
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise ValueError(f"expected http://host[:port][/path], got {url!r}")
-    return parts.hostname, parts.port or 4318, parts.path or "/v1/traces"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http(s)://host[:port][/path], got {url!r}")
+    return parts.scheme == "https", parts.hostname, parts.port or 4318, parts.path or "/v1/traces"
 
 
 class SpanExporter:
@@ -149,12 +151,17 @@ class SpanExporter:
         endpoint: str,
         resource: Sequence[tuple[str, Value]],
         *,
+        headers: Sequence[tuple[bytes, bytes]] = (),
         max_queue: int = 2048,
         batch: int = 512,
         interval: float = 1.0,
     ) -> None:
         self.endpoint = endpoint
-        self.host, self.port, self.path = parse_endpoint(endpoint)
+        tls, self.host, self.port, self.path = parse_endpoint(endpoint)
+        # https: the collector's certificate is checked against the system's roots (or
+        # SSL_CERT_FILE / SSL_CERT_DIR), and its name against the endpoint's host.
+        self._tls = ssl.create_default_context() if tls else None
+        self._extra = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
         self.resource = tuple(resource)
         self.max_queue = max_queue
         self.batch = batch
@@ -232,13 +239,13 @@ class SpanExporter:
 
     async def _post(self, body: bytes) -> int:
         if self._conn is None or self._conn[1].is_closing():
-            self._conn = await asyncio.open_connection(self.host, self.port)
+            self._conn = await asyncio.open_connection(self.host, self.port, ssl=self._tls)
         reader, writer = self._conn
         host = self.host if ":" not in self.host else f"[{self.host}]"
         writer.write(
             b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/x-protobuf\r\n"
-            b"content-length: %d\r\n\r\n" % (self.path.encode(), host.encode(), self.port,
-                                            len(body)) + body)  # fmt: skip
+            b"%scontent-length: %d\r\n\r\n" % (self.path.encode(), host.encode(), self.port,
+                                              self._extra, len(body)) + body)  # fmt: skip
         await writer.drain()
         status_line = await reader.readuntil(b"\r\n")
         status = int(status_line.split(b" ", 2)[1])

@@ -7,6 +7,7 @@ state (``proxy/state.py``) keeps one span exporter per distinct export setting a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +21,42 @@ __all__ = ["TracingConfig", "compile_tracing"]
 @dataclass(frozen=True, slots=True)
 class TracingConfig:
     endpoint: str
+    headers: tuple[tuple[bytes, bytes], ...]
     ratio: float
     max_queue: int
     batch: int
     interval: float
 
     @property
-    def export(self) -> tuple[str, int, int, float]:
+    def export(self) -> tuple[str, tuple[tuple[bytes, bytes], ...], int, int, float]:
         """What the exporter is made of (a change of ratio alone keeps the exporter)."""
-        return (self.endpoint, self.max_queue, self.batch, self.interval)
+        return (self.endpoint, self.headers, self.max_queue, self.batch, self.interval)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]{1,256}")
+
+
+def _headers(raw: Any) -> tuple[tuple[bytes, bytes], ...]:
+    """``snapshot.tracing.headers``: ``[name, value]`` pairs, checked so that nothing but
+    one header line each can reach the export request."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > 32:
+        raise SnapshotError("snapshot.tracing.headers: expected a list of at most 32 pairs")
+    out = []
+    for i, pair in enumerate(raw):
+        if (not isinstance(pair, list) or len(pair) != 2
+                or not all(isinstance(part, str) for part in pair)):  # fmt: skip
+            raise SnapshotError(f"snapshot.tracing.headers[{i}]: expected [name, value]")
+        name, value = pair
+        if not _TOKEN.fullmatch(name):
+            raise SnapshotError(f"snapshot.tracing.headers[{i}]: {name!r} is not a header "
+                                "name in lower case")  # fmt: skip
+        if not value.isprintable() or not value.isascii() or len(value) > 8192:
+            raise SnapshotError(f"snapshot.tracing.headers[{i}]: the value must be at most "
+                                "8192 printable ASCII characters")  # fmt: skip
+        out.append((name.encode(), value.encode()))
+    return tuple(out)
 
 
 def _number(raw: Mapping[str, Any], field: str, whole: bool, low: float, high: float) -> Any:
@@ -56,6 +84,7 @@ def compile_tracing(raw: Any) -> TracingConfig | None:
         raise SnapshotError(f"snapshot.tracing.endpoint: {exc}") from exc
     return TracingConfig(
         endpoint,
+        _headers(raw.get("headers")),
         float(_number(raw, "ratio", False, 0.0, 1.0)),
         _number(raw, "max_queue", True, 1, 1_000_000),
         _number(raw, "batch", True, 1, 10_000),
