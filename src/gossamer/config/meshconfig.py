@@ -97,6 +97,8 @@ def _check_export_headers(value: dict[str, str]) -> dict[str, str]:
     taken = sorted(name for name in value if name.lower() in _EXPORTER_HEADERS)
     if taken:
         raise ValueError(f"{', '.join(taken)}: set by the exporter itself")
+    if len({name.lower() for name in value}) < len(value):
+        raise ValueError("a header is named twice (names are not case-sensitive)")
     for name, text in value.items():
         if not (text.isascii() and text.isprintable()):
             raise ValueError(f"{name}: the value must be printable ASCII")

@@ -42,7 +42,7 @@ MAX_RPS = 100
 class TapSession:
     id: str
     workload: tuple[str, str]  # (namespace, service) tapped
-    settings: dict[str, Any]  # what tap-start says, but the seconds
+    settings: dict[str, Any]  # what tap-start says (its seconds: the time left, when sent)
     deadline: float  # the event loop's time when the session ends
     proxies: list[str]  # the sidecars tapped so far (those that came mid-way too)
     queue: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(QUEUE))
@@ -91,7 +91,7 @@ class TapHub:
             return
         left = max(1, math.ceil(session.deadline - asyncio.get_running_loop().time()))
         record.session.send({"type": "tap-start", "id": session.id, **session.settings,
-                             "seconds": min(left, int(session.settings["seconds"]))})  # fmt: skip
+                             "seconds": left})  # fmt: skip
 
     def stop(self, session: TapSession, records: Iterable[ProxyRecord]) -> None:
         """End ``session``: ``tap-stop`` to each of its sidecars still connected."""

@@ -156,7 +156,7 @@ class TestRefusals:
                              ("flushInterval", "5ms"), ("sampling", 1.0)):  # fmt: skip
             assert only(mesh(tracing={**base, field: value})).path == f"spec.tracing.{field}"
         for headers in ({"Content-Type": "text/plain"}, {"x-key": "caf\u00e9"},
-                        {"x-key": "a\r\nb: c"}, {"bad name": "1"},
+                        {"x-key": "a\r\nb: c"}, {"bad name": "1"}, {"X-Key": "1", "x-key": "2"},
                         {f"x-{i}": "1" for i in range(33)}):  # fmt: skip
             found = only(mesh(tracing={**base, "headers": headers}))
             assert found.path.startswith("spec.tracing.headers"), (headers, found)

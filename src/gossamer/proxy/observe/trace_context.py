@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 from binascii import b2a_hex
 from collections import deque
-from os import urandom
 
 __all__ = [
     "NAMES",
@@ -185,7 +184,7 @@ def read_context(found: dict[bytes, bytes]) -> tuple[TraceContext | None, bytes]
 
 def _refill() -> bytes:
     """Draw the next batch of ids (one ``os.urandom`` and one ``b2a_hex``) and take one."""
-    digits = b2a_hex(urandom(16 * _BATCH))
+    digits = b2a_hex(os.urandom(16 * _BATCH))
     ids = [digits[at : at + 32] for at in range(0, 32 * _BATCH, 32)]
     # A zero half would be an invalid span id (2**-64 a draw): such an id is skipped.
     _pool.extend(i for i in ids if i[:16] != _ZERO_SPAN and i[16:] != _ZERO_SPAN)
@@ -208,10 +207,7 @@ def new_span_id() -> bytes:
 def new_root(tracing: Tracing) -> tuple[bytes, bool]:
     """A trace id for a trace that starts here, and the ratio's decision for it (as
     ``ratio_sampled`` would answer for that id, without reading it back)."""
-    try:
-        trace_id = _pool.popleft()
-    except IndexError:
-        trace_id = _refill()
+    trace_id = new_trace_id()
     return trace_id, trace_id[16:] < tracing.threshold_hex
 
 
