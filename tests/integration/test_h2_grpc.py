@@ -153,7 +153,8 @@ def start_grpc_app(name: str = "app") -> GrpcApp:
 class H2App(asyncio.Protocol):
     """A small h2c server: ``/echo`` answers the request body, trailers and caller identity;
     ``/reset`` starts a response and resets the stream with ENHANCE_YOUR_CALM; ``/slow``
-    answers after 2 s; ``/flaky`` answers 503 to every other request. Every answer names the
+    answers after 2 s; ``/flaky`` answers 503 to every other request; ``/refuse-once``
+    refuses its first stream (REFUSED_STREAM). Every answer names the
     path and ``x-added`` header it saw; ``hits`` counts requests by path."""
 
     def __init__(self, hits: dict[bytes, int] | None = None) -> None:
@@ -203,6 +204,9 @@ class H2App(asyncio.Protocol):
         ]
         if path == b"/slow":
             asyncio.get_running_loop().call_later(2.0, self.late, sid, reply)
+            return
+        if path == b"/refuse-once" and hits == 1:
+            self.session.reset(sid, 7)  # REFUSED_STREAM: not processed, may be sent again
             return
         if path == b"/reset":
             self.session.submit_response(sid, reply, end_stream=False)
@@ -1067,6 +1071,28 @@ class TestPlainH2Traffic:
             client.close()
         assert resp["headers"][0][b":status"] == b"503"
         assert mesh.h2_hits[b"/flaky"] == 1
+
+    def test_a_stream_the_app_refuses_is_sent_again_without_a_second_admission(
+        self, mesh: Mesh
+    ) -> None:
+        """The app refuses a stream (REFUSED_STREAM): the inbound sidecar sends it to the app
+        again without running its request slots a second time, so a rate limit with one token
+        lets that one request through (it answered 429 when the resend was admitted again)."""
+        snap = snapshot(1, {}, source="web")
+        snap["inbound"]["rate_limit"] = {"requests_per_second": 1, "burst": 1}
+
+        async def apply() -> None:
+            mesh.web.state.apply_snapshot(1, snap)
+
+        mesh.lt.run(apply())
+        client = H2Client(mesh.outbound_port)
+        try:
+            resp = client.wait(client.request(get(b"/refuse-once")))
+        finally:
+            client.close()
+        head = resp["headers"][0]
+        assert head[b":status"] == b"200", head
+        assert mesh.h2_hits[b"/refuse-once"] == 2
 
     def test_redirect_is_answered_by_the_proxy(self, mesh: Mesh) -> None:
         """A redirect rule answers 301 with the new location; the app sees nothing."""

@@ -447,6 +447,15 @@ class H2Inbound(H2Downstream):
         stream.peer = self.peer
         if not inbound.admit(stream, self.proxy.table):
             return  # answered by a stage or the rate limit
+        self.to_app(stream)
+
+    def reroute(self, stream: ProxiedStream, avoid: EndpointState | None = None) -> None:
+        """The app refused the stream before seeing it: send it again, admitted already (its
+        request slots ran once, and run once)."""
+        self.to_app(stream)
+
+    def to_app(self, stream: ProxiedStream) -> None:
+        """Attach an admitted ``stream`` to a connection to the local app."""
         app = self.proxy.settings.workload.app
         if app is None:
             stream.respond_error(503, "no-local-app", "this sidecar has no local application")
