@@ -23,9 +23,10 @@ the sidecar's key, even by whoever holds the store.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from gossamer.json_lines import encode
 
 __all__ = [
     "GENESIS",
@@ -38,12 +39,10 @@ __all__ = [
 GENESIS = "0" * 64  # the ``prev`` of a chain's first record
 
 
-_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
 def canonical(document: Mapping[str, Any]) -> bytes:
-    """The one byte form of a JSON document that hashes and signatures cover."""
-    return _CANONICAL.encode(document).encode()
+    """The one byte form of a JSON document that hashes and signatures cover (the same
+    bytes with or without the native encoder: ``gossamer.json_lines``)."""
+    return encode(document, ascii=True, sort_keys=True)
 
 
 def record_hash(record: Mapping[str, Any]) -> str:
@@ -60,7 +59,7 @@ def seal(record: dict[str, Any]) -> bytes:
     body = canonical(record)
     digest = hashlib.sha256(str(record["prev"]).encode() + b"\n" + body).hexdigest()
     record["hash"] = digest
-    return b'%b,"hash":"%b"}\n' % (body[:-1], digest.encode())
+    return body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
 
 
 def checkpoint_payload(chain: str, seq: int, head: str, time: float) -> bytes:

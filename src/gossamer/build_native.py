@@ -11,6 +11,9 @@ For each part (the HTTP/2 header collector, the HTTP/1.1 plain-message scanner):
   mode, which the interpreter calls without libffi. It needs the Python headers (Debian:
   python3-dev); without them the shared object serves.
 
+It builds the JSON line encoder (``gossamer.json_lines``), a CPython extension written in C,
+with the same compiler and the Python headers; without them the json module serves.
+
 It also compiles the proxy's Python modules with mypyc (``gossamer.compiled``: the set, the
 manifest, and how they are loaded). That needs mypyc (it comes with mypy, a development
 dependency), a C compiler and the Python headers; without them the modules run as source. A
@@ -31,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from gossamer import compiled
+from gossamer.json_lines import native as json_native
 from gossamer.native import NativePart
 from gossamer.protocol.h2.native import PART as H2_COLLECTOR
 from gossamer.protocol.native import PART as HTTP1_SCANNER
@@ -40,6 +44,7 @@ __all__ = [
     "build",
     "build_compiled",
     "build_extension",
+    "build_python_extension",
     "emit_declarations",
     "extension_path",
     "main",
@@ -70,6 +75,32 @@ def build(part: NativePart, output: Path | None = None) -> str | None:
         partial.unlink(missing_ok=True)
         return f"{compiler} failed: {result.stderr.strip() or result.returncode}"
     partial.replace(output)  # never leave a half-written library where it is loaded from
+    return None
+
+
+def build_python_extension(source: Path, output: Path) -> str | None:
+    """Compile ``source``, a CPython extension module in C, into ``output``; None on
+    success, else why it was not built."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return "no C compiler (install the Debian package gcc)"
+    include = sysconfig.get_paths()["include"]
+    if not (Path(include) / "Python.h").is_file():
+        return f"no Python headers in {include} (install the Debian package python3-dev)"
+    partial = output.with_name(output.name + ".tmp")
+    try:
+        result = subprocess.run(
+            [compiler, *FLAGS, f"-I{include}", "-o", str(partial), str(source)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as exc:
+        return f"cannot run {compiler}: {exc.strerror or exc}"
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        return f"{compiler} failed: {result.stderr.strip() or result.returncode}"
+    partial.replace(output)
     return None
 
 
@@ -208,6 +239,12 @@ def main() -> int:
                 print(f"built {extension_path(part)}")
             else:
                 print(f"{part.name}: extension not built: {why}; the shared object serves")
+    why = build_python_extension(json_native.SOURCE, json_native.EXTENSION)
+    if why is None:
+        print(f"built {json_native.EXTENSION}")
+    else:
+        print(f"JSON line encoder not built: {why}; the json module serves")
+        status = 1
     why, built = build_compiled()
     if why is None:
         print(f"{'built' if built else 'up to date:'} {compiled.BUILD_DIR} (compiled modules)")

@@ -62,6 +62,7 @@ SWITCH = "GOSSAMER_COMPILED"
 # supervisor stay source: they gain nothing from compiling and use what compiled classes do
 # not allow (pickled frozen dataclasses, duck-typed test doubles).
 COMPILED = (
+    "audit_chain.py",
     "protocol/h2/header_arrays.py",
     "protocol/h2/session.py",
     "protocol/http1.py",

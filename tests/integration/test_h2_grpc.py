@@ -154,7 +154,8 @@ class H2App(asyncio.Protocol):
     """A small h2c server: ``/echo`` answers the request body, trailers and caller identity;
     ``/reset`` starts a response and resets the stream with ENHANCE_YOUR_CALM; ``/slow``
     answers after 2 s; ``/flaky`` answers 503 to every other request; ``/refuse-once``
-    refuses its first stream (REFUSED_STREAM). Every answer names the
+    refuses its first stream (REFUSED_STREAM); ``/drop`` resets every stream before
+    answering, ``/drop-once`` the first one. Every answer names the
     path and ``x-added`` header it saw; ``hits`` counts requests by path."""
 
     def __init__(self, hits: dict[bytes, int] | None = None) -> None:
@@ -204,6 +205,9 @@ class H2App(asyncio.Protocol):
         ]
         if path == b"/slow":
             asyncio.get_running_loop().call_later(2.0, self.late, sid, reply)
+            return
+        if path == b"/drop" or (path == b"/drop-once" and hits == 1):
+            self.session.reset(sid, 2)  # INTERNAL_ERROR, before any of the response
             return
         if path == b"/refuse-once" and hits == 1:
             self.session.reset(sid, 7)  # REFUSED_STREAM: not processed, may be sent again
@@ -1093,6 +1097,23 @@ class TestPlainH2Traffic:
         head = resp["headers"][0]
         assert head[b":status"] == b"200", head
         assert mesh.h2_hits[b"/refuse-once"] == 2
+
+    def test_a_safe_stream_the_app_dropped_is_sent_to_it_once_more(self, mesh: Mesh) -> None:
+        """The app reset a GET's stream before answering: the sidecar sends it once more and
+        the answer comes. A POST is not sent again; a GET it keeps dropping goes twice."""
+        client = H2Client(mesh.outbound_port)
+        try:
+            once = client.wait(client.request(get(b"/drop-once")))
+            posted = client.wait(client.request(post(b"/drop")))
+            dropped = client.wait(client.request(get(b"/drop")))
+        finally:
+            client.close()
+        assert once["headers"][0][b":status"] == b"200"
+        assert mesh.h2_hits[b"/drop-once"] == 2
+        for resp in (posted, dropped):
+            head = resp["headers"][0]
+            assert (head[b":status"], head[b"x-gossamer-error"]) == (b"502", b"upstream-reset")
+        assert mesh.h2_hits[b"/drop"] == 3  # the POST once, the GET twice
 
     def test_redirect_is_answered_by_the_proxy(self, mesh: Mesh) -> None:
         """A redirect rule answers 301 with the new location; the app sees nothing."""

@@ -85,6 +85,8 @@ class App:
     ) -> bool:
         if path == "/reset":
             return False
+        if path == "/reset-once" and sum(1 for r in self.record.requests if r[1] == path) == 1:
+            return False  # the first one only; then answered as any other path
         if path == "/chunked":
             writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
                          b"5\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\n\r\n")
@@ -390,6 +392,23 @@ class TestErrors:
         status, headers, _ = mesh.request(b"GET /reset HTTP/1.1\r\nHost: catalog\r\n\r\n")
         assert status == 502
         assert headers["x-gossamer-error"] == "upstream-reset"
+
+    def test_a_safe_request_the_app_dropped_is_sent_to_it_once_more(self, mesh: Mesh) -> None:
+        """The app closed a new connection before answering a GET (it died, or restarted):
+        the sidecar sends the GET once more and the answer comes. A POST on a new connection
+        is not sent again (on a reused one it is, as the connection may have closed while
+        idle), and a GET the app keeps dropping goes twice, then 502."""
+        status, headers, _ = mesh.request(
+            b"POST /reset HTTP/1.1\r\nHost: catalog\r\ncontent-length: 0\r\n\r\n"
+        )
+        assert (status, headers["x-gossamer-error"]) == (502, "upstream-reset")
+        status, _, body = mesh.request(b"GET /reset-once HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert (status, body) == (200, b"GET /reset-once")
+        status, headers, _ = mesh.request(b"GET /reset HTTP/1.1\r\nHost: catalog\r\n\r\n")
+        assert (status, headers["x-gossamer-error"]) == (502, "upstream-reset")
+        seen = [(method, path) for method, path, _, _ in mesh.app.record.requests]
+        assert seen == [("POST", "/reset"), ("GET", "/reset-once"), ("GET", "/reset-once"),
+                        ("GET", "/reset"), ("GET", "/reset")]  # fmt: skip
 
     def test_wrong_upstream_identity_is_refused(self, mesh: Mesh) -> None:
         """The client sidecar checks the destination's SPIFFE ID, not just the CA."""

@@ -50,7 +50,12 @@ from gossamer.proxy.h2.headers import (
 )
 from gossamer.proxy.h2.plan import StreamPlan
 from gossamer.proxy.pipeline.call import HTTP2, Call
-from gossamer.proxy.pipeline.retries import ERROR_HEADER, UNPROCESSED, may_reroute
+from gossamer.proxy.pipeline.retries import (
+    ERROR_HEADER,
+    UNPROCESSED,
+    may_reroute,
+    may_resend_to_app,
+)
 from gossamer.proxy.resilience.outlier import classify
 
 if TYPE_CHECKING:
@@ -422,23 +427,9 @@ class ProxiedStream(Call):
                 self._give_back(len(unsent))
             self.finish()
             return
-        if (
-            code == REFUSED_STREAM
-            and not self.resp_started
-            and (out is None or out.sent == 0)
-            and self.attempts < MAX_REFUSED_RETRIES
-            and self.down_open
-            and not self.done
-        ):
-            # Nothing of it reached the upstream: start it again on another connection.
-            self.attempts += 1
-            self.up = None
-            self.up_out = None
-            if unsent:
-                self.req_buf = [unsent, *self.req_buf] if self.req_buf else [unsent]
-            self.release()
-            self.down.reroute(self)
-            return
+        if not self.resp_started and self.down_open and not self.done:
+            if self._sent_again(code, out, unsent):
+                return
         if not self.resp_started:
             service = self.service
             if service is not None and self.endpoint is not None:
@@ -460,6 +451,26 @@ class ProxiedStream(Call):
             self.down.session.reset(self.down_id, code or INTERNAL_ERROR)
             self.down.schedule_flush()
         self.finish()
+
+    def _sent_again(self, code: int, out: Outgoing | None, unsent: bytes) -> bool:
+        """The upstream stream is gone before any of the response: start it again when
+        nothing of it reached the upstream (REFUSED_STREAM, a few times), or, inbound, when
+        the app dropped a safe request (once: ``retries.may_resend_to_app``; an app that died
+        is unreachable then, and the caller reroutes). True when it was started again."""
+        if code == REFUSED_STREAM and (out is None or out.sent == 0):
+            if self.attempts >= MAX_REFUSED_RETRIES:
+                return False
+            self.attempts += 1
+            if unsent:
+                self.req_buf = [unsent, *self.req_buf] if self.req_buf else [unsent]
+        elif self.down.direction != "inbound" or not may_resend_to_app(
+            self, reused=False, has_body=self.request_bytes > 0 or not self.req_ended
+        ):
+            return False
+        self.up = None
+        self.release()
+        self.down.reroute(self)
+        return True
 
     def _not_processed(self, headers: list[Header]) -> bool:
         """The destination's sidecar says no app saw the stream (``retries.UNPROCESSED``):

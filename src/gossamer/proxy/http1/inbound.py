@@ -24,7 +24,7 @@ from gossamer.proxy.http1.downstream import DownstreamConnection
 from gossamer.proxy.http1.exchange import Exchange
 from gossamer.proxy.loop_calls import remove_reader
 from gossamer.proxy.observe.metrics import RouteStats
-from gossamer.proxy.pipeline import inbound
+from gossamer.proxy.pipeline import inbound, retries
 from gossamer.proxy.process.settings import Address
 from gossamer.proxy.state import ProxyState
 from gossamer.proxy.tasks import spawn
@@ -107,6 +107,15 @@ class InboundConnection(DownstreamConnection):
             upstream.send(ex, self)
         else:
             spawn(self._connect(ex, key), name="connect app")
+
+    def upstream_failed(self, ex: Exchange, cause: str, detail: str, *, reused: bool) -> None:
+        """The app closed the connection before answering: once, a reused connection's or a
+        safe request's goes to the app again (``retries.may_resend_to_app``)."""
+        if not self.closed and retries.may_resend_to_app(ex, reused=reused, has_body=ex.has_body):
+            ex.body = None
+            self.retry(ex)
+            return
+        super().upstream_failed(ex, cause, detail, reused=False)
 
     def retry(self, ex: Exchange) -> None:
         key = self.proxy.app_key

@@ -12,13 +12,13 @@ request up and never grows the sidecar without bound. docs/internals.md §16 lis
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 from collections import deque
 from typing import Any
 
+from gossamer.json_lines import encode
 from gossamer.proxy.observe.timestamps import utc_millis
 
 __all__ = ["FLUSH_INTERVAL", "MAX_QUEUE", "AccessLog", "Entry", "format_line"]
@@ -27,7 +27,6 @@ log = logging.getLogger("gossamer.proxy.access_log")
 
 FLUSH_INTERVAL = 0.1
 MAX_QUEUE = 10_000
-_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 PIPE_ATOMIC = 4096  # a write at most this long to a pipe is never interleaved with another
 
 # (start in unix ns, direction, protocol, method, authority, path, status, error,
@@ -58,7 +57,7 @@ def format_line(entry: Entry, fmt: str, template: str) -> bytes:
     """One line (ending in LF) for ``entry``."""
     fields = _fields(entry)
     if fmt == "json":  # (JSON escapes any line break inside a value)
-        return (_JSON.encode(fields) + "\n").encode("utf-8", "replace")
+        return encode(fields, ascii=False, sort_keys=False) + b"\n"
     text = template.format_map({k: "-" if v is None or v == "" else v
                                 for k, v in fields.items()})  # fmt: skip
     return (text.replace("\n", " ") + "\n").encode("utf-8", "replace")

@@ -157,7 +157,8 @@ class AuditSpool:
         self._warn("refusing audited requests")
 
     def append(self, fields: dict[str, Any]) -> bool:
-        """Seal ``fields`` as the next record and write it; False when it was dropped."""
+        """Seal ``fields`` as the next record (the dict becomes the record: chain, seq, prev
+        and hash are set in it) and write it; False when it was dropped."""
         with self._lock:
             full = len(self._pending) >= MAX_PENDING if self.block else not self.accepting
             if full:
@@ -165,7 +166,8 @@ class AuditSpool:
                 self.counts["dropped"] += 1
                 self._warn("dropping audit records")
                 return False
-            record = {"chain": self.chain, "seq": self.seq + 1, "prev": self.head, **fields}
+            record = fields
+            record["chain"], record["seq"], record["prev"] = self.chain, self.seq + 1, self.head
             if self._dropped:
                 record["dropped_before"] = self._dropped
             if self._size >= self.segment_bytes and not self._pending:

@@ -17,7 +17,6 @@ import time
 from typing import TYPE_CHECKING
 
 from gossamer.proxy.pipeline.slots import Stage
-from gossamer.proxy.pipeline.tracing import TRACE_NOTE
 
 if TYPE_CHECKING:
     from gossamer.proxy.observe.access_log import AccessLog
@@ -26,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["AccessLogStage"]
 
 _LOOK = (b"user-agent", b"traceparent")
+_USER_AGENT = (b"user-agent",)
 
 
 class AccessLogStage(Stage):
@@ -44,15 +44,15 @@ class AccessLogStage(Stage):
 
     def on_complete(self, call: Call) -> None:
         elapsed = time.monotonic_ns() - call.start_ns
-        user_agent, traceparent = call.header_values(_LOOK)
-        notes = call.notes
-        span = notes.get(TRACE_NOTE) if notes is not None else None
-        if span is not None:
-            trace_id: str | None = bytes(getattr(span, "trace_id", b"")).decode("ascii")
-        elif traceparent is not None and len(traceparent) >= 35:
-            trace_id = traceparent[3:35].decode("latin-1")
+        if call.trace_id:  # the tracing stage's (sampled or not)
+            (user_agent,) = call.header_values(_USER_AGENT)
+            traceparent = None
+            trace_id: str | None = call.trace_id.decode("ascii")
         else:
+            user_agent, traceparent = call.header_values(_LOOK)
             trace_id = None
+        if traceparent is not None and len(traceparent) >= 35:
+            trace_id = traceparent[3:35].decode("latin-1")
         if self.outbound:
             target = call.service
             service = target.name if target is not None else ""

@@ -25,7 +25,6 @@ from gossamer.proxy.observe.timestamps import utc_millis
 from gossamer.proxy.pipeline.authenticate import AUTH_NOTE
 from gossamer.proxy.pipeline.authorize import AUDIT_NOTE
 from gossamer.proxy.pipeline.slots import Stage
-from gossamer.proxy.pipeline.tracing import TRACE_NOTE
 from gossamer.proxy.snapshot.authorization import Decision
 from gossamer.proxy.snapshot.jwt_rules import Verified
 
@@ -35,14 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AuditStage", "connection_fields", "record_fields"]
 
-_TRACEPARENT = (b"traceparent",)
-
-
-def _trace_id(call: Call, notes: dict[object, object]) -> str | None:
-    span = notes.get(TRACE_NOTE)
-    if span is not None:
-        return bytes(getattr(span, "trace_id", b"")).decode("ascii") or None
-    (traceparent,) = call.header_values(_TRACEPARENT)
+def _trace_id(call: Call) -> str | None:
+    """The trace the request went on in: the tracing stage's, else the caller's W3C one."""
+    if call.trace_id:
+        return call.trace_id.decode("ascii")
+    traceparent, _ = call.trace_first_look()  # (the HTTP/1.1 scan found it: no search)
     if traceparent is not None and len(traceparent) >= 35:
         return traceparent[3:35].decode("latin-1")
     return None
@@ -76,9 +72,12 @@ def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> 
         "request_bytes": call.request_bytes,
         "response_bytes": call.response_bytes,
         "duration_ms": round(elapsed_ns / 1e6, 3),
-        "trace_id": _trace_id(call, notes),
+        "trace_id": _trace_id(call),
         "request_id": call.request_id.decode("latin-1") or None,
-        **_decided(decision),
+        "decision": "allow" if decision.allowed else "deny",
+        "policy": decision.policy or None,
+        "reason": decision.reason or None,
+        "audit_policies": list(decision.audit),
     }
     if call.grpc:  # the call's own outcome, beside the HTTP status it came with
         fields["grpc_status"] = getattr(call, "grpc_status", None)

@@ -57,6 +57,7 @@ class Call:
         "stats",
         "status",
         "subset",
+        "trace_id",
         "tries",
     )
 
@@ -84,6 +85,9 @@ class Call:
         self.tries = 0  # upstream tries started (the first one included)
         self.stages: Stages | None = None  # the filters that see the response too
         self.notes: dict[object, object] | None = None  # what stages keep per request
+        # The trace id the request went on with (hex), set by the tracing stage whether the
+        # trace is sampled or not; empty without one (the logs then read the headers).
+        self.trace_id = b""
 
     @property
     def protocol(self) -> str:

@@ -10,6 +10,12 @@ A failed try is retried when all of these hold (docs/internals.md §8):
 - the failure is one the policy retries on: a response ``status`` (or gRPC status), or a
   ``cause`` without a response (``connect-failed``, ``upstream-reset``, ``upstream-timeout``);
 - the retry budget of the service the caller named allows one more (withdrawn when it does).
+
+Inbound, with no policy: a request whose local app closed the connection before any of the
+response is sent to the app once more (``may_resend_to_app``) when the connection was reused
+(it may have been closed while idle) or the request is safe (RFC 9110 §9.2.1: GET, HEAD,
+OPTIONS, TRACE) and has no body. An app that died is then not reachable, and the caller's
+sidecar takes the request elsewhere (``app-unreachable``, below); a restarted one answers.
 """
 
 from __future__ import annotations
@@ -26,7 +32,15 @@ if TYPE_CHECKING:
     from gossamer.proxy.resilience.retry import RetryPolicy
     from gossamer.proxy.snapshot.table import OutboundService
 
-__all__ = ["UNPROCESSED", "applies", "backoff", "may_reroute", "may_retry"]
+__all__ = [
+    "SAFE_METHODS",
+    "UNPROCESSED",
+    "applies",
+    "backoff",
+    "may_reroute",
+    "may_resend_to_app",
+    "may_retry",
+]
 
 # ``x-gossamer-error`` causes with which a destination's sidecar answers a request that no app
 # saw (its app cannot be reached, it has none, or it has no config yet). The caller's sidecar
@@ -35,7 +49,20 @@ __all__ = ["UNPROCESSED", "applies", "backoff", "may_reroute", "may_retry"]
 UNPROCESSED = frozenset({b"app-unreachable", b"no-local-app", b"proxy-not-ready"})
 ERROR_HEADER = b"x-gossamer-error"
 
+SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
+RESENT_TO_APP = 2  # ``Call.tries`` of an inbound request sent to its app a second time
+
 _rng = random.Random()
+
+
+def may_resend_to_app(call: Call, *, reused: bool, has_body: bool) -> bool:
+    """Inbound: the app's connection closed before any of ``call``'s response; whether to
+    send it to the app once more (see the module docstring). Marks it sent again when so."""
+    if call.tries >= RESENT_TO_APP or has_body or not (reused or call.method in SAFE_METHODS):
+        return False
+    call.tries = RESENT_TO_APP
+    return True
+
 
 def applies(call: Call, retry: RetryPolicy) -> bool:
     """Whether ``retry`` may retry ``call`` at all (by method, or as a gRPC call)."""

@@ -87,6 +87,7 @@ class TraceStage(Stage):
         if not b3 and traceparent is not None:
             parent = parse_traceparent(traceparent)
             if parent is not None and not parent.sampled:
+                call.trace_id = parent.trace_id
                 return True  # not recorded: the caller's traceparent goes on as it came
         headers = call.header_list()
         parent, state = read_context(trace_headers(headers))
@@ -98,6 +99,7 @@ class TraceStage(Stage):
         sampled = ratio_sampled(trace_id, self.tracing) if decided is None else decided
         span_id = new_span_id()
         call.set_header_list(propagate(headers, trace_id, span_id, sampled, parent, state))
+        call.trace_id = trace_id
         if sampled:
             self._start(call, _Span(trace_id, span_id, parent, state))
         return True
@@ -109,6 +111,7 @@ class TraceStage(Stage):
         span_id = new_span_id() if sampled else trace_id[16:]
         flags = b"-01" if sampled else b"-00"
         call.add_header(b"traceparent", b"".join((b"00-", trace_id, b"-", span_id, flags)))
+        call.trace_id = trace_id
         if sampled:
             self._start(call, _Span(trace_id, span_id, None, b""))
         return True
