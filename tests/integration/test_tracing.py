@@ -151,6 +151,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 greeter = {"apiVersion": API, "kind": "Service", "metadata": {"name": "greeter"},
                            "spec": {"ports": [{"port": 80, "protocol": "grpc"}]}}  # fmt: skip
                 assert api.post("/v1/resources", json=greeter).status_code == 200
+                route = {"apiVersion": API, "kind": "HTTPRoute", "metadata": {"name": "orders"},
+                         "spec": {"service": "orders", "rules": [{
+                             "name": "items", "matches": [{"path": {"type": "Prefix",
+                                                                    "value": "/items"}}],
+                             "backends": [{"service": "orders"}]}]}}  # fmt: skip
+                assert api.post("/v1/resources", json=route).status_code == 200
             greeter_port = free_port()
             procs.spawn("greeter-app", [sys.executable, str(ROOT / "tests/apps/grpc_echo.py"),
                                         str(greeter_port), "greeter-1"])  # fmt: skip
@@ -207,6 +213,8 @@ def test_one_request_is_one_trace_across_both_sidecars_and_the_app(mesh: Mesh) -
     assert attributes["peer.service"].string_value == "orders"
     assert attributes["network.peer.port"].int_value == mesh.orders.ports["inbound"]
     assert attributes["gossamer.peer.identity"].string_value.endswith("/sa/orders")
+    assert attributes["gossamer.route"].string_value == "orders/items"  # the HTTPRoute's rule
+    assert "error.type" not in attributes and "gossamer.outlier.ejected_endpoints" not in attributes
     inbound = {a.key: a.value for a in server.span.attributes}
     assert inbound["gossamer.peer.identity"].string_value.endswith("/sa/frontend")
     assert inbound["gossamer.request_id"].string_value == seen["x-request-id"]

@@ -427,9 +427,13 @@ class ProxiedStream(Call):
                 self._give_back(len(unsent))
             self.finish()
             return
-        if not self.resp_started and self.down_open and not self.done:
-            if self._sent_again(code, out, unsent):
-                return
+        if (
+            not self.resp_started
+            and self.down_open
+            and not self.done
+            and self._sent_again(code, out, unsent)
+        ):
+            return
         if not self.resp_started:
             service = self.service
             if service is not None and self.endpoint is not None:

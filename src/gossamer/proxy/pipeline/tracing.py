@@ -16,10 +16,15 @@ is ``<METHOD> <service>`` (the destination for a CLIENT span, the workload for a
 its attributes follow OpenTelemetry's HTTP conventions (``http.request.method``, ``url.path``,
 ``url.scheme``, ``server.address``, ``http.response.status_code``, ``network.protocol.version``,
 ``http.request.resend_count`` for retries, ``peer.service``, ``network.peer.address`` /
-``network.peer.port`` of the endpoint chosen) plus the mesh's own (``gossamer.request_id``,
-``gossamer.peer.identity``: the caller's SPIFFE ID on a SERVER span, the destination's expected
-one on a CLIENT span). A 5xx (or 4xx on a CLIENT span), or a caller gone before the answer,
-marks the span as an error.
+``network.peer.port`` of the endpoint chosen, ``error.type``: the proxy's own cause when it
+answered or cut the request, else the status of an error) plus the mesh's own
+(``gossamer.request_id``, ``gossamer.peer.identity``: the caller's SPIFFE ID on a SERVER span,
+the destination's expected one on a CLIENT span; on a CLIENT span ``gossamer.route``, the
+route rule that matched, and, when outlier detection has endpoints of the service ejected as
+the request completes, ``gossamer.outlier.ejected_endpoints`` and, when the endpoint it went to
+is one of them, ``gossamer.outlier.endpoint_ejected``). ``http.route`` is not set: it is the
+app's path template, which the app's own span names when it continues the trace. A 5xx (or
+4xx on a CLIENT span), or a caller gone before the answer, marks the span as an error.
 """
 
 from __future__ import annotations
@@ -153,19 +158,40 @@ def _attributes(call: Call, method: str, client: bool) -> tuple[tuple[str, Value
     if call.status:
         found.append(("http.response.status_code", call.status))
     if client:
-        service = call.service
-        if service is not None:
-            found.append(("peer.service", service.name))
-            if service.identity:
-                found.append(("gossamer.peer.identity", service.identity))
-        endpoint = call.endpoint
-        if endpoint is not None:
-            found += [("network.peer.address", endpoint.addr.host),
-                      ("network.peer.port", endpoint.addr.port)]  # fmt: skip
-        if call.tries > 1:
-            found.append(("http.request.resend_count", call.tries - 1))
+        _client_attributes(call, found)
     elif call.peer:
         found.append(("gossamer.peer.identity", call.peer.decode("latin-1")))
+    status = call.status
+    if call.error:  # the proxy answered or cut the request itself: why
+        found.append(("error.type", call.error))
+    elif status >= (400 if client else 500):
+        found.append(("error.type", str(status)))
     if call.grpc:
         found.append(("rpc.system", "grpc"))
     return tuple(found)
+
+
+def _client_attributes(call: Call, found: list[tuple[str, Value]]) -> None:
+    """A CLIENT span's own: the route rule, the destination, the endpoint, the retries, and
+    outlier detection's ejections in that service when the request completed."""
+    rule = call.rule
+    if rule is not None:
+        found.append(("gossamer.route", str(getattr(rule, "name", ""))))
+    service = call.service
+    endpoint = call.endpoint
+    if service is not None:
+        found.append(("peer.service", service.name))
+        if service.identity:
+            found.append(("gossamer.peer.identity", service.identity))
+        outlier = service.policy.outlier
+        if outlier is not None:
+            ejected = outlier.ejected(time.monotonic())
+            if ejected:
+                found.append(("gossamer.outlier.ejected_endpoints", len(ejected)))
+                if endpoint is not None and endpoint.addr in ejected:
+                    found.append(("gossamer.outlier.endpoint_ejected", True))
+    if endpoint is not None:
+        found += [("network.peer.address", endpoint.addr.host),
+                  ("network.peer.port", endpoint.addr.port)]  # fmt: skip
+    if call.tries > 1:
+        found.append(("http.request.resend_count", call.tries - 1))
