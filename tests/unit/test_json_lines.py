@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -115,3 +117,19 @@ def test_deep_but_finite_documents_are_encoded_whole(native: Any) -> None:
         deep = {"k": [deep]}
     expected = json_lines.encode_python(deep, ascii=True, sort_keys=True)
     assert json_lines.encode(deep, ascii=True, sort_keys=True) == expected
+
+
+def test_the_sidecar_loads_it_without_sysconfig(native: Any) -> None:
+    """The sidecar loads the encoder (its audit and log lines use it) and nothing more for it:
+    the extension's file name comes from ``importlib.machinery``, not ``sysconfig`` (about
+    0.3 MiB the sidecar does not otherwise load)."""
+    code = (
+        "import sys\n"
+        "import gossamer.proxy.process.main, gossamer.audit_chain\n"
+        "assert 'gossamer.json_lines.native._encode' in sys.modules, 'not loaded'\n"
+        "assert 'sysconfig' not in sys.modules, 'sysconfig loaded'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
