@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,7 +103,11 @@ def _page_ok(client: httpx.Client, url: str) -> str:
     if response.status_code != 200:
         return f"{response.status_code} {response.headers.get('x-gossamer-error', '')}".strip()
     degraded = response.headers.get("x-demo-degraded")
-    return f"degraded: {degraded}" if degraded else ""
+    if not degraded:
+        return ""
+    # What the frontend's error box says (the dependency's answer), so a failure explains itself.
+    said = re.findall(r'<section class="error"><h2>[^<]*</h2><p>([^<]*)</p>', response.text)
+    return f"degraded: {degraded} ({'; '.join(said)})"
 
 
 def run_scenario(mesh: Storefront, name: str, action: Callable[[], None],
