@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The native parts (gossamer/native.py: the HTTP/2 header collector and the HTTP/1.1 scanner;
-# C, no library headers needed) and the compiled data plane (gossamer/compiled.py: the proxy's
-# per-request modules through mypyc, which needs the Python headers): built when a compiler
+# C, no library headers needed), the JSON line encoder (gossamer/json_lines: a CPython
+# extension) and the compiled data plane (gossamer/compiled.py: the proxy's per-request
+# modules through mypyc; these two need the Python headers): built when a compiler
 # exists, and only what changed; without them everything still works, on slower Python code.
 .PHONY: native
 native: $(STAMP)
