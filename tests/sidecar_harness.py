@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import socket
+import ssl
 import threading
 import weakref
 from collections import Counter
@@ -71,6 +72,33 @@ def make_credentials(ca: CertificateAuthority, workdir: Path, service: str) -> C
     key_path.write_bytes(key)
     creds.install(cert, key_path, ca.root_pem)
     return creds
+
+
+class Dropper:
+    """A destination whose app dies while answering: it proves ``service``'s identity (mTLS,
+    as its sidecar would; ``alpn``: the protocols it offers), reads the first request head
+    (HTTP/2: the connection preface) and closes the connection unanswered."""
+
+    def __init__(self, lt: LoopThread, ca: CertificateAuthority, workdir: Path, service: str,
+                 alpn: list[str] | None = None) -> None:  # fmt: skip
+        workdir.mkdir()
+        tls = make_credentials(ca, workdir, service).server_context
+        if alpn:
+            tls.set_alpn_protocols(alpn)
+        self.requests = 0
+        self.server: asyncio.Server = lt.run(self._start(tls))
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    async def _start(self, tls: ssl.SSLContext) -> asyncio.Server:
+        return await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            self.requests += 1
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        writer.close()
 
 
 class Sidecar:

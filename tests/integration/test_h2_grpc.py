@@ -39,6 +39,7 @@ from gossamer.proxy.process.settings import Address
 from tests.integration.control_helpers import running_control_plane
 from tests.process_harness import Processes, wait_ready
 from tests.sidecar_harness import (
+    Dropper,
     LoopThread,
     Sidecar,
     app_proxy_env,
@@ -1114,6 +1115,36 @@ class TestPlainH2Traffic:
             head = resp["headers"][0]
             assert (head[b":status"], head[b"x-gossamer-error"]) == (b"502", b"upstream-reset")
         assert mesh.h2_hits[b"/drop"] == 3  # the POST once, the GET twice
+
+    def test_a_safe_stream_a_destination_dropped_goes_to_another_endpoint(
+        self, mesh: Mesh, tmp_path: Path
+    ) -> None:
+        """A destination took the connection and closed it unanswered (its app died while
+        answering): a GET goes to another endpoint, once, and is answered; a POST is not
+        sent again (502 upstream-reset)."""
+        ca = CertificateAuthority.load_or_create(tmp_path / "ca")  # the mesh's own CA
+        dropper = Dropper(mesh.lt, ca, tmp_path / "dropper", "web", alpn=["h2"])
+        assert mesh.web.inbound is not None
+        ports = (dropper.port, mesh.web.inbound.port)
+        install_web(mesh, endpoints=[{"address": "127.0.0.1", "port": p, "labels": {}}
+                                     for p in ports],
+                    policy={"load_balancer": {"type": "RoundRobin"}})  # fmt: skip
+        client = H2Client(mesh.outbound_port)
+        try:
+            for _ in range(20):  # until the dropper has had some (round robin)
+                head = client.wait(client.request(get(b"/echo")))["headers"][0]
+                assert head[b":status"] == b"200", head
+                if dropper.requests >= 2:
+                    break
+            assert dropper.requests >= 2
+            for _ in range(20):  # until a POST reaches the dropper: it is not sent again
+                head = client.wait(client.request(post(b"/echo")))["headers"][0]
+                if head[b":status"] != b"200":
+                    break
+        finally:
+            client.close()
+            dropper.server.close()
+        assert (head[b":status"], head[b"x-gossamer-error"]) == (b"502", b"upstream-reset")
 
     def test_redirect_is_answered_by_the_proxy(self, mesh: Mesh) -> None:
         """A redirect rule answers 301 with the new location; the app sees nothing."""

@@ -18,6 +18,7 @@ import pytest
 from gossamer.control.ca import CertificateAuthority
 from gossamer.proxy.process.settings import Address
 from tests.sidecar_harness import (
+    Dropper,
     LoopThread,
     Sidecar,
     cyclic_garbage,
@@ -409,6 +410,43 @@ class TestErrors:
         seen = [(method, path) for method, path, _, _ in mesh.app.record.requests]
         assert seen == [("POST", "/reset"), ("GET", "/reset-once"), ("GET", "/reset-once"),
                         ("GET", "/reset"), ("GET", "/reset")]  # fmt: skip
+
+    def test_a_safe_request_a_destination_dropped_goes_to_another_endpoint(
+        self, mesh: Mesh
+    ) -> None:
+        """A destination took the request and closed the connection unanswered (its app died
+        while answering): a GET goes to another endpoint, once, and is answered; a POST is
+        not sent again, and with no other endpoint a GET is 502 upstream-reset."""
+        dropper = Dropper(mesh.lt, mesh.ca, mesh.tmp / "dropper", "catalog")
+        live = mesh.server.inbound.port  # type: ignore[union-attr]
+
+        def both(version: int) -> dict[str, Any]:  # round robin: the dropper gets its turns
+            snap = snapshot(version, {"catalog": [dropper.port, live]}, source="frontend")
+            snap["outbound"]["services"][0]["policy"] = {"load_balancer": {"type": "RoundRobin"}}
+            return snap
+
+        mesh.install(both(2))
+        get = b"GET / HTTP/1.1\r\nHost: catalog\r\n\r\n"
+        for _ in range(60):  # until the dropper has had some (the balancer picks)
+            status, headers, _ = mesh.request(get)
+            assert status == 200, headers
+            if dropper.requests >= 2:
+                break
+        assert dropper.requests >= 2
+        mesh.install(snapshot(3, {"catalog": [dropper.port]}, source="frontend"))
+        before = dropper.requests
+        status, headers, _ = mesh.request(get)
+        assert (status, headers["x-gossamer-error"]) == (502, "upstream-reset")
+        post = b"POST / HTTP/1.1\r\nHost: catalog\r\ncontent-length: 0\r\n\r\n"
+        mesh.install(both(4))
+        for _ in range(60):  # until a POST reaches the dropper: it is not sent again
+            status, headers, _ = mesh.request(post)
+            if status == 502:
+                break
+            assert status == 200, headers
+        assert (status, headers["x-gossamer-error"]) == (502, "upstream-reset")
+        assert dropper.requests >= before + 2
+        dropper.server.close()
 
     def test_wrong_upstream_identity_is_refused(self, mesh: Mesh) -> None:
         """The client sidecar checks the destination's SPIFFE ID, not just the CA."""

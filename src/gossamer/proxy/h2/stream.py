@@ -54,6 +54,7 @@ from gossamer.proxy.pipeline.retries import (
     ERROR_HEADER,
     UNPROCESSED,
     may_reroute,
+    may_resend_elsewhere,
     may_resend_to_app,
 )
 from gossamer.proxy.resilience.outlier import classify
@@ -460,20 +461,32 @@ class ProxiedStream(Call):
         """The upstream stream is gone before any of the response: start it again when
         nothing of it reached the upstream (REFUSED_STREAM, a few times), or, inbound, when
         the app dropped a safe request (once: ``retries.may_resend_to_app``; an app that died
-        is unreachable then, and the caller reroutes). True when it was started again."""
+        is unreachable then, and the caller reroutes), or, outbound, when the destination
+        dropped a safe request (another endpoint, once: ``retries.may_resend_elsewhere``).
+        True when it was started again."""
+        avoid = None
+        has_body = self.request_bytes > 0 or not self.req_ended
         if code == REFUSED_STREAM and (out is None or out.sent == 0):
             if self.attempts >= MAX_REFUSED_RETRIES:
                 return False
             self.attempts += 1
             if unsent:
                 self.req_buf = [unsent, *self.req_buf] if self.req_buf else [unsent]
-        elif self.down.direction != "inbound" or not may_resend_to_app(
-            self, reused=False, has_body=self.request_bytes > 0 or not self.req_ended
-        ):
-            return False
+        elif self.down.direction == "inbound":
+            if not may_resend_to_app(self, reused=False, has_body=has_body):
+                return False
+        else:  # the destination dropped it: another endpoint, once (retries.py)
+            service, avoid = self.service, self.endpoint
+            if service is None or avoid is None or has_body or self.plan is not None:
+                return False
+            if not may_resend_elsewhere(self, service, self.attempts + 1):
+                return False
+            self.attempts += 1
+            avoid.penalise(time.monotonic_ns())
+            service.record_outcome(avoid, classify(None, "upstream-reset"))
         self.up = None
         self.release()
-        self.down.reroute(self)
+        self.down.reroute(self, avoid)
         return True
 
     def _not_processed(self, headers: list[Header]) -> bool:

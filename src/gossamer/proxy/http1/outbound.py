@@ -373,6 +373,17 @@ class OutboundConnection(DownstreamConnection):
             return
         if endpoint is not None:
             endpoint.penalise(time.monotonic_ns())
+        if (
+            cause == "upstream-reset"
+            and service is not None
+            and not ex.has_body
+            and not self.closed
+            and retries.may_resend_elsewhere(ex, service, ex.tries)
+        ):
+            # A safe request its destination dropped unanswered: another endpoint, once.
+            self._release_endpoint(ex)
+            self._retry_now(ex, endpoint)
+            return
         status = 504 if cause == "upstream-timeout" else 502
         self.respond_error(ex, status, cause, detail)
 

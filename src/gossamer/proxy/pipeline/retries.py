@@ -16,6 +16,11 @@ response is sent to the app once more (``may_resend_to_app``) when the connectio
 (it may have been closed while idle) or the request is safe (RFC 9110 §9.2.1: GET, HEAD,
 OPTIONS, TRACE) and has no body. An app that died is then not reachable, and the caller's
 sidecar takes the request elsewhere (``app-unreachable``, below); a restarted one answers.
+
+Outbound, with no policy: a safe request without a body whose destination closed the
+connection (HTTP/2: reset the stream, or lost the connection) before any of the response goes
+to another endpoint, once, within the retry budget (``may_resend_elsewhere``): its app died
+while answering, and a safe request may be sent again (RFC 9110 §9.2.2).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "applies",
     "backoff",
     "may_reroute",
+    "may_resend_elsewhere",
     "may_resend_to_app",
     "may_retry",
 ]
@@ -62,6 +68,19 @@ def may_resend_to_app(call: Call, *, reused: bool, has_body: bool) -> bool:
         return False
     call.tries = RESENT_TO_APP
     return True
+
+
+def may_resend_elsewhere(call: Call, service: OutboundService, tries: int) -> bool:
+    """Outbound: ``call``'s destination dropped it before any of the response; whether to send
+    it to another endpoint now (see the module docstring): a safe request that may be
+    repeated, on its first try, another endpoint to go to, and the retry budget allows it
+    (withdrawn then). The caller knows it has no body."""
+    if tries > 1 or call.method not in SAFE_METHODS or not call.may_repeat():
+        return False
+    if len(service.balancer.endpoints) < 2:
+        return False
+    logical = call.logical or call.service
+    return logical is not None and logical.policy.budget.try_retry(time.monotonic())
 
 
 def applies(call: Call, retry: RetryPolicy) -> bool:
