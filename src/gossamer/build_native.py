@@ -58,39 +58,27 @@ def build(part: NativePart, output: Path | None = None) -> str | None:
     """Compile ``part`` into ``output`` (default: where it is loaded from); None on success,
     else why it was not built."""
     output = output or part.library
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return "no C compiler (install the Debian package gcc)"
-    partial = output.with_suffix(".so.tmp")
-    try:
-        result = subprocess.run(
-            [compiler, *FLAGS, "-o", str(partial), str(part.source)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError as exc:
-        return f"cannot run {compiler}: {exc.strerror or exc}"
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        return f"{compiler} failed: {result.stderr.strip() or result.returncode}"
-    partial.replace(output)  # never leave a half-written library where it is loaded from
-    return None
+    return _compile(part.source, output.with_suffix(".so.tmp"), output)
 
 
 def build_python_extension(source: Path, output: Path) -> str | None:
     """Compile ``source``, a CPython extension module in C, into ``output``; None on
     success, else why it was not built."""
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        return "no C compiler (install the Debian package gcc)"
     include = sysconfig.get_paths()["include"]
     if not (Path(include) / "Python.h").is_file():
         return f"no Python headers in {include} (install the Debian package python3-dev)"
-    partial = output.with_name(output.name + ".tmp")
+    return _compile(source, output.with_name(output.name + ".tmp"), output, f"-I{include}")
+
+
+def _compile(source: Path, partial: Path, output: Path, *extra: str) -> str | None:
+    """The system C compiler on ``source`` into ``partial``, then moved to ``output`` (never
+    a half-written library where it is loaded from); None on success, else why not."""
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return "no C compiler (install the Debian package gcc)"
     try:
         result = subprocess.run(
-            [compiler, *FLAGS, f"-I{include}", "-o", str(partial), str(source)],
+            [compiler, *FLAGS, *extra, "-o", str(partial), str(source)],
             capture_output=True,
             text=True,
             check=False,

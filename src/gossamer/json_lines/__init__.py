@@ -59,4 +59,4 @@ def encode(document: Any, *, ascii: bool, sort_keys: bool) -> bytes:
             return _native(document, ascii, sort_keys)
         except TypeError:
             pass  # a type it does not take: the json module decides
-    return _ENCODERS[ascii, sort_keys].encode(document).encode("utf-8", "replace")
+    return encode_python(document, ascii=ascii, sort_keys=sort_keys)

@@ -60,7 +60,7 @@ static int put(Buffer *b, const char *s, Py_ssize_t n)
 
 static const char HEX[] = "0123456789abcdef";
 
-/* \uXXXX for one UTF-16 unit. */
+/* The six-byte escape of one UTF-16 unit: backslash, u, four lower-case hex digits. */
 static void put_u(char *out, unsigned int unit)
 {
     out[0] = '\\';

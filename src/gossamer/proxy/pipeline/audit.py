@@ -44,13 +44,13 @@ def _trace_id(call: Call) -> str | None:
     return None
 
 
-def _decided(decision: Decision) -> dict[str, Any]:
-    return {
-        "decision": "allow" if decision.allowed else "deny",
-        "policy": decision.policy or None,
-        "reason": decision.reason or None,
-        "audit_policies": list(decision.audit),
-    }
+def _decided(fields: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """``fields`` with the authorization decision's members set in it (no second dict)."""
+    fields["decision"] = "allow" if decision.allowed else "deny"
+    fields["policy"] = decision.policy or None
+    fields["reason"] = decision.reason or None
+    fields["audit_policies"] = list(decision.audit)
+    return fields
 
 
 def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> dict[str, Any]:
@@ -74,11 +74,8 @@ def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> 
         "duration_ms": round(elapsed_ns / 1e6, 3),
         "trace_id": _trace_id(call),
         "request_id": call.request_id.decode("latin-1") or None,
-        "decision": "allow" if decision.allowed else "deny",
-        "policy": decision.policy or None,
-        "reason": decision.reason or None,
-        "audit_policies": list(decision.audit),
     }
+    _decided(fields, decision)
     if call.grpc:  # the call's own outcome, beside the HTTP status it came with
         fields["grpc_status"] = getattr(call, "grpc_status", None)
     return fields
@@ -90,13 +87,13 @@ def connection_fields(
 ) -> dict[str, Any]:  # fmt: skip
     """The record of a TCP connection (``proxy/tcp``), once it closed (or was refused): the
     same fields as a request's, protocol ``tcp``, no method, path or status."""
-    return {
+    return _decided({
         "time": utc_millis(started_ns), "namespace": workload[0], "service": workload[1],
         "caller": peer or None, "subject": None, "protocol": "tcp", "method": "",
         "authority": "", "path": "", "status": 0, "request_bytes": received,
         "response_bytes": sent, "duration_ms": round((time.time_ns() - started_ns) / 1e6, 3),
-        "trace_id": None, "request_id": None, **_decided(decision),
-    }  # fmt: skip
+        "trace_id": None, "request_id": None,
+    }, decision)  # fmt: skip
 
 
 class AuditStage(Stage):

@@ -176,7 +176,7 @@ def _client_attributes(call: Call, found: list[tuple[str, Value]]) -> None:
     outlier detection's ejections in that service when the request completed."""
     rule = call.rule
     if rule is not None:
-        found.append(("gossamer.route", str(getattr(rule, "name", ""))))
+        found.append(("gossamer.route", rule.name))
     service = call.service
     endpoint = call.endpoint
     if service is not None:
