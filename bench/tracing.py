@@ -51,7 +51,7 @@ def _exchange(plain: bytes) -> Exchange:
     ex.plain = ex.scanned_plain = plain
     scanned = new_scanner().request(b"GET /items?page=2 HTTP/1.1%b\r\n\r\n" % plain, True)
     assert scanned is not None, plain
-    ex.scanned_traceparent, ex.scanned_b3 = scanned[6], scanned[7]
+    ex.scanned_traceparent, ex.scanned_b3, ex.scanned_user_agent = scanned[6:9]
     return ex
 
 

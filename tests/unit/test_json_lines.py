@@ -34,6 +34,7 @@ _SCALARS = (
     | st.integers(min_value=-(2**200), max_value=2**200)
     | st.floats(allow_nan=True, allow_infinity=True)
     | _TEXT
+    | st.binary(max_size=20)  # written as its Latin-1 text
 )
 _DOCUMENTS = st.recursive(
     _SCALARS,
@@ -66,8 +67,11 @@ def test_each_escape_and_number_form(native: Any, ascii: bool, sort_keys: bool) 
     document = {
         "z": "\x00\x01\x1f \"\\/\b\f\n\r\t\x7f\x80\xe9\u2028\uffff\U0001f600\ud800x\udfff",
         "a": [0, -1, 2**63, -(2**64), 0.1, -0.0, 1e16, 1.5e-7, math.inf, -math.inf, math.nan],
+        "ms": [0.0, 0.067, 1.25, 10.5, 1.001, 999999999999.999, 1e12, 123456789.123, -2.5,
+               0.0005, 1.2345, 0.1 + 0.2, 1 / 3],  # thousandths (and not) near the fast path
         "m": {"b": None, "a": True, "c": False, "": [], "d": {}},
         "t": ("tuple", 1),
+        "b": b"\x00\x1f \"\\\x7f\x80\xe9\xff plain",
     }
     expected = json_lines.encode_python(document, ascii=ascii, sort_keys=sort_keys)
     assert native(document, ascii, sort_keys) == expected
@@ -82,8 +86,8 @@ def test_a_record_as_the_sidecar_makes_it_is_json_that_reads_back(native: Any) -
 
 @pytest.mark.parametrize(
     "document",
-    [OrderedDict(a=1), {1: "int key"}, {"a": object()}, True.__class__, [b"bytes"]],
-    ids=["dict subclass", "int key", "object", "type", "bytes"],
+    [OrderedDict(a=1), {1: "int key"}, {"a": object()}, True.__class__, [bytearray(b"x")]],
+    ids=["dict subclass", "int key", "object", "type", "bytearray"],
 )
 def test_what_it_does_not_take_goes_to_the_json_module(native: Any, document: Any) -> None:
     """The native encoder refuses (TypeError) and ``encode`` answers what json answers: the

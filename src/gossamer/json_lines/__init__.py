@@ -2,12 +2,16 @@
 
 ``encode(document, ascii=..., sort_keys=...)`` is ``json.JSONEncoder(separators=(",", ":"),
 ensure_ascii=ascii, sort_keys=sort_keys).encode(document)`` as UTF-8 bytes (a lone surrogate
-written as ``?``). It runs the native encoder (``native/encode.c``, built by ``python -m
-gossamer.build_native``) when it is built and ``GOSSAMER_JSON_NATIVE`` does not turn it off,
-for documents of the plain types it takes (dict with str keys, list, tuple, str, int, float,
-bool, None); anything else, or no build, goes through the json module. Both give the same
-bytes (``tests/unit/test_json_lines.py``), which matters: an audit record's hash covers them
-(``gossamer.audit_chain``). The native one takes a third of the time (bench/RESULTS.md).
+written as ``?``), with one addition: a ``bytes`` value is written as its Latin-1 text (the
+proxy holds header values as bytes, and a record need not decode them first).
+
+It runs the native encoder (``native/encode.c``, built by ``python -m gossamer.build_native``)
+when it is built and ``GOSSAMER_JSON_NATIVE`` does not turn it off, for documents of the
+plain types it takes (dict with str keys, list, tuple, str, bytes, int, float, bool, None);
+anything else, or no build, goes through the json module. Both give the same bytes
+(``tests/unit/test_json_lines.py``), which matters: an audit record's hash covers them
+(``gossamer.audit_chain``, whose ``seal`` the native module also makes in one call: encoding
+and SHA-256 together). The native one takes a sixth of the time (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -18,28 +22,42 @@ from typing import Any
 
 from gossamer.native import env_switched_off
 
-__all__ = ["NATIVE", "SWITCH", "encode", "encode_python"]
+__all__ = ["NATIVE", "OMIT", "SWITCH", "Rows", "encode", "encode_python", "native_seal"]
 
 SWITCH = "GOSSAMER_JSON_NATIVE"
 
 
-def _load() -> Callable[[Any, bool, bool], bytes] | None:
+def _load() -> Any:
     if env_switched_off(SWITCH):
         return None
     try:
         from gossamer.json_lines.native import _encode  # type: ignore[attr-defined]
     except ImportError:
         return None
-    encoder: Callable[[Any, bool, bool], bytes] = _encode.encode
-    return encoder
+    return _encode
 
 
-_native = _load()
+_module = _load()
+_native: Callable[[Any, bool, bool], bytes] | None = (
+    _module.encode if _module is not None else None
+)
+# ``seal(record, prev) -> (line, hash)``: an audit record's line as ``gossamer.audit_chain``
+# defines it, encoded and hashed in one call (TypeError for what it does not take).
+native_seal: Callable[[dict[str, Any], str], tuple[bytes, str]] | None = getattr(
+    _module, "seal", None  # (None from a build older than it)
+)
 NATIVE = _native is not None  # whether the native encoder is in use
+
+def _latin1(value: object) -> str:
+    """The json module's ``default``: a bytes value is its Latin-1 text."""
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
 
 _ENCODERS = {
     (ascii, sort_keys): json.JSONEncoder(
-        separators=(",", ":"), ensure_ascii=ascii, sort_keys=sort_keys
+        separators=(",", ":"), ensure_ascii=ascii, sort_keys=sort_keys, default=_latin1
     )
     for ascii in (False, True)
     for sort_keys in (False, True)
@@ -60,3 +78,57 @@ def encode(document: Any, *, ascii: bool, sort_keys: bool) -> bytes:
         except TypeError:
             pass  # a type it does not take: the json module decides
     return encode_python(document, ascii=ascii, sort_keys=sort_keys)
+
+
+OMIT: Any = object()  # a row's value that leaves its member out (``Rows``)
+
+
+class Rows:
+    """JSON objects of one shape, made from rows of raw values (tuples or lists in the
+    members' order) by the native encoder, with no dict and no key encoding per row
+    (``encode_rows`` in ``native/encode.c`` says what each kind of member writes: "v" a value
+    as ``encode`` writes it, "e" the same with an empty str or bytes as null, "t"
+    nanoseconds since the epoch as RFC 3339 UTC text with milliseconds, "d" nanoseconds as
+    milliseconds to the microsecond). A member whose value is ``OMIT`` is left out (never
+    the first). Each object ends with ``suffix``: LF for lines, none for a record to seal.
+
+    ``encode`` and ``seal`` answer None when the native encoder is not built or refuses a
+    row; the caller then makes the objects itself (and its tests hold the two to the same
+    bytes)."""
+
+    __slots__ = ("_ascii", "_encode", "_seal", "kinds", "names", "prefixes")
+
+    def __init__(
+        self, members: tuple[tuple[str, str], ...], *, ascii: bool, suffix: bytes = b"\n"
+    ) -> None:
+        self.names = tuple(name for name, _ in members)
+        encoded = [encode(name, ascii=ascii, sort_keys=False) for name in self.names]
+        self.prefixes = (
+            *((b"{" if i == 0 else b",") + name + b":" for i, name in enumerate(encoded)),
+            b"}" + suffix,
+        )
+        self.kinds = "".join(kind for _, kind in members).encode("ascii")
+        self._ascii = ascii
+        self._encode = getattr(_module, "encode_rows", None)
+        self._seal = getattr(_module, "seal_row", None)
+
+    def encode(self, rows: list[tuple[Any, ...]]) -> bytes | None:
+        """The objects of ``rows``, each followed by the suffix; None: make them another way."""
+        if self._encode is None:
+            return None
+        try:
+            objects: bytes = self._encode(self.prefixes, self.kinds, rows, self._ascii, OMIT)
+        except TypeError:
+            return None
+        return objects
+
+    def seal(self, row: list[Any], prev: str) -> tuple[bytes, str] | None:
+        """``gossamer.audit_chain.seal`` of the record ``row`` stands for (the shape's
+        members sorted, ASCII, no suffix): (line, hash); None: seal the record's dict."""
+        if self._seal is None:
+            return None
+        try:
+            sealed: tuple[bytes, str] = self._seal(self.prefixes, self.kinds, row, prev, OMIT)
+        except TypeError:
+            return None
+        return sealed

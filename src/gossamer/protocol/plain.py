@@ -44,10 +44,15 @@ MAX_PLAIN_HEAD = 8192
 _HOP = rb"connection:|keep-alive:|proxy-|te:|trailer:|transfer-encoding:|upgrade:"
 _RESPONSE_SPECIAL = re.compile(rb"\r\n(?:" + _HOP + rb")")
 _REQUEST_NAMES = _HOP + rb"|content-length:|x-request-id:|x-gossamer-peer-identity:"
-# What tracing looks at first (docs/internals.md §13), reported so it needs no second search.
-_TRACE = rb"|traceparent:|b3:|x-b3-traceid:|x-b3-sampled:|x-b3-flags:"
+# What tracing looks at first (docs/internals.md §13) and the access log's user agent,
+# reported so they need no second search.
+_TRACE = rb"|traceparent:|b3:|x-b3-traceid:|x-b3-sampled:|x-b3-flags:|user-agent:"
 _REQUEST_SPECIAL_HOST = re.compile(rb"\r\n(" + _REQUEST_NAMES + _TRACE + rb"|host:)")
 _CONNECTION_PLAIN = frozenset({b"keep-alive", b"close"})
+# The names whose first value a plain request's scan reports; of these, a repeated Host or
+# X-Request-Id sends the request to the full path.
+_REPORTED = frozenset({b"host:", b"x-request-id:", b"traceparent:", b"user-agent:"})
+_ONCE = frozenset({b"host:", b"x-request-id:"})
 
 
 class MessageFrame:
@@ -120,13 +125,14 @@ class ResponseFrame(MessageFrame):
         return cast(httptools.HttpResponseParser, self.parser).get_status_code()
 
 
-PlainHead = tuple[bytes, bytes | None, bytes | None, bytes | None, bool]
+PlainHead = tuple[bytes, bytes | None, bytes | None, bytes | None, bool, bytes | None]
 
 
 def plain_request_head(head: bytes, *, want_host: bool) -> PlainHead | None:
     """(head without hop-by-hop lines, Host value, X-Request-Id value, first Traceparent
-    value, whether a B3 header tracing reads first came) for a bodyless request head the proxy
-    may forward by slicing; None when the full path must take it.
+    value, whether a B3 header tracing reads first came, first User-Agent value) for a
+    bodyless request head the proxy may forward by slicing; None when the full path must
+    take it.
 
     ``Connection: keep-alive``/``close`` and ``x-gossamer-peer-identity`` lines are cut. A
     body (``Content-Length``/``Transfer-Encoding``), an upgrade, any other hop-by-hop header,
@@ -136,33 +142,22 @@ def plain_request_head(head: bytes, *, want_host: bool) -> PlainHead | None:
     low = head.lower()
     # Host is always looked at: a repeated one goes to the full path (which refuses it),
     # as the native scanner does.
-    pattern = _REQUEST_SPECIAL_HOST
-    host: bytes | None = None
-    request_id: bytes | None = None
-    traceparent: bytes | None = None
+    found: dict[bytes, bytes] = {}  # the first value of each name in _REPORTED
     b3 = False
     connection = False
     pieces: list[bytes] | None = None
     last = 0
-    for match in pattern.finditer(low):
+    for match in _REQUEST_SPECIAL_HOST.finditer(low):
         name = match.group(1)
         start = match.end()
         end = low.find(b"\r\n", start)
         if end < 0:
             end = len(low)
-        if name == b"host:":
-            if host is not None:
+        if name in _REPORTED:
+            if name not in found:
+                found[name] = head[start:end].strip(b" \t")
+            elif name in _ONCE:
                 return None
-            host = head[start:end].strip(b" \t")
-            continue
-        if name == b"x-request-id:":
-            if request_id is not None:
-                return None
-            request_id = head[start:end].strip(b" \t")
-            continue
-        if name == b"traceparent:":
-            if traceparent is None:
-                traceparent = head[start:end].strip(b" \t")
             continue
         if name.startswith((b"b3", b"x-b3-")):
             b3 = True
@@ -180,7 +175,9 @@ def plain_request_head(head: bytes, *, want_host: bool) -> PlainHead | None:
     if pieces is not None:
         pieces.append(head[last:])
         head = b"".join(pieces)
-    return head, host if want_host else None, request_id, traceparent, b3
+    host = found.get(b"host:") if want_host else None
+    return (head, host, found.get(b"x-request-id:"), found.get(b"traceparent:"), b3,
+            found.get(b"user-agent:"))  # fmt: skip
 
 
 def plain_response_head(head: bytes) -> bytes | None:

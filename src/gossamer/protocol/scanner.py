@@ -40,7 +40,9 @@ __all__ = [
 
 # (method, target, head without hop-by-hop lines and final CRLF CRLF, Host value,
 #  X-Request-Id value, keep-alive, first Traceparent value, whether a B3 header came)
-PlainRequest = tuple[bytes, bytes, bytes, bytes | None, bytes | None, bool, bytes | None, bool]
+PlainRequest = tuple[
+    bytes, bytes, bytes, bytes | None, bytes | None, bool, bytes | None, bool, bytes | None
+]
 # (status, the bytes to forward: head without the Connection line, and the body; keep-alive)
 PlainResponse = tuple[int, bytes, bool]
 
@@ -57,10 +59,14 @@ class PythonScanner:
         self._request_frame: RequestFrame | None = None
         self._response_frame: ResponseFrame | None = None
 
-    def request(self, data: bytes, want_host: bool) -> PlainRequest | None:
+    def request(
+        self, data: bytes, want_host: bool, want_user_agent: bool = True
+    ) -> PlainRequest | None:
         """The pieces of ``data`` when it is one whole bodyless plain request; else None.
         The Host value is reported whatever ``want_host`` says, as the native scanner does:
-        the connection sets the authority from it, which must not depend on the scanner."""
+        the connection sets the authority from it, which must not depend on the scanner.
+        The User-Agent value only when ``want_user_agent`` (an access log writes it): else
+        None, and the request pays no slice for it."""
         end = data.find(b"\r\n\r\n")
         if end != len(data) - 4 or end > MAX_PLAIN_HEAD:
             return None
@@ -85,8 +91,9 @@ class PythonScanner:
         method = data[:space]
         if method == b"CONNECT" or not _METHOD.fullmatch(method):
             return None  # (llhttp skips CR and LF before a request line: the full path)
-        head, host, request_id, traceparent, b3 = plain
-        return method, target, head, host, request_id, frame.keep_alive, traceparent, b3
+        head, host, request_id, traceparent, b3, user_agent = plain
+        return (method, target, head, host, request_id, frame.keep_alive, traceparent, b3,
+                user_agent if want_user_agent else None)  # fmt: skip
 
     def response(self, data: bytes) -> PlainResponse | None:
         """The pieces of ``data`` when it is one whole plain final response; else None."""
@@ -127,7 +134,8 @@ def _load() -> tuple[Any, Any, str]:
 
 
 _ffi, _lib, HOW = _load()
-_RESULTS = struct.Struct(f"={native.RESULT_COUNT}I")
+_RESULTS = struct.Struct(f"={native.B3 + 1}I")  # what every request needs
+_USER_AGENT = struct.Struct("=2I")  # read only when asked for (an access log writes it)
 _RESPONSE_RESULTS = struct.Struct(f"={native.CUT1_END + 1}I")  # what a response needs
 
 
@@ -138,15 +146,22 @@ class NativeScanner:
     __slots__ = ("_buffer", "_results")
 
     def __init__(self) -> None:
-        self._buffer = bytearray(_RESULTS.size)
+        self._buffer = bytearray(native.RESULT_COUNT * 4)
         self._results = _ffi.from_buffer("uint32_t[]", self._buffer)
 
-    def request(self, data: bytes, want_host: bool) -> PlainRequest | None:
+    def request(
+        self, data: bytes, want_host: bool, want_user_agent: bool = True
+    ) -> PlainRequest | None:
         if not _lib.gossamer_plain_request(data, len(data), self._results):
             return None
         end, keep, method_end, target_end, c1s, c1e, c2s, c2e, hs, he, rs, re_, ts, te, b3 = (
             _RESULTS.unpack_from(self._buffer)
         )
+        user_agent = None
+        if want_user_agent:
+            us, ue = _USER_AGENT.unpack_from(self._buffer, native.USER_AGENT_START * 4)
+            if ue:
+                user_agent = data[us:ue]
         if c2e:
             head = data[:c1s] + data[c1e:c2s] + data[c2e:end]
         elif c1e:
@@ -162,6 +177,7 @@ class NativeScanner:
             keep == 1,
             data[ts:te] if te else None,
             b3 == 1,
+            user_agent,
         )
 
     def response(self, data: bytes) -> PlainResponse | None:

@@ -12,9 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gossamer.audit_chain import GENESIS, record_hash
-from gossamer.proxy.observe.audit_spool import AuditSpool, segment_start, segments
+from gossamer.audit_chain import GENESIS, record_hash, seal_python
+from gossamer.json_lines import OMIT
+from gossamer.proxy.observe import audit_spool
+from gossamer.proxy.observe.audit_spool import (
+    RECORD_MEMBERS,
+    AuditSpool,
+    record_dict,
+    segment_start,
+    segments,
+)
 from gossamer.proxy.process.audit_shipper import AuditShipper, delete_acknowledged, read_after
 
 
@@ -180,3 +190,64 @@ def test_the_shipper_frees_a_full_disk_before_it_notes_the_ack(small_disk: Path)
     spool.flush()
     assert spool.accepting
     spool.close()
+
+
+_TEXT = st.text(st.characters(exclude_categories=()), max_size=10)  # surrogates included
+_HEADER = st.binary(max_size=10)  # header values stay bytes
+_VALUES = {  # what the sidecar puts in each member of a row (the spool's own left out)
+    "audit_policies": st.lists(_TEXT, max_size=2).map(tuple), "authority": _HEADER,
+    "caller": _HEADER, "decision": st.sampled_from(["allow", "deny"]),
+    "duration_ms": st.integers(0, 10**13), "grpc_status": st.none() | st.integers(0, 16)
+    | st.just(OMIT), "method": _HEADER, "namespace": _TEXT, "path": _HEADER, "policy": _TEXT,
+    "protocol": _TEXT, "reason": _TEXT, "request_bytes": st.integers(0, 2**40),
+    "request_id": _HEADER, "response_bytes": st.integers(0, 2**40), "service": _TEXT,
+    "status": st.integers(0, 599), "subject": st.none() | _TEXT,
+    "time": st.integers(0, 4_000_000_000 * 10**9), "trace_id": st.none() | _HEADER,
+}  # fmt: skip
+_SPOOLS = {"chain": st.none(), "dropped_before": st.just(OMIT), "prev": st.none(),
+           "seq": st.none()}  # fmt: skip
+_ROWS = st.tuples(*({**_VALUES, **_SPOOLS}[name] for name, _ in RECORD_MEMBERS))
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=_ROWS, dropped=st.integers(0, 3))
+def test_a_row_is_sealed_as_the_record_it_stands_for(
+    tmp_path_factory: pytest.TempPathFactory, values: tuple[object, ...], dropped: int
+) -> None:
+    """The sidecar's records are rows sealed natively (no dict); the line must be the one
+    the record's dict seals to (``gossamer.audit_chain``), which ``audit verify`` checks."""
+    row = list(values)
+    spool = AuditSpool(tmp_path_factory.mktemp("spool"), limit=1 << 20, block=False)
+    spool._dropped = dropped
+    assert spool.append(row)
+    spool.close()
+    ((line,),) = [segment.read_bytes().splitlines() for segment in segments(spool.directory)]
+    assert line + b"\n" == seal_python(record_dict(row))
+    parsed = json.loads(line)
+    assert parsed["hash"] == record_hash(parsed)
+    assert ("dropped_before" in parsed) == (dropped > 0)
+    grpc_status = row[RECORD_MEMBERS.index(("grpc_status", "v"))]
+    assert ("grpc_status" in parsed) == (grpc_status is not OMIT)
+
+
+def test_without_the_native_encoder_a_row_is_sealed_through_its_dict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = [("default/audit",), b"orders", b"spiffe://a/sa/b", None, "allow", OMIT, 1_250_000,
+           OMIT, b"GET", "default", b"/items", "", None, "HTTP/1.1", "", 0, b"rid-1", 10, None,
+           "orders", 200, None, 1_796_000_000_123_000_000, None]  # fmt: skip
+    lines_made = []
+    for native in (True, False):
+        if not native:
+            monkeypatch.setattr(audit_spool._RECORD, "_seal", None)
+        spool = AuditSpool(tmp_path / str(native), limit=1 << 20, block=True)
+        spool.chain = "c0ffee"  # (each directory has its own chain id)
+        assert spool.append(list(row))
+        spool.close()
+        (segment,) = segments(spool.directory)
+        lines_made.append(segment.read_bytes())
+    assert lines_made[0] == lines_made[1]
+    record = json.loads(lines_made[0])
+    assert (record["time"], record["duration_ms"], record["policy"]) == (
+        "2026-11-30T00:53:20.123Z", 1.25, None
+    )  # fmt: skip

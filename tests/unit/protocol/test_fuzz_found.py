@@ -29,7 +29,9 @@ def test_the_host_is_reported_whatever_want_host_says(want_host: bool) -> None:
     there (so a plain request's authority was empty) where the native scanner and the full
     parser give the Host value."""
     data = b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n"
-    expected = (b"GET", b"/", b"GET / HTTP/1.1\r\nHost: edge", b"edge", None, True, None, False)
+    expected = (
+        b"GET", b"/", b"GET / HTTP/1.1\r\nHost: edge", b"edge", None, True, None, False, None
+    )  # fmt: skip
     assert _both(data, want_host) == [expected] * len(_both(data, want_host))
 
 

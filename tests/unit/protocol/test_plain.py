@@ -23,34 +23,34 @@ def _req(*lines: bytes) -> bytes:
 class TestPlainRequestHead:
     def test_no_special_header_passes_unchanged(self) -> None:
         head = _req(b"Host: catalog", b"Accept: */*", b"User-Agent: t")
-        assert plain_request_head(head, want_host=False) == (head, None, None, None, False)
+        assert plain_request_head(head, want_host=False) == (head, None, None, None, False, b"t")
 
     def test_host_and_request_id_are_found_case_insensitively(self) -> None:
         head = _req(b"hOsT:  catalog:8080 ", b"X-Request-ID: abc")
         assert plain_request_head(head, want_host=True) == (
-            head, b"catalog:8080", b"abc", None, False
+            head, b"catalog:8080", b"abc", None, False, None
         )  # fmt: skip
 
     def test_host_is_only_looked_for_when_wanted(self) -> None:
         head = _req(b"Host: a")
-        assert plain_request_head(head, want_host=False) == (head, None, None, None, False)
+        assert plain_request_head(head, want_host=False) == (head, None, None, None, False, None)
 
     @pytest.mark.parametrize("value", [b"keep-alive", b"close", b" Keep-Alive ", b"CLOSE"])
     def test_plain_connection_line_is_cut(self, value: bytes) -> None:
         head = _req(b"Host: a", b"Connection:" + value, b"Accept: */*")
         assert plain_request_head(head, want_host=False) == (
-            _req(b"Host: a", b"Accept: */*"), None, None, None, False
+            _req(b"Host: a", b"Accept: */*"), None, None, None, False, None
         )
 
     def test_connection_as_last_line_is_cut(self) -> None:
         head = _req(b"Host: a", b"Connection: keep-alive")
         found = plain_request_head(head, want_host=True)
-        assert found == (_req(b"Host: a"), b"a", None, None, False)
+        assert found == (_req(b"Host: a"), b"a", None, None, False, None)
 
     def test_spoofed_peer_identity_is_cut(self) -> None:
         head = _req(b"X-Gossamer-Peer-Identity: spiffe://evil/sa/x", b"Host: a")
         found = plain_request_head(head, want_host=False)
-        assert found == (_req(b"Host: a"), None, None, None, False)
+        assert found == (_req(b"Host: a"), None, None, None, False, None)
 
     @pytest.mark.parametrize(
         "line",
@@ -85,7 +85,7 @@ class TestPlainRequestHead:
 
     def test_names_that_only_start_like_special_ones_are_kept(self) -> None:
         head = _req(b"Host: a", b"Connections: 3", b"Hosting: x", b"Tea: green", b"Upgraded: no")
-        assert plain_request_head(head, want_host=True) == (head, b"a", None, None, False)
+        assert plain_request_head(head, want_host=True) == (head, b"a", None, None, False, None)
 
 
 class TestPlainResponseHead:

@@ -54,7 +54,7 @@ _NAMES = [
     "Keep-Alive", "Upgrade", "TE", "Trailer", "Proxy-Authorization", "Transfer-Encoding",
     "Content-Length", "Tea", "Hosting", "Connections", "X-Request-Ids", "Server", "Date",
     "traceparent", "TraceParent", "tracestate", "b3", "B3s", "X-B3-TraceId", "x-b3-sampled",
-    "X-B3-Flags", "X-B3-SpanId", "X-B3-Sampledd",
+    "X-B3-Flags", "X-B3-SpanId", "X-B3-Sampledd", "User-Agents",
 ]  # fmt: skip
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT"]
 
@@ -182,7 +182,7 @@ def test_common_messages_are_taken_natively() -> None:
     """What wrk, curl, nginx and most apps send takes the native path."""
     taken = NativeScanner()
     assert taken.request(b"GET / HTTP/1.1\r\nHost: edge\r\n\r\n", True) == (
-        b"GET", b"/", b"GET / HTTP/1.1\r\nHost: edge", b"edge", None, True, None, False
+        b"GET", b"/", b"GET / HTTP/1.1\r\nHost: edge", b"edge", None, True, None, False, None
     )  # fmt: skip
     curl = (
         b"GET /items?id=7 HTTP/1.1\r\nHost: catalog:8080\r\nUser-Agent: curl/7.88.1\r\n"
@@ -198,6 +198,7 @@ def test_common_messages_are_taken_natively() -> None:
         False,
         None,
         False,
+        b"curl/7.88.1",
     )
     nginx = (
         b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Wed, 25 Nov 2026 22:00:00 GMT\r\n"
@@ -217,13 +218,24 @@ def test_the_trace_headers_tracing_reads_first_are_reported() -> None:
     data = b"GET / HTTP/1.1\r\nHost: a\r\nTraceParent:  %b \r\ntraceparent: x\r\n\r\n" % parent
     for taker in (NativeScanner(), PythonScanner()):
         taken = taker.request(data, True)
-        assert taken is not None and taken[6:] == (parent, False)
+        assert taken is not None and taken[6:] == (parent, False, None)
         for b3 in (b"B3: 1", b"X-B3-TraceId: 1", b"x-b3-sampled: 0", b"X-B3-FLAGS: 1"):
             taken = taker.request(b"GET / HTTP/1.1\r\n%b\r\n\r\n" % b3, True)
-            assert taken is not None and taken[6:] == (None, True), b3
-        for other in (b"X-B3-SpanId: 1", b"b3s: 1", b"tracestate: a=1"):
+            assert taken is not None and taken[6:] == (None, True, None), b3
+        for other in (b"X-B3-SpanId: 1", b"b3s: 1", b"tracestate: a=1", b"user-agents: x"):
             taken = taker.request(b"GET / HTTP/1.1\r\n%b\r\n\r\n" % other, True)
-            assert taken is not None and taken[6:] == (None, False), other
+            assert taken is not None and taken[6:] == (None, False, None), other
+
+
+def test_the_user_agent_the_access_log_writes_is_reported() -> None:
+    """The first User-Agent value (blanks around it cut), any case: found by the scan, so
+    the access log searches the head no more."""
+    data = b"GET / HTTP/1.1\r\nHost: a\r\nUSER-agent:  curl/8.1 \r\nUser-Agent: second\r\n\r\n"
+    for taker in (NativeScanner(), PythonScanner()):
+        taken = taker.request(data, True)
+        assert taken is not None and taken[8] == b"curl/8.1", taker
+        taken = taker.request(b"GET / HTTP/1.1\r\nUser-Agent:\r\n\r\n", True)
+        assert taken is not None and taken[8] == b"", taker
 
 
 @pytest.mark.parametrize(

@@ -7,18 +7,23 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gossamer.config import ValidationFailed, validate_documents
 from gossamer.config.meshconfig import DEFAULT_ACCESS_LOG_TEMPLATE
 from gossamer.control.snapshots import DEFAULT_ACCESS_LOG, MeshView, ServiceInfo, build_snapshot
+from gossamer.json_lines import NATIVE
 from gossamer.proxy.observe import access_log
-from gossamer.proxy.observe.access_log import AccessLog, Entry, format_line
+from gossamer.proxy.observe.access_log import AccessLog, Entry, format_line, format_lines
 from gossamer.proxy.snapshot.access_log import compile_access_log
 from gossamer.proxy.snapshot.errors import SnapshotError
+from tests.tools import require
 
 ENTRY: Entry = (
     1_796_000_000_123_000_000, "outbound", "HTTP/1.1", b"GET", b"catalog", b"/items?x=1", 503,
@@ -50,6 +55,58 @@ def test_a_text_line_follows_the_template_with_dashes_for_empty_values() -> None
     )
     forged = (*ENTRY[:5], b"/a\nHTTP/1.1 200 OK", *ENTRY[6:])
     assert format_line(forged, "text", "{path}").count(b"\n") == 1  # one request, one line
+
+
+_TEXT = st.text(st.characters(exclude_categories=()), max_size=12)  # surrogates included
+_BYTES = st.binary(max_size=12)
+_ENTRIES = st.tuples(
+    st.integers(0, 8_000_000_000 * 10**9)
+    | st.sampled_from([0, 999_999, 1_796_000_000_999_999_999]),
+    _TEXT, _TEXT, _BYTES, _BYTES, _BYTES, st.integers(-1, 999), _TEXT, st.integers(0, 2**70),
+    st.integers(0, 2**63), st.integers(0, 2**62) | st.integers(0, 10**7), _TEXT, _TEXT, _TEXT,
+    _BYTES, st.none() | _BYTES, st.none() | _BYTES,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(_ENTRIES, max_size=4))
+def test_the_native_lines_are_the_bytes_format_line_writes(entries: list[Entry]) -> None:
+    """JSON lines are made by the native encoder in one call for many entries (the writer's
+    CPU per line: bench.observe); they must be what ``format_line`` writes, byte for byte,
+    whatever the values (empty ones, non-ASCII text and bytes, far times, long durations)."""
+    require(NATIVE, "the native JSON line encoder (make builds it)")
+    expected = b"".join(format_line(entry, "json", "") for entry in entries)
+    assert access_log._ROWS.encode(entries) == expected
+    assert format_lines(entries, "json", "") == expected
+
+
+def test_a_row_the_native_encoder_refuses_is_formatted_in_python() -> None:
+    require(NATIVE, "the native JSON line encoder (make builds it)")
+    odd = (*ENTRY[:6], HTTPStatus(503), *ENTRY[7:])  # an int subclass: json's to write
+    assert access_log._ROWS.encode([ENTRY, odd]) is None
+    assert format_lines([ENTRY, odd], "json", "") == format_line(ENTRY, "json", "") * 2
+
+
+def test_the_writer_writes_whole_lines_at_most_a_pipe_buffer_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = AccessLog("json", "", str(tmp_path / "access.log"))
+    writer._stop.set()
+    writer._writer.join()
+    writes: list[tuple[bytes, int]] = []
+    monkeypatch.setattr(writer, "_write", lambda data, lines: writes.append((data, lines)))
+    long = (*ENTRY[:5], b"/" + b"x" * 5000, *ENTRY[6:])
+    for entry in [ENTRY] * 30 + [long] + [ENTRY] * 30:
+        writer.add(entry)
+    writer._drain()
+    assert sum(lines for _, lines in writes) == 61
+    for data, lines in writes:
+        assert data.endswith(b"\n") and data.count(b"\n") == lines
+        assert len(data) <= access_log.PIPE_ATOMIC or lines == 1
+    assert b"".join(data for data, _ in writes) == format_lines(
+        [ENTRY] * 30 + [long] + [ENTRY] * 30, "json", ""
+    )
+    os.close(writer.fd)
 
 
 def test_the_writer_appends_whole_lines_and_bounds_its_queue(
@@ -142,9 +199,11 @@ def test_the_observe_bench_runs_every_case() -> None:
 
     rows = measure(rounds=1, requests=200)["rows"]
     assert [row["case"] for row in rows] == [
-        "none of them", "access log", "audit", "tap, while tapped",
+        "none of them", "access log", "audit", "tap, a request it emits",
+        "tap, at its cap (100 events/s)",
         "access log, writer per line (off the request path)",
-        "everything on (tracing 1%, access log, audit, tap)",
+        "everything on (tracing 1%, access log, audit, a tap at its cap), request path",
+        "everything on, with the writer's CPU per line (target: <= 10 us)",
         "(the loop's resets, taken off the rows above)",
     ]  # fmt: skip
     assert all(row["us_per_request"] > 0 for row in rows[1:])

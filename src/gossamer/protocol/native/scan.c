@@ -46,6 +46,8 @@ enum {
     RESULT_TRACE_START, /* request: the first Traceparent value (start == end == 0: none) */
     RESULT_TRACE_END,
     RESULT_B3,         /* request: 1 when a B3 header tracing reads first came */
+    RESULT_UA_START,   /* request: the first User-Agent value (start == end == 0: none) */
+    RESULT_UA_END,
     RESULT_COUNT
 };
 
@@ -102,7 +104,8 @@ enum {
     H_REQUEST_ID,
     H_PEER,
     H_TRACEPARENT,
-    H_B3
+    H_B3,
+    H_USER_AGENT
 };
 
 static int classify(const char *name, size_t len) {
@@ -128,6 +131,7 @@ static int classify(const char *name, size_t len) {
         }
         return H_OTHER;
     case 'u':
+        if (name_is(name, len, "user-agent")) return H_USER_AGENT;
         return name_is(name, len, "upgrade") ? H_REFUSE : H_OTHER;
     case 'x':
         if (name_is(name, len, "x-request-id")) return H_REQUEST_ID;
@@ -237,6 +241,12 @@ static long scan_headers(const char *data, size_t len, size_t p, int request, ui
             break;
         case H_B3:
             r[RESULT_B3] = (uint32_t)request;
+            break;
+        case H_USER_AGENT:
+            if (request && r[RESULT_UA_END] == 0) {
+                r[RESULT_UA_START] = (uint32_t)value;
+                r[RESULT_UA_END] = (uint32_t)value_end;
+            }
             break;
         default:
             break;

@@ -341,10 +341,10 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         scanner = self.scanner
         if scanner is None:
             scanner = self.scanner = new_scanner()
-        plain = scanner.request(data, self.wants_host)
+        plain = scanner.request(data, self.wants_host, self.proxy.access_log is not None)
         if plain is None:
             return False
-        method, target, head, host, request_id, keep_alive, traceparent, b3 = plain
+        method, target, head, host, request_id, keep_alive, traceparent, b3, user_agent = plain
         ex = Exchange(time.monotonic_ns(), self)
         ex.method = method
         ex.is_head = method == b"HEAD"
@@ -359,6 +359,7 @@ class DownstreamConnection(ResponseSink, AcceptedConnection):
         ex.scanned_plain = ex.plain
         ex.scanned_traceparent = traceparent
         ex.scanned_b3 = b3
+        ex.scanned_user_agent = user_agent
         self.queue.append(ex)
         self.dispatch(ex)
         return True

@@ -56,6 +56,7 @@ class Exchange(Call):
         "scanned_b3",
         "scanned_plain",
         "scanned_traceparent",
+        "scanned_user_agent",
         "sent_ns",
         "target",
         "te",
@@ -81,6 +82,9 @@ class Exchange(Call):
         self.scanned_plain = b""
         self.scanned_traceparent: bytes | None = None
         self.scanned_b3 = False
+        # The first User-Agent the scan found: the value the request arrived with (edits of
+        # ``plain`` do not change it; an edit of User-Agent itself is a route's or filter's).
+        self.scanned_user_agent: bytes | None = None
         self.http10 = False
         self.keep_alive = True
         self.is_head = False
@@ -138,6 +142,11 @@ class Exchange(Call):
         if plain and plain is self.scanned_plain:
             return self.scanned_traceparent, self.scanned_b3
         return super().trace_first_look()
+
+    def user_agent(self) -> bytes | None:
+        if self.scanned_plain:
+            return self.scanned_user_agent
+        return super().user_agent()
 
     def add_header(self, name: bytes, value: bytes) -> None:
         plain = self.plain

@@ -44,8 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from gossamer.audit_chain import GENESIS, seal
+from gossamer.json_lines import OMIT, Rows
+from gossamer.proxy.observe.timestamps import duration_ms, utc_millis
 
-__all__ = ["FSYNC_INTERVAL", "MAX_PENDING", "AuditSpool", "segment_start", "segments"]
+__all__ = [
+    "FSYNC_INTERVAL", "MAX_PENDING", "RECORD_MEMBERS", "AuditSpool", "record_dict",
+    "segment_start", "segments",
+]  # fmt: skip
 
 log = logging.getLogger("gossamer.proxy.audit")
 
@@ -55,9 +60,51 @@ FSYNC_INTERVAL = 0.1
 RESCAN_INTERVAL = 1.0  # how often the room left is read from the directory again
 MAX_PENDING = 4096  # records the disk refused, kept in memory until they are written
 _SUFFIX = ".log"
+# A request's or connection's record as a row (``pipeline/audit.py`` makes it): its members
+# in canonical (sorted) order, and how each raw value is written (``gossamer.json_lines.Rows``:
+# "t" the start in Unix nanoseconds as RFC 3339 text, "d" nanoseconds as milliseconds, "e" an
+# empty text as null). The spool fills chain, seq, prev and dropped_before (``OMIT``: none).
+RECORD_MEMBERS = (
+    ("audit_policies", "v"), ("authority", "v"), ("caller", "e"), ("chain", "v"),
+    ("decision", "v"), ("dropped_before", "v"), ("duration_ms", "d"), ("grpc_status", "v"),
+    ("method", "v"), ("namespace", "v"), ("path", "v"), ("policy", "e"), ("prev", "v"),
+    ("protocol", "v"), ("reason", "e"), ("request_bytes", "v"), ("request_id", "e"),
+    ("response_bytes", "v"), ("seq", "v"), ("service", "v"), ("status", "v"),
+    ("subject", "v"), ("time", "t"), ("trace_id", "v"),
+)  # fmt: skip
+_RECORD = Rows(RECORD_MEMBERS, ascii=True, suffix=b"")
+_NAMES = [name for name, _ in RECORD_MEMBERS]
+CHAIN, DROPPED, PREV, SEQ = (_NAMES.index(n) for n in ("chain", "dropped_before", "prev", "seq"))
 # A record's line (or what is left of it to write), its seq and prev, and whether part of it
 # is written already (then the rest goes to the same segment).
 _Entry = tuple[bytes, int, str, bool]
+
+
+def record_dict(row: list[Any]) -> dict[str, Any]:
+    """The record ``row`` stands for, as a dict (what its line says once parsed)."""
+    record: dict[str, Any] = {}
+    for (name, kind), value in zip(RECORD_MEMBERS, row, strict=True):
+        if value is OMIT:
+            continue
+        if kind == "t":
+            value = utc_millis(value)
+        elif kind == "d":
+            value = duration_ms(value)
+        elif kind == "e" and (value == "" or value == b""):
+            value = None
+        record[name] = value
+    return record
+
+
+def _seal(record: dict[str, Any] | list[Any]) -> tuple[bytes, str]:
+    """The line and hash of a record (a dict, or a row of ``RECORD_MEMBERS``)."""
+    if isinstance(record, list):
+        sealed = _RECORD.seal(record, record[PREV])
+        if sealed is not None:
+            return sealed
+        record = record_dict(record)
+    line = seal(record)
+    return line, record["hash"]
 
 
 def segment_start(path: Path) -> tuple[int, str]:
@@ -156,45 +203,82 @@ class AuditSpool:
         self.counts["refused"] += 1
         self._warn("refusing audited requests")
 
-    def append(self, fields: dict[str, Any]) -> bool:
-        """Seal ``fields`` as the next record (the dict becomes the record: chain, seq, prev
-        and hash are set in it) and write it; False when it was dropped."""
-        with self._lock:
-            full = len(self._pending) >= MAX_PENDING if self.block else not self.accepting
+    def append(self, record: dict[str, Any] | list[Any]) -> bool:
+        """Seal ``record`` as the next record and write it; False when it was dropped. A
+        dict becomes the record itself (chain, seq, prev and hash are set in it); a list is
+        a row of ``RECORD_MEMBERS`` (chain, seq, prev and dropped_before set in it), the
+        sidecar's own records, sealed natively without a dict."""
+        lock = self._lock
+        lock.acquire()  # (cheaper than ``with`` in the compiled build)
+        try:
+            pending = self._pending
+            if self.block:
+                full = len(pending) >= MAX_PENDING
+            else:
+                full = self.used >= self._limit or len(pending) > 0
             if full:
                 self._dropped += 1
                 self.counts["dropped"] += 1
                 self._warn("dropping audit records")
                 return False
-            record = fields
-            record["chain"], record["seq"], record["prev"] = self.chain, self.seq + 1, self.head
-            if self._dropped:
-                record["dropped_before"] = self._dropped
-            if self._size >= self.segment_bytes and not self._pending:
-                self._rotate(self.seq + 1, self.head)
-            entry = (seal(record), self.seq + 1, self.head, False)
-            self.seq += 1
-            self.head = record["hash"]
-            self._dropped = 0
-            self.counts["written"] += 1
-            if self._pending:
-                self._pending.append(entry)
+            seq = self.seq + 1
+            prev = self.head
+            if isinstance(record, list):
+                record[CHAIN] = self.chain
+                record[SEQ] = seq
+                record[PREV] = prev
+                record[DROPPED] = self._dropped or OMIT
             else:
-                self._write(entry)
+                record["chain"] = self.chain
+                record["seq"] = seq
+                record["prev"] = prev
+                if self._dropped:
+                    record["dropped_before"] = self._dropped
+            self._dropped = 0
+            if self._size >= self.segment_bytes and not pending:
+                self._rotate(seq, prev)
+            line, digest = _seal(record)
+            self.seq = seq
+            self.head = digest
+            self.counts["written"] += 1
+            if pending:
+                pending.append((line, seq, prev, False))
+            else:
+                self._write_line(line, seq, prev)
             if self._warned and self.accepting:
                 self._warned = False
                 log.info("audit spool %s has room again", self.directory)
             return True
+        finally:
+            lock.release()
 
     # === internals (under the lock) ===
 
-    def _write(self, entry: _Entry) -> None:
-        """Write an entry's line whole, or keep it for the flusher: a line the disk refused
-        half-way is cut back off the segment, which then ends with a whole record, and the
-        line goes to a new segment (so the shipper can delete the full one once shipped)."""
+    def _write_line(self, data: bytes, seq: int, prev: str) -> None:
+        """Write a new record's line: one ``write(2)`` when the disk takes it whole (the
+        common case), else ``_write`` with what is left."""
+        try:
+            done = os.write(self._fd, data)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                raise
+            done = 0
+        if done > 0:
+            self._size += done
+            self.used += done
+            self._dirty = True
+            if done == len(data):
+                return
+        self._write((data, seq, prev, False), done)
+
+    def _write(self, entry: _Entry, written: int = 0) -> None:
+        """Write an entry's line whole (``written`` bytes of it are in the segment already),
+        or keep it for the flusher: a line the disk refused half-way is cut back off the
+        segment, which then ends with a whole record, and the line goes to a new segment (so
+        the shipper can delete the full one once shipped)."""
         data, seq, prev, started = entry
-        begin = self._size
-        view = memoryview(data)
+        begin = self._size - written
+        view = memoryview(data)[written:]
         while view:
             try:
                 done = os.write(self._fd, view)

@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AccessLogStage"]
 
-_LOOK = (b"user-agent", b"traceparent")
-_USER_AGENT = (b"user-agent",)
 
 
 class AccessLogStage(Stage):
@@ -44,15 +42,14 @@ class AccessLogStage(Stage):
 
     def on_complete(self, call: Call) -> None:
         elapsed = time.monotonic_ns() - call.start_ns
+        user_agent = call.user_agent()
         if call.trace_id:  # the tracing stage's (sampled or not)
-            (user_agent,) = call.header_values(_USER_AGENT)
-            traceparent = None
-            trace_id: str | None = call.trace_id.decode("ascii")
+            trace_id: bytes | None = call.trace_id
         else:
-            user_agent, traceparent = call.header_values(_LOOK)
+            traceparent, _ = call.trace_first_look()
             trace_id = None
-        if traceparent is not None and len(traceparent) >= 35:
-            trace_id = traceparent[3:35].decode("latin-1")
+            if traceparent is not None and len(traceparent) >= 35:
+                trace_id = traceparent[3:35]
         if self.outbound:
             target = call.service
             service = target.name if target is not None else ""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from gossamer.proxy.observe.timestamps import utc_millis
+from gossamer.json_lines import OMIT
 from gossamer.proxy.pipeline.authenticate import AUTH_NOTE
 from gossamer.proxy.pipeline.authorize import AUDIT_NOTE
 from gossamer.proxy.pipeline.slots import Stage
@@ -32,68 +32,63 @@ if TYPE_CHECKING:
     from gossamer.proxy.observe.audit_spool import AuditSpool
     from gossamer.proxy.pipeline.call import Call
 
-__all__ = ["AuditStage", "connection_fields", "record_fields"]
+__all__ = ["AuditStage", "connection_row", "record_row"]
 
-def _trace_id(call: Call) -> str | None:
+def _trace_id(call: Call) -> bytes | None:
     """The trace the request went on in: the tracing stage's, else the caller's W3C one."""
     if call.trace_id:
-        return call.trace_id.decode("ascii")
+        return call.trace_id
     traceparent, _ = call.trace_first_look()  # (the HTTP/1.1 scan found it: no search)
     if traceparent is not None and len(traceparent) >= 35:
-        return traceparent[3:35].decode("latin-1")
+        return traceparent[3:35]
     return None
 
 
-def _decided(fields: dict[str, Any], decision: Decision) -> dict[str, Any]:
-    """``fields`` with the authorization decision's members set in it (no second dict)."""
-    fields["decision"] = "allow" if decision.allowed else "deny"
-    fields["policy"] = decision.policy or None
-    fields["reason"] = decision.reason or None
-    fields["audit_policies"] = list(decision.audit)
-    return fields
-
-
-def record_fields(call: Call, decision: Decision, workload: tuple[str, str]) -> dict[str, Any]:
-    """What the record of ``call`` says (``gossamer.audit_chain`` seals it)."""
-    notes = call.notes or {}
+def record_row(call: Call, decision: Decision, workload: tuple[str, str]) -> list[Any]:
+    """What the record of ``call`` says, as a row of ``RECORD_MEMBERS`` (in their sorted
+    order; the spool fills chain, seq, prev and dropped_before, and seals it)."""
+    notes = call.notes
     elapsed_ns = time.monotonic_ns() - call.start_ns
-    verified = notes.get(AUTH_NOTE)
-    fields = {
-        "time": utc_millis(time.time_ns() - elapsed_ns),
-        "namespace": workload[0],
-        "service": workload[1],
-        "caller": call.peer.decode("latin-1") or None,
-        "subject": verified.principal if isinstance(verified, Verified) else None,
-        "protocol": call.protocol,
-        "method": call.method.decode("latin-1"),
-        "authority": call.authority.decode("latin-1"),
-        "path": call.path.decode("latin-1"),
-        "status": call.status,
-        "request_bytes": call.request_bytes,
-        "response_bytes": call.response_bytes,
-        "duration_ms": round(elapsed_ns / 1e6, 3),
-        "trace_id": _trace_id(call),
-        "request_id": call.request_id.decode("latin-1") or None,
-    }
-    _decided(fields, decision)
-    if call.grpc:  # the call's own outcome, beside the HTTP status it came with
-        fields["grpc_status"] = getattr(call, "grpc_status", None)
-    return fields
+    verified = notes.get(AUTH_NOTE) if notes is not None else None
+    return [
+        decision.audit,  # audit_policies
+        call.authority,
+        call.peer,  # caller
+        None,  # chain
+        "allow" if decision.allowed else "deny",  # decision
+        OMIT,  # dropped_before
+        elapsed_ns,  # duration_ms
+        getattr(call, "grpc_status", None) if call.grpc else OMIT,  # a gRPC call's outcome
+        call.method,
+        workload[0],  # namespace
+        call.path,
+        decision.policy,
+        None,  # prev
+        call.protocol,
+        decision.reason,
+        call.request_bytes,
+        call.request_id,
+        call.response_bytes,
+        None,  # seq
+        workload[1],  # service
+        call.status,
+        verified.principal if isinstance(verified, Verified) else None,  # subject
+        time.time_ns() - elapsed_ns,  # time
+        _trace_id(call),
+    ]
 
 
-def connection_fields(
+def connection_row(
     started_ns: int, peer: str, received: int, sent: int, decision: Decision,
     workload: tuple[str, str],
-) -> dict[str, Any]:  # fmt: skip
+) -> list[Any]:  # fmt: skip
     """The record of a TCP connection (``proxy/tcp``), once it closed (or was refused): the
-    same fields as a request's, protocol ``tcp``, no method, path or status."""
-    return _decided({
-        "time": utc_millis(started_ns), "namespace": workload[0], "service": workload[1],
-        "caller": peer or None, "subject": None, "protocol": "tcp", "method": "",
-        "authority": "", "path": "", "status": 0, "request_bytes": received,
-        "response_bytes": sent, "duration_ms": round((time.time_ns() - started_ns) / 1e6, 3),
-        "trace_id": None, "request_id": None,
-    }, decision)  # fmt: skip
+    same members as a request's, protocol ``tcp``, no method, path or status."""
+    return [
+        decision.audit, "", peer, None, "allow" if decision.allowed else "deny", OMIT,
+        time.time_ns() - started_ns, OMIT, "", workload[0], "", decision.policy, None, "tcp",
+        decision.reason, received, b"", sent, None, workload[1], 0, None, started_ns, None,
+    ]  # fmt: skip
 
 
 class AuditStage(Stage):
@@ -123,4 +118,4 @@ class AuditStage(Stage):
         notes = call.notes
         decision = notes.get(AUDIT_NOTE) if notes is not None else None
         if isinstance(decision, Decision):
-            self.spool.append(record_fields(call, decision, self.workload))
+            self.spool.append(record_row(call, decision, self.workload))

@@ -32,6 +32,7 @@ HTTP2 = "HTTP/2"
 # What tracing looks at first: W3C, and whether a B3 form came (then it reads them all).
 TRACE_FIRST_LOOK = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-sampled", b"x-b3-flags")
 _NO_B3 = [None, None, None, None]
+_USER_AGENT = (b"user-agent",)
 
 
 class Call:
@@ -122,6 +123,11 @@ class Call:
         without a search."""
         traceparent, *b3 = self.header_values(TRACE_FIRST_LOOK)
         return traceparent, b3 != _NO_B3
+
+    def user_agent(self) -> bytes | None:
+        """The request's User-Agent (the access log's): as it arrived when the codec's scan
+        of the head found it, else the first value of the headers as they are now."""
+        return self.header_values(_USER_AGENT)[0]
 
     def add_header(self, name: bytes, value: bytes) -> None:
         """Forward one more header field (a codec may add it without building the list)."""

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gossamer.proxy.observe.timestamps import duration_ms
 from gossamer.proxy.pipeline.slots import Stage
 
 if TYPE_CHECKING:
@@ -88,6 +89,6 @@ class TapStage(Stage):
             "protocol": call.protocol, "method": call.method.decode("latin-1"),
             "authority": call.authority.decode("latin-1"),
             "path": call.path.decode("latin-1"), "status": call.status,
-            "error": call.error or None, "duration_ms": round(elapsed / 1e6, 3),
+            "error": call.error or None, "duration_ms": duration_ms(elapsed),
             "peer": peer or None, "request_id": call.request_id.decode("latin-1") or None,
         })  # fmt: skip

@@ -35,7 +35,7 @@ from gossamer.protocol.http1 import ProxyError
 from gossamer.proxy.local_peers import foreign_user
 from gossamer.proxy.loop_calls import remove_reader
 from gossamer.proxy.observe.metrics import TcpStats
-from gossamer.proxy.pipeline.audit import connection_fields
+from gossamer.proxy.pipeline.audit import connection_row
 from gossamer.proxy.pipeline.balancer import EndpointState
 from gossamer.proxy.process.settings import Address
 from gossamer.proxy.snapshot.authorization import Attributes, Authorization, Decision
@@ -367,9 +367,9 @@ class TcpProxy:
         spool = self.state.audit_spool
         if relay.audit is not None and spool is not None:
             workload = (self.settings.workload.namespace, self.settings.workload.service)
-            spool.append(connection_fields(relay.started_ns, relay.peer_identity,
-                                           relay.down.moved, relay.up.moved, relay.audit,
-                                           workload))  # fmt: skip
+            spool.append(connection_row(relay.started_ns, relay.peer_identity,
+                                        relay.down.moved, relay.up.moved, relay.audit,
+                                        workload))  # fmt: skip
         self._relays.discard(relay)
         self.state.tcp_open = len(self._relays)
         group = self._by_service.get(relay.service_key)
@@ -565,7 +565,7 @@ class TcpProxy:
                 return False
             if not decision.allowed:
                 workload = (self.settings.workload.namespace, self.settings.workload.service)
-                spool.append(connection_fields(time.time_ns(), peer, 0, 0, decision, workload))
+                spool.append(connection_row(time.time_ns(), peer, 0, 0, decision, workload))
         return decision is None or decision.allowed
 
     def _inbound_relay(self, peer: str) -> Relay | None:
