@@ -1116,19 +1116,23 @@ class TestPlainH2Traffic:
             assert (head[b":status"], head[b"x-gossamer-error"]) == (b"502", b"upstream-reset")
         assert mesh.h2_hits[b"/drop"] == 3  # the POST once, the GET twice
 
+    @pytest.mark.parametrize("planned", [False, True], ids=["no plan", "with a timeout"])
     def test_a_safe_stream_a_destination_dropped_goes_to_another_endpoint(
-        self, mesh: Mesh, tmp_path: Path
+        self, mesh: Mesh, tmp_path: Path, planned: bool
     ) -> None:
         """A destination took the connection and closed it unanswered (its app died while
         answering): a GET goes to another endpoint, once, and is answered; a POST is not
-        sent again (502 upstream-reset)."""
+        sent again (502 upstream-reset). The same when the stream has a plan (here a timeout,
+        no retry policy), as HTTP/1.1 does."""
         ca = CertificateAuthority.load_or_create(tmp_path / "ca")  # the mesh's own CA
         dropper = Dropper(mesh.lt, ca, tmp_path / "dropper", "web", alpn=["h2"])
         assert mesh.web.inbound is not None
         ports = (dropper.port, mesh.web.inbound.port)
+        policy: dict[str, Any] = {"load_balancer": {"type": "RoundRobin"}}
+        if planned:
+            policy["timeout_ms"] = 5000
         install_web(mesh, endpoints=[{"address": "127.0.0.1", "port": p, "labels": {}}
-                                     for p in ports],
-                    policy={"load_balancer": {"type": "RoundRobin"}})  # fmt: skip
+                                     for p in ports], policy=policy)  # fmt: skip
         client = H2Client(mesh.outbound_port)
         try:
             for _ in range(20):  # until the dropper has had some (round robin)

@@ -200,8 +200,11 @@ class StreamPlan:
         self.retry_later(stream, avoid)
         return True
 
-    def retry_later(self, stream: ProxiedStream, avoid: EndpointState | None = None) -> None:
-        """Leave the current try and start another after the backoff."""
+    def retry_later(
+        self, stream: ProxiedStream, avoid: EndpointState | None = None, delay: float = -1.0
+    ) -> None:
+        """Leave the current try and start another after ``delay`` seconds (the retry
+        policy's backoff when negative)."""
         stream.detach()
         self.held = None
         if self.try_timer is not None:
@@ -210,7 +213,8 @@ class StreamPlan:
         if avoid is None:
             avoid = stream.endpoint
         stream.release()
-        delay = retries.backoff(stream)
+        if delay < 0:
+            delay = retries.backoff(stream)
         stream.tries += 1
         self.retry_handle = asyncio.get_running_loop().call_later(
             delay, self._retry_now, stream, avoid

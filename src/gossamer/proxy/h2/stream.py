@@ -440,8 +440,10 @@ class ProxiedStream(Call):
             if service is not None and self.endpoint is not None:
                 service.record_outcome(self.endpoint, classify(None, "upstream-reset"))
             plan = self.plan
-            if plan is not None and plan.failed(self, "upstream-reset"):
-                return  # retried
+            if plan is not None and (
+                plan.failed(self, "upstream-reset") or self._resent_elsewhere(plan)
+            ):
+                return  # retried, or sent again
             if unsent:
                 self._give_back(len(unsent))
             self.respond_error(502, "upstream-reset", f"upstream reset the stream (code {code})")
@@ -478,7 +480,7 @@ class ProxiedStream(Call):
         else:  # the destination dropped it: another endpoint, once (retries.py)
             service, avoid = self.service, self.endpoint
             if service is None or avoid is None or has_body or self.plan is not None:
-                return False
+                return False  # (a plan's policy decides first: ``_resent_elsewhere``)
             if not may_resend_elsewhere(self, service, self.attempts + 1):
                 return False
             self.attempts += 1
@@ -487,6 +489,19 @@ class ProxiedStream(Call):
         self.up = None
         self.release()
         self.down.reroute(self, avoid)
+        return True
+
+    def _resent_elsewhere(self, plan: StreamPlan) -> bool:
+        """A stream with a plan that its retry policy does not retry (or that has none): a
+        safe request the destination dropped goes to another endpoint now, once, within the
+        retry budget (``retries.may_resend_elsewhere``), as HTTP/1.1's does."""
+        service, avoid = self.service, self.endpoint
+        if service is None or avoid is None or self.request_bytes > 0 or not self.req_ended:
+            return False
+        if not may_resend_elsewhere(self, service, self.tries + self.attempts):
+            return False
+        avoid.penalise(time.monotonic_ns())
+        plan.retry_later(self, avoid, delay=0.0)
         return True
 
     def _not_processed(self, headers: list[Header]) -> bool:
