@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from gossamer.json_lines import encode, native_seal
+from gossamer.json_lines import encode
 
 __all__ = [
     "GENESIS",
@@ -34,7 +34,6 @@ __all__ = [
     "checkpoint_payload",
     "record_hash",
     "seal",
-    "seal_python",
 ]
 
 GENESIS = "0" * 64  # the ``prev`` of a chain's first record
@@ -57,20 +56,7 @@ def seal(record: dict[str, Any]) -> bytes:
     """Set ``record["hash"]`` and return the record as one spool line: the canonical JSON the
     hash covers (the record without ``hash``) with ``"hash"`` added as its last member, and
     LF (one encoding per record; readers parse the line, so the member order is free). The
-    native encoder makes the same line in one call when it is built (``json_lines``)."""
-    if native_seal is not None:
-        try:
-            line, digest = native_seal(record, record["prev"])
-        except TypeError:
-            pass  # what it does not take (or no libcrypto): the same bytes below
-        else:
-            record["hash"] = digest
-            return line
-    return seal_python(record)
-
-
-def seal_python(record: dict[str, Any]) -> bytes:
-    """``seal`` with hashlib and the encoder's Python entry point."""
+    sidecar's own records are rows, sealed natively to the same line (``json_lines.Rows``)."""
     body = canonical(record)
     digest = hashlib.sha256(str(record["prev"]).encode() + b"\n" + body).hexdigest()
     record["hash"] = digest

@@ -10,8 +10,9 @@ when it is built and ``GOSSAMER_JSON_NATIVE`` does not turn it off, for document
 plain types it takes (dict with str keys, list, tuple, str, bytes, int, float, bool, None);
 anything else, or no build, goes through the json module. Both give the same bytes
 (``tests/unit/test_json_lines.py``), which matters: an audit record's hash covers them
-(``gossamer.audit_chain``, whose ``seal`` the native module also makes in one call: encoding
-and SHA-256 together). The native one takes a sixth of the time (bench/RESULTS.md).
+(``gossamer.audit_chain``, whose ``seal`` ``Rows.seal`` makes for a record given as a row:
+encoding and SHA-256 in one native call). The native one takes a sixth of the time
+(bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from gossamer.native import env_switched_off
 
-__all__ = ["NATIVE", "OMIT", "SWITCH", "Rows", "encode", "encode_python", "native_seal"]
+__all__ = ["NATIVE", "OMIT", "SWITCH", "Rows", "encode", "encode_python"]
 
 SWITCH = "GOSSAMER_JSON_NATIVE"
 
@@ -40,11 +41,6 @@ def _load() -> Any:
 _module = _load()
 _native: Callable[[Any, bool, bool], bytes] | None = (
     _module.encode if _module is not None else None
-)
-# ``seal(record, prev) -> (line, hash)``: an audit record's line as ``gossamer.audit_chain``
-# defines it, encoded and hashed in one call (TypeError for what it does not take).
-native_seal: Callable[[dict[str, Any], str], tuple[bytes, str]] | None = getattr(
-    _module, "seal", None  # (None from a build older than it)
 )
 NATIVE = _native is not None  # whether the native encoder is in use
 
@@ -96,13 +92,12 @@ class Rows:
     row; the caller then makes the objects itself (and its tests hold the two to the same
     bytes)."""
 
-    __slots__ = ("_ascii", "_encode", "_seal", "kinds", "names", "prefixes")
+    __slots__ = ("_ascii", "_encode", "_seal", "kinds", "prefixes")
 
     def __init__(
         self, members: tuple[tuple[str, str], ...], *, ascii: bool, suffix: bytes = b"\n"
     ) -> None:
-        self.names = tuple(name for name, _ in members)
-        encoded = [encode(name, ascii=ascii, sort_keys=False) for name in self.names]
+        encoded = [encode(name, ascii=ascii, sort_keys=False) for name, _ in members]
         self.prefixes = (
             *((b"{" if i == 0 else b",") + name + b":" for i, name in enumerate(encoded)),
             b"}" + suffix,

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gossamer.audit_chain import GENESIS, record_hash, seal_python
+from gossamer.audit_chain import GENESIS, record_hash, seal
 from gossamer.json_lines import OMIT
 from gossamer.proxy.observe import audit_spool
 from gossamer.proxy.observe.audit_spool import (
@@ -222,7 +222,7 @@ def test_a_row_is_sealed_as_the_record_it_stands_for(
     assert spool.append(row)
     spool.close()
     ((line,),) = [segment.read_bytes().splitlines() for segment in segments(spool.directory)]
-    assert line + b"\n" == seal_python(record_dict(row))
+    assert line + b"\n" == seal(record_dict(row))
     parsed = json.loads(line)
     assert parsed["hash"] == record_hash(parsed)
     assert ("dropped_before" in parsed) == (dropped > 0)

@@ -30,6 +30,13 @@ typedef struct {
     char inline_buf[1024];
 } Buffer;
 
+static void buffer_init(Buffer *b)
+{
+    b->data = b->inline_buf;
+    b->len = 0;
+    b->cap = (Py_ssize_t)sizeof b->inline_buf;
+}
+
 /* The buffer made room for more bytes (out of line: the common case never needs it). */
 static __attribute__((noinline)) int grow(Buffer *b, Py_ssize_t more)
 {
@@ -108,13 +115,22 @@ static int escape(Py_UCS4 c, int ascii, char *out)
     return 6;
 }
 
-/* Whether an ASCII character is written as itself (either mode). */
-static unsigned char PLAIN[128];
+/* Whether a byte is an ASCII character written as itself (either mode). */
+static unsigned char PLAIN[256];
 
 static void init_plain(void)
 {
     for (int c = ' '; c <= '~'; c++)
         PLAIN[c] = c != '"' && c != '\\';
+}
+
+/* How many of text's first bytes are written as themselves. */
+static inline Py_ssize_t plain_length(const unsigned char *text, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n && PLAIN[text[i]])
+        i++;
+    return i;
 }
 
 static int put_string(Buffer *b, PyObject *s, int ascii)
@@ -123,10 +139,7 @@ static int put_string(Buffer *b, PyObject *s, int ascii)
     if (PyUnicode_IS_ASCII(s)) {
         /* The common case: runs of plain characters copied whole. */
         const unsigned char *text = PyUnicode_1BYTE_DATA(s);
-        Py_ssize_t i = 0;
-        while (i < n && PLAIN[text[i]])
-            i++;
-        if (i == n) {
+        if (plain_length(text, n) == n) {
             if (reserve(b, n + 2) < 0)
                 return -1;
             char *out = b->data + b->len;
@@ -179,10 +192,7 @@ static int put_key(Buffer *b, PyObject *key, int ascii, int comma)
     if (PyUnicode_IS_ASCII(key)) {
         const unsigned char *text = PyUnicode_1BYTE_DATA(key);
         Py_ssize_t n = PyUnicode_GET_LENGTH(key);
-        Py_ssize_t i = 0;
-        while (i < n && PLAIN[text[i]])
-            i++;
-        if (i == n) {
+        if (plain_length(text, n) == n) {
             if (reserve(b, n + 4) < 0)
                 return -1;
             char *out = b->data + b->len;
@@ -304,9 +314,7 @@ static int put_latin1(Buffer *b, PyObject *value, int ascii)
 {
     const unsigned char *text = (const unsigned char *)PyBytes_AS_STRING(value);
     Py_ssize_t n = PyBytes_GET_SIZE(value);
-    Py_ssize_t i = 0;
-    while (i < n && text[i] < 0x80 && PLAIN[text[i]])
-        i++;
+    Py_ssize_t i = plain_length(text, n);
     /* Worst case: 6 bytes per byte (an escape), and the quotes. */
     if (reserve(b, (i == n ? n : n * 6) + 2) < 0)
         return -1;
@@ -462,9 +470,7 @@ static PyObject *encode(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (ascii < 0 || sort_keys < 0)
         return NULL;
     Buffer b;
-    b.data = b.inline_buf;
-    b.len = 0;
-    b.cap = (Py_ssize_t)sizeof b.inline_buf;
+    buffer_init(&b);
     PyObject *result = NULL;
     if (put_value(&b, args[0], ascii, sort_keys, 0) == 0)
         result = PyBytes_FromStringAndSize(b.data, b.len);
@@ -641,9 +647,7 @@ static PyObject *encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
     if (rows == NULL)
         return NULL;
     Buffer b;
-    b.data = b.inline_buf;
-    b.len = 0;
-    b.cap = (Py_ssize_t)sizeof b.inline_buf;
+    buffer_init(&b);
     PyObject *result = NULL;
     Py_ssize_t count = PySequence_Fast_GET_SIZE(rows);
     PyObject **items = PySequence_Fast_ITEMS(rows);
@@ -660,12 +664,13 @@ static PyObject *encode_rows(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 /* === sealed lines: the audit chain's record form (gossamer.audit_chain) ===
  *
- * seal(record, prev) -> (line, hash) is what gossamer.audit_chain.seal makes in Python: body =
- * encode(record, ascii=True, sort_keys=True), hash = sha256(prev + "\n" + body) in lower-case
- * hex, line = body with ,"hash":"<hash>" added as its last member, and LF. SHA-256 is OpenSSL's
- * (the libcrypto the interpreter's ssl and hashlib modules load), called without the
- * per-call digest context hashlib allocates and copies; when its symbols cannot be found,
- * seal raises TypeError and the caller hashes with hashlib. */
+ * seal_row(prefixes, kinds, row, prev, omit) -> (line, hash) is what gossamer.audit_chain.seal
+ * makes in Python of the record the row stands for: body = its canonical JSON (the shape's
+ * members sorted, ASCII), hash = sha256(prev + "\n" + body) in lower-case hex, line = body
+ * with ,"hash":"<hash>" added as its last member, and LF. SHA-256 is OpenSSL's (the libcrypto
+ * the interpreter's ssl and hashlib modules load), called without the per-call digest context
+ * hashlib allocates and copies; when its symbols cannot be found, seal_row raises TypeError
+ * and the caller seals the record's dict in Python. */
 
 typedef int (*sha256_init_fn)(void *);
 typedef int (*sha256_update_fn)(void *, const void *, size_t);
@@ -739,30 +744,8 @@ static int sealable(PyObject *prev)
     return 1;
 }
 
-static PyObject *seal(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)self;
-    if (nargs != 2 || !PyDict_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "seal(record: dict, prev: ASCII str)");
-        return NULL;
-    }
-    if (!sealable(args[1]))
-        return NULL;
-    Buffer b;
-    b.data = b.inline_buf;
-    b.len = 0;
-    b.cap = (Py_ssize_t)sizeof b.inline_buf;
-    PyObject *result = NULL;
-    if (put_object(&b, args[0], 1, 1, 1) == 0)
-        result = sealed(&b, args[1]);
-    if (b.data != b.inline_buf)
-        PyMem_Free(b.data);
-    return result;
-}
-
-/* seal_row(prefixes, kinds, row, prev, omit) -> (line, hash): seal for a record given as a
- * row of its shape (encode_rows), whose members are in sorted order with the suffix "}" and
- * ASCII output: the same bytes as seal on the dict the row stands for. */
+/* seal_row (above): a row of its shape (encode_rows), the members in sorted order, the
+ * suffix "}". */
 static PyObject *seal_row(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -774,9 +757,7 @@ static PyObject *seal_row(PyObject *self, PyObject *const *args, Py_ssize_t narg
     if (shape_of(args[0], args[1], &n) < 0 || !sealable(args[3]))
         return NULL;
     Buffer b;
-    b.data = b.inline_buf;
-    b.len = 0;
-    b.cap = (Py_ssize_t)sizeof b.inline_buf;
+    buffer_init(&b);
     PyObject *result = NULL;
     if (put_row(&b, args[0], PyBytes_AS_STRING(args[1]), n, args[2], 1, args[4]) == 0)
         result = sealed(&b, args[3]);
@@ -788,8 +769,6 @@ static PyObject *seal_row(PyObject *self, PyObject *const *args, Py_ssize_t narg
 static PyMethodDef METHODS[] = {
     {"encode", (PyCFunction)(void (*)(void))encode, METH_FASTCALL,
      "encode(document, ascii, sort_keys) -> bytes: compact JSON, as the json module writes it."},
-    {"seal", (PyCFunction)(void (*)(void))seal, METH_FASTCALL,
-     "seal(record, prev) -> (line, hash): an audit chain's record line (gossamer.audit_chain)."},
     {"encode_rows", (PyCFunction)(void (*)(void))encode_rows, METH_FASTCALL,
      "encode_rows(prefixes, kinds, rows, ascii, omit) -> bytes: JSON lines of one shape."},
     {"seal_row", (PyCFunction)(void (*)(void))seal_row, METH_FASTCALL,

@@ -34,8 +34,8 @@ BATCH = 256  # lines formatted at once
 # (start in unix ns, direction, protocol, method, authority, path, status, error,
 #  request bytes, response bytes, duration in ns, service, upstream, peer, request id,
 #  trace id, user agent): ACCESS_LOG_FIELDS' order.
-Entry = tuple[int, str, str, bytes, bytes, bytes, int, str, int, int, int, str, str, str,
-              bytes, bytes | None, bytes | None]  # fmt: skip
+Entry = tuple[int, str, str, bytes, bytes, bytes, int, str, int, int, int, str, str,
+              str | bytes, bytes, bytes | None, bytes | None]  # fmt: skip
 
 
 # The JSON line's members in ``Entry`` order, and how each raw value is written

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["AccessLogStage"]
 
 
-
 class AccessLogStage(Stage):
     """Hands each completed request to the access log writer (see the module docstring)."""
 
@@ -42,14 +41,7 @@ class AccessLogStage(Stage):
 
     def on_complete(self, call: Call) -> None:
         elapsed = time.monotonic_ns() - call.start_ns
-        user_agent = call.user_agent()
-        if call.trace_id:  # the tracing stage's (sampled or not)
-            trace_id: bytes | None = call.trace_id
-        else:
-            traceparent, _ = call.trace_first_look()
-            trace_id = None
-            if traceparent is not None and len(traceparent) >= 35:
-                trace_id = traceparent[3:35]
+        peer: str | bytes  # (bytes: written as their Latin-1 text)
         if self.outbound:
             target = call.service
             service = target.name if target is not None else ""
@@ -57,10 +49,10 @@ class AccessLogStage(Stage):
             endpoint = call.endpoint
             upstream = f"{endpoint.addr.host}:{endpoint.addr.port}" if endpoint is not None else ""
         else:
-            service, peer, upstream = self.service, call.peer.decode("latin-1"), self.app
+            service, peer, upstream = self.service, call.peer, self.app
         self.log.add((
             time.time_ns() - elapsed, self.direction, call.protocol, call.method,
             call.authority, call.path, call.status, call.error, call.request_bytes,
-            call.response_bytes, elapsed, service, upstream, peer, call.request_id, trace_id,
-            user_agent,
+            call.response_bytes, elapsed, service, upstream, peer, call.request_id,
+            call.logged_trace_id(), call.user_agent(),
         ))  # fmt: skip

@@ -34,16 +34,6 @@ if TYPE_CHECKING:
 
 __all__ = ["AuditStage", "connection_row", "record_row"]
 
-def _trace_id(call: Call) -> bytes | None:
-    """The trace the request went on in: the tracing stage's, else the caller's W3C one."""
-    if call.trace_id:
-        return call.trace_id
-    traceparent, _ = call.trace_first_look()  # (the HTTP/1.1 scan found it: no search)
-    if traceparent is not None and len(traceparent) >= 35:
-        return traceparent[3:35]
-    return None
-
-
 def record_row(call: Call, decision: Decision, workload: tuple[str, str]) -> list[Any]:
     """What the record of ``call`` says, as a row of ``RECORD_MEMBERS`` (in their sorted
     order; the spool fills chain, seq, prev and dropped_before, and seals it)."""
@@ -74,7 +64,7 @@ def record_row(call: Call, decision: Decision, workload: tuple[str, str]) -> lis
         call.status,
         verified.principal if isinstance(verified, Verified) else None,  # subject
         time.time_ns() - elapsed_ns,  # time
-        _trace_id(call),
+        call.logged_trace_id(),
     ]
 
 

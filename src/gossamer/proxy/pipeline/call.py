@@ -124,6 +124,16 @@ class Call:
         traceparent, *b3 = self.header_values(TRACE_FIRST_LOOK)
         return traceparent, b3 != _NO_B3
 
+    def logged_trace_id(self) -> bytes | None:
+        """The trace id access logs and audit records name: the one the request went on with
+        (the tracing stage's, sampled or not), else the caller's W3C one."""
+        if self.trace_id:
+            return self.trace_id
+        traceparent, _ = self.trace_first_look()  # (the HTTP/1.1 scan found it: no search)
+        if traceparent is not None and len(traceparent) >= 35:
+            return traceparent[3:35]
+        return None
+
     def user_agent(self) -> bytes | None:
         """The request's User-Agent (the access log's): as it arrived when the codec's scan
         of the head found it, else the first value of the headers as they are now."""
