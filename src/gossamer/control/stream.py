@@ -21,6 +21,7 @@ from typing import Any
 from gossamer.control.plane import ControlPlane, Refusal
 from gossamer.control.registry import ProxyRecord
 from gossamer.control.rotation import leaf_key_id
+from gossamer.identity.credentials import no_session_tickets
 from gossamer.identity.spiffe import SpiffeId, canonical_serial
 
 __all__ = [
@@ -55,6 +56,7 @@ def server_ssl_context(cert: Path, key: Path, root: Path) -> ssl.SSLContext:
     context.load_cert_chain(cert, key)
     context.load_verify_locations(cafile=root)
     context.verify_mode = ssl.CERT_OPTIONAL
+    no_session_tickets(context)  # a sidecar keeps its stream open: tickets would only sit there
     return context
 
 

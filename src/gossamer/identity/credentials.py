@@ -48,6 +48,7 @@ __all__ = [
     "is_control_plane_id",
     "mtls_client_context",
     "mtls_server_context",
+    "no_session_tickets",
     "parse_certificate",
     "peer_spiffe_id",
     "pem_certificates",
@@ -305,11 +306,25 @@ def mtls_client_context() -> ssl.SSLContext:
 
 
 def mtls_server_context() -> ssl.SSLContext:
-    """A fresh TLS 1.2+ server context requiring a client certificate (none loaded)."""
+    """A fresh TLS 1.2+ server context requiring a client certificate (none loaded), which
+    sends no TLS 1.3 session tickets (``no_session_tickets``)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
+    no_session_tickets(ctx)
     return ctx
+
+
+def no_session_tickets(ctx: ssl.SSLContext) -> None:
+    """Have a server context send no TLS 1.3 session tickets (OpenSSL sends two by default).
+
+    Mesh clients never resume: a sidecar pools long-lived connections, and Python's client
+    resumes only when handed a session. Yet a client keeps every ticket it is sent for the
+    life of the connection, each a session with its own copy of the server's certificate:
+    16 KiB per connection for the two (bench/RESULTS.md, "Session 13": the mesh pair's client
+    sidecar holds 0.3-0.5 MiB less after its load). The server also saves encrypting two
+    tickets per handshake."""
+    ctx.num_tickets = 0
 
 
 class TlsContexts(Protocol):

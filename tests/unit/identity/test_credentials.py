@@ -288,3 +288,61 @@ def test_certificate_times_convert_like_calendar_timegm() -> None:
     ]  # fmt: skip
     for t in cases:
         assert _utc_seconds(*t) == calendar.timegm((*t, 0, 0, 0)), t
+
+
+def _session_after_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> ssl.SSLSession:
+    """A real TLS handshake and one round of data over memory BIOs; the client's session
+    after it has read what the server sent (TLS 1.3 tickets come after the handshake)."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = {"client": False, "server": False}
+    for _ in range(10):
+        for name, end in (("client", client), ("server", server)):
+            if not done[name]:
+                try:
+                    end.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            break
+    assert all(done.values()), "the handshake did not finish"
+    client.write(b"ping")
+    s_in.write(c_out.read())
+    assert server.read(4) == b"ping"
+    server.write(b"pong")
+    c_in.write(s_out.read())
+    assert client.read(4) == b"pong"
+    assert client.version() == "TLSv1.3"
+    session = client.session
+    assert session is not None
+    return session
+
+
+def test_mesh_server_contexts_send_no_session_tickets(tmp_path: Path) -> None:
+    """A client of the inbound side (and of the control stream) is sent no session ticket,
+    which it would keep, unused, for as long as the connection lives; a default server
+    context in the same handshake does send them (so the check can fail)."""
+    from gossamer.control.stream import server_ssl_context
+
+    ca = FakeCA()
+    creds = make_credentials(tmp_path, ca, SERVER_ID)
+    client_cert, client_key = ca.write_leaf(tmp_path, "client", CLIENT_ID)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.load_verify_locations(cadata=ca.root_pem.decode())
+    client.load_cert_chain(client_cert, client_key)
+    (tmp_path / "root.pem").write_bytes(ca.root_pem)
+
+    default = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    default.load_cert_chain(creds.cert_path, creds.key_path)
+    default.load_verify_locations(cadata=ca.root_pem.decode())
+    default.verify_mode = ssl.CERT_REQUIRED
+    assert _session_after_handshake(default, client).has_ticket
+
+    assert not _session_after_handshake(creds.server_context, client).has_ticket
+    control = server_ssl_context(creds.cert_path, creds.key_path, tmp_path / "root.pem")
+    assert not _session_after_handshake(control, client).has_ticket
