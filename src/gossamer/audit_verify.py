@@ -13,6 +13,11 @@ says what each hash covers) and its checkpoints, and names each problem where it
 - ``bad-checkpoint``: a signature that does not verify, a certificate that does not chain to
   the mesh's roots, or a checkpoint whose hash is not the stored record's.
 
+A chain the store's retention pruned starts at its *anchor*: the signed checkpoint up to which
+records were removed. The anchor's signature is checked like any checkpoint's, and the walk
+starts after it, from the hash it signed; a bad anchor is a ``bad-checkpoint`` and the walk
+then starts at record 1 (so the removed records read as deleted).
+
 Used by ``gossamer audit verify``, which fetches the records, the checkpoints and the mesh's
 roots (current and retired) and checks them here, outside the store. Imports ``cryptography``:
 never loaded by the sidecar.
@@ -70,13 +75,20 @@ def _parse(entry: str) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def _walk(chain: str, records: Sequence[StoredRecord]) -> tuple[list[Problem], dict[int, str]]:
-    """The records' own problems, and each stored record's claimed hash by seq."""
+def _walk(
+    chain: str, records: Sequence[StoredRecord], start: int = 1, head: str = GENESIS
+) -> tuple[list[Problem], dict[int, str]]:
+    """The records' own problems from ``start`` on (``head``: the hash before it), and each
+    stored record's claimed hash by seq."""
     problems: list[Problem] = []
     hashes_by_seq: dict[int, str] = {}
-    expected, prev_hash = 1, GENESIS
+    expected, prev_hash = start, head
     for stored in sorted(records, key=lambda r: r.seq):
         seq = stored.seq
+        if seq < start:
+            problems.append(Problem(chain, seq, "moved", "a record from before the chain's "
+                                    "retention anchor is stored"))  # fmt: skip
+            continue
         record = _parse(stored.entry)
         if record is None:
             problems.append(Problem(chain, seq, "unreadable", "not a JSON object"))
@@ -157,15 +169,36 @@ def verify_signature(checkpoint: dict[str, Any], roots: Sequence[x509.Certificat
     return None
 
 
+def _anchor(
+    chain: str, anchor: StoredCheckpoint | None, roots: Sequence[x509.Certificate]
+) -> tuple[list[Problem], int, str]:
+    """Where the walk starts: (the anchor's problems, the first seq, the hash before it)."""
+    if anchor is None:
+        return [], 1, GENESIS
+    checkpoint = _parse(anchor.entry)
+    why = "unreadable" if checkpoint is None else verify_signature(checkpoint, roots)
+    if why is None and checkpoint is not None:
+        if checkpoint.get("chain") != chain or checkpoint.get("seq") != anchor.seq:
+            why = "it is not a checkpoint of this chain at this seq"
+        else:
+            return [], anchor.seq + 1, str(checkpoint["head"])
+    problem = Problem(chain, anchor.seq, "bad-checkpoint", f"the retention anchor: {why}")
+    return [problem], 1, GENESIS
+
+
 def verify_chain(
     chain: str,
     records: Sequence[StoredRecord],
     checkpoints: Iterable[StoredCheckpoint],
     roots: Sequence[x509.Certificate],
+    anchor: StoredCheckpoint | None = None,
 ) -> list[Problem]:
-    """Every problem of one chain (an empty list: the chain is whole)."""
-    problems, hashes_by_seq = _walk(chain, records)
-    last = max(hashes_by_seq, default=0)
+    """Every problem of one chain (an empty list: the chain is whole, from its retention
+    ``anchor`` on when it has one)."""
+    problems, start, head = _anchor(chain, anchor, roots)
+    walked, hashes_by_seq = _walk(chain, records, start, head)
+    problems += walked
+    last = max(hashes_by_seq, default=start - 1)
     for stored in sorted(checkpoints, key=lambda c: c.seq):
         checkpoint = _parse(stored.entry)
         if checkpoint is None:

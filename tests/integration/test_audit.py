@@ -273,6 +273,46 @@ def test_every_audited_request_is_recorded_once_queried_and_verified(mesh: Mesh)
     assert "record 10: deleted: record 9 missing before it" in tampered.stdout, tampered.stdout
 
 
+def test_retention_removes_old_records_up_to_a_signed_checkpoint_and_the_rest_verifies(
+    tmp_path: Path,
+) -> None:
+    """With ``spec.audit.retention`` the control plane removes what it received longer ago,
+    only up to a checkpoint the sidecar signed; ``audit verify`` still passes and says what
+    retention removed, and the records after the checkpoint stay."""
+    config = ("apiVersion: gossamer.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
+              "spec: {audit: {retention: 4s}}\n")  # fmt: skip
+    mesh = start_mesh(tmp_path, config)
+    try:
+        load = Load(mesh.proxy)
+        with httpx.Client(proxy=mesh.proxy, timeout=5) as client:
+            for _ in range(20):
+                assert load.one(client) == "200"
+        first = set(load.outcomes)
+        assert set(shipped(mesh, first)) >= first
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # a checkpoint comes within 10 s, then 4 s pass
+            with mesh.cp.client() as api:
+                (chain,) = api.get("/v1/audit/chains").json()["items"]
+            if chain["pruned_through"] >= 20:
+                break
+            time.sleep(0.5)
+        assert chain["pruned_through"] >= 20, chain
+        with httpx.Client(proxy=mesh.proxy, timeout=5) as client:
+            assert load.one(client) == "200"
+        (latest,) = set(load.outcomes) - first
+        assert set(shipped(mesh, {latest})) == {latest}  # only the new one is left
+        verified = mesh.gossamer("audit", "verify")
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        assert "intact" in verified.stdout, verified.stdout
+        assert f"records 1-{chain['pruned_through']} removed by retention" in verified.stdout
+        with sqlite3.connect(mesh.cp.data_dir / "audit.db") as db:  # whoever holds the store
+            db.execute("DELETE FROM anchors")
+        tampered = mesh.gossamer("audit", "verify")
+        assert tampered.returncode == 1 and ": deleted: records 1-" in tampered.stdout
+    finally:
+        stop_mesh(mesh)
+
+
 @pytest.mark.parametrize(
     "seconds", [8.0, pytest.param(60.0, marks=pytest.mark.slow)], ids=["8s", "60s"]
 )

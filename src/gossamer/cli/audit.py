@@ -4,12 +4,16 @@
 ``verify`` fetches every chain as stored (``/v1/audit/chains/{chain}``, page by page) with
 the mesh's roots, current and retired, and checks it here, outside the store
 (``gossamer.audit_verify``): a record deleted, edited or moved, a broken link, a checkpoint
-that does not hold. It names each problem where it is, and exits 1 when there is one.
+that does not hold. It names each problem where it is, and exits 1 when there is one. A chain
+the store's retention pruned is checked from its signed anchor on, and the report says
+through which record and up to which signed time records were removed.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -81,19 +85,41 @@ def query(
          f"{i.get('duration_ms', 0):.1f}"] for i in items])  # fmt: skip
 
 
-def _fetch(client: ControlClient, chain: str) -> tuple[list[StoredRecord], list[StoredCheckpoint]]:
-    records: list[StoredRecord] = []
-    checkpoints: list[StoredCheckpoint] = []
+@dataclass
+class _Stored:
+    """One chain as the store holds it."""
+
+    records: list[StoredRecord] = field(default_factory=list)
+    checkpoints: list[StoredCheckpoint] = field(default_factory=list)
+    anchor: StoredCheckpoint | None = None  # where retention cut the chain
+
+
+def _fetch(client: ControlClient, chain: str) -> _Stored:
+    stored = _Stored()
     after = 0
     while True:
         page = client.audit_chain(chain, after, PAGE)
-        checkpoints += [StoredCheckpoint(int(c["seq"]), str(c["entry"]))
-                        for c in page["checkpoints"]]  # fmt: skip
+        stored.checkpoints += [StoredCheckpoint(int(c["seq"]), str(c["entry"]))
+                               for c in page["checkpoints"]]  # fmt: skip
+        if (anchor := page.get("anchor")) is not None:
+            stored.anchor = StoredCheckpoint(int(anchor["seq"]), str(anchor["entry"]))
         batch = [StoredRecord(int(r["seq"]), str(r["entry"])) for r in page["records"]]
-        records += batch
+        stored.records += batch
         if len(batch) < PAGE:
-            return records, checkpoints
+            return stored
         after = batch[-1].seq
+
+
+def _pruned(anchor: StoredCheckpoint | None) -> dict[str, Any] | None:
+    """What retention removed: through which record, signed when (None: nothing)."""
+    if anchor is None:
+        return None
+    try:
+        signed = float(json.loads(anchor.entry)["time"])
+        when = datetime.fromtimestamp(signed, UTC).isoformat(timespec="seconds")
+    except (ValueError, KeyError, TypeError):
+        when = None  # verify_chain names the unreadable anchor
+    return {"through": anchor.seq, "signed": when}
 
 
 def verify(
@@ -112,10 +138,12 @@ def verify(
         for item in listing["items"]:
             if chain is not None and item["chain"] != chain:
                 continue
-            records, checkpoints = _fetch(client, str(item["chain"]))
-            problems = verify_chain(str(item["chain"]), records, checkpoints, roots)
-            results.append({**item, "checked_records": len(records),
-                            "checked_checkpoints": len(checkpoints),
+            stored = _fetch(client, str(item["chain"]))
+            problems = verify_chain(str(item["chain"]), stored.records, stored.checkpoints,
+                                    roots, stored.anchor)  # fmt: skip
+            results.append({**item, "checked_records": len(stored.records),
+                            "checked_checkpoints": len(stored.checkpoints),
+                            "pruned": _pruned(stored.anchor),
                             "problems": [{"seq": p.seq, "kind": p.kind, "detail": p.detail}
                                          for p in problems]})  # fmt: skip
     if chain is not None and not results:
@@ -135,6 +163,9 @@ def _report(results: list[dict[str, Any]], output: Format) -> None:
         say(f"chain {r['chain']} ({r['namespace']}/{r['service']}, {r['identity']}): "
             f"{_count(r['checked_records'], 'record')}, "
             f"{_count(r['checked_checkpoints'], 'checkpoint')}: {state}")
+        if r["pruned"] is not None:
+            say(f"  records 1-{r['pruned']['through']} removed by retention, up to a "
+                f"checkpoint signed {r['pruned']['signed']}")
         for p in r["problems"]:
             say(f"  record {p['seq']}: {p['kind']}: {p['detail']}")
     if not results:

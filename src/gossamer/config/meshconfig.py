@@ -143,18 +143,36 @@ def _check_spool(value: int | str) -> int | str:
     return value
 
 
+def _check_retention(value: str) -> str:
+    if value != "forever" and parse_duration(value) < MIN_RETENTION:
+        raise ValueError(f"retention {value!r} must be at least 1s (or forever)")
+    return value
+
+
+MIN_RETENTION = timedelta(seconds=1)
+
+
 class AuditSettings(SpecModel):
     """``spec.audit``: how each sidecar keeps the records of the requests an AUDIT
     AuthorizationPolicy selects until the control plane has them (docs/internals.md §15):
     at most ``spoolSize`` bytes on its disk; when full, ``block`` refuses new audited
     requests (503 ``audit-unavailable``), ``drop`` lets them through unrecorded (counted, and
-    the gap noted in the chain)."""
+    the gap noted in the chain). The control plane keeps the records it received for
+    ``retention`` (a duration, or ``forever``), then removes them up to a signed checkpoint
+    (``gossamer audit verify`` still verifies what remains, and says what was removed)."""
 
     spool_size: Annotated[int | str, AfterValidator(_check_spool)] = "256Mi"
     on_spool_full: Literal["block", "drop"] = "block"
+    retention: Annotated[str, AfterValidator(_check_retention)] = "90d"
 
     def to_snapshot(self) -> dict[str, Any]:
         return {"spool_bytes": parse_size(self.spool_size), "block": self.on_spool_full == "block"}
+
+    def retention_seconds(self) -> float | None:
+        """How long the control plane keeps a record (None: forever)."""
+        if self.retention == "forever":
+            return None
+        return parse_duration(self.retention).total_seconds()
 
 
 DEFAULT_ACCESS_LOG_TEMPLATE = (

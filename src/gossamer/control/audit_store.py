@@ -13,6 +13,12 @@ Records are kept as the sidecar wrote them (``entry``: the canonical JSON its ha
 with the fields a query filters on copied into columns. Nothing here judges the chain:
 ``gossamer audit verify`` does that from the entries, outside this store
 (``gossamer.audit_verify``).
+
+Retention (``prune``) removes a chain's records only up to one of its signed checkpoints,
+received before the cut-off, and keeps that checkpoint as the chain's *anchor*: verification
+starts from the hash the anchor signed, so what retention removed is a stated, signed
+boundary, never a gap that reads as deletion, while a record removed any other way still
+does.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_RECORDS", "AuditFilter", "AuditRefused", "AuditStore", "Sender"]
+__all__ = ["MAX_RECORDS", "AuditFilter", "AuditRefused", "AuditStore", "Pruned", "Sender"]
 
 MAX_RECORDS = 1000  # per message
 MAX_ENTRY = 64 * 1024  # bytes of one record line
@@ -49,6 +55,10 @@ CREATE INDEX IF NOT EXISTS records_service ON records (namespace, service, time)
 CREATE TABLE IF NOT EXISTS checkpoints (
     chain TEXT NOT NULL, seq INTEGER NOT NULL, entry TEXT NOT NULL, received REAL NOT NULL,
     PRIMARY KEY (chain, seq)
+);
+CREATE INDEX IF NOT EXISTS checkpoints_received ON checkpoints (received);
+CREATE TABLE IF NOT EXISTS anchors (
+    chain TEXT PRIMARY KEY, seq INTEGER NOT NULL, entry TEXT NOT NULL, pruned REAL NOT NULL
 );
 """
 
@@ -81,6 +91,15 @@ class AuditFilter:
     method: str | None = None
     decision: str | None = None
     limit: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What one ``prune`` removed."""
+
+    chains: int  # chains whose anchor moved
+    records: int
+    checkpoints: int
 
 
 _Row = tuple[str, int, str, str, str, Any, Any, Any, Any, Any, Any, str, float]
@@ -172,14 +191,46 @@ class AuditStore:
                            now))  # fmt: skip
             elif owner[0] != sender.identity:
                 raise AuditRefused(f"chain {chain} belongs to {owner[0]}")
+            anchored = db.execute("SELECT seq FROM anchors WHERE chain = ?", (chain,)).fetchone()
+            pruned = anchored[0] if anchored else 0  # records retention removed stay removed
             db.executemany(
-                "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [row for row in rows if row[1] > pruned],
             )
-            if checkpoint is not None:
+            if checkpoint is not None and checkpoint[0] > pruned:
                 db.execute("INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?, ?)",
                            (chain, checkpoint[0], checkpoint[1], now))  # fmt: skip
             row = db.execute("SELECT MAX(seq) FROM records WHERE chain = ?", (chain,)).fetchone()
-        return chain, int(row[0] or 0)
+        return chain, max(int(row[0] or 0), pruned)
+
+    def prune(self, before: float) -> Pruned:
+        """Remove, chain by chain, the records up to the newest checkpoint received before
+        ``before`` (seconds since the epoch), and the older checkpoints; that checkpoint
+        becomes the chain's anchor. A chain with no such checkpoint keeps everything. One
+        transaction per chain, so receiving is never held up for long."""
+        with self._lock:
+            due = self._db.execute(
+                "SELECT k.chain, MAX(k.seq) FROM checkpoints k WHERE k.received < ?"
+                " GROUP BY k.chain", (before,),
+            ).fetchall()  # fmt: skip
+        chains = records = checkpoints = 0
+        for chain, seq in due:
+            with self._transaction() as db:
+                anchored = db.execute(
+                    "SELECT seq FROM anchors WHERE chain = ?", (chain,)
+                ).fetchone()
+                if anchored is not None and anchored[0] >= seq:
+                    continue
+                entry = db.execute("SELECT entry FROM checkpoints WHERE chain = ? AND seq = ?",
+                                   (chain, seq)).fetchone()[0]  # fmt: skip
+                records += db.execute("DELETE FROM records WHERE chain = ? AND seq <= ?",
+                                      (chain, seq)).rowcount  # fmt: skip
+                checkpoints += db.execute("DELETE FROM checkpoints WHERE chain = ? AND seq < ?",
+                                          (chain, seq)).rowcount  # fmt: skip
+                db.execute("INSERT OR REPLACE INTO anchors VALUES (?, ?, ?, ?)",
+                           (chain, seq, entry, time.time()))  # fmt: skip
+                chains += 1
+        return Pruned(chains, records, checkpoints)
 
     def query(self, selection: AuditFilter) -> list[dict[str, Any]]:
         """The records ``selection`` selects, oldest first (each as the sidecar wrote it)."""
@@ -210,17 +261,18 @@ class AuditStore:
                 "SELECT c.chain, c.namespace, c.service, c.identity, c.proxy_id, c.first_seen,"
                 " (SELECT COUNT(*) FROM records r WHERE r.chain = c.chain),"
                 " (SELECT MAX(seq) FROM records r WHERE r.chain = c.chain),"
-                " (SELECT COUNT(*) FROM checkpoints k WHERE k.chain = c.chain)"
+                " (SELECT COUNT(*) FROM checkpoints k WHERE k.chain = c.chain),"
+                " (SELECT COALESCE(MAX(a.seq), 0) FROM anchors a WHERE a.chain = c.chain)"
                 " FROM chains c ORDER BY c.first_seen"
             ).fetchall()
         keys = ("chain", "namespace", "service", "identity", "proxy_id", "first_seen",
-                "records", "last_seq", "checkpoints")  # fmt: skip
+                "records", "last_seq", "checkpoints", "pruned_through")  # fmt: skip
         return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def entries(self, chain: str, after: int, limit: int) -> dict[str, Any]:
         """A page of one chain as stored, for verification: records with ``seq`` after
         ``after`` (``seq`` as the store keeps it, ``entry`` as received) and, with the first
-        page, every checkpoint."""
+        page, every checkpoint and the anchor retention left (None if it never pruned)."""
         limit = max(1, min(limit, QUERY_LIMIT))
         with self._lock:
             records = self._db.execute(
@@ -230,7 +282,11 @@ class AuditStore:
             checkpoints = self._db.execute(
                 "SELECT seq, entry FROM checkpoints WHERE chain = ? ORDER BY seq", (chain,)
             ).fetchall() if after == 0 else []  # fmt: skip
+            anchor = self._db.execute(
+                "SELECT seq, entry FROM anchors WHERE chain = ?", (chain,)
+            ).fetchone() if after == 0 else None  # fmt: skip
         return {
             "records": [{"seq": seq, "entry": entry} for seq, entry in records],
             "checkpoints": [{"seq": seq, "entry": entry} for seq, entry in checkpoints],
+            "anchor": {"seq": anchor[0], "entry": anchor[1]} if anchor else None,
         }

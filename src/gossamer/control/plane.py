@@ -78,6 +78,7 @@ MAX_SUBSCRIPTIONS = 1024  # names of known services one proxy may subscribe to
 MAX_UNKNOWN = 256  # names answered as unknown that stay watched (for their appearance)
 MAX_NAME = 253
 SAVE_INTERVAL = 1.0  # seconds between two saves of the registry (registry_store)
+PRUNE_INTERVAL = 300.0  # at most this long between two passes of the audit store's retention
 ModelResource = (
     HTTPRoute | TrafficPolicy | TCPRoute | ProxyFilter | Egress | AuthorizationPolicy
     | RequestAuthentication | PeerAuthentication
@@ -121,6 +122,7 @@ class _ResourceView:
     peer_authn: PeerAuthnIndex
     tracing: TracingSnapshot | None
     audit: AuditSnapshot
+    audit_retention: float | None  # seconds the audit store keeps a record (None: forever)
     access_log: AccessLogSnapshot | None
 
 
@@ -132,9 +134,11 @@ def _access_log(spec: Mapping[str, Any]) -> AccessLogSnapshot | None:
     return cast(AccessLogSnapshot, AccessLogSettings.model_validate(raw).to_snapshot())
 
 
-def _audit(spec: Mapping[str, Any]) -> AuditSnapshot:
-    """The stored MeshConfig's ``spec.audit`` (defaults when absent) in snapshot form."""
-    return cast(AuditSnapshot, AuditSettings.model_validate(spec.get("audit") or {}).to_snapshot())
+def _audit(spec: Mapping[str, Any]) -> tuple[AuditSnapshot, float | None]:
+    """The stored MeshConfig's ``spec.audit`` (defaults when absent): the sidecars' part in
+    snapshot form, and the store's retention in seconds."""
+    settings = AuditSettings.model_validate(spec.get("audit") or {})
+    return cast(AuditSnapshot, settings.to_snapshot()), settings.retention_seconds()
 
 
 def _tracing(spec: Mapping[str, Any]) -> TracingSnapshot | None:
@@ -288,6 +292,8 @@ class ControlPlane:
         self._saved = RegistryStore(store)
         self.apply_lock = asyncio.Lock()  # one apply at a time (api.apply)
         self._save_task: asyncio.Task[None] | None = None
+        self._prune_task: asyncio.Task[None] | None = None
+        self._retention_changed = asyncio.Event()
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -304,6 +310,7 @@ class ControlPlane:
                      len(restored), self.settings.restore_grace)  # fmt: skip
         self._push_task = asyncio.create_task(self._push_loop(), name="control-push")
         self._save_task = asyncio.create_task(self._save_loop(), name="control-save")
+        self._prune_task = asyncio.create_task(self._prune_loop(), name="control-audit-prune")
         self.jwks.want(self._view.request_authn.sources())
 
     @property
@@ -316,7 +323,7 @@ class ControlPlane:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        for task in (self._save_task,):
+        for task in (self._save_task, self._prune_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -385,6 +392,7 @@ class ControlPlane:
         lifetime = (spec.get("certificates") or {}).get("lifetime")
         mode = (spec.get("outboundTrafficPolicy") or {}).get("mode", "ALLOW_ANY")
         traffic, egresses, security = self._read_models()
+        audit, retention = _audit(spec)
         return _ResourceView(
             services=services,
             mtls_mode=(spec.get("mtls") or {}).get("mode", "STRICT"),
@@ -395,7 +403,8 @@ class ControlPlane:
             request_authn=RequestAuthnIndex.of(security.request_authn),
             peer_authn=PeerAuthnIndex.of(security.peer_authn),
             tracing=_tracing(spec),
-            audit=_audit(spec),
+            audit=audit,
+            audit_retention=retention,
             access_log=_access_log(spec),
         )
 
@@ -405,7 +414,10 @@ class ControlPlane:
         self._wake.set()
 
     def _resources_changed(self) -> None:
+        retention = self._view.audit_retention
         self._view = self._read_resources()
+        if self._view.audit_retention != retention:
+            self._retention_changed.set()  # the prune loop starts over with the new one
         if self._push_task is not None:  # started: a running loop fetches keys
             self.jwks.want(self._view.request_authn.sources())
         self._dirty.update(self.registry.proxy_ids())
@@ -781,6 +793,29 @@ class ControlPlane:
                     await asyncio.to_thread(self._saved.write, rows, gone)
                 except Exception:
                     log.exception("saving the registry failed")
+
+    async def _prune_loop(self) -> None:
+        """Apply the audit store's retention (MeshConfig ``spec.audit.retention``): at start,
+        then every tenth of the retention, at least every second and at most every
+        ``PRUNE_INTERVAL``, and at once when the retention changes. Records go only up to a
+        signed checkpoint (``AuditStore.prune``)."""
+        while True:
+            self._retention_changed.clear()
+            retention = self._view.audit_retention
+            if retention is not None:
+                try:  # off the loop: a large prune is many deletes
+                    pruned = await asyncio.to_thread(self.audit.prune, time.time() - retention)
+                except Exception:
+                    log.exception("pruning the audit store failed")
+                else:
+                    if pruned.records or pruned.checkpoints:
+                        log.info("audit retention removed %d records and %d checkpoints "
+                                 "of %d chains", pruned.records, pruned.checkpoints,
+                                 pruned.chains)  # fmt: skip
+            interval = PRUNE_INTERVAL if retention is None else retention / 10
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retention_changed.wait(),
+                                       min(max(interval, 1.0), PRUNE_INTERVAL))  # fmt: skip
 
     def _expire(self, proxy_id: str, epoch: int) -> None:
         self._timers.pop(proxy_id, None)

@@ -290,7 +290,9 @@ def test_certificate_times_convert_like_calendar_timegm() -> None:
         assert _utc_seconds(*t) == calendar.timegm((*t, 0, 0, 0)), t
 
 
-def _session_after_handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> ssl.SSLSession:
+def _session_after_handshake(
+    server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext
+) -> ssl.SSLSession:
     """A real TLS handshake and one round of data over memory BIOs; the client's session
     after it has read what the server sent (TLS 1.3 tickets come after the handshake)."""
     c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
