@@ -131,6 +131,29 @@ def test_stopping_a_replica_moves_traffic_to_the_other(mesh: RunningMesh) -> Non
     assert seen == {"catalog-2"}
 
 
+def test_a_stopped_sidecar_leaves_at_once_not_after_the_grace(tmp_path: Path) -> None:
+    """SIGTERM to a sidecar: it tells the control plane it is leaving, so its endpoint and its
+    proxy record go at once, though the endpoint grace here is 30 s (a crashed sidecar's
+    would stay that long); traffic moves to the other replica without a failure."""
+    for mesh in start_mesh(tmp_path, "--endpoint-grace", "30"):
+        assert mesh.get().status_code == 200
+        sidecar, app = mesh.catalog[0]
+        sidecar.stop()
+        stopped = time.monotonic()
+
+        def gone() -> bool:
+            with mesh.cp.client() as api:
+                proxies = api.get("/v1/proxies").json()["items"]
+                endpoints = api.get("/v1/endpoints/default/catalog").json()["items"]
+            return len(endpoints) == 1 and sorted(p["service"] for p in proxies) == [
+                "catalog", "frontend"]  # fmt: skip
+
+        assert _eventually(gone, timeout=10.0)
+        assert time.monotonic() - stopped < 10.0  # well inside the 30 s grace
+        assert {mesh.get().json()["instance"] for _ in range(20)} == {"catalog-2"}
+        app.stop()
+
+
 def _mesh_config(mode: str) -> dict[str, object]:
     return {
         "apiVersion": "gossamer.dev/v1alpha1",

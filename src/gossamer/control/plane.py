@@ -720,6 +720,11 @@ class ControlPlane:
                 )
             if not self._push(record, self._mesh_view()) and record.last_content is not None:
                 self._send_snapshot(record, record.last_content)  # answer even if unchanged
+        elif kind == "leave":  # shutting down: no new requests, gone when its stream closes
+            record.leaving = True
+            if self.registry.set_healthy(record, False):
+                self._saved.changed(record)
+                self._mark_service(record.workload.key)
         elif kind == "health":
             healthy = _field(message, "healthy", bool)
             if self.registry.set_healthy(record, healthy):
@@ -773,11 +778,16 @@ class ControlPlane:
                 raise Refusal("rate-limited", f"renewed recently; try again in {wait:.0f} s")
 
     def closed(self, record: ProxyRecord) -> None:
-        """The stream of ``record`` ended; its endpoint stays for the grace period."""
+        """The stream of ``record`` ended; its endpoint stays for the grace period, unless it
+        said it was leaving: then it is forgotten now (and is not restored by a restart)."""
         if not self.registry.disconnect(record):
             return
-        log.info("proxy %s disconnected", record.proxy_id)
         self.trust.closed()
+        if record.leaving:
+            log.info("proxy %s left", record.proxy_id)
+            self._expire(record.proxy_id, record.epoch)
+            return
+        log.info("proxy %s disconnected", record.proxy_id)
         loop = asyncio.get_running_loop()
         self._timers[record.proxy_id] = loop.call_later(
             self.settings.endpoint_grace, self._expire, record.proxy_id, record.epoch

@@ -84,6 +84,7 @@ class ProxyRecord:
     connected_since: float = field(default_factory=time.time)
     healthy: bool = True
     connected: bool = True
+    leaving: bool = False  # said it is shutting down: forgotten as soon as its stream closes
     epoch: int = 0
     last_content: SnapshotContent | None = None
     watched: frozenset[ServiceKey] = frozenset()

@@ -72,3 +72,30 @@ def test_config_versions_keep_growing_across_restarts(tmp_path: Path) -> None:
         assert session.snapshots()[-1]["version"] == 42
 
     _run(tmp_path, life)
+
+
+def test_a_proxy_that_left_is_forgotten_at_once_and_not_restored(tmp_path: Path) -> None:
+    """A sidecar that says ``leave`` (it is shutting down) leaves callers' snapshots at once
+    and is forgotten when its stream closes, grace or not; a restarted control plane does not
+    wait for it (before: it came back as a PENDING proxy for the restore grace)."""
+
+    async def first_life(plane: ControlPlane) -> None:
+        front = FakeSession()
+        plane.hello(front, ident("web"), hello("web", "web-1", subs=["cat"]))
+        leaving = plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-1", port=4000))
+        plane.hello(FakeSession(), ident("cat"), hello("cat", "cat-2", port=4001))
+        await settle()
+        assert sorted(e["port"] for e in _endpoints(front)) == [4000, 4001]
+        plane.handle(leaving, {"type": "leave"})
+        await settle()
+        assert [e["port"] for e in _endpoints(front)] == [4001]  # while it drains
+        plane.closed(leaving)
+        assert plane.registry.get("cat-1") is None  # no grace for one that said it left
+
+    run_with_plane(tmp_path, first_life, endpoint_grace=30.0)
+
+    async def second_life(plane: ControlPlane) -> None:
+        assert plane.registry.get("cat-1") is None
+        assert plane.registry.get("cat-2") is not None  # restored: it did not say it left
+
+    _run(tmp_path, second_life)

@@ -165,6 +165,17 @@ class ControlClient:
                 self._join_material = None
             self._stopped.set()
 
+    async def leave(self, timeout: float = 1.0) -> None:
+        """Tell the control plane this proxy is shutting down (best effort, bounded): its
+        callers are sent configs without its endpoint now, and the control plane forgets it
+        once the stream closes instead of keeping it for a grace period, or for a restarted
+        control plane to wait for (docs/internals.md §4)."""
+        writer = self._writer
+        if not self._send({"type": "leave"}) or writer is None:
+            return
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.drain(), timeout)
+
     async def close(self) -> None:
         """Stop ``run()`` and close the stream; returns once everything has stopped."""
         self._stop.set()

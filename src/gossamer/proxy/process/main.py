@@ -160,7 +160,9 @@ async def serve(settings: ProxySettings, stop: asyncio.Event | None = None) -> N
     settle_heap()  # what exists now lives as long as the process
     await _stopped(stop)
 
-    # Drain: stop accepting, finish what is in flight (bounded), then close everything.
+    # Leave (callers stop choosing us), stop accepting, finish what is in flight (bounded),
+    # then close everything.
+    await client.leave()
     await path.drain()
     await cancel_and_wait([shipper.task] if shipper.task is not None else [])
     await client.close()

@@ -456,6 +456,7 @@ async def supervise(settings: ProxySettings, stop: asyncio.Event | None = None) 
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+        await client.leave()  # callers stop choosing this proxy while the workers drain
         await supervisor.stop()
         await cancel_and_wait([shipper.task] if shipper.task is not None else [])
         await client.close()
