@@ -141,7 +141,7 @@ def test_a_stopped_sidecar_leaves_at_once_not_after_the_grace(tmp_path: Path) ->
         sidecar.stop()
         stopped = time.monotonic()
 
-        def gone() -> bool:
+        def gone(mesh: RunningMesh = mesh) -> bool:
             with mesh.cp.client() as api:
                 proxies = api.get("/v1/proxies").json()["items"]
                 endpoints = api.get("/v1/endpoints/default/catalog").json()["items"]
