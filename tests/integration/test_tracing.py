@@ -272,6 +272,36 @@ def test_at_zero_percent_traces_that_start_here_are_not_recorded(mesh: Mesh) -> 
         mesh.tracing(100.0)
 
 
+def test_a_services_sampling_takes_the_place_of_the_mesh_wide_one(mesh: Mesh) -> None:
+    """The MeshConfig samples 0%, frontend's Service says 100%: the traces that start at
+    frontend's sidecar are sampled and exported whole, orders' sidecar following them."""
+    mesh.tracing(0.0)
+    frontend = {"apiVersion": API, "kind": "Service", "metadata": {"name": "frontend"},
+                "spec": {"tracing": {"samplingPercent": 100}}}  # fmt: skip
+    try:
+        with mesh.cp.client() as api:
+            assert api.post("/v1/resources", json=frontend).status_code == 200
+        deadline = time.monotonic() + 20
+        while not (seen := mesh.call())["traceparent"].endswith("-01"):
+            assert time.monotonic() < deadline, "frontend's 100% never reached its sidecar"
+            time.sleep(0.2)
+        spans = _by_kind(mesh.spans(seen["traceparent"].split("-")[1], 3))
+        assert (spans["SPAN_KIND_CLIENT"].service, spans["SPAN_KIND_SERVER"].service) == (
+            "frontend", "orders")  # fmt: skip
+        frontend["spec"] = {}  # (deleting the Service would revoke its sidecar's certificate)
+        with mesh.cp.client() as api:
+            assert api.post("/v1/resources", json=frontend).status_code == 200
+        deadline = time.monotonic() + 20
+        while not mesh.call()["traceparent"].endswith("-00"):  # back to the mesh's 0%
+            assert time.monotonic() < deadline, "the mesh's 0% never came back"
+            time.sleep(0.2)
+    finally:
+        frontend["spec"] = {}
+        with mesh.cp.client() as api:
+            api.post("/v1/resources", json=frontend)
+        mesh.tracing(100.0)
+
+
 def test_grpc_calls_are_traced_too(mesh: Mesh) -> None:
     """A gRPC call (HTTP/2 through a CONNECT tunnel) gets the same two spans, marked as gRPC,
     and the app sees the context in its metadata."""

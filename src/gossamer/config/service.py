@@ -43,6 +43,13 @@ def _default_ports() -> list[ServicePort]:
     return [ServicePort(port=80)]
 
 
+class ServiceTracing(SpecModel):
+    """``spec.tracing`` of a Service: its sidecars' sampling, in place of the MeshConfig's
+    ``samplingPercent`` (where the MeshConfig's ``spec.tracing`` turns tracing on)."""
+
+    sampling_percent: float = Field(ge=0.0, le=100.0)
+
+
 class ServiceSpec(SpecModel):
     """``spec`` of a Service."""
 
@@ -51,6 +58,7 @@ class ServiceSpec(SpecModel):
     calls: list[ServiceRef] = Field(default_factory=list)
     # Its sidecars' access log: on or off whatever the MeshConfig says (None: as it says).
     access_log: bool | None = None
+    tracing: ServiceTracing | None = None  # None: the MeshConfig's sampling
 
 
 class Service(Resource):

@@ -159,6 +159,7 @@ def _service_info(document: Mapping[str, Any]) -> ServiceInfo:
         protocol=ports[0].get("protocol", "http"),
         calls=tuple(spec.get("calls") or ()),
         access_log=spec.get("accessLog"),
+        sampling_percent=(spec.get("tracing") or {}).get("samplingPercent"),
         ports=tuple(  # stored documents were validated: the protocol is a PortProtocol
             (int(p["port"]), cast(PortProtocol, str(p.get("protocol", "http")))) for p in ports
         ),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from gossamer.config.egress import Egress
 from gossamer.config.httproute import HTTPRoute
@@ -80,6 +81,7 @@ class ServiceInfo:
     calls: tuple[str, ...] = ()
     ports: tuple[tuple[int, PortProtocol], ...] = DEFAULT_PORTS  # (port, protocol)
     access_log: bool | None = None  # its sidecars' access log on/off (None: the mesh's)
+    sampling_percent: float | None = None  # its sidecars' trace sampling (None: the mesh's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +325,17 @@ def access_log_for(view: MeshView, own: ServiceKey) -> AccessLogSnapshot | None:
     return view.access_log or DEFAULT_ACCESS_LOG
 
 
+def tracing_for(view: MeshView, own: ServiceKey) -> TracingSnapshot | None:
+    """The tracing of the workloads of ``own``: the MeshConfig's (None: off), with its
+    Service's ``tracing.samplingPercent`` as the ratio of the traces that start there when
+    set."""
+    tracing = view.tracing
+    info = view.services.get(own)
+    if tracing is None or info is None or info.sampling_percent is None:
+        return tracing
+    return cast(TracingSnapshot, {**tracing, "ratio": info.sampling_percent / 100.0})
+
+
 def build_snapshot(
     namespace: str,
     service: str,
@@ -337,7 +350,7 @@ def build_snapshot(
     own_mode, own_ports = view.peer_authn.modes(own, view.mtls_mode)
     return {
         "trust_domain": view.trust_domain,
-        "tracing": view.tracing,
+        "tracing": tracing_for(view, own),
         "audit": view.audit,
         "access_log": access_log_for(view, own),
         "revoked_serials": list(view.revoked_serials),

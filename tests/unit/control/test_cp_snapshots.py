@@ -13,6 +13,7 @@ from gossamer.control.snapshots import (
     build_snapshot,
     normalize_service_name,
 )
+from gossamer.snapshot_schema import TracingSnapshot
 
 
 def view(
@@ -141,3 +142,35 @@ def test_endpoints_are_sorted_for_stable_content() -> None:
     )
     assert one == two
     assert [e["port"] for e in one["outbound"]["services"][0]["endpoints"]] == [2000, 3000]
+
+
+def test_a_services_sampling_takes_the_place_of_the_mesh_wide_one() -> None:
+    """``Service.spec.tracing.samplingPercent`` is the ratio of its own sidecars' snapshots;
+    other services keep the MeshConfig's, and without the MeshConfig's tracing there is
+    none (no collector to send to)."""
+    tracing: TracingSnapshot = {"endpoint": "http://collector:4318/v1/traces", "headers": [],
+                                "ratio": 0.01, "max_queue": 2048, "batch": 512,
+                                "interval": 1.0}  # fmt: skip
+    services = {
+        ("default", "web"): ServiceInfo("web", "default", "web", sampling_percent=50.0),
+        ("default", "api"): ServiceInfo("api", "default", "api"),
+    }
+    view = MeshView("gossamer.local", "STRICT", services, {}, tracing=tracing)
+    web = build_snapshot("default", "web", [], view)["tracing"]
+    assert web is not None and web["ratio"] == 0.5
+    assert {**web, "ratio": 0.01} == tracing and tracing["ratio"] == 0.01  # not modified
+    assert build_snapshot("default", "api", [], view)["tracing"] == tracing
+    untraced = MeshView("gossamer.local", "STRICT", services, {})
+    assert build_snapshot("default", "web", [], untraced)["tracing"] is None
+
+
+def test_a_services_sampling_is_a_percent() -> None:
+    from pydantic import ValidationError
+
+    from gossamer.config.service import ServiceSpec
+
+    assert ServiceSpec.model_validate({"tracing": {"samplingPercent": 100}}).tracing is not None
+    for bad in (-1, 100.5, "all"):
+        with pytest.raises(ValidationError) as info:
+            ServiceSpec.model_validate({"tracing": {"samplingPercent": bad}})
+        assert info.value.errors()[0]["loc"][:2] == ("tracing", "samplingPercent")
