@@ -279,9 +279,11 @@ def test_retention_removes_old_records_up_to_a_signed_checkpoint_and_the_rest_ve
     """With ``spec.audit.retention`` the control plane removes what it received longer ago,
     only up to a checkpoint the sidecar signed; ``audit verify`` still passes and says what
     retention removed, and the records after the checkpoint stay."""
-    config = ("apiVersion: gossamer.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
-              "spec: {audit: {retention: 4s}}\n")  # fmt: skip
-    mesh = start_mesh(tmp_path, config)
+    def retention(value: str) -> str:
+        return ("apiVersion: gossamer.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: default}\n"
+                f"spec: {{audit: {{retention: {value}}}}}\n")  # fmt: skip
+
+    mesh = start_mesh(tmp_path, retention("4s"))
     try:
         load = Load(mesh.proxy)
         with httpx.Client(proxy=mesh.proxy, timeout=5) as client:
@@ -297,6 +299,11 @@ def test_retention_removes_old_records_up_to_a_signed_checkpoint_and_the_rest_ve
                 break
             time.sleep(0.5)
         assert chain["pruned_through"] >= 20, chain
+        with mesh.cp.client() as api:  # from here on nothing moves: the checks cannot race it
+            api.post("/v1/resources", content=retention("forever"),
+                     headers={"content-type": "application/yaml"}).raise_for_status()  # fmt: skip
+            time.sleep(1.5)  # a prune under way ends; the loop then keeps everything
+            (chain,) = api.get("/v1/audit/chains").json()["items"]
         with httpx.Client(proxy=mesh.proxy, timeout=5) as client:
             assert load.one(client) == "200"
         (latest,) = set(load.outcomes) - first
