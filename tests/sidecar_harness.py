@@ -61,6 +61,42 @@ class LoopThread:
         self.thread.join(5)
 
 
+class MemoryTls:
+    """A TLS client and server joined by memory BIOs, handshake done (real OpenSSL, no
+    sockets): ``pump`` carries what each wrote to the other."""
+
+    def __init__(
+        self, client: ssl.SSLContext, server: ssl.SSLContext, server_hostname: str = "peer"
+    ) -> None:
+        self._c_in, self._c_out, self._s_in, self._s_out = (ssl.MemoryBIO() for _ in range(4))
+        self.client = client.wrap_bio(self._c_in, self._c_out, server_hostname=server_hostname)
+        self.server = server.wrap_bio(self._s_in, self._s_out, server_side=True)
+        pending = [self.client, self.server]
+        for _ in range(20):
+            for end in list(pending):
+                try:
+                    end.do_handshake()
+                    pending.remove(end)
+                except ssl.SSLWantReadError:
+                    pass
+            self.pump()
+            if not pending:
+                break
+        assert not pending, "handshake did not finish"
+
+    def pump(self) -> None:
+        self._s_in.write(self._c_out.read())
+        self._c_in.write(self._s_out.read())
+
+
+def handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[str | None, str]:
+    """One TLS handshake in memory: (the ALPN chosen, notAfter of the client's certificate)."""
+    tls = MemoryTls(client, server)
+    peer = tls.server.getpeercert()
+    assert peer is not None
+    return tls.client.selected_alpn_protocol(), str(peer["notAfter"])
+
+
 def identity(service: str) -> SpiffeId:
     return SpiffeId(TD, "default", service)
 

@@ -143,13 +143,13 @@ def _check_spool(value: int | str) -> int | str:
     return value
 
 
+MIN_RETENTION = timedelta(seconds=1)
+
+
 def _check_retention(value: str) -> str:
     if value != "forever" and parse_duration(value) < MIN_RETENTION:
         raise ValueError(f"retention {value!r} must be at least 1s (or forever)")
     return value
-
-
-MIN_RETENTION = timedelta(seconds=1)
 
 
 class AuditSettings(SpecModel):

@@ -723,14 +723,9 @@ class ControlPlane:
                 self._send_snapshot(record, record.last_content)  # answer even if unchanged
         elif kind == "leave":  # shutting down: no new requests, gone when its stream closes
             record.leaving = True
-            if self.registry.set_healthy(record, False):
-                self._saved.changed(record)
-                self._mark_service(record.workload.key)
+            self._set_healthy(record, False)
         elif kind == "health":
-            healthy = _field(message, "healthy", bool)
-            if self.registry.set_healthy(record, healthy):
-                self._saved.changed(record)
-                self._mark_service(record.workload.key)
+            self._set_healthy(record, _field(message, "healthy", bool))
         elif kind == "status":  # sent once a renewed certificate is in force
             record.cert_expiry = _optional_time(message, "cert_expiry")
             self.trust.installed(record)
@@ -754,6 +749,13 @@ class ControlPlane:
             self.trust.signed(record)
         else:
             raise Refusal("bad-request", f"unknown message type {kind!r}")
+
+    def _set_healthy(self, record: ProxyRecord, healthy: bool) -> None:
+        """Record a proxy's health (a leaving one stays out of its callers' endpoints, whatever
+        its app's probe says while it drains) and push it to those callers when it changed."""
+        if self.registry.set_healthy(record, healthy and not record.leaving):
+            self._saved.changed(record)
+            self._mark_service(record.workload.key)
 
     def _receive_audit(self, record: ProxyRecord, message: Mapping[str, Any]) -> None:
         """Store a batch of audit records; acknowledged only once committed (or refused)."""

@@ -89,6 +89,9 @@ def test_a_proxy_that_left_is_forgotten_at_once_and_not_restored(tmp_path: Path)
         plane.handle(leaving, {"type": "leave"})
         await settle()
         assert [e["port"] for e in _endpoints(front)] == [4001]  # while it drains
+        plane.handle(leaving, {"type": "health", "healthy": True})  # its app's probe, then
+        await settle()
+        assert [e["port"] for e in _endpoints(front)] == [4001]  # it does not come back
         plane.closed(leaving)
         assert plane.registry.get("cat-1") is None  # no grace for one that said it left
 

@@ -20,6 +20,7 @@ from gossamer.identity.credentials import (
     peer_spiffe_id,
 )
 from gossamer.identity.spiffe import SpiffeId
+from tests.sidecar_harness import MemoryTls
 from tests.unit.identity.ca_helpers import FakeCA, workload_id
 
 SERVER_ID = workload_id("inbound")
@@ -129,6 +130,16 @@ class TestInstall:
         assert creds.control_context.cert_store_stats()["x509_ca"] == 1
 
 
+def caller_context(tmp_path: Path, ca: FakeCA) -> ssl.SSLContext:
+    """A client context with a mesh certificate for ``CLIENT_ID`` (host names unchecked)."""
+    client_cert, client_key = ca.write_leaf(tmp_path, "client", CLIENT_ID)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.load_verify_locations(cadata=ca.root_pem.decode())
+    client.load_cert_chain(client_cert, client_key)
+    return client
+
+
 class TestContexts:
     def test_context_settings(self, tmp_path: Path) -> None:
         """Server and client contexts require peer certificates; clients skip host names."""
@@ -146,11 +157,7 @@ class TestContexts:
         ca = FakeCA()
         creds = make_credentials(tmp_path, ca, SERVER_ID)
         first_der = ssl.PEM_cert_to_DER_cert(creds.cert_path.read_text())
-        client_cert, client_key = ca.write_leaf(tmp_path, "client", CLIENT_ID)
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.check_hostname = False
-        client.load_verify_locations(cadata=ca.root_pem.decode())
-        client.load_cert_chain(client_cert, client_key)
+        client = caller_context(tmp_path, ca)
 
         async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             while line := await reader.readline():
@@ -225,11 +232,7 @@ class TestContexts:
         """The inbound side reads the caller's SPIFFE ID from the connection's SSL object."""
         ca = FakeCA()
         creds = make_credentials(tmp_path, ca, SERVER_ID)
-        client_cert, client_key = ca.write_leaf(tmp_path, "client", CLIENT_ID)
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client.check_hostname = False
-        client.load_verify_locations(cadata=ca.root_pem.decode())
-        client.load_cert_chain(client_cert, client_key)
+        client = caller_context(tmp_path, ca)
 
         async def scenario() -> tuple[bytes, str | None]:
             async def whoami(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -295,31 +298,15 @@ def _session_after_handshake(
 ) -> ssl.SSLSession:
     """A real TLS handshake and one round of data over memory BIOs; the client's session
     after it has read what the server sent (TLS 1.3 tickets come after the handshake)."""
-    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(c_in, c_out)
-    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
-    done = {"client": False, "server": False}
-    for _ in range(10):
-        for name, end in (("client", client), ("server", server)):
-            if not done[name]:
-                try:
-                    end.do_handshake()
-                    done[name] = True
-                except ssl.SSLWantReadError:
-                    pass
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-        if all(done.values()):
-            break
-    assert all(done.values()), "the handshake did not finish"
-    client.write(b"ping")
-    s_in.write(c_out.read())
-    assert server.read(4) == b"ping"
-    server.write(b"pong")
-    c_in.write(s_out.read())
-    assert client.read(4) == b"pong"
-    assert client.version() == "TLSv1.3"
-    session = client.session
+    tls = MemoryTls(client_ctx, server_ctx)
+    tls.client.write(b"ping")
+    tls.pump()
+    assert tls.server.read(4) == b"ping"
+    tls.server.write(b"pong")
+    tls.pump()
+    assert tls.client.read(4) == b"pong"
+    assert tls.client.version() == "TLSv1.3"
+    session = tls.client.session
     assert session is not None
     return session
 
@@ -332,11 +319,7 @@ def test_mesh_server_contexts_send_no_session_tickets(tmp_path: Path) -> None:
 
     ca = FakeCA()
     creds = make_credentials(tmp_path, ca, SERVER_ID)
-    client_cert, client_key = ca.write_leaf(tmp_path, "client", CLIENT_ID)
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client.check_hostname = False
-    client.load_verify_locations(cadata=ca.root_pem.decode())
-    client.load_cert_chain(client_cert, client_key)
+    client = caller_context(tmp_path, ca)
     (tmp_path / "root.pem").write_bytes(ca.root_pem)
 
     default = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

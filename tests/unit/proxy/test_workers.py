@@ -19,6 +19,7 @@ from gossamer.proxy.workers.child import WorkerCredentials
 from gossamer.proxy.workers.metrics_merge import merge, parse_exposition, render_exposition
 from gossamer.proxy.workers.ports import reserve
 from gossamer.proxy.workers.supervisor import Supervisor, _SupervisedCredentials
+from tests.sidecar_harness import handshake
 from tests.unit.identity import ca_helpers
 from tests.unit.proxy.test_routing import make_snapshot
 
@@ -189,29 +190,6 @@ class TestReserve:
             hold.close()
 
 
-def _handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[str | None, str]:
-    """One in-memory TLS handshake: (chosen ALPN, notAfter of the certificate the client sent)."""
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client_obj = client.wrap_bio(c_in, c_out, server_hostname="peer")
-    server_obj = server.wrap_bio(s_in, s_out, server_side=True)
-    pending = [client_obj, server_obj]
-    for _ in range(20):
-        for obj in list(pending):
-            try:
-                obj.do_handshake()
-                pending.remove(obj)
-            except ssl.SSLWantReadError:
-                pass
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-        if not pending:
-            break
-    assert not pending, "handshake did not finish"
-    peer = server_obj.getpeercert()
-    assert peer is not None
-    return client_obj.selected_alpn_protocol(), str(peer["notAfter"])
-
-
 def _install(creds: Credentials, ca: ca_helpers.FakeCA, tmp_path: Path, lifetime: float) -> None:
     cert, key = ca.issue(ca_helpers.workload_id("catalog"), lifetime=lifetime)
     key_path = tmp_path / f"incoming-{lifetime}.key"
@@ -263,12 +241,12 @@ class TestWorkerCredentials:
         assert ctx.get_ca_certs()
         server = supervisor_side.server_context
         server.set_alpn_protocols(["h2"])
-        alpn, before = _handshake(ctx, server)
+        alpn, before = handshake(ctx, server)
         assert alpn == "h2"
         _install(supervisor_side, ca, tmp_path, 7200)
         worker.reload()
         assert worker.alpn_client_context("h2") is ctx
-        assert _handshake(ctx, server)[1] != before
+        assert handshake(ctx, server)[1] != before
 
     def test_never_touches_pending_keys(self, tmp_path: Path) -> None:
         """A worker starting during a renewal leaves the supervisor's pending key alone."""

@@ -171,7 +171,7 @@ class ControlClient:
         once the stream closes instead of keeping it for a grace period, or for a restarted
         control plane to wait for (docs/internals.md §4)."""
         writer = self._writer
-        if not self._send({"type": "leave"}) or writer is None:
+        if writer is None or not self._send({"type": "leave"}):
             return
         with contextlib.suppress(OSError, TimeoutError):
             await asyncio.wait_for(writer.drain(), timeout)

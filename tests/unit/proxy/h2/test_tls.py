@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ssl
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,32 +20,7 @@ from gossamer.proxy.process.settings import (
     WorkloadSettings,
 )
 from gossamer.proxy.state import ProxyState
-from tests.sidecar_harness import identity, make_credentials
-
-
-def handshake(client: ssl.SSLContext, server: ssl.SSLContext) -> tuple[str | None, str]:
-    """Run one TLS handshake in memory; return (chosen ALPN, notAfter of the client's cert)."""
-    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
-    client_obj = client.wrap_bio(c_in, c_out, server_hostname="peer")
-    server_obj = server.wrap_bio(s_in, s_out, server_side=True)
-    done = {"client": False, "server": False}
-    for _ in range(20):
-        for name, obj in (("client", client_obj), ("server", server_obj)):
-            if done[name]:
-                continue
-            try:
-                obj.do_handshake()
-                done[name] = True
-            except ssl.SSLWantReadError:
-                pass
-        s_in.write(c_out.read())
-        c_in.write(s_out.read())
-        if all(done.values()):
-            break
-    assert all(done.values()), "handshake did not finish"
-    peer = server_obj.getpeercert()
-    assert peer is not None
-    return client_obj.selected_alpn_protocol(), str(peer["notAfter"])
+from tests.sidecar_harness import handshake, identity, make_credentials
 
 
 @pytest.fixture
